@@ -1,0 +1,141 @@
+"""Certificate loading and chain verification shared by every platform.
+
+The web-PKI verifier in ``cryptography`` insists on server/client profiles (SANs, EKUs) that the
+hardware vendors' chains do not follow (AMD signs with RSASSA-PSS, NVIDIA's device chains carry
+no SAN), so the chain walk is done here: names, validity at the injected time, each signature
+against its issuer, the root pinned by SHA-256 fingerprint, and CRLs when given.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Iterable, Sequence
+from datetime import datetime
+
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.hashes import SHA256
+
+from medclave.attestation.core import CheckLog
+from medclave.errors import AttestationError
+
+MAX_CERT_FILE_BYTES = 256 * 1024
+MAX_CHAIN_LENGTH = 8
+
+
+def fingerprint(cert: x509.Certificate) -> str:
+    """SHA-256 of the DER encoding, lower hex: how trust anchors are pinned."""
+    return cert.fingerprint(SHA256()).hex()
+
+
+def load_certificates(data: bytes) -> list[x509.Certificate]:
+    """One or more certificates from PEM (any number) or a single DER certificate."""
+    if len(data) > MAX_CERT_FILE_BYTES:
+        raise AttestationError("attestation.malformed", "certificate file too large")
+    # Some vendor certificates (AMD VCEKs) carry a non-positive serial; tolerated, not trusted.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            if b"-----BEGIN CERTIFICATE-----" in data:
+                return list(x509.load_pem_x509_certificates(data))
+            return [x509.load_der_x509_certificate(data)]
+        except ValueError as exc:
+            raise AttestationError("attestation.malformed", f"not a certificate: {exc}") from exc
+
+
+def load_crl(data: bytes) -> x509.CertificateRevocationList:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            if b"-----BEGIN X509 CRL-----" in data:
+                return x509.load_pem_x509_crl(data)
+            return x509.load_der_x509_crl(data)
+        except ValueError as exc:
+            raise AttestationError("attestation.malformed", f"not a CRL: {exc}") from exc
+
+
+def cert_der(cert: x509.Certificate) -> bytes:
+    return cert.public_bytes(serialization.Encoding.DER)
+
+
+def _valid_at(cert: x509.Certificate, now: datetime) -> bool:
+    return cert.not_valid_before_utc <= now <= cert.not_valid_after_utc
+
+
+def verify_crl(
+    crl: x509.CertificateRevocationList,
+    issuer: x509.Certificate,
+    *,
+    now: datetime,
+    log: CheckLog,
+    name: str,
+) -> None:
+    """CRL signed by ``issuer`` and current at ``now`` (RFC 5280 §6.3.3 (a), (f), (g))."""
+    if crl.issuer != issuer.subject or not crl.is_signature_valid(issuer.public_key()):  # type: ignore[arg-type]
+        raise log.fail(name, "attestation.collateral_invalid", f"CRL not signed by {issuer.subject.rfc4514_string()}")
+    next_update = crl.next_update_utc
+    if crl.last_update_utc > now or (next_update is not None and now > next_update):
+        raise log.fail(name, "attestation.collateral_invalid", "CRL is not current at the verification time")
+    log.ok(name, f"signed by {issuer.subject.rfc4514_string()}, current")
+
+
+def verify_chain(
+    chain: Sequence[x509.Certificate],
+    *,
+    trusted_roots: Iterable[str],
+    now: datetime,
+    log: CheckLog,
+    name: str = "certificate chain",
+    crls: Sequence[x509.CertificateRevocationList] = (),
+) -> None:
+    """Verify ``chain`` ordered leaf first, root last; the root must be pinned and self-signed.
+
+    Each CRL whose issuer is in the chain is verified and applied to the certificates that
+    issuer signed. Raises :class:`AttestationError` through ``log`` on the first failure.
+    """
+    roots = frozenset(trusted_roots)
+    if not chain:
+        raise log.fail(name, "attestation.certificate_missing", "empty certificate chain")
+    if len(chain) > MAX_CHAIN_LENGTH:
+        raise log.fail(name, "attestation.chain_invalid", "certificate chain too long")
+    root = chain[-1]
+    if fingerprint(root) not in roots:
+        raise log.fail(
+            name, "attestation.root_untrusted",
+            f"root {root.subject.rfc4514_string()} ({fingerprint(root)[:16]}…) is not pinned",
+        )
+    for cert in chain:
+        if not _valid_at(cert, now):
+            raise log.fail(
+                name, "attestation.certificate_expired",
+                f"{cert.subject.rfc4514_string()} valid {cert.not_valid_before_utc:%Y-%m-%d}"
+                f"…{cert.not_valid_after_utc:%Y-%m-%d}, not at {now:%Y-%m-%d}",
+            )
+    links = [*zip(chain, chain[1:], strict=False), (root, root)]
+    for child, issuer in links:
+        try:
+            if child.issuer != issuer.subject:
+                raise ValueError("issuer name differs")
+            child.verify_directly_issued_by(issuer)
+        except (ValueError, TypeError, InvalidSignature, UnsupportedAlgorithm) as exc:
+            raise log.fail(
+                name, "attestation.chain_invalid",
+                f"{child.subject.rfc4514_string()} not issued by {issuer.subject.rfc4514_string()}: "
+                f"{exc or type(exc).__name__}",
+            ) from exc
+    by_subject = {c.subject: c for c in chain}
+    for crl in crls:
+        issuer_cert = by_subject.get(crl.issuer)
+        if issuer_cert is None:
+            continue
+        verify_crl(crl, issuer_cert, now=now, log=log, name=f"CRL {crl.issuer.rfc4514_string()}")
+        for cert in chain[:-1]:
+            if cert.issuer == crl.issuer and crl.get_revoked_certificate_by_serial_number(
+                cert.serial_number
+            ) is not None:
+                raise log.fail(
+                    name, "attestation.certificate_revoked",
+                    f"{cert.subject.rfc4514_string()} (serial {cert.serial_number:x}) is revoked",
+                )
+    log.ok(name, " -> ".join(c.subject.rfc4514_string() for c in chain))

@@ -1,0 +1,1 @@
+"""HPKE/OHTTP encapsulation, streaming AEAD, key derivation, canonical JSON."""

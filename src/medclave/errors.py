@@ -1,0 +1,237 @@
+"""One exception hierarchy for every refusal a user can meet.
+
+Each error carries a stable dotted ``code`` (``attestation.signature_invalid``) that scripts and
+clients may depend on, an HTTP status for the services, and a public message that says what to do.
+The ``detail`` given at the raise site is for the operator's log and the CLI; services send only
+the public message (so "not found" and "not permitted" look the same from outside).
+
+Codes live in :data:`CATALOGUE`; raising an unknown code is a programming error and fails loudly.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+
+@dataclass(frozen=True)
+class ErrorSpec:
+    status: int
+    message: str
+
+
+_NOT_FOUND = "The resource does not exist or you are not permitted to use it."
+
+CATALOGUE: dict[str, ErrorSpec] = {
+    # --- input and usage -------------------------------------------------------------------
+    "input.unrecognized": ErrorSpec(400, "The input is not in a format Medclave recognises."),
+    "input.malformed": ErrorSpec(400, "The input is malformed; check the file or request body."),
+    "input.too_large": ErrorSpec(413, "The input exceeds the size limit."),
+    "input.missing": ErrorSpec(400, "A required input is missing."),
+    "config.invalid": ErrorSpec(500, "The service configuration is invalid; check its settings."),
+    # --- crypto / protocol -----------------------------------------------------------------
+    "crypto.decrypt_failed": ErrorSpec(400, "The message could not be decrypted or authenticated."),
+    "crypto.bad_key": ErrorSpec(400, "The key is malformed or of an unsupported type."),
+    "crypto.unsupported_suite": ErrorSpec(400, "The HPKE suite or key configuration is unsupported."),
+    "protocol.bad_message": ErrorSpec(400, "The message does not follow the wire format."),
+    "protocol.unsupported_version": ErrorSpec(400, "The format version is not supported."),
+    # --- attestation: parsing ----------------------------------------------------------------
+    "attestation.malformed": ErrorSpec(400, "The evidence is malformed and cannot be parsed."),
+    "attestation.unsupported_version": ErrorSpec(400, "The evidence version is not supported."),
+    "attestation.unknown_platform": ErrorSpec(400, "The evidence platform is not supported."),
+    "attestation.reserved_nonzero": ErrorSpec(400, "The evidence has non-zero reserved fields."),
+    # --- attestation: verification -------------------------------------------------------------
+    "attestation.certificate_missing": ErrorSpec(
+        400, "A certificate needed to verify the evidence was not supplied."
+    ),
+    "attestation.chain_invalid": ErrorSpec(
+        403, "The certificate chain does not lead to a trusted root."
+    ),
+    "attestation.root_untrusted": ErrorSpec(403, "The root certificate is not a pinned trust anchor."),
+    "attestation.certificate_expired": ErrorSpec(
+        403, "A certificate is not valid at the verification time."
+    ),
+    "attestation.certificate_revoked": ErrorSpec(403, "A certificate in the chain is revoked."),
+    "attestation.signature_invalid": ErrorSpec(403, "The evidence signature does not verify."),
+    "attestation.tcb_mismatch": ErrorSpec(
+        403, "The TCB in the evidence does not match its signing certificate."
+    ),
+    "attestation.chip_id_mismatch": ErrorSpec(
+        403, "The chip identifier does not match its signing certificate."
+    ),
+    "attestation.binding_mismatch": ErrorSpec(
+        403, "The evidence does not bind the expected nonce and runtime."
+    ),
+    "attestation.nonce_mismatch": ErrorSpec(403, "The evidence does not carry the expected nonce."),
+    "attestation.collateral_invalid": ErrorSpec(
+        403, "The verification collateral is invalid, expired or not signed by a trusted issuer."
+    ),
+    "attestation.tcb_no_match": ErrorSpec(403, "No TCB level in the collateral matches the platform."),
+    "attestation.qe_identity_mismatch": ErrorSpec(
+        403, "The quoting enclave does not match its identity collateral."
+    ),
+    "attestation.rim_invalid": ErrorSpec(403, "The reference integrity manifest does not verify."),
+    "attestation.measurement_mismatch": ErrorSpec(
+        403, "A measurement differs from the reference value."
+    ),
+    "attestation.provider_offline": ErrorSpec(
+        503, "An online endorsement provider is needed but was not enabled."
+    ),
+    # --- appraisal policy ------------------------------------------------------------------
+    "policy.invalid": ErrorSpec(400, "The appraisal policy is invalid."),
+    "policy.empty": ErrorSpec(400, "The appraisal policy accepts nothing; name at least one platform."),
+    "policy.refused": ErrorSpec(403, "The evidence does not satisfy the appraisal policy."),
+    "policy.platform_not_allowed": ErrorSpec(403, "The policy does not accept this platform."),
+    "policy.debug_forbidden": ErrorSpec(403, "Debug-enabled guests are forbidden by the policy."),
+    "policy.tcb_too_low": ErrorSpec(403, "The platform TCB is below the policy minimum."),
+    "policy.evidence_stale": ErrorSpec(403, "The evidence is older than the policy allows."),
+    "policy.model_not_allowed": ErrorSpec(403, "The model digest is not allowed by the policy."),
+    # --- audit ---------------------------------------------------------------------------
+    "audit.proof_invalid": ErrorSpec(400, "The Merkle proof does not verify."),
+    "audit.inclusion_invalid": ErrorSpec(400, "The inclusion proof does not verify."),
+    "audit.consistency_invalid": ErrorSpec(400, "The consistency proof does not verify."),
+    "audit.checkpoint_invalid": ErrorSpec(400, "The checkpoint is malformed."),
+    "audit.checkpoint_signature_invalid": ErrorSpec(400, "The checkpoint signature does not verify."),
+    "audit.cosignature_invalid": ErrorSpec(400, "A witness cosignature does not verify."),
+    "audit.entry_tampered": ErrorSpec(400, "A log entry does not match the tree."),
+    "audit.node_tampered": ErrorSpec(400, "A stored tree node does not match its children."),
+    "audit.entry_missing": ErrorSpec(400, "The log is missing an entry."),
+    "audit.index_out_of_range": ErrorSpec(404, "The log has no entry at that index."),
+    "audit.receipt_invalid": ErrorSpec(400, "The receipt does not verify."),
+    "audit.replay_mismatch": ErrorSpec(400, "The replayed answer does not match the recorded commitment."),
+    # --- identity and authorization ----------------------------------------------------------
+    "auth.token_missing": ErrorSpec(401, "A bearer token is required."),
+    "auth.token_malformed": ErrorSpec(401, "The token is malformed."),
+    "auth.token_expired": ErrorSpec(401, "The token has expired; obtain a new one."),
+    "auth.token_not_yet_valid": ErrorSpec(401, "The token is not valid yet; check clocks."),
+    "auth.token_lifetime_too_long": ErrorSpec(401, "The token lifetime exceeds the allowed maximum."),
+    "auth.audience_mismatch": ErrorSpec(401, "The token is not for this audience."),
+    "auth.issuer_untrusted": ErrorSpec(401, "The token issuer is not trusted."),
+    "auth.algorithm_forbidden": ErrorSpec(401, "The token algorithm is not allowed."),
+    "auth.signature_invalid": ErrorSpec(401, "The token signature does not verify."),
+    "auth.token_replayed": ErrorSpec(401, "The token has already been used."),
+    "auth.key_unknown": ErrorSpec(401, "The token signing key is unknown."),
+    "auth.dpop_invalid": ErrorSpec(401, "The DPoP proof is invalid for this token or request."),
+    "auth.invalid_credentials": ErrorSpec(401, "The credentials are invalid."),
+    "auth.forbidden": ErrorSpec(403, "The request is not permitted by policy."),
+    "auth.break_glass_expired": ErrorSpec(403, "The break-glass grant has expired."),
+    "auth.break_glass_reason_missing": ErrorSpec(400, "Break-glass access requires a stated reason."),
+    "auth.rate_limited": ErrorSpec(429, "Too many requests; retry later."),
+    # --- key broker ------------------------------------------------------------------------
+    "kbs.not_found": ErrorSpec(404, _NOT_FOUND),
+    "kbs.nonce_unknown": ErrorSpec(400, "The nonce is unknown or already used; request a new challenge."),
+    "kbs.nonce_expired": ErrorSpec(400, "The nonce has expired; request a new challenge."),
+    "kbs.nonce_replayed": ErrorSpec(400, "The nonce is unknown or already used; request a new challenge."),
+    "kbs.ephemeral_key_missing": ErrorSpec(400, "The evidence runtime carries no ephemeral key."),
+    "kbs.unauthorized": ErrorSpec(404, _NOT_FOUND),
+    "kbs.conflict": ErrorSpec(409, "The resource changed concurrently; retry."),
+    "kbs.unavailable": ErrorSpec(503, "The key broker is unavailable."),
+    # --- sealed models ---------------------------------------------------------------------
+    "model.manifest_invalid": ErrorSpec(400, "The sealed model manifest is invalid."),
+    "model.chunk_invalid": ErrorSpec(400, "A sealed model chunk is missing, reordered or altered."),
+    "model.truncated": ErrorSpec(400, "The sealed model is truncated."),
+    "model.digest_mismatch": ErrorSpec(400, "The model digest does not match its manifest."),
+    "model.key_invalid": ErrorSpec(400, "The model key does not open this sealed model."),
+    # --- enclave and client ----------------------------------------------------------------
+    "enclave.not_ready": ErrorSpec(503, "The enclave is not ready yet."),
+    "enclave.engine_failed": ErrorSpec(500, "The inference engine failed."),
+    "enclave.bad_request": ErrorSpec(400, "The inference request is invalid."),
+    "client.attestation_refused": ErrorSpec(
+        502, "The server's attestation was refused; no data was sent."
+    ),
+    "client.key_changed": ErrorSpec(502, "The server's key changed; re-attestation failed."),
+    "client.upstream_failed": ErrorSpec(502, "The upstream enclave could not be reached."),
+    "internal": ErrorSpec(500, "Internal error."),
+}
+
+
+class MedclaveError(Exception):
+    """Base of every refusal. ``code`` must be in :data:`CATALOGUE` under ``family``."""
+
+    family: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(self, code: str, detail: str | None = None, **context: Any) -> None:
+        if code not in CATALOGUE:
+            raise ValueError(f"unknown error code {code!r}: add it to medclave.errors.CATALOGUE")
+        if self.family and code.split(".", 1)[0] not in self.family:
+            raise ValueError(f"{type(self).__name__} cannot carry code {code!r}")
+        self.code = code
+        self.detail = detail or CATALOGUE[code].message
+        self.context = context
+        super().__init__(f"{code}: {self.detail}")
+
+    @property
+    def status(self) -> int:
+        return CATALOGUE[self.code].status
+
+    @property
+    def public_message(self) -> str:
+        return CATALOGUE[self.code].message
+
+    def to_public(self) -> dict[str, dict[str, str]]:
+        """The body a service returns: never the detail, which may name internal state."""
+        return {"error": {"code": self.code, "message": self.public_message}}
+
+    def to_dict(self) -> dict[str, str]:
+        """For the CLI and local tools, where the caller owns the data: detail included."""
+        return {"code": self.code, "message": self.detail}
+
+
+class InputError(MedclaveError):
+    family = ("input", "config")
+
+
+class CryptoError(MedclaveError):
+    family = ("crypto", "protocol")
+
+
+class AttestationError(MedclaveError):
+    """Evidence could not be parsed or did not verify.
+
+    ``checks`` holds the verification steps done before the failure, the last one failed.
+    """
+
+    family = ("attestation",)
+
+    def __init__(
+        self, code: str, detail: str | None = None, *, checks: tuple[Any, ...] = (), **context: Any
+    ) -> None:
+        super().__init__(code, detail, **context)
+        self.checks = checks
+
+
+class PolicyError(MedclaveError):
+    """Appraisal refused the evidence. ``violations`` lists every broken rule, not only the first."""
+
+    family = ("policy",)
+
+    def __init__(
+        self, code: str, detail: str | None = None, *, violations: tuple[Any, ...] = (),
+        **context: Any,
+    ) -> None:
+        super().__init__(code, detail, **context)
+        self.violations = violations
+
+
+class AuditError(MedclaveError):
+    family = ("audit",)
+
+
+class AuthError(MedclaveError):
+    family = ("auth",)
+
+
+class KbsError(MedclaveError):
+    family = ("kbs",)
+
+
+class ModelError(MedclaveError):
+    family = ("model",)
+
+
+class EnclaveError(MedclaveError):
+    family = ("enclave", "internal")
+
+
+class ClientError(MedclaveError):
+    family = ("client",)

@@ -1,0 +1,1 @@
+"""Wire formats shared by both ends: pydantic models, media types, version constants."""
