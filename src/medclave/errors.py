@@ -31,6 +31,7 @@ CATALOGUE: dict[str, ErrorSpec] = {
     "config.invalid": ErrorSpec(500, "The service configuration is invalid; check its settings."),
     # --- crypto / protocol -----------------------------------------------------------------
     "crypto.decrypt_failed": ErrorSpec(400, "The message could not be decrypted or authenticated."),
+    "crypto.signature_invalid": ErrorSpec(400, "The signature does not verify."),
     "crypto.bad_key": ErrorSpec(400, "The key is malformed or of an unsupported type."),
     "crypto.unsupported_suite": ErrorSpec(400, "The HPKE suite or key configuration is unsupported."),
     "protocol.bad_message": ErrorSpec(400, "The message does not follow the wire format."),
@@ -203,7 +204,8 @@ class AttestationError(MedclaveError):
 class PolicyError(MedclaveError):
     """Appraisal refused the evidence. ``violations`` lists every broken rule, not only the first."""
 
-    family = ("policy",)
+    # attestation.measurement_mismatch is an appraisal refusal too (ARCHITECTURE.md names it).
+    family = ("policy", "attestation")
 
     def __init__(
         self, code: str, detail: str | None = None, *, violations: tuple[Any, ...] = (),

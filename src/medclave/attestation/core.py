@@ -114,6 +114,18 @@ class Verification:
         }
 
 
+@dataclass(frozen=True)
+class Violation:
+    """One broken policy rule. Appraisal reports every violation at once, not the first."""
+
+    code: str  # a ``policy.*`` code from medclave.errors.CATALOGUE
+    claim: str  # the claim or rule it concerns, e.g. "measurement", "reported_tcb.snp"
+    detail: str
+
+    def to_dict(self) -> dict[str, str]:
+        return {"code": self.code, "claim": self.claim, "detail": self.detail}
+
+
 class CheckLog:
     """Collects checks in order; ``fail`` records the failed step and raises with all of them."""
 

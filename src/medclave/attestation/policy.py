@@ -1,0 +1,274 @@
+"""Appraisal policy: the reference values a relying party accepts, and the appraisal itself.
+
+A policy is a TOML or JSON document. It refuses to be empty: it must name the platforms it accepts,
+and ``sim`` is accepted only when named (it protects nothing). Reference values are per platform,
+keyed by claim path (``measurement``, ``policy_bits.smt``, ``reported_tcb_parts.snp``) so the same
+rules read the same over every platform's claims::
+
+    platforms = ["sev-snp", "tdx"]
+    allow_debug = false
+    model_digests = ["b179c952…"]
+
+    [tcb]
+    refuse = ["OutOfDate", "OutOfDateConfigurationNeeded", "Revoked", "NoMatch"]
+    require_known = false
+
+    [platform.sev-snp.reference_values]
+    measurement = ["7a1e5c26…"]
+    "policy_bits.migrate_ma" = [false]
+
+    [platform.sev-snp.minimums]
+    "reported_tcb_parts.snp" = 8
+
+Appraisal never stops at the first broken rule: every violation is reported at once, and the
+policy digest (SHA-256 of its canonical JSON) goes into every result.
+"""
+
+from __future__ import annotations
+
+import json
+import tomllib
+from collections.abc import Mapping, Sequence
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from medclave.attestation.core import Verification, Violation
+from medclave.crypto.canonical import canonical_sha256
+from medclave.errors import PolicyError
+
+REAL_PLATFORMS: tuple[str, ...] = ("sev-snp", "tdx", "nvidia", "az-snp-vtpm", "az-tdx-vtpm", "tpm")
+KNOWN_PLATFORMS: tuple[str, ...] = (*REAL_PLATFORMS, "sim")
+DEFAULT_REFUSED_TCB: tuple[str, ...] = (
+    "OutOfDate",
+    "OutOfDateConfigurationNeeded",
+    "Revoked",
+    "NoMatch",
+)
+MAX_POLICY_BYTES = 256 * 1024
+
+
+class TcbRules(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    refuse: tuple[str, ...] = DEFAULT_REFUSED_TCB
+    # True: an unknown TCB status (no collateral given) is refused too.
+    require_known: bool = False
+
+
+class PlatformRules(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    reference_values: dict[str, list[Any]] = Field(default_factory=dict)
+    minimums: dict[str, int] = Field(default_factory=dict)
+
+
+class AppraisalPolicy(BaseModel):
+    """Reference values. Construct with :func:`load_policy` or :func:`default_policy`."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str = "custom"
+    platforms: tuple[str, ...]
+    allow_debug: bool = False
+    model_digests: tuple[str, ...] = ()
+    max_evidence_age_seconds: int | None = Field(default=None, gt=0)
+    require_gpu: bool = False
+    tcb: TcbRules = Field(default_factory=TcbRules)
+    platform: dict[str, PlatformRules] = Field(default_factory=dict)
+
+    @field_validator("platforms")
+    @classmethod
+    def _platforms_known(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        if not value:
+            raise ValueError("policy.empty")
+        unknown = sorted(set(value) - set(KNOWN_PLATFORMS))
+        if unknown:
+            raise ValueError(f"unknown platforms {unknown}; known: {list(KNOWN_PLATFORMS)}")
+        return value
+
+    def digest(self) -> str:
+        return canonical_sha256(self.model_dump(mode="json")).hex()
+
+    @property
+    def allows_sim(self) -> bool:
+        return "sim" in self.platforms
+
+
+def default_policy() -> AppraisalPolicy:
+    """Every real platform, any measurement; refuses sim, debug and a TCB known to be bad."""
+    return AppraisalPolicy(name="medclave-default", platforms=REAL_PLATFORMS)
+
+
+def parse_policy(data: bytes, *, fmt: str | None = None) -> AppraisalPolicy:
+    """A policy from TOML or JSON bytes (``fmt`` 'toml'/'json', else guessed from content)."""
+    if len(data) > MAX_POLICY_BYTES:
+        raise PolicyError("policy.invalid", "policy file too large")
+    try:
+        text = data.decode("utf-8")
+        if fmt == "json" or (fmt is None and text.lstrip().startswith("{")):
+            raw = json.loads(text)
+        else:
+            raw = tomllib.loads(text)
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise PolicyError("policy.invalid", f"not valid TOML or JSON: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise PolicyError("policy.invalid", "a policy is an object")
+    try:
+        return AppraisalPolicy.model_validate(raw)
+    except ValidationError as exc:
+        if any("policy.empty" in str(e.get("msg", "")) for e in exc.errors()) or "platforms" not in raw:
+            raise PolicyError("policy.empty", "the policy names no platform: it would accept nothing") from exc
+        raise PolicyError("policy.invalid", _first_error(exc)) from exc
+
+
+def load_policy(path: Path) -> AppraisalPolicy:
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise PolicyError("policy.invalid", f"cannot read policy {path.name}: {exc.strerror}") from exc
+    return parse_policy(data, fmt="json" if path.suffix == ".json" else None)
+
+
+def _first_error(exc: ValidationError) -> str:
+    err = exc.errors()[0]
+    where = ".".join(str(p) for p in err.get("loc", ()))
+    return f"{where}: {err.get('msg', 'invalid')}"
+
+
+def claim_at(claims: Mapping[str, Any], path: str) -> Any:
+    """``claims['a']['b']`` for ``'a.b'``; a missing step gives None."""
+    value: Any = claims
+    for part in path.split("."):
+        if not isinstance(value, Mapping) or part not in value:
+            return None
+        value = value[part]
+    return value
+
+
+def _same(a: Any, b: Any) -> bool:
+    if isinstance(a, str) and isinstance(b, str):
+        return a.lower() == b.lower()
+    return bool(a == b) and type(a) is type(b)
+
+
+class Appraisal(BaseModel):
+    """The outcome of appraising one verification against one policy."""
+
+    model_config = ConfigDict(frozen=True)
+
+    platform: str
+    policy_name: str
+    policy_digest: str
+    violations: tuple[dict[str, str], ...] = ()
+    # Per claim group: "affirming" | "warning" | "contraindicated" | "none" (EAR vocabulary).
+    status: dict[str, str] = Field(default_factory=dict)
+
+    @property
+    def accepted(self) -> bool:
+        return not self.violations
+
+
+def evaluate(
+    verification: Verification,
+    policy: AppraisalPolicy,
+    *,
+    now: datetime,
+    evidence_time: datetime | None = None,
+    model_digest: str | None = None,
+) -> Appraisal:
+    """Every rule of ``policy`` against ``verification``; never raises for a refusal."""
+    v: list[Violation] = []
+    claims = verification.claims
+    status: dict[str, str] = {}
+
+    if verification.platform not in policy.platforms:
+        why = "sim is not a TEE and protects nothing" if verification.platform == "sim" else ""
+        v.append(Violation("policy.platform_not_allowed", "platform",
+                           f"{verification.platform} not in {list(policy.platforms)} {why}".strip()))
+    status["hardware"] = "affirming" if verification.secure else "contraindicated"
+
+    debug = _debug_of(claims)
+    if debug and not policy.allow_debug:
+        v.append(Violation("policy.debug_forbidden", "debug", "the guest allows debugging"))
+    status["configuration"] = "contraindicated" if debug else "affirming"
+
+    tcb = verification.tcb_status
+    if tcb in policy.tcb.refuse:
+        v.append(Violation("policy.tcb_too_low", "tcb_status", f"TCB status {tcb} is refused"))
+    elif tcb == "unknown" and policy.tcb.require_known:
+        v.append(Violation("policy.tcb_too_low", "tcb_status",
+                           "TCB status unknown (no collateral) and the policy requires it"))
+    status["tcb"] = ("contraindicated" if tcb in policy.tcb.refuse
+                     else "none" if tcb == "unknown" else
+                     "affirming" if tcb == "UpToDate" else "warning")
+
+    rules = policy.platform.get(verification.platform)
+    exec_ok = True
+    if rules is not None:
+        for path, allowed in rules.reference_values.items():
+            actual = claim_at(claims, path)
+            if not any(_same(actual, a) for a in allowed):
+                exec_ok = False
+                v.append(Violation("attestation.measurement_mismatch", path,
+                                   f"{actual!r} is not an accepted reference value"))
+        for path, minimum in rules.minimums.items():
+            actual = claim_at(claims, path)
+            if not isinstance(actual, int) or isinstance(actual, bool) or actual < minimum:
+                v.append(Violation("policy.tcb_too_low", path, f"{actual!r} below minimum {minimum}"))
+    status["executables"] = "affirming" if exec_ok and rules else ("contraindicated" if not exec_ok else "none")
+
+    if policy.model_digests:
+        if model_digest is None or model_digest.lower() not in {d.lower() for d in policy.model_digests}:
+            v.append(Violation("policy.model_not_allowed", "model_digest",
+                               f"model {model_digest or '(none)'} is not an allowed model"))
+            status["sourced-data"] = "contraindicated"
+        else:
+            status["sourced-data"] = "affirming"
+
+    if policy.max_evidence_age_seconds is not None and evidence_time is not None:
+        age = (now - evidence_time).total_seconds()
+        if age > policy.max_evidence_age_seconds or age < -60:
+            v.append(Violation("policy.evidence_stale", "evidence_time",
+                               f"evidence is {age:.0f}s old, limit {policy.max_evidence_age_seconds}s"))
+
+    return Appraisal(
+        platform=verification.platform,
+        policy_name=policy.name,
+        policy_digest=policy.digest(),
+        violations=tuple(x.to_dict() for x in v),
+        status=status,
+    )
+
+
+def appraise(
+    verification: Verification,
+    policy: AppraisalPolicy,
+    *,
+    now: datetime,
+    evidence_time: datetime | None = None,
+    model_digest: str | None = None,
+) -> Appraisal:
+    """Like :func:`evaluate`, but raises :class:`PolicyError` listing every violation."""
+    result = evaluate(verification, policy, now=now, evidence_time=evidence_time,
+                      model_digest=model_digest)
+    if result.violations:
+        raise_refusal(result.violations)
+    return result
+
+
+def raise_refusal(violations: Sequence[Mapping[str, str]]) -> None:
+    codes = {x["code"] for x in violations}
+    # One specific code when one rule broke; the umbrella code when several did.
+    code = next(iter(codes)) if len(codes) == 1 else "policy.refused"
+    detail = "; ".join(f"{x['claim']}: {x['detail']}" for x in violations)
+    raise PolicyError(code, detail, violations=tuple(dict(x) for x in violations))
+
+
+def _debug_of(claims: Mapping[str, Any]) -> bool:
+    if claims.get("debug") is True:
+        return True
+    hardware = claims.get("hardware")
+    return isinstance(hardware, Mapping) and hardware.get("debug") is True

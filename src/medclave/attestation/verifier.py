@@ -1,0 +1,138 @@
+"""One entry point over every platform: raw evidence or a Medclave evidence bundle in, a
+:class:`Verification` out. The CLI, the key broker and the client SDK all go through here.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hmac
+import json
+from collections.abc import Sequence
+from dataclasses import replace
+from datetime import datetime
+from typing import Any
+
+from pydantic import ValidationError
+
+from medclave.attestation import registry
+from medclave.attestation.binding import verify_binding
+from medclave.attestation.core import (
+    Check,
+    Endorsements,
+    Verification,
+    VerifyOptions,
+    require_size,
+)
+from medclave.attestation.x509chain import load_certificates
+from medclave.errors import AttestationError, MedclaveError
+from medclave.protocol.evidence import EvidenceBundle
+
+BUNDLE = "bundle"
+
+
+def detect(data: bytes) -> str:
+    """The platform name of raw evidence, or ``"bundle"`` for a Medclave evidence bundle."""
+    require_size(data, maximum=4 * 1024 * 1024)
+    if _looks_like_bundle(data):
+        return BUNDLE
+    return registry.detect(data)
+
+
+def _looks_like_bundle(data: bytes) -> bool:
+    head = data.lstrip()[:1]
+    if head != b"{":
+        return False
+    try:
+        obj = json.loads(data)
+    except (ValueError, UnicodeDecodeError):
+        return False
+    return isinstance(obj, dict) and {"platform", "evidence", "runtime"} <= obj.keys()
+
+
+def parse_bundle(data: bytes) -> EvidenceBundle:
+    try:
+        return EvidenceBundle.model_validate_json(data)
+    except ValidationError as exc:
+        raise AttestationError("attestation.malformed", f"evidence bundle: {exc.errors()[0]['msg']}") from exc
+
+
+def verify_raw(
+    data: bytes,
+    *,
+    now: datetime,
+    platform: str | None = None,
+    certificates: Sequence[bytes] = (),
+    collateral: Sequence[bytes] = (),
+    nonce: bytes | None = None,
+    trusted_roots: frozenset[str] | None = None,
+    online: Any = None,
+) -> Verification:
+    """Verify raw hardware evidence. ``nonce`` is checked by the platform where it carries one
+    (NVIDIA, TPM); for SNP and TDX it must equal report_data (zero-padded to 64 bytes)."""
+    name = platform or registry.detect(data)
+    certs = tuple(c for blob in certificates for c in load_certificates(blob))
+    options = VerifyOptions(
+        now=now,
+        endorsements=Endorsements(certificates=certs, collateral=tuple(collateral)),
+        trusted_roots=trusted_roots,
+        expected_nonce=nonce,
+        online=online,
+    )
+    result = registry.get(name).verify(data, options)
+    if nonce is not None and "report_data" in result.claims and name in ("sev-snp", "tdx", "sim"):
+        expected = nonce.ljust(64, b"\0")
+        if len(nonce) > 64 or not hmac.compare_digest(bytes.fromhex(result.claims["report_data"]), expected):
+            raise AttestationError(
+                "attestation.nonce_mismatch", "report_data does not carry the expected nonce",
+                checks=(*result.checks, Check("nonce", False, "report_data != nonce")),
+            )
+        result = replace(result, checks=(*result.checks, Check("nonce", True, "report_data = nonce")))
+    return result
+
+
+def verify_bundle(
+    bundle: EvidenceBundle,
+    *,
+    now: datetime,
+    expected_nonce: bytes | None,
+    certificates: Sequence[bytes] = (),
+    collateral: Sequence[bytes] = (),
+    trusted_roots: frozenset[str] | None = None,
+    online: Any = None,
+) -> Verification:
+    """Verify the hardware evidence in ``bundle``, then that its report_data binds the bundle's
+    nonce and runtime (ARCHITECTURE.md, "Evidence bundle"). ``expected_nonce`` is the nonce this
+    relying party issued; None only for offline inspection, where freshness is not claimed."""
+    try:
+        raw = bundle.evidence_bytes()
+        bundle_nonce = bytes.fromhex(bundle.nonce)
+        coll = [*collateral, *(base64.b64decode(c, validate=True) for c in bundle.endorsements.collateral)]
+    except (binascii.Error, ValueError) as exc:
+        raise AttestationError("attestation.malformed", "bundle field is not valid base64/hex") from exc
+    certs = [*certificates, *(c.encode() for c in bundle.endorsements.certificates)]
+    result = verify_raw(raw, now=now, platform=bundle.platform, certificates=certs, collateral=coll,
+                        trusted_roots=trusted_roots, online=online)
+    checks = list(result.checks)
+    if expected_nonce is not None and not hmac.compare_digest(expected_nonce, bundle_nonce):
+        checks.append(Check("nonce", False, "bundle nonce differs from the one issued"))
+        raise AttestationError("attestation.nonce_mismatch", "the bundle answers another nonce",
+                               checks=tuple(checks))
+    report_data = _report_data(result)
+    try:
+        verify_binding(report_data, bundle_nonce, bundle.runtime)
+    except MedclaveError as exc:
+        checks.append(Check("binding", False, exc.detail))
+        raise AttestationError("attestation.binding_mismatch", exc.detail, checks=tuple(checks)) from exc
+    checks.append(Check("binding", True, "report_data = SHA-512(label || nonce || SHA-256(runtime))"))
+    claims = {**result.claims, "runtime": dict(bundle.runtime), "nonce": bundle.nonce}
+    return replace(result, claims=claims, checks=tuple(checks))
+
+
+def _report_data(result: Verification) -> bytes:
+    claims = result.claims
+    hw = claims.get("hardware")
+    value = claims.get("report_data") or (hw.get("report_data") if isinstance(hw, dict) else None)
+    if not isinstance(value, str):
+        raise AttestationError("attestation.binding_mismatch", f"{result.platform} evidence has no report_data")
+    return bytes.fromhex(value)

@@ -1,0 +1,1 @@
+"""The ``medclave`` command: wiring only, no logic."""

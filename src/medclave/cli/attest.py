@@ -1,0 +1,143 @@
+"""``medclave attest verify``: scripts depend on its exact form, output and exit codes.
+
+Exit 0: verified and the policy holds; 1: refused (a check or the policy failed); 2: unusable input.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from medclave.attestation.core import Verification
+from medclave.attestation.policy import AppraisalPolicy, default_policy, evaluate, load_policy
+from medclave.attestation.verifier import BUNDLE, detect, parse_bundle, verify_bundle, verify_raw
+from medclave.errors import AttestationError, MedclaveError
+
+app = typer.Typer(help="Verify and appraise attestation evidence.", no_args_is_help=True)
+
+# Codes that mean "this input can't be used", as opposed to "this evidence is refused".
+UNUSABLE = frozenset({
+    "attestation.malformed", "attestation.unsupported_version", "attestation.unknown_platform",
+    "attestation.certificate_missing", "attestation.reserved_nonzero", "input.unrecognized",
+    "input.malformed", "input.too_large", "input.missing", "policy.invalid", "policy.empty",
+})
+
+
+def _parse_time(text: str | None) -> datetime:
+    if text is None:
+        return datetime.now(UTC)
+    try:
+        value = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError as exc:
+        raise typer.BadParameter(f"--at wants ISO 8601, got {text!r}") from exc
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+def _read(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise AttestationError("attestation.malformed", f"cannot read {path.name}: {exc.strerror}") from exc
+
+
+def run_verify(
+    evidence: Path,
+    certs: list[Path],
+    collateral: list[Path],
+    nonce: str | None,
+    policy_file: Path | None,
+    at: datetime,
+) -> tuple[int, dict[str, Any]]:
+    """The whole command as a function: (exit code, the JSON object)."""
+    out: dict[str, Any] = {
+        "platform": None, "verified": False, "checks": [], "claims": {}, "tcb_status": "unknown",
+        "policy": None, "error": None,
+    }
+    try:
+        policy: AppraisalPolicy = load_policy(policy_file) if policy_file else default_policy()
+        out["policy"] = {"name": policy.name, "digest": policy.digest(), "accepted": False, "violations": []}
+        nonce_bytes = bytes.fromhex(nonce) if nonce is not None else None
+        data = _read(evidence)
+        kind = detect(data)
+        cert_blobs = [_read(p) for p in certs]
+        coll_blobs = [_read(p) for p in collateral]
+        result: Verification
+        if kind == BUNDLE:
+            bundle = parse_bundle(data)
+            out["platform"] = bundle.platform
+            result = verify_bundle(bundle, now=at, expected_nonce=nonce_bytes,
+                                   certificates=cert_blobs, collateral=coll_blobs)
+        else:
+            out["platform"] = kind
+            result = verify_raw(data, now=at, platform=kind, certificates=cert_blobs,
+                                collateral=coll_blobs, nonce=nonce_bytes)
+    except ValueError as exc:  # a bad --nonce
+        out["error"] = {"code": "input.malformed", "message": f"--nonce is not hex: {exc}"}
+        return 2, out
+    except MedclaveError as exc:
+        out["checks"] = [c.to_dict() for c in getattr(exc, "checks", ())]
+        out["error"] = exc.to_dict()
+        return (2 if exc.code in UNUSABLE else 1), out
+
+    out.update({k: v for k, v in result.to_dict().items() if k in ("platform", "verified", "checks",
+                                                                     "claims", "tcb_status", "secure")})
+    runtime = result.claims.get("runtime")
+    model = runtime.get("model_digest") if isinstance(runtime, dict) else None
+    appraisal = evaluate(result, policy, now=at, model_digest=model)
+    out["policy"] = {"name": policy.name, "digest": appraisal.policy_digest,
+                     "accepted": appraisal.accepted, "violations": list(appraisal.violations)}
+    if not appraisal.accepted:
+        first = appraisal.violations[0]
+        out["error"] = {"code": first["code"] if len(appraisal.violations) == 1 else "policy.refused",
+                        "message": "; ".join(f"{v['claim']}: {v['detail']}" for v in appraisal.violations)}
+        return 1, out
+    return 0, out
+
+
+def render(out: dict[str, Any], console: Console) -> None:
+    if out.get("secure") is False:
+        console.print("[bold red]SIM: a software TEE for development. It protects nothing.[/]")
+    table = Table(title=f"{out['platform'] or 'unknown'} evidence", show_lines=False)
+    table.add_column("check")
+    table.add_column("ok")
+    table.add_column("detail", overflow="fold")
+    for c in out["checks"]:
+        table.add_row(c["name"], "[green]yes[/]" if c["ok"] else "[red]NO[/]", c["detail"])
+    console.print(table)
+    for key in ("measurement", "mr_td", "report_data", "driver_version", "vbios_version", "fwid", "nonce"):
+        if key in out["claims"]:
+            console.print(f"{key}: {out['claims'][key]}")
+    console.print(f"TCB status: {out['tcb_status']}")
+    pol = out.get("policy") or {}
+    for v in pol.get("violations", []):
+        console.print(f"[red]policy violation[/] {v['code']} ({v['claim']}): {v['detail']}")
+    if out["error"]:
+        console.print(f"[bold red]REFUSED[/] {out['error']['code']}: {out['error']['message']}")
+    else:
+        console.print(f"[bold green]VERIFIED[/] and accepted by policy {pol.get('name')}")
+
+
+@app.command("verify")
+def verify_cmd(
+    evidence: Annotated[Path, typer.Argument(help="SNP report, TDX quote, NVIDIA hex, CoCo vTPM JSON or bundle")],
+    cert: Annotated[list[Path] | None, typer.Option("--cert", help="PEM or DER certificate file(s)")] = None,
+    collateral: Annotated[list[Path] | None, typer.Option("--collateral", help="PCS JSON, CRL, dcap-qvl bundle, RIM")] = None,
+    nonce: Annotated[str | None, typer.Option(help="expected nonce, hex")] = None,
+    policy: Annotated[Path | None, typer.Option(help="appraisal policy (TOML or JSON)")] = None,
+    at: Annotated[str | None, typer.Option("--at", help="verification time, ISO 8601 (default now)")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
+) -> None:
+    """Verify EVIDENCE against the pinned roots and appraise it against a policy."""
+    code, out = run_verify(evidence, cert or [], collateral or [], nonce, policy, _parse_time(at))
+    if as_json:
+        sys.stdout.write(json.dumps(out, indent=2, sort_keys=True, default=str) + "\n")
+    else:
+        render(out, Console())
+    raise typer.Exit(code)
