@@ -34,6 +34,10 @@ CATALOGUE: dict[str, ErrorSpec] = {
     "crypto.signature_invalid": ErrorSpec(400, "The signature does not verify."),
     "crypto.bad_key": ErrorSpec(400, "The key is malformed or of an unsupported type."),
     "crypto.unsupported_suite": ErrorSpec(400, "The HPKE suite or key configuration is unsupported."),
+    "crypto.key_unknown": ErrorSpec(
+        400, "The key identifier is unknown; fetch the current key configuration."
+    ),
+    "crypto.truncated": ErrorSpec(400, "The encrypted stream ended before its final chunk."),
     "protocol.bad_message": ErrorSpec(400, "The message does not follow the wire format."),
     "protocol.unsupported_version": ErrorSpec(400, "The format version is not supported."),
     # --- attestation: parsing ----------------------------------------------------------------
@@ -64,6 +68,9 @@ CATALOGUE: dict[str, ErrorSpec] = {
         403, "The evidence does not bind the expected nonce and runtime."
     ),
     "attestation.nonce_mismatch": ErrorSpec(403, "The evidence does not carry the expected nonce."),
+    "attestation.pcr_mismatch": ErrorSpec(
+        403, "The PCR values do not match the digest signed in the TPM quote."
+    ),
     "attestation.collateral_invalid": ErrorSpec(
         403, "The verification collateral is invalid, expired or not signed by a trusted issuer."
     ),
@@ -87,6 +94,15 @@ CATALOGUE: dict[str, ErrorSpec] = {
     "policy.tcb_too_low": ErrorSpec(403, "The platform TCB is below the policy minimum."),
     "policy.evidence_stale": ErrorSpec(403, "The evidence is older than the policy allows."),
     "policy.model_not_allowed": ErrorSpec(403, "The model digest is not allowed by the policy."),
+    "policy.smt_forbidden": ErrorSpec(403, "The policy forbids SMT on the platform."),
+    "policy.migration_agent_forbidden": ErrorSpec(
+        403, "The policy forbids guests that allow a migration agent."
+    ),
+    "policy.vmpl_not_allowed": ErrorSpec(403, "The report's VMPL is not allowed by the policy."),
+    "policy.host_data_mismatch": ErrorSpec(403, "The host data is not an accepted value."),
+    "policy.signing_key_not_allowed": ErrorSpec(
+        403, "The report's signing key kind is not allowed by the policy."
+    ),
     # --- audit ---------------------------------------------------------------------------
     "audit.proof_invalid": ErrorSpec(400, "The Merkle proof does not verify."),
     "audit.inclusion_invalid": ErrorSpec(400, "The inclusion proof does not verify."),
@@ -100,6 +116,12 @@ CATALOGUE: dict[str, ErrorSpec] = {
     "audit.index_out_of_range": ErrorSpec(404, "The log has no entry at that index."),
     "audit.receipt_invalid": ErrorSpec(400, "The receipt does not verify."),
     "audit.replay_mismatch": ErrorSpec(400, "The replayed answer does not match the recorded commitment."),
+    "audit.entry_invalid": ErrorSpec(400, "The audit entry is malformed or not canonical JSON."),
+    "audit.commitment_mismatch": ErrorSpec(400, "The data does not open the recorded commitment."),
+    "audit.replay_engine_mismatch": ErrorSpec(
+        400, "Replay needs the model and engine build recorded in the entry."
+    ),
+    "audit.log_conflict": ErrorSpec(409, "The log changed underneath this writer; reopen it."),
     # --- identity and authorization ----------------------------------------------------------
     "auth.token_missing": ErrorSpec(401, "A bearer token is required."),
     "auth.token_malformed": ErrorSpec(401, "The token is malformed."),
@@ -112,6 +134,9 @@ CATALOGUE: dict[str, ErrorSpec] = {
     "auth.signature_invalid": ErrorSpec(401, "The token signature does not verify."),
     "auth.token_replayed": ErrorSpec(401, "The token has already been used."),
     "auth.key_unknown": ErrorSpec(401, "The token signing key is unknown."),
+    "auth.jwks_unavailable": ErrorSpec(
+        503, "The token issuer's keys could not be fetched; retry later."
+    ),
     "auth.dpop_invalid": ErrorSpec(401, "The DPoP proof is invalid for this token or request."),
     "auth.invalid_credentials": ErrorSpec(401, "The credentials are invalid."),
     "auth.forbidden": ErrorSpec(403, "The request is not permitted by policy."),
@@ -127,12 +152,21 @@ CATALOGUE: dict[str, ErrorSpec] = {
     "kbs.unauthorized": ErrorSpec(404, _NOT_FOUND),
     "kbs.conflict": ErrorSpec(409, "The resource changed concurrently; retry."),
     "kbs.unavailable": ErrorSpec(503, "The key broker is unavailable."),
+    "kbs.policy_missing": ErrorSpec(
+        403, "The resource has no release policy; its owner must set one before any release."
+    ),
+    "kbs.requester_not_allowed": ErrorSpec(
+        403, "The requester identity is not allowed by the resource's release policy."
+    ),
     # --- sealed models ---------------------------------------------------------------------
     "model.manifest_invalid": ErrorSpec(400, "The sealed model manifest is invalid."),
     "model.chunk_invalid": ErrorSpec(400, "A sealed model chunk is missing, reordered or altered."),
     "model.truncated": ErrorSpec(400, "The sealed model is truncated."),
     "model.digest_mismatch": ErrorSpec(400, "The model digest does not match its manifest."),
     "model.key_invalid": ErrorSpec(400, "The model key does not open this sealed model."),
+    "model.unsupported_platform": ErrorSpec(
+        500, "Sealed models open only into memory (Linux memfd); this platform has none."
+    ),
     # --- enclave and client ----------------------------------------------------------------
     "enclave.not_ready": ErrorSpec(503, "The enclave is not ready yet."),
     "enclave.engine_failed": ErrorSpec(500, "The inference engine failed."),

@@ -87,6 +87,8 @@ class VerifyOptions:
     now: datetime
     endorsements: Endorsements = field(default_factory=Endorsements)
     trusted_roots: frozenset[str] | None = None
+    # Fingerprints of local sim roots this relying party accepts; empty: sim never verifies.
+    sim_roots: frozenset[str] = frozenset()
     expected_nonce: bytes | None = None
     online: Any = None  # an explicit endorsement provider; never set in tests
 

@@ -66,6 +66,7 @@ def verify_raw(
     collateral: Sequence[bytes] = (),
     nonce: bytes | None = None,
     trusted_roots: frozenset[str] | None = None,
+    sim_roots: frozenset[str] = frozenset(),
     online: Any = None,
 ) -> Verification:
     """Verify raw hardware evidence. ``nonce`` is checked by the platform where it carries one
@@ -76,6 +77,7 @@ def verify_raw(
         now=now,
         endorsements=Endorsements(certificates=certs, collateral=tuple(collateral)),
         trusted_roots=trusted_roots,
+        sim_roots=sim_roots,
         expected_nonce=nonce,
         online=online,
     )
@@ -99,6 +101,7 @@ def verify_bundle(
     certificates: Sequence[bytes] = (),
     collateral: Sequence[bytes] = (),
     trusted_roots: frozenset[str] | None = None,
+    sim_roots: frozenset[str] = frozenset(),
     online: Any = None,
 ) -> Verification:
     """Verify the hardware evidence in ``bundle``, then that its report_data binds the bundle's
@@ -112,7 +115,7 @@ def verify_bundle(
         raise AttestationError("attestation.malformed", "bundle field is not valid base64/hex") from exc
     certs = [*certificates, *(c.encode() for c in bundle.endorsements.certificates)]
     result = verify_raw(raw, now=now, platform=bundle.platform, certificates=certs, collateral=coll,
-                        trusted_roots=trusted_roots, online=online)
+                        trusted_roots=trusted_roots, sim_roots=sim_roots, online=online)
     checks = list(result.checks)
     if expected_nonce is not None and not hmac.compare_digest(expected_nonce, bundle_nonce):
         checks.append(Check("nonce", False, "bundle nonce differs from the one issued"))

@@ -1,0 +1,82 @@
+"""NVIDIA H100 evidence verification rate: with the device chain cached against verified fresh.
+
+Rows, all on the real N1 report and its five-certificate chain, measured in the same run:
+  uncached chain   every verification walks the chain (4 ECDSA P-384 certificate signatures)
+                   plus the SPDM signature: the baseline
+  cached chain     the chain verified once, then only its validity window is checked: the rate a
+                   relying party sees for repeated evidence from the same GPU
+  parse only       decode and parse, no cryptography: the ceiling
+  + 2 RIMs         cached chain plus a driver and a VBIOS RIM (XML-DSig each, at a pinned time;
+                   refused as not matching N1, which is the work a real appraisal does too)
+
+Vectors: MEDCLAVE_VECTORS or ../shared/vectors. Iterations: MEDCLAVE_BENCH_NVIDIA_N (default 200).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+
+from medclave.attestation.core import Endorsements, VerifyOptions
+from medclave.attestation.nvidia import abi
+from medclave.attestation.nvidia.verify import ChainCache, verify_report
+from medclave.attestation.x509chain import load_certificates
+from medclave.errors import AttestationError
+
+NOW = datetime(2024, 6, 1, 12, tzinfo=UTC)  # every sample RIM signer is valid then
+
+
+def _vectors() -> Path:
+    env = os.environ.get("MEDCLAVE_VECTORS")
+    here = Path(__file__).resolve().parent.parent
+    return Path(env) if env else here.parent / "shared" / "vectors"
+
+
+def _rate(fn: Callable[[], object], n: int) -> float:
+    fn()  # warm up: imports, first-use caches
+    start = time.perf_counter()
+    for _ in range(n):
+        fn()
+    return n / (time.perf_counter() - start)
+
+
+def main() -> None:
+    root = _vectors() / "nvidia" / "nvtrust"
+    if not root.is_dir():
+        print(f"skipped: NVIDIA vectors not found under {root} (set MEDCLAVE_VECTORS)")
+        return
+    n = int(os.environ.get("MEDCLAVE_BENCH_NVIDIA_N", "200"))
+    report = (root / "hopperAttestationReport.txt").read_bytes()
+    chain = tuple(load_certificates((root / "hopperCertChain.txt").read_bytes()))
+    options = VerifyOptions(now=NOW, endorsements=Endorsements(certificates=chain))
+    rims = tuple((root / "rims" / name).read_bytes() for name in
+                 ("Driver_RIM_test_no_gpu.swidtag", "1010_0200_882_96005E0001_PROD.swidtag"))
+    with_rims = VerifyOptions(now=NOW, endorsements=Endorsements(certificates=chain,
+                                                                  collateral=rims))
+    cache = ChainCache()
+
+    def appraise_with_rims() -> None:
+        try:
+            verify_report(report, with_rims, chain_cache=cache)
+        except AttestationError as exc:
+            if exc.code != "attestation.measurement_mismatch":
+                raise
+
+    rows = [
+        ("uncached chain", _rate(lambda: verify_report(report, options, chain_cache=None), n)),
+        ("cached chain", _rate(lambda: verify_report(report, options, chain_cache=cache), n)),
+        ("parse only", _rate(lambda: abi.report_claims(abi.parse_report(report)), n)),
+        ("+ 2 RIMs (cached chain)", _rate(appraise_with_rims, max(n // 4, 10))),
+    ]
+    baseline = rows[0][1]
+    print(f"{'NVIDIA H100 verification':<26}{'per second':>12}{'vs uncached':>14}")
+    for name, rate in rows:
+        print(f"{name:<26}{rate:>12,.0f}{rate / baseline:>13.2f}x")
+    print(f"cached/uncached ratio: {rows[1][1] / baseline:.2f}x  (n={n})")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,73 @@
+"""Intel TDX: DCAP quotes v4 and v5 (the registry's ``tdx`` platform).
+
+``abi`` turns bytes into structures, ``verify`` checks signatures, the PCK chain and the
+collateral, ``collateral`` parses Intel PCS documents and the dcap-qvl bundle, ``tcb`` matches
+TCB levels and ``validate`` applies TDX-specific appraisal rules. The vTPM flow (Azure TDX CVMs
+wrap a TD quote) reaches this module through the registry or :func:`verify_quote`.
+"""
+
+from __future__ import annotations
+
+from medclave.attestation.core import (
+    CheckLog,
+    Claims,
+    Verification,
+    VerifyOptions,
+    require_size,
+    sha256_hex,
+)
+from medclave.attestation.tdx import abi
+from medclave.attestation.tdx.verify import (
+    INTEL_SGX_ROOT_CA_SHA256,
+    TRUSTED_ROOTS,
+    QuoteVerification,
+    claims_of,
+    clear_caches,
+    leaf_tcb,
+    pck_chain,
+    verify_quote,
+)
+
+PLATFORM = "tdx"
+
+__all__ = [
+    "INTEL_SGX_ROOT_CA_SHA256",
+    "PLATFORM",
+    "TRUSTED_ROOTS",
+    "QuoteVerification",
+    "clear_caches",
+    "detect",
+    "parse",
+    "verify",
+    "verify_quote",
+]
+
+
+def detect(data: bytes) -> str | None:
+    """``"tdx"`` when ``data`` starts like a v4/v5 ECDSA-P256 TDX quote (tee_type 0x81)."""
+    return PLATFORM if abi.looks_like_quote(data) else None
+
+
+def parse(data: bytes) -> Claims:
+    """Claims of a quote without any cryptographic check (for display and debugging only)."""
+    require_size(data, maximum=abi.MAX_QUOTE_BYTES)
+    quote = abi.parse_quote(data)
+    return claims_of(quote, leaf_tcb(pck_chain(quote)[0]))
+
+
+def verify(data: bytes, options: VerifyOptions) -> Verification:
+    """Verify a TDX quote and its collateral at ``options.now`` (see ``verify`` for the steps)."""
+    require_size(data, maximum=abi.MAX_QUOTE_BYTES)
+    log = CheckLog()
+    result = verify_quote(data, options, log=log)
+    claims = claims_of(result.quote, result.pck)
+    claims["advisory_ids"] = list(result.advisory_ids)
+    claims["revocation_checked"] = result.revocation_checked
+    return Verification(
+        platform=PLATFORM,
+        claims=claims,
+        checks=log.checks,
+        tcb_status=result.tcb_status,
+        secure=True,
+        evidence_sha256=sha256_hex(data),
+    )

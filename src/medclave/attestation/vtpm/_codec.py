@@ -1,0 +1,104 @@
+"""Strict decoders for the JSON and text encodings inside vTPM evidence.
+
+Lenient decoders are a classic parser-differential hole: Python's ``bytes.fromhex`` skips
+whitespace, ``base64.urlsafe_b64decode`` drops characters outside the alphabet, and ``json``
+keeps the last of duplicate keys where another verifier may keep the first. Everything here
+refuses such input instead, with ``attestation.malformed``.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import math
+import re
+from typing import Any
+
+from medclave.errors import AttestationError
+
+_HEX = re.compile(r"[0-9a-fA-F]*")
+_B64 = re.compile(r"[A-Za-z0-9+/]*={0,2}")
+_B64URL = re.compile(r"[A-Za-z0-9_-]*={0,2}")
+
+
+def malformed(detail: str) -> AttestationError:
+    return AttestationError("attestation.malformed", detail)
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise malformed(f"duplicate JSON key {key!r}")
+        out[key] = value
+    return out
+
+
+def _no_constant(name: str) -> Any:
+    raise malformed(f"JSON constant {name} is not allowed")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if math.isinf(value):  # 1e400 parses to inf, which no canonical form can carry
+        raise malformed(f"JSON number {text[:20]} is out of range")
+    return value
+
+
+def strict_json(data: bytes | str, *, what: str, maximum: int) -> Any:
+    """RFC 8259 JSON, UTF-8, no duplicate keys, finite numbers, at most ``maximum`` bytes."""
+    if len(data) > maximum:
+        raise malformed(f"{what} is {len(data)} bytes, over {maximum}")
+    try:
+        return json.loads(data, object_pairs_hook=_no_duplicates, parse_constant=_no_constant,
+                          parse_float=_finite_float)
+    except AttestationError:
+        raise
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError and UnicodeDecodeError too
+        raise malformed(f"{what} is not valid JSON: {type(exc).__name__}") from exc
+
+
+def hex_bytes(value: object, *, what: str, maximum: int) -> bytes:
+    if not isinstance(value, str) or len(value) > 2 * maximum or len(value) % 2:
+        raise malformed(f"{what} is not a hex string of at most {maximum} bytes")
+    if not _HEX.fullmatch(value):
+        raise malformed(f"{what} is not hex")
+    return bytes.fromhex(value)
+
+
+def _b64(value: object, *, what: str, maximum: int, alphabet: re.Pattern[str], url: bool) -> bytes:
+    if not isinstance(value, str) or len(value) > (maximum * 4) // 3 + 4:
+        raise malformed(f"{what} is not a base64 string of at most {maximum} bytes")
+    if not alphabet.fullmatch(value):
+        raise malformed(f"{what} is not base64{'url' if url else ''}")
+    body = value.rstrip("=")
+    if len(body) % 4 == 1:
+        raise malformed(f"{what} has an impossible base64 length")
+    padded = body + "=" * (-len(body) % 4)
+    try:
+        out = (base64.urlsafe_b64decode if url else base64.b64decode)(padded)
+    except (binascii.Error, ValueError) as exc:
+        raise malformed(f"{what} is not base64: {exc}") from exc
+    if len(out) > maximum:
+        raise malformed(f"{what} is {len(out)} bytes, over {maximum}")
+    return out
+
+
+def b64_bytes(value: object, *, what: str, maximum: int) -> bytes:
+    """Standard-alphabet base64 (RFC 4648 §4), padding optional."""
+    return _b64(value, what=what, maximum=maximum, alphabet=_B64, url=False)
+
+
+def b64url_bytes(value: object, *, what: str, maximum: int) -> bytes:
+    """URL-safe base64 (RFC 4648 §5), padding optional (JWK members omit it, serde keeps it)."""
+    return _b64(value, what=what, maximum=maximum, alphabet=_B64URL, url=True)
+
+
+def byte_list(value: object, *, what: str, maximum: int) -> bytes:
+    """A JSON array of integers 0..255 (serde's encoding of ``Vec<u8>``)."""
+    if not isinstance(value, list) or len(value) > maximum:
+        raise malformed(f"{what} is not a byte array of at most {maximum} bytes")
+    if not all(type(b) is int and 0 <= b <= 255 for b in value):
+        raise malformed(f"{what} holds a value that is not a byte")
+    return bytes(value)

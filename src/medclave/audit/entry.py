@@ -1,0 +1,178 @@
+"""The audit entry: what happened, by whom, with which model, and commitments instead of PHI.
+
+An entry is canonical JSON (RFC 8785) of :class:`AuditEntry`; those bytes are the Merkle leaf.
+Every free-form field is a constrained token (identifiers, hex digests, codes), so no prompt,
+answer, name or note can be written into the log by accident: content enters only as an
+HMAC-SHA256 commitment under a key the tenant holds. The hospital, holding the key and the data,
+can open a commitment; the operator and an auditor, holding neither, learn nothing (HMAC is a
+PRF), and a per-entry salt keeps equal prompts in different entries unlinkable.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import secrets
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal
+
+import rfc8785
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from medclave.crypto.canonical import canonical_json
+from medclave.errors import AuditError
+
+MAX_ENTRY_BYTES = 16 * 1024
+MIN_KEY_BYTES = 32
+
+_COMMIT_DOMAIN = b"medclave-audit-commit-v1\x00"
+_PSEUDONYM_DOMAIN = b"medclave-audit-pseudonym-v1\x00"
+
+Hex64 = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
+Token = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._:/@-]{0,127}$")]
+Code = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9._:/-]{0,127}$")]
+_TIME = r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,6})?Z$"
+
+CommitLabel = Literal["prompt", "answer", "document"]
+PseudonymKind = Literal["user", "patient"]
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=True, allow_inf_nan=False)
+
+
+class Params(_Frozen):
+    """Sampling parameters; with the seed they make an inference reproducible on one build."""
+
+    temperature: float = Field(ge=0.0, le=5.0)
+    top_p: float = Field(ge=0.0, le=1.0)
+    max_tokens: int = Field(ge=1, le=1_000_000)
+    seed: int = Field(ge=0, le=(1 << 63) - 1)
+
+
+class AttestationSummary(_Frozen):
+    """The appraisal the request ran under (EAR status vocabulary)."""
+
+    platform: Code
+    status: Literal["affirming", "warning", "contraindicated", "none"]
+    secure: bool
+    policy_digest: Hex64 | None = None
+
+
+class Authorization(_Frozen):
+    decision: Literal["allow", "deny"]
+    reason: Code  # a policy or rule identifier, never free text
+
+
+class AuditEntry(_Frozen):
+    """Version 1 of the entry. Field names are short because there will be many of them."""
+
+    v: Literal[1] = 1
+    time: str = Field(pattern=_TIME)
+    request_id: Token
+    tenant: Token
+    user: Hex64  # pseudonym(key, "user", id)
+    patient: Hex64 | None = None  # pseudonym(key, "patient", id)
+    action: Code
+    model_digest: Hex64
+    engine_build: Token
+    evidence_digest: Hex64
+    attestation: AttestationSummary
+    params: Params
+    salt: Annotated[str, Field(pattern=r"^[0-9a-f]{32}$")]
+    prompt: Hex64
+    answer: Hex64 | None = None  # None when nothing was generated (refused, failed)
+    documents: tuple[Hex64, ...] = Field(default=(), max_length=256)
+    authorization: Authorization
+    break_glass: bool = False
+
+    def to_bytes(self) -> bytes:
+        return canonical_json(self.model_dump(mode="json"))
+
+    def leaf_data(self) -> bytes:
+        return self.to_bytes()
+
+
+def format_time(when: datetime) -> str:
+    """RFC 3339 UTC with microseconds, the entry's ``time`` format."""
+    if when.tzinfo is None:
+        raise AuditError("audit.entry_invalid", "entry time must be timezone-aware")
+    return when.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def new_salt() -> str:
+    return secrets.token_hex(16)
+
+
+def _check_key(key: bytes) -> None:
+    if not isinstance(key, bytes) or len(key) < MIN_KEY_BYTES:
+        raise AuditError("audit.entry_invalid", f"a tenant key has at least {MIN_KEY_BYTES} bytes")
+
+
+def commit(key: bytes, label: CommitLabel, salt: str, data: bytes) -> str:
+    """HMAC-SHA256(key, domain || label || 0x00 || salt || data), lower hex."""
+    _check_key(key)
+    msg = _COMMIT_DOMAIN + label.encode() + b"\x00" + bytes.fromhex(salt) + data
+    return hmac.new(key, msg, hashlib.sha256).hexdigest()
+
+
+def open_commitment(key: bytes, label: CommitLabel, salt: str, data: bytes, value: str) -> None:
+    """Raise ``audit.commitment_mismatch`` unless ``data`` is what ``value`` commits to."""
+    if not hmac.compare_digest(commit(key, label, salt, data), value):
+        raise AuditError("audit.commitment_mismatch", f"the {label} does not open the commitment")
+
+
+def pseudonym(key: bytes, kind: PseudonymKind, identifier: str) -> str:
+    """Stable per tenant, so one user's actions link up; meaningless without the tenant key."""
+    _check_key(key)
+    msg = _PSEUDONYM_DOMAIN + kind.encode() + b"\x00" + identifier.encode()
+    return hmac.new(key, msg, hashlib.sha256).hexdigest()
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in pairs:
+        if k in out:
+            raise ValueError(f"duplicate key {k!r}")
+        out[k] = v
+    return out
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def loads_strict(data: bytes, *, limit: int) -> Any:
+    """JSON from untrusted bytes: bounded, UTF-8, no duplicate keys, no NaN or Infinity."""
+    if len(data) > limit:
+        raise AuditError("audit.entry_invalid", f"over {limit} bytes")
+    try:
+        return json.loads(
+            data.decode("utf-8"),
+            object_pairs_hook=_no_duplicates,
+            parse_constant=_reject_constant,
+        )
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise AuditError("audit.entry_invalid", f"not strict JSON: {exc}") from exc
+
+
+def parse_entry(data: bytes) -> AuditEntry:
+    """An entry from its stored bytes, which must be exactly its canonical form."""
+    loads_strict(data, limit=MAX_ENTRY_BYTES)  # bounds, UTF-8, duplicate keys
+    try:
+        entry = AuditEntry.model_validate_json(data, strict=True)
+    except ValidationError as exc:
+        detail = f"not an audit entry: {exc.error_count()} errors"
+        raise AuditError("audit.entry_invalid", detail) from exc
+    if entry.to_bytes() != data:
+        raise AuditError("audit.entry_invalid", "entry bytes are not canonical JSON")
+    return entry
+
+
+def entry_bytes(value: Any) -> bytes:
+    """Canonical bytes of a JSON value meant to be an entry (a receipt carries it as an object)."""
+    try:
+        return canonical_json(value)
+    except (rfc8785.CanonicalizationError, TypeError, ValueError, RecursionError) as exc:
+        raise AuditError("audit.entry_invalid", "the entry is not canonicalizable JSON") from exc

@@ -1,0 +1,186 @@
+"""The append-only audit log: batched appends, signed checkpoints, proofs and receipts.
+
+One writer per log (the enclave). Each batch is one store transaction holding its entries, the
+tree nodes they complete and, by default, the checkpoint signed over the new size, so every
+acknowledged index is covered by a signed checkpoint from the moment ``append_batch`` returns.
+The writer keeps the tree's right edge (:class:`~medclave.audit.merkle.CompactRange`) in memory,
+so an append hashes O(1) amortised nodes and never reads the store.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from medclave.audit import merkle
+from medclave.audit.entry import MAX_ENTRY_BYTES, AuditEntry
+from medclave.audit.note import Checkpoint, NoteSigner, NoteVerifier, sign_checkpoint
+from medclave.audit.receipt import ConsistencyProof, Receipt, encode_proof
+from medclave.audit.store import MAX_LOG_SIZE, Batch, LogStore, SqliteStore, Synchronous
+from medclave.errors import AuditError
+
+MAX_BATCH = 10_000
+
+
+@dataclass(frozen=True)
+class Appended:
+    """What ``append_batch`` acknowledges: indices ``first .. first + count - 1`` are durable."""
+
+    first: int
+    count: int
+    checkpoint: bytes | None
+
+    @property
+    def indices(self) -> range:
+        return range(self.first, self.first + self.count)
+
+
+class AuditLog:
+    """A log over a :class:`LogStore`. Without a ``signer`` it is read-only (prove, receipts)."""
+
+    def __init__(self, store: LogStore, *, origin: str, signer: NoteSigner | None = None) -> None:
+        if signer is not None and signer.name != origin:
+            raise AuditError("audit.checkpoint_invalid", "the log key is named after the origin")
+        stored = store.get_meta("origin")
+        if stored is None and signer is not None:
+            store.set_meta("origin", origin)
+            store.set_meta("vkey", signer.verifier.vkey())
+        elif stored is not None and stored != origin:
+            raise AuditError("audit.checkpoint_invalid", f"this log's origin is {stored!r}")
+        self.store = store
+        self.origin = origin
+        self._signer = signer
+        self._lock = threading.Lock()
+        size = store.size()
+        self._edge = merkle.CompactRange(size, store.nodes(merkle.CompactRange.keys(size)))
+
+    @classmethod
+    def open_sqlite(
+        cls,
+        path: str | Path,
+        *,
+        origin: str,
+        signer: NoteSigner | None = None,
+        synchronous: Synchronous = "FULL",
+    ) -> AuditLog:
+        store = SqliteStore(path, readonly=signer is None, synchronous=synchronous)
+        return cls(store, origin=origin, signer=signer)
+
+    @property
+    def size(self) -> int:
+        return self._edge.size
+
+    def root(self) -> bytes:
+        return self._edge.root()
+
+    def close(self) -> None:
+        self.store.close()
+
+    # --- writing ----------------------------------------------------------------------------
+
+    def append(self, entry: AuditEntry | bytes) -> int:
+        return self.append_batch([entry]).first
+
+    def append_batch(
+        self, entries: Sequence[AuditEntry | bytes], *, checkpoint: bool = True
+    ) -> Appended:
+        """Append atomically; return once durable. ``checkpoint`` signs the new size in the
+        same transaction, so the receipt for any returned index can be built at once."""
+        signer = self._writer()
+        if not 0 < len(entries) <= MAX_BATCH:
+            raise AuditError("audit.entry_invalid", f"a batch holds 1 to {MAX_BATCH} entries")
+        data = [e.to_bytes() if isinstance(e, AuditEntry) else bytes(e) for e in entries]
+        if any(len(d) > MAX_ENTRY_BYTES for d in data):
+            raise AuditError("audit.entry_invalid", f"an entry exceeds {MAX_ENTRY_BYTES} bytes")
+        with self._lock:
+            first = self._edge.size
+            if first + len(data) > MAX_LOG_SIZE:
+                raise AuditError("audit.index_out_of_range", "the log is full")
+            edge = merkle.CompactRange(first, self._edge.hashes())
+            leaves = [merkle.leaf_hash(d) for d in data]
+            nodes: list[tuple[int, int, bytes]] = []
+            for leaf in leaves:
+                edge.append(leaf, nodes)
+            note = None
+            if checkpoint:
+                note = sign_checkpoint(Checkpoint(self.origin, edge.size, edge.root()), signer)
+            self.store.commit(
+                Batch(first, data, leaves, nodes, None if note is None else (edge.size, note))
+            )
+            self._edge = edge  # only after the commit: a failed batch leaves no trace
+            return Appended(first, len(data), note)
+
+    def checkpoint(self) -> bytes:
+        """Sign and store a checkpoint for the current size (idempotent per size)."""
+        signer = self._writer()
+        with self._lock:
+            note = sign_checkpoint(Checkpoint(self.origin, self.size, self.root()), signer)
+            self.store.add_checkpoint(self.size, note)
+            return note
+
+    def _writer(self) -> NoteSigner:
+        if self._signer is None:
+            raise AuditError("audit.log_conflict", "this log was opened read-only")
+        return self._signer
+
+    # --- reading ------------------------------------------------------------------------------
+
+    def entry(self, index: int) -> bytes:
+        got = self.store.entry(index) if 0 <= index < self.size else None
+        if got is None:
+            raise AuditError("audit.index_out_of_range", f"no entry {index} (size {self.size})")
+        return got[0]
+
+    def root_at(self, size: int) -> bytes:
+        self._check_size(size)
+        return merkle.root_at(size, self.store.nodes)
+
+    def prove_inclusion(self, index: int, size: int | None = None) -> list[bytes]:
+        size = self.size if size is None else size
+        self._check_size(size)
+        return merkle.prove_inclusion(index, size, self.store.nodes)
+
+    def prove_consistency(self, size1: int, size2: int | None = None) -> list[bytes]:
+        size2 = self.size if size2 is None else size2
+        self._check_size(size2)
+        return merkle.prove_consistency(size1, size2, self.store.nodes)
+
+    def latest_checkpoint(self) -> tuple[int, bytes]:
+        got = self.store.latest_checkpoint()
+        if got is None:
+            raise AuditError("audit.checkpoint_invalid", "the log has no checkpoint yet")
+        return got
+
+    def receipt(self, index: int, *, since: int | None = None) -> Receipt:
+        """Entry ``index`` with its inclusion proof under the latest checkpoint.
+
+        ``since``: the checkpoint size the client saw last; the receipt then carries the
+        consistency proof from it, so the client can check the log only grew.
+        """
+        size, note = self.latest_checkpoint()
+        if not 0 <= index < size:
+            raise AuditError("audit.index_out_of_range", f"entry {index} is not checkpointed yet")
+        consistency = None
+        if since is not None:
+            consistency = ConsistencyProof(
+                size1=since, proof=encode_proof(self.prove_consistency(since, size))
+            )
+        return Receipt.build(
+            entry=self.entry(index),
+            index=index,
+            proof=self.prove_inclusion(index, size),
+            checkpoint=note,
+            consistency=consistency,
+        )
+
+    def verifier(self) -> NoteVerifier | None:
+        """The key this log says it signs with. Never trust it for verification: take the key
+        from the enclave's attestation; this is only for display and for mismatch messages."""
+        text = self.store.get_meta("vkey")
+        return None if text is None else NoteVerifier.from_vkey(text)
+
+    def _check_size(self, size: int) -> None:
+        if not 0 <= size <= self.size:
+            raise AuditError("audit.index_out_of_range", f"tree size {size} > log size {self.size}")

@@ -1,0 +1,356 @@
+"""The Cedar entities Medclave authorizes over, and the store that holds a tenant's directory.
+
+Entity types (see ``policies/schema.json``): ``Tenant``; ``CareTeam`` (tenant); ``User`` (tenant,
+roles, optional linked ``patient``; a member of its care teams); ``Patient`` (tenant, care teams,
+optional ``consent``); ``Document`` (tenant, patient, category, security labels, identifiable);
+``Model`` (tenant, roles allowed to call it); ``Consent`` (one per patient: the union of the
+patient's active FHIR Consent deny provisions).
+
+The typed classes below build Cedar's JSON entity format; :class:`EntityStore` loads a directory
+file once (validated against the schema) and adds the caller per request.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+from collections import OrderedDict
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final, Protocol
+
+import cedarpy
+
+from medclave.auth.tokens import Identity
+from medclave.errors import InputError
+
+MAX_ENTITIES_BYTES: Final = 32 * 1024 * 1024
+_UID_TEXT = re.compile(r'([A-Za-z_][A-Za-z0-9_]*(?:::[A-Za-z_][A-Za-z0-9_]*)*)::"([^"\\]*)"\Z')
+
+
+@dataclass(frozen=True, order=True)
+class EntityUid:
+    type: str
+    id: str
+
+    @classmethod
+    def parse(
+        cls, value: str | EntityUid | Mapping[str, Any], *, default_type: str = ""
+    ) -> EntityUid:
+        """From ``Type::"id"``, ``{"type", "id"}`` (Cedar's JSON form), or a bare id."""
+        if isinstance(value, EntityUid):
+            return value
+        if isinstance(value, Mapping):
+            raw = value.get("__entity", value)
+            t, i = raw.get("type"), raw.get("id")
+            if isinstance(t, str) and isinstance(i, str) and t:
+                return cls(t, i)
+            raise InputError("input.malformed", "an entity reference needs 'type' and 'id'")
+        if isinstance(value, str):
+            m = _UID_TEXT.match(value)
+            if m:
+                return cls(m.group(1), m.group(2))
+            if default_type and "::" not in value and value:
+                return cls(default_type, value)
+        raise InputError("input.malformed", f"not an entity reference: {str(value)[:80]!r}")
+
+    def to_json(self) -> dict[str, str]:
+        return {"type": self.type, "id": self.id}
+
+    def ref(self) -> dict[str, dict[str, str]]:
+        """An entity-typed attribute value (Cedar JSON ``__entity`` escape)."""
+        return {"__entity": self.to_json()}
+
+    def __str__(self) -> str:
+        return f"{self.type}::{json.dumps(self.id)}"
+
+
+class Entity(Protocol):
+    @property
+    def uid(self) -> EntityUid: ...
+
+    def to_cedar(self) -> dict[str, Any]: ...
+
+
+def _entity(
+    uid: EntityUid, attrs: dict[str, Any], parents: Iterable[EntityUid] = ()
+) -> dict[str, Any]:
+    return {"uid": uid.to_json(), "attrs": attrs, "parents": [p.to_json() for p in parents]}
+
+
+def _uid(kind: str, value: str | EntityUid) -> EntityUid:
+    return EntityUid.parse(value, default_type=kind)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Tenant:
+    id: str
+
+    @property
+    def uid(self) -> EntityUid:
+        return EntityUid("Tenant", self.id)
+
+    def to_cedar(self) -> dict[str, Any]:
+        return _entity(self.uid, {})
+
+
+@dataclass(frozen=True, kw_only=True)
+class CareTeam:
+    id: str
+    tenant: str
+
+    @property
+    def uid(self) -> EntityUid:
+        return EntityUid("CareTeam", self.id)
+
+    def to_cedar(self) -> dict[str, Any]:
+        return _entity(self.uid, {"tenant": EntityUid("Tenant", self.tenant).ref()})
+
+
+@dataclass(frozen=True, kw_only=True)
+class User:
+    id: str
+    tenant: str
+    roles: tuple[str, ...] = ()
+    care_teams: tuple[str, ...] = ()
+    patient: str | None = None  # for patients: the Patient record this account belongs to
+
+    @property
+    def uid(self) -> EntityUid:
+        return EntityUid("User", self.id)
+
+    def to_cedar(self) -> dict[str, Any]:
+        attrs: dict[str, Any] = {
+            "tenant": EntityUid("Tenant", self.tenant).ref(),
+            "roles": sorted(set(self.roles)),
+        }
+        if self.patient is not None:
+            attrs["patient"] = _uid("Patient", self.patient).ref()
+        return _entity(self.uid, attrs, (_uid("CareTeam", t) for t in self.care_teams))
+
+
+@dataclass(frozen=True, kw_only=True)
+class Patient:
+    id: str
+    tenant: str
+    care_teams: tuple[str, ...] = ()
+    consent: str | None = None
+
+    @property
+    def uid(self) -> EntityUid:
+        return EntityUid("Patient", self.id)
+
+    def to_cedar(self) -> dict[str, Any]:
+        attrs: dict[str, Any] = {
+            "tenant": EntityUid("Tenant", self.tenant).ref(),
+            "care_teams": [_uid("CareTeam", t).ref() for t in self.care_teams],
+        }
+        if self.consent is not None:
+            attrs["consent"] = _uid("Consent", self.consent).ref()
+        return _entity(self.uid, attrs)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Document:
+    id: str
+    tenant: str
+    patient: str
+    category: str
+    security_labels: tuple[str, ...] = ()
+    identifiable: bool = True
+
+    @property
+    def uid(self) -> EntityUid:
+        return EntityUid("Document", self.id)
+
+    def to_cedar(self) -> dict[str, Any]:
+        return _entity(
+            self.uid,
+            {
+                "tenant": EntityUid("Tenant", self.tenant).ref(),
+                "patient": _uid("Patient", self.patient).ref(),
+                "category": self.category,
+                "security_labels": sorted(set(self.security_labels)),
+                "identifiable": self.identifiable,
+            },
+        )
+
+
+@dataclass(frozen=True, kw_only=True)
+class Model:
+    id: str
+    tenant: str
+    allowed_roles: tuple[str, ...] = ("clinician",)
+
+    @property
+    def uid(self) -> EntityUid:
+        return EntityUid("Model", self.id)
+
+    def to_cedar(self) -> dict[str, Any]:
+        return _entity(
+            self.uid,
+            {
+                "tenant": EntityUid("Tenant", self.tenant).ref(),
+                "allowed_roles": sorted(set(self.allowed_roles)),
+            },
+        )
+
+
+@dataclass(frozen=True, kw_only=True)
+class Consent:
+    id: str
+    tenant: str
+    patient: str
+    active: bool = True
+    deny_all: bool = False
+    deny_categories: frozenset[str] = field(default_factory=frozenset)
+    deny_security_labels: frozenset[str] = field(default_factory=frozenset)
+
+    @property
+    def uid(self) -> EntityUid:
+        return EntityUid("Consent", self.id)
+
+    def to_cedar(self) -> dict[str, Any]:
+        return _entity(
+            self.uid,
+            {
+                "tenant": EntityUid("Tenant", self.tenant).ref(),
+                "patient": _uid("Patient", self.patient).ref(),
+                "active": self.active,
+                "deny_all": self.deny_all,
+                "deny_categories": sorted(self.deny_categories),
+                "deny_security_labels": sorted(self.deny_security_labels),
+            },
+        )
+
+
+def as_cedar(entity: Entity | Mapping[str, Any]) -> dict[str, Any]:
+    if isinstance(entity, Mapping):
+        return dict(entity)
+    return entity.to_cedar()
+
+
+def uid_of(entity: Entity | Mapping[str, Any]) -> EntityUid:
+    if isinstance(entity, Mapping):
+        return EntityUid.parse(entity.get("uid", {}))
+    return entity.uid
+
+
+class EntityStore:
+    """A tenant directory: entities parsed and schema-checked once, the caller added per request.
+
+    Users are kept apart from the rest so that a request adds exactly one principal (from the
+    directory, or built from a verified token) to the parsed base.
+    """
+
+    def __init__(
+        self,
+        entities: Iterable[Entity | Mapping[str, Any]],
+        *,
+        schema: cedarpy.Schema | None = None,
+        cache_size: int = 1024,
+    ) -> None:
+        self._schema = schema
+        self._cache: OrderedDict[EntityUid | User, cedarpy.Entities] = OrderedDict()
+        self._cache_size = cache_size
+        self._lock = threading.Lock()
+        self._users: dict[EntityUid, dict[str, Any]] = {}
+        self._others: dict[EntityUid, dict[str, Any]] = {}
+        for entity in entities:
+            doc = as_cedar(entity)
+            uid = uid_of(doc)
+            if uid in self._users or uid in self._others:
+                raise InputError("input.malformed", f"entity {uid} is listed twice")
+            (self._users if uid.type == "User" else self._others)[uid] = doc
+        try:
+            self._base = cedarpy.Entities.from_json_str(
+                json.dumps(list(self._others.values())), schema
+            )
+            # Every user must conform too, though users join the base one at a time.
+            if self._users:
+                cedarpy.Entities.from_json_str(json.dumps(list(self._users.values())), schema)
+        except ValueError as exc:
+            raise InputError("input.malformed", f"entities do not match the schema: {exc}") from exc
+
+    @classmethod
+    def from_file(cls, path: Path, *, schema: cedarpy.Schema | None = None) -> EntityStore:
+        try:
+            if path.stat().st_size > MAX_ENTITIES_BYTES:
+                raise InputError("input.too_large", f"{path.name} is larger than 32 MiB")
+            doc = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError, RecursionError) as exc:
+            raise InputError("input.malformed", f"cannot read entities {path.name}: {exc}") from exc
+        if not isinstance(doc, list) or not all(isinstance(e, Mapping) for e in doc):
+            raise InputError("input.malformed", "an entities file is a JSON list of entities")
+        return cls(doc, schema=schema)
+
+    def __len__(self) -> int:
+        return len(self._users) + len(self._others)
+
+    def get(self, uid: EntityUid) -> Mapping[str, Any] | None:
+        return self._users.get(uid) or self._others.get(uid)
+
+    def user_for(self, identity: Identity) -> User:
+        """The principal for a verified identity: tenant and roles from the token, care teams
+        and patient link from the directory, and only when the directory agrees on the tenant
+        (so a directory mistake cannot carry a user across hospitals)."""
+        record = self._users.get(EntityUid("User", identity.subject))
+        care_teams: tuple[str, ...] = ()
+        patient: str | None = None
+        if record is not None:
+            attrs = record.get("attrs", {})
+            tenant = EntityUid.parse(attrs.get("tenant", {})) if attrs.get("tenant") else None
+            if tenant == EntityUid("Tenant", identity.tenant):
+                care_teams = tuple(
+                    EntityUid.parse(p).id
+                    for p in record.get("parents", [])
+                    if EntityUid.parse(p).type == "CareTeam"
+                )
+                if attrs.get("patient"):
+                    patient = EntityUid.parse(attrs["patient"]).id
+        return User(
+            id=identity.subject,
+            tenant=identity.tenant,
+            roles=identity.roles,
+            care_teams=care_teams,
+            patient=patient,
+        )
+
+    def handle_for(
+        self,
+        principal: EntityUid | User,
+        extra: Sequence[Entity | Mapping[str, Any]] = (),
+    ) -> cedarpy.Entities:
+        """The parsed base plus the principal and ``extra`` entities (e.g. candidate documents)."""
+        new = [as_cedar(e) for e in extra if uid_of(e) not in self._others]
+        base = self._principal_handle(principal)
+        if not new:
+            return base
+        return self._added(base, new)
+
+    def _added(self, base: cedarpy.Entities, delta: list[dict[str, Any]]) -> cedarpy.Entities:
+        try:
+            return base.with_added_json_str(json.dumps(delta), self._schema)
+        except ValueError as exc:
+            raise InputError("input.malformed", f"request entities are invalid: {exc}") from exc
+
+    def _principal_handle(self, principal: EntityUid | User) -> cedarpy.Entities:
+        """Base plus principal, cached: the same caller asks many times within a minute."""
+        with self._lock:
+            cached = self._cache.get(principal)
+            if cached is not None:
+                self._cache.move_to_end(principal)
+                return cached
+        if isinstance(principal, User):
+            delta = [principal.to_cedar()]
+        else:
+            record = self._users.get(principal)
+            delta = [record] if record is not None else []
+        handle = self._added(self._base, delta) if delta else self._base
+        with self._lock:
+            self._cache[principal] = handle
+            if len(self._cache) > self._cache_size:
+                self._cache.popitem(last=False)
+        return handle

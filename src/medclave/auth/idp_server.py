@@ -1,0 +1,184 @@
+"""``medclave idp serve``: the dev issuer over HTTP (FastAPI + uvicorn).
+
+Kept out of the library core: the rest of ``medclave.auth`` imports no web framework. Routes:
+``GET /.well-known/openid-configuration``, ``GET /jwks.json``, ``POST /token``
+(``application/x-www-form-urlencoded``, RFC 6749 §4.4 and, when enabled, §4.3). Errors follow
+RFC 6749 §5.2 (``error``, ``error_description``) plus Medclave's stable ``code``.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import socket
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import timedelta
+from pathlib import Path
+from typing import Any, Final
+from urllib.parse import parse_qsl, unquote
+
+import uvicorn
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+
+from medclave.auth.authn import Clock, system_clock
+from medclave.auth.issuer import (
+    DEFAULT_AUDIENCE,
+    Directory,
+    SigningAlg,
+    TokenIssuer,
+    TokenService,
+    load_or_create_signing_key,
+)
+from medclave.errors import InputError, MedclaveError
+
+MAX_FORM_BYTES: Final = 8 * 1024
+_NO_STORE: Final = {"Cache-Control": "no-store", "Pragma": "no-cache"}
+
+_OAUTH_ERRORS: Final = {
+    "auth.invalid_credentials": "invalid_client",
+    "auth.dpop_invalid": "invalid_dpop_proof",
+    "auth.rate_limited": "slow_down",
+    "input.unrecognized": "unsupported_grant_type",
+}
+
+
+def _oauth_error(exc: MedclaveError, *, password_grant: bool) -> JSONResponse:
+    error = _OAUTH_ERRORS.get(exc.code, "invalid_request")
+    if exc.code == "auth.invalid_credentials" and password_grant:
+        error = "invalid_grant"  # RFC 6749 §5.2: bad resource-owner credentials
+    status = 401 if error == "invalid_client" else (429 if error == "slow_down" else 400)
+    body = {"error": error, "error_description": exc.public_message, "code": exc.code}
+    headers = dict(_NO_STORE)
+    if status == 401:
+        headers["WWW-Authenticate"] = 'Basic realm="medclave-idp"'
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+def _basic(value: str | None) -> tuple[str, str] | None:
+    """RFC 6749 §2.3.1: Basic credentials, each part form-urlencoded before base64."""
+    if value is None:
+        return None
+    scheme, _, blob = value.partition(" ")
+    if scheme.lower() != "basic":
+        return None
+    try:
+        text = base64.b64decode(blob.strip(), validate=True).decode("utf-8")
+    except (binascii.Error, UnicodeDecodeError):
+        return ("", "")
+    user, sep, secret = text.partition(":")
+    return (unquote(user), unquote(secret)) if sep else ("", "")
+
+
+def create_app(service: TokenService, *, clock: Clock = system_clock) -> FastAPI:
+    app = FastAPI(title="Medclave dev IdP", docs_url=None, redoc_url=None, openapi_url=None)
+
+    @app.get("/.well-known/openid-configuration")
+    def metadata() -> dict[str, Any]:
+        return service.metadata()
+
+    @app.get("/jwks.json")
+    def jwks() -> JSONResponse:
+        return JSONResponse(service.issuer.jwks(), headers={"Cache-Control": "max-age=300"})
+
+    @app.post("/token")
+    async def token(request: Request) -> JSONResponse:
+        password_grant = False
+        try:
+            if request.headers.get("content-type", "").split(";")[0].strip() != (
+                "application/x-www-form-urlencoded"
+            ):
+                raise InputError("input.malformed", "the body must be form-urlencoded")
+            declared = request.headers.get("content-length")
+            if declared is not None and (not declared.isdigit() or int(declared) > MAX_FORM_BYTES):
+                raise InputError("input.too_large", "the form is too large")
+            body = bytearray()
+            async for chunk in request.stream():
+                body += chunk
+                if len(body) > MAX_FORM_BYTES:
+                    raise InputError("input.too_large", "the form is too large")
+            pairs = parse_qsl(
+                body.decode("utf-8"),
+                keep_blank_values=True,
+                strict_parsing=bool(body),
+                max_num_fields=32,
+            )
+            form = dict(pairs)
+            if len(form) != len(pairs):
+                raise InputError("input.malformed", "a parameter is repeated (RFC 6749 §3.2)")
+            password_grant = form.get("grant_type") == "password"
+            answer = service.token(
+                form,
+                basic=_basic(request.headers.get("authorization")),
+                dpop=request.headers.get("dpop"),
+                now=clock(),
+            )
+        except MedclaveError as exc:
+            return _oauth_error(exc, password_grant=password_grant)
+        except (UnicodeDecodeError, ValueError):
+            return _oauth_error(InputError("input.malformed"), password_grant=password_grant)
+        return JSONResponse(answer, headers=_NO_STORE)
+
+    return app
+
+
+def build_service(
+    data_dir: Path,
+    *,
+    issuer: str,
+    alg: SigningAlg = "EdDSA",
+    audience: str = DEFAULT_AUDIENCE,
+    ttl: timedelta = timedelta(minutes=5),
+    dev_password: bool = False,
+) -> TokenService:
+    key = load_or_create_signing_key(data_dir, alg=alg)
+    token_issuer = TokenIssuer(issuer, key, audience=audience, default_ttl=ttl)
+    return TokenService(
+        token_issuer, Directory(data_dir), audiences=(audience,), dev_password=dev_password
+    )
+
+
+def serve(service: TokenService, *, host: str = "127.0.0.1", port: int = 8800) -> None:
+    """Run until interrupted."""
+    uvicorn.run(create_app(service), host=host, port=port, log_level="info")
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@contextmanager
+def running(
+    service_factory: Any, *, host: str = "127.0.0.1", clock: Clock = system_clock
+) -> Iterator[tuple[str, TokenService]]:
+    """Serve in a background thread on a free port; yields (base URL, service); stops after.
+
+    ``service_factory(issuer_url)`` builds the service once the URL is known. For tests and
+    local demos only.
+    """
+    port = free_port(host)
+    url = f"http://{host}:{port}"
+    service: TokenService = service_factory(url)
+    app = create_app(service, clock=clock)
+    config = uvicorn.Config(app, host=host, port=port, log_level="warning")
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, name="medclave-idp", daemon=True)
+    thread.start()
+    try:
+        for _ in range(500):
+            if server.started:
+                break
+            if not thread.is_alive():
+                raise RuntimeError("the IdP server failed to start")
+            threading.Event().wait(0.01)
+        else:
+            raise RuntimeError("the IdP server did not start in time")
+        yield url, service
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)

@@ -1,0 +1,96 @@
+"""Replay caches: remember a token's ``jti`` (or a DPoP proof's) until it would expire anyway.
+
+The interface is one method, :meth:`ReplayCache.add`, which atomically records a key and says
+whether it was new. The in-memory cache serves one process; replicas that must refuse a token
+another replica already accepted share a :class:`SqliteReplayCache` file (or a PostgreSQL
+implementation of the same interface).
+"""
+
+from __future__ import annotations
+
+import heapq
+import sqlite3
+import threading
+from datetime import datetime
+from pathlib import Path
+from typing import Protocol
+
+from medclave.errors import AuthError, InputError
+
+
+class ReplayCache(Protocol):
+    def add(self, key: str, *, expires_at: datetime, now: datetime) -> bool:
+        """Record ``key`` until ``expires_at``; False if it is already recorded and unexpired.
+
+        Raises ``auth.rate_limited`` when the cache is full, so that it fails closed.
+        """
+        ...
+
+
+def _epoch(moment: datetime) -> float:
+    if moment.tzinfo is None:
+        raise InputError("config.invalid", "times must be timezone-aware")
+    return moment.timestamp()
+
+
+class MemoryReplayCache:
+    """A bounded in-process cache; expired keys are dropped as time passes."""
+
+    def __init__(self, *, max_entries: int = 1_000_000) -> None:
+        if max_entries < 1:
+            raise InputError("config.invalid", "max_entries must be positive")
+        self._max = max_entries
+        self._expiry: dict[str, float] = {}
+        self._heap: list[tuple[float, str]] = []
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._expiry)
+
+    def _purge(self, now: float) -> None:
+        while self._heap and self._heap[0][0] <= now:
+            expiry, key = heapq.heappop(self._heap)
+            if self._expiry.get(key) == expiry:
+                del self._expiry[key]
+
+    def add(self, key: str, *, expires_at: datetime, now: datetime) -> bool:
+        exp, t = _epoch(expires_at), _epoch(now)
+        with self._lock:
+            self._purge(t)
+            current = self._expiry.get(key)
+            if current is not None and current > t:
+                return False
+            if len(self._expiry) >= self._max:
+                raise AuthError("auth.rate_limited", "the replay cache is full")
+            self._expiry[key] = exp
+            heapq.heappush(self._heap, (exp, key))
+            return True
+
+
+class SqliteReplayCache:
+    """A replay cache in a SQLite file (WAL), shared by the processes of one machine."""
+
+    def __init__(self, path: Path | str) -> None:
+        self._conn = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
+        self._lock = threading.Lock()
+        with self._lock:
+            self._conn.execute("PRAGMA journal_mode=WAL")
+            self._conn.execute(
+                "CREATE TABLE IF NOT EXISTS replay (key TEXT PRIMARY KEY, expires_at REAL NOT NULL)"
+            )
+
+    def close(self) -> None:
+        self._conn.close()
+
+    def add(self, key: str, *, expires_at: datetime, now: datetime) -> bool:
+        exp, t = _epoch(expires_at), _epoch(now)
+        with self._lock:
+            self._conn.execute("DELETE FROM replay WHERE expires_at <= ?", (t,))
+            # One statement, so two processes racing on the same key cannot both see it as new.
+            cur = self._conn.execute(
+                "INSERT INTO replay (key, expires_at) VALUES (?, ?) "
+                "ON CONFLICT(key) DO UPDATE SET expires_at = excluded.expires_at "
+                "WHERE replay.expires_at <= ?",
+                (key, exp, t),
+            )
+            return cur.rowcount == 1

@@ -1,0 +1,101 @@
+"""``medclave idp``: the small issuer for the embedded default and for tests.
+
+Real deployments point Medclave at their own IdP; this one is for a laptop and CI.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from medclave.auth.issuer import DEFAULT_AUDIENCE, DEFAULT_DATA_DIR, Directory, SigningAlg
+from medclave.errors import MedclaveError
+
+app = typer.Typer(help="A small OpenID-style token issuer for development.", no_args_is_help=True)
+
+
+def _roles(text: str) -> list[str]:
+    return [r.strip() for r in text.split(",") if r.strip()]
+
+
+@app.command("serve")
+def serve(
+    data: Annotated[
+        Path, typer.Option(help="Data folder (key, clients, users).")
+    ] = DEFAULT_DATA_DIR,
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port.")] = 8800,
+    issuer: Annotated[
+        str | None, typer.Option(help="Issuer URL (default http://HOST:PORT).")
+    ] = None,
+    audience: Annotated[str, typer.Option(help="Audience of issued tokens.")] = DEFAULT_AUDIENCE,
+    alg: Annotated[str, typer.Option(help="Key type if one is created: EdDSA or ES256.")] = "EdDSA",
+    dev_password: Annotated[
+        bool, typer.Option("--dev-password", help="Enable the password grant (development only).")
+    ] = False,
+) -> None:
+    """Serve JWKS, discovery metadata and the token endpoint."""
+    from medclave.auth.idp_server import build_service
+    from medclave.auth.idp_server import serve as run_server
+
+    if alg not in ("EdDSA", "ES256"):
+        raise typer.BadParameter("--alg is EdDSA or ES256")
+    signing_alg: SigningAlg = "EdDSA" if alg == "EdDSA" else "ES256"
+    try:
+        service = build_service(
+            data,
+            issuer=issuer or f"http://{host}:{port}",
+            alg=signing_alg,
+            audience=audience,
+            dev_password=dev_password,
+        )
+    except MedclaveError as exc:
+        typer.echo(f"error: {exc.code}: {exc.detail}", err=True)
+        raise typer.Exit(2) from exc
+    if dev_password:
+        typer.echo("WARNING: the password grant is enabled; never do this in production.", err=True)
+    run_server(service, host=host, port=port)
+
+
+@app.command("add-client")
+def add_client(
+    client_id: Annotated[str, typer.Argument(help="Client identifier.")],
+    tenant: Annotated[str, typer.Option(help="Tenant of the client.")],
+    roles: Annotated[str, typer.Option(help="Comma-separated roles.")] = "",
+    secret: Annotated[
+        str,
+        typer.Option(prompt=True, hide_input=True, envvar="MEDCLAVE_IDP_SECRET", help="Secret."),
+    ] = "",
+    data: Annotated[Path, typer.Option(help="Data folder.")] = DEFAULT_DATA_DIR,
+) -> None:
+    """Register a client for the client-credentials grant (secret stored as a scrypt hash)."""
+    try:
+        Directory(data).add_client(client_id, secret, tenant=tenant, roles=_roles(roles))
+    except MedclaveError as exc:
+        typer.echo(f"error: {exc.code}: {exc.detail}", err=True)
+        raise typer.Exit(2) from exc
+    typer.echo(f"client {client_id} added")
+
+
+@app.command("add-user")
+def add_user(
+    username: Annotated[str, typer.Argument(help="User name.")],
+    tenant: Annotated[str, typer.Option(help="Tenant of the user.")],
+    roles: Annotated[str, typer.Option(help="Comma-separated roles.")] = "",
+    password: Annotated[
+        str,
+        typer.Option(
+            prompt=True, hide_input=True, envvar="MEDCLAVE_IDP_PASSWORD", help="Password."
+        ),
+    ] = "",
+    data: Annotated[Path, typer.Option(help="Data folder.")] = DEFAULT_DATA_DIR,
+) -> None:
+    """Register a user for the development password grant."""
+    try:
+        Directory(data).add_user(username, password, tenant=tenant, roles=_roles(roles))
+    except MedclaveError as exc:
+        typer.echo(f"error: {exc.code}: {exc.detail}", err=True)
+        raise typer.Exit(2) from exc
+    typer.echo(f"user {username} added")

@@ -1,0 +1,214 @@
+"""``medclave kbs``: serve the key broker and manage its resources and release policies.
+
+``serve`` and ``owner add`` work on the broker's data folder directly (they are the broker's
+administrator's commands, run where the broker runs). ``resource`` and ``policy`` talk to a
+running broker over its owner API with an owner token (``--url``/``MEDCLAVE_KBS_URL``,
+``--token``/``MEDCLAVE_KBS_TOKEN``), so an owner never needs the broker's disk or its KEK.
+
+Output is one JSON object (or list). Exit 0: done; 1: refused; 2: unusable input.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+
+from medclave.errors import MedclaveError
+from medclave.kbs.client import OwnerClient
+from medclave.kbs.factory import ensure_data_dir, open_store
+from medclave.kbs.models import MAX_SECRET_BYTES, parse_release_policy
+from medclave.kbs.settings import KbsSettings
+from medclave.kbs.tokens import issue_owner_token
+
+app = typer.Typer(help="The attestation-gated key broker.", no_args_is_help=True)
+resource_app = typer.Typer(help="Resources (secrets) you own on a running broker.",
+                           no_args_is_help=True)
+policy_app = typer.Typer(help="Release policies of your resources.", no_args_is_help=True)
+owner_app = typer.Typer(help="Owner credentials (on the broker's data folder).",
+                        no_args_is_help=True)
+app.add_typer(resource_app, name="resource")
+app.add_typer(policy_app, name="policy")
+app.add_typer(owner_app, name="owner")
+
+UNUSABLE_PREFIXES = ("input.", "config.", "policy.invalid", "policy.empty")
+T = TypeVar("T")
+
+Url = Annotated[str, typer.Option("--url", envvar="MEDCLAVE_KBS_URL", help="broker base URL")]
+Token = Annotated[str, typer.Option("--token", envvar="MEDCLAVE_KBS_TOKEN", show_default=False,
+                                    help="owner token (mkt1.OWNER.SECRET)")]
+Resource = Annotated[str, typer.Argument(help="kbs:///OWNER/TYPE/NAME")]
+DEFAULT_URL = "http://127.0.0.1:8450"
+
+
+def _emit(value: Any) -> None:
+    sys.stdout.write(json.dumps(value, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def _run(action: Callable[[], T]) -> T:
+    """Run ``action``; a refusal prints its code and exits 1 (2 when the input is unusable)."""
+    try:
+        return action()
+    except MedclaveError as exc:
+        _emit({"error": exc.to_dict()})
+        raise typer.Exit(2 if exc.code.startswith(UNUSABLE_PREFIXES) else 1) from None
+
+
+def _read_secret(path: Path | None) -> bytes | None:
+    if path is None:
+        return None
+    data = sys.stdin.buffer.read(MAX_SECRET_BYTES + 1) if str(path) == "-" else path.read_bytes()
+    if not data or len(data) > MAX_SECRET_BYTES:
+        raise typer.BadParameter(f"a secret is 1 to {MAX_SECRET_BYTES} bytes")
+    return data
+
+
+@app.command("serve")
+def serve_cmd(
+    host: Annotated[str | None, typer.Option(help="bind address (default 127.0.0.1)")] = None,
+    port: Annotated[int | None, typer.Option(help="port (default 8450)")] = None,
+    data: Annotated[Path | None, typer.Option("--data", help="data folder")] = None,
+    store: Annotated[str | None, typer.Option(help="sqlite (default) or memory")] = None,
+    sim_root: Annotated[list[str] | None, typer.Option(
+        "--sim-root", help="accept sim evidence from this root fingerprint (NOT SECURE)")] = None,
+) -> None:
+    """Serve the broker (FastAPI + uvicorn) until interrupted."""
+    from medclave.kbs.server import serve
+
+    overrides: dict[str, Any] = {"host": host, "port": port, "data_dir": data, "store": store,
+                                 "sim_roots": tuple(sim_root) if sim_root else None}
+    settings = _run(lambda: KbsSettings(**{k: v for k, v in overrides.items() if v is not None}))
+    if settings.sim_roots:
+        typer.echo("WARNING: sim evidence accepted from configured roots: sim protects nothing.",
+                   err=True)
+    serve(settings)
+
+
+@owner_app.command("add")
+def owner_add(
+    owner: Annotated[str, typer.Argument(help="owner name: lower-case letters, digits, '-'")],
+    data: Annotated[Path, typer.Option("--data", help="the broker's data folder")],
+) -> None:
+    """Issue an API token for OWNER. Shown once; the broker keeps only its hash."""
+    def issue() -> str:
+        settings = KbsSettings(data_dir=data)
+        ensure_data_dir(settings)
+        store = open_store(settings)
+        try:
+            return issue_owner_token(store, owner, now=datetime.now(UTC))
+        finally:
+            store.close()
+    _emit({"owner": owner, "token": _run(issue)})
+
+
+def _client(url: str, token: str) -> OwnerClient:
+    return OwnerClient(url, token)
+
+
+@resource_app.command("put")
+def resource_put(
+    resource: Resource, token: Token, url: Url = DEFAULT_URL,
+    secret_file: Annotated[Path | None, typer.Option(
+        "--secret-file", help="the secret's bytes ('-': stdin); default: broker draws 256 bits")
+    ] = None,
+) -> None:
+    """Create RESOURCE (version 1)."""
+    secret = _read_secret(secret_file)
+    with _client(url, token) as c:
+        _emit({"resource": resource, "version": _run(lambda: c.put(resource, secret))})
+
+
+@resource_app.command("rotate")
+def resource_rotate(
+    resource: Resource, token: Token, url: Url = DEFAULT_URL,
+    secret_file: Annotated[Path | None, typer.Option("--secret-file")] = None,
+    expected_version: Annotated[int | None, typer.Option(
+        help="refuse unless the current version is this one")] = None,
+) -> None:
+    """A new current version of RESOURCE; the previous one stays until retired."""
+    secret = _read_secret(secret_file)
+    with _client(url, token) as c:
+        version = _run(lambda: c.rotate(resource, secret, expected_version=expected_version))
+        _emit({"resource": resource, "version": version})
+
+
+@resource_app.command("list")
+def resource_list(token: Token, url: Url = DEFAULT_URL) -> None:
+    """Your resources and their versions (never their secrets)."""
+    with _client(url, token) as c:
+        _emit(_run(c.list_resources))
+
+
+@resource_app.command("retire")
+def resource_retire(
+    resource: Resource, version: Annotated[int, typer.Argument()], token: Token,
+    url: Url = DEFAULT_URL,
+) -> None:
+    """Retire an old VERSION of RESOURCE (the current one cannot be)."""
+    with _client(url, token) as c:
+        _run(lambda: c.retire(resource, version))
+        _emit({"resource": resource, "retired": version})
+
+
+@resource_app.command("delete")
+def resource_delete(resource: Resource, token: Token, url: Url = DEFAULT_URL) -> None:
+    """Delete RESOURCE, every version and its policies."""
+    with _client(url, token) as c:
+        _run(lambda: c.delete(resource))
+        _emit({"resource": resource, "deleted": True})
+
+
+@policy_app.command("set")
+def policy_set(
+    resource: Resource,
+    policy_file: Annotated[Path, typer.Argument(help="release policy, TOML or JSON")],
+    token: Token, url: Url = DEFAULT_URL,
+    expected_version: Annotated[int | None, typer.Option()] = None,
+) -> None:
+    """Set RESOURCE's release policy (a new version)."""
+    def load() -> Any:
+        try:
+            data = policy_file.read_bytes()
+        except OSError as exc:
+            raise typer.BadParameter(f"cannot read {policy_file}: {exc.strerror}") from exc
+        return parse_release_policy(data, fmt="json" if policy_file.suffix == ".json" else None)
+    policy = _run(load)
+    with _client(url, token) as c:
+        _emit(_run(lambda: c.set_policy(resource, policy, expected_version=expected_version)))
+
+
+@policy_app.command("show")
+def policy_show(
+    resource: Resource, token: Token, url: Url = DEFAULT_URL,
+    version: Annotated[int | None, typer.Option()] = None,
+) -> None:
+    """Show RESOURCE's release policy (current, or --version)."""
+    with _client(url, token) as c:
+        _emit(_run(lambda: c.get_policy(resource, version)))
+
+
+@policy_app.command("retire")
+def policy_retire(
+    resource: Resource, version: Annotated[int, typer.Argument()], token: Token,
+    url: Url = DEFAULT_URL,
+) -> None:
+    """Retire an old policy VERSION."""
+    with _client(url, token) as c:
+        _run(lambda: c.retire_policy(resource, version))
+        _emit({"resource": resource, "retired_policy": version})
+
+
+@app.command("decisions")
+def decisions_cmd(
+    token: Token, url: Url = DEFAULT_URL,
+    resource: Annotated[str | None, typer.Option()] = None,
+    limit: Annotated[int, typer.Option(min=1, max=1000)] = 100,
+) -> None:
+    """The broker's recorded decisions about your resources, newest first."""
+    with _client(url, token) as c:
+        _emit(_run(lambda: c.decisions(resource, limit)))

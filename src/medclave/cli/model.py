@@ -1,0 +1,116 @@
+"""``medclave model``: seal a model's weights, inspect a sealed model, unseal it (owner only).
+
+Exit 0: done; 1: refused (wrong key, altered chunks, broker refusal); 2: unusable input.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+
+from medclave.crypto import sealed
+from medclave.errors import MedclaveError
+from medclave.kbs.client import OwnerClient
+from medclave.kbs.sealed_models import (
+    read_key_file,
+    read_key_ref,
+    seal_model,
+    unseal_for_owner,
+    write_owner_keypair,
+)
+
+app = typer.Typer(help="Sealed models: weights that open only inside an attested enclave.",
+                  no_args_is_help=True)
+T = TypeVar("T")
+UNUSABLE_PREFIXES = ("input.", "config.", "model.manifest_invalid")
+
+
+def _emit(value: Any) -> None:
+    sys.stdout.write(json.dumps(value, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def _run(action: Callable[[], T]) -> T:
+    try:
+        return action()
+    except MedclaveError as exc:
+        _emit({"error": exc.to_dict()})
+        raise typer.Exit(2 if exc.code.startswith(UNUSABLE_PREFIXES) else 1) from None
+
+
+@app.command("keygen")
+def keygen(
+    out: Annotated[Path, typer.Option("--out", help="private key file to create (0600)")],
+) -> None:
+    """An owner X25519 key pair: OUT (private) and OUT.pub (public, give it to `seal`)."""
+    public = _run(lambda: write_owner_keypair(out))
+    _emit({"private_key_file": str(out), "public_key_file": str(out) + ".pub",
+           "public_key": public.hex()})
+
+
+@app.command("seal")
+def seal_cmd(
+    model_file: Annotated[Path, typer.Argument(help="the plaintext weights")],
+    out: Annotated[Path, typer.Option("--out", help="folder for the sealed model")],
+    owner: Annotated[str, typer.Option("--owner", help="the model's owner (KBS owner name)")],
+    kbs: Annotated[str | None, typer.Option("--kbs", help="broker URL: the key goes there")] = None,
+    token: Annotated[str | None, typer.Option("--token", envvar="MEDCLAVE_KBS_TOKEN",
+                                              show_default=False, help="owner token")] = None,
+    resource: Annotated[str | None, typer.Option(
+        help="kbs:///OWNER/model-key/NAME (default from the file name)")] = None,
+    rotate: Annotated[bool, typer.Option(help="rotate an existing resource")] = False,
+    owner_key: Annotated[Path | None, typer.Option(
+        "--owner-key", help="owner public key file (from `keygen`): key sealed to it")] = None,
+    model_format: Annotated[str, typer.Option("--format")] = "gguf",
+    chunk_size: Annotated[int, typer.Option(help="bytes per chunk")] = sealed.DEFAULT_CHUNK_SIZE,
+) -> None:
+    """Seal MODEL_FILE under a fresh 256-bit key (AES-256-GCM, 4 MiB chunks).
+
+    The key goes to the broker (--kbs) and/or into a file sealed to the owner (--owner-key); one
+    of the two is required. It is never written in plain.
+    """
+    if kbs is not None and not token:
+        raise typer.BadParameter("--kbs needs an owner --token (or MEDCLAVE_KBS_TOKEN)")
+
+    def run() -> dict[str, Any]:
+        public = read_key_file(owner_key, private=False) if owner_key else None
+        client = OwnerClient(kbs, token or "") if kbs is not None else None
+        try:
+            result = seal_model(model_file, out, owner=owner, broker=client, kbs_url=kbs,
+                                resource=resource, rotate=rotate, owner_public_key=public,
+                                model_format=model_format, chunk_size=chunk_size)
+        finally:
+            if client is not None:
+                client.close()
+        return {"manifest": result.manifest.to_json(),
+                "key": result.key_ref.model_dump() if result.key_ref else None,
+                "owner_key_file": str(result.owner_key_file) if result.owner_key_file else None}
+    _emit(_run(run))
+
+
+@app.command("inspect")
+def inspect_cmd(sealed_dir: Annotated[Path, typer.Argument(help="a sealed model folder")]) -> None:
+    """Show the manifest (and where the key lives); checks the payload length."""
+    def run() -> dict[str, Any]:
+        manifest = sealed.inspect(sealed_dir)
+        ref = read_key_ref(sealed_dir)
+        return {"manifest": manifest.to_json(), "key": ref.model_dump() if ref else None,
+                "owner_sealed_key": (sealed_dir / "owner-key.sealed").exists()}
+    _emit(_run(run))
+
+
+@app.command("unseal")
+def unseal_cmd(
+    sealed_dir: Annotated[Path, typer.Argument(help="a sealed model folder")],
+    key: Annotated[Path, typer.Option("--key", help="the owner's private key file (0600)")],
+    out: Annotated[Path, typer.Option("--out", help="plaintext file to create (0600)")],
+) -> None:
+    """For the key's owner only: decrypt to OUT with the owner's private key."""
+    def run() -> dict[str, Any]:
+        manifest = unseal_for_owner(sealed_dir, read_key_file(key, private=True), out)
+        return {"out": str(out), "sha256": manifest.plaintext_sha256, "size": manifest.size}
+    _emit(_run(run))

@@ -1,0 +1,227 @@
+"""HTTP routes: they translate requests to :class:`KeyBroker` calls and results to JSON, no more.
+
+Release protocol (``/kbs/v1/challenge``, ``/kbs/v1/release``) for enclaves; the owner API
+(``/kbs/v1/owner/...``) for resource owners with a bearer token.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from typing import Annotated, Any, TypeVar
+
+from fastapi import APIRouter, Depends, Query, Response
+from pydantic import BaseModel, ValidationError
+
+from medclave.errors import InputError, MedclaveError
+from medclave.kbs.deps import BodyDep, BrokerDep, ClientDep, OwnerDep, rate_limit
+from medclave.kbs.models import (
+    ChallengeResponse,
+    PolicyOut,
+    ReleaseRequest,
+    ReleaseResponse,
+    ResourceOut,
+    ResourceVersionOut,
+    SecretBody,
+    release_policy_from_obj,
+)
+from medclave.kbs.names import ResourceName
+
+release_router = APIRouter(prefix="/kbs/v1", dependencies=[Depends(rate_limit)])
+owner_router = APIRouter(prefix="/kbs/v1/owner", dependencies=[Depends(rate_limit)])
+
+_PATH = "/{owner_name}/{rtype}/{name}"
+M = TypeVar("M", bound=BaseModel)
+
+
+def _name(owner_name: str, rtype: str, name: str) -> str:
+    return str(ResourceName.of(owner_name, rtype, name))
+
+
+def _json_model(model: type[M], body: bytes) -> M:
+    try:
+        return model.model_validate_json(body)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        where = ".".join(str(p) for p in err.get("loc", ()))
+        raise InputError("input.malformed", f"{where}: {err.get('msg', 'invalid')}") from exc
+
+
+@release_router.post("/challenge")
+def challenge(broker: BrokerDep) -> ChallengeResponse:
+    issued = broker.challenge()
+    return ChallengeResponse(nonce=issued.nonce.hex(), expires_at=issued.expires_at.isoformat())
+
+
+@release_router.post("/release")
+def release(broker: BrokerDep, client: ClientDep, body: BodyDep) -> ReleaseResponse:
+    try:
+        request = _json_model(ReleaseRequest, body)
+    except MedclaveError as exc:
+        broker.record_refusal("release", "", client, exc)
+        raise
+    result = broker.release(
+        request.resource, request.nonce, request.evidence, client, version=request.version
+    )
+    return ReleaseResponse(sealed=base64.b64encode(result.sealed).decode(), version=result.version)
+
+
+def _secret(body: SecretBody) -> bytes | None:
+    if body.secret is None:
+        return None
+    try:
+        return base64.b64decode(body.secret, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise InputError("input.malformed", "secret is not base64") from exc
+
+
+@owner_router.get("/resources")
+def list_resources(broker: BrokerDep, owner: OwnerDep) -> list[ResourceOut]:
+    return [
+        ResourceOut(resource=i.resource, current=i.current, versions=list(i.versions))
+        for i in broker.list_resources(owner)
+    ]
+
+
+@owner_router.get("/resources" + _PATH)
+def get_resource(
+    owner_name: str, rtype: str, name: str, broker: BrokerDep, owner: OwnerDep
+) -> ResourceOut:
+    resource = _name(owner_name, rtype, name)
+    info = broker.resource(owner, resource)
+    versions = broker.policy_versions(owner, resource)
+    return ResourceOut(
+        resource=info.resource,
+        current=info.current,
+        versions=list(info.versions),
+        policy_version=max(versions) if versions else None,
+    )
+
+
+@owner_router.put("/resources" + _PATH, status_code=201)
+def create_resource(
+    owner_name: str,
+    rtype: str,
+    name: str,
+    broker: BrokerDep,
+    owner: OwnerDep,
+    client: ClientDep,
+    body: BodyDep,
+) -> ResourceVersionOut:
+    resource = _name(owner_name, rtype, name)
+    version = broker.create_resource(
+        owner, resource, _secret(_json_model(SecretBody, body)), client_id=client
+    )
+    return ResourceVersionOut(resource=resource, version=version)
+
+
+@owner_router.post("/resources" + _PATH + "/rotate")
+def rotate_resource(
+    owner_name: str,
+    rtype: str,
+    name: str,
+    broker: BrokerDep,
+    owner: OwnerDep,
+    client: ClientDep,
+    body: BodyDep,
+) -> ResourceVersionOut:
+    resource = _name(owner_name, rtype, name)
+    req = _json_model(SecretBody, body)
+    version = broker.rotate_resource(
+        owner, resource, _secret(req), client_id=client, expected_version=req.expected_version
+    )
+    return ResourceVersionOut(resource=resource, version=version)
+
+
+@owner_router.delete("/resources" + _PATH + "/versions/{version}", status_code=204)
+def retire_resource_version(
+    owner_name: str,
+    rtype: str,
+    name: str,
+    version: int,
+    broker: BrokerDep,
+    owner: OwnerDep,
+    client: ClientDep,
+) -> Response:
+    broker.retire_resource_version(owner, _name(owner_name, rtype, name), version, client_id=client)
+    return Response(status_code=204)
+
+
+@owner_router.delete("/resources" + _PATH, status_code=204)
+def delete_resource(
+    owner_name: str, rtype: str, name: str, broker: BrokerDep, owner: OwnerDep, client: ClientDep
+) -> Response:
+    broker.delete_resource(owner, _name(owner_name, rtype, name), client_id=client)
+    return Response(status_code=204)
+
+
+@owner_router.put("/policies" + _PATH)
+def set_policy(
+    owner_name: str,
+    rtype: str,
+    name: str,
+    broker: BrokerDep,
+    owner: OwnerDep,
+    client: ClientDep,
+    body: BodyDep,
+    expected_version: Annotated[int | None, Query(ge=0)] = None,
+) -> PolicyOut:
+    resource = _name(owner_name, rtype, name)
+    policy = release_policy_from_obj(_json_obj(body))
+    broker.set_policy(owner, resource, policy, client_id=client, expected_version=expected_version)
+    return _policy_out(broker, owner, resource, None)
+
+
+@owner_router.get("/policies" + _PATH)
+def get_policy(
+    owner_name: str,
+    rtype: str,
+    name: str,
+    broker: BrokerDep,
+    owner: OwnerDep,
+    version: Annotated[int | None, Query(ge=1)] = None,
+) -> PolicyOut:
+    return _policy_out(broker, owner, _name(owner_name, rtype, name), version)
+
+
+@owner_router.delete("/policies" + _PATH + "/versions/{version}", status_code=204)
+def retire_policy_version(
+    owner_name: str,
+    rtype: str,
+    name: str,
+    version: int,
+    broker: BrokerDep,
+    owner: OwnerDep,
+    client: ClientDep,
+) -> Response:
+    broker.retire_policy_version(owner, _name(owner_name, rtype, name), version, client_id=client)
+    return Response(status_code=204)
+
+
+@owner_router.get("/decisions")
+def decisions(
+    broker: BrokerDep,
+    owner: OwnerDep,
+    resource: str | None = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+) -> list[dict[str, Any]]:
+    return [d.to_dict() for d in broker.decisions(owner, resource=resource, limit=limit)]
+
+
+def _policy_out(broker: BrokerDep, owner: str, resource: str, version: int | None) -> PolicyOut:
+    record, policy, versions = broker.get_policy(owner, resource, version)
+    return PolicyOut(
+        resource=resource,
+        version=record.version,
+        versions=list(versions),
+        digest=record.digest,
+        policy=policy.model_dump(mode="json"),
+    )
+
+
+def _json_obj(body: bytes) -> Any:
+    try:
+        return json.loads(body)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise InputError("input.malformed", "the body is not JSON") from exc

@@ -1,0 +1,103 @@
+"""The broker's FastAPI application: routers, error bodies, and its lifetime.
+
+Error bodies are ``{"error": {"code", "message"}}`` from the catalogue, never the internal
+detail. ``kbs.unauthorized`` answers with the very body of ``kbs.not_found`` (errors.py): from
+outside, a resource one may not touch and one that does not exist look the same. The real code is
+kept in the decision log.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from datetime import datetime
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from medclave.errors import InputError, KbsError, MedclaveError
+from medclave.kbs.api import owner_router, release_router
+from medclave.kbs.factory import build_broker
+from medclave.kbs.ratelimit import RateLimiter
+from medclave.kbs.service import KeyBroker, utcnow
+from medclave.kbs.settings import KbsSettings, get_settings
+from medclave.kbs.store import Decision
+
+log = logging.getLogger("medclave.kbs")
+
+_MASKED = {"kbs.unauthorized": "kbs.not_found"}
+
+
+def error_response(exc: MedclaveError) -> JSONResponse:
+    public = MedclaveError(_MASKED.get(exc.code, exc.code))
+    return JSONResponse(public.to_public(), status_code=public.status)
+
+
+async def _medclave_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, MedclaveError)
+    if exc.status >= 500:
+        log.error("kbs %s %s: %s", request.method, request.url.path, exc)
+    else:
+        log.info("kbs refused %s %s: %s", request.method, request.url.path, exc.code)
+    return error_response(exc)
+
+
+async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
+    return error_response(InputError("input.malformed"))
+
+
+async def _http_error(request: Request, exc: Exception) -> JSONResponse:
+    status = getattr(exc, "status_code", 500)
+    if status == 404:
+        return error_response(KbsError("kbs.not_found"))
+    return error_response(InputError("input.malformed"))
+
+
+async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+    log.exception("kbs internal error on %s %s", request.method, request.url.path)
+    return error_response(MedclaveError("internal"))
+
+
+def create_app(
+    settings: KbsSettings | None = None,
+    *,
+    broker: KeyBroker | None = None,
+    clock: Callable[[], datetime] = utcnow,
+    on_decision: Callable[[Decision], None] | None = None,
+    rate_clock: Callable[[], float] | None = None,
+) -> FastAPI:
+    """The broker app. With ``settings``, the ``get_settings`` dependency is overridden to it."""
+    cfg = settings or get_settings()
+    the_broker = broker or build_broker(cfg, clock=clock, on_decision=on_decision)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        yield
+        if broker is None:  # we opened it, we close it
+            the_broker.store.close()
+
+    app = FastAPI(
+        title="Medclave key broker",
+        version="1",
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+        openapi_url=None,
+    )
+    app.state.broker = the_broker
+    app.state.limiter = RateLimiter(
+        cfg.rate_per_second, cfg.rate_burst, clock=rate_clock or time.monotonic
+    )
+    if settings is not None:
+        app.dependency_overrides[get_settings] = lambda: settings
+    app.include_router(release_router)
+    app.include_router(owner_router)
+    app.add_exception_handler(MedclaveError, _medclave_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(Exception, _unexpected)
+    return app

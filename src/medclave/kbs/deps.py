@@ -1,0 +1,80 @@
+"""FastAPI dependencies: settings, the broker, the client's identity, rate limits, owner auth."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import Depends, Header, Request
+
+from medclave.errors import InputError, MedclaveError
+from medclave.kbs.ratelimit import RateLimiter
+from medclave.kbs.service import KeyBroker
+from medclave.kbs.settings import KbsSettings, get_settings
+
+SettingsDep = Annotated[KbsSettings, Depends(get_settings)]
+
+
+def get_broker(request: Request) -> KeyBroker:
+    broker: KeyBroker = request.app.state.broker
+    return broker
+
+
+BrokerDep = Annotated[KeyBroker, Depends(get_broker)]
+
+
+def client_id(request: Request, settings: SettingsDep) -> str:
+    """The network identity the rate limit and decision log use."""
+    if settings.trust_forwarded_for:
+        forwarded = request.headers.get("x-forwarded-for", "")
+        if forwarded:
+            return "ip:" + forwarded.split(",")[0].strip()[:64]
+    host = request.client.host if request.client else "unknown"
+    return f"ip:{host}"
+
+
+ClientDep = Annotated[str, Depends(client_id)]
+
+
+def rate_limit(request: Request, client: ClientDep) -> None:
+    limiter: RateLimiter = request.app.state.limiter
+    limiter.check(client)
+
+
+async def read_body(request: Request, settings: SettingsDep) -> bytes:
+    """The request body, refused past ``max_request_bytes`` before it is all read."""
+    limit = settings.max_request_bytes
+    declared = request.headers.get("content-length")
+    if declared is not None and (not declared.isdigit() or int(declared) > limit):
+        raise InputError("input.too_large", f"request body over {limit} bytes")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise InputError("input.too_large", f"request body over {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+BodyDep = Annotated[bytes, Depends(read_body)]
+
+
+def owner(
+    request: Request,
+    broker: BrokerDep,
+    client: ClientDep,
+    authorization: Annotated[str | None, Header()] = None,
+) -> str:
+    """The owner an ``Authorization: Bearer`` token belongs to; failures are recorded."""
+    token = None
+    if authorization is not None:
+        scheme, _, value = authorization.partition(" ")
+        token = value.strip() if scheme.lower() == "bearer" else ""
+    try:
+        return broker.authenticate(token)
+    except MedclaveError as exc:
+        broker.record_refusal("authenticate", request.url.path[:400], client, exc)
+        raise
+
+
+OwnerDep = Annotated[str, Depends(owner)]

@@ -1,0 +1,65 @@
+"""Builds a :class:`KeyBroker` from :class:`KbsSettings`: store, KEK and trust anchors."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from datetime import datetime, timedelta
+
+from medclave.errors import InputError
+from medclave.kbs.keywrap import EnvKek, FileKek, KeyWrapper
+from medclave.kbs.service import KeyBroker, utcnow
+from medclave.kbs.settings import KbsSettings
+from medclave.kbs.sqlite_store import SqliteStore
+from medclave.kbs.store import Decision, KbsStore, MemoryStore
+
+
+def ensure_data_dir(settings: KbsSettings) -> None:
+    path = settings.data_dir
+    path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    if path.stat().st_mode & 0o077:
+        os.chmod(path, 0o700)  # holds the KEK and the wrapped secrets: owner only
+
+
+def open_store(settings: KbsSettings) -> KbsStore:
+    if settings.store == "memory":
+        return MemoryStore()
+    ensure_data_dir(settings)
+    return SqliteStore(settings.db_path)
+
+
+def open_wrapper(settings: KbsSettings, *, create: bool = True) -> KeyWrapper:
+    if settings.kek is not None:
+        return EnvKek.from_value(settings.kek.get_secret_value(), where="MEDCLAVE_KBS_KEK")
+    if create:
+        ensure_data_dir(settings)
+        return FileKek.load_or_create(settings.kek_path)
+    return FileKek.load(settings.kek_path)
+
+
+def _fingerprints(values: tuple[str, ...]) -> frozenset[str]:
+    out = frozenset(v.strip().lower().replace(":", "") for v in values)
+    bad = [v for v in out if len(v) != 64 or any(c not in "0123456789abcdef" for c in v)]
+    if bad:
+        raise InputError("config.invalid", f"sim root fingerprint is not SHA-256 hex: {bad[0]!r}")
+    return out
+
+
+def build_broker(
+    settings: KbsSettings,
+    *,
+    store: KbsStore | None = None,
+    wrapper: KeyWrapper | None = None,
+    clock: Callable[[], datetime] = utcnow,
+    on_decision: Callable[[Decision], None] | None = None,
+    trusted_roots: frozenset[str] | None = None,
+) -> KeyBroker:
+    return KeyBroker(
+        store if store is not None else open_store(settings),
+        wrapper if wrapper is not None else open_wrapper(settings),
+        sim_roots=_fingerprints(settings.sim_roots),
+        trusted_roots=trusted_roots,
+        nonce_ttl=timedelta(seconds=settings.nonce_ttl_seconds),
+        clock=clock,
+        on_decision=on_decision,
+    )

@@ -1,0 +1,403 @@
+"""The key broker: releases a secret only to evidence its owner's policy accepts.
+
+Release (ARCHITECTURE.md, "Key release"; the flow of the IETF RATS background-check model with a
+broker-issued nonce): spend the nonce first, so every attempt burns it whatever the outcome;
+verify the evidence and that its report_data binds this nonce and this runtime (so the ephemeral
+key); appraise it against the resource's release policy; then HPKE-seal the secret to the
+ephemeral key, with the resource, version and nonce as AAD so the answer fits one request only.
+Every decision, release or refusal with its code, is recorded before the answer leaves.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any, Literal
+
+from medclave.attestation.core import Check, Verification, Violation
+from medclave.attestation.policy import evaluate, raise_refusal
+from medclave.attestation.verifier import verify_bundle
+from medclave.crypto import hpke
+from medclave.crypto.canonical import canonical_json
+from medclave.errors import AttestationError, CryptoError, InputError, KbsError, MedclaveError
+from medclave.kbs import tokens
+from medclave.kbs.keywrap import KeyWrapper
+from medclave.kbs.models import MAX_SECRET_BYTES, RELEASE_INFO, ReleasePolicy, release_aad
+from medclave.kbs.names import ResourceName, valid_owner
+from medclave.kbs.store import Decision, KbsStore, NonceState, PolicyVersion, ResourceInfo
+from medclave.protocol.evidence import EvidenceBundle
+
+NONCE_BYTES = 32
+DEFAULT_NONCE_TTL = timedelta(seconds=60)
+GENERATED_SECRET_BYTES = 32
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def wrap_aad(resource: ResourceName, version: int) -> bytes:
+    """What a wrapped secret is bound to: moved to another resource or version, it won't open."""
+    return canonical_json({"resource": str(resource), "version": version})
+
+
+@dataclass(frozen=True)
+class Challenge:
+    nonce: bytes
+    expires_at: datetime
+
+
+@dataclass(frozen=True)
+class Release:
+    resource: str
+    version: int
+    sealed: bytes  # HPKE enc || ciphertext of the secret
+
+
+@dataclass
+class _Trace:
+    """What a decision record says; filled in as the release proceeds."""
+
+    action: str
+    resource: str
+    client: str
+    version: int | None = None
+    policy_digest: str = ""
+    evidence_sha256: str = ""
+    checks: tuple[Check, ...] = field(default_factory=tuple)
+
+
+class KeyBroker:
+    """The broker's logic; the HTTP layer (``kbs.app``) only translates to and from it."""
+
+    def __init__(
+        self,
+        store: KbsStore,
+        wrapper: KeyWrapper,
+        *,
+        sim_roots: frozenset[str] = frozenset(),
+        trusted_roots: frozenset[str] | None = None,
+        nonce_ttl: timedelta = DEFAULT_NONCE_TTL,
+        clock: Callable[[], datetime] = utcnow,
+        on_decision: Callable[[Decision], None] | None = None,
+    ) -> None:
+        if nonce_ttl <= timedelta(0):
+            raise InputError("config.invalid", "nonce lifetime must be positive")
+        self.store = store
+        self._wrapper = wrapper
+        self._sim_roots = sim_roots
+        self._trusted_roots = trusted_roots
+        self._ttl = nonce_ttl
+        self._clock = clock
+        self._on_decision = on_decision
+
+    # --- release protocol ------------------------------------------------------------------
+
+    def challenge(self) -> Challenge:
+        now = self._clock()
+        nonce = os.urandom(NONCE_BYTES)
+        expires = now + self._ttl
+        self.store.add_nonce(nonce, expires, now)
+        return Challenge(nonce, expires)
+
+    def release(
+        self,
+        resource: str,
+        nonce: str | bytes,
+        bundle: EvidenceBundle,
+        client_id: str,
+        *,
+        version: int | None = None,
+    ) -> Release:
+        """The secret named ``resource`` sealed to the bundle's ephemeral key, or a refusal."""
+        now = self._clock()
+        trace = _Trace("release", resource if isinstance(resource, str) else "", client_id)
+        try:
+            name = ResourceName.parse(resource)
+            nonce_bytes = _nonce(nonce)
+            self._spend(nonce_bytes, now)
+            trace.evidence_sha256 = hashlib.sha256(bundle.evidence.encode()).hexdigest()
+            try:
+                verification = verify_bundle(
+                    bundle,
+                    now=now,
+                    expected_nonce=nonce_bytes,
+                    sim_roots=self._sim_roots,
+                    trusted_roots=self._trusted_roots,
+                )
+            except AttestationError as exc:
+                trace.checks = tuple(exc.checks)
+                raise
+            trace.checks = verification.checks
+            ephemeral = _ephemeral_key(bundle.runtime)
+            secret = self.store.secret_version(name, version)
+            trace.version = secret.version
+            policy_record = self.store.policy_version(name)
+            trace.policy_digest = policy_record.digest
+            policy = ReleasePolicy.model_validate_json(policy_record.document)
+            _appraise(verification, policy, bundle.runtime, now)
+            plain = self._wrapper.unwrap(secret.wrapped, wrap_aad(name, secret.version))
+            sealed = hpke.seal(
+                ephemeral, plain, RELEASE_INFO, release_aad(str(name), secret.version, nonce_bytes)
+            )
+        except MedclaveError as exc:
+            self._decide(trace, now, "refused", exc.code, exc.detail)
+            raise
+        except Exception as exc:  # fail closed, and say so in the record
+            self._decide(trace, now, "refused", "internal", type(exc).__name__)
+            raise KbsError("kbs.unavailable", "internal error during release") from exc
+        self._decide(trace, now, "allowed", None, "released")
+        return Release(str(name), secret.version, sealed)
+
+    def _spend(self, nonce: bytes, now: datetime) -> None:
+        state = self.store.spend_nonce(nonce, now)
+        if state is NonceState.UNKNOWN:
+            raise KbsError("kbs.nonce_unknown", "this broker never issued that nonce")
+        if state is NonceState.USED:
+            raise KbsError("kbs.nonce_replayed", "the nonce was already spent")
+        if state is NonceState.EXPIRED:
+            raise KbsError("kbs.nonce_expired", "the nonce expired before it was used")
+
+    # --- owner API -------------------------------------------------------------------------
+
+    def issue_owner_token(self, owner: str) -> str:
+        return tokens.issue_owner_token(self.store, owner, now=self._clock())
+
+    def authenticate(self, token: str | None) -> str:
+        return tokens.authenticate(self.store, token)
+
+    def create_resource(
+        self, owner: str, resource: str, secret: bytes | None, *, client_id: str
+    ) -> int:
+        def op(name: ResourceName, trace: _Trace) -> int:
+            value = _secret(secret)
+            return self.store.create_secret(
+                name, self._wrapper.wrap(value, wrap_aad(name, 1)), self._clock()
+            )
+
+        return self._owner_op("create", owner, resource, client_id, op)
+
+    def rotate_resource(
+        self,
+        owner: str,
+        resource: str,
+        secret: bytes | None,
+        *,
+        client_id: str,
+        expected_version: int | None = None,
+    ) -> int:
+        """A new current version in one atomic step; the old one stays until retired."""
+
+        def op(name: ResourceName, trace: _Trace) -> int:
+            value = _secret(secret)
+            info = self.store.resource_info(name)
+            if info is None:
+                raise KbsError("kbs.not_found", f"no resource {name}")
+            seen = info.current if expected_version is None else expected_version
+            wrapped = self._wrapper.wrap(value, wrap_aad(name, seen + 1))
+            return self.store.rotate_secret(name, wrapped, self._clock(), seen)
+
+        return self._owner_op("rotate", owner, resource, client_id, op)
+
+    def retire_resource_version(
+        self, owner: str, resource: str, version: int, *, client_id: str
+    ) -> None:
+        def op(name: ResourceName, trace: _Trace) -> int:
+            trace.version = version
+            self.store.retire_secret_version(name, version)
+            return version
+
+        self._owner_op("retire", owner, resource, client_id, op)
+
+    def delete_resource(self, owner: str, resource: str, *, client_id: str) -> None:
+        def op(name: ResourceName, trace: _Trace) -> int:
+            self.store.delete_resource(name)
+            return 0
+
+        self._owner_op("delete", owner, resource, client_id, op)
+
+    def resource(self, owner: str, resource: str) -> ResourceInfo:
+        name = self._owned(owner, resource)
+        info = self.store.resource_info(name)
+        if info is None:
+            raise KbsError("kbs.not_found", f"no resource {name}")
+        return info
+
+    def policy_versions(self, owner: str, resource: str) -> tuple[int, ...]:
+        return self.store.policy_versions(self._owned(owner, resource))
+
+    def list_resources(self, owner: str) -> list[ResourceInfo]:
+        return self.store.list_resources(valid_owner(owner))
+
+    def set_policy(
+        self,
+        owner: str,
+        resource: str,
+        policy: ReleasePolicy,
+        *,
+        client_id: str,
+        expected_version: int | None = None,
+    ) -> int:
+        def op(name: ResourceName, trace: _Trace) -> int:
+            trace.policy_digest = policy.digest()
+            return self.store.put_policy(
+                name, policy.to_json(), trace.policy_digest, self._clock(), expected_version
+            )
+
+        return self._owner_op("policy_set", owner, resource, client_id, op)
+
+    def get_policy(
+        self, owner: str, resource: str, version: int | None = None
+    ) -> tuple[PolicyVersion, ReleasePolicy, tuple[int, ...]]:
+        name = self._owned(owner, resource)
+        record = self.store.policy_version(name, version)
+        return (
+            record,
+            ReleasePolicy.model_validate_json(record.document),
+            self.store.policy_versions(name),
+        )
+
+    def retire_policy_version(
+        self, owner: str, resource: str, version: int, *, client_id: str
+    ) -> None:
+        def op(name: ResourceName, trace: _Trace) -> int:
+            trace.version = version
+            self.store.retire_policy_version(name, version)
+            return version
+
+        self._owner_op("policy_retire", owner, resource, client_id, op)
+
+    def decisions(
+        self, owner: str, *, resource: str | None = None, limit: int = 100
+    ) -> list[Decision]:
+        if resource is not None:
+            self._owned(owner, resource)
+        return self.store.decisions(owner=valid_owner(owner), resource=resource, limit=limit)
+
+    def record_refusal(
+        self, action: str, resource: str, client_id: str, error: MedclaveError
+    ) -> None:
+        """For refusals the HTTP layer meets before the broker (credentials, rate limits)."""
+        self._decide(
+            _Trace(action, resource, client_id), self._clock(), "refused", error.code, error.detail
+        )
+
+    def _owned(self, owner: str, resource: str) -> ResourceName:
+        name = ResourceName.parse(resource)
+        if name.owner != owner:
+            # Same public answer as not found (errors.py): the caller learns nothing.
+            raise KbsError("kbs.unauthorized", f"{owner} does not own {name}")
+        return name
+
+    def _owner_op(
+        self,
+        action: str,
+        owner: str,
+        resource: str,
+        client_id: str,
+        op: Callable[[ResourceName, _Trace], int],
+    ) -> int:
+        now = self._clock()
+        trace = _Trace(action, resource, client_id)
+        try:
+            name = self._owned(owner, resource)
+            result = op(name, trace)
+        except MedclaveError as exc:
+            self._decide(trace, now, "refused", exc.code, exc.detail)
+            raise
+        if action in ("create", "rotate", "policy_set"):
+            trace.version = result
+        self._decide(trace, now, "allowed", None, action)
+        return result
+
+    def _decide(
+        self,
+        trace: _Trace,
+        now: datetime,
+        outcome: Literal["allowed", "refused"],
+        code: str | None,
+        detail: str,
+    ) -> None:
+        decision = Decision(
+            at=now,
+            action=trace.action,
+            resource=trace.resource[:400],
+            outcome=outcome,
+            client=trace.client[:200],
+            code=code,
+            version=trace.version,
+            detail=detail[:1000],
+            policy_digest=trace.policy_digest,
+            evidence_sha256=trace.evidence_sha256,
+            checks=tuple(f"{c.name}:{'ok' if c.ok else 'failed'}" for c in trace.checks),
+        )
+        self.store.record_decision(decision)
+        if self._on_decision is not None:
+            self._on_decision(decision)
+
+
+def _nonce(value: str | bytes) -> bytes:
+    if isinstance(value, bytes):
+        raw = value
+    else:
+        try:
+            raw = bytes.fromhex(value)
+        except ValueError as exc:
+            raise InputError("input.malformed", "nonce is not hex") from exc
+    if len(raw) != NONCE_BYTES:
+        raise KbsError("kbs.nonce_unknown", f"a broker nonce is {NONCE_BYTES} bytes")
+    return raw
+
+
+def _ephemeral_key(runtime: Mapping[str, Any]) -> bytes:
+    value = runtime.get("ephemeral_key")
+    if not isinstance(value, str) or not value:
+        raise KbsError("kbs.ephemeral_key_missing")
+    try:
+        raw = base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise CryptoError("crypto.bad_key", "ephemeral_key is not base64") from exc
+    if len(raw) != hpke.NPK:
+        raise CryptoError("crypto.bad_key", f"ephemeral_key is not a {hpke.NPK}-byte X25519 key")
+    return raw
+
+
+def _secret(value: bytes | None) -> bytes:
+    if value is None:
+        return os.urandom(GENERATED_SECRET_BYTES)
+    if not 1 <= len(value) <= MAX_SECRET_BYTES:
+        raise InputError(
+            "input.too_large" if value else "input.missing",
+            f"a secret is 1 to {MAX_SECRET_BYTES} bytes",
+        )
+    return value
+
+
+def _appraise(
+    verification: Verification, policy: ReleasePolicy, runtime: Mapping[str, Any], now: datetime
+) -> None:
+    """Every rule of the appraisal policy plus the broker's own (model digests, requesters)."""
+    model = runtime.get("model_digest")
+    model_digest = model.lower() if isinstance(model, str) else None
+    result = evaluate(verification, policy.appraisal, now=now, model_digest=model_digest)
+    violations = list(result.violations)
+    if policy.model_digests and model_digest not in policy.model_digests:
+        violations.append(
+            Violation(
+                "policy.model_not_allowed",
+                "model_digest",
+                f"model {model_digest or '(none)'} is not released this key",
+            ).to_dict()
+        )
+    if violations:
+        raise_refusal(violations)
+    requester = runtime.get("requester")
+    if policy.requesters and requester not in policy.requesters:
+        raise KbsError(
+            "kbs.requester_not_allowed", f"requester {requester!r} is not in the release policy"
+        )

@@ -1,0 +1,48 @@
+"""The broker's configuration: one pydantic-settings model, ``MEDCLAVE_KBS_*`` in the environment.
+
+The KEK comes from ``MEDCLAVE_KBS_KEK`` (base64, for containers handed a secret) when set, else
+from the 0600 file ``kek_file`` (default ``DATA/kek.key``, created on first start).
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class KbsSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="MEDCLAVE_KBS_", extra="forbid", frozen=True)
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=8450, ge=0, le=65535)
+    data_dir: Path = Path("medclave-kbs")
+    store: Literal["sqlite", "memory"] = "sqlite"
+    kek: SecretStr | None = None
+    kek_file: Path | None = None
+    # SHA-256 fingerprints of sim roots whose evidence may verify (still only under a policy
+    # naming "sim"). Empty: sim evidence never verifies here.
+    sim_roots: tuple[str, ...] = ()
+    nonce_ttl_seconds: int = Field(default=60, ge=1, le=3600)
+    rate_per_second: float = Field(default=20.0, gt=0)
+    rate_burst: int = Field(default=40, ge=1)
+    max_request_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
+    # Read the client address from X-Forwarded-For only behind a proxy you run.
+    trust_forwarded_for: bool = False
+
+    @property
+    def kek_path(self) -> Path:
+        return self.kek_file or self.data_dir / "kek.key"
+
+    @property
+    def db_path(self) -> Path:
+        return self.data_dir / "kbs.sqlite3"
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> KbsSettings:
+    """The process's settings (from the environment); tests override this dependency."""
+    return KbsSettings()

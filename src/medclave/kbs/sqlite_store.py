@@ -1,0 +1,359 @@
+"""The SQLite (WAL) :class:`~medclave.kbs.store.KbsStore`: the embedded default.
+
+Every change is one ``BEGIN IMMEDIATE`` transaction, so a broker killed mid-rotation leaves the
+database at the old version or the new one, never between (SQLite's atomic commit, sqlite.org
+"Atomic Commit In SQLite"). ``synchronous=FULL``: a committed key survives power loss as well.
+One connection, serialised by a lock: the broker's write rate is tiny and this keeps it simple.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from medclave.errors import KbsError
+from medclave.kbs.names import ResourceName
+from medclave.kbs.store import (
+    NONCE_MEMORY,
+    Decision,
+    NonceState,
+    PolicyVersion,
+    ResourceInfo,
+    SecretVersion,
+)
+
+SCHEMA_VERSION = "1"
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS owner_tokens (
+    token_hash BLOB PRIMARY KEY, owner TEXT NOT NULL, created TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS owner_tokens_owner ON owner_tokens (owner);
+CREATE TABLE IF NOT EXISTS resources (
+    name TEXT PRIMARY KEY, owner TEXT NOT NULL, current INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS secret_versions (
+    name TEXT NOT NULL, version INTEGER NOT NULL, wrapped BLOB NOT NULL, created TEXT NOT NULL,
+    PRIMARY KEY (name, version));
+CREATE TABLE IF NOT EXISTS policies (
+    name TEXT PRIMARY KEY, owner TEXT NOT NULL, current INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS policy_versions (
+    name TEXT NOT NULL, version INTEGER NOT NULL, document TEXT NOT NULL, digest TEXT NOT NULL,
+    created TEXT NOT NULL, PRIMARY KEY (name, version));
+CREATE TABLE IF NOT EXISTS nonces (
+    nonce BLOB PRIMARY KEY, expires_at REAL NOT NULL, used INTEGER NOT NULL DEFAULT 0);
+CREATE INDEX IF NOT EXISTS nonces_expiry ON nonces (expires_at);
+CREATE TABLE IF NOT EXISTS decisions (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, at TEXT NOT NULL, action TEXT NOT NULL,
+    resource TEXT NOT NULL, owner TEXT NOT NULL, outcome TEXT NOT NULL, client TEXT NOT NULL,
+    code TEXT, version INTEGER, detail TEXT NOT NULL, policy_digest TEXT NOT NULL,
+    evidence_sha256 TEXT NOT NULL, checks TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS decisions_owner ON decisions (owner, id);
+"""
+
+
+def _ts(value: datetime) -> str:
+    return value.astimezone(UTC).isoformat()
+
+
+def _dt(text: str) -> datetime:
+    return datetime.fromisoformat(text)
+
+
+def _not_found(resource: ResourceName, what: str = "resource") -> KbsError:
+    return KbsError("kbs.not_found", f"no {what} {resource}")
+
+
+class SqliteStore:
+    """A :class:`~medclave.kbs.store.KbsStore` in one SQLite file (WAL journal)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._lock = threading.Lock()
+        try:
+            self._db = sqlite3.connect(
+                path, isolation_level=None, check_same_thread=False, timeout=10.0
+            )
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=FULL")
+            self._db.executescript(_SCHEMA)
+            row = self._db.execute("SELECT value FROM meta WHERE key='schema'").fetchone()
+            if row is None:
+                self._db.execute(
+                    "INSERT OR IGNORE INTO meta VALUES ('schema', ?)", (SCHEMA_VERSION,)
+                )
+            elif row[0] != SCHEMA_VERSION:
+                raise KbsError(
+                    "kbs.unavailable", f"store schema {row[0]}, expected {SCHEMA_VERSION}"
+                )
+        except sqlite3.Error as exc:
+            raise KbsError("kbs.unavailable", f"cannot open store {path.name}: {exc}") from exc
+
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction: all of it commits, or none of it."""
+        with self._lock:
+            try:
+                self._db.execute("BEGIN IMMEDIATE")
+            except sqlite3.Error as exc:
+                raise KbsError("kbs.unavailable", f"store busy: {exc}") from exc
+            try:
+                yield self._db
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            else:
+                self._db.execute("COMMIT")
+
+    def _read(self, sql: str, args: tuple[object, ...] = ()) -> list[Any]:
+        with self._lock:
+            try:
+                return list(self._db.execute(sql, args).fetchall())
+            except sqlite3.Error as exc:
+                raise KbsError("kbs.unavailable", f"store read failed: {exc}") from exc
+
+    # owners
+    def add_owner_token(self, owner: str, token_hash: bytes, created: datetime) -> None:
+        with self._tx() as db:
+            db.execute(
+                "INSERT INTO owner_tokens VALUES (?, ?, ?)", (token_hash, owner, _ts(created))
+            )
+
+    def owner_token_hashes(self, owner: str) -> tuple[bytes, ...]:
+        rows = self._read("SELECT token_hash FROM owner_tokens WHERE owner=?", (owner,))
+        return tuple(bytes(r[0]) for r in rows)
+
+    def revoke_owner_tokens(self, owner: str) -> int:
+        with self._tx() as db:
+            return db.execute("DELETE FROM owner_tokens WHERE owner=?", (owner,)).rowcount
+
+    # secrets
+    def create_secret(self, resource: ResourceName, wrapped: bytes, created: datetime) -> int:
+        name = str(resource)
+        with self._tx() as db:
+            if db.execute("SELECT 1 FROM resources WHERE name=?", (name,)).fetchone():
+                raise KbsError("kbs.conflict", f"{resource} exists; rotate it instead")
+            db.execute(
+                "INSERT INTO secret_versions VALUES (?, 1, ?, ?)", (name, wrapped, _ts(created))
+            )
+            db.execute("INSERT INTO resources VALUES (?, ?, 1)", (name, resource.owner))
+        return 1
+
+    def rotate_secret(
+        self, resource: ResourceName, wrapped: bytes, created: datetime, expected_version: int
+    ) -> int:
+        name = str(resource)
+        with self._tx() as db:
+            row = db.execute("SELECT current FROM resources WHERE name=?", (name,)).fetchone()
+            if row is None:
+                raise _not_found(resource)
+            if row[0] != expected_version:
+                raise KbsError("kbs.conflict", f"{resource} is at version {row[0]}")
+            new = int(row[0]) + 1
+            # Both statements or neither: the new key and the pointer to it commit together.
+            db.execute(
+                "INSERT INTO secret_versions VALUES (?, ?, ?, ?)",
+                (name, new, wrapped, _ts(created)),
+            )
+            db.execute("UPDATE resources SET current=? WHERE name=?", (new, name))
+        return new
+
+    def secret_version(self, resource: ResourceName, version: int | None = None) -> SecretVersion:
+        name = str(resource)
+        with self._lock:
+            cur = self._db.execute("SELECT current FROM resources WHERE name=?", (name,)).fetchone()
+            if cur is None:
+                raise _not_found(resource)
+            row = self._db.execute(
+                "SELECT wrapped, created FROM secret_versions WHERE name=? AND version=?",
+                (name, cur[0] if version is None else version),
+            ).fetchone()
+        if row is None:
+            raise _not_found(resource, f"version {version} of")
+        return SecretVersion(
+            name, int(cur[0] if version is None else version), bytes(row[0]), _dt(row[1])
+        )
+
+    def resource_info(self, resource: ResourceName) -> ResourceInfo | None:
+        name = str(resource)
+        rows = self._read("SELECT current FROM resources WHERE name=?", (name,))
+        if not rows:
+            return None
+        versions = self._read(
+            "SELECT version FROM secret_versions WHERE name=? ORDER BY version", (name,)
+        )
+        return ResourceInfo(name, int(rows[0][0]), tuple(int(v[0]) for v in versions))
+
+    def list_resources(self, owner: str) -> list[ResourceInfo]:
+        rows = self._read(
+            "SELECT r.name, r.current, group_concat(v.version) FROM resources r "
+            "JOIN secret_versions v ON v.name = r.name WHERE r.owner=? GROUP BY r.name "
+            "ORDER BY r.name",
+            (owner,),
+        )
+        return [
+            ResourceInfo(
+                str(r[0]),
+                int(r[1]),
+                tuple(sorted(int(x) for x in str(r[2]).split(","))),
+            )
+            for r in rows
+        ]
+
+    def retire_secret_version(self, resource: ResourceName, version: int) -> None:
+        self._retire("resources", "secret_versions", resource, version)
+
+    def delete_resource(self, resource: ResourceName) -> None:
+        name = str(resource)
+        with self._tx() as db:
+            if db.execute("DELETE FROM resources WHERE name=?", (name,)).rowcount == 0:
+                raise _not_found(resource)
+            db.execute("DELETE FROM secret_versions WHERE name=?", (name,))
+            db.execute("DELETE FROM policies WHERE name=?", (name,))
+            db.execute("DELETE FROM policy_versions WHERE name=?", (name,))
+
+    def _retire(self, head: str, table: str, resource: ResourceName, version: int) -> None:
+        name = str(resource)
+        with self._tx() as db:
+            row = db.execute(f"SELECT current FROM {head} WHERE name=?", (name,)).fetchone()  # noqa: S608 - fixed table names
+            if row is None:
+                raise _not_found(resource)
+            if row[0] == version:
+                raise KbsError(
+                    "kbs.conflict", "the current version cannot be retired; rotate first"
+                )
+            deleted = db.execute(
+                f"DELETE FROM {table} WHERE name=? AND version=?",  # noqa: S608
+                (name, version),
+            ).rowcount
+            if deleted == 0:
+                raise _not_found(resource, f"version {version} of")
+
+    # policies
+    def put_policy(
+        self,
+        resource: ResourceName,
+        document: str,
+        digest: str,
+        created: datetime,
+        expected_version: int | None = None,
+    ) -> int:
+        name = str(resource)
+        with self._tx() as db:
+            row = db.execute("SELECT current FROM policies WHERE name=?", (name,)).fetchone()
+            current = int(row[0]) if row else 0
+            if expected_version is not None and expected_version != current:
+                raise KbsError("kbs.conflict", f"policy of {resource} is at version {current}")
+            new = current + 1
+            db.execute(
+                "INSERT INTO policy_versions VALUES (?, ?, ?, ?, ?)",
+                (name, new, document, digest, _ts(created)),
+            )
+            if row is None:
+                db.execute("INSERT INTO policies VALUES (?, ?, ?)", (name, resource.owner, new))
+            else:
+                db.execute("UPDATE policies SET current=? WHERE name=?", (new, name))
+        return new
+
+    def policy_version(self, resource: ResourceName, version: int | None = None) -> PolicyVersion:
+        name = str(resource)
+        with self._lock:
+            cur = self._db.execute("SELECT current FROM policies WHERE name=?", (name,)).fetchone()
+            if cur is None:
+                raise KbsError("kbs.policy_missing", f"{resource} has no release policy")
+            want = int(cur[0]) if version is None else version
+            row = self._db.execute(
+                "SELECT document, digest, created FROM policy_versions WHERE name=? AND version=?",
+                (name, want),
+            ).fetchone()
+        if row is None:
+            raise _not_found(resource, f"policy version {version} of")
+        return PolicyVersion(name, want, str(row[0]), str(row[1]), _dt(row[2]))
+
+    def policy_versions(self, resource: ResourceName) -> tuple[int, ...]:
+        rows = self._read(
+            "SELECT version FROM policy_versions WHERE name=? ORDER BY version", (str(resource),)
+        )
+        return tuple(int(r[0]) for r in rows)
+
+    def retire_policy_version(self, resource: ResourceName, version: int) -> None:
+        self._retire("policies", "policy_versions", resource, version)
+
+    # nonces
+    def add_nonce(self, nonce: bytes, expires_at: datetime, now: datetime) -> None:
+        with self._tx() as db:
+            db.execute(
+                "DELETE FROM nonces WHERE expires_at < ?", ((now - NONCE_MEMORY).timestamp(),)
+            )
+            db.execute("INSERT INTO nonces VALUES (?, ?, 0)", (nonce, expires_at.timestamp()))
+
+    def spend_nonce(self, nonce: bytes, now: datetime) -> NonceState:
+        with self._tx() as db:
+            row = db.execute(
+                "SELECT expires_at, used FROM nonces WHERE nonce=?", (nonce,)
+            ).fetchone()
+            if row is None:
+                return NonceState.UNKNOWN
+            if row[1]:
+                return NonceState.USED
+            db.execute("UPDATE nonces SET used=1 WHERE nonce=?", (nonce,))
+            return NonceState.EXPIRED if now.timestamp() >= row[0] else NonceState.FRESH
+
+    # decisions
+    def record_decision(self, decision: Decision) -> None:
+        d = decision
+        with self._tx() as db:
+            db.execute(
+                "INSERT INTO decisions (at, action, resource, owner, outcome, client, code,"
+                " version, detail, policy_digest, evidence_sha256, checks)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    _ts(d.at),
+                    d.action,
+                    d.resource,
+                    d.owner,
+                    d.outcome,
+                    d.client,
+                    d.code,
+                    d.version,
+                    d.detail,
+                    d.policy_digest,
+                    d.evidence_sha256,
+                    json.dumps(list(d.checks)),
+                ),
+            )
+
+    def decisions(
+        self, *, owner: str | None = None, resource: str | None = None, limit: int = 100
+    ) -> list[Decision]:
+        sql = (
+            "SELECT at, action, resource, outcome, client, code, version, detail, policy_digest,"
+            " evidence_sha256, checks FROM decisions"
+            " WHERE (?1 IS NULL OR owner = ?1) AND (?2 IS NULL OR resource = ?2)"
+            " ORDER BY id DESC LIMIT ?3"
+        )
+        rows = self._read(sql, (owner, resource, max(1, min(limit, 10_000))))
+        return [
+            Decision(
+                at=_dt(str(r[0])),
+                action=str(r[1]),
+                resource=str(r[2]),
+                outcome="allowed" if r[3] == "allowed" else "refused",
+                client=str(r[4]),
+                code=None if r[5] is None else str(r[5]),
+                version=None if r[6] is None else int(r[6]),
+                detail=str(r[7]),
+                policy_digest=str(r[8]),
+                evidence_sha256=str(r[9]),
+                checks=tuple(json.loads(str(r[10]))),
+            )
+            for r in rows
+        ]
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()

@@ -1,0 +1,118 @@
+"""The log: appends, checkpoints, proofs from the store, reopening, and one writer only."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from medclave.audit import merkle
+from medclave.audit.log import AuditLog
+from medclave.audit.note import NoteSigner, verify_checkpoint
+from medclave.audit.store import LogStore, MemoryStore, SqliteStore
+from medclave.audit.verify import verify_log
+from medclave.errors import AuditError
+from tests.audit._builders import ORIGIN, make_entry
+
+
+@pytest.fixture(params=["memory", "sqlite"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[LogStore]:
+    s: LogStore = MemoryStore() if request.param == "memory" else SqliteStore(tmp_path / "a.db")
+    yield s
+    s.close()
+
+
+def test_batches_build_the_rfc9162_tree(store: LogStore, log_signer: NoteSigner) -> None:
+    log = AuditLog(store, origin=ORIGIN, signer=log_signer)
+    entries = [make_entry(i) for i in range(37)]
+    acks = [log.append_batch(entries[a:b]) for a, b in ((0, 1), (1, 8), (8, 20), (20, 37))]
+    assert [list(a.indices) for a in acks] == [[0], list(range(1, 8)), list(range(8, 20)),
+                                                list(range(20, 37))]
+    leaves = [merkle.leaf_hash(e.to_bytes()) for e in entries]
+    assert log.root() == merkle.root_from_leaves(leaves)
+    for ack in acks:
+        assert ack.checkpoint is not None
+        cp = verify_checkpoint(ack.checkpoint, log_signer.verifier).checkpoint
+        assert cp.root == merkle.root_from_leaves(leaves[: cp.size])
+    for size in range(1, 38):
+        root = log.root_at(size)
+        assert root == merkle.root_from_leaves(leaves[:size])
+        for index in range(size):
+            merkle.verify_inclusion(leaves[index], index, size,
+                                    log.prove_inclusion(index, size), root)
+        for size1 in range(size + 1):
+            merkle.verify_consistency(size1, size, log.prove_consistency(size1, size),
+                                      log.root_at(size1), root)
+    report = verify_log(store, log_signer.verifier)
+    assert report.ok and report.size == 37 and report.checkpoints == 4
+
+
+def test_reopen_continues_the_same_tree(tmp_path: Path, log_signer: NoteSigner) -> None:
+    path = tmp_path / "log.db"
+    log = AuditLog.open_sqlite(path, origin=ORIGIN, signer=log_signer)
+    log.append_batch([make_entry(i) for i in range(11)])
+    log.close()
+    log = AuditLog.open_sqlite(path, origin=ORIGIN, signer=log_signer)
+    assert log.size == 11
+    log.append_batch([make_entry(i) for i in range(11, 30)])
+    leaves = [merkle.leaf_hash(make_entry(i).to_bytes()) for i in range(30)]
+    assert log.root() == merkle.root_from_leaves(leaves)
+    verify_log(log.store, log_signer.verifier)
+    log.close()
+    reader = AuditLog.open_sqlite(path, origin=ORIGIN)
+    with pytest.raises(AuditError) as err:
+        reader.append(make_entry(99))
+    assert err.value.code == "audit.log_conflict"
+    reader.close()
+
+
+def test_second_writer_cannot_fork_the_log(tmp_path: Path, log_signer: NoteSigner) -> None:
+    path = tmp_path / "log.db"
+    a = AuditLog.open_sqlite(path, origin=ORIGIN, signer=log_signer)
+    b = AuditLog.open_sqlite(path, origin=ORIGIN, signer=log_signer)
+    a.append(make_entry(0))
+    with pytest.raises(AuditError) as err:
+        b.append(make_entry(1))
+    assert err.value.code == "audit.log_conflict"
+    assert b.size == 0  # a refused batch leaves no trace in memory either
+    a.close()
+    b.close()
+
+
+def test_wrong_origin_or_key_name_refused(tmp_path: Path, log_signer: NoteSigner) -> None:
+    path = tmp_path / "log.db"
+    AuditLog.open_sqlite(path, origin=ORIGIN, signer=log_signer).close()
+    with pytest.raises(AuditError):
+        AuditLog.open_sqlite(path, origin="other.example/log")
+    with pytest.raises(AuditError):
+        AuditLog(MemoryStore(), origin=ORIGIN, signer=NoteSigner.generate("other.example/log"))
+
+
+def test_checkpoint_and_unsigned_tail(log_signer: NoteSigner) -> None:
+    log = AuditLog(MemoryStore(), origin=ORIGIN, signer=log_signer)
+    log.append_batch([make_entry(i) for i in range(5)], checkpoint=False)
+    with pytest.raises(AuditError):
+        log.receipt(0)  # nothing is checkpointed yet
+    with pytest.raises(AuditError) as err:
+        verify_log(log.store, log_signer.verifier)
+    assert err.value.code == "audit.checkpoint_invalid"
+    note = log.checkpoint()
+    assert verify_checkpoint(note, log_signer.verifier).checkpoint.size == 5
+    log.append_batch([make_entry(5)], checkpoint=False)
+    report = verify_log(log.store, log_signer.verifier)
+    assert report.latest_checkpoint == 5 and report.size == 6
+
+
+def test_bad_batches_refused(log_signer: NoteSigner) -> None:
+    log = AuditLog(MemoryStore(), origin=ORIGIN, signer=log_signer)
+    for bad in ([], [b"x" * (16 * 1024 + 1)]):
+        with pytest.raises(AuditError):
+            log.append_batch(bad)
+    assert log.size == 0
+    with pytest.raises(AuditError):
+        log.prove_inclusion(0)
+    with pytest.raises(AuditError):
+        log.entry(0)
+    with pytest.raises(AuditError):
+        log.root_at(1)

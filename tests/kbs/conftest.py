@@ -1,0 +1,93 @@
+"""Fixtures for the key broker: an injected clock, brokers over both stores, a live server."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from medclave.kbs.app import create_app
+from medclave.kbs.factory import build_broker
+from medclave.kbs.keywrap import AesGcmKek
+from medclave.kbs.server import BackgroundServer
+from medclave.kbs.service import KeyBroker
+from medclave.kbs.settings import KbsSettings
+from medclave.kbs.sqlite_store import SqliteStore
+from medclave.kbs.store import Decision, KbsStore, MemoryStore
+
+
+@dataclass
+class Clock:
+    now: datetime = field(default_factory=lambda: datetime(2025, 7, 1, 12, tzinfo=UTC))
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += timedelta(seconds=seconds)
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture(params=["memory", "sqlite"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[KbsStore]:
+    s: KbsStore = MemoryStore() if request.param == "memory" else SqliteStore(tmp_path / "kbs.db")
+    yield s
+    s.close()
+
+
+@dataclass
+class Live:
+    """A broker served over real HTTP on 127.0.0.1."""
+
+    url: str
+    broker: KeyBroker
+    decisions: list[Decision]
+    settings: KbsSettings
+
+    def token(self, owner: str) -> str:
+        return self.broker.issue_owner_token(owner)
+
+
+def make_settings(tmp_path: Path, *, sim_roots: tuple[str, ...] = (), **kw: object) -> KbsSettings:
+    base: dict[str, object] = {"data_dir": tmp_path / "kbs", "store": "memory",
+                               "sim_roots": sim_roots, "rate_per_second": 1000.0,
+                               "rate_burst": 1000}
+    base.update(kw)
+    return KbsSettings(**base)  # type: ignore[arg-type]
+
+
+def serve_broker(settings: KbsSettings, *, store: KbsStore, clock: Clock,
+                 trusted_roots: frozenset[str] | None = None) -> tuple[BackgroundServer, Live]:
+    seen: list[Decision] = []
+    broker = build_broker(settings, store=store, wrapper=AesGcmKek(os.urandom(32)), clock=clock,
+                          on_decision=seen.append, trusted_roots=trusted_roots)
+    server = BackgroundServer(create_app(settings, broker=broker))
+    return server, Live("", broker, seen, settings)
+
+
+@pytest.fixture
+def live_factory(tmp_path: Path, clock: Clock) -> Iterator[object]:
+    """``live_factory(sim_roots=..., store=...)`` -> a started :class:`Live`; all stopped after."""
+    servers: list[BackgroundServer] = []
+
+    def make(*, sim_roots: tuple[str, ...] = (), store: KbsStore | None = None,
+             trusted_roots: frozenset[str] | None = None, **kw: object) -> Live:
+        settings = make_settings(tmp_path, sim_roots=sim_roots, **kw)
+        server, live = serve_broker(settings, store=store or MemoryStore(), clock=clock,
+                                    trusted_roots=trusted_roots)
+        server.start()
+        servers.append(server)
+        live.url = server.url
+        return live
+
+    yield make
+    for s in servers:
+        s.stop()
