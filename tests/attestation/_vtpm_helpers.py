@@ -9,11 +9,11 @@ import struct
 from pathlib import Path
 from typing import Any
 
-from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from medclave.attestation.vtpm import hcl, tpm2
+from medclave.attestation.x509chain import load_certificates
 
 SNP_DIR = "vtpm/az-snp-vtpm"
 PCR0_V0 = "e15c44796beabf46abcec7c57e590942041e47497e4ec27571c8b7664f48dced"
@@ -40,7 +40,7 @@ def dumps(obj: Any) -> bytes:
 def composed_v1(vectors: Path) -> bytes:
     """V1 ``hcl-report.bin`` + ``tpm-quote-v1.json`` + the VCEK of ``vcek.pem`` as v1 evidence."""
     d = vectors / SNP_DIR
-    vcek = x509.load_pem_x509_certificates((d / "vcek.pem").read_bytes())[0]
+    vcek = load_certificates((d / "vcek.pem").read_bytes())[0]  # tolerates AMD's serial 0
     return dumps({
         "version": 1,
         "tpm_quote": read_json(d / "tpm-quote-v1.json"),

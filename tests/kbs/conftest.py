@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from medclave.attestation.sim import SimAuthority
 from medclave.kbs.app import create_app
 from medclave.kbs.factory import build_broker
 from medclave.kbs.keywrap import AesGcmKek
@@ -22,7 +23,8 @@ from medclave.kbs.store import Decision, KbsStore, MemoryStore
 
 @dataclass
 class Clock:
-    now: datetime = field(default_factory=lambda: datetime(2025, 7, 1, 12, tzinfo=UTC))
+    # Real time by default: a sim authority's certificates start the day before it is created.
+    now: datetime = field(default_factory=lambda: datetime.now(UTC).replace(microsecond=0))
 
     def __call__(self) -> datetime:
         return self.now
@@ -34,6 +36,11 @@ class Clock:
 @pytest.fixture
 def clock() -> Clock:
     return Clock()
+
+
+@pytest.fixture(scope="session")
+def authority(tmp_path_factory: pytest.TempPathFactory) -> SimAuthority:
+    return SimAuthority.load_or_create(tmp_path_factory.mktemp("sim"))
 
 
 @pytest.fixture(params=["memory", "sqlite"])

@@ -13,13 +13,16 @@ from medclave.errors import CATALOGUE, AttestationError, KbsError, MedclaveError
 SRC = Path(__file__).resolve().parents[2] / "src" / "medclave"
 FAMILIES = sorted({code.split(".")[0] for code in CATALOGUE})
 CODE = re.compile(rf"^({'|'.join(FAMILIES)})\.[a-z0-9_]+$")
+# File names that happen to look like codes ("kbs.sqlite3", "model.sealed").
+FILE_SUFFIXES = (".sqlite3", ".sealed", ".json", ".toml", ".pem", ".key", ".db", ".log", ".bin")
 
 
 def _codes_in_source() -> set[tuple[str, str]]:
     found: set[tuple[str, str]] = set()
     for path in SRC.rglob("*.py"):
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-            if isinstance(node, ast.Constant) and isinstance(node.value, str) and CODE.match(node.value):
+            if (isinstance(node, ast.Constant) and isinstance(node.value, str)
+                    and CODE.match(node.value) and not node.value.endswith(FILE_SUFFIXES)):
                 found.add((node.value, str(path.relative_to(SRC))))
     return found
 

@@ -33,8 +33,9 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from medclave.attestation import platform_rules
 from medclave.attestation.core import Verification, Violation
 from medclave.crypto.canonical import canonical_sha256
 from medclave.errors import PolicyError
@@ -63,6 +64,8 @@ class PlatformRules(BaseModel):
 
     reference_values: dict[str, list[Any]] = Field(default_factory=dict)
     minimums: dict[str, int] = Field(default_factory=dict)
+    # The platform's own rule set (sevsnp.SnpRules, tdx.TdxRules, nvidia.NvidiaPolicy), by field.
+    rules: dict[str, Any] = Field(default_factory=dict)
 
 
 class AppraisalPolicy(BaseModel):
@@ -88,6 +91,15 @@ class AppraisalPolicy(BaseModel):
         if unknown:
             raise ValueError(f"unknown platforms {unknown}; known: {list(KNOWN_PLATFORMS)}")
         return value
+
+    @model_validator(mode="after")
+    def _platform_rules_valid(self) -> AppraisalPolicy:
+        for name, section in self.platform.items():
+            if name not in KNOWN_PLATFORMS:
+                raise ValueError(f"rules for unknown platform {name!r}")
+            if section.rules:
+                platform_rules.build(name, section.rules)  # raises ValueError/TypeError when bad
+        return self
 
     def digest(self) -> str:
         return canonical_sha256(self.model_dump(mode="json")).hex()
@@ -218,6 +230,11 @@ def evaluate(
             actual = claim_at(claims, path)
             if not isinstance(actual, int) or isinstance(actual, bool) or actual < minimum:
                 v.append(Violation("policy.tcb_too_low", path, f"{actual!r} below minimum {minimum}"))
+        if rules.rules:
+            found = platform_rules.check(verification.platform, rules.rules, claims,
+                                         tcb_status=verification.tcb_status)
+            exec_ok = exec_ok and not found
+            v.extend(found)
     status["executables"] = "affirming" if exec_ok and rules else ("contraindicated" if not exec_ok else "none")
 
     if policy.model_digests:

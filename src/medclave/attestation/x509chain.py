@@ -38,10 +38,23 @@ def load_certificates(data: bytes) -> list[x509.Certificate]:
         warnings.simplefilter("ignore")
         try:
             if b"-----BEGIN CERTIFICATE-----" in data:
-                return list(x509.load_pem_x509_certificates(data))
-            return [x509.load_der_x509_certificate(data)]
-        except ValueError as exc:
+                certs = list(x509.load_pem_x509_certificates(data))
+            else:
+                certs = [x509.load_der_x509_certificate(data)]
+            for cert in certs:
+                _decode_fully(cert)
+        except (ValueError, TypeError) as exc:
             raise AttestationError("attestation.malformed", f"not a certificate: {exc}") from exc
+        return certs
+
+
+def _decode_fully(cert: x509.Certificate) -> None:
+    """``cryptography`` decodes names and extensions lazily; a corrupt one would otherwise fail
+    later, inside error handling. Touch them now so a bad certificate fails at load time."""
+    cert.subject.rfc4514_string()
+    cert.issuer.rfc4514_string()
+    _ = cert.extensions
+    _ = cert.not_valid_before_utc, cert.not_valid_after_utc
 
 
 def load_crl(data: bytes) -> x509.CertificateRevocationList:

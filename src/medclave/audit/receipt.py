@@ -48,9 +48,12 @@ def encode_proof(proof: Sequence[bytes]) -> list[str]:
 
 def decode_proof(proof: Sequence[str]) -> list[bytes]:
     try:
-        return [base64.b64decode(h, validate=True) for h in proof]
+        out = [base64.b64decode(h, validate=True) for h in proof]
     except (binascii.Error, ValueError) as exc:
         raise AuditError("audit.receipt_invalid", "a proof hash is not base64") from exc
+    if encode_proof(out) != list(proof):  # spare bits set: one text per hash
+        raise AuditError("audit.receipt_invalid", "a proof hash is not canonical base64")
+    return out
 
 
 class ConsistencyProof(BaseModel):

@@ -269,7 +269,7 @@ class Authorizer:
             "resource": resource.to_json(),
             "context": dict(context),
         }
-        return self._evaluate([cedar_request], store.handle_for(principal))[0]
+        return self._evaluate([cedar_request], store.handle_for(principal, [resource]))[0]
 
     # --- enforcement ---------------------------------------------------------------------------
 
@@ -371,7 +371,7 @@ class Authorizer:
             "resource": res_uid.to_json(),
             "context": self._context(context, at, live),
         }
-        decision = self._evaluate([request], store.handle_for(who, extra))[0]
+        decision = self._evaluate([request], store.handle_for(who, [res_uid], extra))[0]
         self._record(decision, principal=who_uid, action=act, resource=res_uid, now=at, grant=live)
         return decision
 
@@ -419,7 +419,7 @@ class Authorizer:
             }
             for u in uids
         ]
-        decisions = self._evaluate(requests, store.handle_for(who, extra))
+        decisions = self._evaluate(requests, store.handle_for(who, uids, extra))
         kept: list[T] = []
         for cand, uid, decision in zip(candidates, uids, decisions, strict=True):
             self._record(decision, principal=who_uid, action=act, resource=uid, now=at, grant=live)

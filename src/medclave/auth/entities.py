@@ -238,11 +238,32 @@ def uid_of(entity: Entity | Mapping[str, Any]) -> EntityUid:
     return entity.uid
 
 
-class EntityStore:
-    """A tenant directory: entities parsed and schema-checked once, the caller added per request.
+def _refs(doc: Mapping[str, Any]) -> tuple[EntityUid, ...]:
+    """Entities ``doc`` points at: its parents and entity-typed attributes (also inside sets)."""
+    out = [EntityUid.parse(p) for p in doc.get("parents", [])]
 
-    Users are kept apart from the rest so that a request adds exactly one principal (from the
-    directory, or built from a verified token) to the parsed base.
+    def walk(value: Any) -> None:
+        if isinstance(value, Mapping):
+            if "__entity" in value:
+                out.append(EntityUid.parse(value))
+            else:
+                for v in value.values():
+                    walk(v)
+        elif isinstance(value, list):
+            for v in value:
+                walk(v)
+
+    walk(doc.get("attrs", {}))
+    return tuple(out)
+
+
+class EntityStore:
+    """A tenant directory, schema-checked once at load, sliced per request.
+
+    Each request gets a small Cedar entity set: the principal, the resources, and everything
+    they reach through attributes and parents (Cedar only ever reads entities reachable that
+    way, so the slice decides exactly as the whole directory would). The cost of a decision
+    then follows the request, not the size of the hospital's directory.
     """
 
     def __init__(
@@ -250,29 +271,28 @@ class EntityStore:
         entities: Iterable[Entity | Mapping[str, Any]],
         *,
         schema: cedarpy.Schema | None = None,
-        cache_size: int = 1024,
+        cache_size: int = 4096,
     ) -> None:
         self._schema = schema
-        self._cache: OrderedDict[EntityUid | User, cedarpy.Entities] = OrderedDict()
-        self._cache_size = cache_size
-        self._lock = threading.Lock()
-        self._users: dict[EntityUid, dict[str, Any]] = {}
-        self._others: dict[EntityUid, dict[str, Any]] = {}
+        self._docs: dict[EntityUid, dict[str, Any]] = {}
+        self._json: dict[EntityUid, str] = {}
+        self._refs: dict[EntityUid, tuple[EntityUid, ...]] = {}
         for entity in entities:
             doc = as_cedar(entity)
             uid = uid_of(doc)
-            if uid in self._users or uid in self._others:
+            if uid in self._docs:
                 raise InputError("input.malformed", f"entity {uid} is listed twice")
-            (self._users if uid.type == "User" else self._others)[uid] = doc
+            self._docs[uid] = doc
         try:
-            self._base = cedarpy.Entities.from_json_str(
-                json.dumps(list(self._others.values())), schema
-            )
-            # Every user must conform too, though users join the base one at a time.
-            if self._users:
-                cedarpy.Entities.from_json_str(json.dumps(list(self._users.values())), schema)
+            cedarpy.Entities.from_json_str(json.dumps(list(self._docs.values())), schema)
         except ValueError as exc:
             raise InputError("input.malformed", f"entities do not match the schema: {exc}") from exc
+        for uid, doc in self._docs.items():
+            self._json[uid] = json.dumps(doc)
+            self._refs[uid] = _refs(doc)
+        self._cache: OrderedDict[Any, cedarpy.Entities] = OrderedDict()
+        self._cache_size = cache_size
+        self._lock = threading.Lock()
 
     @classmethod
     def from_file(cls, path: Path, *, schema: cedarpy.Schema | None = None) -> EntityStore:
@@ -287,21 +307,21 @@ class EntityStore:
         return cls(doc, schema=schema)
 
     def __len__(self) -> int:
-        return len(self._users) + len(self._others)
+        return len(self._docs)
 
     def get(self, uid: EntityUid) -> Mapping[str, Any] | None:
-        return self._users.get(uid) or self._others.get(uid)
+        return self._docs.get(uid)
 
     def user_for(self, identity: Identity) -> User:
         """The principal for a verified identity: tenant and roles from the token, care teams
         and patient link from the directory, and only when the directory agrees on the tenant
         (so a directory mistake cannot carry a user across hospitals)."""
-        record = self._users.get(EntityUid("User", identity.subject))
+        record = self._docs.get(EntityUid("User", identity.subject))
         care_teams: tuple[str, ...] = ()
         patient: str | None = None
         if record is not None:
             attrs = record.get("attrs", {})
-            tenant = EntityUid.parse(attrs.get("tenant", {})) if attrs.get("tenant") else None
+            tenant = EntityUid.parse(attrs["tenant"]) if attrs.get("tenant") else None
             if tenant == EntityUid("Tenant", identity.tenant):
                 care_teams = tuple(
                     EntityUid.parse(p).id
@@ -321,36 +341,58 @@ class EntityStore:
     def handle_for(
         self,
         principal: EntityUid | User,
+        resources: Sequence[EntityUid] = (),
         extra: Sequence[Entity | Mapping[str, Any]] = (),
     ) -> cedarpy.Entities:
-        """The parsed base plus the principal and ``extra`` entities (e.g. candidate documents)."""
-        new = [as_cedar(e) for e in extra if uid_of(e) not in self._others]
-        base = self._principal_handle(principal)
-        if not new:
-            return base
-        return self._added(base, new)
+        """The slice for one request (or one batch sharing a principal).
 
-    def _added(self, base: cedarpy.Entities, delta: list[dict[str, Any]]) -> cedarpy.Entities:
+        ``principal`` is a directory id or a :class:`User` built from a token (which then
+        replaces the directory's record); ``extra`` are entities not in the directory, such as
+        documents retrieval just found (the directory wins where both have one).
+        """
+        # Single decisions repeat (the same user, the same record); batches rarely do.
+        key = (principal, tuple(resources)) if not extra and len(resources) <= 1 else None
+        if key is not None:
+            with self._lock:
+                hit = self._cache.get(key)
+                if hit is not None:
+                    self._cache.move_to_end(key)
+                    return hit
+        local_json: dict[EntityUid, str] = {}
+        local_refs: dict[EntityUid, tuple[EntityUid, ...]] = {}
+        for entity in extra:
+            doc = as_cedar(entity)
+            uid = uid_of(doc)
+            if uid not in self._docs:
+                local_json[uid], local_refs[uid] = json.dumps(doc), _refs(doc)
+        start: list[EntityUid] = list(resources)
+        if isinstance(principal, User):
+            doc = principal.to_cedar()
+            local_json[principal.uid], local_refs[principal.uid] = json.dumps(doc), _refs(doc)
+            start.append(principal.uid)
+        else:
+            start.append(principal)
+        parts: list[str] = []
+        seen: set[EntityUid] = set()
+        while start:
+            uid = start.pop()
+            if uid in seen:
+                continue
+            seen.add(uid)
+            if uid in local_json:
+                parts.append(local_json[uid])
+                start.extend(local_refs[uid])
+            elif uid in self._docs:
+                parts.append(self._json[uid])
+                start.extend(self._refs[uid])
+            # Absent entities stay absent: a policy reading one errors, and errors deny.
         try:
-            return base.with_added_json_str(json.dumps(delta), self._schema)
+            handle = cedarpy.Entities.from_json_str("[" + ",".join(parts) + "]", self._schema)
         except ValueError as exc:
             raise InputError("input.malformed", f"request entities are invalid: {exc}") from exc
-
-    def _principal_handle(self, principal: EntityUid | User) -> cedarpy.Entities:
-        """Base plus principal, cached: the same caller asks many times within a minute."""
-        with self._lock:
-            cached = self._cache.get(principal)
-            if cached is not None:
-                self._cache.move_to_end(principal)
-                return cached
-        if isinstance(principal, User):
-            delta = [principal.to_cedar()]
-        else:
-            record = self._users.get(principal)
-            delta = [record] if record is not None else []
-        handle = self._added(self._base, delta) if delta else self._base
-        with self._lock:
-            self._cache[principal] = handle
-            if len(self._cache) > self._cache_size:
-                self._cache.popitem(last=False)
+        if key is not None:
+            with self._lock:
+                self._cache[key] = handle
+                if len(self._cache) > self._cache_size:
+                    self._cache.popitem(last=False)
         return handle

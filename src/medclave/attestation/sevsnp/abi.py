@@ -6,8 +6,8 @@ Offsets follow AMD's SEV-SNP Firmware ABI specification (publication 56860), tab
 - v3 adds CPUID_FAM_ID / CPUID_MOD_ID / CPUID_STEP at 0x188..0x18A;
 - v5 adds LAUNCH_MIT_VECTOR (0x1F8) and CURRENT_MIT_VECTOR (0x200).
 
-Version 4 is refused: firmware in the field has populated the 0x1F8 region under that number
-with a layout the specification does not pin down, and guessing at signed fields fails open.
+Any other version (4 included) is refused with ``attestation.unsupported_version``: no vector
+here shows its layout, and reading signed bytes under a guessed layout would fail open.
 
 Every must-be-zero range the specification names is checked, so a re-encoding of the parsed
 fields is byte-identical to the input (:func:`encode_report`), and nothing signed goes unread.

@@ -49,7 +49,7 @@ PINNED_ARKS: Mapping[str, Product] = MappingProxyType({
 Kind = Literal["vcek", "vlek"]
 _ISSUER_ROLE: Mapping[str, str] = {"vcek": "ask", "vlek": "asvk"}
 MAX_CERTIFICATES = 32
-MAX_CRLS = 8
+MAX_CRLS = 32
 MAX_CRL_BYTES = 1024 * 1024
 
 

@@ -1,0 +1,63 @@
+"""Each platform's own rule set, read from a policy's ``[platform.NAME.rules]`` table.
+
+The generic reference values in :mod:`.policy` read the same over every platform; these are the
+checks that need a platform's knowledge (SNP TCB components per product, TDX TCB statuses and
+QE identity, NVIDIA version ordering and RIM coverage). Lists in TOML become frozensets.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from typing import Any
+
+from medclave.attestation.core import Violation
+
+
+def _as_frozen(value: Any) -> Any:
+    if isinstance(value, list):
+        return frozenset(value)
+    if isinstance(value, Mapping):
+        return {k: _as_frozen(v) if isinstance(v, list) else v for k, v in value.items()}
+    return value
+
+
+def _dataclass_rules(cls: Any, raw: Mapping[str, Any]) -> Any:
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(raw) - names)
+    if unknown:
+        raise ValueError(f"unknown {cls.__name__} fields {unknown}")
+    return cls(**{k: _as_frozen(v) for k, v in raw.items()})
+
+
+def build(platform: str, raw: Mapping[str, Any]) -> Any:
+    """The typed rule object; raises ValueError/TypeError for an invalid table."""
+    if platform in ("sev-snp", "sim"):
+        from medclave.attestation.sevsnp.validate import SnpRules
+
+        return _dataclass_rules(SnpRules, raw)
+    if platform == "tdx":
+        from medclave.attestation.tdx.validate import TdxRules
+
+        return _dataclass_rules(TdxRules, raw)
+    if platform == "nvidia":
+        from medclave.attestation.nvidia.validate import NvidiaPolicy
+
+        return NvidiaPolicy.model_validate(dict(raw))
+    raise ValueError(f"platform {platform!r} has no rule set; use reference_values")
+
+
+def check(platform: str, raw: Mapping[str, Any], claims: Mapping[str, Any], *,
+          tcb_status: str) -> list[Violation]:
+    rules = build(platform, raw)
+    if platform in ("sev-snp", "sim"):
+        from medclave.attestation.sevsnp.validate import validate as snp
+
+        return list(snp(claims, rules))
+    if platform == "tdx":
+        from medclave.attestation.tdx.validate import validate as tdx
+
+        return list(tdx(claims, rules, tcb_status=tcb_status))
+    from medclave.attestation.nvidia.validate import validate as nvidia
+
+    return list(nvidia(claims, rules))
