@@ -59,7 +59,8 @@ def test_refused_under_another_sim_root(authority: sim.SimAuthority, tmp_path: P
 def test_sim_report_never_passes_as_real_snp(authority: sim.SimAuthority) -> None:
     report = sim.make_report(authority, bytes(64))
     with pytest.raises(AttestationError) as info:
-        verify_raw(report, now=NOW, platform="sev-snp", certificates=[p.encode() for p in authority.chain_pem()])
+        verify_raw(report, now=NOW, platform="sev-snp",
+                   certificates=[p.encode() for p in authority.chain_pem()])
     assert info.value.code == "attestation.root_untrusted"
 
 

@@ -38,7 +38,8 @@ def _tier(value: int) -> str:
 
 
 def trustworthiness_vector(appraisal: Appraisal, verification: Verification) -> dict[str, int]:
-    vector = {claim: _TIER_VALUE[appraisal.status.get(group, "none")] for group, claim in _VECTOR_KEYS.items()}
+    vector = {claim: _TIER_VALUE[appraisal.status.get(group, "none")]
+              for group, claim in _VECTOR_KEYS.items()}
     if not verification.secure:
         vector["hardware"] = 97  # AR4SI: hardware not genuine (a software TEE)
     return vector

@@ -131,8 +131,10 @@ def parse_policy(data: bytes, *, fmt: str | None = None) -> AppraisalPolicy:
     try:
         return AppraisalPolicy.model_validate(raw)
     except ValidationError as exc:
-        if any("policy.empty" in str(e.get("msg", "")) for e in exc.errors()) or "platforms" not in raw:
-            raise PolicyError("policy.empty", "the policy names no platform: it would accept nothing") from exc
+        empty = any("policy.empty" in str(e.get("msg", "")) for e in exc.errors())
+        if empty or "platforms" not in raw:
+            raise PolicyError("policy.empty",
+                              "the policy names no platform: it would accept nothing") from exc
         raise PolicyError("policy.invalid", _first_error(exc)) from exc
 
 
@@ -235,7 +237,9 @@ def evaluate(
                                          tcb_status=verification.tcb_status)
             exec_ok = exec_ok and not found
             v.extend(found)
-    status["executables"] = "affirming" if exec_ok and rules else ("contraindicated" if not exec_ok else "none")
+    status["executables"] = (
+        "contraindicated" if not exec_ok else "affirming" if rules is not None else "none"
+    )
 
     if policy.model_digests:
         if model_digest is None or model_digest.lower() not in {d.lower() for d in policy.model_digests}:

@@ -137,5 +137,6 @@ def _report_data(result: Verification) -> bytes:
     hw = claims.get("hardware")
     value = claims.get("report_data") or (hw.get("report_data") if isinstance(hw, dict) else None)
     if not isinstance(value, str):
-        raise AttestationError("attestation.binding_mismatch", f"{result.platform} evidence has no report_data")
+        raise AttestationError("attestation.binding_mismatch",
+                               f"{result.platform} evidence has no report_data")
     return bytes.fromhex(value)

@@ -8,6 +8,7 @@ against its issuer, the root pinned by SHA-256 fingerprint, and CRLs when given.
 
 from __future__ import annotations
 
+import itertools
 import warnings
 from collections.abc import Iterable, Sequence
 from datetime import datetime
@@ -86,7 +87,8 @@ def verify_crl(
 ) -> None:
     """CRL signed by ``issuer`` and current at ``now`` (RFC 5280 §6.3.3 (a), (f), (g))."""
     if crl.issuer != issuer.subject or not crl.is_signature_valid(issuer.public_key()):  # type: ignore[arg-type]
-        raise log.fail(name, "attestation.collateral_invalid", f"CRL not signed by {issuer.subject.rfc4514_string()}")
+        raise log.fail(name, "attestation.collateral_invalid",
+                       f"CRL not signed by {issuer.subject.rfc4514_string()}")
     next_update = crl.next_update_utc
     if crl.last_update_utc > now or (next_update is not None and now > next_update):
         raise log.fail(name, "attestation.collateral_invalid", "CRL is not current at the verification time")
@@ -125,7 +127,7 @@ def verify_chain(
                 f"{cert.subject.rfc4514_string()} valid {cert.not_valid_before_utc:%Y-%m-%d}"
                 f"…{cert.not_valid_after_utc:%Y-%m-%d}, not at {now:%Y-%m-%d}",
             )
-    links = [*zip(chain, chain[1:], strict=False), (root, root)]
+    links = [*itertools.pairwise(chain), (root, root)]
     for child, issuer in links:
         try:
             if child.issuer != issuer.subject:

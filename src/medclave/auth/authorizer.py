@@ -220,9 +220,7 @@ class Authorizer:
 
     # --- raw evaluation ------------------------------------------------------------------------
 
-    def _evaluate(
-        self, requests: list[dict[str, Any]], entities: cedarpy.Entities
-    ) -> list[Decision]:
+    def _evaluate(self, requests: list[dict[str, Any]], entities: Any) -> list[Decision]:
         results = cedarpy.is_authorized_batch(
             requests, self.policies.policy_set, entities, self.policies.schema
         )
@@ -249,9 +247,7 @@ class Authorizer:
         For what-if tools (``medclave auth decide``): the context is trusted as written and
         nothing is recorded. Enforcement points use :meth:`decide`.
         """
-        if not isinstance(request, Mapping) or not {"principal", "action", "resource"} <= set(
-            request
-        ):
+        if not isinstance(request, Mapping) or not {"principal", "action", "resource"} <= set(request):
             raise InputError("input.malformed", "a request needs principal, action and resource")
         unknown = set(request) - {"principal", "action", "resource", "context"}
         if unknown:
@@ -397,7 +393,8 @@ class Authorizer:
         who_uid = who.uid if isinstance(who, User) else who
         act = _action(action)
         live = self._grant(grant, who_uid, at)
-        ctx = self._context(context, at, live)
+        # One JSON context for the whole batch (cedarpy would serialize it once per request).
+        ctx = json.dumps(self._context(context, at, live))
         uids: list[EntityUid] = []
         extra: list[Entity | Mapping[str, Any]] = []
         for c in candidates:
@@ -446,9 +443,7 @@ class Authorizer:
         who = self._principal(user, store)
         who_uid = who.uid if isinstance(who, User) else who
         self.decide(who, "break_glass", patient_uid, entities=store, now=at).require()
-        return self.break_glass.grant(
-            user=who_uid, patient=patient_uid, reason=reason, now=at, ttl=ttl
-        )
+        return self.break_glass.grant(user=who_uid, patient=patient_uid, reason=reason, now=at, ttl=ttl)
 
 
 def as_entities(items: Sequence[Entity | Mapping[str, Any]]) -> list[dict[str, Any]]:

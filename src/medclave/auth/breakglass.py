@@ -192,9 +192,7 @@ class BreakGlass:
             )
         return grant
 
-    def record_use(
-        self, grant: Grant, *, action: str, resource: str, now: datetime
-    ) -> BreakGlassEvent:
+    def record_use(self, grant: Grant, *, action: str, resource: str, now: datetime) -> BreakGlassEvent:
         event = BreakGlassEvent(
             event=EVENT_USED,
             grant_id=grant.id,

@@ -135,9 +135,7 @@ def verify_dpop_proof(
             raise AuthError("auth.dpop_invalid", "the proof is not for this access token (ath)")
     if nonce is not None and claims.get("nonce") != nonce:
         raise AuthError("auth.dpop_invalid", "the proof does not carry the server's nonce")
-    if expected_jkt is not None and not hmac.compare_digest(
-        key.thumbprint.encode(), expected_jkt.encode()
-    ):
+    if expected_jkt is not None and not hmac.compare_digest(key.thumbprint.encode(), expected_jkt.encode()):
         raise AuthError("auth.dpop_invalid", "the proof is signed by another key than the token's")
     expires = issued + options.max_age + 2 * options.clock_skew
     if not replay.add(f"dpop\x00{key.thumbprint}\x00{jti}", expires_at=expires, now=now):

@@ -36,9 +36,7 @@ class EntityUid:
     id: str
 
     @classmethod
-    def parse(
-        cls, value: str | EntityUid | Mapping[str, Any], *, default_type: str = ""
-    ) -> EntityUid:
+    def parse(cls, value: str | EntityUid | Mapping[str, Any], *, default_type: str = "") -> EntityUid:
         """From ``Type::"id"``, ``{"type", "id"}`` (Cedar's JSON form), or a bare id."""
         if isinstance(value, EntityUid):
             return value
@@ -74,9 +72,7 @@ class Entity(Protocol):
     def to_cedar(self) -> dict[str, Any]: ...
 
 
-def _entity(
-    uid: EntityUid, attrs: dict[str, Any], parents: Iterable[EntityUid] = ()
-) -> dict[str, Any]:
+def _entity(uid: EntityUid, attrs: dict[str, Any], parents: Iterable[EntityUid] = ()) -> dict[str, Any]:
     return {"uid": uid.to_json(), "attrs": attrs, "parents": [p.to_json() for p in parents]}
 
 
@@ -239,21 +235,20 @@ def uid_of(entity: Entity | Mapping[str, Any]) -> EntityUid:
 
 
 def _refs(doc: Mapping[str, Any]) -> tuple[EntityUid, ...]:
-    """Entities ``doc`` points at: its parents and entity-typed attributes (also inside sets)."""
-    out = [EntityUid.parse(p) for p in doc.get("parents", [])]
-
-    def walk(value: Any) -> None:
-        if isinstance(value, Mapping):
-            if "__entity" in value:
-                out.append(EntityUid.parse(value))
+    """Entities ``doc`` points at: its parents and entity-typed attributes (also inside sets
+    and records). Entity ids were checked when the store or the request was built."""
+    out = [EntityUid(p["type"], p["id"]) for p in doc.get("parents", ())]
+    stack = list(doc.get("attrs", {}).values())
+    while stack:
+        value = stack.pop()
+        if isinstance(value, dict):
+            ref = value.get("__entity")
+            if ref is not None:
+                out.append(EntityUid(ref["type"], ref["id"]))
             else:
-                for v in value.values():
-                    walk(v)
+                stack.extend(value.values())
         elif isinstance(value, list):
-            for v in value:
-                walk(v)
-
-    walk(doc.get("attrs", {}))
+            stack.extend(value)
     return tuple(out)
 
 
@@ -361,9 +356,11 @@ class EntityStore:
         local_json: dict[EntityUid, str] = {}
         local_refs: dict[EntityUid, tuple[EntityUid, ...]] = {}
         for entity in extra:
-            doc = as_cedar(entity)
-            uid = uid_of(doc)
+            uid = uid_of(entity)
             if uid not in self._docs:
+                doc = as_cedar(entity)
+                if uid_of(doc) != uid:
+                    raise InputError("input.malformed", f"entity {uid} does not match its uid")
                 local_json[uid], local_refs[uid] = json.dumps(doc), _refs(doc)
         start: list[EntityUid] = list(resources)
         if isinstance(principal, User):

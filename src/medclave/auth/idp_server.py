@@ -135,9 +135,7 @@ def build_service(
 ) -> TokenService:
     key = load_or_create_signing_key(data_dir, alg=alg)
     token_issuer = TokenIssuer(issuer, key, audience=audience, default_ttl=ttl)
-    return TokenService(
-        token_issuer, Directory(data_dir), audiences=(audience,), dev_password=dev_password
-    )
+    return TokenService(token_issuer, Directory(data_dir), audiences=(audience,), dev_password=dev_password)
 
 
 def serve(service: TokenService, *, host: str = "127.0.0.1", port: int = 8800) -> None:

@@ -68,9 +68,7 @@ def _private_file(path: Path, data: bytes) -> None:
 def _check_private(path: Path) -> None:
     mode = path.stat().st_mode
     if mode & (stat.S_IRWXG | stat.S_IRWXO):
-        raise InputError(
-            "config.invalid", f"{path.name} is accessible to other users; run chmod 600 on it"
-        )
+        raise InputError("config.invalid", f"{path.name} is accessible to other users; run chmod 600 on it")
 
 
 def _data_dir(path: Path) -> Path:
@@ -263,9 +261,7 @@ class Directory:
         ok = check_secret(secret, stored if isinstance(stored, str) else _DUMMY_HASH)
         if not ok or not isinstance(record, Mapping):
             raise AuthError("auth.invalid_credentials", f"bad credentials for {key[:64]!r}")
-        return Account(
-            name=key, tenant=str(record["tenant"]), roles=tuple(str(r) for r in record["roles"])
-        )
+        return Account(name=key, tenant=str(record["tenant"]), roles=tuple(str(r) for r in record["roles"]))
 
     def authenticate_client(self, client_id: str, secret: str) -> Account:
         return self._check(CLIENTS_FILE, client_id, secret)

@@ -132,9 +132,7 @@ def fetch_json(client: httpx.Client, url: str, *, max_bytes: int = MAX_JWKS_BYTE
     try:
         with client.stream("GET", url, headers={"Accept": "application/json"}) as response:
             if response.status_code != 200:
-                raise AuthError(
-                    "auth.jwks_unavailable", f"{url} answered HTTP {response.status_code}"
-                )
+                raise AuthError("auth.jwks_unavailable", f"{url} answered HTTP {response.status_code}")
             body = bytearray()
             for chunk in response.iter_bytes():
                 body += chunk
@@ -218,9 +216,7 @@ class HttpJwks:
         self.fetches += 1
         if self._uri is None:
             assert self._issuer is not None
-            self._uri = discover_jwks_uri(
-                self._client, self._issuer, allow_insecure=self._allow_insecure
-            )
+            self._uri = discover_jwks_uri(self._client, self._issuer, allow_insecure=self._allow_insecure)
         self._keys = parse_jwks(fetch_json(self._client, self._uri))
         self._fetched_at = now
 

@@ -244,9 +244,7 @@ class TokenVerifier:
         key = f"at\x00{identity.issuer}\x00{identity.token_id}"
         until = identity.expires_at + self.options.clock_skew
         if not self._replay.add(key, expires_at=until, now=_aware(now)):
-            raise AuthError(
-                "auth.token_replayed", f"jti {identity.token_id[:64]!r} was used before"
-            )
+            raise AuthError("auth.token_replayed", f"jti {identity.token_id[:64]!r} was used before")
 
     @staticmethod
     def _tenant(cfg: IssuerConfig, claims: Mapping[str, Any]) -> str:
@@ -256,9 +254,7 @@ class TokenVerifier:
         if not isinstance(value, str) or not _NAME.match(value):
             raise AuthError("auth.token_malformed", "the token names no valid tenant")
         if cfg.tenants is not None and value not in cfg.tenants:
-            raise AuthError(
-                "auth.issuer_untrusted", f"{cfg.issuer} may not speak for tenant {value!r}"
-            )
+            raise AuthError("auth.issuer_untrusted", f"{cfg.issuer} may not speak for tenant {value!r}")
         return value
 
     @staticmethod

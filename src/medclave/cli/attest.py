@@ -54,6 +54,7 @@ def run_verify(
     nonce: str | None,
     policy_file: Path | None,
     at: datetime,
+    sim_roots: frozenset[str] = frozenset(),
 ) -> tuple[int, dict[str, Any]]:
     """The whole command as a function: (exit code, the JSON object)."""
     out: dict[str, Any] = {
@@ -73,11 +74,12 @@ def run_verify(
             bundle = parse_bundle(data)
             out["platform"] = bundle.platform
             result = verify_bundle(bundle, now=at, expected_nonce=nonce_bytes,
-                                   certificates=cert_blobs, collateral=coll_blobs)
+                                   certificates=cert_blobs, collateral=coll_blobs,
+                                   sim_roots=sim_roots)
         else:
             out["platform"] = kind
             result = verify_raw(data, now=at, platform=kind, certificates=cert_blobs,
-                                collateral=coll_blobs, nonce=nonce_bytes)
+                                collateral=coll_blobs, nonce=nonce_bytes, sim_roots=sim_roots)
     except ValueError as exc:  # a bad --nonce
         out["error"] = {"code": "input.malformed", "message": f"--nonce is not hex: {exc}"}
         return 2, out
@@ -126,16 +128,22 @@ def render(out: dict[str, Any], console: Console) -> None:
 
 @app.command("verify")
 def verify_cmd(
-    evidence: Annotated[Path, typer.Argument(help="SNP report, TDX quote, NVIDIA hex, CoCo vTPM JSON or bundle")],
-    cert: Annotated[list[Path] | None, typer.Option("--cert", help="PEM or DER certificate file(s)")] = None,
-    collateral: Annotated[list[Path] | None, typer.Option("--collateral", help="PCS JSON, CRL, dcap-qvl bundle, RIM")] = None,
+    evidence: Annotated[Path, typer.Argument(
+        help="SNP report, TDX quote, NVIDIA hex, CoCo vTPM JSON or evidence bundle")],
+    cert: Annotated[list[Path] | None, typer.Option(
+        "--cert", help="PEM or DER certificate file(s)")] = None,
+    collateral: Annotated[list[Path] | None, typer.Option(
+        "--collateral", help="PCS JSON, CRL, dcap-qvl bundle, RIM")] = None,
     nonce: Annotated[str | None, typer.Option(help="expected nonce, hex")] = None,
     policy: Annotated[Path | None, typer.Option(help="appraisal policy (TOML or JSON)")] = None,
     at: Annotated[str | None, typer.Option("--at", help="verification time, ISO 8601 (default now)")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
+    sim_root: Annotated[list[str] | None, typer.Option(
+        "--sim-root", help="accept sim evidence under this root fingerprint (development only)")] = None,
 ) -> None:
     """Verify EVIDENCE against the pinned roots and appraise it against a policy."""
-    code, out = run_verify(evidence, cert or [], collateral or [], nonce, policy, _parse_time(at))
+    code, out = run_verify(evidence, cert or [], collateral or [], nonce, policy, _parse_time(at),
+                           frozenset(sim_root or ()))
     if as_json:
         sys.stdout.write(json.dumps(out, indent=2, sort_keys=True, default=str) + "\n")
     else:

@@ -2,7 +2,7 @@
 
 The two most significant bits of the first byte give the length (1, 2, 4 or 8 bytes); the
 remaining bits are the value in network byte order. Decoders accept non-minimal encodings,
-as RFC 9292 §3 and draft-ietf-ohai-chunked-ohttp §5 both allow.
+as RFC 9292 §3 and draft-ietf-ohai-chunked-ohttp §6 both allow.
 """
 
 from __future__ import annotations

@@ -101,10 +101,9 @@ class SimAuthority:
         vcek_key = ec.generate_private_key(ec.SECP384R1())
         ark = _cert("SIM-ARK", "SIM-ARK", ark_key, ark_key.public_key(), ca=True, now=when)
         ask = _cert("SIM-ASK", "SIM-ARK", ark_key, ask_key.public_key(), ca=True, now=when)
-        exts = tuple(
-            x509.UnrecognizedExtension(x509.ObjectIdentifier(oid), _der_int(SIM_TCB[part]))
-            for part, oid in _AMD_TCB_OIDS.items()
-        ) + (
+        exts = (
+            *(x509.UnrecognizedExtension(x509.ObjectIdentifier(oid), _der_int(SIM_TCB[part]))
+              for part, oid in _AMD_TCB_OIDS.items()),
             x509.UnrecognizedExtension(x509.ObjectIdentifier(_STRUCT_VERSION_OID), _der_int(0)),
             x509.UnrecognizedExtension(x509.ObjectIdentifier(_HWID_OID), SIM_CHIP_ID),
             x509.UnrecognizedExtension(x509.ObjectIdentifier(_PRODUCT_OID), b"\x16\x08Milan-B0"),
