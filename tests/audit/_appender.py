@@ -12,9 +12,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from medclave.audit.log import AuditLog  # noqa: E402
-from medclave.audit.note import NoteSigner  # noqa: E402
-from tests.audit._builders import ORIGIN, make_entry  # noqa: E402
+from medclave.audit.log import AuditLog
+from medclave.audit.note import NoteSigner
+from tests.audit._builders import ORIGIN, make_entry
 
 
 def main() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -10,9 +11,9 @@ import pytest
 from medclave.audit import merkle
 from medclave.audit.log import AuditLog
 from medclave.audit.note import NoteSigner, verify_checkpoint
-from medclave.audit.store import LogStore, MemoryStore, SqliteStore
+from medclave.audit.store import Batch, LogStore, MemoryStore, SqliteStore
 from medclave.audit.verify import verify_log
-from medclave.errors import AuditError
+from medclave.errors import AuditError, MedclaveError
 from tests.audit._builders import ORIGIN, make_entry
 
 
@@ -116,3 +117,42 @@ def test_bad_batches_refused(log_signer: NoteSigner) -> None:
         log.entry(0)
     with pytest.raises(AuditError):
         log.root_at(1)
+
+
+def test_one_log_one_key(tmp_path: Path, log_signer: NoteSigner) -> None:
+    path = tmp_path / "log.db"
+    AuditLog.open_sqlite(path, origin=ORIGIN, signer=log_signer).close()
+    with pytest.raises(AuditError) as err:
+        AuditLog.open_sqlite(path, origin=ORIGIN, signer=NoteSigner.generate(ORIGIN))
+    assert err.value.code == "audit.log_conflict"
+
+
+def test_concurrent_appends_share_batches(tmp_path: Path, log_signer: NoteSigner) -> None:
+    log = AuditLog.open_sqlite(tmp_path / "log.db", origin=ORIGIN, signer=log_signer)
+    entries = [make_entry(i) for i in range(400)]
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        indices = list(pool.map(log.append, entries))
+    assert sorted(indices) == list(range(400))
+    for entry, index in zip(entries, indices, strict=True):
+        assert log.entry(index) == entry.to_bytes()  # each caller got its own entry's index
+    report = verify_log(log.store, log_signer.verifier)
+    assert report.ok and report.size == 400 and report.latest_checkpoint == 400
+    assert report.checkpoints <= 400  # one per batch, each batch one or more appends
+    log.close()
+
+
+def test_a_failed_batch_fails_its_callers_only(log_signer: NoteSigner) -> None:
+    class FailsOnce(MemoryStore):
+        failed = False
+
+        def commit(self, batch: Batch) -> None:
+            if not self.failed:
+                self.failed = True
+                raise OSError("disk full")
+            super().commit(batch)
+
+    log = AuditLog(FailsOnce(), origin=ORIGIN, signer=log_signer)
+    with pytest.raises(MedclaveError) as err:
+        log.append(make_entry(0))
+    assert err.value.code == "internal" and log.size == 0
+    assert log.append(make_entry(1)) == 0  # the next batch goes through

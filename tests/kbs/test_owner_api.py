@@ -116,9 +116,8 @@ def test_bad_credentials(live: Live, header: str | None, code: str) -> None:
 
 def test_wrong_owner_credentials_through_the_client(live: Live) -> None:
     live.token("vendor")
-    with OwnerClient(live.url, "mkt1.vendor.not-the-token") as c:
-        with pytest.raises(AuthError) as e:
-            c.put(RESOURCE)
+    with OwnerClient(live.url, "mkt1.vendor.not-the-token") as c, pytest.raises(AuthError) as e:
+        c.put(RESOURCE)
     assert e.value.code == "auth.invalid_credentials"
 
 

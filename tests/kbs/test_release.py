@@ -298,20 +298,20 @@ def test_retired_version_is_gone(live: Live, authority: sim.SimAuthority) -> Non
 
 def test_client_raises_the_brokers_code(live: Live, authority: sim.SimAuthority) -> None:
     provision(live.url, live.token("vendor"), policy=sim_policy())
-    with KbsClient(live.url, sim_attester(authority, measurement=OTHER_MEASUREMENT)) as client:
-        with pytest.raises(MedclaveError) as e:
-            client.fetch(RESOURCE)
+    attester = sim_attester(authority, measurement=OTHER_MEASUREMENT)
+    with KbsClient(live.url, attester) as client, pytest.raises(MedclaveError) as e:
+        client.fetch(RESOURCE)
     assert e.value.code == "attestation.measurement_mismatch"
-    with KbsClient(live.url, sim_attester(authority)) as client:
-        with pytest.raises(KbsError) as e2:
-            client.fetch("kbs:///vendor/model-key/none")
+    with KbsClient(live.url, sim_attester(authority)) as client, pytest.raises(KbsError) as e2:
+        client.fetch("kbs:///vendor/model-key/none")
     assert e2.value.code == "kbs.not_found"
 
 
 def test_client_against_nothing_listening() -> None:
-    with KbsClient("http://127.0.0.1:9", lambda n, r: None, timeout=2.0) as client:  # type: ignore[arg-type,return-value]
-        with pytest.raises(KbsError) as e:
-            client.fetch(RESOURCE)
+    never = sim_attester(sim.SimAuthority.create())
+    with KbsClient("http://127.0.0.1:9", never, timeout=2.0) as client, \
+            pytest.raises(KbsError) as e:
+        client.fetch(RESOURCE)
     assert e.value.code == "kbs.unavailable"
 
 

@@ -181,3 +181,13 @@ def test_sqlite_refuses_a_foreign_schema(tmp_path: Path) -> None:
     with pytest.raises(KbsError) as e:
         SqliteStore(path)
     assert code_of(e) == "kbs.unavailable"
+
+
+def test_sqlite_files_are_owner_only(tmp_path: Path) -> None:
+    s = SqliteStore(tmp_path / "kbs.db")
+    try:
+        s.create_secret(R, b"w1", T0)
+        for f in tmp_path.iterdir():
+            assert f.stat().st_mode & 0o077 == 0, f.name
+    finally:
+        s.close()

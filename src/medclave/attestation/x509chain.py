@@ -44,7 +44,8 @@ def load_certificates(data: bytes) -> list[x509.Certificate]:
                 certs = [x509.load_der_x509_certificate(data)]
             for cert in certs:
                 _decode_fully(cert)
-        except (ValueError, TypeError) as exc:
+        # InvalidVersion (an X.509 version other than v1/v3) is not a ValueError.
+        except (ValueError, TypeError, x509.InvalidVersion) as exc:
             raise AttestationError("attestation.malformed", f"not a certificate: {exc}") from exc
         return certs
 
@@ -95,6 +96,30 @@ def verify_crl(
     log.ok(name, f"signed by {issuer.subject.rfc4514_string()}, current")
 
 
+def _not_a_ca(cert: x509.Certificate, below: int) -> str | None:
+    """Why ``cert`` may not issue the certificate under it, with ``below`` CA certificates between
+    it and the leaf; None when it may. RFC 5280 §6.1.4 (k), (l), (n): basicConstraints cA, the
+    path length, and keyCertSign when keyUsage is present. Without this, whoever holds any leaf
+    key (a PCK, a device key) could mint certificates that chain to the pinned root."""
+    try:
+        constraints = cert.extensions.get_extension_for_class(x509.BasicConstraints).value
+    except x509.ExtensionNotFound:
+        return "issues certificates but has no basicConstraints (not a CA)"
+    except ValueError as exc:
+        return f"has undecodable extensions: {exc}"
+    if not constraints.ca:
+        return "issues certificates but is not a CA"
+    if constraints.path_length is not None and below > constraints.path_length:
+        return f"path length {constraints.path_length} exceeded ({below} CA(s) below it)"
+    try:
+        usage = cert.extensions.get_extension_for_class(x509.KeyUsage).value
+    except x509.ExtensionNotFound:
+        return None
+    if not usage.key_cert_sign:
+        return "issues certificates but its keyUsage lacks keyCertSign"
+    return None
+
+
 def verify_chain(
     chain: Sequence[x509.Certificate],
     *,
@@ -104,7 +129,8 @@ def verify_chain(
     name: str = "certificate chain",
     crls: Sequence[x509.CertificateRevocationList] = (),
 ) -> None:
-    """Verify ``chain`` ordered leaf first, root last; the root must be pinned and self-signed.
+    """Verify ``chain`` ordered leaf first, root last; the root must be pinned and self-signed,
+    and every certificate above the leaf a CA allowed to issue at its depth.
 
     Each CRL whose issuer is in the chain is verified and applied to the certificates that
     issuer signed. Raises :class:`AttestationError` through ``log`` on the first failure.
@@ -139,6 +165,11 @@ def verify_chain(
                 f"{child.subject.rfc4514_string()} not issued by {issuer.subject.rfc4514_string()}: "
                 f"{exc or type(exc).__name__}",
             ) from exc
+    for below, issuer in enumerate(chain[1:]):
+        problem = _not_a_ca(issuer, below)
+        if problem is not None:
+            raise log.fail(name, "attestation.chain_invalid",
+                           f"{issuer.subject.rfc4514_string()} {problem}")
     by_subject = {c.subject: c for c in chain}
     for crl in crls:
         issuer_cert = by_subject.get(crl.issuer)

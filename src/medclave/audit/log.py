@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from medclave.audit import merkle
@@ -19,7 +19,7 @@ from medclave.audit.entry import MAX_ENTRY_BYTES, AuditEntry
 from medclave.audit.note import Checkpoint, NoteSigner, NoteVerifier, sign_checkpoint
 from medclave.audit.receipt import ConsistencyProof, Receipt, encode_proof
 from medclave.audit.store import MAX_LOG_SIZE, Batch, LogStore, SqliteStore, Synchronous
-from medclave.errors import AuditError
+from medclave.errors import AuditError, MedclaveError
 
 MAX_BATCH = 10_000
 
@@ -37,6 +37,25 @@ class Appended:
         return range(self.first, self.first + self.count)
 
 
+@dataclass
+class _Pending:
+    """One ``append`` waiting for its batch."""
+
+    data: bytes
+    index: int = -1
+    error: BaseException | None = None
+    done: bool = False
+    lead: bool = False  # this caller writes the next batch
+    wake: threading.Event = field(default_factory=threading.Event)
+
+    def result(self) -> int:
+        if self.error is None:
+            return self.index
+        if isinstance(self.error, MedclaveError):
+            raise type(self.error)(self.error.code, self.error.detail) from self.error
+        raise MedclaveError("internal", f"audit append failed: {self.error!r}") from self.error
+
+
 class AuditLog:
     """A log over a :class:`LogStore`. Without a ``signer`` it is read-only (prove, receipts)."""
 
@@ -49,10 +68,16 @@ class AuditLog:
             store.set_meta("vkey", signer.verifier.vkey())
         elif stored is not None and stored != origin:
             raise AuditError("audit.checkpoint_invalid", f"this log's origin is {stored!r}")
+        elif signer is not None and store.get_meta("vkey") != signer.verifier.vkey():
+            # One log, one key: checkpoints under two keys would not verify as one history.
+            raise AuditError("audit.log_conflict", "this log is signed with another key")
         self.store = store
         self.origin = origin
         self._signer = signer
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # one batch at a time: the tree's right edge
+        self._cv = threading.Lock()  # the group-commit queue of ``append``
+        self._queue: list[_Pending] = []
+        self._leading = False
         size = store.size()
         self._edge = merkle.CompactRange(size, store.nodes(merkle.CompactRange.keys(size)))
 
@@ -81,36 +106,55 @@ class AuditLog:
     # --- writing ----------------------------------------------------------------------------
 
     def append(self, entry: AuditEntry | bytes) -> int:
-        return self.append_batch([entry]).first
+        """Append one entry, return its index once durable and checkpointed.
 
-    def append_batch(
-        self, entries: Sequence[AuditEntry | bytes], *, checkpoint: bool = True
-    ) -> Appended:
-        """Append atomically; return once durable. ``checkpoint`` signs the new size in the
-        same transaction, so the receipt for any returned index can be built at once."""
-        signer = self._writer()
-        if not 0 < len(entries) <= MAX_BATCH:
-            raise AuditError("audit.entry_invalid", f"a batch holds 1 to {MAX_BATCH} entries")
-        data = [e.to_bytes() if isinstance(e, AuditEntry) else bytes(e) for e in entries]
-        if any(len(d) > MAX_ENTRY_BYTES for d in data):
+        Concurrent callers share transactions (group commit): while one batch is being written
+        (fsync, signature), new arrivals queue, and the first of them then writes them all as
+        the next batch. N request threads cost one commit per batch, not one per entry.
+        """
+        data = entry.to_bytes() if isinstance(entry, AuditEntry) else bytes(entry)
+        if len(data) > MAX_ENTRY_BYTES:
             raise AuditError("audit.entry_invalid", f"an entry exceeds {MAX_ENTRY_BYTES} bytes")
-        with self._lock:
-            first = self._edge.size
-            if first + len(data) > MAX_LOG_SIZE:
-                raise AuditError("audit.index_out_of_range", "the log is full")
-            edge = merkle.CompactRange(first, self._edge.hashes())
-            leaves = [merkle.leaf_hash(d) for d in data]
-            nodes: list[tuple[int, int, bytes]] = []
-            for leaf in leaves:
-                edge.append(leaf, nodes)
-            note = None
-            if checkpoint:
-                note = sign_checkpoint(Checkpoint(self.origin, edge.size, edge.root()), signer)
-            self.store.commit(
-                Batch(first, data, leaves, nodes, None if note is None else (edge.size, note))
-            )
-            self._edge = edge  # only after the commit: a failed batch leaves no trace
-            return Appended(first, len(data), note)
+        slot = _Pending(data)
+        with self._cv:
+            self._queue.append(slot)
+            if not self._leading:
+                self._leading = slot.lead = True
+        while True:
+            if not slot.lead:
+                slot.wake.wait()  # set when written, or when handed the lead
+            if slot.done:
+                return slot.result()
+            with self._cv:
+                # Lead one batch. If this caller's own entry did not fit in it, it waits for
+                # a later leader like everyone else.
+                slot.lead = False
+                slot.wake.clear()
+                batch = self._queue[:MAX_BATCH]
+                del self._queue[:MAX_BATCH]
+            self._write(batch)
+
+    def _write(self, batch: list[_Pending]) -> None:
+        """Write ``batch``; wake its callers, and hand the lead to the first one still queued
+        (waking only those, not every waiter, keeps many threads from thrashing the GIL)."""
+        try:
+            first = self.append_batch([p.data for p in batch]).first
+            for i, p in enumerate(batch):
+                p.index = first + i
+        except BaseException as exc:  # every caller in the batch learns why
+            for p in batch:
+                p.error = exc
+        finally:
+            with self._cv:
+                for p in batch:
+                    p.done = True
+                    p.wake.set()
+                if self._queue:
+                    nxt = self._queue[0]
+                    nxt.lead = True
+                    nxt.wake.set()
+                else:
+                    self._leading = False
 
     def checkpoint(self) -> bytes:
         """Sign and store a checkpoint for the current size (idempotent per size)."""

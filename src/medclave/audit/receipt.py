@@ -177,14 +177,18 @@ class ReceiptKeeper:
             directory.mkdir(parents=True, exist_ok=True)
             saved = directory / self._CHECKPOINT
             if saved.is_file():
-                cp = verify_checkpoint(saved.read_bytes(), log_key).checkpoint
-                self._remember(cp, saved.read_bytes())
+                note = saved.read_bytes()
+                self._remember(verify_checkpoint(note, log_key).checkpoint, note)
 
     @property
     def latest_size(self) -> int | None:
         return self._sizes[-1] if self._sizes else None
 
     def accept(self, receipt: Receipt | bytes, *, keep: bool = False) -> VerifiedReceipt:
+        """Verify ``receipt`` and its checkpoint's consistency with those seen; ``keep`` also
+        stores it in the directory."""
+        if keep and self._dir is None:
+            raise AuditError("audit.receipt_invalid", "keeping receipts needs a directory")
         verified = verify_receipt(
             receipt, self._key, witnesses=self._witnesses, quorum=self._quorum
         )
@@ -193,8 +197,8 @@ class ReceiptKeeper:
         grew = self._remember(cp, verified.receipt.checkpoint.encode())
         if self._dir is not None and grew and self._latest_note is not None:
             write_atomic(self._dir / self._CHECKPOINT, self._latest_note)
-        if keep:
-            self._keep(verified)
+        if keep and self._dir is not None:
+            self._keep(self._dir, verified)
         return verified
 
     def _check_consistent(self, cp: Checkpoint, offered: ConsistencyProof | None) -> None:
@@ -233,9 +237,8 @@ class ReceiptKeeper:
         self._latest_note = note
         return True
 
-    def _keep(self, verified: VerifiedReceipt) -> None:
-        if self._dir is None:
-            raise AuditError("audit.receipt_invalid", "keeping receipts needs a directory")
+    @staticmethod
+    def _keep(directory: Path, verified: VerifiedReceipt) -> None:
         name = f"receipt-{verified.index:012d}-{verified.checkpoint.size}.json"
-        write_atomic(self._dir / name, verified.receipt.to_json())
+        write_atomic(directory / name, verified.receipt.to_json())
 

@@ -91,7 +91,8 @@ class MemoryStore:
     notes: dict[int, bytes] = field(default_factory=dict)
 
     def size(self) -> int:
-        return max(self.data, default=-1) + 1
+        # Appends arrive in index order and dicts keep insertion order: the last key is the max.
+        return next(reversed(self.data), -1) + 1
 
     def get_meta(self, key: str) -> str | None:
         return self.meta.get(key)

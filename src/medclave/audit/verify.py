@@ -56,6 +56,11 @@ class LogReport:
     def ok(self) -> bool:
         return not self.findings
 
+    @property
+    def unsigned_entries(self) -> int:
+        """Entries after the latest signed checkpoint: nothing vouches for them yet."""
+        return self.size - (self.latest_checkpoint or 0)
+
     def to_dict(self) -> dict[str, object]:
         return {
             "ok": self.ok,
@@ -64,6 +69,7 @@ class LogReport:
             "root": self.root.hex(),
             "checkpoints": self.checkpoints,
             "latest_checkpoint": self.latest_checkpoint,
+            "unsigned_entries": self.unsigned_entries,
             "entries_parsed": self.entries_parsed,
             "findings": [f.to_dict() for f in self.findings],
             "truncated": self.truncated,
@@ -137,7 +143,8 @@ def inspect_log(
             try:
                 parse_entry(data)
             except MedclaveError as exc:
-                unparsed.append((index, exc.detail))
+                if len(unparsed) < max_findings:
+                    unparsed.append((index, exc.detail))
         expected = index + 1
     tree = _Tree(leaves)
 
@@ -205,9 +212,10 @@ def _first_difference(
 ) -> str:
     """Where, in entries ``[lo, hi)``, the recomputed tree first departs from the stored one;
     the whole range when the stored hashes were rewritten to match (only the signature knew)."""
-    for off in range(lo * _H, hi * _H, _H):
-        if tree.levels[0][off : off + _H] != stored_leaves[off : off + _H]:
-            return f"entry {off // _H}"
+    if tree.levels[0][lo * _H : hi * _H] != stored_leaves[lo * _H : hi * _H]:
+        for off in range(lo * _H, hi * _H, _H):
+            if tree.levels[0][off : off + _H] != stored_leaves[off : off + _H]:
+                return f"entry {off // _H}"
     for level in range(1, len(tree.levels)):
         for index, h in store.level(level):
             first, last = index << level, ((index + 1) << level) - 1
@@ -255,9 +263,11 @@ def _nodes(
     """Stored nodes against recomputed ones. A leaf hash that differs is the node's fault when
     the entries match every signed root, the entry's otherwise."""
     leaf_code = "audit.node_tampered" if entries_ok else "audit.entry_tampered"
-    for off in range(0, size * _H, _H):
-        if tree.levels[0][off : off + _H] != stored_leaves[off : off + _H]:
-            found.add(leaf_code, f"entry {off // _H}", "stored leaf hash differs from the entry's")
+    if tree.levels[0] != stored_leaves:  # one comparison in the usual case, then find where
+        for off in range(0, size * _H, _H):
+            if tree.levels[0][off : off + _H] != stored_leaves[off : off + _H]:
+                found.add(leaf_code, f"entry {off // _H}",
+                          "stored leaf hash differs from the entry's")
     for level in range(1, len(tree.levels)):
         want = size >> level
         expected = 0

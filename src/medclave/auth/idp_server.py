@@ -17,7 +17,7 @@ from contextlib import contextmanager
 from datetime import timedelta
 from pathlib import Path
 from typing import Any, Final
-from urllib.parse import parse_qsl, unquote
+from urllib.parse import parse_qsl, unquote_plus
 
 import uvicorn
 from fastapi import FastAPI, Request
@@ -69,7 +69,7 @@ def _basic(value: str | None) -> tuple[str, str] | None:
     except (binascii.Error, UnicodeDecodeError):
         return ("", "")
     user, sep, secret = text.partition(":")
-    return (unquote(user), unquote(secret)) if sep else ("", "")
+    return (unquote_plus(user), unquote_plus(secret)) if sep else ("", "")
 
 
 def create_app(service: TokenService, *, clock: Clock = system_clock) -> FastAPI:

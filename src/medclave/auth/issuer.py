@@ -94,15 +94,17 @@ class SigningKey:
         }
 
 
+def _generate(alg: SigningAlg) -> Ed25519PrivateKey | ec.EllipticCurvePrivateKey:
+    if alg == "EdDSA":
+        return Ed25519PrivateKey.generate()
+    return ec.generate_private_key(ec.SECP256R1())
+
+
 def load_or_create_signing_key(data_dir: Path, *, alg: SigningAlg = "EdDSA") -> SigningKey:
     """The issuer key in ``data_dir``, created (0600) on first use."""
     path = _data_dir(data_dir) / KEY_FILE
     if not path.exists():
-        key: Ed25519PrivateKey | ec.EllipticCurvePrivateKey
-        if alg == "EdDSA":
-            key = Ed25519PrivateKey.generate()
-        else:
-            key = ec.generate_private_key(ec.SECP256R1())
+        key = _generate(alg)
         pem = key.private_bytes(
             serialization.Encoding.PEM,
             serialization.PrivateFormat.PKCS8,

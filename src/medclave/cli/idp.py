@@ -99,3 +99,20 @@ def add_user(
         typer.echo(f"error: {exc.code}: {exc.detail}", err=True)
         raise typer.Exit(2) from exc
     typer.echo(f"user {username} added")
+
+
+@app.command("jwks")
+def jwks(
+    data: Annotated[Path, typer.Option(help="Data folder.")] = DEFAULT_DATA_DIR,
+) -> None:
+    """Print the issuer's public JWKS (for `medclave auth token verify --jwks`)."""
+    import json
+
+    from medclave.auth.issuer import load_or_create_signing_key
+
+    try:
+        key = load_or_create_signing_key(data)
+    except MedclaveError as exc:
+        typer.echo(f"error: {exc.code}: {exc.detail}", err=True)
+        raise typer.Exit(2) from exc
+    typer.echo(json.dumps({"keys": [key.public_jwk()]}, indent=2))

@@ -1,6 +1,8 @@
-"""Entry point: one Typer app with a sub-app per part (attest, audit, auth, kbs, model, ...)."""
+"""Entry point: one Typer app with a sub-app per part. Wiring only: no logic lives here."""
 
 from __future__ import annotations
+
+import importlib
 
 import typer
 
@@ -11,14 +13,18 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
+# (command name, module under medclave.cli); each module exposes ``app``.
+SUBCOMMANDS: tuple[tuple[str, str], ...] = (
+    ("attest", "attest"),
+    ("model", "model"),
+    ("kbs", "kbs"),
+    ("audit", "audit"),
+    ("auth", "auth"),
+    ("idp", "idp"),
+)
 
-def _register() -> None:
-    from medclave.cli import attest
-
-    app.add_typer(attest.app, name="attest")
-
-
-_register()
+for _name, _module in SUBCOMMANDS:
+    app.add_typer(importlib.import_module(f"medclave.cli.{_module}").app, name=_name)
 
 if __name__ == "__main__":
     app()

@@ -9,6 +9,7 @@ One connection, serialised by a lock: the broker's write rate is tiny and this k
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import threading
 from collections.abc import Iterator
@@ -74,6 +75,12 @@ class SqliteStore:
     def __init__(self, path: Path) -> None:
         self.path = path
         self._lock = threading.Lock()
+        try:
+            # Wrapped secrets and token hashes: owner-only. SQLite gives its -wal and -shm files
+            # the database file's mode.
+            os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
+        except OSError as exc:
+            raise KbsError("kbs.unavailable", f"cannot create store {path.name}: {exc}") from exc
         try:
             self._db = sqlite3.connect(
                 path, isolation_level=None, check_same_thread=False, timeout=10.0

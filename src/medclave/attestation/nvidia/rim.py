@@ -150,7 +150,7 @@ def _embedded_chain(root: Any, log: CheckLog, name: str) -> list[x509.Certificat
         try:
             der = base64.b64decode("".join((element.text or "").split()), validate=True)
             chain.append(x509.load_der_x509_certificate(der))
-        except (binascii.Error, ValueError) as exc:
+        except (binascii.Error, ValueError, x509.InvalidVersion) as exc:
             raise _invalid(log, name, f"embedded certificate does not decode: {exc}") from exc
     return chain
 

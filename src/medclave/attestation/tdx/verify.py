@@ -257,6 +257,16 @@ def _verify_document(
             step, code, f"the {doc.kind} signature does not verify with any supplied certificate"
         )
     chain = _build_chain(signer, pool, roots)
+    # Intel signs PCS documents with the TCB Signing certificate, issued by the Root CA itself
+    # (PCK Certificate and CRL Profile §1.2; QVL checks the same two-certificate chain). PCK
+    # certificates are end entities under the root too, one CA lower: without this a PCK key
+    # (extracted from an out-of-date machine) could sign a tcbInfo calling any platform UpToDate.
+    if len(chain) != 2:
+        raise log.fail(
+            step, "attestation.collateral_invalid",
+            f"the {doc.kind} signer {signer.subject.rfc4514_string()} is not issued directly by "
+            "the root (only the TCB Signing certificate signs PCS documents)",
+        )
     key = tuple(fingerprint(c) for c in chain)
     if key not in verified_chains:
         verify_chain(chain, trusted_roots=roots, now=now, log=log,

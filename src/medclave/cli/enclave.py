@@ -1,0 +1,108 @@
+"""``medclave enclave``: boot and serve the enclave; print what a policy needs to name.
+
+Exit 0: done; 1: refused at boot (attestation, key broker, model); 2: unusable configuration.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from medclave.errors import MedclaveError
+
+app = typer.Typer(help="The in-TEE inference server.", no_args_is_help=True)
+UNUSABLE_PREFIXES = ("input.", "config.")
+
+
+def _fail(exc: MedclaveError) -> typer.Exit:
+    sys.stdout.write(json.dumps({"error": exc.to_dict()}, indent=2) + "\n")
+    return typer.Exit(2 if exc.code.startswith(UNUSABLE_PREFIXES) else 1)
+
+
+@app.command("serve")
+def serve_cmd(
+    host: Annotated[str | None, typer.Option(help="bind address (default 127.0.0.1)")] = None,
+    port: Annotated[int | None, typer.Option(help="port (default 8443)")] = None,
+    data: Annotated[Path | None, typer.Option("--data", help="data folder")] = None,
+    platform: Annotated[str | None, typer.Option(
+        help="auto (the TEE found here) or sim (development: protects NOTHING)")] = None,
+    sealed_model: Annotated[Path | None, typer.Option(
+        "--sealed-model", help="sealed model folder; its key comes from --kbs")] = None,
+    kbs: Annotated[str | None, typer.Option("--kbs", help="key broker URL")] = None,
+    requester: Annotated[str | None, typer.Option(help="requester identity for the broker")
+                         ] = None,
+    model: Annotated[Path | None, typer.Option(
+        "--model", help="a plain GGUF (development; default: the bundled SmolLM2)")] = None,
+    model_sha256: Annotated[str | None, typer.Option("--model-sha256")] = None,
+    model_id: Annotated[str | None, typer.Option("--model-id", help="name served")] = None,
+    engine: Annotated[str | None, typer.Option(help="llama.cpp or openai-compatible")] = None,
+    engine_url: Annotated[str | None, typer.Option(
+        "--engine-url", help="openai-compatible engine (vLLM) on loopback")] = None,
+    threads: Annotated[int | None, typer.Option(help="llama.cpp threads")] = None,
+    auth_issuer: Annotated[str | None, typer.Option("--auth-issuer")] = None,
+    auth_jwks_file: Annotated[Path | None, typer.Option("--auth-jwks-file")] = None,
+    auth_jwks_url: Annotated[str | None, typer.Option("--auth-jwks-url")] = None,
+    tenant: Annotated[list[str] | None, typer.Option("--tenant", help="tenant served")] = None,
+    role: Annotated[list[str] | None, typer.Option("--role", help="role allowed to infer")
+                    ] = None,
+    insecure_no_auth: Annotated[bool, typer.Option(
+        "--insecure-no-auth", help="sim only: accept callers without a token")] = False,
+    audit_store: Annotated[str | None, typer.Option(help="sqlite (default) or memory")] = None,
+    key_rotation: Annotated[int | None, typer.Option(
+        "--key-rotation", help="rotate the OHTTP key every N seconds")] = None,
+) -> None:
+    """Boot (evidence, keys, model key from the broker, unseal, load) and serve until stopped."""
+    from medclave.enclave.server import serve
+    from medclave.enclave.settings import EnclaveSettings
+
+    overrides: dict[str, Any] = {
+        "host": host, "port": port, "data_dir": data, "platform": platform,
+        "sealed_model": sealed_model, "kbs_url": kbs, "requester": requester,
+        "model_path": model, "model_sha256": model_sha256, "model_id": model_id,
+        "engine": engine, "engine_url": engine_url, "n_threads": threads,
+        "auth_issuer": auth_issuer, "auth_jwks_file": auth_jwks_file,
+        "auth_jwks_url": auth_jwks_url, "auth_tenants": tuple(tenant) if tenant else None,
+        "auth_roles": tuple(role) if role else None,
+        "insecure_no_auth": insecure_no_auth or None, "audit_store": audit_store,
+        "key_rotation_seconds": key_rotation,
+    }
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    try:
+        settings = EnclaveSettings(**{k: v for k, v in overrides.items() if v is not None})
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc).splitlines()[0]) from None
+    if settings.platform == "sim":
+        typer.secho("WARNING: platform sim is NOT a TEE and protects nothing.", err=True,
+                    fg=typer.colors.RED, bold=True)
+    try:
+        serve(settings)
+    except MedclaveError as exc:
+        raise _fail(exc) from None
+
+
+@app.command("measurement")
+def measurement_cmd() -> None:
+    """The sim measurement of this installed code (what a sim policy's reference value is)."""
+    from medclave.attestation.sim import code_measurement
+
+    sys.stdout.write(json.dumps({"platform": "sim", "measurement": code_measurement().hex()})
+                     + "\n")
+
+
+@app.command("sim-root")
+def sim_root_cmd(data: Annotated[Path, typer.Option("--data", help="the enclave's data folder")]
+                 ) -> None:
+    """The sim root fingerprint (created if absent): clients pin it with --sim-root."""
+    from medclave.attestation.sim import SimAuthority
+
+    try:
+        authority = SimAuthority.load_or_create(data)
+    except MedclaveError as exc:
+        raise _fail(exc) from None
+    sys.stdout.write(json.dumps({"sim_root": authority.root_fingerprint,
+                                 "warning": "sim protects nothing"}) + "\n")

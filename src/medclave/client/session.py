@@ -1,0 +1,320 @@
+"""One attested channel to an enclave: attest, pin, encapsulate, and re-attest when needed.
+
+Nothing is sent before :func:`~medclave.client.verify.verify_enclave` accepted a fresh
+attestation: the first request attests; later ones reuse the pinned key configuration until
+``reattest_after`` has passed, or the enclave answers ``crypto.key_unknown`` (it rotated its key
+and the grace period ended), when the session attests again (with a new nonce) and retries once.
+A new key is only ever taken from a verified attestation.
+
+Every request is a fresh HPKE encapsulation (RFC 9458 §4.3); streamed answers use chunked OHTTP
+(draft-ietf-ohai-chunked-ohttp) and a Binary HTTP indeterminate-length response whose trailer
+carries the audit receipt.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from types import TracebackType
+from typing import Any
+
+import httpx
+
+from medclave import errors
+from medclave.attestation.policy import AppraisalPolicy
+from medclave.audit.receipt import VerifiedReceipt, verify_receipt
+from medclave.client.verify import VerifiedEnclave, verify_enclave
+from medclave.crypto import bhttp
+from medclave.crypto.ohttp import encapsulate_request
+from medclave.crypto.ohttp_chunked import ChunkedRequestEncoder
+from medclave.errors import AuditError, ClientError, CryptoError, MedclaveError
+from medclave.protocol import inference as proto
+from medclave.protocol.bhttp_stream import ResponseStreamDecoder
+
+log = logging.getLogger("medclave.client")
+
+Clock = Callable[[], datetime]
+MAX_RESPONSE_BYTES = 16 * 1024 * 1024
+MAX_ERROR_BYTES = 64 * 1024
+NONCE_BYTES = 32
+
+
+def system_clock() -> datetime:
+    return datetime.now(UTC)
+
+
+def error_from_body(status: int, body: bytes) -> MedclaveError:
+    """The catalogue error an answer names (``{"error": {"code": ...}}``), else upstream_failed."""
+    try:
+        import json
+
+        code = json.loads(body[:MAX_ERROR_BYTES])["error"]["code"]
+    except (ValueError, KeyError, TypeError, UnicodeDecodeError):
+        return ClientError("client.upstream_failed", f"enclave answered HTTP {status}")
+    if not isinstance(code, str) or code not in errors.CATALOGUE:
+        return ClientError("client.upstream_failed", f"enclave answered HTTP {status}")
+    family = code.split(".", 1)[0]
+    todo: list[type[MedclaveError]] = [MedclaveError]
+    while todo:
+        cls = todo.pop()
+        for sub in cls.__subclasses__():
+            if family in sub.family:
+                return sub(code)
+            todo.append(sub)
+    return MedclaveError(code)
+
+
+@dataclass(frozen=True)
+class InnerResponse:
+    """A decapsulated answer: the enclave's status, headers and body."""
+
+    status: int
+    headers: bhttp.Fields
+    body: bytes
+    receipt: VerifiedReceipt | None = None
+
+    def header(self, name: str) -> str | None:
+        wanted = name.lower()
+        return next((v for k, v in self.headers if k == wanted), None)
+
+
+class StreamedResponse:
+    """A streamed answer: ``status`` and ``headers`` are read on creation, then
+    :meth:`iter_content` yields the content as it is decrypted. The receipt, from the trailer,
+    is verified once the stream has ended (``receipt``)."""
+
+    def __init__(self, session: EnclaveSession, enclave: VerifiedEnclave,
+                 response: httpx.Response, encoder: ChunkedRequestEncoder) -> None:
+        self._session = session
+        self._enclave = enclave
+        self._response = response
+        self._chunks = encoder.response_decoder()
+        self._message = ResponseStreamDecoder(proto_limits())
+        self._raw = response.iter_raw()
+        self._pending: list[bytes] = []
+        self._ended = False
+        self.receipt: VerifiedReceipt | None = None
+        try:
+            while not self._message.head_complete and not self._ended:
+                self._pending.extend(self._pull())
+        except BaseException:
+            self.close()
+            raise
+        if self._message.status is None:
+            self.close()
+            raise CryptoError("protocol.bad_message", "the stream ended before its status")
+        self.status: int = self._message.status
+        self.headers: bhttp.Fields = self._message.headers
+
+    def header(self, name: str) -> str | None:
+        return self._message.header(name)
+
+    def _pull(self) -> list[bytes]:
+        """Content decrypted from the next piece of the HTTP body (all the rest at its end)."""
+        try:
+            raw = next(self._raw)
+        except StopIteration:
+            self._ended = True
+            out: list[bytes] = []
+            for plain in self._chunks.close():
+                out.extend(self._message.feed(plain))
+            out.extend(self._message.close())
+            return out
+        except httpx.HTTPError as exc:
+            raise ClientError("client.upstream_failed", f"stream broke: {exc!r}") from exc
+        out = []
+        for plain in self._chunks.feed(raw):
+            out.extend(self._message.feed(plain))
+        return out
+
+    def iter_content(self) -> Iterator[bytes]:
+        try:
+            while self._pending:
+                yield self._pending.pop(0)
+            while not self._ended:
+                yield from self._pull()
+            failed = self._message.trailer("medclave-error") is not None
+            self.receipt = self._session.check_receipt(
+                self._enclave, self._message.trailer(proto.RECEIPT_HEADER),
+                self._message.header(proto.REQUEST_ID_HEADER),
+                required=self.status == 200 and not failed)
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        self._response.close()
+
+
+def proto_limits() -> bhttp.Limits:
+    return bhttp.Limits(max_message=MAX_RESPONSE_BYTES)
+
+
+class EnclaveSession:
+    """``EnclaveSession(url, policy)``: thread-safe; share one per upstream enclave."""
+
+    def __init__(self, url: str, policy: AppraisalPolicy, *,
+                 sim_roots: frozenset[str] = frozenset(),
+                 trusted_roots: frozenset[str] | None = None,
+                 reattest_after: timedelta = timedelta(minutes=5),
+                 require_receipts: bool = True,
+                 clock: Clock = system_clock, timeout: float = 300.0,
+                 http: httpx.Client | None = None) -> None:
+        self._url = url.rstrip("/")
+        self._policy = policy
+        self._sim_roots = frozenset(r.lower().replace(":", "") for r in sim_roots)
+        self._trusted_roots = trusted_roots
+        self._reattest_after = reattest_after
+        self._require_receipts = require_receipts
+        self._clock = clock
+        self._own_http = http is None
+        self._http = http or httpx.Client(timeout=timeout)
+        self._lock = threading.Lock()
+        self._enclave: VerifiedEnclave | None = None
+
+    @property
+    def enclave(self) -> VerifiedEnclave | None:
+        """The last verified attestation, if any."""
+        return self._enclave
+
+    # --- attestation ---------------------------------------------------------------------------
+
+    def attest(self) -> VerifiedEnclave:
+        """A fresh nonce, the enclave's evidence for it, verified and appraised; then pinned."""
+        with self._lock:
+            return self._attest_locked()
+
+    def _attest_locked(self) -> VerifiedEnclave:
+        nonce = os.urandom(NONCE_BYTES)
+        try:
+            response = self._http.get(f"{self._url}{proto.ATTESTATION_PATH}",
+                                      params={"nonce": nonce.hex()})
+        except httpx.HTTPError as exc:
+            raise ClientError("client.upstream_failed", f"enclave unreachable: {exc!r}") from exc
+        if response.status_code != 200:
+            raise error_from_body(response.status_code, response.content)
+        enclave = verify_enclave(response.content, nonce=nonce, policy=self._policy,
+                                 now=self._clock(), sim_roots=self._sim_roots,
+                                 trusted_roots=self._trusted_roots)
+        previous = self._enclave
+        if previous is not None and previous.key_config != enclave.key_config:
+            log.info("enclave key changed (id %d -> %d); taken from a verified attestation",
+                     previous.key_config.key_id, enclave.key_config.key_id)
+        self._enclave = enclave
+        return enclave
+
+    def _current(self, *, force: bool = False) -> VerifiedEnclave:
+        with self._lock:
+            enclave = self._enclave
+            stale = enclave is None or self._clock() - enclave.verified_at >= self._reattest_after
+            if force or stale:
+                return self._attest_locked()
+            assert enclave is not None
+            return enclave
+
+    # --- requests ------------------------------------------------------------------------------
+
+    def request(self, method: str, path: str, *, body: bytes = b"",
+                authorization: str | None = None) -> InnerResponse:
+        """One encapsulated request and its decapsulated answer (not streamed)."""
+        inner = proto.encode_inner_request(method, path, body=body, authorization=authorization)
+        enclave = self._current()
+        try:
+            return self._send(enclave, inner)
+        except CryptoError as exc:
+            if exc.code != "crypto.key_unknown":
+                raise
+        return self._send(self._current(force=True), inner)
+
+    def _send(self, enclave: VerifiedEnclave, inner: bytes) -> InnerResponse:
+        wire, context = encapsulate_request(enclave.key_config, inner)
+        try:
+            response = self._http.post(f"{self._url}{proto.OHTTP_PATH}", content=wire,
+                                       headers={"content-type": proto.OHTTP_REQUEST})
+        except httpx.HTTPError as exc:
+            raise ClientError("client.upstream_failed", f"enclave unreachable: {exc!r}") from exc
+        if response.status_code != 200:
+            raise error_from_body(response.status_code, response.content)
+        if response.headers.get("content-type", "").split(";")[0] != proto.OHTTP_RESPONSE:
+            raise ClientError("client.upstream_failed", "the answer is not message/ohttp-res")
+        plain = context.decapsulate_response(response.content, max_size=MAX_RESPONSE_BYTES)
+        answer = bhttp.decode_response(plain, proto_limits())
+        receipt = self.check_receipt(enclave, answer.header(proto.RECEIPT_HEADER),
+                                     answer.header(proto.REQUEST_ID_HEADER),
+                                     required=answer.status == 200 and _needs_receipt(inner))
+        return InnerResponse(answer.status, answer.headers, answer.content, receipt)
+
+    def stream(self, method: str, path: str, *, body: bytes = b"",
+               authorization: str | None = None) -> StreamedResponse:
+        """A chunked-OHTTP request; the answer streams back as it is generated."""
+        inner = proto.encode_inner_request(method, path, body=body, authorization=authorization)
+        try:
+            return self._open_stream(self._current(), inner)
+        except CryptoError as exc:
+            if exc.code != "crypto.key_unknown":
+                raise
+        return self._open_stream(self._current(force=True), inner)
+
+    def _open_stream(self, enclave: VerifiedEnclave, inner: bytes) -> StreamedResponse:
+        encoder = ChunkedRequestEncoder(enclave.key_config)
+        wire = encoder.final(inner)
+        request = self._http.build_request(
+            "POST", f"{self._url}{proto.OHTTP_PATH}", content=wire,
+            headers={"content-type": proto.CHUNKED_REQUEST})
+        try:
+            response = self._http.send(request, stream=True)
+        except httpx.HTTPError as exc:
+            raise ClientError("client.upstream_failed", f"enclave unreachable: {exc!r}") from exc
+        if response.status_code != 200:
+            body = response.read()
+            response.close()
+            raise error_from_body(response.status_code, body)
+        if response.headers.get("content-type", "").split(";")[0] != proto.CHUNKED_RESPONSE:
+            response.close()
+            raise ClientError("client.upstream_failed", "the answer is not chunked OHTTP")
+        return StreamedResponse(self, enclave, response, encoder)
+
+    # --- receipts ------------------------------------------------------------------------------
+
+    def check_receipt(self, enclave: VerifiedEnclave, header: str | None,
+                      request_id: str | None, *, required: bool = True
+                      ) -> VerifiedReceipt | None:
+        """The audit receipt, verified with the audit key the attestation bound, and naming
+        this request, this model and this engine build."""
+        if header is None:
+            if required and self._require_receipts:
+                raise AuditError("audit.receipt_invalid", "the answer carries no audit receipt")
+            return None
+        verified = verify_receipt(proto.decode_receipt_header(header), enclave.audit_verifier())
+        entry = verified.entry
+        if (entry.request_id != request_id or entry.model_digest != enclave.model_digest
+                or entry.engine_build != enclave.runtime.engine_build):
+            raise AuditError("audit.receipt_invalid",
+                             "the receipt is for another request, model or engine build")
+        return verified
+
+    def close(self) -> None:
+        if self._own_http:
+            self._http.close()
+
+    def __enter__(self) -> EnclaveSession:
+        return self
+
+    def __exit__(self, et: type[BaseException] | None, ev: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
+
+
+def _needs_receipt(inner: bytes) -> bool:
+    """Inferences carry receipts; listing models does not."""
+    try:
+        return bhttp.decode_request(inner).path != proto.MODELS_PATH
+    except MedclaveError:
+        return True
+
+
+def summary(enclave: VerifiedEnclave | None) -> Mapping[str, Any]:
+    return {} if enclave is None else enclave.summary()

@@ -1,0 +1,130 @@
+"""What the client trusts, and why: verify an enclave's evidence and appraise it, locally.
+
+One function, :func:`verify_enclave`, turns the bytes the operator's network handed back into a
+:class:`VerifiedEnclave`, or raises. In order: the bundle parses (bounded); the hardware
+evidence verifies to a pinned root (AMD, Intel, NVIDIA; sim only with its fingerprint given);
+the bundle answers *our* nonce (a replayed answer is stale); report_data binds the nonce and the
+whole runtime, hence the OHTTP key configuration (a key swapped on the way is refused as
+``attestation.binding_mismatch``); the caller's policy accepts the platform, measurement, TCB
+and model digest. Only then is the key configuration pinned and a prompt may be encapsulated.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from pydantic import ValidationError
+
+from medclave.attestation.core import Verification
+from medclave.attestation.policy import AppraisalPolicy, appraise
+from medclave.attestation.verifier import verify_bundle
+from medclave.audit.note import ALG_ED25519, NoteVerifier
+from medclave.crypto.ohttp import KeyConfig
+from medclave.errors import AttestationError
+from medclave.protocol.evidence import MAX_BUNDLE_BYTES, EvidenceBundle
+from medclave.protocol.inference import EnclaveRuntime
+
+log = logging.getLogger("medclave.client")
+
+MAX_ATTESTATION_BYTES = MAX_BUNDLE_BYTES + 512 * 1024
+SIM_WARNING = ("SIM: the enclave attested on the software 'sim' platform. It is NOT a real TEE "
+               "and protects NOTHING; accepted only because the policy names sim and its root "
+               "was pinned.")
+
+
+@dataclass(frozen=True)
+class VerifiedEnclave:
+    """An attested enclave: the key to encapsulate to, and what the evidence proved."""
+
+    platform: str
+    secure: bool
+    measurement: str | None
+    runtime: EnclaveRuntime
+    key_config: KeyConfig
+    verified_at: datetime
+    nonce: str
+    evidence_sha256: str
+    tcb_status: str
+    policy_name: str
+    policy_digest: str
+
+    @property
+    def model_digest(self) -> str:
+        return self.runtime.model_digest
+
+    def audit_verifier(self) -> NoteVerifier:
+        """The key the enclave signs audit checkpoints with, as its attestation states it."""
+        return NoteVerifier(self.runtime.audit_origin, self.runtime.audit_key(), ALG_ED25519)
+
+    def summary(self) -> dict[str, Any]:
+        """What ``/medclave/status`` and the demo show."""
+        out: dict[str, Any] = {
+            "platform": self.platform,
+            "secure": self.secure,
+            "measurement": self.measurement,
+            "model_id": self.runtime.model_id,
+            "model_digest": self.runtime.model_digest,
+            "engine": self.runtime.engine,
+            "engine_build": self.runtime.engine_build,
+            "authorization_policy_digest": self.runtime.policy_digest,
+            "ohttp_key_id": self.key_config.key_id,
+            "tcb_status": self.tcb_status,
+            "evidence_sha256": self.evidence_sha256,
+            "appraisal_policy": {"name": self.policy_name, "digest": self.policy_digest},
+            "verified_at": self.verified_at.isoformat(),
+        }
+        if not self.secure:
+            out["warning"] = SIM_WARNING
+        return out
+
+
+def parse_attestation(data: bytes) -> EvidenceBundle:
+    if len(data) > MAX_ATTESTATION_BYTES:
+        raise AttestationError("attestation.malformed", "attestation response too large")
+    try:
+        return EvidenceBundle.model_validate_json(data)
+    except ValidationError as exc:
+        raise AttestationError("attestation.malformed", "the response is not an evidence bundle"
+                               ) from exc
+
+
+def _measurement(verification: Verification) -> str | None:
+    claims = verification.claims
+    value = claims.get("measurement")
+    if isinstance(value, str):
+        return value
+    for key in ("mr_td", "mrtd"):
+        if isinstance(claims.get(key), str):
+            return str(claims[key])
+    return None
+
+
+def verify_enclave(data: bytes, *, nonce: bytes, policy: AppraisalPolicy, now: datetime,
+                   sim_roots: frozenset[str] = frozenset(),
+                   trusted_roots: frozenset[str] | None = None) -> VerifiedEnclave:
+    """Verify and appraise; raises ``attestation.*`` or ``policy.*``, never returns a refusal."""
+    bundle = parse_attestation(data)
+    verification = verify_bundle(bundle, now=now, expected_nonce=nonce, sim_roots=sim_roots,
+                                 trusted_roots=trusted_roots)
+    runtime = EnclaveRuntime.from_runtime(dict(bundle.runtime))
+    key_config = runtime.key_config()
+    runtime.audit_key()
+    appraisal = appraise(verification, policy, now=now, model_digest=runtime.model_digest)
+    if not verification.secure:
+        log.warning(SIM_WARNING)
+    return VerifiedEnclave(
+        platform=verification.platform,
+        secure=verification.secure,
+        measurement=_measurement(verification),
+        runtime=runtime,
+        key_config=key_config,
+        verified_at=now,
+        nonce=bundle.nonce,
+        evidence_sha256=verification.evidence_sha256,
+        tcb_status=verification.tcb_status,
+        policy_name=appraisal.policy_name,
+        policy_digest=appraisal.policy_digest,
+    )

@@ -1,0 +1,71 @@
+"""Evidence for a nonce and a runtime: from the TEE this machine runs in, or from sim.
+
+Both give an :class:`~medclave.protocol.evidence.EvidenceBundle` whose hardware report_data is
+``report_data_for(nonce, runtime)``; the key broker and every client verify the same way.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from medclave.attestation import gather, sim
+from medclave.attestation.binding import report_data_for
+from medclave.errors import AttestationError
+from medclave.protocol.evidence import EvidenceBundle
+
+Attester = Callable[[bytes, dict[str, Any]], EvidenceBundle]
+
+log = logging.getLogger("medclave.enclave")
+
+SIM_WARNING = (
+    "SIM PLATFORM: this enclave runs on the software 'sim' TEE. It is NOT a real TEE and "
+    "protects NOTHING: whoever runs this machine can read every prompt, answer and key."
+)
+
+
+@dataclass(frozen=True)
+class Platform:
+    name: str
+    attester: Attester
+    secure: bool
+    sim_root: str | None = None  # the sim root fingerprint clients must pin to accept sim
+
+
+def hardware_attester(root: Path = Path("/")) -> Attester:
+    def attest(nonce: bytes, runtime: dict[str, Any]) -> EvidenceBundle:
+        got = gather.gather(report_data_for(nonce, runtime), root=root)
+        # SEV-SNP: the certificate table (auxblob) travels after the report, as the verifier
+        # reads an extended report; TDX quotes carry their PCK chain inside.
+        evidence = got.evidence + got.auxblob if got.platform == "sev-snp" else got.evidence
+        return EvidenceBundle(platform=got.platform, evidence=base64.b64encode(evidence).decode(),
+                              nonce=nonce.hex(), runtime=runtime)
+    return attest
+
+
+def sim_attester(authority: sim.SimAuthority, *, measurement: bytes | None = None) -> Attester:
+    def attest(nonce: bytes, runtime: dict[str, Any]) -> EvidenceBundle:
+        return sim.make_bundle(authority, nonce=nonce, runtime=runtime, measurement=measurement)
+    return attest
+
+
+def select_platform(choice: str, data_dir: Path, *, sim_measurement: bytes | None = None,
+                    root: Path = Path("/")) -> Platform:
+    """``auto``: the TEE found here (refusing to guess when there is none); ``sim``: the
+    software stand-in, announced loudly."""
+    if choice == "sim":
+        authority = sim.SimAuthority.load_or_create(data_dir)
+        log.warning(SIM_WARNING)
+        return Platform("sim", sim_attester(authority, measurement=sim_measurement), False,
+                        authority.root_fingerprint)
+    if choice != "auto":
+        raise AttestationError("attestation.unknown_platform", f"unknown platform {choice!r}")
+    found = gather.detect(root)
+    if found == "none":
+        raise AttestationError("attestation.unknown_platform",
+                               "no TEE found on this machine: use --platform sim for development")
+    return Platform(found, hardware_attester(root), True)

@@ -1,0 +1,213 @@
+"""The boot sequence: evidence, keys made inside, the model key from the broker, the model
+unsealed into memory and loaded, the doors (authorization, audit) in place.
+
+Order matters: the OHTTP and audit keys are generated before anything is fetched, so the
+runtime the broker appraises already names them; the model is decrypted only into an anonymous
+memory file (``memfd``), never to disk.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import logging
+import os
+import secrets
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from medclave.audit import AuditLog, MemoryStore, NoteSigner
+from medclave.audit.store import SqliteStore
+from medclave.auth.authn import Authenticator
+from medclave.auth.authorizer import Authorizer
+from medclave.auth.jwks import HttpJwks, JwksProvider, StaticJwks
+from medclave.auth.tokens import IssuerConfig, TokenOptions
+from medclave.enclave.attester import Attester, Platform, select_platform
+from medclave.enclave.engines.base import Engine
+from medclave.enclave.hooks import (
+    AuditLogSink,
+    AuthorizationHook,
+    EnclaveFacts,
+    EphemeralCommitKeys,
+    InsecureNoAuthorization,
+    TokenAuthorization,
+)
+from medclave.enclave.keys import KeyRing
+from medclave.enclave.model import DEFAULT_MODEL_SHA256, default_model_path, verify_model_file
+from medclave.enclave.model import sha256_file as file_sha256
+from medclave.enclave.service import SERVICE, EnclaveIdentity, InferenceService
+from medclave.enclave.settings import EnclaveSettings
+from medclave.errors import InputError
+from medclave.protocol.evidence import EvidenceBundle
+
+log = logging.getLogger("medclave.enclave")
+
+Clock = Callable[[], datetime]
+EngineFactory = Callable[[str, EnclaveSettings], Engine]
+
+
+def system_clock() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass
+class Booted:
+    """A ready service and what to release when it stops."""
+
+    service: InferenceService
+    platform: Platform
+    model_digest: str
+    _closers: list[Callable[[], None]] = field(default_factory=list)
+
+    def close(self) -> None:
+        while self._closers:
+            try:
+                self._closers.pop()()
+            except Exception as exc:  # closing the rest matters more
+                log.warning("shutdown step failed: %s", type(exc).__name__)
+
+
+class _Recording:
+    """An attester that remembers the digest of the last evidence it produced (the boot
+    evidence the broker accepted), for the audit entries."""
+
+    def __init__(self, inner: Attester) -> None:
+        self._inner = inner
+        self.evidence_digest: str | None = None
+
+    def __call__(self, nonce: bytes, runtime: dict[str, Any]) -> EvidenceBundle:
+        bundle = self._inner(nonce, runtime)
+        self.evidence_digest = hashlib.sha256(bundle.evidence_bytes()).hexdigest()
+        return bundle
+
+
+def default_engine(model_path: str, settings: EnclaveSettings) -> Engine:
+    if settings.engine == "openai-compatible":
+        from medclave.enclave.engines.openai_compat import OpenAICompatEngine
+
+        if not settings.engine_url:
+            raise InputError("config.invalid", "engine openai-compatible needs engine_url")
+        return OpenAICompatEngine(settings.engine_url, model=settings.model_id,
+                                  build_id=settings.engine_build)
+    from medclave.enclave.engines.llamacpp import LlamaCppEngine
+
+    return LlamaCppEngine(model_path, n_ctx=settings.n_ctx, n_threads=settings.n_threads,
+                          seed=settings.seed)
+
+
+def build_authorization(settings: EnclaveSettings, platform: Platform, clock: Clock
+                        ) -> AuthorizationHook:
+    if settings.insecure_no_auth:
+        if platform.secure:
+            raise InputError("config.invalid", "insecure_no_auth is for development on sim only")
+        log.warning("AUTHORIZATION DISABLED (insecure_no_auth): any caller may use the model")
+        return InsecureNoAuthorization()
+    if not settings.auth_issuer or not (settings.auth_jwks_file or settings.auth_jwks_url):
+        raise InputError("config.invalid", "set auth_issuer and auth_jwks_file or auth_jwks_url "
+                         "(or insecure_no_auth on sim for development)")
+    keys: JwksProvider = (StaticJwks.from_file(settings.auth_jwks_file)
+                          if settings.auth_jwks_file else
+                          HttpJwks(jwks_uri=settings.auth_jwks_url,
+                                   allow_insecure=not platform.secure))
+    tenants = frozenset(settings.auth_tenants) or None
+    issuer = IssuerConfig(issuer=settings.auth_issuer, keys=keys, tenants=tenants)
+    authenticator = Authenticator([issuer], TokenOptions(audiences=frozenset({
+        settings.auth_audience})), clock=clock)
+    authorizer = Authorizer(settings.auth_policies_dir, clock=clock)
+    return TokenAuthorization(authenticator, authorizer, model_id=settings.model_id,
+                              roles=settings.auth_roles, tenants=tenants or frozenset(),
+                              clock=clock)
+
+
+def _open_model(settings: EnclaveSettings, attester: Attester, base_runtime: dict[str, Any],
+                closers: list[Callable[[], None]]) -> tuple[str, str]:
+    """``(path for the engine, SHA-256 of the plaintext weights)``."""
+    if settings.sealed_model is not None:
+        from medclave.crypto import sealed
+        from medclave.kbs.client import KbsClient
+        from medclave.kbs.sealed_models import load_sealed_model
+
+        if not settings.kbs_url:
+            raise InputError("config.invalid", "a sealed model needs kbs_url")
+        manifest = sealed.load_manifest(settings.sealed_model)
+        runtime = {**base_runtime, "model_digest": manifest.plaintext_sha256}
+        if settings.requester:
+            runtime["requester"] = settings.requester
+        with KbsClient(settings.kbs_url, attester, runtime=runtime) as kbs:
+            fd, path, manifest = load_sealed_model(kbs, settings.sealed_model)
+        closers.append(lambda: os.close(fd))
+        log.info("model unsealed into memory: %s (%d bytes)", manifest.plaintext_sha256,
+                 manifest.size)
+        return path, manifest.plaintext_sha256
+    if settings.model_path is not None:
+        log.warning("model loaded from a plain file (%s): not sealed, the operator can read it",
+                    settings.model_path.name)
+        digest = (verify_model_file(settings.model_path, settings.model_sha256)
+                  if settings.model_sha256 else file_sha256(settings.model_path))
+        return str(settings.model_path), digest
+    return str(default_model_path()), DEFAULT_MODEL_SHA256
+
+
+def boot(settings: EnclaveSettings, *, clock: Clock = system_clock,
+         engine_factory: EngineFactory = default_engine,
+         authorization: AuthorizationHook | None = None) -> Booted:
+    """Run the boot sequence; anything that fails stops the boot (fail closed)."""
+    sim_measurement = bytes.fromhex(settings.sim_measurement) if settings.sim_measurement else None
+    platform = select_platform(settings.platform, settings.data_dir,
+                               sim_measurement=sim_measurement)
+    attester = _Recording(platform.attester)
+    closers: list[Callable[[], None]] = []
+    try:
+        rotation = (timedelta(seconds=settings.key_rotation_seconds)
+                    if settings.key_rotation_seconds else None)
+        keys = KeyRing(clock, rotation=rotation,
+                       grace=timedelta(seconds=settings.key_grace_seconds))
+        origin = settings.audit_origin or f"medclave-enclave/{secrets.token_hex(8)}"
+        signer = NoteSigner.generate(origin)
+        audit_public = signer.verifier.public_key
+        base_runtime = {
+            "service": SERVICE,
+            "ohttp_key_config": base64.b64encode(keys.config.encode()).decode(),
+            "audit_public_key": base64.b64encode(audit_public).decode(),
+            "audit_origin": origin,
+        }
+        model_path, model_digest = _open_model(settings, attester, base_runtime, closers)
+        engine = engine_factory(model_path, settings)
+        closers.append(engine.close)
+        hook = authorization or build_authorization(settings, platform, clock)
+        if attester.evidence_digest is None:  # no broker asked: attest once at boot anyway
+            attester(os.urandom(32), base_runtime)
+        assert attester.evidence_digest is not None
+        audit_log = _open_audit(settings, origin, signer)
+        closers.append(audit_log.close)
+        facts = EnclaveFacts(model_digest=model_digest, engine_build=engine.build_id,
+                             evidence_digest=attester.evidence_digest, platform=platform.name,
+                             secure=platform.secure, policy_digest=hook.policy_digest)
+        log.warning("audit commitments use per-boot tenant keys held only in memory")
+        sink = AuditLogSink(audit_log, facts, EphemeralCommitKeys())
+        identity = EnclaveIdentity(model_id=settings.model_id, model_digest=model_digest,
+                                   audit_public_key=audit_public, audit_origin=origin,
+                                   policy_digest=hook.policy_digest)
+        service = InferenceService(engine=engine, keys=keys, platform=platform,
+                                   identity=identity, authorization=hook, audit=sink,
+                                   clock=clock, max_tokens_limit=settings.max_tokens_limit)
+    except BaseException:
+        for close in reversed(closers):
+            close()
+        raise
+    log.info("enclave ready: platform=%s model=%s engine=%s", platform.name, model_digest,
+             engine.build_id)
+    return Booted(service, platform, model_digest, closers)
+
+
+def _open_audit(settings: EnclaveSettings, origin: str, signer: NoteSigner) -> AuditLog:
+    if settings.audit_store == "memory":
+        return AuditLog(MemoryStore(), origin=origin, signer=signer)
+    folder = Path(settings.data_dir) / "audit"
+    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+    # One log per audit key: a new boot has a new key (made inside), hence a new log.
+    name = hashlib.sha256(origin.encode()).hexdigest()[:16]
+    return AuditLog(SqliteStore(folder / f"{name}.sqlite3"), origin=origin, signer=signer)

@@ -1,0 +1,124 @@
+"""What every inference engine offers the enclave: chat and text completion, whole or streamed.
+
+The enclave speaks the OpenAI API to its clients; engines speak this smaller interface, so the
+embedded llama.cpp engine and a vLLM server in the same confidential VM look the same to the
+request handling, the audit record and the attestation (which reports ``name`` and
+``build_id``: greedy output differs between builds, so a replay needs the very build).
+
+A stream yields :class:`Delta` pieces of text, then exactly one final delta with the
+``finish_reason`` and the token counts.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+from medclave.errors import EnclaveError, MedclaveError
+
+ChatMessage = Mapping[str, str]
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    max_tokens: int = 256
+    temperature: float = 1.0
+    top_p: float = 1.0
+    seed: int = 0
+    stop: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Completion:
+    text: str
+    finish_reason: str
+    prompt_tokens: int
+    completion_tokens: int
+
+
+@dataclass(frozen=True)
+class Delta:
+    text: str
+    finish_reason: str | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+    @property
+    def final(self) -> bool:
+        return self.finish_reason is not None
+
+
+@runtime_checkable
+class Engine(Protocol):
+    """An inference engine. Implementations must be safe to call from several threads."""
+
+    name: str
+    build_id: str
+
+    def chat(self, messages: Sequence[ChatMessage], params: SamplingParams) -> Completion: ...
+
+    def chat_stream(self, messages: Sequence[ChatMessage], params: SamplingParams
+                    ) -> Iterator[Delta]: ...
+
+    def complete(self, prompt: str, params: SamplingParams) -> Completion: ...
+
+    def complete_stream(self, prompt: str, params: SamplingParams) -> Iterator[Delta]: ...
+
+    def close(self) -> None: ...
+
+
+def collect(stream: Iterator[Delta]) -> Completion:
+    """A whole completion from a stream (for engines that only stream)."""
+    parts: list[str] = []
+    for delta in stream:
+        parts.append(delta.text)
+        if delta.final:
+            return Completion("".join(parts), delta.finish_reason or "stop",
+                              delta.prompt_tokens, delta.completion_tokens)
+    raise EnclaveError("enclave.engine_failed", "the engine stream ended without a final delta")
+
+
+_END = object()
+
+
+def run_streaming(produce: Callable[[Callable[[Delta], bool]], None]) -> Iterator[Delta]:
+    """Run ``produce(emit)`` on its own thread and yield what it emits.
+
+    The producer holds whatever lock its engine needs for the whole generation, on one thread,
+    so an abandoned or slow consumer never leaves a lock held across threads; ``emit`` returns
+    False once the consumer has gone, and the producer stops at its next token.
+    """
+    items: queue.Queue[object] = queue.Queue()
+    gone = threading.Event()
+
+    def emit(delta: Delta) -> bool:
+        if gone.is_set():
+            return False
+        items.put(delta)
+        return True
+
+    def run() -> None:
+        try:
+            produce(emit)
+        except BaseException as exc:  # handed to the consumer, raised there
+            items.put(exc)
+        finally:
+            items.put(_END)
+
+    threading.Thread(target=run, name="medclave-engine-stream", daemon=True).start()
+    try:
+        while True:
+            item = items.get()
+            if item is _END:
+                return
+            if isinstance(item, MedclaveError):
+                raise item
+            if isinstance(item, BaseException):
+                raise EnclaveError("enclave.engine_failed", repr(item)) from item
+            assert isinstance(item, Delta)
+            yield item
+    finally:
+        gone.set()

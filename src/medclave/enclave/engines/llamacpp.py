@@ -1,0 +1,135 @@
+"""The embedded default engine: llama.cpp through ``llama-cpp-python``, on the CPU.
+
+llama.cpp's context is not thread-safe, so one lock serialises every call; a streamed answer
+holds it for its whole generation on its own thread (:func:`.base.run_streaming`).
+
+The build identifier names the binding's version and a digest of llama.cpp's system info (the
+CPU features its kernels were compiled for and picked): the same weights and seed give the same
+greedy answer only on the same build, which is why attestation and audit both record it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+from medclave.enclave.engines.base import (
+    ChatMessage,
+    Completion,
+    Delta,
+    SamplingParams,
+    run_streaming,
+)
+from medclave.errors import EnclaveError
+
+ENGINE_NAME = "llama.cpp"
+
+
+def llama_build_id() -> str:
+    """``llama-cpp-python/VERSION@sysinfo-HASH``: the binding and what it was compiled for."""
+    import llama_cpp
+
+    info = llama_cpp.llama_print_system_info()
+    raw = info if isinstance(info, bytes) else str(info).encode()
+    return f"llama-cpp-python/{llama_cpp.__version__}@sysinfo-{hashlib.sha256(raw).hexdigest()[:16]}"
+
+
+class LlamaCppEngine:
+    """``LlamaCppEngine(model_path)``: the path may be ``/proc/self/fd/N`` of an unsealed model."""
+
+    name = ENGINE_NAME
+
+    def __init__(self, model_path: str, *, n_ctx: int = 2048, n_threads: int = 2,
+                 seed: int = 0) -> None:
+        import llama_cpp
+
+        try:
+            self._llm = llama_cpp.Llama(model_path=model_path, n_ctx=n_ctx, n_threads=n_threads,
+                                        n_threads_batch=n_threads, seed=seed, verbose=False)
+        except (ValueError, RuntimeError, OSError) as exc:
+            raise EnclaveError("enclave.engine_failed", f"llama.cpp cannot load the model: {exc}"
+                               ) from exc
+        self._lock = threading.Lock()
+        self.n_ctx = n_ctx
+        self.build_id = llama_build_id()
+
+    # --- whole answers -------------------------------------------------------------------------
+
+    def chat(self, messages: Sequence[ChatMessage], params: SamplingParams) -> Completion:
+        with self._lock:
+            plain: Any = [dict(m) for m in messages]
+            out = self._guard(lambda: self._llm.create_chat_completion(
+                messages=plain, stream=False, **_kwargs(params)))
+        return _completion(out, text_of=lambda c: c["message"].get("content") or "")
+
+    def complete(self, prompt: str, params: SamplingParams) -> Completion:
+        with self._lock:
+            out = self._guard(lambda: self._llm.create_completion(
+                prompt=prompt, stream=False, **_kwargs(params)))
+        return _completion(out, text_of=lambda c: c.get("text") or "")
+
+    # --- streams -------------------------------------------------------------------------------
+
+    def chat_stream(self, messages: Sequence[ChatMessage], params: SamplingParams
+                    ) -> Iterator[Delta]:
+        plain: Any = [dict(m) for m in messages]
+        return self._stream(
+            lambda: self._llm.create_chat_completion(messages=plain, stream=True,
+                                                     **_kwargs(params)),
+            lambda choice: choice.get("delta", {}).get("content") or "")
+
+    def complete_stream(self, prompt: str, params: SamplingParams) -> Iterator[Delta]:
+        return self._stream(
+            lambda: self._llm.create_completion(prompt=prompt, stream=True, **_kwargs(params)),
+            lambda choice: choice.get("text") or "")
+
+    def _stream(self, start: Callable[[], Any], text_of: Callable[[dict[str, Any]], str]
+                ) -> Iterator[Delta]:
+        def produce(emit: Callable[[Delta], bool]) -> None:
+            with self._lock:
+                finish = "stop"
+                count = 0
+                for chunk in self._guard(start):
+                    choice = chunk["choices"][0]
+                    text = text_of(choice)
+                    if text:
+                        count += 1
+                        if not emit(Delta(text)):
+                            return
+                    finish = choice.get("finish_reason") or finish
+                # n_tokens is what the context evaluated: the prompt plus all but the last token.
+                prompt_tokens = max(0, int(self._llm.n_tokens) - max(0, count - 1))
+                emit(Delta("", finish, prompt_tokens, count))
+        return run_streaming(produce)
+
+    def _guard(self, call: Callable[[], Any]) -> Any:
+        try:
+            return call()
+        except EnclaveError:
+            raise
+        except (ValueError, RuntimeError) as exc:  # llama-cpp-python's failures (context full)
+            raise EnclaveError("enclave.engine_failed", str(exc)[:200]) from exc
+
+    def close(self) -> None:
+        with self._lock:
+            self._llm.close()
+
+
+def _kwargs(params: SamplingParams) -> dict[str, Any]:
+    return {
+        "max_tokens": params.max_tokens,
+        "temperature": params.temperature,
+        "top_p": params.top_p,
+        "seed": params.seed,
+        "stop": list(params.stop),
+    }
+
+
+def _completion(out: Any, *, text_of: Callable[[dict[str, Any]], str]) -> Completion:
+    choice = out["choices"][0]
+    usage = out.get("usage") or {}
+    return Completion(text=text_of(choice), finish_reason=choice.get("finish_reason") or "stop",
+                      prompt_tokens=int(usage.get("prompt_tokens", 0)),
+                      completion_tokens=int(usage.get("completion_tokens", 0)))

@@ -1,0 +1,70 @@
+"""Serving the enclave with uvicorn: in the foreground (``medclave enclave serve``) or, for tests,
+benchmarks and the demo, in a background thread on a socket it binds itself (port 0: any).
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from types import TracebackType
+
+import uvicorn
+from fastapi import FastAPI
+
+from medclave.enclave.app import create_app
+from medclave.enclave.boot import boot
+from medclave.enclave.settings import EnclaveSettings
+from medclave.errors import EnclaveError
+
+
+def serve(settings: EnclaveSettings) -> None:
+    """Boot, then serve until interrupted; release the model and keys on the way out."""
+    booted = boot(settings)
+    try:
+        uvicorn.run(create_app(booted.service, settings), host=settings.host, port=settings.port,
+                    log_level="info", server_header=False, date_header=False,
+                    access_log=False)
+    finally:
+        booted.close()
+
+
+class BackgroundServer:
+    """``with BackgroundServer(app) as server: httpx.get(server.url + ...)``."""
+
+    def __init__(self, app: FastAPI, *, host: str = "127.0.0.1", port: int = 0,
+                 name: str = "medclave-server") -> None:
+        self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self._sock.bind((host, port))
+        self.host, self.port = self._sock.getsockname()[:2]
+        config = uvicorn.Config(app, log_level="warning", lifespan="on", server_header=False,
+                                date_header=False, access_log=False)
+        self._server = uvicorn.Server(config)
+        self._thread = threading.Thread(target=self._server.run, kwargs={"sockets": [self._sock]},
+                                        name=name, daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def start(self, timeout: float = 15.0) -> BackgroundServer:
+        self._thread.start()
+        deadline = time.monotonic() + timeout
+        while not self._server.started:
+            if not self._thread.is_alive() or time.monotonic() > deadline:
+                raise EnclaveError("enclave.not_ready", "the server did not start")
+            time.sleep(0.01)
+        return self
+
+    def stop(self) -> None:
+        self._server.should_exit = True
+        self._thread.join(timeout=10.0)
+        self._sock.close()
+
+    def __enter__(self) -> BackgroundServer:
+        return self.start()
+
+    def __exit__(self, et: type[BaseException] | None, ev: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.stop()

@@ -1,0 +1,280 @@
+"""Request handling inside the enclave: attest, decapsulate, authorize, infer, audit, encapsulate.
+
+Stateless by design: a prompt and its answer exist only in memory for the life of a request.
+Nothing here logs content: log lines carry the request id, the inner path, sizes, token counts,
+status and timings. Errors inside the encapsulation are answered inside it (the caller, who owns
+the data, gets the detail); only a request that cannot be decapsulated is answered in the clear.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import secrets
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from medclave.crypto import bhttp
+from medclave.crypto.ohttp import decapsulate_request
+from medclave.crypto.ohttp_chunked import ChunkedRequestDecoder, ChunkedResponseEncoder
+from medclave.enclave import openai_api as api
+from medclave.enclave.attester import Platform
+from medclave.enclave.engines.base import Delta, Engine, SamplingParams
+from medclave.enclave.hooks import AuditSink, AuthorizationHook, InferenceRecord, Principal
+from medclave.enclave.keys import KeyRing
+from medclave.errors import EnclaveError, InputError, MedclaveError
+from medclave.protocol import inference as proto
+from medclave.protocol.evidence import EvidenceBundle
+
+log = logging.getLogger("medclave.enclave")
+
+Clock = Callable[[], datetime]
+SERVICE = "medclave-inference/1"
+
+
+@dataclass(frozen=True)
+class EnclaveIdentity:
+    """What the runtime states besides the OHTTP key: fixed for the enclave's life."""
+
+    model_id: str
+    model_digest: str
+    audit_public_key: bytes
+    audit_origin: str
+    policy_digest: str | None
+
+
+@dataclass
+class OuterResponse:
+    """What the router sends: a whole body or a stream of encapsulated bytes."""
+
+    status: int
+    media_type: str
+    body: bytes = b""
+    stream: Iterator[bytes] | None = None
+
+
+@dataclass
+class _Answer:
+    status: int
+    headers: list[tuple[str, str]]
+    body: bytes = b""
+    stream: Iterator[bytes] | None = None
+    trailers: Callable[[], bhttp.Fields] = field(default=lambda: ())
+    tokens: int = 0
+
+
+def _error_answer(rid: str, exc: MedclaveError) -> _Answer:
+    status = exc.status
+    if status >= 500:
+        message = exc.public_message
+        kind = "server_error"
+    else:
+        message = exc.detail
+        kind = ("authentication_error" if status == 401 else
+                "permission_error" if status == 403 else "invalid_request_error")
+    return _Answer(status, [("content-type", "application/json"),
+                            (proto.REQUEST_ID_HEADER, rid)],
+                   proto.openai_error(exc.code, message, kind=kind))
+
+
+class InferenceService:
+    def __init__(self, *, engine: Engine, keys: KeyRing, platform: Platform,
+                 identity: EnclaveIdentity, authorization: AuthorizationHook, audit: AuditSink,
+                 clock: Clock, max_tokens_limit: int = 1024) -> None:
+        self.engine = engine
+        self.keys = keys
+        self.platform = platform
+        self.identity = identity
+        self.authorization = authorization
+        self.audit = audit
+        self._clock = clock
+        self._limit = max_tokens_limit
+        self.started = int(clock().timestamp())
+
+    # --- attestation ---------------------------------------------------------------------------
+
+    def runtime(self) -> dict[str, Any]:
+        ident = self.identity
+        runtime: dict[str, Any] = {
+            "service": SERVICE,
+            "ohttp_key_config": base64.b64encode(self.keys.config.encode()).decode(),
+            "model_id": ident.model_id,
+            "model_digest": ident.model_digest,
+            "engine": self.engine.name,
+            "engine_build": self.engine.build_id,
+            "audit_public_key": base64.b64encode(ident.audit_public_key).decode(),
+            "audit_origin": ident.audit_origin,
+        }
+        if ident.policy_digest:
+            runtime["policy_digest"] = ident.policy_digest
+        return runtime
+
+    def attest(self, nonce: bytes) -> EvidenceBundle:
+        return self.platform.attester(nonce, self.runtime())
+
+    # --- the OHTTP door --------------------------------------------------------------------------
+
+    def handle(self, body: bytes, content_type: str) -> OuterResponse:
+        media = content_type.split(";", 1)[0].strip().lower()
+        rid = secrets.token_hex(12)
+        started = time.perf_counter()
+        if media == proto.OHTTP_REQUEST:
+            plaintext, context = decapsulate_request(self.keys.usable(), body,
+                                                     max_size=proto.MAX_OUTER_REQUEST)
+            answer = self._process(rid, plaintext, streaming=False)
+            inner = bhttp.Response(answer.status, tuple(answer.headers), answer.body).encode()
+            sealed = context.encapsulate(inner)
+            self._log(rid, answer, len(body), len(sealed), started)
+            return OuterResponse(200, proto.OHTTP_RESPONSE, sealed)
+        if media == proto.CHUNKED_REQUEST:
+            decoder = ChunkedRequestDecoder(self.keys.usable())
+            plaintext = b"".join(decoder.feed(body, end=True))
+            encoder = decoder.response_encoder()
+            answer = self._process(rid, plaintext, streaming=True)
+            return OuterResponse(200, proto.CHUNKED_RESPONSE,
+                                 stream=self._chunked(rid, answer, encoder, len(body), started))
+        raise InputError("input.unrecognized",
+                         f"send {proto.OHTTP_REQUEST} or {proto.CHUNKED_REQUEST}")
+
+    def _chunked(self, rid: str, answer: _Answer, encoder: ChunkedResponseEncoder,
+                 size_in: int, started: float) -> Iterator[bytes]:
+        sent = 0
+        try:
+            if answer.stream is None:
+                whole = bhttp.Response(answer.status, tuple(answer.headers), answer.body)
+                out = encoder.final(whole.encode(indeterminate=True))
+                sent += len(out)
+                yield out
+                return
+            head = encoder.write(bhttp.response_head(answer.status, tuple(answer.headers)))
+            sent += len(head)
+            yield head
+            for piece in answer.stream:
+                out = encoder.write(bhttp.content_chunk(piece))
+                sent += len(out)
+                yield out
+            out = encoder.final(bhttp.response_end(answer.trailers()))
+            sent += len(out)
+            yield out
+        finally:
+            self._log(rid, answer, size_in, sent, started)
+
+    def _log(self, rid: str, answer: _Answer, size_in: int, size_out: int, started: float) -> None:
+        log.info("request %s status=%d in=%dB out=%dB tokens=%d ms=%.1f", rid, answer.status,
+                 size_in, size_out, answer.tokens, (time.perf_counter() - started) * 1000)
+
+    # --- inside the encapsulation --------------------------------------------------------------
+
+    def _process(self, rid: str, plaintext: bytes, *, streaming: bool) -> _Answer:
+        try:
+            request = proto.decode_inner_request(plaintext)
+            expected = proto.INNER_PATHS.get(request.path)
+            if expected is None:
+                return _error_answer(rid, EnclaveError("enclave.bad_request",
+                                                       f"no route {request.path}"))
+            if request.method != expected:
+                return _error_answer(rid, EnclaveError("enclave.bad_request",
+                                                       f"{request.path} takes {expected}"))
+            # The door: nothing below runs for a caller the hook refuses.
+            principal = self.authorization.authorize(request)
+            if request.path == proto.MODELS_PATH:
+                body = api.models_answer(self.identity.model_id, self.started,
+                                         self.identity.model_digest)
+                return self._json(rid, body)
+            chat = request.path == proto.CHAT_PATH
+            parsed = api.parse_request(api.ChatRequest if chat else api.CompletionRequest,
+                                       request.json())
+            if parsed.model not in (None, self.identity.model_id):
+                raise EnclaveError("enclave.bad_request",
+                                   f"model {parsed.model!r} is not served here; "
+                                   f"use {self.identity.model_id!r}")
+            params = api.sampling(parsed, limit=self._limit,
+                                  default_seed=secrets.randbelow(2**31))
+            if parsed.stream and not streaming:
+                raise EnclaveError("enclave.bad_request",
+                                   f"stream: true needs {proto.CHUNKED_REQUEST}")
+            return self._infer(rid, principal, parsed, params)
+        except MedclaveError as exc:
+            return _error_answer(rid, exc)
+        except Exception as exc:  # never let content-bearing detail reach a log line
+            log.error("request %s failed: %s", rid, type(exc).__name__)
+            return _error_answer(rid, EnclaveError("internal"))
+
+    def _json(self, rid: str, body: dict[str, Any], *, receipt: bytes | None = None,
+              tokens: int = 0) -> _Answer:
+        headers = [("content-type", "application/json"), (proto.REQUEST_ID_HEADER, rid)]
+        if receipt is not None:
+            headers.append((proto.RECEIPT_HEADER, proto.encode_receipt_header(receipt)))
+        return _Answer(200, headers, json.dumps(body, separators=(",", ":")).encode(),
+                       tokens=tokens)
+
+    def _infer(self, rid: str, principal: Principal,
+               parsed: api.ChatRequest | api.CompletionRequest, params: SamplingParams
+               ) -> _Answer:
+        created = int(self._clock().timestamp())
+        model = self.identity.model_id
+        if isinstance(parsed, api.ChatRequest):
+            messages = api.messages_of(parsed)
+            prompt = api.prompt_commitment_bytes(messages)
+            if parsed.stream:
+                return self._stream(rid, principal, prompt, params, True, created,
+                                    self.engine.chat_stream(messages, params), parsed)
+            completion = self.engine.chat(messages, params)
+            body = api.chat_answer(rid, created, model, completion)
+        else:
+            text = parsed.text()
+            prompt = api.prompt_commitment_bytes(text)
+            if parsed.stream:
+                return self._stream(rid, principal, prompt, params, False, created,
+                                    self.engine.complete_stream(text, params), parsed)
+            completion = self.engine.complete(text, params)
+            body = api.completion_answer(rid, created, model, completion)
+        receipt = self._record(rid, principal, prompt, completion.text, params)
+        return self._json(rid, body, receipt=receipt, tokens=completion.completion_tokens)
+
+    def _record(self, rid: str, principal: Principal, prompt: bytes, answer: str | None,
+                params: SamplingParams) -> bytes | None:
+        record = InferenceRecord(rid, self._clock(), principal, prompt, answer, params)
+        try:
+            return self.audit.record(record)
+        except MedclaveError as exc:
+            # No answer leaves unrecorded; the caller sees a server error, the log the code.
+            log.error("request %s audit failed: %s", rid, exc.code)
+            raise EnclaveError("internal", "the audit log refused the record") from None
+
+    def _stream(self, rid: str, principal: Principal, prompt: bytes, params: SamplingParams,
+                chat: bool, created: int, deltas: Iterator[Delta],
+                parsed: api.ChatRequest | api.CompletionRequest) -> _Answer:
+        include_usage = bool(parsed.stream_options and parsed.stream_options.include_usage)
+        shaper = api.ChunkShaper(chat, rid, created, self.identity.model_id, include_usage)
+        trailers: list[tuple[str, str]] = []
+        answer = _Answer(200, [("content-type", "text/event-stream"),
+                               (proto.REQUEST_ID_HEADER, rid)], trailers=lambda: tuple(trailers))
+
+        def events() -> Iterator[bytes]:
+            parts: list[str] = []
+            first = shaper.first()
+            if first:
+                yield first
+            try:
+                for delta in deltas:
+                    parts.append(delta.text)
+                    if delta.final:
+                        answer.tokens = delta.completion_tokens
+                    yield shaper.delta(delta)
+            except MedclaveError as exc:
+                log.error("request %s engine failed: %s", rid, exc.code)
+                yield shaper.error(exc.code, exc.public_message)
+                trailers.append(("medclave-error", exc.code))
+                return
+            receipt = self._record(rid, principal, prompt, "".join(parts), params)
+            if receipt is not None:
+                trailers.append((proto.RECEIPT_HEADER, proto.encode_receipt_header(receipt)))
+            yield shaper.done()
+
+        answer.stream = events()
+        return answer

@@ -1,0 +1,75 @@
+"""The enclave server's configuration: one pydantic-settings model, ``MEDCLAVE_ENCLAVE_*``.
+
+Where the model comes from, in order: ``sealed_model`` (a sealed folder whose key the broker at
+``kbs_url`` releases on attestation: the production path), else ``model_path`` (a plain GGUF,
+for development: the operator can read it), else the bundled default model (plain, public).
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from medclave.enclave.model import DEFAULT_MODEL_ID
+
+
+class EnclaveSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="MEDCLAVE_ENCLAVE_", extra="forbid",
+                                      frozen=True)
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=8443, ge=0, le=65535)
+    data_dir: Path = Path("medclave-enclave")
+
+    # --- attestation ----------------------------------------------------------------------
+    # auto: the TEE this machine has (configfs-tsm, /dev/sev-guest); sim: the software stand-in
+    # for development, which protects nothing.
+    platform: Literal["auto", "sim"] = "auto"
+    # sim only: report this measurement (hex SHA-384) instead of the code measurement.
+    sim_measurement: str | None = Field(default=None, pattern=r"^[0-9a-f]{96}$")
+
+    # --- model and engine -----------------------------------------------------------------
+    sealed_model: Path | None = None
+    kbs_url: str | None = None
+    requester: str | None = Field(default=None, max_length=256)  # runtime["requester"] for KBS
+    model_path: Path | None = None
+    model_sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
+    model_id: str = Field(default=DEFAULT_MODEL_ID, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}$")
+    engine: Literal["llama.cpp", "openai-compatible"] = "llama.cpp"
+    engine_url: str | None = None  # openai-compatible: e.g. http://127.0.0.1:8000 (vLLM)
+    engine_build: str | None = None
+    n_ctx: int = Field(default=2048, ge=128, le=131072)
+    n_threads: int = Field(default=2, ge=1, le=256)
+    seed: int = Field(default=0, ge=0, le=2**31 - 1)
+    max_tokens_limit: int = Field(default=1024, ge=1, le=131072)
+
+    # --- OHTTP keys -----------------------------------------------------------------------
+    key_rotation_seconds: int | None = Field(default=None, ge=60)
+    key_grace_seconds: int = Field(default=300, ge=0, le=86400)
+
+    # --- authorization at the door (the identity issue) -------------------------------------
+    auth_issuer: str | None = None
+    auth_jwks_file: Path | None = None
+    auth_jwks_url: str | None = None
+    auth_audience: str = "medclave"
+    auth_tenants: tuple[str, ...] = ()  # tenants this deployment serves (empty: the issuer's)
+    auth_roles: tuple[str, ...] = ("clinician",)  # roles that may call the model
+    auth_policies_dir: Path | None = None  # Cedar policies (default: the bundled ones)
+    # Development only: accept requests without a token. Logged loudly, refused with a real TEE.
+    insecure_no_auth: bool = False
+
+    # --- audit --------------------------------------------------------------------------
+    audit_store: Literal["sqlite", "memory"] = "sqlite"
+    audit_origin: str | None = None
+
+    max_request_bytes: int = Field(default=2 * 1024 * 1024, ge=1024)
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> EnclaveSettings:
+    """The process's settings (from the environment); tests override this dependency."""
+    return EnclaveSettings()

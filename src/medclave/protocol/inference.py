@@ -1,0 +1,228 @@
+"""The inference wire protocol between the client (SDK, proxy) and the enclave, version 1.
+
+Outside, the operator's network sees two endpoints and nothing else:
+
+* ``GET /v1/attestation?nonce=HEX`` answers an :class:`~medclave.protocol.evidence.EvidenceBundle`
+  whose ``runtime`` (:class:`EnclaveRuntime`) carries the OHTTP key configuration, the model
+  digest, the engine and its build, the audit key and the authorization policy digest; the
+  hardware report_data binds all of it together with the client's nonce.
+* ``POST /v1/ohttp`` carries an Oblivious HTTP request (RFC 9458, ``message/ohttp-req``) or a
+  chunked one (draft-ietf-ohai-chunked-ohttp, ``message/ohttp-chunked-req``) for streamed answers.
+
+Inside the encapsulation is a Binary HTTP request (RFC 9292) for the OpenAI-compatible API:
+``POST /v1/chat/completions``, ``POST /v1/completions``, ``GET /v1/models``, with the caller's
+``authorization: Bearer ...`` header and a JSON body. The answer is a Binary HTTP response: JSON,
+or for ``stream: true`` server-sent events in indeterminate-length content whose trailer carries
+the audit receipt. Errors that can be encrypted are: only failures to decapsulate are answered in
+the clear (they reveal nothing the operator did not send).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from dataclasses import dataclass
+from typing import Any, Final
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from medclave.crypto import bhttp
+from medclave.crypto.ohttp import REQUEST_MEDIA_TYPE as OHTTP_REQUEST
+from medclave.crypto.ohttp import RESPONSE_MEDIA_TYPE as OHTTP_RESPONSE
+from medclave.crypto.ohttp import KeyConfig
+from medclave.crypto.ohttp_chunked import REQUEST_MEDIA_TYPE as CHUNKED_REQUEST
+from medclave.crypto.ohttp_chunked import RESPONSE_MEDIA_TYPE as CHUNKED_RESPONSE
+from medclave.errors import AttestationError, CryptoError, InputError
+
+__all__ = [
+    "ATTESTATION_PATH",
+    "CHUNKED_REQUEST",
+    "CHUNKED_RESPONSE",
+    "INNER_PATHS",
+    "OHTTP_PATH",
+    "OHTTP_REQUEST",
+    "OHTTP_RESPONSE",
+    "RECEIPT_HEADER",
+    "REQUEST_ID_HEADER",
+    "EnclaveRuntime",
+    "InnerRequest",
+    "decode_inner_request",
+    "decode_receipt_header",
+    "encode_inner_request",
+    "encode_receipt_header",
+    "openai_error",
+]
+
+VERSION: Final = 1
+ATTESTATION_PATH: Final = "/v1/attestation"
+OHTTP_PATH: Final = "/v1/ohttp"
+EVIDENCE_MEDIA_TYPE: Final = "application/vnd.medclave.evidence+json"
+
+# The inner request names the enclave, not a host the operator routes: one fixed authority, so
+# the encapsulated bytes reveal nothing about where the client thinks it is connected.
+INNER_SCHEME: Final = "https"
+INNER_AUTHORITY: Final = "enclave"
+CHAT_PATH: Final = "/v1/chat/completions"
+COMPLETIONS_PATH: Final = "/v1/completions"
+MODELS_PATH: Final = "/v1/models"
+INNER_PATHS: Final = {CHAT_PATH: "POST", COMPLETIONS_PATH: "POST", MODELS_PATH: "GET"}
+
+RECEIPT_HEADER: Final = "medclave-receipt"  # base64url of the audit receipt JSON
+REQUEST_ID_HEADER: Final = "x-request-id"
+
+MAX_NONCE_BYTES: Final = 64
+MIN_NONCE_BYTES: Final = 16
+MAX_INNER_BODY: Final = 1024 * 1024
+MAX_OUTER_REQUEST: Final = MAX_INNER_BODY + 64 * 1024
+# Inner requests carry a handful of headers; a tight bound keeps a hostile request small.
+INNER_LIMITS: Final = bhttp.Limits(max_message=MAX_OUTER_REQUEST, max_fields=64,
+                                   max_field_section=16 * 1024)
+_FORWARDED_HEADERS: Final = ("authorization", "content-type", "dpop", "accept")
+
+
+class EnclaveRuntime(BaseModel):
+    """The typed view of ``runtime`` for an inference enclave: every field is required.
+
+    ``runtime`` itself stays plain JSON in the bundle (its canonical form is what report_data
+    binds); this model only reads it.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    ohttp_key_config: str = Field(max_length=4096)
+    model_digest: str = Field(pattern=r"^[0-9a-f]{64}$")
+    model_id: str = Field(max_length=128)
+    engine: str = Field(max_length=64)
+    engine_build: str = Field(max_length=128)
+    audit_public_key: str = Field(max_length=128)
+    audit_origin: str = Field(max_length=256)
+    policy_digest: str | None = Field(default=None, max_length=128)
+
+    @classmethod
+    def from_runtime(cls, runtime: dict[str, Any]) -> EnclaveRuntime:
+        try:
+            return cls.model_validate(runtime)
+        except ValueError as exc:
+            raise AttestationError(
+                "attestation.malformed", "the runtime lacks an inference enclave's fields"
+            ) from exc
+
+    def key_config(self) -> KeyConfig:
+        """The pinned OHTTP key configuration (raises ``attestation.malformed``)."""
+        try:
+            config = KeyConfig.decode(base64.b64decode(self.ohttp_key_config, validate=True))
+        except (binascii.Error, ValueError, CryptoError) as exc:
+            raise AttestationError(
+                "attestation.malformed", "runtime.ohttp_key_config is not a key configuration"
+            ) from exc
+        if not config.supports():
+            raise AttestationError(
+                "attestation.malformed", "runtime.ohttp_key_config offers no supported suite"
+            )
+        return config
+
+    def audit_key(self) -> bytes:
+        try:
+            raw = base64.b64decode(self.audit_public_key, validate=True)
+        except (binascii.Error, ValueError) as exc:
+            raise AttestationError("attestation.malformed", "audit key is not base64") from exc
+        if len(raw) != 32:
+            raise AttestationError("attestation.malformed", "audit key is not an Ed25519 key")
+        return raw
+
+
+def parse_nonce(text: str) -> bytes:
+    """A client nonce from its hex form: 16..64 bytes (report_data hashes it, any size fits)."""
+    if len(text) > 2 * MAX_NONCE_BYTES:
+        raise InputError("input.malformed", "the nonce is 16 to 64 bytes of hex")
+    try:
+        nonce = bytes.fromhex(text)
+    except ValueError as exc:
+        raise InputError("input.malformed", "the nonce is 16 to 64 bytes of hex") from exc
+    if not MIN_NONCE_BYTES <= len(nonce) <= MAX_NONCE_BYTES or text != nonce.hex():
+        raise InputError("input.malformed", "the nonce is 16 to 64 bytes of lower-case hex")
+    return nonce
+
+
+@dataclass(frozen=True)
+class InnerRequest:
+    """What the enclave acts on, once decapsulated: never logged, never written."""
+
+    method: str
+    path: str
+    headers: tuple[tuple[str, str], ...]
+    body: bytes
+
+    def header(self, name: str) -> str | None:
+        wanted = name.lower()
+        return next((v for k, v in self.headers if k == wanted), None)
+
+    def header_map(self) -> dict[str, str]:
+        """Headers as a mapping; a repeated header keeps all values joined (RFC 9110 §5.3),
+        which makes a doubled ``authorization`` fail to parse instead of picking one."""
+        out: dict[str, str] = {}
+        for k, v in self.headers:
+            out[k] = f"{out[k]}, {v}" if k in out else v
+        return out
+
+    def json(self) -> Any:
+        try:
+            return json.loads(self.body.decode("utf-8"))
+        except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+            raise InputError("input.malformed", "the request body is not JSON") from exc
+
+
+def encode_inner_request(
+    method: str,
+    path: str,
+    *,
+    body: bytes = b"",
+    authorization: str | None = None,
+    extra_headers: tuple[tuple[str, str], ...] = (),
+) -> bytes:
+    """The Binary HTTP request the client encapsulates."""
+    if len(body) > MAX_INNER_BODY:
+        raise InputError("input.too_large", f"request body over {MAX_INNER_BODY} bytes")
+    headers: list[tuple[str, str]] = []
+    if authorization:
+        headers.append(("authorization", authorization))
+    if body:
+        headers.append(("content-type", "application/json"))
+    headers.extend((k.lower(), v) for k, v in extra_headers)
+    request = bhttp.Request(method, INNER_SCHEME, INNER_AUTHORITY, path, tuple(headers), body)
+    return request.encode()
+
+
+def decode_inner_request(data: bytes) -> InnerRequest:
+    """Parse and check a decapsulated request: a known path and method, bounded sizes.
+
+    Raises ``protocol.bad_message`` (framing), ``input.too_large`` or ``enclave.bad_request``
+    is left to the server (an unknown path is answered with an encapsulated 404).
+    """
+    request = bhttp.decode_request(data, INNER_LIMITS)
+    if len(request.content) > MAX_INNER_BODY:
+        raise InputError("input.too_large", f"request body over {MAX_INNER_BODY} bytes")
+    path = request.path.split("?", 1)[0]
+    headers = tuple((k, v) for k, v in request.headers if k in _FORWARDED_HEADERS)
+    return InnerRequest(request.method.upper(), path, headers, request.content)
+
+
+def openai_error(code: str, message: str, *, kind: str = "invalid_request_error") -> bytes:
+    """An error body in the OpenAI shape (``openai`` raises typed errors from it), with the
+    Medclave code as ``code`` so scripts can rely on it."""
+    body = {"error": {"message": message, "type": kind, "param": None, "code": code}}
+    return json.dumps(body, separators=(",", ":")).encode()
+
+
+def encode_receipt_header(receipt_json: bytes) -> str:
+    return base64.urlsafe_b64encode(receipt_json).rstrip(b"=").decode()
+
+
+def decode_receipt_header(value: str, *, max_bytes: int = 64 * 1024) -> bytes:
+    if len(value) > max_bytes * 4 // 3 + 4:
+        raise InputError("input.too_large", "receipt header too large")
+    try:
+        return base64.urlsafe_b64decode(value + "=" * (-len(value) % 4))
+    except (binascii.Error, ValueError) as exc:
+        raise InputError("input.malformed", "receipt header is not base64url") from exc
