@@ -102,6 +102,7 @@ def _rate(n: int, seconds: float) -> str:
 
 
 def _baseline_inserts(path: Path, rows: list[list[bytes]]) -> float:
+    """Seconds to insert ``rows`` into a bare table, one transaction per batch."""
     db = sqlite3.connect(path, isolation_level=None)
     db.execute("PRAGMA journal_mode=WAL")
     db.execute("PRAGMA synchronous=FULL")
@@ -156,13 +157,20 @@ def main(argv: list[str] | None = None) -> None:
         d = Path(tmp)
         batches = [entries.batch(i, BATCH) for i in range(0, n_append, BATCH)]
         n = sum(len(b) for b in batches)
-        base = _baseline_inserts(d / "base.db", batches)
-        rows.append(("sqlite insert (baseline)", _rate(n, base), "1.00", f"{n:,} rows"))
-        for label, per_second in (("append, checkpoint/batch", False),
-                                  ("append, checkpoint/second", True)):
-            elapsed, signed = _appends(d / f"log-{per_second}.db", batches, per_second)
+        # fsync latency on a shared disk is noisy: each append figure is the best of 3 runs,
+        # interleaved with the baseline's runs so both see the same disk.
+        runs: dict[str, list[tuple[float, int]]] = {"base": [], "batch": [], "second": []}
+        for k in range(3):
+            runs["base"].append((_baseline_inserts(d / f"base{k}.db", batches), 0))
+            runs["batch"].append(_appends(d / f"batch{k}.db", batches, False))
+            runs["second"].append(_appends(d / f"second{k}.db", batches, True))
+        base = min(runs["base"])[0]
+        rows.append(("sqlite insert (baseline)", _rate(n, base), "1.00", f"{n:,} rows, best of 3"))
+        for label, key in (("append, checkpoint/batch", "batch"),
+                           ("append, checkpoint/second", "second")):
+            elapsed, signed = min(runs[key])
             rows.append((label, _rate(n, elapsed), f"{base / elapsed:.2f}",
-                         f"{signed} checkpoints in {elapsed:.1f}s"))
+                         f"{signed} checkpoints in {elapsed:.1f}s, best of 3"))
         flat = [e for b in batches for e in b]
         glog = AuditLog.open_sqlite(d / "group.db", origin=ORIGIN,
                                     signer=NoteSigner.generate(ORIGIN))

@@ -156,3 +156,19 @@ def test_a_failed_batch_fails_its_callers_only(log_signer: NoteSigner) -> None:
         log.append(make_entry(0))
     assert err.value.code == "internal" and log.size == 0
     assert log.append(make_entry(1)) == 0  # the next batch goes through
+
+
+def test_group_commit_when_the_queue_outgrows_a_batch(
+    log_signer: NoteSigner, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Batches of at most 3: a leader whose own entry did not fit hands over and waits."""
+    import medclave.audit.log as log_module
+
+    monkeypatch.setattr(log_module, "MAX_BATCH", 3)
+    log = AuditLog(MemoryStore(), origin=ORIGIN, signer=log_signer)
+    data = [make_entry(i).to_bytes() for i in range(300)]
+    with ThreadPoolExecutor(max_workers=32) as pool:
+        indices = list(pool.map(log.append, data))
+    assert sorted(indices) == list(range(300))
+    assert all(log.entry(i) == d for i, d in zip(indices, data, strict=True))
+    assert verify_log(log.store, log_signer.verifier).size == 300

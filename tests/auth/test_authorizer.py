@@ -8,6 +8,8 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from medclave.auth.authorizer import Authorizer, DecisionRecord, load_policies
 from medclave.auth.entities import (
@@ -22,7 +24,7 @@ from medclave.auth.entities import (
     User,
 )
 from medclave.auth.tokens import Identity
-from medclave.errors import AuthError, InputError
+from medclave.errors import AuthError, InputError, MedclaveError
 from tests.auth._helpers import NOW
 
 A, B = "st-mary", "northside"
@@ -355,3 +357,66 @@ def test_entities_must_match_the_schema(authorizer: Authorizer) -> None:
         EntityStore([bad], schema=authorizer.policies.schema)
     with pytest.raises(InputError):
         EntityStore([Tenant(id=A), Tenant(id=A)], schema=authorizer.policies.schema)
+
+
+def test_slices_decide_exactly_as_the_whole_directory(authorizer: Authorizer, store: EntityStore) -> None:
+    # keep_parsed_limit=0 forces every request onto a slice of the directory.
+    sliced = EntityStore(WORLD, schema=authorizer.policies.schema, keep_parsed_limit=0)
+    for user in USERS.values():
+        for principal in (
+            user.uid,
+            identity(user.id, user.tenant, *user.roles),
+            identity(user.id, A, "clinician"),
+        ):
+            for relationship in RESOURCES.values():
+                for action, resource in relationship.items():
+                    whole = authorizer.decide(principal, action, resource, entities=store, now=NOW)
+                    part = authorizer.decide(principal, action, resource, entities=sliced, now=NOW)
+                    assert whole == part, (principal, action, resource)
+
+
+def test_extended_store(authorizer: Authorizer, store: EntityStore) -> None:
+    new = Document(id="d-late", tenant=A, patient="p1", category="11506-3")
+    bigger = store.extended([new])
+    assert len(bigger) == len(store) + 1
+    assert authorizer.decide(USERS["clinician"].uid, "retrieve", new.uid, entities=bigger, now=NOW).allowed
+    with pytest.raises(InputError):
+        bigger.extended([new])
+
+
+_json = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=12),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3),
+    max_leaves=12,
+)
+_uids = st.one_of(
+    st.sampled_from(['User::"u-clin"', 'Document::"d1"', 'Patient::"p1"', 'Tenant::"x"', "junk", ""]),
+    _json,
+)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    principal=_uids,
+    action=st.one_of(st.sampled_from(['Action::"retrieve"', "infer", 'Action::"nope"']), _json),
+    resource=_uids,
+    context=st.one_of(
+        _json, st.dictionaries(st.sampled_from(["now", "break_glass", "x"]), _json, max_size=2)
+    ),
+)
+def test_random_requests_never_crash_or_allow_oddities(
+    authorizer: Authorizer,
+    store: EntityStore,
+    principal: object,
+    action: object,
+    resource: object,
+    context: object,
+) -> None:
+    request = {"principal": principal, "action": action, "resource": resource, "context": context}
+    try:
+        decision = authorizer.evaluate(request, store)
+    except MedclaveError:
+        return
+    if decision.allowed:
+        # Only a well-formed request naming the world's entities can be allowed.
+        assert decision.reasons and not decision.errors

@@ -8,6 +8,7 @@ platform rule tables whose mistyped booleans silently turned a check off.
 
 from __future__ import annotations
 
+import base64
 import json
 import struct
 from datetime import UTC, datetime, timedelta
@@ -50,7 +51,7 @@ def _cert(cn: str | x509.Name, key: ec.EllipticCurvePrivateKey, issuer: str | x5
           issuer_key: ec.EllipticCurvePrivateKey, *, ca: bool | None,
           path_length: int | None = None, key_cert_sign: bool | None = None,
           extensions: tuple[x509.ExtensionType, ...] = (),
-          hash_alg: hashes.HashAlgorithm | None = None) -> x509.Certificate:
+          hash_alg: hashes.SHA256 | hashes.SHA384 | None = None) -> x509.Certificate:
     subject = _name(cn) if isinstance(cn, str) else cn
     issuer_name = _name(issuer) if isinstance(issuer, str) else issuer
     builder = (x509.CertificateBuilder().subject_name(subject).issuer_name(issuer_name)
@@ -279,7 +280,7 @@ def test_mistyped_platform_rules_are_refused_at_load(table: bytes) -> None:
 def test_well_typed_platform_rules_still_load_and_apply() -> None:
     policy = parse_policy(b'platforms = ["sev-snp"]\n[platform.sev-snp.rules]\nallow_smt = false\n'
                           b'vmpls = [0]\nmin_tcb = {snp = 8}\nmeasurements = ["AA"]')
-    claims = {"debug": False, "policy_bits": {"migrate_ma": False}, "vmpl": 0,
+    claims: dict[str, Any] = {"debug": False, "policy_bits": {"migrate_ma": False}, "vmpl": 0,
               "platform_info_bits": {"smt_enabled": True}, "measurement": "aa",
               "reported_tcb_parts": {"snp": 8}}
     result = evaluate(_snp(**claims), policy, now=NOW)
@@ -301,7 +302,7 @@ def test_invalid_certificate_version_is_a_malformed_error() -> None:
     from medclave.attestation.x509chain import load_certificates
 
     der = _bad_version_der()
-    pem = (b"-----BEGIN CERTIFICATE-----\n" + __import__("base64").encodebytes(der)
+    pem = (b"-----BEGIN CERTIFICATE-----\n" + base64.encodebytes(der)
            + b"-----END CERTIFICATE-----\n")
     for blob in (der, pem):
         with pytest.raises(AttestationError) as info:
@@ -310,8 +311,6 @@ def test_invalid_certificate_version_is_a_malformed_error() -> None:
 
 
 def test_invalid_certificate_version_in_a_rim_is_a_rim_error() -> None:
-    import base64
-
     from medclave.attestation.nvidia import rim
 
     cert = base64.b64encode(_bad_version_der()).decode()
@@ -322,3 +321,65 @@ def test_invalid_certificate_version_in_a_rim_is_a_rim_error() -> None:
     with pytest.raises(AttestationError) as info:
         rim.verify_rim(doc, now=NOW)
     assert info.value.code == "attestation.rim_invalid"
+
+
+def test_invalid_crl_version_is_a_malformed_error() -> None:
+    from medclave.attestation.x509chain import load_crl
+
+    key = _key()
+    der = (x509.CertificateRevocationListBuilder().issuer_name(_name("CA"))
+           .last_update(_FROM).next_update(_TO).sign(key, hashes.SHA256())
+           .public_bytes(serialization.Encoding.DER))
+    version = bytes.fromhex("020101")  # INTEGER 1 (v2), the first element of TBSCertList
+    assert der.count(version) == 1
+    with pytest.raises(AttestationError) as info:
+        load_crl(der.replace(version, bytes.fromhex("020111")))
+    assert info.value.code == "attestation.malformed"
+
+
+# --- TDX without QE identity collateral: the QE must still be Intel's -------------------------
+
+
+def _with_qe_field(report: bytes, offset: int, value: bytes) -> bytes:
+    return report[:offset] + value + report[offset + len(value):]
+
+
+@pytest.mark.vectors
+@pytest.mark.parametrize("offset,value", [
+    (128, bytes(range(32))),  # MRSIGNER: an enclave the operator signed and launched (FLC)
+    (256, b"\x01\x00"),  # ISVPRODID: Intel's SGX QE, not the TD QE
+    (48, b"\x17"),  # ATTRIBUTES.DEBUG: a debug QE whose attestation key the host can read
+])
+def test_tdx_quote_from_a_rogue_quoting_enclave_is_refused(vectors: Path, offset: int,
+                                                           value: bytes) -> None:
+    """The PCE certifies any enclave the platform owner grants PROVISIONKEY (flexible launch
+    control), so the PCK signature alone does not show the QE is Intel's; the QE identity does.
+    Without QE identity collateral, Intel's TD QE identity (MRSIGNER, ISVPRODID 2, no DEBUG) is
+    required as a pin."""
+    pki = ForgePki()
+    real = (vectors / "tdx" / T7).read_bytes()
+    report = tdx_abi.parse_quote(real).qe_report.raw
+    honest, _ = pki.reissue(real)
+    opts = VerifyOptions(now=T7_TIME, trusted_roots=pki.roots)
+    assert tdx.verify(honest, opts).tcb_status == "unknown"
+    rogue, _ = pki.reissue(real, qe_report=_with_qe_field(report, offset, value))
+    with pytest.raises(AttestationError) as info:
+        tdx.verify(rogue, opts)
+    assert info.value.code == "attestation.qe_identity_mismatch"
+
+
+# --- deeply nested JSON/TOML is a refusal, not a RecursionError ------------------------------
+
+
+def test_deeply_nested_input_is_refused_with_a_medclave_error() -> None:
+    from medclave.attestation.verifier import detect
+    from medclave.errors import MedclaveError
+
+    deep = b"[" * 100_000
+    # A bundle-shaped document that is too deep is simply not a bundle (and no evidence either).
+    with pytest.raises(MedclaveError):
+        detect(b'{"platform": "sim", "evidence": "", "runtime": ' + deep)
+    for text in (b'{"platforms": ' + deep, b"platforms = " + deep):
+        with pytest.raises(PolicyError) as info:
+            parse_policy(text)
+        assert info.value.code == "policy.invalid"

@@ -8,8 +8,12 @@ QE identity, NVIDIA version ordering and RIM coverage). Lists in TOML become fro
 from __future__ import annotations
 
 import dataclasses
+import functools
+import typing
 from collections.abc import Mapping
 from typing import Any
+
+from pydantic import TypeAdapter, ValidationError
 
 from medclave.attestation.core import Violation
 
@@ -22,12 +26,26 @@ def _as_frozen(value: Any) -> Any:
     return value
 
 
+@functools.cache
+def _field_adapters(cls: Any) -> dict[str, TypeAdapter[Any]]:
+    hints = typing.get_type_hints(cls)
+    return {f.name: TypeAdapter(hints[f.name]) for f in dataclasses.fields(cls)}
+
+
 def _dataclass_rules(cls: Any, raw: Mapping[str, Any]) -> Any:
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(raw) - names)
+    adapters = _field_adapters(cls)
+    unknown = sorted(set(raw) - set(adapters))
     if unknown:
         raise ValueError(f"unknown {cls.__name__} fields {unknown}")
-    return cls(**{k: _as_frozen(v) for k, v in raw.items()})
+    # Strict types: the dataclasses do not check their fields, and a TOML string where a boolean
+    # belongs ("false") is truthy, which would turn a rule such as allow_smt off without a word.
+    values: dict[str, Any] = {}
+    for name, value in raw.items():
+        try:
+            values[name] = adapters[name].validate_python(_as_frozen(value), strict=True)
+        except ValidationError as exc:
+            raise ValueError(f"{cls.__name__}.{name}: {exc.errors()[0]['msg']}") from None
+    return cls(**values)
 
 
 def build(platform: str, raw: Mapping[str, Any]) -> Any:

@@ -124,7 +124,7 @@ def parse_policy(data: bytes, *, fmt: str | None = None) -> AppraisalPolicy:
             raw = json.loads(text)
         else:
             raw = tomllib.loads(text)
-    except (UnicodeDecodeError, ValueError) as exc:
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise PolicyError("policy.invalid", f"not valid TOML or JSON: {exc}") from exc
     if not isinstance(raw, dict):
         raise PolicyError("policy.invalid", "a policy is an object")
@@ -202,6 +202,12 @@ def evaluate(
         why = "sim is not a TEE and protects nothing" if verification.platform == "sim" else ""
         v.append(Violation("policy.platform_not_allowed", "platform",
                            f"{verification.platform} not in {list(policy.platforms)} {why}".strip()))
+    elif not verification.secure and verification.platform != "sim":
+        # Verified, but to a root the caller supplied (trusted_roots), not the vendor's: naming
+        # a real platform accepts that vendor's hardware, never a chain some config pinned.
+        v.append(Violation("policy.platform_not_allowed", "hardware",
+                           f"{verification.platform} evidence does not chain to the vendor's "
+                           "root: not genuine hardware"))
     status["hardware"] = "affirming" if verification.secure else "contraindicated"
 
     debug = _debug_of(claims)
@@ -249,11 +255,24 @@ def evaluate(
         else:
             status["sourced-data"] = "affirming"
 
-    if policy.max_evidence_age_seconds is not None and evidence_time is not None:
-        age = (now - evidence_time).total_seconds()
-        if age > policy.max_evidence_age_seconds or age < -60:
+    if policy.require_gpu and verification.platform != "nvidia":
+        # GPU evidence is appraised only as its own (nvidia) verification so far: evidence of
+        # any other platform proves no GPU, so a policy that requires one refuses it.
+        v.append(Violation("policy.refused", "gpu",
+                           "the policy requires verified GPU evidence and none was appraised"))
+
+    if policy.max_evidence_age_seconds is not None:
+        if evidence_time is None:
+            # A freshness limit the caller cannot check is not met (fail closed).
             v.append(Violation("policy.evidence_stale", "evidence_time",
-                               f"evidence is {age:.0f}s old, limit {policy.max_evidence_age_seconds}s"))
+                               "the evidence time is unknown, so its age cannot be checked "
+                               f"against the limit of {policy.max_evidence_age_seconds}s"))
+        else:
+            age = (now - evidence_time).total_seconds()
+            if age > policy.max_evidence_age_seconds or age < -60:
+                v.append(Violation("policy.evidence_stale", "evidence_time",
+                                   f"evidence is {age:.0f}s old, limit "
+                                   f"{policy.max_evidence_age_seconds}s"))
 
     return Appraisal(
         platform=verification.platform,

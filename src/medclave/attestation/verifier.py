@@ -45,7 +45,7 @@ def _looks_like_bundle(data: bytes) -> bool:
         return False
     try:
         obj = json.loads(data)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         return False
     return isinstance(obj, dict) and {"platform", "evidence", "runtime"} <= obj.keys()
 

@@ -66,7 +66,7 @@ def load_crl(data: bytes) -> x509.CertificateRevocationList:
             if b"-----BEGIN X509 CRL-----" in data:
                 return x509.load_pem_x509_crl(data)
             return x509.load_der_x509_crl(data)
-        except ValueError as exc:
+        except (ValueError, x509.InvalidVersion) as exc:
             raise AttestationError("attestation.malformed", f"not a CRL: {exc}") from exc
 
 

@@ -156,6 +156,35 @@ class AuditLog:
                 else:
                     self._leading = False
 
+    def append_batch(
+        self, entries: Sequence[AuditEntry | bytes], *, checkpoint: bool = True
+    ) -> Appended:
+        """Append atomically; return once durable. ``checkpoint`` signs the new size in the
+        same transaction, so the receipt for any returned index can be built at once."""
+        signer = self._writer()
+        if not 0 < len(entries) <= MAX_BATCH:
+            raise AuditError("audit.entry_invalid", f"a batch holds 1 to {MAX_BATCH} entries")
+        data = [e.to_bytes() if isinstance(e, AuditEntry) else bytes(e) for e in entries]
+        if any(len(d) > MAX_ENTRY_BYTES for d in data):
+            raise AuditError("audit.entry_invalid", f"an entry exceeds {MAX_ENTRY_BYTES} bytes")
+        with self._lock:
+            first = self._edge.size
+            if first + len(data) > MAX_LOG_SIZE:
+                raise AuditError("audit.index_out_of_range", "the log is full")
+            edge = merkle.CompactRange(first, self._edge.hashes())
+            leaves = [merkle.leaf_hash(d) for d in data]
+            nodes: list[tuple[int, int, bytes]] = []
+            for leaf in leaves:
+                edge.append(leaf, nodes)
+            note = None
+            if checkpoint:
+                note = sign_checkpoint(Checkpoint(self.origin, edge.size, edge.root()), signer)
+            self.store.commit(
+                Batch(first, data, leaves, nodes, None if note is None else (edge.size, note))
+            )
+            self._edge = edge  # only after the commit: a failed batch leaves no trace
+            return Appended(first, len(data), note)
+
     def checkpoint(self) -> bytes:
         """Sign and store a checkpoint for the current size (idempotent per size)."""
         signer = self._writer()

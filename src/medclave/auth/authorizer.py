@@ -40,7 +40,7 @@ from medclave.errors import AuthError, InputError
 MAX_POLICY_BYTES: Final = 1024 * 1024
 ACTIONS: Final = ("infer", "retrieve", "read_history", "break_glass", "admin")
 RESERVED_CONTEXT: Final = frozenset({"now", "break_glass"})
-_POLICY_REF = re.compile(r"policy(\d+)")
+_POLICY_REF = re.compile(r"\bpolicy(\d+)\b")
 
 Clock = Callable[[], datetime]
 Principal = Identity | User | EntityUid | str
@@ -227,9 +227,9 @@ class Authorizer:
         out = []
         name = self.policies.name
         for res in results:
-            reasons = tuple(name(r) for r in res.diagnostics.reasons)
+            reasons = tuple(sorted(name(r) for r in res.diagnostics.reasons))  # Cedar gives a set
             errors = tuple(
-                _POLICY_REF.sub(lambda m: name(m.group(0)), str(e)) for e in res.diagnostics.errors
+                sorted(_POLICY_REF.sub(lambda m: name(m.group(0)), str(e)) for e in res.diagnostics.errors)
             )
             # Fail closed: an error may have skipped a forbid.
             allowed = res.decision == cedarpy.Decision.Allow and not errors

@@ -6,7 +6,7 @@ following §4.3: one well-formed JWS with ``typ: dpop+jwt``; an allowed asymmetr
 public ``jwk`` in the header that verifies the signature; ``htm`` and ``htu`` equal to this
 request (URL compared without query and fragment, after syntax-based normalization, §4.3
 check 9); ``iat`` within a window; ``jti`` unseen; ``ath`` the hash of the presented access
-token (§4.3 check 10); the key's thumbprint equal to ``cnf.jkt`` (§4.3 check 12). Every failure
+token (§4.3 check 12); the key's thumbprint equal to ``cnf.jkt`` (§4.3 check 12). Every failure
 is ``auth.dpop_invalid`` with a detail saying which check failed.
 """
 

@@ -19,7 +19,7 @@ from collections import OrderedDict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Final, Protocol
+from typing import Any, Final, NamedTuple, Protocol
 
 import cedarpy
 
@@ -30,8 +30,9 @@ MAX_ENTITIES_BYTES: Final = 32 * 1024 * 1024
 _UID_TEXT = re.compile(r'([A-Za-z_][A-Za-z0-9_]*(?:::[A-Za-z_][A-Za-z0-9_]*)*)::"([^"\\]*)"\Z')
 
 
-@dataclass(frozen=True, order=True)
-class EntityUid:
+class EntityUid(NamedTuple):
+    """A Cedar entity id. A named tuple: hashed and compared in C, thousands of times a request."""
+
     type: str
     id: str
 
@@ -42,7 +43,8 @@ class EntityUid:
             return value
         if isinstance(value, Mapping):
             raw = value.get("__entity", value)
-            t, i = raw.get("type"), raw.get("id")
+            t = raw.get("type") if isinstance(raw, Mapping) else None
+            i = raw.get("id") if isinstance(raw, Mapping) else None
             if isinstance(t, str) and isinstance(i, str) and t:
                 return cls(t, i)
             raise InputError("input.malformed", "an entity reference needs 'type' and 'id'")
@@ -252,6 +254,13 @@ def _refs(doc: Mapping[str, Any]) -> tuple[EntityUid, ...]:
     return tuple(out)
 
 
+def _norm(value: Any) -> Any:
+    """Order-insensitive form of an attribute value (Cedar sets have no order)."""
+    if isinstance(value, list):
+        return frozenset(json.dumps(v, sort_keys=True) for v in value)
+    return json.dumps(value, sort_keys=True)
+
+
 class EntityStore:
     """A tenant directory, schema-checked once at load, sliced per request.
 
@@ -267,6 +276,7 @@ class EntityStore:
         *,
         schema: cedarpy.Schema | None = None,
         cache_size: int = 4096,
+        keep_parsed_limit: int = 200_000,
     ) -> None:
         self._schema = schema
         self._docs: dict[EntityUid, dict[str, Any]] = {}
@@ -279,12 +289,15 @@ class EntityStore:
                 raise InputError("input.malformed", f"entity {uid} is listed twice")
             self._docs[uid] = doc
         try:
-            cedarpy.Entities.from_json_str(json.dumps(list(self._docs.values())), schema)
+            full = cedarpy.Entities.from_json_str(json.dumps(list(self._docs.values())), schema)
         except ValueError as exc:
             raise InputError("input.malformed", f"entities do not match the schema: {exc}") from exc
         for uid, doc in self._docs.items():
             self._json[uid] = json.dumps(doc)
             self._refs[uid] = _refs(doc)
+        # A directory of moderate size stays parsed: requests whose entities are all in it then
+        # need no parsing at all. Larger ones are only ever sliced.
+        self._full = full if len(self._docs) <= keep_parsed_limit else None
         self._cache: OrderedDict[Any, cedarpy.Entities] = OrderedDict()
         self._cache_size = cache_size
         self._lock = threading.Lock()
@@ -303,6 +316,11 @@ class EntityStore:
 
     def __len__(self) -> int:
         return len(self._docs)
+
+    def extended(self, entities: Iterable[Entity | Mapping[str, Any]]) -> EntityStore:
+        """A new store with ``entities`` added (e.g. documents as a retrieval index ingests
+        them), so that later requests find them parsed. Entities already present are refused."""
+        return EntityStore([*self._docs.values(), *entities], schema=self._schema)
 
     def get(self, uid: EntityUid) -> Mapping[str, Any] | None:
         return self._docs.get(uid)
@@ -333,6 +351,21 @@ class EntityStore:
             patient=patient,
         )
 
+    def _in_directory(self, principal: EntityUid | User) -> bool:
+        """Whether the directory already holds this principal exactly (a token's roles may differ
+        from the directory's, and then the token's version must be used)."""
+        if not isinstance(principal, User):
+            return True  # an id: the directory's record, or none (and then policies deny)
+        record = self._docs.get(principal.uid)
+        if record is None:
+            return False
+        mine = principal.to_cedar()
+        return bool(
+            record.get("attrs", {}).keys() == mine["attrs"].keys()
+            and all(_norm(record["attrs"][k]) == _norm(v) for k, v in mine["attrs"].items())
+            and _norm(record.get("parents", [])) == _norm(mine["parents"])
+        )
+
     def handle_for(
         self,
         principal: EntityUid | User,
@@ -346,6 +379,8 @@ class EntityStore:
         documents retrieval just found (the directory wins where both have one).
         """
         # Single decisions repeat (the same user, the same record); batches rarely do.
+        if not extra and self._full is not None and self._in_directory(principal):
+            return self._full
         key = (principal, tuple(resources)) if not extra and len(resources) <= 1 else None
         if key is not None:
             with self._lock:
@@ -359,8 +394,6 @@ class EntityStore:
             uid = uid_of(entity)
             if uid not in self._docs:
                 doc = as_cedar(entity)
-                if uid_of(doc) != uid:
-                    raise InputError("input.malformed", f"entity {uid} does not match its uid")
                 local_json[uid], local_refs[uid] = json.dumps(doc), _refs(doc)
         start: list[EntityUid] = list(resources)
         if isinstance(principal, User):

@@ -327,6 +327,13 @@ class TokenService:
 
     def _failed(self, key: str, now: datetime) -> None:
         with self._lock:
+            if len(self._failures) > 10_000:
+                # Made-up names must not grow this without bound: keep only recent failures.
+                self._failures = {
+                    k: recent
+                    for k, v in self._failures.items()
+                    if (recent := [t for t in v if now - t < self.WINDOW])
+                }
             self._failures.setdefault(key, []).append(now)
 
     def _checked(self, kind: str, name: str, secret: str, now: datetime) -> Account:

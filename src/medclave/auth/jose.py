@@ -2,7 +2,7 @@
 
 Only what Medclave's access tokens and DPoP proofs need, and nothing that has hurt JWT libraries:
 
-- The header is parsed under a size bound, duplicate members are refused (RFC 7515 §5.2 lets a
+- The header is parsed under a size bound, duplicate members are refused (RFC 7515 §4 lets a
   parser refuse them; we do, so two readers never see two different headers), and ``crit`` is
   refused because we implement no extension (§4.1.11).
 - ``alg`` is checked against an allow-list of asymmetric algorithms BEFORE any key is looked up.
@@ -208,7 +208,7 @@ def parse_jwk(obj: Any, *, allow_private: bool = False) -> Jwk:
     """A public key from one JWK; raises ``auth.key_unknown`` when unusable.
 
     A JWK carrying private members is refused (a JWKS or a DPoP header must hold public keys
-    only, RFC 9449 §4.3 check 6), unless ``allow_private`` for reading our own signing key.
+    only, RFC 9449 §4.3 check 7), unless ``allow_private`` for reading our own signing key.
     """
     if not isinstance(obj, Mapping):
         raise AuthError("auth.key_unknown", "a JWK is not an object")

@@ -136,9 +136,7 @@ def verify(
     jwks: Annotated[Path | None, typer.Option(help="JWKS file with the issuer's keys.")] = None,
     audience: Annotated[str, typer.Option(help="Expected audience.")] = DEFAULT_AUDIENCE,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
-    at: Annotated[
-        str | None, typer.Option(help="Verification time, ISO 8601 (default now).")
-    ] = None,
+    at: Annotated[str | None, typer.Option(help="Verification time, ISO 8601 (default now).")] = None,
 ) -> None:
     """Verify a token and print its checked claims."""
     from_stdin = token == "-"  # noqa: S105 - the conventional "read stdin" argument
@@ -166,9 +164,7 @@ def _read_json(path: Path) -> Any:
 @app.command("decide")
 def decide(
     entities: Annotated[Path, typer.Option(help="Cedar entities JSON file.")],
-    request: Annotated[
-        Path, typer.Option(help="Request JSON {principal, action, resource, context}.")
-    ],
+    request: Annotated[Path, typer.Option(help="Request JSON {principal, action, resource, context}.")],
     policies: Annotated[
         Path | None, typer.Option(help="Folder of .cedar files (default: shipped policies).")
     ] = None,

@@ -22,14 +22,10 @@ def _roles(text: str) -> list[str]:
 
 @app.command("serve")
 def serve(
-    data: Annotated[
-        Path, typer.Option(help="Data folder (key, clients, users).")
-    ] = DEFAULT_DATA_DIR,
+    data: Annotated[Path, typer.Option(help="Data folder (key, clients, users).")] = DEFAULT_DATA_DIR,
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port.")] = 8800,
-    issuer: Annotated[
-        str | None, typer.Option(help="Issuer URL (default http://HOST:PORT).")
-    ] = None,
+    issuer: Annotated[str | None, typer.Option(help="Issuer URL (default http://HOST:PORT).")] = None,
     audience: Annotated[str, typer.Option(help="Audience of issued tokens.")] = DEFAULT_AUDIENCE,
     alg: Annotated[str, typer.Option(help="Key type if one is created: EdDSA or ES256.")] = "EdDSA",
     dev_password: Annotated[
@@ -86,9 +82,7 @@ def add_user(
     roles: Annotated[str, typer.Option(help="Comma-separated roles.")] = "",
     password: Annotated[
         str,
-        typer.Option(
-            prompt=True, hide_input=True, envvar="MEDCLAVE_IDP_PASSWORD", help="Password."
-        ),
+        typer.Option(prompt=True, hide_input=True, envvar="MEDCLAVE_IDP_PASSWORD", help="Password."),
     ] = "",
     data: Annotated[Path, typer.Option(help="Data folder.")] = DEFAULT_DATA_DIR,
 ) -> None:

@@ -14,7 +14,7 @@ attestation bound and is available as ``client.last_receipt``.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -120,11 +120,12 @@ class _Models:
 
 
 class MedclaveClient:
-    """``MedclaveClient(url, policy=..., api_key=...)``; ``sim_roots`` to accept sim (never
-    in production: sim protects nothing)."""
+    """``MedclaveClient(url, policy=..., api_key=...)``; ``api_key`` is a token or a function
+    returning a fresh one; ``sim_roots`` to accept sim (never in production: it protects
+    nothing)."""
 
     def __init__(self, url: str, *, policy: AppraisalPolicy | str | Path,
-                 api_key: str | None = None, sim_roots: Iterable[str] = (),
+                 api_key: str | Callable[[], str] | None = None, sim_roots: Iterable[str] = (),
                  trusted_roots: frozenset[str] | None = None,
                  reattest_after: timedelta = timedelta(minutes=5),
                  clock: Clock = system_clock, timeout: float = 300.0,
@@ -145,7 +146,10 @@ class MedclaveClient:
         return self.session.enclave or self.session.attest()
 
     def authorization(self) -> str | None:
-        return f"Bearer {self.api_key}" if self.api_key else None
+        """``Bearer`` + the token; a callable ``api_key`` is asked for a fresh one per request
+        (Medclave's access tokens are single-use and short-lived)."""
+        token = self.api_key() if callable(self.api_key) else self.api_key
+        return f"Bearer {token}" if token else None
 
     def _post(self, path: str, body: bytes) -> dict[str, Any]:
         answer = self.session.request("POST", path, body=body,

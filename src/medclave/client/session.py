@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import threading
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
@@ -171,7 +172,8 @@ class EnclaveSession:
         self._require_receipts = require_receipts
         self._clock = clock
         self._own_http = http is None
-        self._http = http or httpx.Client(timeout=timeout)
+        self._http = http or httpx.Client(timeout=timeout, transport=httpx.HTTPTransport(
+            socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)]))
         self._lock = threading.Lock()
         self._enclave: VerifiedEnclave | None = None
 

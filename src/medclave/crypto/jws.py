@@ -59,7 +59,8 @@ def verify_es256(token: str, key: ec.EllipticCurvePublicKey) -> tuple[dict[str, 
     try:
         header = json.loads(b64url_decode(parts[0]))
         payload = json.loads(b64url_decode(parts[1]))
-    except (ValueError, UnicodeDecodeError) as exc:
+    # RecursionError: nesting deeper than the parser's stack, before any signature is checked.
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
         raise CryptoError("protocol.bad_message", "JWS header or payload is not JSON") from exc
     if not isinstance(header, dict) or header.get("alg") != "ES256" or "crit" in header:
         raise CryptoError("crypto.unsupported_suite", "only ES256 without crit is accepted")

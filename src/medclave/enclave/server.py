@@ -34,8 +34,12 @@ class BackgroundServer:
 
     def __init__(self, app: FastAPI, *, host: str = "127.0.0.1", port: int = 0,
                  name: str = "medclave-server") -> None:
-        self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        # proto=IPPROTO_TCP: asyncio sets TCP_NODELAY on accepted sockets only when the listening
+        # socket says it is TCP (proto 0 does not); without it every keep-alive response waits
+        # out a delayed ACK (~40 ms). NODELAY on the listener is inherited on Linux as well.
+        self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
         self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self._sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self._sock.bind((host, port))
         self.host, self.port = self._sock.getsockname()[:2]
         config = uvicorn.Config(app, log_level="warning", lifespan="on", server_header=False,

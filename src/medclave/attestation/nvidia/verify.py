@@ -334,5 +334,8 @@ def verify_report(
         platform=PLATFORM,
         claims=claims,
         checks=log.checks,
+        # Only NVIDIA's device root makes this a genuine GPU; a chain to a caller's
+        # trusted_roots verifies the same way but protects nothing.
+        secure=fingerprint(chain[-1]) in DEVICE_ROOT_FINGERPRINTS,
         evidence_sha256=sha256_hex(data),
     )

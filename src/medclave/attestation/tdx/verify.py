@@ -10,7 +10,8 @@ Library ("ECDSA Quote Library API", §4.1.2.4):
    valid at ``options.now``, and not revoked by any supplied PCK or root CRL;
 2. the QE report (A.3.10) is signed by the PCK leaf key (ECDSA P-256/SHA-256);
 3. QE report_data = SHA-256(attestation key || QE authentication data) || 32 zero bytes
-   (A.3.11): the QE vouches for the attestation key;
+   (A.3.11): the QE vouches for the attestation key; without QE identity collateral the QE
+   must be Intel's TD QE by its pinned identity (MRSIGNER, ISVPRODID 2, not DEBUG);
 4. the quote signature by the attestation key covers the header and the body (A.3.8);
 5. with collateral: the tcbInfo and QE identity are signed by the Intel SGX TCB Signing
    certificate chained to the same root, current at ``options.now``, and for this platform
@@ -49,6 +50,12 @@ from medclave.errors import AttestationError, InputError
 # published in Intel's "Intel SGX PCK Certificate and CRL Profile" and go-tdx-guest.
 INTEL_SGX_ROOT_CA_SHA256 = "44a0196b2b99f889b8e149e95b807a350e7424964399e885a7cbb8ccfab674d3"
 TRUSTED_ROOTS: frozenset[str] = frozenset({INTEL_SGX_ROOT_CA_SHA256})
+
+# Intel's TD Quoting Enclave identity ("TD_QE" in Intel PCS, the same in every QE identity
+# document): pinned for quotes verified without QE identity collateral (see _check_qe_pin).
+TD_QE_MRSIGNER = bytes.fromhex("dc9e2a7c6f948f17474e34a7fc43ed030f7c1563f1babddf6340c82e0e54a8c5")
+TD_QE_ISVPRODID = 2
+_SGX_ATTRIBUTE_DEBUG = 0x02  # SGX ATTRIBUTES.DEBUG, bit 1 of the first byte
 
 _ECDSA_SHA256 = ec.ECDSA(hashes.SHA256())
 _MAX_POOL = 32
@@ -154,6 +161,23 @@ def _step(log: CheckLog, name: str, exc: AttestationError) -> AttestationError:
     if exc.checks:
         return exc
     return log.fail(name, exc.code, exc.detail)
+
+
+def _check_qe_pin(qe: abi.QeReport, log: CheckLog) -> None:
+    """The QE report is from Intel's TD QE, not a debug build: checked from the pinned identity
+    when no QE identity collateral is given. The PCK only says the PCE certified the enclave,
+    and the PCE certifies any enclave the platform owner grants PROVISIONKEY (flexible launch
+    control): without this, the host's owner could sign quotes with an enclave of its own."""
+    step = "3b. QE identity (pinned)"
+    wrong = [name for name, ok in (
+        ("MRSIGNER", hmac.compare_digest(qe.mr_signer, TD_QE_MRSIGNER)),
+        ("ISVPRODID", qe.isv_prod_id == TD_QE_ISVPRODID),
+        ("ATTRIBUTES.DEBUG", not qe.attributes[0] & _SGX_ATTRIBUTE_DEBUG),
+    ) if not ok]
+    if wrong:
+        raise log.fail(step, "attestation.qe_identity_mismatch",
+                       f"the QE report is not Intel's TD QE ({', '.join(wrong)} differ)")
+    log.ok(step, "Intel TD QE (MRSIGNER, ISVPRODID 2), not debug")
 
 
 def _verify_quote_signatures(
@@ -351,6 +375,8 @@ def verify_quote(
     except AttestationError as exc:
         raise _step(log, "1. PCK certificate chain", exc) from exc
     _verify_quote_signatures(quote, chain, log)
+    if found.qe_identity is None:
+        _check_qe_pin(quote.qe_report, log)
 
     if found.empty:
         return QuoteVerification(quote, pck, chain, "unknown", (), False, False)

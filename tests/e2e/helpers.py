@@ -1,0 +1,249 @@
+"""Shared pieces for the inference tests: a spy engine, a recording relay, a dev IdP, policies,
+and enclaves served on 127.0.0.1."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import httpx
+from fastapi import FastAPI, Request
+from fastapi.responses import Response
+
+from medclave.attestation.policy import AppraisalPolicy
+from medclave.auth.issuer import TokenIssuer, load_or_create_signing_key
+from medclave.enclave.app import create_app
+from medclave.enclave.boot import Booted, boot
+from medclave.enclave.engines.base import ChatMessage, Completion, Delta, SamplingParams
+from medclave.enclave.model import DEFAULT_MODEL_SHA256, default_model_path
+from medclave.enclave.server import BackgroundServer
+from medclave.enclave.settings import EnclaveSettings
+
+MEASUREMENT = hashlib.sha384(b"medclave test enclave build").hexdigest()
+TENANT = "st-marys"
+ISSUER = "https://idp.test.medclave.invalid"
+FAKE_ANSWER = "Zebra-quartz answer seventeen"
+
+
+def now() -> datetime:
+    return datetime.now(UTC)
+
+
+class FakeEngine:
+    """A deterministic engine that records whether it was reached (a spy)."""
+
+    name = "fake"
+    build_id = "fake-engine/1"
+
+    def __init__(self, answer: str = FAKE_ANSWER) -> None:
+        self.answer = answer
+        self.calls: list[str] = []
+        self._lock = threading.Lock()
+
+    def _called(self, kind: str) -> None:
+        with self._lock:
+            self.calls.append(kind)
+
+    def chat(self, messages: Sequence[ChatMessage], params: SamplingParams) -> Completion:
+        self._called("chat")
+        return Completion(self.answer, "stop", 7, len(self.answer.split()))
+
+    def complete(self, prompt: str, params: SamplingParams) -> Completion:
+        self._called("complete")
+        return Completion(self.answer, "stop", 3, len(self.answer.split()))
+
+    def _stream(self) -> Iterator[Delta]:
+        words = self.answer.split(" ")
+        for i, word in enumerate(words):
+            yield Delta(word if i == 0 else " " + word)
+        yield Delta("", "stop", 7, len(words))
+
+    def chat_stream(self, messages: Sequence[ChatMessage], params: SamplingParams
+                    ) -> Iterator[Delta]:
+        self._called("chat_stream")
+        return self._stream()
+
+    def complete_stream(self, prompt: str, params: SamplingParams) -> Iterator[Delta]:
+        self._called("complete_stream")
+        return self._stream()
+
+    def close(self) -> None:
+        pass
+
+
+@lru_cache(maxsize=1)
+def llama_engine() -> Any:
+    """The real llama.cpp engine over the bundled model, loaded once per test process."""
+    from medclave.enclave.engines.llamacpp import LlamaCppEngine
+
+    return LlamaCppEngine(str(default_model_path()), n_ctx=1024, n_threads=2, seed=0)
+
+
+class _Shared:
+    """Hands the session's llama engine to boot without letting an enclave close it."""
+
+    def __init__(self, engine: Any) -> None:
+        self._engine = engine
+        self.name = engine.name
+        self.build_id = engine.build_id
+
+    def __getattr__(self, item: str) -> Any:
+        return getattr(self._engine, item)
+
+    def close(self) -> None:
+        pass
+
+
+@dataclass
+class Idp:
+    issuer: TokenIssuer
+    jwks: Path
+
+    def token(self, *, roles: Sequence[str] = ("clinician",), tenant: str = TENANT,
+              sub: str = "dr-alice") -> str:
+        return self.issuer.issue(sub=sub, tenant=tenant, roles=list(roles), now=now())
+
+
+def make_idp(folder: Path) -> Idp:
+    issuer = TokenIssuer(ISSUER, load_or_create_signing_key(folder / "idp"))
+    jwks = folder / "jwks.json"
+    jwks.write_text(json.dumps(issuer.jwks()))
+    return Idp(issuer, jwks)
+
+
+def sim_policy(*, measurement: str = MEASUREMENT, model_digest: str = DEFAULT_MODEL_SHA256,
+               platforms: Sequence[str] = ("sim",)) -> AppraisalPolicy:
+    return AppraisalPolicy.model_validate({
+        "name": "test-hospital", "platforms": list(platforms), "model_digests": [model_digest],
+        "platform": {"sim": {"reference_values": {"measurement": [measurement]}}},
+    })
+
+
+@dataclass
+class Enclave:
+    booted: Booted
+    server: BackgroundServer
+    engine: Any
+    settings: EnclaveSettings
+
+    @property
+    def url(self) -> str:
+        return self.server.url
+
+    @property
+    def sim_root(self) -> str:
+        root = self.booted.platform.sim_root
+        assert root is not None
+        return root
+
+    def stop(self) -> None:
+        self.server.stop()
+        self.booted.close()
+
+
+def start_enclave(folder: Path, idp: Idp | None, *, engine: Any = None,
+                  measurement: str = MEASUREMENT, **overrides: Any) -> Enclave:
+    """An enclave on sim, served on 127.0.0.1; ``engine`` None: the session's llama.cpp."""
+    the_engine = engine if engine is not None else _Shared(llama_engine())
+    base: dict[str, Any] = {"data_dir": folder, "platform": "sim", "sim_measurement": measurement,
+                            "audit_store": "memory"}
+    if idp is None:
+        base["insecure_no_auth"] = True
+    else:
+        base.update(auth_issuer=ISSUER, auth_jwks_file=idp.jwks, auth_tenants=(TENANT,))
+    base.update(overrides)
+    settings = EnclaveSettings(**base)
+    booted = boot(settings, engine_factory=lambda path, s: the_engine)
+    server = BackgroundServer(create_app(booted.service, settings)).start()
+    return Enclave(booted, server, the_engine, settings)
+
+
+# --- the operator's network: a relay that records (and may alter) every byte -----------------
+
+
+@dataclass
+class Exchange:
+    method: str
+    path: str
+    request_headers: list[tuple[str, str]]
+    request_body: bytes
+    status: int = 0
+    response_headers: list[tuple[str, str]] = field(default_factory=list)
+    response_body: bytes = b""
+
+    def raw(self) -> bytes:
+        lines = [f"{self.method} {self.path}"] + [f"{k}: {v}" for k, v in self.request_headers]
+        lines += [str(self.status)] + [f"{k}: {v}" for k, v in self.response_headers]
+        return "\n".join(lines).encode() + self.request_body + self.response_body
+
+
+Tamper = Callable[[Exchange, bytes], bytes]
+
+
+class Relay:
+    """A forwarding HTTP server between client and enclave, on 127.0.0.1.
+
+    ``on_request(exchange, body)`` and ``on_response(exchange, body)`` may rewrite bodies (an
+    active man in the middle); ``exchanges`` holds every byte that crossed, as it crossed.
+    """
+
+    def __init__(self, upstream: str) -> None:
+        self.upstream = upstream
+        self.exchanges: list[Exchange] = []
+        self.on_request: Tamper | None = None
+        self.on_response: Tamper | None = None
+        self._http = httpx.Client(timeout=120.0)
+        app = FastAPI()
+
+        @app.api_route("/{path:path}", methods=["GET", "POST"])
+        async def forward(path: str, request: Request) -> Response:
+            body = await request.body()
+            query = request.url.query
+            target = f"/{path}" + (f"?{query}" if query else "")
+            headers = [(k, v) for k, v in request.headers.items()
+                       if k.lower() not in ("host", "content-length")]
+            exchange = Exchange(request.method, target, headers, body)
+            if self.on_request is not None:
+                body = self.on_request(exchange, body)
+            upstream = self._http.request(request.method, self.upstream + target,
+                                          content=body, headers=dict(headers))
+            content = upstream.content
+            if self.on_response is not None:
+                content = self.on_response(exchange, content)
+            exchange.status = upstream.status_code
+            exchange.response_headers = list(upstream.headers.items())
+            exchange.response_body = content
+            self.exchanges.append(exchange)
+            keep = {k: v for k, v in upstream.headers.items()
+                    if k.lower() in ("content-type", "cache-control")}
+            return Response(content, status_code=upstream.status_code, headers=keep)
+
+        self.server = BackgroundServer(app, name="test-relay")
+
+    @property
+    def url(self) -> str:
+        return self.server.url
+
+    def recording(self) -> bytes:
+        return b"\n".join(e.raw() for e in self.exchanges)
+
+    def posts(self) -> list[Exchange]:
+        return [e for e in self.exchanges if e.method == "POST"]
+
+    def attestations(self) -> list[Exchange]:
+        return [e for e in self.exchanges if e.path.startswith("/v1/attestation")]
+
+    def __enter__(self) -> Relay:
+        self.server.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.stop()
+        self._http.close()
