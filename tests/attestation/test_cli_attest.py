@@ -62,6 +62,8 @@ def test_snp_report_data_as_nonce(vectors: Path) -> None:
     assert ok["verified"] is True
     code, out = run(*base, "--nonce", "0102030406")
     assert code == 1 and out["error"]["code"] == "attestation.nonce_mismatch"
+    code, out = run(*base, "--nonce", "")
+    assert code == 1 and out["error"]["code"] == "attestation.nonce_mismatch"
 
 
 def test_tdx_with_complete_collateral_is_up_to_date(vectors: Path) -> None:

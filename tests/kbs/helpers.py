@@ -23,11 +23,12 @@ RESOURCE = "kbs:///vendor/model-key/llama"
 
 def sim_policy(*, measurement: bytes = MEASUREMENT, model_digests: tuple[str, ...] = (),
                requesters: tuple[str, ...] = (), platforms: tuple[str, ...] = ("sim",),
-               allow_debug: bool = False) -> ReleasePolicy:
+               allow_debug: bool = False, max_age: int | None = None) -> ReleasePolicy:
     return ReleasePolicy(
         appraisal=AppraisalPolicy.model_validate({
             "name": "test-sim", "platforms": list(platforms), "allow_debug": allow_debug,
             "platform": {"sim": {"reference_values": {"measurement": [measurement.hex()]}}},
+            "max_evidence_age_seconds": max_age,
         }),
         model_digests=model_digests,
         requesters=requesters,

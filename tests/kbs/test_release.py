@@ -255,6 +255,15 @@ def test_several_violations_are_reported_together(live: Live, authority: sim.Sim
     assert "measurement" in detail and "debug" in detail and "model_digest" in detail
 
 
+def test_evidence_age_is_bounded_by_the_nonce_lifetime(live: Live, authority: sim.SimAuthority) -> None:
+    # Evidence answers a nonce issued at most one TTL (60 s) ago: a policy allowing less refuses.
+    provision(live.url, live.token("vendor"), policy=sim_policy(max_age=30))
+    refused(live, release_with(live, authority), "policy.evidence_stale", 403)
+    with OwnerClient(live.url, live.token("vendor")) as owner:
+        owner.set_policy(RESOURCE, sim_policy(max_age=300))
+    assert release_with(live, authority).status_code == 200
+
+
 def test_requester_not_in_the_policy(live: Live, authority: sim.SimAuthority) -> None:
     provision(live.url, live.token("vendor"), policy=sim_policy(requesters=("st-marys/inference",)))
     refused(live, release_with(live, authority, requester="elsewhere"),

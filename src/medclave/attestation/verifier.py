@@ -71,6 +71,9 @@ def verify_raw(
 ) -> Verification:
     """Verify raw hardware evidence. ``nonce`` is checked by the platform where it carries one
     (NVIDIA, TPM); for SNP and TDX it must equal report_data (zero-padded to 64 bytes)."""
+    if nonce is not None and not 1 <= len(nonce) <= 64:
+        # An empty nonce would "match" any all-zero report_data: freshness must be claimed, not implied.
+        raise AttestationError("attestation.nonce_mismatch", "a nonce is 1 to 64 bytes")
     name = platform or registry.detect(data)
     certs = tuple(c for blob in certificates for c in load_certificates(blob))
     options = VerifyOptions(
@@ -84,7 +87,7 @@ def verify_raw(
     result = registry.get(name).verify(data, options)
     if nonce is not None and "report_data" in result.claims and name in ("sev-snp", "tdx", "sim"):
         expected = nonce.ljust(64, b"\0")
-        if len(nonce) > 64 or not hmac.compare_digest(bytes.fromhex(result.claims["report_data"]), expected):
+        if not hmac.compare_digest(bytes.fromhex(result.claims["report_data"]), expected):
             raise AttestationError(
                 "attestation.nonce_mismatch", "report_data does not carry the expected nonce",
                 checks=(*result.checks, Check("nonce", False, "report_data != nonce")),

@@ -140,7 +140,9 @@ class KeyBroker:
             policy_record = self.store.policy_version(name)
             trace.policy_digest = policy_record.digest
             policy = ReleasePolicy.model_validate_json(policy_record.document)
-            _appraise(verification, policy, bundle.runtime, now)
+            # The nonce was issued at most one TTL ago and the evidence is newer than the nonce:
+            # the oldest the evidence can be is the bound the policy's max age is checked against.
+            _appraise(verification, policy, bundle.runtime, now, evidence_time=now - self._ttl)
             plain = self._wrapper.unwrap(secret.wrapped, wrap_aad(name, secret.version))
             sealed = hpke.seal(
                 ephemeral, plain, RELEASE_INFO, release_aad(str(name), secret.version, nonce_bytes)
@@ -379,12 +381,14 @@ def _secret(value: bytes | None) -> bytes:
 
 
 def _appraise(
-    verification: Verification, policy: ReleasePolicy, runtime: Mapping[str, Any], now: datetime
+    verification: Verification, policy: ReleasePolicy, runtime: Mapping[str, Any], now: datetime,
+    *, evidence_time: datetime,
 ) -> None:
     """Every rule of the appraisal policy plus the broker's own (model digests, requesters)."""
     model = runtime.get("model_digest")
     model_digest = model.lower() if isinstance(model, str) else None
-    result = evaluate(verification, policy.appraisal, now=now, model_digest=model_digest)
+    result = evaluate(verification, policy.appraisal, now=now, model_digest=model_digest,
+                      evidence_time=evidence_time)
     violations = list(result.violations)
     if policy.model_digests and model_digest not in policy.model_digests:
         violations.append(

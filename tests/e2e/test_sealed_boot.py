@@ -1,0 +1,86 @@
+"""Boot with a sealed model: the enclave attests to the key broker, receives the model key only
+under the vendor's release policy, unseals into memory and serves; a wrong enclave gets no key."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from medclave.attestation.policy import AppraisalPolicy
+from medclave.attestation.sim import SimAuthority
+from medclave.client import MedclaveClient
+from medclave.enclave.app import create_app as create_enclave_app
+from medclave.enclave.boot import boot
+from medclave.enclave.model import DEFAULT_MODEL_ID, DEFAULT_MODEL_SHA256, default_model_path
+from medclave.enclave.server import BackgroundServer
+from medclave.enclave.settings import EnclaveSettings
+from medclave.errors import MedclaveError
+from medclave.kbs.app import create_app
+from medclave.kbs.client import OwnerClient
+from medclave.kbs.factory import build_broker
+from medclave.kbs.keywrap import AesGcmKek
+from medclave.kbs.models import ReleasePolicy
+from medclave.kbs.sealed_models import seal_model
+from medclave.kbs.settings import KbsSettings
+from medclave.kbs.store import MemoryStore
+from tests.e2e.helpers import MEASUREMENT, sim_policy
+
+VENDOR = "test-vendor"
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, str, str]]:
+    """A broker holding the key of the sealed bundled model, released to MEASUREMENT only."""
+    folder = tmp_path_factory.mktemp("sealed")
+    root = SimAuthority.load_or_create(folder / "enclave").root_fingerprint
+    settings = KbsSettings(data_dir=folder / "kbs", store="memory", sim_roots=(root,),
+                           rate_per_second=1000.0, rate_burst=1000)
+    broker = build_broker(settings, store=MemoryStore(), wrapper=AesGcmKek(os.urandom(32)))
+    with BackgroundServer(create_app(settings, broker=broker)) as server:
+        with OwnerClient(server.url, broker.issue_owner_token(VENDOR)) as owner:
+            result = seal_model(default_model_path(), folder / "sealed", owner=VENDOR,
+                                broker=owner, kbs_url=server.url)
+            assert result.key_ref is not None
+            appraisal = AppraisalPolicy.model_validate({
+                "platforms": ["sim"],
+                "platform": {"sim": {"reference_values": {"measurement": [MEASUREMENT]}}}})
+            owner.set_policy(result.key_ref.resource, ReleasePolicy(
+                appraisal=appraisal, model_digests=(DEFAULT_MODEL_SHA256,)))
+        yield folder, server.url, root
+
+
+def _settings(folder: Path, kbs: str, measurement: str) -> EnclaveSettings:
+    return EnclaveSettings(data_dir=folder / "enclave", platform="sim", sim_measurement=measurement,
+                           sealed_model=folder / "sealed", kbs_url=kbs, insecure_no_auth=True,
+                           audit_store="memory")
+
+
+def test_the_sealed_model_opens_only_in_the_attested_enclave(world: tuple[Path, str, str]
+                                                            ) -> None:
+    folder, kbs, root = world
+    booted = boot(_settings(folder, kbs, MEASUREMENT))
+    try:
+        assert booted.model_digest == DEFAULT_MODEL_SHA256
+        assert booted.service.runtime()["model_digest"] == DEFAULT_MODEL_SHA256
+        with BackgroundServer(create_enclave_app(booted.service)) as server, \
+                MedclaveClient(server.url, policy=sim_policy(), sim_roots=[root]) as client:
+            done = client.chat.completions.create(
+                model=DEFAULT_MODEL_ID, messages=[{"role": "user", "content": "Say hello."}],
+                max_tokens=4, temperature=0)
+            assert done.choices[0].message.content
+        # Plaintext weights lived in an anonymous memory file only.
+        assert not any(p.suffix == ".gguf" for p in folder.rglob("*"))
+    finally:
+        booted.close()
+
+
+def test_another_enclave_gets_no_key_and_does_not_boot(world: tuple[Path, str, str]) -> None:
+    folder, kbs, _ = world
+    other = hashlib.sha384(b"an enclave build the vendor never approved").hexdigest()
+    with pytest.raises(MedclaveError) as caught:
+        boot(_settings(folder, kbs, other))
+    assert caught.value.code == "attestation.measurement_mismatch"
