@@ -143,8 +143,17 @@ class StreamedResponse:
                 self._enclave, self._message.trailer(proto.RECEIPT_HEADER),
                 self._message.header(proto.REQUEST_ID_HEADER),
                 required=self.status == 200 and not failed)
-        finally:
+        except GeneratorExit:
+            # Abandoned early, possibly finalised by the garbage collector while this very
+            # thread holds httpx's (non-reentrant) pool lock: closing inline could deadlock, so
+            # the connection is released from another thread.
+            threading.Thread(target=self.close, name="medclave-stream-close",
+                             daemon=True).start()
+            raise
+        except BaseException:
             self.close()
+            raise
+        self.close()
 
     def close(self) -> None:
         self._response.close()

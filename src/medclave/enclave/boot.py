@@ -161,6 +161,8 @@ def boot(settings: EnclaveSettings, *, clock: Clock = system_clock,
     attester = _Recording(platform.attester)
     closers: list[Callable[[], None]] = []
     try:
+        # The door first: a misconfigured one stops the boot before any key or model is touched.
+        hook = authorization or build_authorization(settings, platform, clock)
         rotation = (timedelta(seconds=settings.key_rotation_seconds)
                     if settings.key_rotation_seconds else None)
         keys = KeyRing(clock, rotation=rotation,
@@ -177,7 +179,6 @@ def boot(settings: EnclaveSettings, *, clock: Clock = system_clock,
         model_path, model_digest = _open_model(settings, attester, base_runtime, closers)
         engine = engine_factory(model_path, settings)
         closers.append(engine.close)
-        hook = authorization or build_authorization(settings, platform, clock)
         if attester.evidence_digest is None:  # no broker asked: attest once at boot anyway
             attester(os.urandom(32), base_runtime)
         assert attester.evidence_digest is not None

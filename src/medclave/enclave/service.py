@@ -266,12 +266,12 @@ class InferenceService:
                     if delta.final:
                         answer.tokens = delta.completion_tokens
                     yield shaper.delta(delta)
+                receipt = self._record(rid, principal, prompt, "".join(parts), params)
             except MedclaveError as exc:
-                log.error("request %s engine failed: %s", rid, exc.code)
+                log.error("request %s stream failed: %s", rid, exc.code)
                 yield shaper.error(exc.code, exc.public_message)
                 trailers.append(("medclave-error", exc.code))
                 return
-            receipt = self._record(rid, principal, prompt, "".join(parts), params)
             if receipt is not None:
                 trailers.append((proto.RECEIPT_HEADER, proto.encode_receipt_header(receipt)))
             yield shaper.done()
