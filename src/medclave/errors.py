@@ -176,6 +176,7 @@ CATALOGUE: dict[str, ErrorSpec] = {
     ),
     "client.key_changed": ErrorSpec(502, "The server's key changed; re-attestation failed."),
     "client.upstream_failed": ErrorSpec(502, "The upstream enclave could not be reached."),
+    "service.start_failed": ErrorSpec(503, "The service did not start; check its log."),
     "internal": ErrorSpec(500, "Internal error."),
 }
 
@@ -271,3 +272,7 @@ class EnclaveError(MedclaveError):
 
 class ClientError(MedclaveError):
     family = ("client",)
+
+
+class ServiceError(MedclaveError):
+    family = ("service",)

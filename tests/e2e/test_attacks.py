@@ -18,7 +18,7 @@ from medclave.client import MedclaveClient
 from medclave.client.session import EnclaveSession
 from medclave.crypto.ohttp import OhttpKeyPair
 from medclave.enclave.model import DEFAULT_MODEL_ID
-from medclave.errors import AttestationError, CryptoError, MedclaveError, PolicyError
+from medclave.errors import AttestationError, CryptoError, PolicyError
 from tests.conftest import flip
 from tests.e2e.helpers import (
     FAKE_ANSWER,
@@ -228,10 +228,10 @@ def test_a_policy_mismatch_is_refused_before_any_prompt_leaves(
 
 
 def test_sim_is_refused_without_its_pinned_root(parts: tuple[Enclave, Idp, Relay]) -> None:
-    enclave, idp, relay = parts
-    with MedclaveClient(relay.url, policy=sim_policy(), api_key=idp.token) as client:
-        with pytest.raises(AttestationError) as caught:
-            _ask(client)
+    _, idp, relay = parts
+    with MedclaveClient(relay.url, policy=sim_policy(), api_key=idp.token) as client, \
+            pytest.raises(AttestationError) as caught:
+        _ask(client)
     assert caught.value.code == "attestation.root_untrusted"
     _no_prompt_left(relay)
 

@@ -87,3 +87,21 @@ def test_temperature_zero_with_a_seed_gives_the_same_answer_twice(
             assert client.last_receipt is not None
             assert client.last_receipt.entry.params.seed == 1234
     assert answers[0] == answers[1] and answers[0]
+
+
+def test_a_policy_refusal_reaches_the_app_before_its_question_leaves(
+        relay: Relay, llama_enclave: Enclave, idp: Idp) -> None:
+    from medclave.client.proxy import create_proxy_app
+    from medclave.client.session import EnclaveSession
+    from medclave.enclave.server import BackgroundServer
+
+    session = EnclaveSession(relay.url, sim_policy(measurement="11" * 48),
+                             sim_roots=frozenset({llama_enclave.sim_root}))
+    with BackgroundServer(create_proxy_app(session)) as server, \
+            pytest.raises(openai.APIStatusError) as caught:
+        _app(server.url, idp.token()).chat.completions.create(
+            model=DEFAULT_MODEL_ID, messages=MESSAGES, max_tokens=8)
+    session.close()
+    assert caught.value.status_code == 502
+    assert caught.value.code == "attestation.measurement_mismatch"
+    assert relay.posts() == [] and PROMPT.encode() not in relay.recording()

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import socket
-import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import timedelta
@@ -33,6 +31,7 @@ from medclave.auth.issuer import (
     load_or_create_signing_key,
 )
 from medclave.errors import InputError, MedclaveError
+from medclave.serving import BackgroundServer
 
 MAX_FORM_BYTES: Final = 8 * 1024
 _NO_STORE: Final = {"Cache-Control": "no-store", "Pragma": "no-cache"}
@@ -143,13 +142,6 @@ def serve(service: TokenService, *, host: str = "127.0.0.1", port: int = 8800) -
     uvicorn.run(create_app(service), host=host, port=port, log_level="info")
 
 
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 @contextmanager
 def running(
     service_factory: Any, *, host: str = "127.0.0.1", clock: Clock = system_clock
@@ -159,24 +151,11 @@ def running(
     ``service_factory(issuer_url)`` builds the service once the URL is known. For tests and
     local demos only.
     """
-    port = free_port(host)
-    url = f"http://{host}:{port}"
-    service: TokenService = service_factory(url)
-    app = create_app(service, clock=clock)
-    config = uvicorn.Config(app, host=host, port=port, log_level="warning")
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, name="medclave-idp", daemon=True)
-    thread.start()
-    try:
-        for _ in range(500):
-            if server.started:
-                break
-            if not thread.is_alive():
-                raise RuntimeError("the IdP server failed to start")
-            threading.Event().wait(0.01)
-        else:
-            raise RuntimeError("the IdP server did not start in time")
-        yield url, service
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
+    built: list[TokenService] = []
+
+    def make_app(url: str) -> FastAPI:
+        built.append(service_factory(url))
+        return create_app(built[0], clock=clock)
+
+    with BackgroundServer(make_app, host=host, name="medclave-idp") as server:
+        yield server.url, built[0]

@@ -18,6 +18,8 @@ SUBCOMMANDS: tuple[tuple[str, str], ...] = (
     ("attest", "attest"),
     ("model", "model"),
     ("kbs", "kbs"),
+    ("enclave", "enclave"),
+    ("proxy", "proxy"),
     ("audit", "audit"),
     ("auth", "auth"),
     ("idp", "idp"),

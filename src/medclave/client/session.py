@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import ssl
 import threading
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
@@ -89,7 +90,9 @@ class StreamedResponse:
     is verified once the stream has ended (``receipt``)."""
 
     def __init__(self, session: EnclaveSession, enclave: VerifiedEnclave,
-                 response: httpx.Response, encoder: ChunkedRequestEncoder) -> None:
+                 response: httpx.Response, encoder: ChunkedRequestEncoder, *,
+                 on_close: Callable[[], None] | None = None) -> None:
+        self._on_close = on_close
         self._session = session
         self._enclave = enclave
         self._response = response
@@ -143,20 +146,29 @@ class StreamedResponse:
                 self._enclave, self._message.trailer(proto.RECEIPT_HEADER),
                 self._message.header(proto.REQUEST_ID_HEADER),
                 required=self.status == 200 and not failed)
-        except GeneratorExit:
-            # Abandoned early, possibly finalised by the garbage collector while this very
-            # thread holds httpx's (non-reentrant) pool lock: closing inline could deadlock, so
-            # the connection is released from another thread.
-            threading.Thread(target=self.close, name="medclave-stream-close",
-                             daemon=True).start()
-            raise
-        except BaseException:
+        finally:
+            # Also when abandoned (GeneratorExit, maybe from the garbage collector): the stream
+            # has a connection pool of its own (see EnclaveSession._open_stream), so closing here
+            # never waits on a lock this thread might hold.
             self.close()
-            raise
-        self.close()
 
     def close(self) -> None:
         self._response.close()
+        if self._on_close is not None:
+            self._on_close()
+
+    def __enter__(self) -> StreamedResponse:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _client(timeout: float, tls: ssl.SSLContext | None) -> httpx.Client:
+    # TCP_NODELAY: small encapsulated messages must not wait out Nagle and a delayed ACK.
+    verify: ssl.SSLContext | bool = tls if tls is not None else True
+    return httpx.Client(timeout=timeout, verify=verify, transport=httpx.HTTPTransport(
+        verify=verify, socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)]))
 
 
 def proto_limits() -> bhttp.Limits:
@@ -164,7 +176,11 @@ def proto_limits() -> bhttp.Limits:
 
 
 class EnclaveSession:
-    """``EnclaveSession(url, policy)``: thread-safe; share one per upstream enclave."""
+    """``EnclaveSession(url, policy)``: thread-safe; share one per upstream enclave.
+
+    ``http`` replaces the session's own HTTP client (tests); streams then share its pool, so
+    iterate them to the end or close them rather than leave them to the garbage collector.
+    """
 
     def __init__(self, url: str, policy: AppraisalPolicy, *,
                  sim_roots: frozenset[str] = frozenset(),
@@ -181,8 +197,10 @@ class EnclaveSession:
         self._require_receipts = require_receipts
         self._clock = clock
         self._own_http = http is None
-        self._http = http or httpx.Client(timeout=timeout, transport=httpx.HTTPTransport(
-            socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)]))
+        self._timeout = timeout
+        # One TLS context (loading the CA store takes tens of ms), shared by every client.
+        self._tls = httpx.create_ssl_context() if http is None else None
+        self._http = http or _client(timeout, self._tls)
         self._lock = threading.Lock()
         self._enclave: VerifiedEnclave | None = None
 
@@ -272,21 +290,31 @@ class EnclaveSession:
     def _open_stream(self, enclave: VerifiedEnclave, inner: bytes) -> StreamedResponse:
         encoder = ChunkedRequestEncoder(enclave.key_config)
         wire = encoder.final(inner)
-        request = self._http.build_request(
-            "POST", f"{self._url}{proto.OHTTP_PATH}", content=wire,
-            headers={"content-type": proto.CHUNKED_REQUEST})
+        # A stream gets a client of its own: an abandoned stream is finalised by the garbage
+        # collector in whatever thread runs it, and httpcore then takes its pool's lock, which a
+        # shared pool's thread may already hold (a self-deadlock). A private pool is never busy.
+        http = _client(self._timeout, self._tls) if self._own_http else self._http
+        request = http.build_request("POST", f"{self._url}{proto.OHTTP_PATH}", content=wire,
+                                     headers={"content-type": proto.CHUNKED_REQUEST})
         try:
-            response = self._http.send(request, stream=True)
+            response = http.send(request, stream=True)
         except httpx.HTTPError as exc:
+            if http is not self._http:
+                http.close()
             raise ClientError("client.upstream_failed", f"enclave unreachable: {exc!r}") from exc
+        closer = http.close if http is not self._http else None
         if response.status_code != 200:
             body = response.read()
             response.close()
+            if closer:
+                closer()
             raise error_from_body(response.status_code, body)
         if response.headers.get("content-type", "").split(";")[0] != proto.CHUNKED_RESPONSE:
             response.close()
+            if closer:
+                closer()
             raise ClientError("client.upstream_failed", "the answer is not chunked OHTTP")
-        return StreamedResponse(self, enclave, response, encoder)
+        return StreamedResponse(self, enclave, response, encoder, on_close=closer)
 
     # --- receipts ------------------------------------------------------------------------------
 

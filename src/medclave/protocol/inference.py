@@ -195,10 +195,10 @@ def encode_inner_request(
 
 
 def decode_inner_request(data: bytes) -> InnerRequest:
-    """Parse and check a decapsulated request: a known path and method, bounded sizes.
+    """Parse a decapsulated request under tight bounds; keep only the headers the API uses.
 
-    Raises ``protocol.bad_message`` (framing), ``input.too_large`` or ``enclave.bad_request``
-    is left to the server (an unknown path is answered with an encapsulated 404).
+    Raises ``protocol.bad_message`` (framing) or ``input.too_large``. Whether the path and
+    method are served is the server's decision (answered inside the encapsulation).
     """
     request = bhttp.decode_request(data, INNER_LIMITS)
     if len(request.content) > MAX_INNER_BODY:

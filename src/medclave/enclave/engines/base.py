@@ -84,12 +84,15 @@ def collect(stream: Iterator[Delta]) -> Completion:
 _END = object()
 
 
-def run_streaming(produce: Callable[[Callable[[Delta], bool]], None]) -> Iterator[Delta]:
-    """Run ``produce(emit)`` on its own thread and yield what it emits.
+def run_streaming(produce: Callable[[Callable[[Delta], bool]], None], *,
+                  submit: Callable[[Callable[[], None]], object] | None = None
+                  ) -> Iterator[Delta]:
+    """Run ``produce(emit)`` on another thread and yield what it emits.
 
-    The producer holds whatever lock its engine needs for the whole generation, on one thread,
-    so an abandoned or slow consumer never leaves a lock held across threads; ``emit`` returns
-    False once the consumer has gone, and the producer stops at its next token.
+    ``submit`` hands the producer to the engine's own worker (llama.cpp: its one thread); by
+    default it gets a thread of its own. Either way the generation never runs on the
+    consumer's thread, so an abandoned or slow consumer holds nothing; ``emit`` returns False
+    once the consumer has gone, and the producer stops at its next token.
     """
     items: queue.Queue[object] = queue.Queue()
     gone = threading.Event()
@@ -108,7 +111,10 @@ def run_streaming(produce: Callable[[Callable[[Delta], bool]], None]) -> Iterato
         finally:
             items.put(_END)
 
-    threading.Thread(target=run, name="medclave-engine-stream", daemon=True).start()
+    if submit is None:
+        threading.Thread(target=run, name="medclave-engine-stream", daemon=True).start()
+    else:
+        submit(run)
     try:
         while True:
             item = items.get()

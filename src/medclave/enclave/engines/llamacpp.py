@@ -1,7 +1,9 @@
 """The embedded default engine: llama.cpp through ``llama-cpp-python``, on the CPU.
 
-llama.cpp's context is not thread-safe, so one lock serialises every call; a streamed answer
-holds it for its whole generation on its own thread (:func:`.base.run_streaming`).
+llama.cpp's context is not thread-safe, so every call runs on one worker thread, in order
+(whole answers and streams alike, :func:`.base.run_streaming`). One thread also means one
+OpenMP thread team: calls from ever-new threads would each start a team of their own, whose
+idle spinning competes with the one at work.
 
 The build identifier names the binding's version and a digest of llama.cpp's system info (the
 CPU features its kernels were compiled for and picked): the same weights and seed give the same
@@ -11,8 +13,8 @@ greedy answer only on the same build, which is why attestation and audit both re
 from __future__ import annotations
 
 import hashlib
-import threading
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from medclave.enclave.engines.base import (
@@ -51,24 +53,25 @@ class LlamaCppEngine:
         except (ValueError, RuntimeError, OSError) as exc:
             raise EnclaveError("enclave.engine_failed", f"llama.cpp cannot load the model: {exc}"
                                ) from exc
-        self._lock = threading.Lock()
+        self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="medclave-llama")
         self.n_ctx = n_ctx
         self.build_id = llama_build_id()
 
     # --- whole answers -------------------------------------------------------------------------
 
     def chat(self, messages: Sequence[ChatMessage], params: SamplingParams) -> Completion:
-        with self._lock:
-            plain: Any = [dict(m) for m in messages]
-            out = self._guard(lambda: self._llm.create_chat_completion(
-                messages=plain, stream=False, **_kwargs(params)))
+        plain: Any = [dict(m) for m in messages]
+        out = self._run(lambda: self._llm.create_chat_completion(
+            messages=plain, stream=False, **_kwargs(params)))
         return _completion(out, text_of=lambda c: c["message"].get("content") or "")
 
     def complete(self, prompt: str, params: SamplingParams) -> Completion:
-        with self._lock:
-            out = self._guard(lambda: self._llm.create_completion(
-                prompt=prompt, stream=False, **_kwargs(params)))
+        out = self._run(lambda: self._llm.create_completion(
+            prompt=prompt, stream=False, **_kwargs(params)))
         return _completion(out, text_of=lambda c: c.get("text") or "")
+
+    def _run(self, call: Callable[[], Any]) -> Any:
+        return self._worker.submit(self._guard, call).result()
 
     # --- streams -------------------------------------------------------------------------------
 
@@ -88,21 +91,20 @@ class LlamaCppEngine:
     def _stream(self, start: Callable[[], Any], text_of: Callable[[dict[str, Any]], str]
                 ) -> Iterator[Delta]:
         def produce(emit: Callable[[Delta], bool]) -> None:
-            with self._lock:
-                finish = "stop"
-                count = 0
-                for chunk in self._guard(start):
-                    choice = chunk["choices"][0]
-                    text = text_of(choice)
-                    if text:
-                        count += 1
-                        if not emit(Delta(text)):
-                            return
-                    finish = choice.get("finish_reason") or finish
-                # n_tokens is what the context evaluated: the prompt plus all but the last token.
-                prompt_tokens = max(0, int(self._llm.n_tokens) - max(0, count - 1))
-                emit(Delta("", finish, prompt_tokens, count))
-        return run_streaming(produce)
+            finish = "stop"
+            count = 0
+            for chunk in self._guard(start):
+                choice = chunk["choices"][0]
+                text = text_of(choice)
+                if text:
+                    count += 1
+                    if not emit(Delta(text)):
+                        return
+                finish = choice.get("finish_reason") or finish
+            # n_tokens is what the context evaluated: the prompt plus all but the last token.
+            prompt_tokens = max(0, int(self._llm.n_tokens) - max(0, count - 1))
+            emit(Delta("", finish, prompt_tokens, count))
+        return run_streaming(produce, submit=self._worker.submit)
 
     def _guard(self, call: Callable[[], Any]) -> Any:
         try:
@@ -113,8 +115,8 @@ class LlamaCppEngine:
             raise EnclaveError("enclave.engine_failed", str(exc)[:200]) from exc
 
     def close(self) -> None:
-        with self._lock:
-            self._llm.close()
+        self._worker.submit(self._llm.close).result()
+        self._worker.shutdown()
 
 
 def _kwargs(params: SamplingParams) -> dict[str, Any]:
