@@ -16,7 +16,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from medclave.attestation import registry
-from medclave.attestation.binding import verify_binding
+from medclave.attestation.binding import gpu_nonce_for, verify_binding
 from medclave.attestation.core import (
     Check,
     Endorsements,
@@ -26,7 +26,7 @@ from medclave.attestation.core import (
 )
 from medclave.attestation.x509chain import load_certificates
 from medclave.errors import AttestationError, MedclaveError
-from medclave.protocol.evidence import EvidenceBundle
+from medclave.protocol.evidence import EvidenceBundle, GpuEvidence
 
 BUNDLE = "bundle"
 
@@ -108,8 +108,16 @@ def verify_bundle(
     online: Any = None,
 ) -> Verification:
     """Verify the hardware evidence in ``bundle``, then that its report_data binds the bundle's
-    nonce and runtime (ARCHITECTURE.md, "Evidence bundle"). ``expected_nonce`` is the nonce this
-    relying party issued; None only for offline inspection, where freshness is not claimed."""
+    nonce and runtime (ARCHITECTURE.md, "Evidence bundle"), then every GPU beside it.
+    ``expected_nonce`` is the nonce this relying party issued; None only for offline inspection,
+    where freshness is not claimed.
+
+    Each ``bundle.gpu`` entry is verified by the NVIDIA verifier with its own certificates and
+    collateral, and with ``expected_nonce = SHA-256("medclave-gpu-v1" || report_data)``
+    (:func:`~medclave.attestation.binding.gpu_nonce_for`): the GPU answered a challenge only this
+    CPU report could have posed. A GPU that fails refuses the whole bundle with the NVIDIA code;
+    its claims go in ``claims["gpu"]`` (a list), its checks in as ``gpu[i] ...``, and ``secure``
+    holds only when the CPU and every GPU chain to their vendors' roots."""
     try:
         raw = bundle.evidence_bytes()
         bundle_nonce = bytes.fromhex(bundle.nonce)
@@ -131,8 +139,53 @@ def verify_bundle(
         checks.append(Check("binding", False, exc.detail))
         raise AttestationError("attestation.binding_mismatch", exc.detail, checks=tuple(checks)) from exc
     checks.append(Check("binding", True, "report_data = SHA-512(label || nonce || SHA-256(runtime))"))
+    gpus = [_verify_gpu(i, entry, report_data, now=now, trusted_roots=trusted_roots, online=online,
+                        checks=checks) for i, entry in enumerate(bundle.gpu)]
+    if len({g.evidence_sha256 for g in gpus}) != len(gpus):
+        # One GPU's answer listed twice would count as two attested GPUs.
+        checks.append(Check("gpu", False, "the same GPU evidence appears twice"))
+        raise AttestationError("attestation.malformed", "the same GPU evidence appears twice",
+                               checks=tuple(checks))
     claims = {**result.claims, "runtime": dict(bundle.runtime), "nonce": bundle.nonce}
-    return replace(result, claims=claims, checks=tuple(checks))
+    if gpus:
+        claims["gpu"] = [{**g.claims, "secure": g.secure, "evidence_sha256": g.evidence_sha256}
+                         for g in gpus]
+    secure = result.secure and all(g.secure for g in gpus)
+    return replace(result, claims=claims, checks=tuple(checks), secure=secure)
+
+
+def _verify_gpu(index: int, entry: GpuEvidence, report_data: bytes, *, now: datetime,
+                trusted_roots: frozenset[str] | None, online: Any,
+                checks: list[Check]) -> Verification:
+    """One GPU entry, its SPDM nonce bound to ``report_data``; appends its checks to ``checks``."""
+    prefix = f"gpu[{index}]"
+    try:
+        raw = base64.b64decode(entry.evidence, validate=True)
+        collateral = [base64.b64decode(c, validate=True) for c in entry.collateral]
+    except (binascii.Error, ValueError) as exc:
+        checks.append(Check(f"{prefix} evidence", False, "not valid base64"))
+        raise AttestationError("attestation.malformed", f"{prefix}: evidence is not valid base64",
+                               checks=tuple(checks)) from exc
+    nonce = gpu_nonce_for(report_data)
+    try:
+        # platform pinned to nvidia: an entry is never sniffed into another verifier.
+        result = verify_raw(raw, now=now, platform=entry.platform,
+                            certificates=[c.encode() for c in entry.certificates],
+                            collateral=collateral, nonce=nonce, trusted_roots=trusted_roots,
+                            online=online)
+    except AttestationError as exc:
+        checks.extend(_prefixed(prefix, exc.checks))
+        if not checks or checks[-1].ok:
+            checks.append(Check(prefix, False, exc.detail))
+        raise AttestationError(exc.code, f"{prefix}: {exc.detail}", checks=tuple(checks)) from exc
+    checks.extend(_prefixed(prefix, result.checks))
+    checks.append(Check(f"{prefix} binding", True,
+                        "SPDM nonce = SHA-256(\"medclave-gpu-v1\" || report_data)"))
+    return result
+
+
+def _prefixed(prefix: str, checks: Sequence[Check]) -> list[Check]:
+    return [Check(f"{prefix} {c.name}", c.ok, c.detail) for c in checks]
 
 
 def _report_data(result: Verification) -> bytes:

@@ -55,13 +55,20 @@ class EvidenceBundle(BaseModel):
 
 
 class GpuEvidence(BaseModel):
-    """NVIDIA evidence gathered beside the CPU report; its SPDM nonce is derived from the same binding."""
+    """NVIDIA evidence gathered beside the CPU report; its SPDM nonce is derived from the same binding.
+
+    ``evidence`` is base64 of the SPDM GET_MEASUREMENTS request || MEASUREMENTS response, whose
+    requester nonce is ``SHA-256("medclave-gpu-v1" || report_data)`` (attestation.binding);
+    ``certificates`` the GPU's device chain (PEM, leaf first); ``collateral`` base64 reference
+    integrity manifests (driver, VBIOS), when the enclave has them.
+    """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     platform: Literal["nvidia"] = "nvidia"
     evidence: str = Field(max_length=MAX_BUNDLE_BYTES)
     certificates: list[str] = Field(default_factory=list, max_length=8)
+    collateral: list[str] = Field(default_factory=list, max_length=4)
 
 
 EvidenceBundle.model_rebuild()
