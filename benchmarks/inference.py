@@ -92,14 +92,19 @@ def _enclave_process(folder: str, issuer: str, instant: bool, threads: int, out:
     import logging
 
     logging.disable(logging.WARNING)
+    from medclave.audit import generate_commitment_key
     from medclave.enclave.app import create_app
     from medclave.enclave.boot import boot, default_engine
     from medclave.enclave.server import BackgroundServer
     from medclave.enclave.settings import EnclaveSettings
 
+    key_file = Path(folder) / "tenant.key"  # the tenant's commitment key (sim: a 0600 file)
+    with os.fdopen(os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb") as fh:
+        fh.write(generate_commitment_key())
     settings = EnclaveSettings(data_dir=Path(folder) / "enclave", platform="sim",
                                auth_issuer=issuer, auth_jwks_file=Path(folder) / "jwks.json",
-                               auth_tenants=("bench",), audit_store="sqlite", n_threads=threads)
+                               auth_tenants=("bench",), audit_store="sqlite", n_threads=threads,
+                               commitment_key_file=key_file)
     booted = boot(settings, engine_factory=(lambda p, s: InstantEngine()) if instant
                   else default_engine)
     server = BackgroundServer(create_app(booted.service, settings)).start()

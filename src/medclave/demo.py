@@ -1,13 +1,15 @@
 """``make demo``: the whole trust loop on one laptop, in one command, in well under two minutes.
 
 1. a key broker starts; a demo vendor seals the bundled SmolLM2 model and registers its key under
-   a release policy naming the demo enclave's measurement and the model digest;
+   a release policy naming the demo enclave's measurement and the model digest; the hospital
+   registers its audit commitment key (``kbs:///st-marys/commitment-key/audit``) the same way;
 2. the enclave boots on **sim** (NOT a real TEE: it protects nothing, and says so): it attests to
    the broker, receives the model key, unseals the model into memory and loads it;
 3. the hospital's proxy starts with the hospital's appraisal policy;
 4. the official ``openai`` package asks a clinical question through the proxy: the proxy attests
    the enclave, pins its key, and sends the question encrypted (chunked OHTTP, streamed back);
-5. what was verified and the answer are printed; everything is stopped, also on failure or
+5. what was verified and the answer are printed, and the hospital opens the audit entry's
+   prompt and answer commitments with its own key; everything is stopped, also on failure or
    Ctrl-C, and the temporary folder removed.
 """
 
@@ -83,11 +85,13 @@ def run(work: Path, stack: _Stack) -> dict[str, Any]:
 
     from medclave.attestation.policy import AppraisalPolicy
     from medclave.attestation.sim import SimAuthority, code_measurement
+    from medclave.audit import generate_commitment_key
     from medclave.auth.issuer import TokenIssuer, load_or_create_signing_key
     from medclave.client.proxy import create_proxy_app
     from medclave.client.session import EnclaveSession
     from medclave.enclave.app import create_app as create_enclave_app
     from medclave.enclave.boot import boot
+    from medclave.enclave.commitkeys import commitment_resource
     from medclave.enclave.model import DEFAULT_MODEL_ID, DEFAULT_MODEL_SHA256, default_model_path
     from medclave.enclave.server import BackgroundServer
     from medclave.enclave.settings import EnclaveSettings
@@ -120,6 +124,17 @@ def run(work: Path, stack: _Stack) -> dict[str, Any]:
         assert sealed.key_ref is not None
         owner.set_policy(sealed.key_ref.resource,
                          ReleasePolicy(appraisal=appraisal, model_digests=(DEFAULT_MODEL_SHA256,)))
+
+    _step(f"the hospital ('{TENANT}') registers its audit commitment key with the broker")
+    # The hospital's secret: entries commit to prompts and answers under it, so the hospital,
+    # and only whoever holds this key, can open them later. Released to the enclave only under
+    # the hospital's own policy (here the same demo measurement and model).
+    tenant_key = generate_commitment_key()
+    with OwnerClient(kbs.url, broker.issue_owner_token(TENANT)) as hospital:
+        resource = commitment_resource(TENANT)
+        hospital.put(resource, tenant_key)
+        hospital.set_policy(resource, ReleasePolicy(appraisal=appraisal,
+                                                    model_digests=(DEFAULT_MODEL_SHA256,)))
 
     idp = TokenIssuer("https://idp.demo.medclave.invalid",
                       load_or_create_signing_key(work / "idp"))
@@ -158,11 +173,11 @@ def run(work: Path, stack: _Stack) -> dict[str, Any]:
     console.print("[bold]answer[/] (streamed, decrypted as it arrives):")
     started = time.perf_counter()
     parts: list[str] = []
-    stream = app.chat.completions.create(
-        model=DEFAULT_MODEL_ID,
-        messages=[{"role": "system", "content": "You are a concise clinical assistant."},
-                  {"role": "user", "content": QUESTION}],
-        max_tokens=160, temperature=0, seed=7, stream=True)
+    messages = [{"role": "system", "content": "You are a concise clinical assistant."},
+                {"role": "user", "content": QUESTION}]
+    sent: Any = messages  # the openai package types messages as its own TypedDicts
+    stream = app.chat.completions.create(model=DEFAULT_MODEL_ID, messages=sent, max_tokens=160,
+                                         temperature=0, seed=7, stream=True)
     for chunk in stream:
         text = chunk.choices[0].delta.content if chunk.choices else None
         if text:
@@ -175,13 +190,33 @@ def run(work: Path, stack: _Stack) -> dict[str, Any]:
     import httpx
 
     status = httpx.get(f"{proxy.url}/medclave/status", timeout=10).json()["enclave"]
-    return {"status": status, "answer": "".join(parts), "seconds": elapsed,
-            "audit_entries": booted.service.audit and _audit_size(booted)}
+    answer = "".join(parts)
+    return {"status": status, "answer": answer, "seconds": elapsed,
+            "audit_entries": _audit_size(booted),
+            "opened": _open_as_hospital(booted, tenant_key, messages, answer)}
 
 
 def _audit_size(booted: Any) -> int:
-    log = getattr(booted.service.audit, "_log", None)
+    log = getattr(booted.service.audit, "audit_log", None)
     return int(log.size) if log is not None else 0
+
+
+def _open_as_hospital(booted: Any, tenant_key: bytes, messages: list[dict[str, str]],
+                      answer: str) -> int:
+    """What the hospital can do with its key and its own copy of the exchange: open the prompt
+    and answer commitments of the log's entry (``audit.commitment_mismatch`` if either differs).
+    The operator, holding the log but not the key, sees only HMACs."""
+    from medclave.audit import open_commitment, parse_commitment_key, parse_entry
+    from medclave.enclave.openai_api import commitment_input
+
+    log = booted.service.audit.audit_log
+    index = int(log.size) - 1
+    entry = parse_entry(log.entry(index))
+    key = parse_commitment_key(tenant_key)
+    assert entry.prompt is not None and entry.answer is not None
+    open_commitment(key, "prompt", entry.salt, commitment_input(messages), entry.prompt)
+    open_commitment(key, "answer", entry.salt, answer.encode(), entry.answer)
+    return index
 
 
 def _report(result: dict[str, Any]) -> None:
@@ -201,6 +236,10 @@ def _report(result: dict[str, Any]) -> None:
     table.add_row("verified at", status["verified_at"])
     table.add_row("audit log", f"{result['audit_entries']} entry, receipt verified by the proxy")
     console.print(table)
+    console.print(f"[bold green]✓[/] the hospital opened its commitment: entry {result['opened']}'s "
+                  f"prompt and answer commitments match its own copy, under the key only "
+                  f"{TENANT} holds (the broker released it to the attested enclave alone); "
+                  "`medclave audit replay` reruns it the same way.")
     console.print(f"[dim]answer in {result['seconds']:.1f}s. The demo model has 135M parameters: "
                   "its answers are a demonstration, not medical advice.[/]")
 

@@ -122,6 +122,10 @@ CATALOGUE: dict[str, ErrorSpec] = {
         400, "Replay needs the model and engine build recorded in the entry."
     ),
     "audit.log_conflict": ErrorSpec(409, "The log changed underneath this writer; reopen it."),
+    "audit.commitment_key_unavailable": ErrorSpec(
+        503, "The tenant's audit commitment key is not available to this enclave; its owner must "
+        "register it with the key broker under a release policy this enclave meets."
+    ),
     # --- identity and authorization ----------------------------------------------------------
     "auth.token_missing": ErrorSpec(401, "A bearer token is required."),
     "auth.token_malformed": ErrorSpec(401, "The token is malformed."),

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -18,6 +19,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import Response
 
 from medclave.attestation.policy import AppraisalPolicy
+from medclave.audit import generate_commitment_key
 from medclave.auth.issuer import TokenIssuer, load_or_create_signing_key
 from medclave.enclave.app import create_app
 from medclave.enclave.boot import Booted, boot
@@ -148,12 +150,23 @@ class Enclave:
         self.booted.close()
 
 
+def write_commitment_key(path: Path) -> Path:
+    """A tenant commitment key file (mode 0600, as the enclave requires), made once."""
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(generate_commitment_key())
+    return path
+
+
 def start_enclave(folder: Path, idp: Idp | None, *, engine: Any = None,
                   measurement: str = MEASUREMENT, **overrides: Any) -> Enclave:
     """An enclave on sim, served on 127.0.0.1; ``engine`` None: the session's llama.cpp."""
     the_engine = engine if engine is not None else _Shared(llama_engine())
     base: dict[str, Any] = {"data_dir": folder, "platform": "sim", "sim_measurement": measurement,
-                            "audit_store": "memory"}
+                            "audit_store": "memory",
+                            "commitment_key_file": write_commitment_key(folder / "tenant.key")}
     if idp is None:
         base["insecure_no_auth"] = True
     else:

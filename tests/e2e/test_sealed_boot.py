@@ -12,10 +12,13 @@ import pytest
 
 from medclave.attestation.policy import AppraisalPolicy
 from medclave.attestation.sim import SimAuthority
+from medclave.audit import open_commitment, parse_entry
 from medclave.client import MedclaveClient
 from medclave.enclave.app import create_app as create_enclave_app
 from medclave.enclave.boot import boot
+from medclave.enclave.commitkeys import commitment_resource
 from medclave.enclave.model import DEFAULT_MODEL_ID, DEFAULT_MODEL_SHA256, default_model_path
+from medclave.enclave.openai_api import commitment_input
 from medclave.enclave.server import BackgroundServer
 from medclave.enclave.settings import EnclaveSettings
 from medclave.errors import MedclaveError
@@ -30,6 +33,8 @@ from medclave.kbs.store import MemoryStore
 from tests.e2e.helpers import MEASUREMENT, sim_policy
 
 VENDOR = "test-vendor"
+TENANT = "default"  # the tenant of every caller when authorization is off (sim only)
+TENANT_KEY = hashlib.sha256(b"the default tenant's commitment key").hexdigest().encode()
 
 
 @pytest.fixture(scope="module")
@@ -49,6 +54,11 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, str,
                 "platforms": ["sim"],
                 "platform": {"sim": {"reference_values": {"measurement": [MEASUREMENT]}}}})
             owner.set_policy(result.key_ref.resource, ReleasePolicy(
+                appraisal=appraisal, model_digests=(DEFAULT_MODEL_SHA256,)))
+        # The (insecure_no_auth) enclave's one tenant keeps its audit commitment key there too.
+        with OwnerClient(server.url, broker.issue_owner_token(TENANT)) as tenant:
+            tenant.put(commitment_resource(TENANT), TENANT_KEY)
+            tenant.set_policy(commitment_resource(TENANT), ReleasePolicy(
                 appraisal=appraisal, model_digests=(DEFAULT_MODEL_SHA256,)))
         yield folder, server.url, root
 
@@ -71,7 +81,15 @@ def test_the_sealed_model_opens_only_in_the_attested_enclave(world: tuple[Path, 
             done = client.chat.completions.create(
                 model=DEFAULT_MODEL_ID, messages=[{"role": "user", "content": "Say hello."}],
                 max_tokens=4, temperature=0)
-            assert done.choices[0].message.content
+            answer = done.choices[0].message.content
+            assert answer
+        # The entry's commitments open with the key the tenant registered, and only with it.
+        log = booted.service.audit.audit_log  # type: ignore[attr-defined]
+        entry = parse_entry(log.entry(log.size - 1))
+        prompt = commitment_input([{"role": "user", "content": "Say hello."}])
+        assert entry.prompt is not None and entry.answer is not None
+        open_commitment(TENANT_KEY, "prompt", entry.salt, prompt, entry.prompt)
+        open_commitment(TENANT_KEY, "answer", entry.salt, answer.encode(), entry.answer)
         # Plaintext weights lived in an anonymous memory file only.
         assert not any(p.suffix == ".gguf" for p in folder.rglob("*"))
     finally:

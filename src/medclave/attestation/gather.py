@@ -8,8 +8,9 @@ Order of preference, as the Linux kernel documents them:
 2. ``/dev/sev-guest`` (SNP_GET_REPORT / SNP_GET_EXT_REPORT ioctl, include/uapi/linux/sev-guest.h).
 3. ``/dev/tdx_guest`` gives only a TDREPORT, not a quote; without configfs-tsm a TDX guest needs
    its quote generation service, which Medclave does not speak: we refuse rather than guess.
-NVIDIA GPU evidence comes from NVML (``nvmlDeviceGetConfComputeGpuAttestationReport``) when the
-``pynvml`` module is importable.
+NVIDIA GPU evidence comes from NVML (``nvmlDeviceGetConfComputeGpuAttestationReport`` for the SPDM
+evidence, ``nvmlDeviceGetConfComputeGpuCertificate`` for the device chain) when the ``pynvml``
+module is importable; its nonce is derived from the CPU report_data (``binding.gpu_nonce_for``).
 
 Every path is relative to an injectable ``root`` so tests run against a fake sysfs tree with
 recorded outputs.
@@ -176,13 +177,80 @@ def gather(report_data: bytes, *, root: Path = Path("/")) -> Gathered:
     raise AttestationError("attestation.unknown_platform", "no TEE found: use --platform sim for development")
 
 
+MAX_GPUS = 8  # protocol.evidence.EvidenceBundle.gpu holds at most 8 entries
+MAX_GPU_CERT_CHAIN = 16 * 1024  # NVML's attestationCertChain buffer is 5120 bytes
+
+
+@dataclass(frozen=True)
+class GatheredGpu:
+    index: int
+    evidence: bytes  # SPDM GET_MEASUREMENTS request || signed MEASUREMENTS response
+    certificate_chain: bytes  # PEM, leaf first, as NVML returns it
+
+
+def _load_nvml() -> Any:
+    """The ``pynvml`` module, or None where it is not installed."""
+    try:
+        import pynvml  # type: ignore[import-not-found]
+    except ImportError:
+        return None
+    return pynvml
+
+
+def _nvml_bytes(buffer: Any, size: Any, maximum: int, what: str) -> bytes:
+    """``buffer[:size]``, refusing a size NVML should never report rather than truncating."""
+    if not isinstance(size, int) or not 0 < size <= min(maximum, len(buffer)):
+        raise AttestationError("attestation.malformed", f"NVML {what} size {size!r} out of range")
+    return bytes(buffer[:size])
+
+
+def gpu_attestations(nonce: bytes, nvml: Any = None) -> list[GatheredGpu] | None:
+    """SPDM evidence and device chain of every GPU via NVML, each answering ``nonce``.
+
+    None where NVML is absent or finds no driver (a CPU-only TEE); an error where a GPU is
+    present but cannot attest, or there are more GPUs than a bundle carries: an enclave must
+    not run beside a GPU it cannot vouch for.
+    """
+    nvml = nvml if nvml is not None else _load_nvml()
+    if nvml is None:
+        return None
+    if len(nonce) != 32:
+        raise AttestationError("attestation.malformed", "the SPDM nonce is 32 bytes")
+    nvml_error: Any = getattr(nvml, "NVMLError", None) or OSError
+    try:
+        nvml.nvmlInit()
+    except nvml_error:
+        return None  # the library is installed but no NVIDIA driver is loaded: no GPU here
+    try:
+        count = nvml.nvmlDeviceGetCount()
+        if not isinstance(count, int) or count > MAX_GPUS:
+            raise AttestationError("attestation.malformed",
+                                   f"{count!r} GPUs; a bundle carries at most {MAX_GPUS}")
+        out: list[GatheredGpu] = []
+        for index in range(count):
+            handle = nvml.nvmlDeviceGetHandleByIndex(index)
+            report = nvml.nvmlDeviceGetConfComputeGpuAttestationReport(handle, nonce)
+            cert = nvml.nvmlDeviceGetConfComputeGpuCertificate(handle)
+            out.append(GatheredGpu(
+                index=index,
+                evidence=_nvml_bytes(report.attestationReport, report.attestationReportSize,
+                                     MAX_OUTBLOB, "attestation report"),
+                certificate_chain=_nvml_bytes(cert.attestationCertChain,
+                                              cert.attestationCertChainSize,
+                                              MAX_GPU_CERT_CHAIN, "certificate chain"),
+            ))
+    except nvml_error as exc:
+        raise AttestationError("attestation.malformed", f"NVML GPU attestation: {exc}") from exc
+    finally:
+        nvml.nvmlShutdown()
+    return out
+
+
 def gpu_evidence(nonce: bytes, nvml: Any = None) -> bytes | None:
     """NVIDIA CC attestation report for GPU 0 via NVML, or None where no NVML/GPU is present."""
+    nvml = nvml if nvml is not None else _load_nvml()
     if nvml is None:
-        try:
-            import pynvml as nvml  # type: ignore[import-not-found, no-redef]
-        except ImportError:
-            return None
+        return None
     if len(nonce) != 32:
         raise AttestationError("attestation.malformed", "the SPDM nonce is 32 bytes")
     nvml.nvmlInit()

@@ -20,6 +20,11 @@ rules read the same over every platform's claims::
     [platform.sev-snp.minimums]
     "reported_tcb_parts.snp" = 8
 
+GPUs verified beside a CPU report (``claims["gpu"]``, see ``verifier.verify_bundle``) satisfy
+``require_gpu = true``, as NVIDIA evidence appraised on its own does; each is read against the
+``[platform.nvidia]`` reference values, minimums and rules too, violations named by claim path
+(``gpu[0].driver_version``), and one that does not chain to NVIDIA's root is refused.
+
 Appraisal never stops at the first broken rule: every violation is reported at once, and the
 policy digest (SHA-256 of its canonical JSON) goes into every result.
 """
@@ -198,6 +203,7 @@ def evaluate(
     claims = verification.claims
     status: dict[str, str] = {}
 
+    gpus = gpu_claims(verification)
     if verification.platform not in policy.platforms:
         why = "sim is not a TEE and protects nothing" if verification.platform == "sim" else ""
         v.append(Violation("policy.platform_not_allowed", "platform",
@@ -205,9 +211,15 @@ def evaluate(
     elif not verification.secure and verification.platform != "sim":
         # Verified, but to a root the caller supplied (trusted_roots), not the vendor's: naming
         # a real platform accepts that vendor's hardware, never a chain some config pinned.
+        which = f"{verification.platform} evidence" + (" or a GPU beside it" if gpus else "")
         v.append(Violation("policy.platform_not_allowed", "hardware",
-                           f"{verification.platform} evidence does not chain to the vendor's "
-                           "root: not genuine hardware"))
+                           f"{which} does not chain to the vendor's root: not genuine hardware"))
+    for i, gpu in enumerate(gpus):
+        if gpu.get("secure") is not True:
+            # Even beside sim: a GPU under a caller's root is no GPU confidential computing.
+            v.append(Violation("policy.platform_not_allowed", f"gpu[{i}]",
+                               "the GPU evidence does not chain to NVIDIA's device root: "
+                               "not a genuine GPU"))
     status["hardware"] = "affirming" if verification.secure else "contraindicated"
 
     debug = _debug_of(claims)
@@ -228,23 +240,20 @@ def evaluate(
     rules = policy.platform.get(verification.platform)
     exec_ok = True
     if rules is not None:
-        for path, allowed in rules.reference_values.items():
-            actual = claim_at(claims, path)
-            if not any(_same(actual, a) for a in allowed):
-                exec_ok = False
-                v.append(Violation("attestation.measurement_mismatch", path,
-                                   f"{actual!r} is not an accepted reference value"))
-        for path, minimum in rules.minimums.items():
-            actual = claim_at(claims, path)
-            if not isinstance(actual, int) or isinstance(actual, bool) or actual < minimum:
-                v.append(Violation("policy.tcb_too_low", path, f"{actual!r} below minimum {minimum}"))
-        if rules.rules:
-            found = platform_rules.check(verification.platform, rules.rules, claims,
-                                         tcb_status=verification.tcb_status)
-            exec_ok = exec_ok and not found
-            v.extend(found)
+        found, exec_ok = _platform_violations(verification.platform, rules, claims,
+                                              tcb_status=verification.tcb_status)
+        v.extend(found)
+    gpu_rules = policy.platform.get("nvidia")
+    if gpu_rules is not None:
+        # The same [platform.nvidia] rules read over each GPU beside the CPU, claim paths
+        # prefixed so a refusal names the GPU ("gpu[0].driver_version").
+        for i, gpu in enumerate(gpus):
+            found, ok = _platform_violations("nvidia", gpu_rules, gpu, tcb_status="unknown")
+            exec_ok = exec_ok and ok
+            v.extend(Violation(x.code, f"gpu[{i}].{x.claim}", x.detail) for x in found)
+    judged = rules is not None or (gpu_rules is not None and bool(gpus))
     status["executables"] = (
-        "contraindicated" if not exec_ok else "affirming" if rules is not None else "none"
+        "contraindicated" if not exec_ok else "affirming" if judged else "none"
     )
 
     if policy.model_digests:
@@ -255,9 +264,9 @@ def evaluate(
         else:
             status["sourced-data"] = "affirming"
 
-    if policy.require_gpu and verification.platform != "nvidia":
-        # GPU evidence is appraised only as its own (nvidia) verification so far: evidence of
-        # any other platform proves no GPU, so a policy that requires one refuses it.
+    if policy.require_gpu and verification.platform != "nvidia" and not gpus:
+        # Satisfied by NVIDIA evidence itself or by a bundle whose GPU entries verified, each
+        # bound to the CPU report (verifier.verify_bundle); anything else proves no GPU.
         v.append(Violation("policy.refused", "gpu",
                            "the policy requires verified GPU evidence and none was appraised"))
 
@@ -281,6 +290,39 @@ def evaluate(
         violations=tuple(x.to_dict() for x in v),
         status=status,
     )
+
+
+def gpu_claims(verification: Verification) -> list[Mapping[str, Any]]:
+    """The claims of each GPU verified beside a CPU report (``claims["gpu"]``), else []."""
+    if verification.platform == "nvidia":
+        return []
+    entries = verification.claims.get("gpu")
+    if not isinstance(entries, list):
+        return []
+    return [g for g in entries if isinstance(g, Mapping)]
+
+
+def _platform_violations(platform: str, rules: PlatformRules, claims: Mapping[str, Any], *,
+                         tcb_status: str) -> tuple[list[Violation], bool]:
+    """Reference values, minimums and the platform's own rules over ``claims``; the bool is
+    False when an executable (measurement, version, manifest) rule broke."""
+    v: list[Violation] = []
+    exec_ok = True
+    for path, allowed in rules.reference_values.items():
+        actual = claim_at(claims, path)
+        if not any(_same(actual, a) for a in allowed):
+            exec_ok = False
+            v.append(Violation("attestation.measurement_mismatch", path,
+                               f"{actual!r} is not an accepted reference value"))
+    for path, minimum in rules.minimums.items():
+        actual = claim_at(claims, path)
+        if not isinstance(actual, int) or isinstance(actual, bool) or actual < minimum:
+            v.append(Violation("policy.tcb_too_low", path, f"{actual!r} below minimum {minimum}"))
+    if rules.rules:
+        found = platform_rules.check(platform, rules.rules, claims, tcb_status=tcb_status)
+        exec_ok = exec_ok and not found
+        v.extend(found)
+    return v, exec_ok
 
 
 def appraise(

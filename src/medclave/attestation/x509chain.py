@@ -22,6 +22,12 @@ from medclave.attestation.core import CheckLog
 from medclave.errors import AttestationError
 
 MAX_CERT_FILE_BYTES = 256 * 1024
+# What ``cryptography`` raises for undecodable X.509 beyond ValueError: a version other than
+# v1/v3, a repeated extension, a general name of an unsupported type.
+DECODE_ERRORS: tuple[type[Exception], ...] = (
+    ValueError, TypeError, x509.InvalidVersion, x509.DuplicateExtension,
+    x509.UnsupportedGeneralNameType,
+)
 MAX_CHAIN_LENGTH = 8
 
 
@@ -44,8 +50,7 @@ def load_certificates(data: bytes) -> list[x509.Certificate]:
                 certs = [x509.load_der_x509_certificate(data)]
             for cert in certs:
                 _decode_fully(cert)
-        # InvalidVersion (an X.509 version other than v1/v3) is not a ValueError.
-        except (ValueError, TypeError, x509.InvalidVersion) as exc:
+        except DECODE_ERRORS as exc:
             raise AttestationError("attestation.malformed", f"not a certificate: {exc}") from exc
         return certs
 
@@ -64,9 +69,16 @@ def load_crl(data: bytes) -> x509.CertificateRevocationList:
         warnings.simplefilter("ignore")
         try:
             if b"-----BEGIN X509 CRL-----" in data:
-                return x509.load_pem_x509_crl(data)
-            return x509.load_der_x509_crl(data)
-        except (ValueError, x509.InvalidVersion) as exc:
+                crl = x509.load_pem_x509_crl(data)
+            else:
+                crl = x509.load_der_x509_crl(data)
+            # Decoded lazily, like certificates: fail here rather than mid-verification.
+            crl.issuer.rfc4514_string()
+            _ = crl.extensions, crl.last_update_utc, crl.next_update_utc
+            for revoked in crl:
+                _ = revoked.extensions
+            return crl
+        except DECODE_ERRORS as exc:
             raise AttestationError("attestation.malformed", f"not a CRL: {exc}") from exc
 
 

@@ -17,13 +17,14 @@ from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
 import rfc8785
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from medclave.crypto.canonical import canonical_json
-from medclave.errors import AuditError
+from medclave.errors import AuditError, InputError
 
 MAX_ENTRY_BYTES = 16 * 1024
 MIN_KEY_BYTES = 32
+MAX_KEY_BYTES = 1024
 
 _COMMIT_DOMAIN = b"medclave-audit-commit-v1\x00"
 _PSEUDONYM_DOMAIN = b"medclave-audit-pseudonym-v1\x00"
@@ -62,6 +63,9 @@ class AttestationSummary(_Frozen):
 class Authorization(_Frozen):
     decision: Literal["allow", "deny"]
     reason: Code  # a policy or rule identifier, never free text
+    # Every policy id the request's authorization decisions cited (Cedar's reasons), so an
+    # auditor can tell which rule let a request through or stopped it.
+    policies: tuple[Code, ...] = Field(default=(), max_length=64)
 
 
 class AuditEntry(_Frozen):
@@ -78,13 +82,23 @@ class AuditEntry(_Frozen):
     engine_build: Token
     evidence_digest: Hex64
     attestation: AttestationSummary
-    params: Params
+    params: Params | None = None  # None for a refused request: it was never parsed
     salt: Annotated[str, Field(pattern=r"^[0-9a-f]{32}$")]
-    prompt: Hex64
+    prompt: Hex64 | None = None  # None for a refused request: nothing of it is committed
     answer: Hex64 | None = None  # None when nothing was generated (refused, failed)
     documents: tuple[Hex64, ...] = Field(default=(), max_length=256)
     authorization: Authorization
     break_glass: bool = False
+
+    @model_validator(mode="after")
+    def _consistent(self) -> AuditEntry:
+        # An allowed inference always states what ran (replay needs both); an answer without
+        # the prompt it answers would be a commitment nobody can ever check.
+        if self.authorization.decision == "allow" and (self.prompt is None or self.params is None):
+            raise ValueError("an allowed request records its prompt commitment and params")
+        if self.prompt is None and self.answer is not None:
+            raise ValueError("an answer commitment needs a prompt commitment")
+        return self
 
     def to_bytes(self) -> bytes:
         return canonical_json(self.model_dump(mode="json"))
@@ -107,6 +121,23 @@ def new_salt() -> str:
 def _check_key(key: bytes) -> None:
     if not isinstance(key, bytes) or len(key) < MIN_KEY_BYTES:
         raise AuditError("audit.entry_invalid", f"a tenant key has at least {MIN_KEY_BYTES} bytes")
+
+
+def parse_commitment_key(data: bytes) -> bytes:
+    """A tenant commitment key as stored (a file, a key-broker resource): its bytes without
+    surrounding whitespace, so a key kept as text (64 hex digits and a newline) works alike in
+    the enclave and in ``medclave audit replay --tenant-key``. ``input.malformed`` otherwise."""
+    if not isinstance(data, bytes) or len(data) > MAX_KEY_BYTES:
+        raise InputError("input.malformed", f"a tenant key has at most {MAX_KEY_BYTES} bytes")
+    key = data.strip()
+    if len(key) < MIN_KEY_BYTES:
+        raise InputError("input.malformed", f"a tenant key has at least {MIN_KEY_BYTES} bytes")
+    return key
+
+
+def generate_commitment_key() -> bytes:
+    """A fresh tenant commitment key as text: 256 random bits in hex, newline-terminated."""
+    return secrets.token_hex(32).encode() + b"\n"
 
 
 def commit(key: bytes, label: CommitLabel, salt: str, data: bytes) -> str:

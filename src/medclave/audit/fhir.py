@@ -62,10 +62,14 @@ def audit_event(entry: AuditEntry, index: int, *, origin: str) -> dict[str, Any]
         _detail("evidence_digest", f"sha256:{entry.evidence_digest}"),
         _detail("attestation_status", entry.attestation.status),
         _detail("action", entry.action),
-        {"type": "params", "valueBase64Binary": base64.b64encode(
-            canonical_json(entry.params.model_dump(mode="json"))).decode()},
-        _detail("prompt_commitment", entry.prompt),
     ]
+    if entry.authorization.policies:
+        details.append(_detail("policies", " ".join(entry.authorization.policies)))
+    if entry.params is not None:
+        details.append({"type": "params", "valueBase64Binary": base64.b64encode(
+            canonical_json(entry.params.model_dump(mode="json"))).decode()})
+    if entry.prompt is not None:
+        details.append(_detail("prompt_commitment", entry.prompt))
     if entry.answer is not None:
         details.append(_detail("answer_commitment", entry.answer))
     entities: list[dict[str, Any]] = []

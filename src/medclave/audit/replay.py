@@ -39,8 +39,9 @@ class ReplayResult:
 def replay(entry: AuditEntry, prompt: str, engine: ReplayEngine, key: bytes) -> ReplayResult:
     """Raise ``audit.commitment_mismatch`` (prompt), ``audit.replay_engine_mismatch`` or
     ``audit.replay_mismatch`` (answer); return the reproduced answer when all hold."""
-    if entry.answer is None:
+    if entry.answer is None or entry.prompt is None or entry.params is None:
         raise AuditError("audit.replay_mismatch", "the entry records no answer to reproduce")
+    params = entry.params
     open_commitment(key, "prompt", entry.salt, prompt.encode(), entry.prompt)
     if engine.model_digest != entry.model_digest:
         raise AuditError("audit.replay_engine_mismatch",
@@ -50,7 +51,7 @@ def replay(entry: AuditEntry, prompt: str, engine: ReplayEngine, key: bytes) -> 
         raise AuditError("audit.replay_engine_mismatch",
                          f"entry used build {entry.engine_build}, engine is {engine.engine_build}")
     try:
-        answer = engine.generate(prompt, entry.params)
+        answer = engine.generate(prompt, params)
     except MedclaveError:
         raise
     except Exception as exc:  # an engine failure is not a mismatch; say which it was

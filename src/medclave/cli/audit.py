@@ -23,7 +23,7 @@ from typing import Annotated, Any
 
 import typer
 
-from medclave.audit.entry import MIN_KEY_BYTES, parse_entry
+from medclave.audit.entry import parse_commitment_key, parse_entry
 from medclave.audit.fhir import export_bundle
 from medclave.audit.log import AuditLog
 from medclave.audit.note import (
@@ -216,7 +216,9 @@ def load_engine(spec: str) -> ReplayEngine:
 @app.command("replay")
 def replay_cmd(
     index: Annotated[int, typer.Argument(help="Leaf index of the inference.")],
-    prompt: Annotated[Path, typer.Option(help="The prompt as sent (UTF-8 file).")],
+    prompt: Annotated[Path, typer.Option(
+        help="The committed prompt, byte for byte (UTF-8 file): for the enclave, the model "
+        "input as compact sorted JSON (medclave.enclave.openai_api.commitment_input).")],
     tenant_key: Annotated[Path, typer.Option(help="File with the tenant's commitment key.")],
     key: KeyOpt,
     engine: Annotated[
@@ -234,9 +236,7 @@ def replay_cmd(
             got = verify_receipt(audit.receipt(index), _verifier(key))
         finally:
             audit.close()
-        secret = _read(tenant_key).strip()
-        if len(secret) < MIN_KEY_BYTES:
-            raise InputError("input.malformed", f"a tenant key has {MIN_KEY_BYTES}+ bytes")
+        secret = parse_commitment_key(_read(tenant_key))
         result = replay(got.entry, _read(prompt).decode(), load_engine(engine), secret)
         return {"index": index, "answer_commitment": result.commitment, "reproduced": True}
 

@@ -53,6 +53,9 @@ def serve_cmd(
     insecure_no_auth: Annotated[bool, typer.Option(
         "--insecure-no-auth", help="sim only: accept callers without a token")] = False,
     audit_store: Annotated[str | None, typer.Option(help="sqlite (default) or memory")] = None,
+    commitment_key_file: Annotated[Path | None, typer.Option(
+        "--commitment-key-file", help="sim only: the tenants' audit commitment key (a 0600 "
+        "file); otherwise each tenant's key comes from --kbs")] = None,
     key_rotation: Annotated[int | None, typer.Option(
         "--key-rotation", help="rotate the OHTTP key every N seconds")] = None,
 ) -> None:
@@ -69,6 +72,7 @@ def serve_cmd(
         "auth_jwks_url": auth_jwks_url, "auth_tenants": tuple(tenant) if tenant else None,
         "auth_roles": tuple(role) if role else None,
         "insecure_no_auth": insecure_no_auth or None, "audit_store": audit_store,
+        "commitment_key_file": commitment_key_file,
         "key_rotation_seconds": key_rotation,
     }
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")

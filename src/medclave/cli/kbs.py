@@ -209,6 +209,6 @@ def decisions_cmd(
     resource: Annotated[str | None, typer.Option()] = None,
     limit: Annotated[int, typer.Option(min=1, max=1000)] = 100,
 ) -> None:
-    """The broker's recorded decisions about your resources, newest first."""
+    """Recorded decisions about your resources and by your token, newest first."""
     with _client(url, token) as c:
         _emit(_run(lambda: c.decisions(resource, limit)))

@@ -8,6 +8,13 @@ default: between the app and the proxy the traffic is plain.
 
 Refusals reach the app as OpenAI-shaped errors (``{"error": {"code": "attestation...."}}``),
 with status 502 when the upstream could not be trusted or reached.
+
+Admission (issue 6, the proxy's coarse enforcement point) is off by default, so unmodified local
+apps work in the demo; with ``auth_issuer`` and a JWKS set, every request's token and Cedar's
+``infer`` on the requested model are checked before anything is attested or encrypted
+(:mod:`medclave.client.admission`), and a refusal (401 ``auth.*``, 403 ``auth.forbidden``) never
+reaches the enclave. The token is not spent here: it still travels, encapsulated, to the
+enclave's authoritative check.
 """
 
 from __future__ import annotations
@@ -26,7 +33,8 @@ from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from medclave.attestation.policy import load_policy
-from medclave.client.session import EnclaveSession, summary
+from medclave.client.admission import AdmissionConfig, ProxyAdmission, build_admission
+from medclave.client.session import EnclaveSession, summary, system_clock
 from medclave.errors import InputError, MedclaveError
 from medclave.protocol import inference as proto
 
@@ -46,6 +54,26 @@ class ProxySettings(BaseSettings):
     sim_roots: tuple[str, ...] = ()
     reattest_seconds: int = Field(default=300, ge=1)
     timeout_seconds: float = Field(default=300.0, gt=0)
+    # --- admission (off unless auth_issuer is set) --------------------------------------
+    auth_issuer: str | None = None
+    auth_jwks_file: Path | None = None
+    auth_jwks_url: str | None = None
+    auth_audience: str = "medclave"
+    auth_tenant: str | None = None  # the hospital this proxy serves (None: the token's own)
+    auth_roles: tuple[str, ...] = ("clinician",)  # roles that may call the model
+    auth_policies_dir: Path | None = None  # Cedar policies (default: the bundled ones)
+
+    def admission(self) -> AdmissionConfig | None:
+        """The admission configuration, or None when admission is off; ``config.invalid`` for
+        half a configuration (a JWKS without an issuer, or the reverse)."""
+        if self.auth_issuer is None:
+            if self.auth_jwks_file is not None or self.auth_jwks_url is not None:
+                raise InputError("config.invalid", "a JWKS was given without auth_issuer")
+            return None
+        return AdmissionConfig(issuer=self.auth_issuer, jwks_file=self.auth_jwks_file,
+                               jwks_url=self.auth_jwks_url, audience=self.auth_audience,
+                               tenant=self.auth_tenant, roles=self.auth_roles,
+                               policies_dir=self.auth_policies_dir)
 
 
 @lru_cache(maxsize=1)
@@ -61,6 +89,11 @@ def session_for(settings: ProxySettings) -> EnclaveSession:
 
 
 router = APIRouter()
+
+
+def admission_for(settings: ProxySettings) -> ProxyAdmission | None:
+    config = settings.admission()
+    return None if config is None else build_admission(config, clock=system_clock)
 
 
 def get_session(request: Request) -> EnclaveSession:
@@ -95,8 +128,18 @@ def _wants_stream(body: bytes) -> bool:
     return isinstance(value, dict) and value.get("stream") is True
 
 
-async def _forward(session: SessionDep, path: str, body: bytes,
+async def _admit(request: Request, method: str, path: str, body: bytes = b"") -> None:
+    """Coarse admission, before the session attests or encrypts anything (when it is on)."""
+    admission: ProxyAdmission | None = request.app.state.admission
+    if admission is not None:
+        # In a thread: a JWKS fetch may block.
+        await run_in_threadpool(admission.admit, request.headers, method=method, path=path,
+                                body=body)
+
+
+async def _forward(request: Request, session: SessionDep, path: str, body: bytes,
                    authorization: str | None) -> Response:
+    await _admit(request, "POST", path, body)
     if _wants_stream(body):
         stream = await run_in_threadpool(session.stream, "POST", path, body=body,
                                          authorization=authorization)
@@ -113,19 +156,21 @@ async def _forward(session: SessionDep, path: str, body: bytes,
 
 
 @router.post(proto.CHAT_PATH)
-async def chat_completions(session: SessionDep, body: BodyDep,
+async def chat_completions(request: Request, session: SessionDep, body: BodyDep,
                            authorization: AuthHeader = None) -> Response:
-    return await _forward(session, proto.CHAT_PATH, body, authorization)
+    return await _forward(request, session, proto.CHAT_PATH, body, authorization)
 
 
 @router.post(proto.COMPLETIONS_PATH)
-async def completions(session: SessionDep, body: BodyDep,
+async def completions(request: Request, session: SessionDep, body: BodyDep,
                       authorization: AuthHeader = None) -> Response:
-    return await _forward(session, proto.COMPLETIONS_PATH, body, authorization)
+    return await _forward(request, session, proto.COMPLETIONS_PATH, body, authorization)
 
 
 @router.get(proto.MODELS_PATH)
-async def models(session: SessionDep, authorization: AuthHeader = None) -> Response:
+async def models(request: Request, session: SessionDep,
+                 authorization: AuthHeader = None) -> Response:
+    await _admit(request, "GET", proto.MODELS_PATH)
     answer = await run_in_threadpool(session.request, "GET", proto.MODELS_PATH,
                                      authorization=authorization)
     return Response(answer.body, status_code=answer.status,
@@ -144,9 +189,11 @@ def _error(exc: MedclaveError) -> JSONResponse:
     untrusted = family in ("attestation", "policy", "crypto", "protocol", "audit")
     status = 502 if untrusted or exc.status >= 500 else exc.status
     kind = "medclave_refusal" if untrusted else "invalid_request_error"
+    # RFC 6750 §3: a 401 names the scheme the client should retry with.
+    headers = {"WWW-Authenticate": 'Bearer realm="medclave"'} if status == 401 else None
     return JSONResponse({"error": {"message": exc.public_message if untrusted else exc.detail,
                                    "type": kind, "param": None, "code": exc.code}},
-                        status_code=status)
+                        status_code=status, headers=headers)
 
 
 async def _medclave_error(request: Request, exc: Exception) -> JSONResponse:
@@ -155,10 +202,13 @@ async def _medclave_error(request: Request, exc: Exception) -> JSONResponse:
     return _error(exc)
 
 
-def create_proxy_app(session: EnclaveSession) -> FastAPI:
+def create_proxy_app(session: EnclaveSession, admission: ProxyAdmission | None = None
+                     ) -> FastAPI:
+    """The proxy app; ``admission`` None lets every local app through to the enclave's check."""
     app = FastAPI(title="Medclave proxy", version="1", docs_url=None, redoc_url=None,
                   openapi_url=None)
     app.state.session = session
+    app.state.admission = admission
     app.include_router(router)
     app.add_exception_handler(MedclaveError, _medclave_error)
     return app
@@ -167,9 +217,15 @@ def create_proxy_app(session: EnclaveSession) -> FastAPI:
 def serve(settings: ProxySettings) -> None:
     import uvicorn
 
+    admission = admission_for(settings)
+    if admission is None:
+        log.warning("proxy admission is off: every local app's request goes to the enclave, "
+                    "which still authenticates and authorizes it")
     session = session_for(settings)
     try:
-        uvicorn.run(create_proxy_app(session), host=settings.host, port=settings.port,
+        uvicorn.run(create_proxy_app(session, admission), host=settings.host, port=settings.port,
                     log_level="info", server_header=False, date_header=False)
     finally:
         session.close()
+        if admission is not None:
+            admission.close()

@@ -5,13 +5,16 @@ One function, :func:`verify_enclave`, turns the bytes the operator's network han
 evidence verifies to a pinned root (AMD, Intel, NVIDIA; sim only with its fingerprint given);
 the bundle answers *our* nonce (a replayed answer is stale); report_data binds the nonce and the
 whole runtime, hence the OHTTP key configuration (a key swapped on the way is refused as
-``attestation.binding_mismatch``); the caller's policy accepts the platform, measurement, TCB
-and model digest. Only then is the key configuration pinned and a prompt may be encapsulated.
+``attestation.binding_mismatch``); every GPU in the bundle verifies to NVIDIA's root and answered
+the SPDM nonce derived from that report_data; the caller's policy accepts the platform,
+measurement, TCB, GPUs (``require_gpu``, ``[platform.nvidia]`` rules) and model digest. Only
+then is the key configuration pinned and a prompt may be encapsulated.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -19,7 +22,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from medclave.attestation.core import Verification
-from medclave.attestation.policy import AppraisalPolicy, appraise
+from medclave.attestation.policy import AppraisalPolicy, appraise, gpu_claims
 from medclave.attestation.verifier import verify_bundle
 from medclave.audit.note import ALG_ED25519, NoteVerifier
 from medclave.crypto.ohttp import KeyConfig
@@ -50,6 +53,8 @@ class VerifiedEnclave:
     tcb_status: str
     policy_name: str
     policy_digest: str
+    # One summary per GPU verified beside the CPU report, bound to it (verifier.verify_bundle).
+    gpus: tuple[dict[str, Any], ...] = ()
 
     @property
     def model_digest(self) -> str:
@@ -76,6 +81,8 @@ class VerifiedEnclave:
             "appraisal_policy": {"name": self.policy_name, "digest": self.policy_digest},
             "verified_at": self.verified_at.isoformat(),
         }
+        if self.gpus:
+            out["gpus"] = [dict(g) for g in self.gpus]
         if not self.secure:
             out["warning"] = SIM_WARNING
         return out
@@ -127,4 +134,10 @@ def verify_enclave(data: bytes, *, nonce: bytes, policy: AppraisalPolicy, now: d
         tcb_status=verification.tcb_status,
         policy_name=appraisal.policy_name,
         policy_digest=appraisal.policy_digest,
+        gpus=tuple(_gpu_summary(g) for g in gpu_claims(verification)),
     )
+
+
+def _gpu_summary(claims: Mapping[str, Any]) -> dict[str, Any]:
+    keys = ("driver_version", "vbios_version", "rim_kinds", "secure", "evidence_sha256")
+    return {k: claims[k] for k in keys if k in claims}

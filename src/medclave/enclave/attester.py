@@ -1,7 +1,10 @@
 """Evidence for a nonce and a runtime: from the TEE this machine runs in, or from sim.
 
 Both give an :class:`~medclave.protocol.evidence.EvidenceBundle` whose hardware report_data is
-``report_data_for(nonce, runtime)``; the key broker and every client verify the same way.
+``report_data_for(nonce, runtime)``; the key broker and every client verify the same way. On
+hardware, every NVIDIA GPU NVML finds is attested in the same breath, its SPDM nonce
+``gpu_nonce_for(report_data)`` = SHA-256("medclave-gpu-v1" || report_data), so CPU and GPUs verify
+as one unit (``attestation.verifier.verify_bundle``). sim never gathers GPU evidence: there is none.
 """
 
 from __future__ import annotations
@@ -13,10 +16,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from cryptography.hazmat.primitives.serialization import Encoding
+
 from medclave.attestation import gather, sim
-from medclave.attestation.binding import report_data_for
+from medclave.attestation.binding import gpu_nonce_for, report_data_for
+from medclave.attestation.x509chain import load_certificates
 from medclave.errors import AttestationError
-from medclave.protocol.evidence import EvidenceBundle
+from medclave.protocol.evidence import EvidenceBundle, GpuEvidence
 
 Attester = Callable[[bytes, dict[str, Any]], EvidenceBundle]
 
@@ -36,15 +42,31 @@ class Platform:
     sim_root: str | None = None  # the sim root fingerprint clients must pin to accept sim
 
 
-def hardware_attester(root: Path = Path("/")) -> Attester:
+def hardware_attester(root: Path = Path("/"), *, nvml: Any = None,
+                      cpu: Callable[[bytes], gather.Gathered] | None = None) -> Attester:
+    """``nvml`` and ``cpu`` replace pynvml and ``gather.gather`` (tests, recorded inputs)."""
+    def gather_cpu(report_data: bytes) -> gather.Gathered:
+        return gather.gather(report_data, root=root)
+
+    cpu_report = cpu or gather_cpu
+
     def attest(nonce: bytes, runtime: dict[str, Any]) -> EvidenceBundle:
-        got = gather.gather(report_data_for(nonce, runtime), root=root)
+        report_data = report_data_for(nonce, runtime)
+        got = cpu_report(report_data)
         # SEV-SNP: the certificate table (auxblob) travels after the report, as the verifier
         # reads an extended report; TDX quotes carry their PCK chain inside.
         evidence = got.evidence + got.auxblob if got.platform == "sev-snp" else got.evidence
+        gpus = gather.gpu_attestations(gpu_nonce_for(report_data), nvml=nvml) or []
         return EvidenceBundle(platform=got.platform, evidence=base64.b64encode(evidence).decode(),
-                              nonce=nonce.hex(), runtime=runtime)
+                              nonce=nonce.hex(), runtime=runtime,
+                              gpu=[_gpu_entry(g) for g in gpus])
     return attest
+
+
+def _gpu_entry(gpu: gather.GatheredGpu) -> GpuEvidence:
+    chain = load_certificates(gpu.certificate_chain.rstrip(b"\0"))  # NVML pads with NULs
+    return GpuEvidence(evidence=base64.b64encode(gpu.evidence).decode(),
+                       certificates=[c.public_bytes(Encoding.PEM).decode() for c in chain])
 
 
 def sim_attester(authority: sim.SimAuthority, *, measurement: bytes | None = None) -> Attester:

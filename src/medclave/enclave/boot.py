@@ -26,12 +26,19 @@ from medclave.auth.authorizer import Authorizer
 from medclave.auth.jwks import HttpJwks, JwksProvider, StaticJwks
 from medclave.auth.tokens import IssuerConfig, TokenOptions
 from medclave.enclave.attester import Attester, Platform, select_platform
+from medclave.enclave.commitkeys import (
+    BrokerCommitKeys,
+    CommitKeys,
+    FileCommitKeys,
+    NoCommitKeys,
+    broker_fetcher,
+)
 from medclave.enclave.engines.base import Engine
 from medclave.enclave.hooks import (
     AuditLogSink,
     AuthorizationHook,
+    DecisionTrail,
     EnclaveFacts,
-    EphemeralCommitKeys,
     InsecureNoAuthorization,
     TokenAuthorization,
 )
@@ -116,10 +123,34 @@ def build_authorization(settings: EnclaveSettings, platform: Platform, clock: Cl
     issuer = IssuerConfig(issuer=settings.auth_issuer, keys=keys, tenants=tenants)
     authenticator = Authenticator([issuer], TokenOptions(audiences=frozenset({
         settings.auth_audience})), clock=clock)
-    authorizer = Authorizer(settings.auth_policies_dir, clock=clock)
+    # Every Cedar decision goes to the audit log, through the trail, with its policy ids.
+    trail = DecisionTrail()
+    authorizer = Authorizer(settings.auth_policies_dir, clock=clock, sink=trail)
     return TokenAuthorization(authenticator, authorizer, model_id=settings.model_id,
                               roles=settings.auth_roles, tenants=tenants or frozenset(),
-                              clock=clock)
+                              clock=clock, trail=trail)
+
+
+def build_commit_keys(settings: EnclaveSettings, platform: Platform,
+                      runtime: Callable[[], dict[str, Any]], clock: Clock) -> CommitKeys:
+    """The tenants' commitment keys: a local file on sim (development), else the broker; with
+    neither, every tenant is refused (``audit.commitment_key_unavailable``), never a made-up
+    key."""
+    if settings.commitment_key_file is not None:
+        if platform.secure:
+            # On a TEE the data folder is the operator's disk: a key kept there is theirs too.
+            raise InputError("config.invalid", "commitment_key_file is for development on sim; "
+                             "on a TEE the tenant's key comes from the key broker (kbs_url)")
+        log.warning("audit commitments use the development key file %s for every tenant",
+                    settings.commitment_key_file.name)
+        return FileCommitKeys(settings.commitment_key_file)
+    if settings.kbs_url:
+        return BrokerCommitKeys(
+            broker_fetcher(settings.kbs_url, platform.attester, runtime), clock=clock,
+            retry_after=timedelta(seconds=settings.commitment_key_retry_seconds))
+    log.warning("no commitment key source (kbs_url or commitment_key_file): every inference "
+                "will be refused with audit.commitment_key_unavailable")
+    return NoCommitKeys()
 
 
 def _open_model(settings: EnclaveSettings, attester: Attester, base_runtime: dict[str, Any],
@@ -163,6 +194,17 @@ def boot(settings: EnclaveSettings, *, clock: Clock = system_clock,
     try:
         # The door first: a misconfigured one stops the boot before any key or model is touched.
         hook = authorization or build_authorization(settings, platform, clock)
+        # The broker sees the runtime of the running service (model, build, keys), fetched
+        # when a tenant's key is first needed, so the service exists by then.
+        served: list[InferenceService] = []
+
+        def broker_runtime() -> dict[str, Any]:
+            runtime = served[0].runtime()
+            if settings.requester:
+                runtime["requester"] = settings.requester
+            return runtime
+
+        commit_keys = build_commit_keys(settings, platform, broker_runtime, clock)
         rotation = (timedelta(seconds=settings.key_rotation_seconds)
                     if settings.key_rotation_seconds else None)
         keys = KeyRing(clock, rotation=rotation,
@@ -187,14 +229,14 @@ def boot(settings: EnclaveSettings, *, clock: Clock = system_clock,
         facts = EnclaveFacts(model_digest=model_digest, engine_build=engine.build_id,
                              evidence_digest=attester.evidence_digest, platform=platform.name,
                              secure=platform.secure, policy_digest=hook.policy_digest)
-        log.warning("audit commitments use per-boot tenant keys held only in memory")
-        sink = AuditLogSink(audit_log, facts, EphemeralCommitKeys())
+        sink = AuditLogSink(audit_log, facts, commit_keys)
         identity = EnclaveIdentity(model_id=settings.model_id, model_digest=model_digest,
                                    audit_public_key=audit_public, audit_origin=origin,
                                    policy_digest=hook.policy_digest)
         service = InferenceService(engine=engine, keys=keys, platform=platform,
                                    identity=identity, authorization=hook, audit=sink,
                                    clock=clock, max_tokens_limit=settings.max_tokens_limit)
+        served.append(service)
     except BaseException:
         for close in reversed(closers):
             close()

@@ -4,19 +4,23 @@
 path) before anything reaches the engine; it returns the :class:`Principal` or raises
 :class:`~medclave.errors.AuthError`, which the enclave answers with an encapsulated 401/403.
 :class:`TokenAuthorization` is the real one: the identity issue's token verification
-(:mod:`medclave.auth.authn`) and Cedar decision (:mod:`medclave.auth.authorizer`).
+(:mod:`medclave.auth.authn`) and Cedar decision (:mod:`medclave.auth.authorizer`). A Cedar
+refusal of a verified caller is :class:`Refused`, which the enclave records before answering.
 
 :class:`AuditSink` records each inference (commitments only, never PHI) and returns a receipt
-that travels back inside the encrypted response. :class:`AuditLogSink` is the real one, over
-:class:`medclave.audit.AuditLog`, signed by the Ed25519 key bound into the attestation.
+that travels back inside the encrypted response; it records refusals too (no receipt: a refused
+caller gets nothing but the refusal). :class:`AuditLogSink` is the real one, over
+:class:`medclave.audit.AuditLog`, signed by the Ed25519 key bound into the attestation, with
+commitments under the tenant's own key (:mod:`medclave.enclave.commitkeys`).
 """
 
 from __future__ import annotations
 
+import contextvars
+import hashlib
 import logging
-import os
-import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol
@@ -24,15 +28,17 @@ from typing import Protocol
 from medclave.audit import AuditEntry, AuditLog, commit, pseudonym
 from medclave.audit.entry import AttestationSummary, Authorization, Params, format_time, new_salt
 from medclave.auth.authn import Authenticator
-from medclave.auth.authorizer import Authorizer
+from medclave.auth.authorizer import Authorizer, DecisionRecord
 from medclave.auth.entities import Model
+from medclave.enclave.commitkeys import CommitKeys
 from medclave.enclave.engines.base import SamplingParams
-from medclave.errors import AuthError
+from medclave.errors import AuthError, MedclaveError
 from medclave.protocol.inference import INNER_AUTHORITY, MODELS_PATH, InnerRequest
 
 log = logging.getLogger("medclave.enclave")
 
 Clock = Callable[[], datetime]
+MAX_POLICIES = 64
 
 
 @dataclass(frozen=True)
@@ -40,7 +46,20 @@ class Principal:
     subject: str
     tenant: str
     roles: tuple[str, ...]
-    reason: str  # the policy id that allowed the request
+    reason: str  # the policy id that allowed (or refused) the request
+    policies: tuple[str, ...] = ()  # every policy id the request's decisions cited
+    break_glass: bool = False  # a break-glass grant decided it
+
+
+class Refused(AuthError):
+    """Policy refused a verified caller: recorded in the audit log, answered ``auth.forbidden``.
+
+    (Callers whose token does not verify never get this far: there is no identity to record.)
+    """
+
+    def __init__(self, principal: Principal, detail: str) -> None:
+        super().__init__("auth.forbidden", detail)
+        self.principal = principal
 
 
 class AuthorizationHook(Protocol):
@@ -61,17 +80,54 @@ class InsecureNoAuthorization:
         return Principal("anonymous", "default", (), "insecure-no-auth")
 
 
+class DecisionTrail:
+    """The Cedar :class:`Authorizer`'s decision sink inside the enclave.
+
+    Issue 6: every decision, with its policy ids, goes to the audit log. The enclave writes one
+    entry per request, so the trail gathers the :class:`DecisionRecord` s made while a request
+    is being authorized (:meth:`collect`) and they become that entry's ``authorization``. A
+    decision made outside any request would have no entry to go to: it is refused, which makes
+    the decision itself fail (closed).
+    """
+
+    def __init__(self) -> None:
+        self._bucket: contextvars.ContextVar[list[DecisionRecord] | None] = (
+            contextvars.ContextVar("medclave_decisions", default=None))
+
+    def __call__(self, record: DecisionRecord) -> None:
+        bucket = self._bucket.get()
+        if bucket is None:
+            raise MedclaveError("internal", "an authorization decision outside a request "
+                                "cannot be audited")
+        bucket.append(record)
+
+    @contextmanager
+    def collect(self) -> Iterator[list[DecisionRecord]]:
+        bucket: list[DecisionRecord] = []
+        token = self._bucket.set(bucket)
+        try:
+            yield bucket
+        finally:
+            self._bucket.reset(token)
+
+
 class TokenAuthorization:
-    """A verified token, its tenant served here, and Cedar's ``infer`` on this model."""
+    """A verified token, its tenant served here, and Cedar's ``infer`` on this model.
+
+    ``authorizer`` must send its decisions to ``trail`` (``Authorizer(sink=trail)``): the
+    principal's policies are read from what the trail received, and no record means no access.
+    """
 
     def __init__(self, authenticator: Authenticator, authorizer: Authorizer, *, model_id: str,
-                 roles: tuple[str, ...], tenants: frozenset[str], clock: Clock) -> None:
+                 roles: tuple[str, ...], tenants: frozenset[str], clock: Clock,
+                 trail: DecisionTrail) -> None:
         self._authn = authenticator
         self._authz = authorizer
         self._model_id = model_id
         self._roles = roles
         self._tenants = tenants
         self._clock = clock
+        self._trail = trail
 
     @property
     def policy_digest(self) -> str | None:
@@ -89,10 +145,40 @@ class TokenAuthorization:
         # The model as deployed for the caller's tenant; Cedar's tenant isolation and
         # role rules (policies/models.cedar) decide.
         model = Model(id=self._model_id, tenant=identity.tenant, allowed_roles=self._roles)
-        decision = self._authz.decide(identity, "infer", model, now=now)
-        decision.require()
-        reason = decision.reasons[0] if decision.reasons else "allow"
-        return Principal(identity.subject, identity.tenant, identity.roles, reason)
+        with self._trail.collect() as records:
+            decision = self._authz.decide(identity, "infer", model, now=now)
+        if not records or records[-1].decision != decision.decision:
+            raise MedclaveError("internal", "the authorizer's decision did not reach the audit "
+                                "trail")
+        enforced = records[-1]
+        principal = Principal(identity.subject, identity.tenant, identity.roles,
+                              _reason(enforced), _policies(records),
+                              any(r.break_glass_grant and r.decision == "allow" for r in records))
+        if not decision.allowed:
+            raise Refused(principal, f"denied by {list(decision.reasons) or 'default deny'}")
+        return principal
+
+
+def _reason(record: DecisionRecord) -> str:
+    """The entry's one-word reason: the first policy that decided, else why none did."""
+    if record.reasons:
+        return policy_code(record.reasons[0])
+    if record.errors:
+        return "policy-evaluation-error"  # fail closed: an error may have skipped a forbid
+    return "allow" if record.decision == "allow" else "default-deny"
+
+
+def _policies(records: Sequence[DecisionRecord]) -> tuple[str, ...]:
+    return tuple(sorted({policy_code(r) for rec in records for r in rec.reasons}))[:MAX_POLICIES]
+
+
+def policy_code(policy_id: str) -> str:
+    """A policy id as an entry ``Code`` (lower-case token). An id outside that alphabet is a
+    hospital's own free text: it is replaced by its digest rather than written to the log."""
+    text = policy_id.lower()
+    ok = text[:1].isalnum() and all(c.isalnum() or c in "._:/-" for c in text) and len(text) < 128
+    ok = ok and text.isascii()
+    return text if ok else f"policy-sha256:{hashlib.sha256(policy_id.encode()).hexdigest()[:32]}"
 
 
 # --- audit ----------------------------------------------------------------------------------
@@ -111,50 +197,28 @@ class InferenceRecord:
 
 
 class AuditSink(Protocol):
+    def check(self, tenant: str) -> None:
+        """Raise unless an inference for ``tenant`` can be recorded (before the engine runs)."""
+        ...
+
     def record(self, record: InferenceRecord) -> bytes | None:
         """Append the record; the receipt (JSON) to hand back to the client, if any."""
         ...
 
+    def record_refusal(self, request_id: str, time: datetime, principal: Principal) -> None:
+        """Append a refused request: who (pseudonymous), when, the policies; no content."""
+        ...
+
 
 class NoAudit:
+    def check(self, tenant: str) -> None:
+        pass
+
     def record(self, record: InferenceRecord) -> bytes | None:
         return None
 
-
-class CommitKeys(Protocol):
-    def key_for(self, tenant: str) -> bytes: ...
-
-
-class EphemeralCommitKeys:
-    """A random commitment key per tenant, held only in this enclave's memory.
-
-    Commitments then still hide the content and bind the log, but nobody can open them after
-    the enclave stops; give the enclave the tenants' keys (``FetchedCommitKeys``) to allow
-    replay by the hospital.
-    """
-
-    def __init__(self) -> None:
-        self._keys: dict[str, bytes] = {}
-        self._lock = threading.Lock()
-
-    def key_for(self, tenant: str) -> bytes:
-        with self._lock:
-            return self._keys.setdefault(tenant, os.urandom(32))
-
-
-class FetchedCommitKeys:
-    """Tenant keys from a fetcher (the key broker), cached for the enclave's life."""
-
-    def __init__(self, fetch: Callable[[str], bytes]) -> None:
-        self._fetch = fetch
-        self._keys: dict[str, bytes] = {}
-        self._lock = threading.Lock()
-
-    def key_for(self, tenant: str) -> bytes:
-        with self._lock:
-            if tenant not in self._keys:
-                self._keys[tenant] = self._fetch(tenant)
-            return self._keys[tenant]
+    def record_refusal(self, request_id: str, time: datetime, principal: Principal) -> None:
+        pass
 
 
 @dataclass(frozen=True)
@@ -175,40 +239,69 @@ class AuditLogSink:
         self._facts = facts
         self._keys = keys
 
-    def record(self, record: InferenceRecord) -> bytes:
-        key = self._keys.key_for(record.principal.tenant)
-        salt = new_salt()
+    @property
+    def audit_log(self) -> AuditLog:
+        return self._log
+
+    def check(self, tenant: str) -> None:
+        self._keys.key_for(tenant)
+
+    def _attestation(self) -> AttestationSummary:
         facts = self._facts
+        return AttestationSummary(
+            platform=facts.platform,
+            status="affirming" if facts.secure else "contraindicated",
+            secure=facts.secure,
+            policy_digest=facts.policy_digest,
+        )
+
+    def record(self, record: InferenceRecord) -> bytes:
+        principal = record.principal
+        key = self._keys.key_for(principal.tenant)
+        salt = new_salt()
         params = record.params
         entry = AuditEntry(
             time=format_time(record.time),
             request_id=record.request_id,
-            tenant=record.principal.tenant,
-            user=pseudonym(key, "user", record.principal.subject),
+            tenant=principal.tenant,
+            user=pseudonym(key, "user", principal.subject),
             action="infer",
-            model_digest=facts.model_digest,
-            engine_build=facts.engine_build,
-            evidence_digest=facts.evidence_digest,
-            attestation=AttestationSummary(
-                platform=facts.platform,
-                status="affirming" if facts.secure else "contraindicated",
-                secure=facts.secure,
-                policy_digest=facts.policy_digest,
-            ),
+            model_digest=self._facts.model_digest,
+            engine_build=self._facts.engine_build,
+            evidence_digest=self._facts.evidence_digest,
+            attestation=self._attestation(),
             params=Params(temperature=float(params.temperature), top_p=float(params.top_p),
                           max_tokens=params.max_tokens, seed=params.seed),
             salt=salt,
             prompt=commit(key, "prompt", salt, record.prompt),
             answer=None if record.answer is None else commit(key, "answer", salt,
                                                              record.answer.encode()),
-            authorization=Authorization(decision="allow", reason=_code(record.principal.reason)),
+            authorization=Authorization(decision="allow", reason=policy_code(principal.reason),
+                                        policies=principal.policies),
+            break_glass=principal.break_glass,
         )
         index = self._log.append(entry)
         return self._log.receipt(index).to_json()
 
-
-def _code(reason: str) -> str:
-    """A policy id as an entry ``Code`` (lower-case token); anything else becomes 'allow'."""
-    text = reason.lower()
-    ok = text[:1].isalnum() and all(c.isalnum() or c in "._:/-" for c in text) and len(text) < 128
-    return text if ok else "allow"
+    def record_refusal(self, request_id: str, time: datetime, principal: Principal) -> None:
+        # No prompt, no params, no answer: the request was refused before it was parsed, and
+        # what a refused caller sent is not the hospital's record to keep. The pseudonym needs
+        # the tenant key; without it the refusal cannot be recorded (the caller is refused all
+        # the same).
+        key = self._keys.key_for(principal.tenant)
+        entry = AuditEntry(
+            time=format_time(time),
+            request_id=request_id,
+            tenant=principal.tenant,
+            user=pseudonym(key, "user", principal.subject),
+            action="infer",
+            model_digest=self._facts.model_digest,
+            engine_build=self._facts.engine_build,
+            evidence_digest=self._facts.evidence_digest,
+            attestation=self._attestation(),
+            salt=new_salt(),
+            authorization=Authorization(decision="deny", reason=policy_code(principal.reason),
+                                        policies=principal.policies),
+            break_glass=principal.break_glass,
+        )
+        self._log.append(entry)

@@ -13,7 +13,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from medclave.enclave.engines.base import Completion, Delta, SamplingParams
-from medclave.errors import EnclaveError
+from medclave.errors import EnclaveError, InputError
 
 MAX_MESSAGES = 256
 MAX_PROMPT_CHARS = 256 * 1024
@@ -139,6 +139,45 @@ def messages_of(request: ChatRequest) -> list[dict[str, str]]:
 def prompt_commitment_bytes(value: Any) -> bytes:
     """The bytes the audit commitment covers: the model's input as compact, sorted JSON."""
     return json.dumps(value, ensure_ascii=False, sort_keys=True, separators=(",", ":")).encode()
+
+
+ModelInput = list[dict[str, str]] | str  # the messages (chat) or the prompt (completion)
+_ROLES = frozenset({"system", "user", "assistant"})
+
+
+def commitment_input(value: ModelInput, stop: tuple[str, ...] = ()) -> bytes:
+    """What an inference's prompt commitment covers, and what ``medclave audit replay`` takes.
+
+    The model's input as the engine received it (:func:`messages_of` or the prompt text), with
+    the stop sequences when there are any: they change the answer, and the entry's ``params``
+    cannot carry them (an entry holds no free text), so they are committed with the prompt.
+    """
+    return prompt_commitment_bytes(value if not stop else {"input": value, "stop": list(stop)})
+
+
+def parse_commitment_input(data: bytes) -> tuple[ModelInput, tuple[str, ...]]:
+    """The inverse of :func:`commitment_input`; ``input.malformed`` for anything it would not
+    have produced, byte for byte (replay must run exactly what was committed)."""
+    try:
+        value = json.loads(data)
+    except (ValueError, RecursionError) as exc:
+        raise InputError("input.malformed", "the prompt is not the committed JSON") from exc
+    stop: tuple[str, ...] = ()
+    if isinstance(value, dict):
+        if set(value) != {"input", "stop"} or not isinstance(value["stop"], list) \
+                or not all(isinstance(s, str) for s in value["stop"]) or not value["stop"]:
+            raise InputError("input.malformed", "the prompt is not the committed JSON")
+        stop, value = tuple(value["stop"]), value["input"]
+    if isinstance(value, list):
+        if not value or not all(
+                isinstance(m, dict) and set(m) == {"role", "content"} and m["role"] in _ROLES
+                and isinstance(m["content"], str) for m in value):
+            raise InputError("input.malformed", "the prompt's messages are not as committed")
+    elif not isinstance(value, str):
+        raise InputError("input.malformed", "the prompt is not the committed JSON")
+    if commitment_input(value, stop) != data:
+        raise InputError("input.malformed", "the prompt is not in its committed (canonical) form")
+    return value, stop
 
 
 # --- answers --------------------------------------------------------------------------------

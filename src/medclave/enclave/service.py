@@ -24,7 +24,13 @@ from medclave.crypto.ohttp_chunked import ChunkedRequestDecoder, ChunkedResponse
 from medclave.enclave import openai_api as api
 from medclave.enclave.attester import Platform
 from medclave.enclave.engines.base import Delta, Engine, SamplingParams
-from medclave.enclave.hooks import AuditSink, AuthorizationHook, InferenceRecord, Principal
+from medclave.enclave.hooks import (
+    AuditSink,
+    AuthorizationHook,
+    InferenceRecord,
+    Principal,
+    Refused,
+)
 from medclave.enclave.keys import KeyRing
 from medclave.errors import EnclaveError, InputError, MedclaveError
 from medclave.protocol import inference as proto
@@ -180,7 +186,11 @@ class InferenceService:
                 return _error_answer(rid, EnclaveError("enclave.bad_request",
                                                        f"{request.path} takes {expected}"))
             # The door: nothing below runs for a caller the hook refuses.
-            principal = self.authorization.authorize(request)
+            try:
+                principal = self.authorization.authorize(request)
+            except Refused as refused:
+                self._record_refusal(rid, refused.principal)
+                raise
             if request.path == proto.MODELS_PATH:
                 body = api.models_answer(self.identity.model_id, self.started,
                                          self.identity.model_digest)
@@ -197,6 +207,9 @@ class InferenceService:
             if parsed.stream and not streaming:
                 raise EnclaveError("enclave.bad_request",
                                    f"stream: true needs {proto.CHUNKED_REQUEST}")
+            # No answer leaves unrecorded: a tenant whose commitment key is unavailable is
+            # refused before the engine runs rather than after.
+            self.audit.check(principal.tenant)
             return self._infer(rid, principal, parsed, params)
         except MedclaveError as exc:
             return _error_answer(rid, exc)
@@ -219,7 +232,7 @@ class InferenceService:
         model = self.identity.model_id
         if isinstance(parsed, api.ChatRequest):
             messages = api.messages_of(parsed)
-            prompt = api.prompt_commitment_bytes(messages)
+            prompt = api.commitment_input(messages, params.stop)
             if parsed.stream:
                 return self._stream(rid, principal, prompt, params, True, created,
                                     self.engine.chat_stream(messages, params), parsed)
@@ -227,7 +240,7 @@ class InferenceService:
             body = api.chat_answer(rid, created, model, completion)
         else:
             text = parsed.text()
-            prompt = api.prompt_commitment_bytes(text)
+            prompt = api.commitment_input(text, params.stop)
             if parsed.stream:
                 return self._stream(rid, principal, prompt, params, False, created,
                                     self.engine.complete_stream(text, params), parsed)
@@ -245,6 +258,13 @@ class InferenceService:
             # No answer leaves unrecorded; the caller sees a server error, the log the code.
             log.error("request %s audit failed: %s", rid, exc.code)
             raise EnclaveError("internal", "the audit log refused the record") from None
+
+    def _record_refusal(self, rid: str, principal: Principal) -> None:
+        try:
+            self.audit.record_refusal(rid, self._clock(), principal)
+        except MedclaveError as exc:
+            # Refused all the same; the operator's log says the record is missing, and why.
+            log.error("request %s refusal not recorded: %s", rid, exc.code)
 
     def _stream(self, rid: str, principal: Principal, prompt: bytes, params: SamplingParams,
                 chat: bool, created: int, deltas: Iterator[Delta],

@@ -65,6 +65,10 @@ class EnclaveSettings(BaseSettings):
     # --- audit --------------------------------------------------------------------------
     audit_store: Literal["sqlite", "memory"] = "sqlite"
     audit_origin: str | None = None
+    # Tenants' commitment keys come from the broker at kbs_url (kbs:///TENANT/commitment-key/
+    # audit); development on sim may use one local key file instead (mode 0600 enforced).
+    commitment_key_file: Path | None = None
+    commitment_key_retry_seconds: int = Field(default=30, ge=1, le=3600)
 
     max_request_bytes: int = Field(default=2 * 1024 * 1024, ge=1024)
 

@@ -77,19 +77,19 @@ def _secret(body: SecretBody) -> bytes | None:
 
 
 @owner_router.get("/resources")
-def list_resources(broker: BrokerDep, owner: OwnerDep) -> list[ResourceOut]:
+def list_resources(broker: BrokerDep, owner: OwnerDep, client: ClientDep) -> list[ResourceOut]:
     return [
         ResourceOut(resource=i.resource, current=i.current, versions=list(i.versions))
-        for i in broker.list_resources(owner)
+        for i in broker.list_resources(owner, client_id=client)
     ]
 
 
 @owner_router.get("/resources" + _PATH)
 def get_resource(
-    owner_name: str, rtype: str, name: str, broker: BrokerDep, owner: OwnerDep
+    owner_name: str, rtype: str, name: str, broker: BrokerDep, owner: OwnerDep, client: ClientDep
 ) -> ResourceOut:
     resource = _name(owner_name, rtype, name)
-    info = broker.resource(owner, resource)
+    info = broker.resource(owner, resource, client_id=client)
     versions = broker.policy_versions(owner, resource)
     return ResourceOut(
         resource=info.resource,
@@ -170,7 +170,7 @@ def set_policy(
     resource = _name(owner_name, rtype, name)
     policy = release_policy_from_obj(_json_obj(body))
     broker.set_policy(owner, resource, policy, client_id=client, expected_version=expected_version)
-    return _policy_out(broker, owner, resource, None)
+    return _policy_out(broker, owner, resource, None, client)
 
 
 @owner_router.get("/policies" + _PATH)
@@ -180,9 +180,10 @@ def get_policy(
     name: str,
     broker: BrokerDep,
     owner: OwnerDep,
+    client: ClientDep,
     version: Annotated[int | None, Query(ge=1)] = None,
 ) -> PolicyOut:
-    return _policy_out(broker, owner, _name(owner_name, rtype, name), version)
+    return _policy_out(broker, owner, _name(owner_name, rtype, name), version, client)
 
 
 @owner_router.delete("/policies" + _PATH + "/versions/{version}", status_code=204)
@@ -203,14 +204,18 @@ def retire_policy_version(
 def decisions(
     broker: BrokerDep,
     owner: OwnerDep,
+    client: ClientDep,
     resource: str | None = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> list[dict[str, Any]]:
-    return [d.to_dict() for d in broker.decisions(owner, resource=resource, limit=limit)]
+    found = broker.decisions(owner, resource=resource, limit=limit, client_id=client)
+    return [d.to_dict() for d in found]
 
 
-def _policy_out(broker: BrokerDep, owner: str, resource: str, version: int | None) -> PolicyOut:
-    record, policy, versions = broker.get_policy(owner, resource, version)
+def _policy_out(
+    broker: BrokerDep, owner: str, resource: str, version: int | None, client: str
+) -> PolicyOut:
+    record, policy, versions = broker.get_policy(owner, resource, version, client_id=client)
     return PolicyOut(
         resource=resource,
         version=record.version,

@@ -6,6 +6,12 @@ verify the evidence and that its report_data binds this nonce and this runtime (
 key); appraise it against the resource's release policy; then HPKE-seal the secret to the
 ephemeral key, with the resource, version and nonce as AAD so the answer fits one request only.
 Every decision, release or refusal with its code, is recorded before the answer leaves.
+
+Owner API (issue 6's broker enforcement point): a credential authenticates one owner, and that
+owner may act only on names under its own ``kbs:///OWNER/`` prefix. Every call, read or change,
+allowed or refused, is recorded with its action, the acting owner and the outcome; a refusal for
+another owner's name answers exactly as a name that does not exist (``kbs.unauthorized`` is
+masked as ``kbs.not_found``), so a credential cannot probe which names other owners hold.
 """
 
 from __future__ import annotations
@@ -17,7 +23,7 @@ import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from medclave.attestation.core import Check, Verification, Violation
 from medclave.attestation.policy import evaluate, raise_refusal
@@ -35,6 +41,7 @@ from medclave.protocol.evidence import EvidenceBundle
 NONCE_BYTES = 32
 DEFAULT_NONCE_TTL = timedelta(seconds=60)
 GENERATED_SECRET_BYTES = 32
+T = TypeVar("T")
 
 
 def utcnow() -> datetime:
@@ -66,6 +73,7 @@ class _Trace:
     action: str
     resource: str
     client: str
+    actor: str = ""  # the owner whose credential made the call (owner API only)
     version: int | None = None
     policy_digest: str = ""
     evidence_sha256: str = ""
@@ -223,18 +231,24 @@ class KeyBroker:
 
         self._owner_op("delete", owner, resource, client_id, op)
 
-    def resource(self, owner: str, resource: str) -> ResourceInfo:
-        name = self._owned(owner, resource)
-        info = self.store.resource_info(name)
-        if info is None:
-            raise KbsError("kbs.not_found", f"no resource {name}")
-        return info
+    def resource(self, owner: str, resource: str, *, client_id: str = "") -> ResourceInfo:
+        def op(name: ResourceName | None) -> ResourceInfo:
+            assert name is not None
+            info = self.store.resource_info(name)
+            if info is None:
+                raise KbsError("kbs.not_found", f"no resource {name}")
+            return info
+
+        return self._owner_read("read", owner, resource, client_id, op)
 
     def policy_versions(self, owner: str, resource: str) -> tuple[int, ...]:
+        """Part of a read already recorded by :meth:`resource`; still owner-checked."""
         return self.store.policy_versions(self._owned(owner, resource))
 
-    def list_resources(self, owner: str) -> list[ResourceInfo]:
-        return self.store.list_resources(valid_owner(owner))
+    def list_resources(self, owner: str, *, client_id: str = "") -> list[ResourceInfo]:
+        # The store lists by owner: the authenticated owner's own names, nobody else's.
+        return self._owner_read("list", owner, None, client_id,
+                                lambda _: self.store.list_resources(valid_owner(owner)))
 
     def set_policy(
         self,
@@ -254,15 +268,18 @@ class KeyBroker:
         return self._owner_op("policy_set", owner, resource, client_id, op)
 
     def get_policy(
-        self, owner: str, resource: str, version: int | None = None
+        self, owner: str, resource: str, version: int | None = None, *, client_id: str = ""
     ) -> tuple[PolicyVersion, ReleasePolicy, tuple[int, ...]]:
-        name = self._owned(owner, resource)
-        record = self.store.policy_version(name, version)
-        return (
-            record,
-            ReleasePolicy.model_validate_json(record.document),
-            self.store.policy_versions(name),
-        )
+        def op(name: ResourceName | None) -> tuple[PolicyVersion, ReleasePolicy, tuple[int, ...]]:
+            assert name is not None
+            record = self.store.policy_version(name, version)
+            return (
+                record,
+                ReleasePolicy.model_validate_json(record.document),
+                self.store.policy_versions(name),
+            )
+
+        return self._owner_read("policy_read", owner, resource, client_id, op)
 
     def retire_policy_version(
         self, owner: str, resource: str, version: int, *, client_id: str
@@ -275,18 +292,24 @@ class KeyBroker:
         self._owner_op("policy_retire", owner, resource, client_id, op)
 
     def decisions(
-        self, owner: str, *, resource: str | None = None, limit: int = 100
+        self, owner: str, *, resource: str | None = None, limit: int = 100, client_id: str = ""
     ) -> list[Decision]:
-        if resource is not None:
-            self._owned(owner, resource)
-        return self.store.decisions(owner=valid_owner(owner), resource=resource, limit=limit)
+        """Decisions on the owner's resources and those its credential made (newest first);
+        read before this read is itself recorded."""
+        return self._owner_read(
+            "decisions_read", owner, resource, client_id,
+            lambda _: self.store.decisions(owner=valid_owner(owner), resource=resource,
+                                           limit=limit),
+        )
 
     def record_refusal(
-        self, action: str, resource: str, client_id: str, error: MedclaveError
+        self, action: str, resource: str, client_id: str, error: MedclaveError, *,
+        actor: str = "",
     ) -> None:
         """For refusals the HTTP layer meets before the broker (credentials, rate limits)."""
         self._decide(
-            _Trace(action, resource, client_id), self._clock(), "refused", error.code, error.detail
+            _Trace(action, resource, client_id, actor=actor), self._clock(), "refused",
+            error.code, error.detail,
         )
 
     def _owned(self, owner: str, resource: str) -> ResourceName:
@@ -305,7 +328,7 @@ class KeyBroker:
         op: Callable[[ResourceName, _Trace], int],
     ) -> int:
         now = self._clock()
-        trace = _Trace(action, resource, client_id)
+        trace = _Trace(action, resource, client_id, actor=owner)
         try:
             name = self._owned(owner, resource)
             result = op(name, trace)
@@ -314,6 +337,26 @@ class KeyBroker:
             raise
         if action in ("create", "rotate", "policy_set"):
             trace.version = result
+        self._decide(trace, now, "allowed", None, action)
+        return result
+
+    def _owner_read(
+        self,
+        action: str,
+        owner: str,
+        resource: str | None,
+        client_id: str,
+        op: Callable[[ResourceName | None], T],
+    ) -> T:
+        """A read through the owner API: owner-checked and recorded like a change."""
+        now = self._clock()
+        trace = _Trace(action, resource or "", client_id, actor=owner)
+        try:
+            name = None if resource is None else self._owned(owner, resource)
+            result = op(name)
+        except MedclaveError as exc:
+            self._decide(trace, now, "refused", exc.code, exc.detail)
+            raise
         self._decide(trace, now, "allowed", None, action)
         return result
 
@@ -337,6 +380,7 @@ class KeyBroker:
             policy_digest=trace.policy_digest,
             evidence_sha256=trace.evidence_sha256,
             checks=tuple(f"{c.name}:{'ok' if c.ok else 'failed'}" for c in trace.checks),
+            actor=trace.actor[:200],
         )
         self.store.record_decision(decision)
         if self._on_decision is not None:

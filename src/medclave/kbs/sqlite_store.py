@@ -52,9 +52,12 @@ CREATE TABLE IF NOT EXISTS decisions (
     id INTEGER PRIMARY KEY AUTOINCREMENT, at TEXT NOT NULL, action TEXT NOT NULL,
     resource TEXT NOT NULL, owner TEXT NOT NULL, outcome TEXT NOT NULL, client TEXT NOT NULL,
     code TEXT, version INTEGER, detail TEXT NOT NULL, policy_digest TEXT NOT NULL,
-    evidence_sha256 TEXT NOT NULL, checks TEXT NOT NULL);
+    evidence_sha256 TEXT NOT NULL, checks TEXT NOT NULL, actor TEXT NOT NULL DEFAULT '');
 CREATE INDEX IF NOT EXISTS decisions_owner ON decisions (owner, id);
 """
+# Stores created before decisions named their actor get the column (empty for old rows).
+_ACTOR_COLUMN = "ALTER TABLE decisions ADD COLUMN actor TEXT NOT NULL DEFAULT ''"
+_ACTOR_INDEX = "CREATE INDEX IF NOT EXISTS decisions_actor ON decisions (actor, id)"
 
 
 def _ts(value: datetime) -> str:
@@ -88,6 +91,10 @@ class SqliteStore:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")
             self._db.executescript(_SCHEMA)
+            columns = {r[1] for r in self._db.execute("PRAGMA table_info(decisions)")}
+            if "actor" not in columns:
+                self._db.execute(_ACTOR_COLUMN)
+            self._db.execute(_ACTOR_INDEX)
             row = self._db.execute("SELECT value FROM meta WHERE key='schema'").fetchone()
             if row is None:
                 self._db.execute(
@@ -316,8 +323,8 @@ class SqliteStore:
         with self._tx() as db:
             db.execute(
                 "INSERT INTO decisions (at, action, resource, owner, outcome, client, code,"
-                " version, detail, policy_digest, evidence_sha256, checks)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " version, detail, policy_digest, evidence_sha256, checks, actor)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     _ts(d.at),
                     d.action,
@@ -331,6 +338,7 @@ class SqliteStore:
                     d.policy_digest,
                     d.evidence_sha256,
                     json.dumps(list(d.checks)),
+                    d.actor,
                 ),
             )
 
@@ -339,8 +347,8 @@ class SqliteStore:
     ) -> list[Decision]:
         sql = (
             "SELECT at, action, resource, outcome, client, code, version, detail, policy_digest,"
-            " evidence_sha256, checks FROM decisions"
-            " WHERE (?1 IS NULL OR owner = ?1) AND (?2 IS NULL OR resource = ?2)"
+            " evidence_sha256, checks, actor FROM decisions"
+            " WHERE (?1 IS NULL OR owner = ?1 OR actor = ?1) AND (?2 IS NULL OR resource = ?2)"
             " ORDER BY id DESC LIMIT ?3"
         )
         rows = self._read(sql, (owner, resource, max(1, min(limit, 10_000))))
@@ -357,6 +365,7 @@ class SqliteStore:
                 policy_digest=str(r[8]),
                 evidence_sha256=str(r[9]),
                 checks=tuple(json.loads(str(r[10]))),
+                actor=str(r[11]),
             )
             for r in rows
         ]

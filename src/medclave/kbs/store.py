@@ -56,10 +56,17 @@ class ResourceInfo:
 
 @dataclass(frozen=True)
 class Decision:
-    """One broker decision: a release or its refusal, or an owner's change (or its refusal)."""
+    """One broker decision: a release or its refusal, or an owner-API call (or its refusal).
+
+    ``actor`` is the owner whose credential made an owner-API call ("" for releases, which carry
+    evidence rather than a credential, and for calls refused before authentication); ``owner``
+    is the owner the resource belongs to. A cross-owner attempt is thus seen by both.
+    """
 
     at: datetime
-    action: str  # release | create | rotate | retire | delete | policy_set | policy_retire | read
+    # release | create | rotate | retire | delete | policy_set | policy_retire | read | list
+    # | policy_read | decisions_read | authenticate
+    action: str
     resource: str
     outcome: Literal["allowed", "refused"]
     client: str
@@ -69,6 +76,7 @@ class Decision:
     policy_digest: str = ""
     evidence_sha256: str = ""
     checks: tuple[str, ...] = ()  # "name:ok" / "name:failed", in order
+    actor: str = ""
 
     @property
     def owner(self) -> str:
@@ -90,6 +98,7 @@ class Decision:
             "policy_digest": self.policy_digest,
             "evidence_sha256": self.evidence_sha256,
             "checks": list(self.checks),
+            "actor": self.actor,
         }
 
 
@@ -318,7 +327,7 @@ class MemoryStore:
             out = [
                 d
                 for d in reversed(self._decisions)
-                if (owner is None or d.owner == owner)
+                if (owner is None or owner in (d.owner, d.actor))
                 and (resource is None or d.resource == resource)
             ]
             return out[:limit]

@@ -35,7 +35,7 @@ from signxml import SignatureConfiguration, XMLVerifier  # type: ignore[attr-def
 from signxml.algorithms import DigestAlgorithm, SignatureMethod
 
 from medclave.attestation.core import CheckLog, sha256_hex
-from medclave.attestation.x509chain import verify_chain
+from medclave.attestation.x509chain import load_certificates, verify_chain
 from medclave.errors import AttestationError
 
 # SHA-256 of the DER of "NVIDIA CoRIM signing Root CA" (P-384, valid to 2053), from NVIDIA nvtrust
@@ -149,8 +149,8 @@ def _embedded_chain(root: Any, log: CheckLog, name: str) -> list[x509.Certificat
     for element in texts:
         try:
             der = base64.b64decode("".join((element.text or "").split()), validate=True)
-            chain.append(x509.load_der_x509_certificate(der))
-        except (binascii.Error, ValueError, x509.InvalidVersion) as exc:
+            chain.extend(load_certificates(der))
+        except (binascii.Error, ValueError, AttestationError) as exc:
             raise _invalid(log, name, f"embedded certificate does not decode: {exc}") from exc
     return chain
 

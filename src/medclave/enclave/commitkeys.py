@@ -1,0 +1,173 @@
+"""Tenant commitment keys: the HMAC keys under which audit entries commit to prompts and answers.
+
+The key is the tenant's secret, not the enclave's: the hospital keeps it, and with it (and its
+own copy of a prompt) opens a commitment or replays an inference years later. The enclave gets
+it from the key broker as ``kbs:///TENANT/commitment-key/audit``, released like a model key only
+to evidence the tenant's release policy accepts (:class:`BrokerCommitKeys`), or, in development
+on sim, from a local 0600 file (:class:`FileCommitKeys`). When neither holds a key for a tenant,
+its requests are refused with ``audit.commitment_key_unavailable``: a key the enclave made up
+would hide content from everyone, the tenant included, and the log would promise an audit
+trail nobody can ever open.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import stat
+import threading
+from collections.abc import Callable, Mapping
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any, Protocol
+
+from medclave.audit.entry import MAX_KEY_BYTES, parse_commitment_key
+from medclave.errors import AuditError, InputError, MedclaveError
+from medclave.kbs.names import ResourceName
+
+log = logging.getLogger("medclave.enclave")
+
+Clock = Callable[[], datetime]
+Attester = Callable[[bytes, dict[str, Any]], Any]
+
+RESOURCE_TYPE = "commitment-key"
+RESOURCE_NAME = "audit"
+MAX_REMEMBERED_FAILURES = 1024
+
+
+class CommitKeys(Protocol):
+    def key_for(self, tenant: str) -> bytes:
+        """The tenant's key, or ``audit.commitment_key_unavailable``."""
+        ...
+
+
+def commitment_resource(tenant: str) -> str:
+    """``kbs:///TENANT/commitment-key/audit`` (``input.malformed`` for a tenant id that is not
+    a broker owner name)."""
+    return str(ResourceName.of(tenant, RESOURCE_TYPE, RESOURCE_NAME))
+
+
+def read_key_file(path: Path) -> bytes:
+    """A commitment key file: a regular file, mode 0600 or stricter, holding one key.
+
+    ``config.invalid`` otherwise: a key others on the machine can read lets them open every
+    commitment made under it.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+    except OSError as exc:
+        raise InputError("config.invalid", f"cannot open the commitment key file {path.name}: "
+                         f"{exc.strerror}") from exc
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise InputError("config.invalid", f"{path.name} is not a regular file")
+        if info.st_mode & 0o077:
+            raise InputError("config.invalid", f"{path.name} is readable by others "
+                             f"(mode {stat.S_IMODE(info.st_mode):04o}); chmod 600 it")
+        data = os.read(fd, MAX_KEY_BYTES + 1)
+    finally:
+        os.close(fd)
+    try:
+        return parse_commitment_key(data)
+    except InputError as exc:
+        raise InputError("config.invalid", f"{path.name}: {exc.detail}") from None
+
+
+class FileCommitKeys:
+    """Development only: one key from a local file, for every tenant (sim has one trust domain
+    anyway: whoever runs it reads everything)."""
+
+    def __init__(self, path: Path) -> None:
+        self._key = read_key_file(path)
+
+    def key_for(self, tenant: str) -> bytes:
+        return self._key
+
+
+class NoCommitKeys:
+    """No source configured: every tenant is refused."""
+
+    def key_for(self, tenant: str) -> bytes:
+        raise AuditError("audit.commitment_key_unavailable",
+                         "no commitment key source: set kbs_url (or, on sim, "
+                         "commitment_key_file)")
+
+
+def broker_fetcher(kbs_url: str, attester: Attester, runtime: Callable[[], Mapping[str, Any]]
+                   ) -> Callable[[str], bytes]:
+    """Fetch a tenant's key through attested release: fresh evidence per fetch, over the
+    enclave's current runtime, so the tenant's release policy can name the model and build."""
+    from medclave.kbs.client import KbsClient
+
+    def fetch(tenant: str) -> bytes:
+        with KbsClient(kbs_url, attester, runtime=runtime()) as kbs:
+            return kbs.fetch(commitment_resource(tenant))
+
+    return fetch
+
+
+class BrokerCommitKeys:
+    """Keys fetched per tenant on first use and kept in memory for the enclave's life.
+
+    A refusal is remembered for ``retry_after``, so a tenant without a key (or a broker that is
+    down) costs one attested fetch per interval rather than one per request; at most one fetch
+    per tenant is in flight.
+    """
+
+    def __init__(self, fetch: Callable[[str], bytes], *, clock: Clock,
+                 retry_after: timedelta = timedelta(seconds=30)) -> None:
+        self._fetch = fetch
+        self._clock = clock
+        self._retry_after = retry_after
+        self._keys: dict[str, bytes] = {}
+        self._failed: dict[str, tuple[datetime, str]] = {}
+        self._tenant_locks: dict[str, threading.Lock] = {}
+        self._lock = threading.Lock()
+
+    def key_for(self, tenant: str) -> bytes:
+        with self._lock:
+            key = self._cached(tenant)
+            if key is not None:
+                return key
+            tenant_lock = self._tenant_locks.setdefault(tenant, threading.Lock())
+        with tenant_lock:
+            with self._lock:
+                key = self._cached(tenant)
+                if key is not None:
+                    return key
+            try:
+                key = parse_commitment_key(self._fetch(tenant))
+            except MedclaveError as exc:
+                self._remember_failure(tenant, exc.code)
+                log.warning("commitment key for a tenant refused: %s", exc.code)
+                raise _unavailable(exc.code) from None
+            with self._lock:
+                self._keys[tenant] = key
+                self._failed.pop(tenant, None)
+            return key
+
+    def _cached(self, tenant: str) -> bytes | None:
+        key = self._keys.get(tenant)
+        if key is not None:
+            return key
+        failed = self._failed.get(tenant)
+        if failed is not None and self._clock() < failed[0]:
+            raise _unavailable(failed[1])
+        return None
+
+    def _remember_failure(self, tenant: str, code: str) -> None:
+        now = self._clock()
+        with self._lock:
+            if len(self._failed) >= MAX_REMEMBERED_FAILURES:  # bounded: tenants come from tokens
+                self._failed = {t: f for t, f in self._failed.items() if f[0] > now}
+                if len(self._failed) >= MAX_REMEMBERED_FAILURES:
+                    self._failed.pop(next(iter(self._failed)))
+            self._failed[tenant] = (now + self._retry_after, code)
+            if tenant not in self._keys:
+                self._tenant_locks.pop(tenant, None)
+
+
+def _unavailable(cause: str) -> AuditError:
+    return AuditError("audit.commitment_key_unavailable",
+                      f"the key broker did not release the tenant's commitment key ({cause})")

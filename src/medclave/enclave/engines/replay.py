@@ -1,0 +1,59 @@
+"""The engine ``medclave audit replay`` runs: the enclave's llama.cpp engine, as a
+:class:`~medclave.audit.replay.ReplayEngine`.
+
+Replay must run what the enclave ran: the prompt given is the committed model input
+(:func:`~medclave.enclave.openai_api.commitment_input`: the chat messages or the completion
+prompt, with the stop sequences), handed to the same engine call the enclave made (``chat`` or
+``complete``) with the recorded sampling parameters and seed. The model file's digest is
+checked before loading, and the build is this machine's llama.cpp build: greedy output is only
+reproducible on the build the entry names, so :func:`medclave.audit.replay.replay` refuses any
+other (``audit.replay_engine_mismatch``).
+"""
+
+from __future__ import annotations
+
+from functools import cache
+from pathlib import Path
+
+from medclave.audit.entry import Params
+from medclave.audit.replay import ReplayEngine
+from medclave.enclave.engines.base import Engine, SamplingParams
+from medclave.enclave.model import DEFAULT_MODEL_SHA256, default_model_path, verify_model_file
+from medclave.enclave.openai_api import parse_commitment_input
+from medclave.errors import InputError
+
+
+def replay_engine_for(engine: Engine, model_digest: str) -> ReplayEngine:
+    """``engine`` (already loaded with the model whose SHA-256 is ``model_digest``) for replay."""
+
+    def generate(prompt: str, params: Params) -> str:
+        value, stop = parse_commitment_input(prompt.encode())
+        sampling = SamplingParams(max_tokens=params.max_tokens, temperature=params.temperature,
+                                  top_p=params.top_p, seed=params.seed, stop=stop)
+        if isinstance(value, str):
+            return engine.complete(value, sampling).text
+        return engine.chat(value, sampling).text
+
+    return ReplayEngine(generate=generate, model_digest=model_digest,
+                        engine_build=engine.build_id)
+
+
+def llama_replay_engine(model_path: Path | None = None, model_sha256: str | None = None, *,
+                        n_ctx: int = 2048, n_threads: int = 2) -> ReplayEngine:
+    """llama.cpp over ``model_path`` (checked against ``model_sha256``), or over the bundled
+    model (checked against its pin)."""
+    from medclave.enclave.engines.llamacpp import LlamaCppEngine
+
+    if model_path is None:
+        path, digest = default_model_path(check=True), DEFAULT_MODEL_SHA256
+    elif model_sha256 is None:
+        raise InputError("input.missing", "give the model's SHA-256 with its path")
+    else:
+        path, digest = model_path, verify_model_file(model_path, model_sha256)
+    return replay_engine_for(LlamaCppEngine(str(path), n_ctx=n_ctx, n_threads=n_threads), digest)
+
+
+@cache
+def replay_engine() -> ReplayEngine:
+    """The default of ``medclave audit replay``: the bundled model on llama.cpp, loaded once."""
+    return llama_replay_engine()
