@@ -77,9 +77,10 @@ def enclave(tmp_path: Path, idp: Idp, spy: FakeEngine, policies: Path) -> Iterat
     e.stop()
 
 
-def _call(enclave: Enclave, body: dict[str, object], *, token: str | None,
+def _call(enclave: Enclave, body: dict[str, object] | None, *, token: str | None,
           path: str = proto.CHAT_PATH) -> bhttp.Response:
-    inner = proto.encode_inner_request("POST", path, body=json.dumps(body).encode(),
+    method, raw = ("GET", b"") if body is None else ("POST", json.dumps(body).encode())
+    inner = proto.encode_inner_request(method, path, body=raw,
                                        authorization=f"Bearer {token}" if token else None)
     service = enclave.booted.service
     wire, context = encapsulate_request(service.keys.config, inner)
@@ -122,7 +123,7 @@ def test_a_refused_request_is_logged_with_its_policy_and_nothing_of_its_content(
     assert entry.prompt is None and entry.answer is None and entry.params is None
     assert entry.tenant == "st-marys"
     assert entry.user == pseudonym(_key(enclave), "user", "dr-alice")  # the hospital can tell
-    for secret in (PROMPT.encode(), b"Ramsay", b"dr-alice", b"researcher"):
+    for secret in (PROMPT.encode(), b"Ramsay", b"MRN", b"dr-alice"):
         assert secret not in raw
     # The operator's copy of the log says no more than the entry: a FHIR 'denied' event.
     event = audit_event(entry, 0, origin=log.origin)
@@ -234,7 +235,7 @@ def test_without_a_key_source_inference_is_refused_before_the_engine(
         assert spy.calls == []
         # A refusal is still refused, unrecorded (its pseudonym needs the key).
         assert _call(enclave, CHAT, token=idp.token(roles=("patient",))).status == 403
-        assert _call(enclave, {}, token=idp.token(), path=proto.MODELS_PATH).status == 200
+        assert _call(enclave, None, token=idp.token(), path=proto.MODELS_PATH).status == 200
     finally:
         enclave.stop()
 
