@@ -144,3 +144,36 @@ def test_readable_table_without_json(vectors: Path) -> None:
                                  str(d / "vcek_milan.der"), "--cert", str(d / "cert_chain_milan"),
                                  "--at", "2025-07-01"])
     assert result.exit_code == 0 and "VERIFIED" in result.stdout and "report signature" in result.stdout
+
+
+def test_online_fetches_endorsements_only_when_asked(vectors: Path, tmp_path: Path) -> None:
+    """--online builds the one explicit provider; without it nothing is fetched."""
+    import httpx
+
+    from medclave.attestation.online import OnlineEndorsements
+    from medclave.cli.attest import run_verify
+    from tests.attestation.test_sevsnp_kds import S1_CHIP
+    from tests.conftest import at
+
+    snp = vectors / "sev-snp"
+    routes = {
+        f"/vcek/v1/Milan/{S1_CHIP}": (snp / "go-sev-guest/vcek.testcer").read_bytes(),
+        "/vcek/v1/Milan/cert_chain": (snp / "amd-roots/ask_ark_milan.pem").read_bytes(),
+    }
+    seen: list[str] = []
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        seen.append(request.url.path)
+        body = routes.get(request.url.path)
+        return httpx.Response(200, content=body) if body else httpx.Response(404)
+
+    report = snp / "go-sev-guest/attestation.bin"
+    code, out = run_verify(report, [], [], None, None, at("2025-07-01"))
+    assert code == 2 and out["error"]["code"] == "attestation.certificate_missing" and not seen
+    provider = OnlineEndorsements(cache_dir=tmp_path,
+                                  client=httpx.Client(transport=httpx.MockTransport(handle)))
+    code, out = run_verify(report, [], [], None, None, at("2025-07-01"), online=provider)
+    assert any(p.startswith("/vcek/v1/Milan/") for p in seen)
+    # AMD's CRL is not among the vectors: the provider fails closed rather than skip revocation.
+    assert out["error"]["code"] == "attestation.certificate_missing"
+    assert any(c["name"] == "online endorsements" for c in out["checks"])

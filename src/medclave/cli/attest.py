@@ -55,6 +55,7 @@ def run_verify(
     policy_file: Path | None,
     at: datetime,
     sim_roots: frozenset[str] = frozenset(),
+    online: Any = None,
 ) -> tuple[int, dict[str, Any]]:
     """The whole command as a function: (exit code, the JSON object)."""
     out: dict[str, Any] = {
@@ -75,11 +76,12 @@ def run_verify(
             out["platform"] = bundle.platform
             result = verify_bundle(bundle, now=at, expected_nonce=nonce_bytes,
                                    certificates=cert_blobs, collateral=coll_blobs,
-                                   sim_roots=sim_roots)
+                                   sim_roots=sim_roots, online=online)
         else:
             out["platform"] = kind
             result = verify_raw(data, now=at, platform=kind, certificates=cert_blobs,
-                                collateral=coll_blobs, nonce=nonce_bytes, sim_roots=sim_roots)
+                                collateral=coll_blobs, nonce=nonce_bytes, sim_roots=sim_roots,
+                                online=online)
     except ValueError as exc:  # a bad --nonce
         out["error"] = {"code": "input.malformed", "message": f"--nonce is not hex: {exc}"}
         return 2, out
@@ -140,10 +142,25 @@ def verify_cmd(
     as_json: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
     sim_root: Annotated[list[str] | None, typer.Option(
         "--sim-root", help="accept sim evidence under this root fingerprint (development only)")] = None,
+    online: Annotated[bool, typer.Option(
+        "--online", help="fetch missing SNP endorsements from AMD KDS and check NVIDIA OCSP")] = False,
+    cache: Annotated[Path, typer.Option(help="cache folder for --online")] = Path(".medclave/kds"),
 ) -> None:
-    """Verify EVIDENCE against the pinned roots and appraise it against a policy."""
-    code, out = run_verify(evidence, cert or [], collateral or [], nonce, policy, _parse_time(at),
-                           frozenset(sim_root or ()))
+    """Verify EVIDENCE against the pinned roots and appraise it against a policy.
+
+    Offline unless --online is given: then, and only then, AMD's key distribution service and
+    NVIDIA's OCSP responder are contacted."""
+    provider = None
+    if online:
+        from medclave.attestation.online import OnlineEndorsements
+
+        provider = OnlineEndorsements(cache_dir=cache)
+    try:
+        code, out = run_verify(evidence, cert or [], collateral or [], nonce, policy,
+                               _parse_time(at), frozenset(sim_root or ()), provider)
+    finally:
+        if provider is not None:
+            provider.close()
     if as_json:
         sys.stdout.write(json.dumps(out, indent=2, sort_keys=True, default=str) + "\n")
     else:

@@ -1,0 +1,62 @@
+"""The explicit online endorsement provider behind ``medclave attest verify --online``.
+
+Verification is offline unless the caller hands one of these in ``VerifyOptions.online``. One
+object serves every platform: AMD's key distribution service for SNP endorsements (VCEK, chain,
+CRL; cached on disk) and NVIDIA's OCSP responder for the GPU device chain.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from pathlib import Path
+
+import httpx
+from cryptography import x509
+
+from medclave.attestation.nvidia.online import CertStatus, HttpxOcspProvider
+from medclave.attestation.sevsnp.abi import Product, Report
+from medclave.attestation.sevsnp.chain import Kind
+from medclave.attestation.sevsnp.kds import KdsProvider
+from medclave.errors import AttestationError
+
+PRODUCTS: tuple[Product, ...] = ("Milan", "Genoa", "Turin")
+
+
+class OnlineEndorsements:
+    """Implements both ``SnpEndorsementSource`` and NVIDIA's ``OnlineProvider``."""
+
+    def __init__(self, *, cache_dir: Path, client: httpx.Client | None = None) -> None:
+        self._client = client or httpx.Client(timeout=10.0, follow_redirects=False)
+        # A v2 report names no product (no CPUID): ask KDS for each in turn; the VCEK of the
+        # wrong product does not exist there, and a chain of the wrong product is refused anyway.
+        self._kds = {
+            product: KdsProvider(client=self._client, cache_dir=cache_dir, product=product)
+            for product in PRODUCTS
+        }
+        self._ocsp = HttpxOcspProvider(self._client)
+
+    def snp_endorsements(
+        self, report: Report, *, product: Product | None, kind: Kind, now: datetime,
+        have: Sequence[x509.Certificate],
+    ) -> tuple[tuple[x509.Certificate, ...], tuple[x509.CertificateRevocationList, ...]]:
+        if product is not None:
+            return self._kds[product].snp_endorsements(report, product=product, kind=kind,
+                                                       now=now, have=have)
+        last: AttestationError | None = None
+        for candidate, kds in self._kds.items():
+            try:
+                return kds.snp_endorsements(report, product=candidate, kind=kind, now=now,
+                                            have=have)
+            except AttestationError as exc:
+                last = exc
+        assert last is not None
+        raise last
+
+    def certificate_status(
+        self, cert: x509.Certificate, issuer: x509.Certificate, *, now: datetime
+    ) -> CertStatus:
+        return self._ocsp.certificate_status(cert, issuer, now=now)
+
+    def close(self) -> None:
+        self._client.close()

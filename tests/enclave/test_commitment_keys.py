@@ -1,0 +1,215 @@
+"""Tenant commitment keys from the key broker (a real broker and enclave on 127.0.0.1): released
+only to an enclave the tenant's policy accepts, cached, refusals remembered for a while."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from medclave.attestation.policy import AppraisalPolicy
+from medclave.attestation.sim import SimAuthority
+from medclave.audit import generate_commitment_key, open_commitment, parse_entry
+from medclave.client.session import EnclaveSession
+from medclave.enclave.app import create_app as create_enclave_app
+from medclave.enclave.boot import Booted, boot
+from medclave.enclave.commitkeys import BrokerCommitKeys, commitment_resource
+from medclave.enclave.hooks import AuditLogSink
+from medclave.enclave.model import DEFAULT_MODEL_SHA256
+from medclave.enclave.openai_api import commitment_input
+from medclave.enclave.server import BackgroundServer
+from medclave.enclave.settings import EnclaveSettings
+from medclave.errors import InputError, KbsError, MedclaveError
+from medclave.kbs.app import create_app as create_kbs_app
+from medclave.kbs.client import OwnerClient
+from medclave.kbs.factory import build_broker
+from medclave.kbs.keywrap import AesGcmKek
+from medclave.kbs.models import ReleasePolicy
+from medclave.kbs.settings import KbsSettings
+from medclave.kbs.store import Decision, MemoryStore
+from medclave.protocol import inference as proto
+from tests.e2e.helpers import (
+    FAKE_ANSWER,
+    ISSUER,
+    MEASUREMENT,
+    TENANT,
+    FakeEngine,
+    Idp,
+    make_idp,
+    now,
+    sim_policy,
+)
+
+OTHER_MEASUREMENT = hashlib.sha384(b"an enclave build the hospital never approved").hexdigest()
+KEYLESS = "keyless-clinic"  # served, but never registered a key
+QUESTION = "Patient Clarissa D., 61, INR 4.2 on warfarin: hold tonight's dose?"
+
+
+@dataclass
+class World:
+    folder: Path
+    kbs: str
+    idp: Idp
+    tenant_key: bytes
+    decisions: list[Decision]
+
+    def releases(self, tenant: str) -> list[Decision]:
+        name = commitment_resource(tenant)
+        return [d for d in self.decisions if d.action == "release" and d.resource == name]
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
+    folder = tmp_path_factory.mktemp("commitkeys")
+    roots = tuple(SimAuthority.load_or_create(folder / name).root_fingerprint
+                  for name in ("good", "rogue"))
+    decisions: list[Decision] = []
+    settings = KbsSettings(data_dir=folder / "kbs", store="memory", sim_roots=roots,
+                           rate_per_second=1000.0, rate_burst=1000)
+    broker = build_broker(settings, store=MemoryStore(), wrapper=AesGcmKek(os.urandom(32)),
+                          on_decision=decisions.append)
+    tenant_key = generate_commitment_key()
+    with BackgroundServer(create_kbs_app(settings, broker=broker)) as server:
+        # The hospital registers its key, released to the approved build running the model
+        # it approved: its own policy, not the vendor's.
+        with OwnerClient(server.url, broker.issue_owner_token(TENANT)) as hospital:
+            hospital.put(commitment_resource(TENANT), tenant_key)
+            hospital.set_policy(commitment_resource(TENANT), ReleasePolicy(
+                appraisal=AppraisalPolicy.model_validate({
+                    "name": "st-marys-audit-key", "platforms": ["sim"],
+                    "platform": {"sim": {"reference_values": {"measurement": [MEASUREMENT]}}}}),
+                model_digests=(DEFAULT_MODEL_SHA256,)))
+        yield World(folder, server.url, make_idp(folder), tenant_key, decisions)
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.at = now()
+
+    def __call__(self) -> datetime:
+        return self.at
+
+
+@pytest.fixture
+def clock() -> _Clock:
+    return _Clock()
+
+
+def _boot(world: World, name: str, measurement: str, clock: _Clock, spy: FakeEngine) -> Booted:
+    settings = EnclaveSettings(
+        data_dir=world.folder / name, platform="sim", sim_measurement=measurement,
+        kbs_url=world.kbs, audit_store="memory", auth_issuer=ISSUER,
+        auth_jwks_file=world.idp.jwks, auth_tenants=(TENANT, KEYLESS))
+    return boot(settings, clock=clock, engine_factory=lambda p, s: spy)
+
+
+@pytest.fixture
+def good(world: World, clock: _Clock) -> Iterator[tuple[Booted, FakeEngine]]:
+    spy = FakeEngine()
+    booted = _boot(world, "good", MEASUREMENT, clock, spy)
+    yield booted, spy
+    booted.close()
+
+
+def _ask(booted: Booted, token: str, *, measurement: str = MEASUREMENT
+         ) -> tuple[int, dict[str, Any], object]:
+    """Through HTTP on 127.0.0.1 with the client SDK, as a hospital app would; the receipt is
+    the one the SDK verified against the attested audit key."""
+    root = booted.platform.sim_root
+    assert root is not None
+    with BackgroundServer(create_enclave_app(booted.service)) as server, \
+            EnclaveSession(server.url, sim_policy(measurement=measurement),
+                           sim_roots=frozenset({root})) as session:
+        response = session.request("POST", proto.CHAT_PATH, body=json.dumps({
+            "messages": [{"role": "user", "content": QUESTION}], "temperature": 0, "seed": 5,
+            "max_tokens": 8}).encode(), authorization=f"Bearer {token}")
+    assert (response.receipt is None) == (response.header(proto.RECEIPT_HEADER) is None)
+    return response.status, json.loads(response.body), response.receipt
+
+
+def test_the_approved_enclave_gets_the_key_and_the_hospital_opens_its_entry(
+        world: World, good: tuple[Booted, FakeEngine]) -> None:
+    booted, spy = good
+    before = len(world.releases(TENANT))
+    for _ in range(2):
+        status, body, receipt = _ask(booted, world.idp.token())
+        assert status == 200 and receipt and body["choices"][0]["message"]["content"]
+    # Fetched once, on first use, then kept in memory.
+    fetched = world.releases(TENANT)[before:]
+    assert [d.outcome for d in fetched] == ["allowed"]
+    sink = booted.service.audit
+    assert isinstance(sink, AuditLogSink)
+    entry = parse_entry(sink.audit_log.entry(1))
+    assert entry.prompt is not None and entry.answer is not None
+    key = world.tenant_key.strip()
+    open_commitment(key, "prompt", entry.salt,
+                    commitment_input([{"role": "user", "content": QUESTION}]), entry.prompt)
+    open_commitment(key, "answer", entry.salt, FAKE_ANSWER.encode(), entry.answer)
+    assert spy.calls == ["chat", "chat"]
+
+
+def test_a_tenant_without_a_key_is_refused_before_the_engine(
+        world: World, good: tuple[Booted, FakeEngine], clock: _Clock) -> None:
+    booted, spy = good
+    for _ in range(3):
+        status, body, receipt = _ask(booted, world.idp.token(tenant=KEYLESS))
+        assert (status, body["error"]["code"], receipt) == (
+            503, "audit.commitment_key_unavailable", None)
+    assert spy.calls == []
+    # One attested fetch per retry interval, not one per request.
+    assert [d.code for d in world.releases(KEYLESS)] == ["kbs.not_found"]
+    clock.at += timedelta(seconds=31)
+    assert _ask(booted, world.idp.token(tenant=KEYLESS))[0] == 503
+    assert len(world.releases(KEYLESS)) == 2
+
+
+def test_an_enclave_the_hospital_did_not_approve_gets_no_key(
+        world: World, clock: _Clock) -> None:
+    spy = FakeEngine()
+    rogue = _boot(world, "rogue", OTHER_MEASUREMENT, clock, spy)
+    try:
+        before = len(world.releases(TENANT))
+        # Even a client that would talk to it (its own policy too loose) gets no answer.
+        status, body, receipt = _ask(rogue, world.idp.token(), measurement=OTHER_MEASUREMENT)
+        assert (status, body["error"]["code"], receipt) == (
+            503, "audit.commitment_key_unavailable", None)
+        assert spy.calls == []
+        refused = world.releases(TENANT)[before:]
+        assert [(d.outcome, d.code) for d in refused] == [
+            ("refused", "attestation.measurement_mismatch")]
+    finally:
+        rogue.close()
+
+
+def test_the_cache_fetches_once_per_tenant_and_never_keeps_a_bad_key() -> None:
+    calls: list[str] = []
+    answers: dict[str, bytes | MedclaveError] = {
+        "a": b"k" * 40 + b"\n", "b": b"short", "c": KbsError("kbs.unavailable")}
+
+    def fetch(tenant: str) -> bytes:
+        calls.append(tenant)
+        got = answers[tenant]
+        if isinstance(got, MedclaveError):
+            raise got
+        return got
+
+    moments = [now()]
+    keys = BrokerCommitKeys(fetch, clock=lambda: moments[-1], retry_after=timedelta(seconds=5))
+    assert keys.key_for("a") == keys.key_for("a") == b"k" * 40
+    for tenant in ("b", "c", "b", "c"):
+        with pytest.raises(MedclaveError) as err:
+            keys.key_for(tenant)
+        assert err.value.code == "audit.commitment_key_unavailable"
+    assert calls == ["a", "b", "c"]
+    moments.append(moments[0] + timedelta(seconds=6))
+    answers["c"] = b"c" * 32
+    assert keys.key_for("c") == b"c" * 32
+    with pytest.raises(InputError):
+        commitment_resource("Not A Broker Owner")  # a tenant id that names no broker owner
