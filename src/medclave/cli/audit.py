@@ -48,9 +48,9 @@ receipt_app = typer.Typer(help="Receipts that come with each answer.", no_args_i
 app.add_typer(receipt_app, name="receipt")
 
 LOG_NAME = "audit.sqlite3"
-# The engine replay uses unless --engine names another: the enclave's llama.cpp engine, exposed
-# as a ``ReplayEngine`` (or a factory of one) under this name. Until the enclave provides it,
-# replay says ``enclave.not_ready`` and any ``module:attr`` can be plugged in with --engine.
+# The engine replay uses unless --engine names another: the enclave's llama.cpp engine over the
+# bundled model, exposed as a factory of a ``ReplayEngine`` under this name (any ``module:attr``
+# can be plugged in with --engine; one that is missing says ``enclave.not_ready``).
 DEFAULT_ENGINE = "medclave.enclave.engines:replay_engine"
 
 UNUSABLE = frozenset({

@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Protocol
+from typing import Any, Protocol
 
 from medclave.audit import AuditEntry, AuditLog, commit, pseudonym
 from medclave.audit.entry import AttestationSummary, Authorization, Params, format_time, new_salt
@@ -57,8 +57,11 @@ class Refused(AuthError):
     (Callers whose token does not verify never get this far: there is no identity to record.)
     """
 
-    def __init__(self, principal: Principal, detail: str) -> None:
-        super().__init__("auth.forbidden", detail)
+    def __init__(self, code: str = "auth.forbidden", detail: str | None = None, *,
+                 principal: Principal | None = None, **context: Any) -> None:
+        # The base class's signature: code that rebuilds errors from a code alone (clients
+        # walking the hierarchy) must still be able to construct this one.
+        super().__init__(code, detail, **context)
         self.principal = principal
 
 
@@ -155,7 +158,8 @@ class TokenAuthorization:
                               _reason(enforced), _policies(records),
                               any(r.break_glass_grant and r.decision == "allow" for r in records))
         if not decision.allowed:
-            raise Refused(principal, f"denied by {list(decision.reasons) or 'default deny'}")
+            raise Refused(detail=f"denied by {list(decision.reasons) or 'default deny'}",
+                          principal=principal)
         return principal
 
 

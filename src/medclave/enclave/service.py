@@ -189,7 +189,8 @@ class InferenceService:
             try:
                 principal = self.authorization.authorize(request)
             except Refused as refused:
-                self._record_refusal(rid, refused.principal)
+                if refused.principal is not None:
+                    self._record_refusal(rid, refused.principal)
                 raise
             if request.path == proto.MODELS_PATH:
                 body = api.models_answer(self.identity.model_id, self.started,

@@ -115,7 +115,10 @@ class LlamaCppEngine:
             raise EnclaveError("enclave.engine_failed", str(exc)[:200]) from exc
 
     def close(self) -> None:
-        self._worker.submit(self._llm.close).result()
+        try:
+            self._worker.submit(self._llm.close).result()
+        except RuntimeError:  # at interpreter exit the worker is gone and nothing else runs
+            self._llm.close()
         self._worker.shutdown()
 
 

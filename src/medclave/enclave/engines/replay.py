@@ -12,6 +12,7 @@ other (``audit.replay_engine_mismatch``).
 
 from __future__ import annotations
 
+import atexit
 from functools import cache
 from pathlib import Path
 
@@ -42,6 +43,11 @@ def llama_replay_engine(model_path: Path | None = None, model_sha256: str | None
                         n_ctx: int = 2048, n_threads: int = 2) -> ReplayEngine:
     """llama.cpp over ``model_path`` (checked against ``model_sha256``), or over the bundled
     model (checked against its pin)."""
+    return _replay_llama(model_path, model_sha256, n_ctx=n_ctx, n_threads=n_threads)[1]
+
+
+def _replay_llama(model_path: Path | None, model_sha256: str | None, *, n_ctx: int,
+                  n_threads: int) -> tuple[Engine, ReplayEngine]:
     from medclave.enclave.engines.llamacpp import LlamaCppEngine
 
     if model_path is None:
@@ -50,10 +56,14 @@ def llama_replay_engine(model_path: Path | None = None, model_sha256: str | None
         raise InputError("input.missing", "give the model's SHA-256 with its path")
     else:
         path, digest = model_path, verify_model_file(model_path, model_sha256)
-    return replay_engine_for(LlamaCppEngine(str(path), n_ctx=n_ctx, n_threads=n_threads), digest)
+    engine = LlamaCppEngine(str(path), n_ctx=n_ctx, n_threads=n_threads)
+    return engine, replay_engine_for(engine, digest)
 
 
 @cache
 def replay_engine() -> ReplayEngine:
-    """The default of ``medclave audit replay``: the bundled model on llama.cpp, loaded once."""
-    return llama_replay_engine()
+    """The default of ``medclave audit replay``: the bundled model on llama.cpp, loaded once
+    per process (and released at exit, before the interpreter tears its modules down)."""
+    engine, replayer = _replay_llama(None, None, n_ctx=2048, n_threads=2)
+    atexit.register(engine.close)
+    return replayer
