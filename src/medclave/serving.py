@@ -1,7 +1,12 @@
-"""Running a FastAPI app under uvicorn in a background thread, for tests, benchmarks and the demo.
+"""What every HTTP service (key broker, enclave, proxy, IdP) shares: bounded request bodies, the
+error handlers that keep internal detail out of responses, and :class:`BackgroundServer`.
 
-Shared by every service (key broker, enclave, proxy, IdP): the socket is bound here (port 0 lets
-the OS pick), so the caller knows the URL before the first request.
+For the services only: attestation, audit, crypto and protocol import no web framework, so they
+never import this module.
+
+:class:`BackgroundServer` runs an app under uvicorn in a background thread, for tests, benchmarks
+and the demo: the socket is bound here (port 0 lets the OS pick), so the caller knows the URL
+before the first request.
 """
 
 from __future__ import annotations
@@ -13,9 +18,80 @@ from collections.abc import Callable
 from types import TracebackType
 
 import uvicorn
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from medclave.errors import ServiceError
+from medclave.errors import InputError, MedclaveError, ServiceError
+
+RenderError = Callable[[MedclaveError], JSONResponse]
+LogRefusal = Callable[[Request, MedclaveError], None]
+LogUnexpected = Callable[[Request, Exception], None]
+
+
+async def read_limited_body(request: Request, limit: int) -> bytes:
+    """The request body, refused with ``input.too_large`` past ``limit`` bytes before it is all
+    read: a declared Content-Length over the limit before the first byte (one that is not ASCII
+    digits is ``input.malformed``), a
+    chunked body as soon as it grows past the limit."""
+    declared = request.headers.get("content-length")
+    # isascii: "²".isdigit() is True but int("²") raises; only ASCII digits are a length.
+    if declared is not None and not (declared.isascii() and declared.isdigit()):
+        raise InputError("input.malformed", "Content-Length is not a decimal number")
+    if declared is not None and int(declared) > limit:
+        raise InputError("input.too_large", f"request body over {limit} bytes")
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise InputError("input.too_large", f"request body over {limit} bytes")
+    return bytes(body)
+
+
+def public_response(exc: MedclaveError) -> JSONResponse:
+    """``{"error": {"code", "message"}}`` with the catalogue status and public message only."""
+    return JSONResponse(exc.to_public(), status_code=exc.status)
+
+
+def install_refusal_handler(app: FastAPI, *, render: RenderError, log_refusal: LogRefusal) -> None:
+    """Answer every :class:`MedclaveError` as ``render`` shapes it, after ``log_refusal``."""
+
+    async def refusal(request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, MedclaveError)
+        log_refusal(request, exc)
+        return render(exc)
+
+    app.add_exception_handler(MedclaveError, refusal)
+
+
+def install_error_handlers(
+    app: FastAPI,
+    *,
+    log_refusal: LogRefusal,
+    route_error: Callable[[int], JSONResponse],
+    log_unexpected: LogUnexpected,
+    render: RenderError = public_response,
+) -> None:
+    """No framework body and no traceback ever leaves the service: a :class:`MedclaveError` is
+    rendered by ``render``; a request FastAPI cannot validate is ``input.malformed``; an unknown
+    route or method answers ``route_error(status)``; anything else is ``internal`` (500), its
+    detail only where ``log_unexpected`` puts it."""
+    install_refusal_handler(app, render=render, log_refusal=log_refusal)
+
+    async def validation_error(request: Request, exc: Exception) -> JSONResponse:
+        return render(InputError("input.malformed"))
+
+    async def http_error(request: Request, exc: Exception) -> JSONResponse:
+        return route_error(getattr(exc, "status_code", 500))
+
+    async def unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log_unexpected(request, exc)
+        return render(MedclaveError("internal"))
+
+    app.add_exception_handler(RequestValidationError, validation_error)
+    app.add_exception_handler(StarletteHTTPException, http_error)
+    app.add_exception_handler(Exception, unexpected)
 
 
 class BackgroundServer:

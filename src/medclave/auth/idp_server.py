@@ -31,7 +31,7 @@ from medclave.auth.issuer import (
     load_or_create_signing_key,
 )
 from medclave.errors import InputError, MedclaveError
-from medclave.serving import BackgroundServer
+from medclave.serving import BackgroundServer, read_limited_body
 
 MAX_FORM_BYTES: Final = 8 * 1024
 _NO_STORE: Final = {"Cache-Control": "no-store", "Pragma": "no-cache"}
@@ -90,14 +90,7 @@ def create_app(service: TokenService, *, clock: Clock = system_clock) -> FastAPI
                 "application/x-www-form-urlencoded"
             ):
                 raise InputError("input.malformed", "the body must be form-urlencoded")
-            declared = request.headers.get("content-length")
-            if declared is not None and (not declared.isdigit() or int(declared) > MAX_FORM_BYTES):
-                raise InputError("input.too_large", "the form is too large")
-            body = bytearray()
-            async for chunk in request.stream():
-                body += chunk
-                if len(body) > MAX_FORM_BYTES:
-                    raise InputError("input.too_large", "the form is too large")
+            body = await read_limited_body(request, MAX_FORM_BYTES)
             pairs = parse_qsl(
                 body.decode("utf-8"),
                 keep_blank_values=True,

@@ -5,6 +5,8 @@ Real deployments point Medclave at their own IdP; this one is for a laptop and C
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated
 
@@ -18,6 +20,16 @@ app = typer.Typer(help="A small OpenID-style token issuer for development.", no_
 
 def _roles(text: str) -> list[str]:
     return [r.strip() for r in text.split(",") if r.strip()]
+
+
+@contextmanager
+def _refusals() -> Iterator[None]:
+    """A refusal ends the command: its code and detail on stderr, exit status 2."""
+    try:
+        yield
+    except MedclaveError as exc:
+        typer.echo(f"error: {exc.code}: {exc.detail}", err=True)
+        raise typer.Exit(2) from exc
 
 
 @app.command("serve")
@@ -39,7 +51,7 @@ def serve(
     if alg not in ("EdDSA", "ES256"):
         raise typer.BadParameter("--alg is EdDSA or ES256")
     signing_alg: SigningAlg = "EdDSA" if alg == "EdDSA" else "ES256"
-    try:
+    with _refusals():
         service = build_service(
             data,
             issuer=issuer or f"http://{host}:{port}",
@@ -47,9 +59,6 @@ def serve(
             audience=audience,
             dev_password=dev_password,
         )
-    except MedclaveError as exc:
-        typer.echo(f"error: {exc.code}: {exc.detail}", err=True)
-        raise typer.Exit(2) from exc
     if dev_password:
         typer.echo("WARNING: the password grant is enabled; never do this in production.", err=True)
     run_server(service, host=host, port=port)
@@ -67,11 +76,8 @@ def add_client(
     data: Annotated[Path, typer.Option(help="Data folder.")] = DEFAULT_DATA_DIR,
 ) -> None:
     """Register a client for the client-credentials grant (secret stored as a scrypt hash)."""
-    try:
+    with _refusals():
         Directory(data).add_client(client_id, secret, tenant=tenant, roles=_roles(roles))
-    except MedclaveError as exc:
-        typer.echo(f"error: {exc.code}: {exc.detail}", err=True)
-        raise typer.Exit(2) from exc
     typer.echo(f"client {client_id} added")
 
 
@@ -87,11 +93,8 @@ def add_user(
     data: Annotated[Path, typer.Option(help="Data folder.")] = DEFAULT_DATA_DIR,
 ) -> None:
     """Register a user for the development password grant."""
-    try:
+    with _refusals():
         Directory(data).add_user(username, password, tenant=tenant, roles=_roles(roles))
-    except MedclaveError as exc:
-        typer.echo(f"error: {exc.code}: {exc.detail}", err=True)
-        raise typer.Exit(2) from exc
     typer.echo(f"user {username} added")
 
 
@@ -104,9 +107,6 @@ def jwks(
 
     from medclave.auth.issuer import load_or_create_signing_key
 
-    try:
+    with _refusals():
         key = load_or_create_signing_key(data)
-    except MedclaveError as exc:
-        typer.echo(f"error: {exc.code}: {exc.detail}", err=True)
-        raise typer.Exit(2) from exc
     typer.echo(json.dumps({"keys": [key.public_jwk()]}, indent=2))

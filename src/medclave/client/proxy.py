@@ -37,6 +37,7 @@ from medclave.client.admission import AdmissionConfig, ProxyAdmission, build_adm
 from medclave.client.session import EnclaveSession, summary, system_clock
 from medclave.errors import InputError, MedclaveError
 from medclave.protocol import inference as proto
+from medclave.serving import install_refusal_handler, read_limited_body
 
 log = logging.getLogger("medclave.proxy")
 
@@ -106,15 +107,7 @@ AuthHeader = Annotated[str | None, Header(alias="authorization")]
 
 
 async def read_body(request: Request) -> bytes:
-    declared = request.headers.get("content-length")
-    if declared is not None and (not declared.isdigit() or int(declared) > MAX_BODY):
-        raise InputError("input.too_large", f"request body over {MAX_BODY} bytes")
-    data = bytearray()
-    async for chunk in request.stream():
-        data += chunk
-        if len(data) > MAX_BODY:
-            raise InputError("input.too_large", f"request body over {MAX_BODY} bytes")
-    return bytes(data)
+    return await read_limited_body(request, MAX_BODY)
 
 
 BodyDep = Annotated[bytes, Depends(read_body)]
@@ -196,10 +189,8 @@ def _error(exc: MedclaveError) -> JSONResponse:
                         status_code=status, headers=headers)
 
 
-async def _medclave_error(request: Request, exc: Exception) -> JSONResponse:
-    assert isinstance(exc, MedclaveError)
+def _log_refusal(request: Request, exc: MedclaveError) -> None:
     log.warning("refused %s %s: %s", request.method, request.url.path, exc.code)
-    return _error(exc)
 
 
 def create_proxy_app(session: EnclaveSession, admission: ProxyAdmission | None = None
@@ -210,7 +201,7 @@ def create_proxy_app(session: EnclaveSession, admission: ProxyAdmission | None =
     app.state.session = session
     app.state.admission = admission
     app.include_router(router)
-    app.add_exception_handler(MedclaveError, _medclave_error)
+    install_refusal_handler(app, render=_error, log_refusal=_log_refusal)
     return app
 
 

@@ -12,14 +12,13 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, FastAPI, Header, Query, Request
 from fastapi.concurrency import run_in_threadpool
-from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
-from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from medclave.enclave.service import InferenceService
 from medclave.enclave.settings import EnclaveSettings, get_settings
-from medclave.errors import InputError, MedclaveError
+from medclave.errors import MedclaveError
 from medclave.protocol import inference as proto
+from medclave.serving import install_error_handlers, read_limited_body
 
 log = logging.getLogger("medclave.enclave")
 
@@ -37,18 +36,7 @@ ServiceDep = Annotated[InferenceService, Depends(get_service)]
 
 async def read_body(request: Request, settings: SettingsDep) -> bytes:
     """The request body, refused past ``max_request_bytes`` before it is all read."""
-    limit = settings.max_request_bytes
-    declared = request.headers.get("content-length")
-    if declared is not None and (not declared.isdigit() or int(declared) > limit):
-        raise InputError("input.too_large", f"request body over {limit} bytes")
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise InputError("input.too_large", f"request body over {limit} bytes")
-        chunks.append(chunk)
-    return b"".join(chunks)
+    return await read_limited_body(request, settings.max_request_bytes)
 
 
 BodyDep = Annotated[bytes, Depends(read_body)]
@@ -76,30 +64,19 @@ async def ohttp(service: ServiceDep, body: BodyDep,
                     headers=headers)
 
 
-def error_response(exc: MedclaveError) -> JSONResponse:
-    return JSONResponse(exc.to_public(), status_code=exc.status)
-
-
-async def _medclave_error(request: Request, exc: Exception) -> JSONResponse:
-    assert isinstance(exc, MedclaveError)
+def _log_refusal(request: Request, exc: MedclaveError) -> None:
     log.info("refused %s %s: %s", request.method, request.url.path, exc.code)
-    return error_response(exc)
 
 
-async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
-    return error_response(InputError("input.malformed"))
-
-
-async def _http_error(request: Request, exc: Exception) -> JSONResponse:
-    status = getattr(exc, "status_code", 500)
+def _route_error(status: int) -> JSONResponse:
     return JSONResponse({"error": {"code": "input.malformed", "message": "no such route"}},
                         status_code=404 if status == 404 else 400)
 
 
-async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+def _log_unexpected(request: Request, exc: Exception) -> None:
+    # The type only: an exception's message or traceback may carry request content (PHI).
     log.error("internal error on %s %s: %s", request.method, request.url.path,
               type(exc).__name__)
-    return error_response(MedclaveError("internal"))
 
 
 def create_app(service: InferenceService, settings: EnclaveSettings | None = None) -> FastAPI:
@@ -109,8 +86,6 @@ def create_app(service: InferenceService, settings: EnclaveSettings | None = Non
     if settings is not None:
         app.dependency_overrides[get_settings] = lambda: settings
     app.include_router(router)
-    app.add_exception_handler(MedclaveError, _medclave_error)
-    app.add_exception_handler(RequestValidationError, _validation_error)
-    app.add_exception_handler(StarletteHTTPException, _http_error)
-    app.add_exception_handler(Exception, _unexpected)
+    install_error_handlers(app, log_refusal=_log_refusal, route_error=_route_error,
+                           log_unexpected=_log_unexpected)
     return app

@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+from dataclasses import dataclass
 from typing import Annotated, Any, TypeVar
 
 from fastapi import APIRouter, Depends, Query, Response
@@ -35,8 +36,24 @@ _PATH = "/{owner_name}/{rtype}/{name}"
 M = TypeVar("M", bound=BaseModel)
 
 
-def _name(owner_name: str, rtype: str, name: str) -> str:
-    return str(ResourceName.of(owner_name, rtype, name))
+@dataclass(frozen=True)
+class ResourcePath:
+    """The ``{owner_name}/{rtype}/{name}`` of an owner route, as a dependency.
+
+    Checked only when a route reads :attr:`resource`, in its body: a malformed name is refused
+    after the caller is authenticated (and its refusal recorded), never before.
+    """
+
+    owner_name: str
+    rtype: str
+    name: str
+
+    @property
+    def resource(self) -> str:
+        return str(ResourceName.of(self.owner_name, self.rtype, self.name))
+
+
+PathDep = Annotated[ResourcePath, Depends()]
 
 
 def _json_model(model: type[M], body: bytes) -> M:
@@ -86,9 +103,9 @@ def list_resources(broker: BrokerDep, owner: OwnerDep, client: ClientDep) -> lis
 
 @owner_router.get("/resources" + _PATH)
 def get_resource(
-    owner_name: str, rtype: str, name: str, broker: BrokerDep, owner: OwnerDep, client: ClientDep
+    path: PathDep, broker: BrokerDep, owner: OwnerDep, client: ClientDep
 ) -> ResourceOut:
-    resource = _name(owner_name, rtype, name)
+    resource = path.resource
     info = broker.resource(owner, resource, client_id=client)
     versions = broker.policy_versions(owner, resource)
     return ResourceOut(
@@ -101,15 +118,9 @@ def get_resource(
 
 @owner_router.put("/resources" + _PATH, status_code=201)
 def create_resource(
-    owner_name: str,
-    rtype: str,
-    name: str,
-    broker: BrokerDep,
-    owner: OwnerDep,
-    client: ClientDep,
-    body: BodyDep,
+    path: PathDep, broker: BrokerDep, owner: OwnerDep, client: ClientDep, body: BodyDep
 ) -> ResourceVersionOut:
-    resource = _name(owner_name, rtype, name)
+    resource = path.resource
     version = broker.create_resource(
         owner, resource, _secret(_json_model(SecretBody, body)), client_id=client
     )
@@ -118,15 +129,9 @@ def create_resource(
 
 @owner_router.post("/resources" + _PATH + "/rotate")
 def rotate_resource(
-    owner_name: str,
-    rtype: str,
-    name: str,
-    broker: BrokerDep,
-    owner: OwnerDep,
-    client: ClientDep,
-    body: BodyDep,
+    path: PathDep, broker: BrokerDep, owner: OwnerDep, client: ClientDep, body: BodyDep
 ) -> ResourceVersionOut:
-    resource = _name(owner_name, rtype, name)
+    resource = path.resource
     req = _json_model(SecretBody, body)
     version = broker.rotate_resource(
         owner, resource, _secret(req), client_id=client, expected_version=req.expected_version
@@ -136,38 +141,30 @@ def rotate_resource(
 
 @owner_router.delete("/resources" + _PATH + "/versions/{version}", status_code=204)
 def retire_resource_version(
-    owner_name: str,
-    rtype: str,
-    name: str,
-    version: int,
-    broker: BrokerDep,
-    owner: OwnerDep,
-    client: ClientDep,
+    path: PathDep, version: int, broker: BrokerDep, owner: OwnerDep, client: ClientDep
 ) -> Response:
-    broker.retire_resource_version(owner, _name(owner_name, rtype, name), version, client_id=client)
+    broker.retire_resource_version(owner, path.resource, version, client_id=client)
     return Response(status_code=204)
 
 
 @owner_router.delete("/resources" + _PATH, status_code=204)
 def delete_resource(
-    owner_name: str, rtype: str, name: str, broker: BrokerDep, owner: OwnerDep, client: ClientDep
+    path: PathDep, broker: BrokerDep, owner: OwnerDep, client: ClientDep
 ) -> Response:
-    broker.delete_resource(owner, _name(owner_name, rtype, name), client_id=client)
+    broker.delete_resource(owner, path.resource, client_id=client)
     return Response(status_code=204)
 
 
 @owner_router.put("/policies" + _PATH)
 def set_policy(
-    owner_name: str,
-    rtype: str,
-    name: str,
+    path: PathDep,
     broker: BrokerDep,
     owner: OwnerDep,
     client: ClientDep,
     body: BodyDep,
     expected_version: Annotated[int | None, Query(ge=0)] = None,
 ) -> PolicyOut:
-    resource = _name(owner_name, rtype, name)
+    resource = path.resource
     policy = release_policy_from_obj(_json_obj(body))
     broker.set_policy(owner, resource, policy, client_id=client, expected_version=expected_version)
     return _policy_out(broker, owner, resource, None, client)
@@ -175,28 +172,20 @@ def set_policy(
 
 @owner_router.get("/policies" + _PATH)
 def get_policy(
-    owner_name: str,
-    rtype: str,
-    name: str,
+    path: PathDep,
     broker: BrokerDep,
     owner: OwnerDep,
     client: ClientDep,
     version: Annotated[int | None, Query(ge=1)] = None,
 ) -> PolicyOut:
-    return _policy_out(broker, owner, _name(owner_name, rtype, name), version, client)
+    return _policy_out(broker, owner, path.resource, version, client)
 
 
 @owner_router.delete("/policies" + _PATH + "/versions/{version}", status_code=204)
 def retire_policy_version(
-    owner_name: str,
-    rtype: str,
-    name: str,
-    version: int,
-    broker: BrokerDep,
-    owner: OwnerDep,
-    client: ClientDep,
+    path: PathDep, version: int, broker: BrokerDep, owner: OwnerDep, client: ClientDep
 ) -> Response:
-    broker.retire_policy_version(owner, _name(owner_name, rtype, name), version, client_id=client)
+    broker.retire_policy_version(owner, path.resource, version, client_id=client)
     return Response(status_code=204)
 
 

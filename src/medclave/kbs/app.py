@@ -15,9 +15,7 @@ from contextlib import asynccontextmanager
 from datetime import datetime
 
 from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from medclave.errors import InputError, KbsError, MedclaveError
 from medclave.kbs.api import owner_router, release_router
@@ -26,6 +24,7 @@ from medclave.kbs.ratelimit import RateLimiter
 from medclave.kbs.service import KeyBroker, utcnow
 from medclave.kbs.settings import KbsSettings, get_settings
 from medclave.kbs.store import Decision
+from medclave.serving import install_error_handlers, public_response
 
 log = logging.getLogger("medclave.kbs")
 
@@ -33,33 +32,25 @@ _MASKED = {"kbs.unauthorized": "kbs.not_found"}
 
 
 def error_response(exc: MedclaveError) -> JSONResponse:
-    public = MedclaveError(_MASKED.get(exc.code, exc.code))
-    return JSONResponse(public.to_public(), status_code=public.status)
+    return public_response(MedclaveError(_MASKED.get(exc.code, exc.code)))
 
 
-async def _medclave_error(request: Request, exc: Exception) -> JSONResponse:
-    assert isinstance(exc, MedclaveError)
+def _log_refusal(request: Request, exc: MedclaveError) -> None:
     if exc.status >= 500:
         log.error("kbs %s %s: %s", request.method, request.url.path, exc)
     else:
         log.info("kbs refused %s %s: %s", request.method, request.url.path, exc.code)
-    return error_response(exc)
 
 
-async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
-    return error_response(InputError("input.malformed"))
-
-
-async def _http_error(request: Request, exc: Exception) -> JSONResponse:
-    status = getattr(exc, "status_code", 500)
+def _route_error(status: int) -> JSONResponse:
+    # An unknown route looks like an unknown resource; a wrong method like a malformed request.
     if status == 404:
         return error_response(KbsError("kbs.not_found"))
     return error_response(InputError("input.malformed"))
 
 
-async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
-    log.exception("kbs internal error on %s %s", request.method, request.url.path)
-    return error_response(MedclaveError("internal"))
+def _log_unexpected(request: Request, exc: Exception) -> None:
+    log.error("kbs internal error on %s %s", request.method, request.url.path, exc_info=exc)
 
 
 def create_app(
@@ -96,8 +87,6 @@ def create_app(
         app.dependency_overrides[get_settings] = lambda: settings
     app.include_router(release_router)
     app.include_router(owner_router)
-    app.add_exception_handler(MedclaveError, _medclave_error)
-    app.add_exception_handler(RequestValidationError, _validation_error)
-    app.add_exception_handler(StarletteHTTPException, _http_error)
-    app.add_exception_handler(Exception, _unexpected)
+    install_error_handlers(app, render=error_response, log_refusal=_log_refusal,
+                           route_error=_route_error, log_unexpected=_log_unexpected)
     return app

@@ -6,10 +6,11 @@ from typing import Annotated
 
 from fastapi import Depends, Header, Request
 
-from medclave.errors import InputError, MedclaveError
+from medclave.errors import MedclaveError
 from medclave.kbs.ratelimit import RateLimiter
 from medclave.kbs.service import KeyBroker
 from medclave.kbs.settings import KbsSettings, get_settings
+from medclave.serving import read_limited_body
 
 SettingsDep = Annotated[KbsSettings, Depends(get_settings)]
 
@@ -42,18 +43,7 @@ def rate_limit(request: Request, client: ClientDep) -> None:
 
 async def read_body(request: Request, settings: SettingsDep) -> bytes:
     """The request body, refused past ``max_request_bytes`` before it is all read."""
-    limit = settings.max_request_bytes
-    declared = request.headers.get("content-length")
-    if declared is not None and (not declared.isdigit() or int(declared) > limit):
-        raise InputError("input.too_large", f"request body over {limit} bytes")
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise InputError("input.too_large", f"request body over {limit} bytes")
-        chunks.append(chunk)
-    return b"".join(chunks)
+    return await read_limited_body(request, settings.max_request_bytes)
 
 
 BodyDep = Annotated[bytes, Depends(read_body)]

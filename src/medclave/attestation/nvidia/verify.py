@@ -22,8 +22,6 @@ Online revocation (OCSP) runs only through an explicit provider in ``options.onl
 from __future__ import annotations
 
 import hmac
-import threading
-from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -35,6 +33,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
+from medclave.attestation.cache import VerdictCache
 from medclave.attestation.core import CheckLog, Verification, VerifyOptions, sha256_hex
 from medclave.attestation.nvidia import abi, rim
 from medclave.attestation.nvidia.online import check_chain_online
@@ -165,34 +164,22 @@ class ChainCache:
     """
 
     def __init__(self, maxsize: int = 256) -> None:
-        self._maxsize = maxsize
-        self._entries: OrderedDict[tuple[Any, ...], tuple[datetime, datetime]] = OrderedDict()
-        self._lock = threading.Lock()
+        self._verdicts: VerdictCache[tuple[Any, ...], bool] = VerdictCache(maxsize)
 
     @staticmethod
     def key(chain: Sequence[x509.Certificate], roots: frozenset[str]) -> tuple[Any, ...]:
         return (tuple(fingerprint(c) for c in chain), tuple(sorted(roots)))
 
     def hit(self, key: tuple[Any, ...], now: datetime) -> bool:
-        with self._lock:
-            window = self._entries.get(key)
-            if window is None or not window[0] <= now <= window[1]:
-                return False
-            self._entries.move_to_end(key)
-            return True
+        return self._verdicts.get(key, now) is not None
 
     def add(self, key: tuple[Any, ...], chain: Sequence[x509.Certificate]) -> None:
         start = max(c.not_valid_before_utc for c in chain)
         end = min(c.not_valid_after_utc for c in chain)
-        with self._lock:
-            self._entries[key] = (start, end)
-            self._entries.move_to_end(key)
-            while len(self._entries) > self._maxsize:
-                self._entries.popitem(last=False)
+        self._verdicts.put(key, True, valid_from=start, valid_until=end)
 
     def clear(self) -> None:
-        with self._lock:
-            self._entries.clear()
+        self._verdicts.clear()
 
 
 DEFAULT_CHAIN_CACHE = ChainCache()

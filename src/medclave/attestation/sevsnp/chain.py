@@ -10,8 +10,6 @@ window in which that verdict holds, so a repeated verification costs one ECDSA v
 from __future__ import annotations
 
 import hashlib
-import threading
-from collections import OrderedDict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -22,6 +20,7 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 
+from medclave.attestation.cache import Lru, VerdictCache
 from medclave.attestation.core import CheckLog, VerifyOptions
 from medclave.attestation.sevsnp.abi import Product, Report
 from medclave.attestation.sevsnp.certs import (
@@ -87,42 +86,8 @@ class SnpChain:
 # --- chain cache -------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class _Verdict:
-    valid_from: datetime
-    valid_until: datetime
-    detail: str
-
-
-class _ChainCache:
-    """LRU of chains that verified, with the window in which that result holds."""
-
-    def __init__(self, size: int = 512) -> None:
-        self._size = size
-        self._lock = threading.Lock()
-        self._items: OrderedDict[tuple[object, ...], _Verdict] = OrderedDict()
-
-    def get(self, key: tuple[object, ...], now: datetime) -> _Verdict | None:
-        with self._lock:
-            verdict = self._items.get(key)
-            if verdict is None:
-                return None
-            self._items.move_to_end(key)
-        return verdict if verdict.valid_from <= now <= verdict.valid_until else None
-
-    def put(self, key: tuple[object, ...], verdict: _Verdict) -> None:
-        with self._lock:
-            self._items[key] = verdict
-            self._items.move_to_end(key)
-            while len(self._items) > self._size:
-                self._items.popitem(last=False)
-
-    def clear(self) -> None:
-        with self._lock:
-            self._items.clear()
-
-
-_CACHE = _ChainCache()
+# Chain descriptions ("VCEK -> ASK -> ARK") by (certificate, root and CRL fingerprints).
+_CACHE: VerdictCache[tuple[object, ...], str] = VerdictCache(512)
 
 
 def clear_chain_cache() -> None:
@@ -163,21 +128,16 @@ def _dedupe(certs: Iterable[x509.Certificate]) -> dict[str, x509.Certificate]:
     return seen
 
 
-_EXTENSIONS: OrderedDict[str, KdsExtensions] = OrderedDict()
-_EXTENSIONS_LOCK = threading.Lock()
+_EXTENSIONS: Lru[str, KdsExtensions] = Lru(512)
 
 
 def _extensions(cert: x509.Certificate, fp: str) -> KdsExtensions:
     """``kds_extensions`` memoised by certificate fingerprint (a leaf is parsed once)."""
-    with _EXTENSIONS_LOCK:
-        hit = _EXTENSIONS.get(fp)
+    hit = _EXTENSIONS.get(fp)
     if hit is not None:
         return hit
     ext = kds_extensions(cert)
-    with _EXTENSIONS_LOCK:
-        _EXTENSIONS[fp] = ext
-        while len(_EXTENSIONS) > 512:
-            _EXTENSIONS.popitem(last=False)
+    _EXTENSIONS.put(fp, ext)
     return ext
 
 
@@ -318,9 +278,9 @@ def verify_snp_chain(
                        f"an AMD chain is {chain.kind.upper()} -> ASK -> ARK, got "
                        f"{len(chain.chain)} certificates")
     key = (chain.fingerprints, roots, tuple(_crl_key(c) for c in crls))
-    hit = _CACHE.get(key, now)
-    if hit is not None:
-        log.ok(step, f"{hit.detail} (cached)")
+    cached = _CACHE.get(key, now)
+    if cached is not None:
+        log.ok(step, f"{cached} (cached)")
         return
     verify_chain(chain.chain, trusted_roots=roots, now=now, log=log, name=step, crls=crls)
     start = max(c.not_valid_before_utc for c in chain.chain)
@@ -332,7 +292,7 @@ def verify_snp_chain(
             if crl.next_update_utc is not None:
                 end = min(end, crl.next_update_utc)
     detail = " -> ".join(common_name(c) for c in chain.chain)
-    _CACHE.put(key, _Verdict(valid_from=start, valid_until=end, detail=detail))
+    _CACHE.put(key, detail, valid_from=start, valid_until=end)
 
 
 def verify_endorsements(

@@ -13,9 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import threading
 import warnings
-from collections import OrderedDict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
@@ -24,6 +22,7 @@ from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
 
 from medclave.attestation import x509chain
+from medclave.attestation.cache import Lru
 from medclave.attestation.tdx.pcs import (
     MAX_COLLATERAL_BYTES,
     EnclaveIdentity,
@@ -226,34 +225,7 @@ def classify(blob: bytes) -> _Item:
     return _Item(ignored=True)
 
 
-class _Lru:
-    """A small thread-safe LRU of immutable parse results keyed by content digest."""
-
-    def __init__(self, size: int) -> None:
-        self._size = size
-        self._items: OrderedDict[str, _Item] = OrderedDict()
-        self._lock = threading.Lock()
-
-    def get(self, key: str) -> _Item | None:
-        with self._lock:
-            item = self._items.get(key)
-            if item is not None:
-                self._items.move_to_end(key)
-            return item
-
-    def put(self, key: str, item: _Item) -> None:
-        with self._lock:
-            self._items[key] = item
-            self._items.move_to_end(key)
-            while len(self._items) > self._size:
-                self._items.popitem(last=False)
-
-    def clear(self) -> None:
-        with self._lock:
-            self._items.clear()
-
-
-_CACHE = _Lru(256)
+_CACHE: Lru[str, _Item] = Lru(256)
 
 
 def clear_cache() -> None:

@@ -26,8 +26,6 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import threading
-from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -39,6 +37,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
+from medclave.attestation.cache import Lru
 from medclave.attestation.core import CheckLog, VerifyOptions
 from medclave.attestation.tdx import abi, collateral, tcb
 from medclave.attestation.tdx.collateral import CollateralSet, SignedDocument
@@ -74,39 +73,12 @@ class QuoteVerification:
     collateral_checked: bool
 
 
-class _Lru:
-    """Bounded, thread-safe memo keyed by content digests (safe: the values are immutable)."""
-
-    def __init__(self, size: int) -> None:
-        self._size = size
-        self._items: OrderedDict[str, Any] = OrderedDict()
-        self._lock = threading.Lock()
-
-    def get(self, key: str) -> Any:
-        with self._lock:
-            value = self._items.get(key)
-            if value is not None:
-                self._items.move_to_end(key)
-            return value
-
-    def put(self, key: str, value: Any) -> None:
-        with self._lock:
-            self._items[key] = value
-            self._items.move_to_end(key)
-            while len(self._items) > self._size:
-                self._items.popitem(last=False)
-
-    def clear(self) -> None:
-        with self._lock:
-            self._items.clear()
-
-
 # Parsed PCK chains by SHA-256 of their PEM, PCK extensions by leaf fingerprint, and the
 # (document digest, signature, signer fingerprint) triples whose signature verified. None of
 # them depends on the time, which is checked again on every call.
-_CHAINS = _Lru(256)
-_PCK = _Lru(256)
-_DOC_SIGNATURES = _Lru(256)
+_CHAINS: Lru[str, tuple[x509.Certificate, ...]] = Lru(256)
+_PCK: Lru[str, PckTcb] = Lru(256)
+_DOC_SIGNATURES: Lru[str, bool] = Lru(256)
 
 
 def clear_caches() -> None:
