@@ -33,8 +33,7 @@ LogUnexpected = Callable[[Request, Exception], None]
 async def read_limited_body(request: Request, limit: int) -> bytes:
     """The request body, refused with ``input.too_large`` past ``limit`` bytes before it is all
     read: a declared Content-Length over the limit before the first byte (one that is not ASCII
-    digits is ``input.malformed``), a
-    chunked body as soon as it grows past the limit."""
+    digits is ``input.malformed``), a chunked body as soon as it grows past the limit."""
     declared = request.headers.get("content-length")
     # isascii: "²".isdigit() is True but int("²") raises; only ASCII digits are a length.
     if declared is not None and not (declared.isascii() and declared.isdigit()):
