@@ -15,11 +15,9 @@ Vectors: MEDCLAVE_VECTORS or ../shared/vectors. Iterations: MEDCLAVE_BENCH_NVIDI
 from __future__ import annotations
 
 import os
-import time
-from collections.abc import Callable
 from datetime import UTC, datetime
-from pathlib import Path
 
+from benchmarks._common import rate, vectors_dir
 from medclave.attestation.core import Endorsements, VerifyOptions
 from medclave.attestation.nvidia import abi
 from medclave.attestation.nvidia.verify import ChainCache, verify_report
@@ -29,22 +27,12 @@ from medclave.errors import AttestationError
 NOW = datetime(2024, 6, 1, 12, tzinfo=UTC)  # every sample RIM signer is valid then
 
 
-def _vectors() -> Path:
-    env = os.environ.get("MEDCLAVE_VECTORS")
-    here = Path(__file__).resolve().parent.parent
-    return Path(env) if env else here.parent / "shared" / "vectors"
 
 
-def _rate(fn: Callable[[], object], n: int) -> float:
-    fn()  # warm up: imports, first-use caches
-    start = time.perf_counter()
-    for _ in range(n):
-        fn()
-    return n / (time.perf_counter() - start)
 
 
 def main() -> None:
-    root = _vectors() / "nvidia" / "nvtrust"
+    root = vectors_dir() / "nvidia" / "nvtrust"
     if not root.is_dir():
         print(f"skipped: NVIDIA vectors not found under {root} (set MEDCLAVE_VECTORS)")
         return
@@ -66,15 +54,15 @@ def main() -> None:
                 raise
 
     rows = [
-        ("uncached chain", _rate(lambda: verify_report(report, options, chain_cache=None), n)),
-        ("cached chain", _rate(lambda: verify_report(report, options, chain_cache=cache), n)),
-        ("parse only", _rate(lambda: abi.report_claims(abi.parse_report(report)), n)),
-        ("+ 2 RIMs (cached chain)", _rate(appraise_with_rims, max(n // 4, 10))),
+        ("uncached chain", rate(lambda: verify_report(report, options, chain_cache=None), n)),
+        ("cached chain", rate(lambda: verify_report(report, options, chain_cache=cache), n)),
+        ("parse only", rate(lambda: abi.report_claims(abi.parse_report(report)), n)),
+        ("+ 2 RIMs (cached chain)", rate(appraise_with_rims, max(n // 4, 10))),
     ]
     baseline = rows[0][1]
     print(f"{'NVIDIA H100 verification':<26}{'per second':>12}{'vs uncached':>14}")
-    for name, rate in rows:
-        print(f"{name:<26}{rate:>12,.0f}{rate / baseline:>13.2f}x")
+    for name, per_second in rows:
+        print(f"{name:<26}{per_second:>12,.0f}{per_second / baseline:>13.2f}x")
     print(f"cached/uncached ratio: {rows[1][1] / baseline:.2f}x  (n={n})")
 
 

@@ -16,16 +16,14 @@ Goal: cached chain >= 500 verifications/s on one core. Vectors: MEDCLAVE_VECTORS
 from __future__ import annotations
 
 import os
-import time
 import warnings
-from collections.abc import Callable
 from datetime import UTC, datetime
-from pathlib import Path
 
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
+from benchmarks._common import rate, vectors_dir
 from medclave.attestation import sevsnp
 from medclave.attestation.core import Endorsements, VerifyOptions
 from medclave.attestation.sevsnp import abi
@@ -35,22 +33,12 @@ NOW = datetime(2025, 7, 1, 12, tzinfo=UTC)
 GOAL = 500.0
 
 
-def _vectors() -> Path:
-    env = os.environ.get("MEDCLAVE_VECTORS")
-    here = Path(__file__).resolve().parent.parent
-    return Path(env) if env else here.parent / "shared" / "vectors"
 
 
-def _rate(fn: Callable[[], object], n: int) -> float:
-    fn()  # warm up: imports, first-use caches
-    start = time.perf_counter()
-    for _ in range(n):
-        fn()
-    return n / (time.perf_counter() - start)
 
 
 def main() -> None:
-    root = _vectors() / "sev-snp"
+    root = vectors_dir() / "sev-snp"
     if not root.is_dir():
         print(f"skipped: SNP vectors not found under {root} (set MEDCLAVE_VECTORS)")
         return
@@ -75,15 +63,15 @@ def main() -> None:
         sevsnp.verify(data, options)
 
     rows = [
-        ("raw ECDSA (baseline)", _rate(raw_ecdsa, n)),
-        ("parse only", _rate(lambda: sevsnp.parse(data), n)),
-        ("uncached chain", _rate(uncached, max(n // 4, 1))),
-        ("cached chain", _rate(lambda: sevsnp.verify(data, options), n)),
+        ("raw ECDSA (baseline)", rate(raw_ecdsa, n)),
+        ("parse only", rate(lambda: sevsnp.parse(data), n)),
+        ("uncached chain", rate(uncached, max(n // 4, 1))),
+        ("cached chain", rate(lambda: sevsnp.verify(data, options), n)),
     ]
     base = rows[0][1]
     print(f"{'SNP verification (S3, Milan)':<30} {'ops/s':>10} {'vs raw ECDSA':>13}")
-    for name, rate in rows:
-        print(f"{name:<30} {rate:>10.0f} {rate / base:>12.2f}x")
+    for name, per_second in rows:
+        print(f"{name:<30} {per_second:>10.0f} {per_second / base:>12.2f}x")
     cached = rows[-1][1]
     print(f"cached / uncached: {cached / rows[2][1]:.2f}x; goal >= {GOAL:.0f}/s: "
           f"{'met' if cached >= GOAL else 'NOT met'}")

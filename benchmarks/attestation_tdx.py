@@ -7,19 +7,13 @@ platform's PCK chain and collateral again. Both run every signature and time che
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
-from pathlib import Path
 
+from benchmarks._common import vectors_dir
 from medclave.attestation import tdx
 from medclave.attestation.core import Endorsements, VerifyOptions
-
-
-def _vectors() -> Path:
-    env = os.environ.get("MEDCLAVE_VECTORS")
-    return Path(env) if env else Path(__file__).resolve().parents[2] / "shared" / "vectors"
 
 
 def _rate(fn: Callable[[], object], seconds: float = 1.5) -> tuple[float, int]:
@@ -31,7 +25,7 @@ def _rate(fn: Callable[[], object], seconds: float = 1.5) -> tuple[float, int]:
 
 
 def main() -> None:
-    folder = _vectors() / "tdx" / "dcap-qvl"
+    folder = vectors_dir() / "tdx" / "dcap-qvl"
     if not folder.is_dir():
         print(f"skipped: no TDX vectors under {folder.parent.parent.name}/ (set MEDCLAVE_VECTORS)")
         return

@@ -182,3 +182,16 @@ def test_a_policy_file_is_loaded_by_path(tmp_path: Path, authority: sim.SimAutho
         client.attestation  # noqa: B018 - nothing listens there
     assert caught.value.code == "client.upstream_failed"
     client.close()
+
+
+def test_max_evidence_age_is_checked_against_the_nonce_issue_time(
+        authority: sim.SimAuthority, key: OhttpKeyPair) -> None:
+    from datetime import timedelta
+
+    policy = sim_policy().model_copy(update={"max_evidence_age_seconds": 30})
+    nonce = os.urandom(32)
+    data = _bundle(authority, key, nonce)
+    assert _verify(data, nonce, authority, policy=policy, nonce_issued=now() - timedelta(seconds=2))
+    with pytest.raises(PolicyError) as info:
+        _verify(data, nonce, authority, policy=policy, nonce_issued=now() - timedelta(minutes=5))
+    assert info.value.code == "policy.evidence_stale"

@@ -218,6 +218,7 @@ class EnclaveSession:
 
     def _attest_locked(self) -> VerifiedEnclave:
         nonce = os.urandom(NONCE_BYTES)
+        issued = self._clock()
         try:
             response = self._http.get(f"{self._url}{proto.ATTESTATION_PATH}",
                                       params={"nonce": nonce.hex()})
@@ -226,8 +227,8 @@ class EnclaveSession:
         if response.status_code != 200:
             raise error_from_body(response.status_code, response.content)
         enclave = verify_enclave(response.content, nonce=nonce, policy=self._policy,
-                                 now=self._clock(), sim_roots=self._sim_roots,
-                                 trusted_roots=self._trusted_roots)
+                                 now=self._clock(), nonce_issued=issued,
+                                 sim_roots=self._sim_roots, trusted_roots=self._trusted_roots)
         previous = self._enclave
         if previous is not None and previous.key_config != enclave.key_config:
             log.info("enclave key changed (id %d -> %d); taken from a verified attestation",

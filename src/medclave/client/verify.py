@@ -110,16 +110,21 @@ def _measurement(verification: Verification) -> str | None:
 
 
 def verify_enclave(data: bytes, *, nonce: bytes, policy: AppraisalPolicy, now: datetime,
+                   nonce_issued: datetime | None = None,
                    sim_roots: frozenset[str] = frozenset(),
                    trusted_roots: frozenset[str] | None = None) -> VerifiedEnclave:
-    """Verify and appraise; raises ``attestation.*`` or ``policy.*``, never returns a refusal."""
+    """Verify and appraise; raises ``attestation.*`` or ``policy.*``, never returns a refusal.
+
+    The evidence answers ``nonce``, so it is no older than ``nonce_issued``: that is the time a
+    policy's ``max_evidence_age_seconds`` is checked against (unset: the policy refuses)."""
     bundle = parse_attestation(data)
     verification = verify_bundle(bundle, now=now, expected_nonce=nonce, sim_roots=sim_roots,
                                  trusted_roots=trusted_roots)
     runtime = EnclaveRuntime.from_runtime(dict(bundle.runtime))
     key_config = runtime.key_config()
     runtime.audit_key()
-    appraisal = appraise(verification, policy, now=now, model_digest=runtime.model_digest)
+    appraisal = appraise(verification, policy, now=now, model_digest=runtime.model_digest,
+                         evidence_time=nonce_issued)
     if not verification.secure:
         log.warning(SIM_WARNING)
     return VerifiedEnclave(

@@ -19,6 +19,15 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from medclave.attestation.sevsnp.certs import (
+    OID_BL_SPL,
+    OID_HWID,
+    OID_PRODUCT_NAME,
+    OID_SNP_SPL,
+    OID_STRUCT_VERSION,
+    OID_TEE_SPL,
+    OID_UCODE_SPL,
+)
 from medclave.attestation.x509chain import fingerprint
 from medclave.errors import InputError
 
@@ -29,15 +38,9 @@ SIM_CHIP_ID = hashlib.sha512(b"medclave sim chip").digest()
 # The TCB the sim "firmware" reports (Milan layout): bootloader, tee, snp, microcode.
 SIM_TCB = {"bl": 3, "tee": 0, "snp": 8, "ucode": 115}
 
-_AMD_TCB_OIDS = {  # AMD VCEK certificate extensions (AMD KDS spec 57230, Table 8)
-    "bl": "1.3.6.1.4.1.3704.1.3.1",
-    "tee": "1.3.6.1.4.1.3704.1.3.2",
-    "snp": "1.3.6.1.4.1.3704.1.3.3",
-    "ucode": "1.3.6.1.4.1.3704.1.3.8",
-}
-_HWID_OID = "1.3.6.1.4.1.3704.1.4"
-_STRUCT_VERSION_OID = "1.3.6.1.4.1.3704.1.1"
-_PRODUCT_OID = "1.3.6.1.4.1.3704.1.2"
+# The sim VCEK carries AMD's own KDS extensions (spec 57230, Table 8), named where the SNP
+# verifier reads them.
+_TCB_OIDS = {"bl": OID_BL_SPL, "tee": OID_TEE_SPL, "snp": OID_SNP_SPL, "ucode": OID_UCODE_SPL}
 _FILES = ("ark.pem", "ask.pem", "vcek.pem", "vcek.key")
 
 
@@ -103,10 +106,10 @@ class SimAuthority:
         ask = _cert("SIM-ASK", "SIM-ARK", ark_key, ask_key.public_key(), ca=True, now=when)
         exts = (
             *(x509.UnrecognizedExtension(x509.ObjectIdentifier(oid), _der_int(SIM_TCB[part]))
-              for part, oid in _AMD_TCB_OIDS.items()),
-            x509.UnrecognizedExtension(x509.ObjectIdentifier(_STRUCT_VERSION_OID), _der_int(0)),
-            x509.UnrecognizedExtension(x509.ObjectIdentifier(_HWID_OID), SIM_CHIP_ID),
-            x509.UnrecognizedExtension(x509.ObjectIdentifier(_PRODUCT_OID), b"\x16\x08Milan-B0"),
+              for part, oid in _TCB_OIDS.items()),
+            x509.UnrecognizedExtension(x509.ObjectIdentifier(OID_STRUCT_VERSION), _der_int(0)),
+            x509.UnrecognizedExtension(x509.ObjectIdentifier(OID_HWID), SIM_CHIP_ID),
+            x509.UnrecognizedExtension(x509.ObjectIdentifier(OID_PRODUCT_NAME), b"\x16\x08Milan-B0"),
         )
         vcek = _cert("SEV-VCEK", "SIM-ASK", ask_key, vcek_key.public_key(), ca=False, now=when,
                      extensions=exts)
