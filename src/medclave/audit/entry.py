@@ -35,6 +35,10 @@ Code = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9._:/-]{0,127}$")]
 _TIME = r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,6})?Z$"
 
 CommitLabel = Literal["prompt", "answer", "document"]
+# How a generation ended (OpenAI finish reasons plus the ways an answer stops early). Every answer
+# that left the enclave, whole or in part, is recorded with one of these.
+Ending = Literal["stop", "length", "tool_calls", "content_filter", "client_gone", "error",
+                 "cancelled"]
 PseudonymKind = Literal["user", "patient"]
 
 
@@ -86,6 +90,13 @@ class AuditEntry(_Frozen):
     salt: Annotated[str, Field(pattern=r"^[0-9a-f]{32}$")]
     prompt: Hex64 | None = None  # None for a refused request: nothing of it is committed
     answer: Hex64 | None = None  # None when nothing was generated (refused, failed)
+    # How generation ended and how many completion tokens left the enclave (None: refused).
+    ended: Ending | None = None
+    completion_tokens: int | None = Field(default=None, ge=0, le=(1 << 53) - 1)
+    # The version of the tenant's commitment key the commitments and pseudonyms are under, so
+    # the hospital opens an entry with the right key after a rotation (None: a development key
+    # file, which has no versions).
+    key_version: int | None = Field(default=None, ge=1, le=(1 << 53) - 1)
     documents: tuple[Hex64, ...] = Field(default=(), max_length=256)
     authorization: Authorization
     break_glass: bool = False
