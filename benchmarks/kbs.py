@@ -34,6 +34,7 @@ from medclave.kbs.factory import build_broker
 from medclave.kbs.models import ReleasePolicy
 from medclave.kbs.server import BackgroundServer
 from medclave.kbs.settings import KbsSettings
+from medclave.kbs.signing import TrustedBrokers
 
 RESOURCE = "kbs:///vendor/model-key/bench"
 MEASUREMENT = hashlib.sha384(b"medclave bench enclave").digest()
@@ -78,7 +79,8 @@ def main(argv: list[str] | None = None) -> None:
             with OwnerClient(server.url, token) as owner:
                 owner.put(RESOURCE)
                 owner.set_policy(RESOURCE, policy)
-            client = KbsClient(server.url, attest, http=http)
+            client = KbsClient(server.url, attest, http=http,
+                               trusted=TrustedBrokers.of([broker.signer.public_key]))
             for _ in range(20):  # warm up: connections, chain cache, imports
                 client.fetch(RESOURCE)
 

@@ -115,7 +115,7 @@ def run(work: Path, stack: _Stack) -> dict[str, Any]:
     _step(f"sealing the bundled model as '{VENDOR}' and registering its key with the broker")
     appraisal = AppraisalPolicy.model_validate({
         "name": "demo-sim-enclave", "platforms": ["sim"],
-        "model_digests": [DEFAULT_MODEL_SHA256],
+        "model_digests": [DEFAULT_MODEL_SHA256], "kbs_keys": [broker.signer.key_id],
         "platform": {"sim": {"reference_values": {"measurement": [measurement]}}},
     })
     with OwnerClient(kbs.url, broker.issue_owner_token(VENDOR)) as owner:
@@ -144,6 +144,7 @@ def run(work: Path, stack: _Stack) -> dict[str, Any]:
     _step("booting the enclave on sim: attest to the broker, get the key, unseal into memory")
     settings = EnclaveSettings(
         data_dir=enclave_dir, platform="sim", sealed_model=work / "sealed", kbs_url=kbs.url,
+        kbs_keys=(broker.signer.public_key.hex(),),
         auth_issuer=idp.issuer, auth_jwks_file=jwks, auth_tenants=(TENANT,),
         auth_roles=("clinician",), max_tokens_limit=512)
     booted = boot(settings)
@@ -156,7 +157,8 @@ def run(work: Path, stack: _Stack) -> dict[str, Any]:
     policy_file = work / "hospital-policy.toml"
     policy_file.write_text(
         'name = "st-marys-demo"\nplatforms = ["sim"]\n'
-        f'model_digests = ["{DEFAULT_MODEL_SHA256}"]\n\n'
+        f'model_digests = ["{DEFAULT_MODEL_SHA256}"]\n'
+        f'kbs_keys = ["{broker.signer.key_id}"]\n\n'
         f'[platform.sim.reference_values]\nmeasurement = ["{measurement}"]\n')
     from medclave.attestation.policy import load_policy
 

@@ -94,6 +94,9 @@ CATALOGUE: dict[str, ErrorSpec] = {
     "policy.tcb_too_low": ErrorSpec(403, "The platform TCB is below the policy minimum."),
     "policy.evidence_stale": ErrorSpec(403, "The evidence is older than the policy allows."),
     "policy.model_not_allowed": ErrorSpec(403, "The model digest is not allowed by the policy."),
+    "policy.kbs_key_not_allowed": ErrorSpec(
+        403, "The enclave trusts a key broker the policy does not name."
+    ),
     "policy.smt_forbidden": ErrorSpec(403, "The policy forbids SMT on the platform."),
     "policy.migration_agent_forbidden": ErrorSpec(
         403, "The policy forbids guests that allow a migration agent."
@@ -156,6 +159,10 @@ CATALOGUE: dict[str, ErrorSpec] = {
     "kbs.unauthorized": ErrorSpec(404, _NOT_FOUND),
     "kbs.conflict": ErrorSpec(409, "The resource changed concurrently; retry."),
     "kbs.unavailable": ErrorSpec(503, "The key broker is unavailable."),
+    "kbs.answer_unauthenticated": ErrorSpec(
+        502, "The key broker's answer is not signed by a broker this enclave trusts; "
+        "check the broker keys the enclave is configured with."
+    ),
     "kbs.policy_missing": ErrorSpec(
         403, "The resource has no release policy; its owner must set one before any release."
     ),

@@ -24,7 +24,7 @@ from medclave.enclave.settings import EnclaveSettings
 from medclave.errors import MedclaveError
 from medclave.kbs.app import create_app
 from medclave.kbs.client import OwnerClient
-from medclave.kbs.factory import build_broker
+from medclave.kbs.factory import build_broker, open_signer
 from medclave.kbs.keywrap import AesGcmKek
 from medclave.kbs.models import ReleasePolicy
 from medclave.kbs.sealed_models import seal_model
@@ -64,9 +64,11 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, str,
 
 
 def _settings(folder: Path, kbs: str, measurement: str) -> EnclaveSettings:
+    # The broker's public key, as its administrator hands it out (`medclave kbs key show`).
+    signer = open_signer(KbsSettings(data_dir=folder / "kbs"), create=False)
     return EnclaveSettings(data_dir=folder / "enclave", platform="sim", sim_measurement=measurement,
                            sealed_model=folder / "sealed", kbs_url=kbs, insecure_no_auth=True,
-                           audit_store="memory")
+                           audit_store="memory", kbs_keys=(signer.public_key.hex(),))
 
 
 def test_the_sealed_model_opens_only_in_the_attested_enclave(world: tuple[Path, str, str]

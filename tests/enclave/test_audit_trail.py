@@ -201,7 +201,7 @@ def test_policy_ids_outside_the_entry_alphabet_are_digested() -> None:
 
 def test_the_key_file_must_be_private_and_a_key(tmp_path: Path) -> None:
     good = write_commitment_key(tmp_path / "good.key")
-    assert FileCommitKeys(good).key_for("any") == parse_commitment_key(good.read_bytes())
+    assert FileCommitKeys(good).key_for("any").key == parse_commitment_key(good.read_bytes())
     loose = tmp_path / "loose.key"
     shutil.copy(good, loose)
     os.chmod(loose, 0o640)

@@ -20,7 +20,7 @@ from medclave.audit import generate_commitment_key, open_commitment, parse_entry
 from medclave.client.session import EnclaveSession
 from medclave.enclave.app import create_app as create_enclave_app
 from medclave.enclave.boot import Booted, boot
-from medclave.enclave.commitkeys import BrokerCommitKeys, commitment_resource
+from medclave.enclave.commitkeys import BrokerCommitKeys, CommitKey, commitment_resource
 from medclave.enclave.hooks import AuditLogSink
 from medclave.enclave.model import DEFAULT_MODEL_SHA256
 from medclave.enclave.openai_api import commitment_input
@@ -59,6 +59,7 @@ class World:
     idp: Idp
     tenant_key: bytes
     decisions: list[Decision]
+    broker_key: str
 
     def releases(self, tenant: str) -> list[Decision]:
         name = commitment_resource(tenant)
@@ -86,7 +87,8 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
                     "name": "st-marys-audit-key", "platforms": ["sim"],
                     "platform": {"sim": {"reference_values": {"measurement": [MEASUREMENT]}}}}),
                 model_digests=(DEFAULT_MODEL_SHA256,)))
-        yield World(folder, server.url, make_idp(folder), tenant_key, decisions)
+        yield World(folder, server.url, make_idp(folder), tenant_key, decisions,
+                    broker.signer.public_key.hex())
 
 
 class _Clock:
@@ -105,7 +107,7 @@ def clock() -> _Clock:
 def _boot(world: World, name: str, measurement: str, clock: _Clock, spy: FakeEngine) -> Booted:
     settings = EnclaveSettings(
         data_dir=world.folder / name, platform="sim", sim_measurement=measurement,
-        kbs_url=world.kbs, audit_store="memory", auth_issuer=ISSUER,
+        kbs_url=world.kbs, kbs_keys=(world.broker_key,), audit_store="memory", auth_issuer=ISSUER,
         auth_jwks_file=world.idp.jwks, auth_tenants=(TENANT, KEYLESS))
     return boot(settings, clock=clock, engine_factory=lambda p, s: spy)
 
@@ -193,16 +195,16 @@ def test_the_cache_fetches_once_per_tenant_and_never_keeps_a_bad_key() -> None:
     answers: dict[str, bytes | MedclaveError] = {
         "a": b"k" * 40 + b"\n", "b": b"short", "c": KbsError("kbs.unavailable")}
 
-    def fetch(tenant: str) -> bytes:
+    def fetch(tenant: str) -> CommitKey:
         calls.append(tenant)
         got = answers[tenant]
         if isinstance(got, MedclaveError):
             raise got
-        return got
+        return CommitKey(got, 3)
 
     moments = [now()]
     keys = BrokerCommitKeys(fetch, clock=lambda: moments[-1], retry_after=timedelta(seconds=5))
-    assert keys.key_for("a") == keys.key_for("a") == b"k" * 40
+    assert keys.key_for("a") == keys.key_for("a") == CommitKey(b"k" * 40, 3)
     for tenant in ("b", "c", "b", "c"):
         with pytest.raises(MedclaveError) as err:
             keys.key_for(tenant)
@@ -210,6 +212,6 @@ def test_the_cache_fetches_once_per_tenant_and_never_keeps_a_bad_key() -> None:
     assert calls == ["a", "b", "c"]
     moments.append(moments[0] + timedelta(seconds=6))
     answers["c"] = b"c" * 32
-    assert keys.key_for("c") == b"c" * 32
+    assert keys.key_for("c").key == b"c" * 32
     with pytest.raises(InputError):
         commitment_resource("Not A Broker Owner")  # a tenant id that names no broker owner

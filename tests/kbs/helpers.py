@@ -13,6 +13,8 @@ from medclave.attestation.policy import AppraisalPolicy
 from medclave.crypto import hpke
 from medclave.kbs.client import Attester, OwnerClient
 from medclave.kbs.models import ReleasePolicy
+from medclave.kbs.service import KeyBroker
+from medclave.kbs.signing import TrustedBrokers
 from medclave.protocol.evidence import EvidenceBundle
 
 # A fixed stand-in for the enclave build's launch digest (sim's default hashes the package).
@@ -41,6 +43,11 @@ def sim_attester(authority: sim.SimAuthority, *, measurement: bytes = MEASUREMEN
         return sim.make_bundle(authority, nonce=nonce, runtime=runtime, measurement=measurement,
                                debug=debug)
     return attest
+
+
+def trusting(broker: KeyBroker) -> TrustedBrokers:
+    """The enclave's pin of ``broker``'s signing key (given to it as configuration)."""
+    return TrustedBrokers.of([broker.signer.public_key])
 
 
 def provision(url: str, token: str, *, resource: str = RESOURCE, secret: bytes = b"k" * 32,

@@ -20,7 +20,7 @@ from medclave.kbs.settings import KbsSettings
 from medclave.kbs.sqlite_store import SqliteStore
 from medclave.kbs.tokens import authenticate
 from tests.kbs.conftest import Live
-from tests.kbs.helpers import RESOURCE, sim_attester, sim_policy
+from tests.kbs.helpers import RESOURCE, sim_attester, sim_policy, trusting
 
 LiveFactory = Callable[..., Live]
 runner = CliRunner()
@@ -130,7 +130,8 @@ def test_model_seal_inspect_and_load(live: Live, authority: sim.SimAuthority,
     with OwnerClient(live.url, token) as owner:
         owner.set_policy(RESOURCE, sim_policy(model_digests=(out["manifest"]["plaintext_sha256"],)))
     runtime = {"model_digest": out["manifest"]["plaintext_sha256"]}
-    with KbsClient(live.url, sim_attester(authority), runtime=runtime) as client:
+    with KbsClient(live.url, sim_attester(authority), trusted=trusting(live.broker),
+                   runtime=runtime) as client:
         fd, _, _ = load_sealed_model(client, tmp_path / "s")
     with os.fdopen(fd, "rb") as fh:
         assert fh.read() == weights

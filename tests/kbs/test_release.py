@@ -21,6 +21,7 @@ from medclave.errors import AttestationError, KbsError, MedclaveError, PolicyErr
 from medclave.kbs.client import KbsClient, OwnerClient
 from medclave.kbs.models import RELEASE_INFO, release_aad
 from medclave.kbs.sealed_models import load_sealed_model, seal_model
+from medclave.kbs.signing import BrokerSigner, TrustedBrokers
 from medclave.kbs.store import MemoryStore
 from tests.kbs.conftest import Clock, Live
 from tests.kbs.helpers import (
@@ -34,6 +35,7 @@ from tests.kbs.helpers import (
     provision,
     sim_attester,
     sim_policy,
+    trusting,
 )
 
 LiveFactory = Callable[..., Live]
@@ -63,7 +65,8 @@ def test_release_then_model_unsealed_into_memory(live: Live, authority: sim.SimA
         assert result.key_ref is not None and result.key_ref.resource == RESOURCE
         owner.set_policy(RESOURCE, sim_policy(model_digests=(result.manifest.plaintext_sha256,)))
     runtime = {"model_digest": result.manifest.plaintext_sha256}
-    with KbsClient(live.url, sim_attester(authority), runtime=runtime) as client:
+    with KbsClient(live.url, sim_attester(authority), trusted=trusting(live.broker),
+                   runtime=runtime) as client:
         fd, path, manifest = load_sealed_model(client, tmp_path / "sealed")
     try:
         assert path == f"/proc/self/fd/{fd}"
@@ -86,7 +89,7 @@ def test_fetch_returns_the_secret_and_each_version(live: Live, authority: sim.Si
     provision(live.url, token, secret=b"v1" * 16, policy=sim_policy())
     with OwnerClient(live.url, token) as owner:
         assert owner.rotate(RESOURCE, b"v2" * 16) == 2
-    with KbsClient(live.url, sim_attester(authority)) as client:
+    with KbsClient(live.url, sim_attester(authority), trusted=trusting(live.broker)) as client:
         assert client.fetch(RESOURCE) == b"v2" * 16
         assert client.fetch(RESOURCE, version=1) == b"v1" * 16
 
@@ -298,7 +301,7 @@ def test_retired_version_is_gone(live: Live, authority: sim.SimAuthority) -> Non
     with OwnerClient(live.url, token) as owner:
         owner.rotate(RESOURCE)
         owner.retire(RESOURCE, 1)
-    with KbsClient(live.url, sim_attester(authority)) as client:
+    with KbsClient(live.url, sim_attester(authority), trusted=trusting(live.broker)) as client:
         with pytest.raises(KbsError) as e:
             client.fetch(RESOURCE, version=1)
         assert e.value.code == "kbs.not_found"
@@ -308,17 +311,20 @@ def test_retired_version_is_gone(live: Live, authority: sim.SimAuthority) -> Non
 def test_client_raises_the_brokers_code(live: Live, authority: sim.SimAuthority) -> None:
     provision(live.url, live.token("vendor"), policy=sim_policy())
     attester = sim_attester(authority, measurement=OTHER_MEASUREMENT)
-    with KbsClient(live.url, attester) as client, pytest.raises(MedclaveError) as e:
+    with KbsClient(live.url, attester, trusted=trusting(live.broker)) as client, \
+            pytest.raises(MedclaveError) as e:
         client.fetch(RESOURCE)
     assert e.value.code == "attestation.measurement_mismatch"
-    with KbsClient(live.url, sim_attester(authority)) as client, pytest.raises(KbsError) as e2:
+    with KbsClient(live.url, sim_attester(authority), trusted=trusting(live.broker)) as client, \
+            pytest.raises(KbsError) as e2:
         client.fetch("kbs:///vendor/model-key/none")
     assert e2.value.code == "kbs.not_found"
 
 
 def test_client_against_nothing_listening() -> None:
     never = sim_attester(sim.SimAuthority.create())
-    with KbsClient("http://127.0.0.1:9", never, timeout=2.0) as client, \
+    with KbsClient("http://127.0.0.1:9", never, trusted=TrustedBrokers.of([bytes(32)]),
+                   timeout=2.0) as client, \
             pytest.raises(KbsError) as e:
         client.fetch(RESOURCE)
     assert e.value.code == "kbs.unavailable"
@@ -371,7 +377,7 @@ def test_broker_direct_refusal_types(authority: sim.SimAuthority, clock: Clock) 
     from medclave.kbs.keywrap import AesGcmKek
     from medclave.kbs.service import KeyBroker
 
-    broker = KeyBroker(MemoryStore(), AesGcmKek(os.urandom(32)),
+    broker = KeyBroker(MemoryStore(), AesGcmKek(os.urandom(32)), signer=BrokerSigner.generate(),
                        sim_roots=frozenset({authority.root_fingerprint}), clock=clock)
     token = broker.issue_owner_token("vendor")
     owner = broker.authenticate(token)

@@ -35,7 +35,9 @@ ROTATOR = textwrap.dedent("""
     from medclave.errors import KbsError
 
     data = Path(sys.argv[1])
-    broker = KeyBroker(SqliteStore(data / "kbs.sqlite3"), FileKek.load(data / "kek.key"))
+    from medclave.kbs.signing import BrokerSigner
+    broker = KeyBroker(SqliteStore(data / "kbs.sqlite3"), FileKek.load(data / "kek.key"),
+                       signer=BrokerSigner.generate())
     resource = sys.argv[2]
     try:
         key = os.urandom(32)

@@ -23,7 +23,7 @@ from medclave.kbs.sealed_models import (
     write_owner_keypair,
 )
 from tests.kbs.conftest import Live
-from tests.kbs.helpers import RESOURCE, sim_attester, sim_policy
+from tests.kbs.helpers import RESOURCE, sim_attester, sim_policy, trusting
 
 LiveFactory = Callable[..., Live]
 CHUNK = sealed.MIN_CHUNK_SIZE
@@ -55,7 +55,7 @@ def memfds() -> int:
 
 
 def load(live: Live, authority: sim.SimAuthority, folder: Path) -> bytes:
-    with KbsClient(live.url, sim_attester(authority)) as client:
+    with KbsClient(live.url, sim_attester(authority), trusted=trusting(live.broker)) as client:
         fd, _, _ = load_sealed_model(client, folder)
     try:
         with os.fdopen(os.dup(fd), "rb") as fh:

@@ -8,6 +8,7 @@ rules read the same over every platform's claims::
     platforms = ["sev-snp", "tdx"]
     allow_debug = false
     model_digests = ["b179c952…"]
+    kbs_keys = ["3f0c…"]               # the key brokers the enclave may take keys from
 
     [tcb]
     refuse = ["OutOfDate", "OutOfDateConfigurationNeeded", "Revoked", "NoMatch"]
@@ -27,6 +28,12 @@ GPUs verified beside a CPU report (``claims["gpu"]``, see ``verifier.verify_bund
 
 Appraisal never stops at the first broken rule: every violation is reported at once, and the
 policy digest (SHA-256 of its canonical JSON) goes into every result.
+
+``kbs_keys`` lists the fingerprints (SHA-256 of the raw Ed25519 public key, hex) of the key
+brokers a relying party lets the enclave take keys from. The enclave's runtime, which report_data
+binds, states every broker key it accepts release answers from (``runtime.kbs_keys``); each must
+be in the list, and an enclave that states none is refused: a broker it trusts could hand it a
+commitment or model key of the operator's choosing.
 """
 
 from __future__ import annotations
@@ -82,10 +89,19 @@ class AppraisalPolicy(BaseModel):
     platforms: tuple[str, ...]
     allow_debug: bool = False
     model_digests: tuple[str, ...] = ()
+    kbs_keys: tuple[str, ...] = ()
     max_evidence_age_seconds: int | None = Field(default=None, gt=0)
     require_gpu: bool = False
     tcb: TcbRules = Field(default_factory=TcbRules)
     platform: dict[str, PlatformRules] = Field(default_factory=dict)
+
+    @field_validator("kbs_keys")
+    @classmethod
+    def _kbs_keys_hex(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        out = tuple(v.lower() for v in value)
+        if any(len(v) != 64 or any(c not in "0123456789abcdef" for c in v) for v in out):
+            raise ValueError("kbs_keys are SHA-256 fingerprints in hex")
+        return out
 
     @field_validator("platforms")
     @classmethod
@@ -197,8 +213,12 @@ def evaluate(
     now: datetime,
     evidence_time: datetime | None = None,
     model_digest: str | None = None,
+    kbs_keys: object = None,
 ) -> Appraisal:
-    """Every rule of ``policy`` against ``verification``; never raises for a refusal."""
+    """Every rule of ``policy`` against ``verification``; never raises for a refusal.
+
+    ``model_digest`` and ``kbs_keys`` are what the attested runtime states (read by the caller,
+    which knows the runtime's shape); ``kbs_keys`` as found there, validated here."""
     v: list[Violation] = []
     claims = verification.claims
     status: dict[str, str] = {}
@@ -263,6 +283,15 @@ def evaluate(
             status["sourced-data"] = "contraindicated"
         else:
             status["sourced-data"] = "affirming"
+
+    if policy.kbs_keys:
+        stated = (list(kbs_keys) if isinstance(kbs_keys, (list, tuple))
+                  and all(isinstance(k, str) for k in kbs_keys) else [])
+        extra = sorted({k.lower() for k in stated} - set(policy.kbs_keys))
+        if not stated or extra:
+            v.append(Violation("policy.kbs_key_not_allowed", "kbs_keys",
+                               f"the enclave trusts broker keys {extra} the policy does not name"
+                               if extra else "the enclave states no trusted broker key"))
 
     if policy.require_gpu and verification.platform != "nvidia" and not gpus:
         # Satisfied by NVIDIA evidence itself or by a bundle whose GPU entries verified, each
@@ -332,10 +361,11 @@ def appraise(
     now: datetime,
     evidence_time: datetime | None = None,
     model_digest: str | None = None,
+    kbs_keys: object = None,
 ) -> Appraisal:
     """Like :func:`evaluate`, but raises :class:`PolicyError` listing every violation."""
     result = evaluate(verification, policy, now=now, evidence_time=evidence_time,
-                      model_digest=model_digest)
+                      model_digest=model_digest, kbs_keys=kbs_keys)
     if result.violations:
         raise_refusal(result.violations)
     return result

@@ -34,6 +34,11 @@ def serve_cmd(
     sealed_model: Annotated[Path | None, typer.Option(
         "--sealed-model", help="sealed model folder; its key comes from --kbs")] = None,
     kbs: Annotated[str | None, typer.Option("--kbs", help="key broker URL")] = None,
+    kbs_key: Annotated[list[str] | None, typer.Option(
+        "--kbs-key", help="the broker's public key (`medclave kbs key show`); its signature "
+        "is required on every release answer")] = None,
+    kbs_ca: Annotated[Path | None, typer.Option(
+        "--kbs-ca", help="HTTPS to the broker: pin this CA or certificate file")] = None,
     requester: Annotated[str | None, typer.Option(help="requester identity for the broker")
                          ] = None,
     model: Annotated[Path | None, typer.Option(
@@ -66,6 +71,7 @@ def serve_cmd(
     overrides: dict[str, Any] = {
         "host": host, "port": port, "data_dir": data, "platform": platform,
         "sealed_model": sealed_model, "kbs_url": kbs, "requester": requester,
+        "kbs_keys": tuple(kbs_key) if kbs_key else None, "kbs_ca_file": kbs_ca,
         "model_path": model, "model_sha256": model_sha256, "model_id": model_id,
         "engine": engine, "engine_url": engine_url, "n_threads": threads,
         "auth_issuer": auth_issuer, "auth_jwks_file": auth_jwks_file,

@@ -1,6 +1,6 @@
 """``medclave kbs``: serve the key broker and manage its resources and release policies.
 
-``serve`` and ``owner add`` work on the broker's data folder directly (they are the broker's
+``serve``, ``owner add`` and ``key show`` work on the broker's data folder directly (they are the broker's
 administrator's commands, run where the broker runs). ``resource`` and ``policy`` talk to a
 running broker over its owner API with an owner token (``--url``/``MEDCLAVE_KBS_URL``,
 ``--token``/``MEDCLAVE_KBS_TOKEN``), so an owner never needs the broker's disk or its KEK.
@@ -10,6 +10,7 @@ Output is one JSON object (or list). Exit 0: done; 1: refused; 2: unusable input
 
 from __future__ import annotations
 
+import base64
 import json
 import sys
 from collections.abc import Callable
@@ -21,7 +22,7 @@ import typer
 
 from medclave.errors import MedclaveError
 from medclave.kbs.client import OwnerClient
-from medclave.kbs.factory import ensure_data_dir, open_store
+from medclave.kbs.factory import ensure_data_dir, open_signer, open_store
 from medclave.kbs.models import MAX_SECRET_BYTES, parse_release_policy
 from medclave.kbs.settings import KbsSettings
 from medclave.kbs.tokens import issue_owner_token
@@ -34,7 +35,10 @@ owner_app = typer.Typer(help="Owner credentials (on the broker's data folder).",
                         no_args_is_help=True)
 app.add_typer(resource_app, name="resource")
 app.add_typer(policy_app, name="policy")
+key_app = typer.Typer(help="The broker's signing key (on the broker's data folder).",
+                      no_args_is_help=True)
 app.add_typer(owner_app, name="owner")
+app.add_typer(key_app, name="key")
 
 UNUSABLE_PREFIXES = ("input.", "config.", "policy.invalid", "policy.empty")
 T = TypeVar("T")
@@ -76,17 +80,35 @@ def serve_cmd(
     store: Annotated[str | None, typer.Option(help="sqlite (default) or memory")] = None,
     sim_root: Annotated[list[str] | None, typer.Option(
         "--sim-root", help="accept sim evidence from this root fingerprint (NOT SECURE)")] = None,
+    tls_cert: Annotated[Path | None, typer.Option(
+        "--tls-cert", help="serve HTTPS with this certificate (PEM)")] = None,
+    tls_key: Annotated[Path | None, typer.Option(
+        "--tls-key", help="the certificate's private key (PEM)")] = None,
 ) -> None:
     """Serve the broker (FastAPI + uvicorn) until interrupted."""
     from medclave.kbs.server import serve
 
     overrides: dict[str, Any] = {"host": host, "port": port, "data_dir": data, "store": store,
-                                 "sim_roots": tuple(sim_root) if sim_root else None}
+                                 "sim_roots": tuple(sim_root) if sim_root else None,
+                                 "tls_cert_file": tls_cert, "tls_key_file": tls_key}
     settings = _run(lambda: KbsSettings(**{k: v for k, v in overrides.items() if v is not None}))
     if settings.sim_roots:
         typer.echo("WARNING: sim evidence accepted from configured roots: sim protects nothing.",
                    err=True)
-    serve(settings)
+    _run(lambda: serve(settings))
+
+
+@key_app.command("show")
+def key_show(
+    data: Annotated[Path, typer.Option("--data", help="the broker's data folder")],
+) -> None:
+    """The broker's public signing key (made on first use): give it to enclaves (--kbs-key)
+    and its key_id to relying parties' policies (kbs_keys)."""
+    def show() -> dict[str, str]:
+        signer = open_signer(KbsSettings(data_dir=data))
+        return {"key_id": signer.key_id,
+                "public_key": base64.b64encode(signer.public_key).decode()}
+    _emit(_run(show))
 
 
 @owner_app.command("add")

@@ -13,7 +13,7 @@ import hashlib
 import logging
 import os
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -48,6 +48,8 @@ from medclave.enclave.model import sha256_file as file_sha256
 from medclave.enclave.service import SERVICE, EnclaveIdentity, InferenceService
 from medclave.enclave.settings import EnclaveSettings
 from medclave.errors import InputError
+from medclave.kbs.client import KbsClient
+from medclave.kbs.signing import TrustedBrokers
 from medclave.protocol.evidence import EvidenceBundle
 
 log = logging.getLogger("medclave.enclave")
@@ -131,6 +133,32 @@ def build_authorization(settings: EnclaveSettings, platform: Platform, clock: Cl
                               clock=clock, trail=trail)
 
 
+def trusted_brokers(settings: EnclaveSettings) -> TrustedBrokers | None:
+    """The broker keys release answers must be signed by; required whenever a broker is used
+    (an enclave that took unsigned answers would take the operator's keys)."""
+    if not settings.kbs_url:
+        return None
+    if not settings.kbs_keys:
+        raise InputError("config.invalid", "kbs_url needs kbs_keys: the broker's public key "
+                         "(`medclave kbs key show` on the broker's host)")
+    return TrustedBrokers.of(settings.kbs_keys)
+
+
+def broker_client(settings: EnclaveSettings, attester: Attester
+                  ) -> Callable[[Mapping[str, Any]], KbsClient]:
+    """Opens a client of the configured broker for a runtime (trusted keys, pinned TLS)."""
+    trusted = trusted_brokers(settings)
+    if trusted is None or not settings.kbs_url:
+        raise InputError("config.invalid", "no key broker configured (kbs_url)")
+    url, pinned = settings.kbs_url, trusted
+    verify: str | bool = str(settings.kbs_ca_file) if settings.kbs_ca_file else True
+
+    def open_client(runtime: Mapping[str, Any]) -> KbsClient:
+        return KbsClient(url, attester, trusted=pinned, runtime=runtime, verify=verify)
+
+    return open_client
+
+
 def build_commit_keys(settings: EnclaveSettings, platform: Platform,
                       runtime: Callable[[], dict[str, Any]], clock: Clock) -> CommitKeys:
     """The tenants' commitment keys: a local file on sim (development), else the broker; with
@@ -146,7 +174,7 @@ def build_commit_keys(settings: EnclaveSettings, platform: Platform,
         return FileCommitKeys(settings.commitment_key_file)
     if settings.kbs_url:
         return BrokerCommitKeys(
-            broker_fetcher(settings.kbs_url, platform.attester, runtime), clock=clock,
+            broker_fetcher(broker_client(settings, platform.attester), runtime), clock=clock,
             retry_after=timedelta(seconds=settings.commitment_key_retry_seconds))
     log.warning("no commitment key source (kbs_url or commitment_key_file): every inference "
                 "will be refused with audit.commitment_key_unavailable")
@@ -158,7 +186,6 @@ def _open_model(settings: EnclaveSettings, attester: Attester, base_runtime: dic
     """``(path for the engine, SHA-256 of the plaintext weights)``."""
     if settings.sealed_model is not None:
         from medclave.crypto import sealed
-        from medclave.kbs.client import KbsClient
         from medclave.kbs.sealed_models import load_sealed_model
 
         if not settings.kbs_url:
@@ -167,7 +194,7 @@ def _open_model(settings: EnclaveSettings, attester: Attester, base_runtime: dic
         runtime = {**base_runtime, "model_digest": manifest.plaintext_sha256}
         if settings.requester:
             runtime["requester"] = settings.requester
-        with KbsClient(settings.kbs_url, attester, runtime=runtime) as kbs:
+        with broker_client(settings, attester)(runtime) as kbs:
             fd, path, manifest = load_sealed_model(kbs, settings.sealed_model)
         closers.append(lambda: os.close(fd))
         log.info("model unsealed into memory: %s (%d bytes)", manifest.plaintext_sha256,
@@ -218,6 +245,9 @@ def boot(settings: EnclaveSettings, *, clock: Clock = system_clock,
             "audit_public_key": base64.b64encode(audit_public).decode(),
             "audit_origin": origin,
         }
+        brokers = trusted_brokers(settings)
+        if brokers is not None:
+            base_runtime["kbs_keys"] = brokers.fingerprints()
         model_path, model_digest = _open_model(settings, attester, base_runtime, closers)
         engine = engine_factory(model_path, settings)
         closers.append(engine.close)
@@ -232,7 +262,8 @@ def boot(settings: EnclaveSettings, *, clock: Clock = system_clock,
         sink = AuditLogSink(audit_log, facts, commit_keys)
         identity = EnclaveIdentity(model_id=settings.model_id, model_digest=model_digest,
                                    audit_public_key=audit_public, audit_origin=origin,
-                                   policy_digest=hook.policy_digest)
+                                   policy_digest=hook.policy_digest,
+                                   kbs_keys=tuple(base_runtime.get("kbs_keys", ())))
         service = InferenceService(engine=engine, keys=keys, platform=platform,
                                    identity=identity, authorization=hook, audit=sink,
                                    clock=clock, max_tokens_limit=settings.max_tokens_limit)

@@ -17,26 +17,36 @@ import os
 import stat
 import threading
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from medclave.audit.entry import MAX_KEY_BYTES, parse_commitment_key
 from medclave.errors import AuditError, InputError, MedclaveError
 from medclave.kbs.names import ResourceName
 
+if TYPE_CHECKING:
+    from medclave.kbs.client import KbsClient
+
 log = logging.getLogger("medclave.enclave")
 
 Clock = Callable[[], datetime]
-Attester = Callable[[bytes, dict[str, Any]], Any]
-
 RESOURCE_TYPE = "commitment-key"
 RESOURCE_NAME = "audit"
 MAX_REMEMBERED_FAILURES = 1024
 
 
+@dataclass(frozen=True)
+class CommitKey:
+    """A tenant's commitment key and the broker version it is (None: a development file)."""
+
+    key: bytes
+    version: int | None = None
+
+
 class CommitKeys(Protocol):
-    def key_for(self, tenant: str) -> bytes:
+    def key_for(self, tenant: str) -> CommitKey:
         """The tenant's key, or ``audit.commitment_key_unavailable``."""
         ...
 
@@ -79,30 +89,31 @@ class FileCommitKeys:
     anyway: whoever runs it reads everything)."""
 
     def __init__(self, path: Path) -> None:
-        self._key = read_key_file(path)
+        self._key = CommitKey(read_key_file(path))
 
-    def key_for(self, tenant: str) -> bytes:
+    def key_for(self, tenant: str) -> CommitKey:
         return self._key
 
 
 class NoCommitKeys:
     """No source configured: every tenant is refused."""
 
-    def key_for(self, tenant: str) -> bytes:
+    def key_for(self, tenant: str) -> CommitKey:
         raise AuditError("audit.commitment_key_unavailable",
                          "no commitment key source: set kbs_url (or, on sim, "
                          "commitment_key_file)")
 
 
-def broker_fetcher(kbs_url: str, attester: Attester, runtime: Callable[[], Mapping[str, Any]]
-                   ) -> Callable[[str], bytes]:
+def broker_fetcher(client: Callable[[Mapping[str, Any]], KbsClient],
+                   runtime: Callable[[], Mapping[str, Any]]) -> Callable[[str], CommitKey]:
     """Fetch a tenant's key through attested release: fresh evidence per fetch, over the
-    enclave's current runtime, so the tenant's release policy can name the model and build."""
-    from medclave.kbs.client import KbsClient
+    enclave's current runtime, so the tenant's release policy can name the model and build.
+    ``client`` opens a broker client (trusted broker keys, TLS) for a runtime."""
 
-    def fetch(tenant: str) -> bytes:
-        with KbsClient(kbs_url, attester, runtime=runtime()) as kbs:
-            return kbs.fetch(commitment_resource(tenant))
+    def fetch(tenant: str) -> CommitKey:
+        with client(runtime()) as kbs:
+            released = kbs.fetch_release(commitment_resource(tenant))
+        return CommitKey(released.secret, released.version)
 
     return fetch
 
@@ -115,17 +126,17 @@ class BrokerCommitKeys:
     per tenant is in flight.
     """
 
-    def __init__(self, fetch: Callable[[str], bytes], *, clock: Clock,
+    def __init__(self, fetch: Callable[[str], CommitKey], *, clock: Clock,
                  retry_after: timedelta = timedelta(seconds=30)) -> None:
         self._fetch = fetch
         self._clock = clock
         self._retry_after = retry_after
-        self._keys: dict[str, bytes] = {}
+        self._keys: dict[str, CommitKey] = {}
         self._failed: dict[str, tuple[datetime, str]] = {}
         self._tenant_locks: dict[str, threading.Lock] = {}
         self._lock = threading.Lock()
 
-    def key_for(self, tenant: str) -> bytes:
+    def key_for(self, tenant: str) -> CommitKey:
         with self._lock:
             key = self._cached(tenant)
             if key is not None:
@@ -137,17 +148,21 @@ class BrokerCommitKeys:
                 if key is not None:
                     return key
             try:
-                key = parse_commitment_key(self._fetch(tenant))
+                fetched = self._fetch(tenant)
+                key = CommitKey(parse_commitment_key(fetched.key), fetched.version)
             except MedclaveError as exc:
                 self._remember_failure(tenant, exc.code)
-                log.warning("commitment key for a tenant refused: %s", exc.code)
+                # Nothing is served for this tenant until a fetch succeeds; the operator's log
+                # says why (an unauthenticated broker answer reads kbs.answer_unauthenticated).
+                log.warning("commitment key for tenant %s refused: %s; its requests are refused",
+                            tenant, exc.code)
                 raise _unavailable(exc.code) from None
             with self._lock:
                 self._keys[tenant] = key
                 self._failed.pop(tenant, None)
             return key
 
-    def _cached(self, tenant: str) -> bytes | None:
+    def _cached(self, tenant: str) -> CommitKey | None:
         key = self._keys.get(tenant)
         if key is not None:
             return key

@@ -261,7 +261,8 @@ class AuditLogSink:
 
     def record(self, record: InferenceRecord) -> bytes:
         principal = record.principal
-        key = self._keys.key_for(principal.tenant)
+        tenant_key = self._keys.key_for(principal.tenant)
+        key = tenant_key.key
         salt = new_salt()
         params = record.params
         entry = AuditEntry(
@@ -283,6 +284,7 @@ class AuditLogSink:
             authorization=Authorization(decision="allow", reason=policy_code(principal.reason),
                                         policies=principal.policies),
             break_glass=principal.break_glass,
+            key_version=tenant_key.version,
         )
         index = self._log.append(entry)
         return self._log.receipt(index).to_json()
@@ -292,7 +294,8 @@ class AuditLogSink:
         # what a refused caller sent is not the hospital's record to keep. The pseudonym needs
         # the tenant key; without it the refusal cannot be recorded (the caller is refused all
         # the same).
-        key = self._keys.key_for(principal.tenant)
+        tenant_key = self._keys.key_for(principal.tenant)
+        key = tenant_key.key
         entry = AuditEntry(
             time=format_time(time),
             request_id=request_id,
@@ -307,5 +310,6 @@ class AuditLogSink:
             authorization=Authorization(decision="deny", reason=policy_code(principal.reason),
                                         policies=principal.policies),
             break_glass=principal.break_glass,
+            key_version=tenant_key.version,
         )
         self._log.append(entry)

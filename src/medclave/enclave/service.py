@@ -51,6 +51,8 @@ class EnclaveIdentity:
     audit_public_key: bytes
     audit_origin: str
     policy_digest: str | None
+    # Fingerprints of the key brokers the enclave takes keys from (kbs.signing); () if none.
+    kbs_keys: tuple[str, ...] = ()
 
 
 @dataclass
@@ -117,6 +119,8 @@ class InferenceService:
         }
         if ident.policy_digest:
             runtime["policy_digest"] = ident.policy_digest
+        if ident.kbs_keys:
+            runtime["kbs_keys"] = list(ident.kbs_keys)
         return runtime
 
     def attest(self, nonce: bytes) -> EvidenceBundle:

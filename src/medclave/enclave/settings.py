@@ -35,6 +35,12 @@ class EnclaveSettings(BaseSettings):
     # --- model and engine -----------------------------------------------------------------
     sealed_model: Path | None = None
     kbs_url: str | None = None
+    # The broker keys release answers must be signed by (base64 or hex of the raw Ed25519 public
+    # key, `medclave kbs key show`); required with kbs_url. Their fingerprints go into the
+    # runtime the evidence binds, so a hospital's policy can require its own broker (kbs_keys).
+    kbs_keys: tuple[str, ...] = Field(default=(), max_length=16)
+    # HTTPS to the broker: pin this CA (or the broker's self-signed certificate) file.
+    kbs_ca_file: Path | None = None
     requester: str | None = Field(default=None, max_length=256)  # runtime["requester"] for KBS
     model_path: Path | None = None
     model_sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")

@@ -18,6 +18,7 @@ from pydantic import BaseModel, ValidationError
 from medclave.errors import InputError, MedclaveError
 from medclave.kbs.deps import BodyDep, BrokerDep, ClientDep, OwnerDep, rate_limit
 from medclave.kbs.models import (
+    BrokerKeyOut,
     ChallengeResponse,
     PolicyOut,
     ReleaseRequest,
@@ -81,7 +82,18 @@ def release(broker: BrokerDep, client: ClientDep, body: BodyDep) -> ReleaseRespo
     result = broker.release(
         request.resource, request.nonce, request.evidence, client, version=request.version
     )
-    return ReleaseResponse(sealed=base64.b64encode(result.sealed).decode(), version=result.version)
+    return ReleaseResponse(sealed=base64.b64encode(result.sealed).decode(), version=result.version,
+                           key_id=result.key_id,
+                           signature=base64.b64encode(result.signature).decode())
+
+
+@release_router.get("/keys")
+def keys(broker: BrokerDep) -> list[BrokerKeyOut]:
+    """The broker's public signing key. For reading, not for trusting: an enclave pins the key
+    it was configured with (`medclave kbs key show` on the broker's host), never this answer."""
+    signer = broker.signer
+    return [BrokerKeyOut(key_id=signer.key_id,
+                         public_key=base64.b64encode(signer.public_key).decode())]
 
 
 def _secret(body: SecretBody) -> bytes | None:

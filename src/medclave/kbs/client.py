@@ -2,16 +2,23 @@
 :class:`OwnerClient` (the owner API, used by ``medclave kbs resource|policy``).
 
 ``KbsClient.fetch`` does the whole release: challenge, evidence over a fresh ephemeral X25519
-key placed in ``runtime`` (so report_data binds it), release, HPKE open. The ephemeral private key
-never leaves this object's stack frame; a new one is drawn for every fetch.
+key placed in ``runtime`` (so report_data binds it), release, then (signing.py) the answer's
+signature by a broker key the enclave trusts over resource, version, nonce, ephemeral key, the
+digest of the evidence sent and the sealed bytes, and only then HPKE open. The runtime states
+the trusted broker keys (``kbs_keys``), so the evidence says which brokers may hand this enclave
+keys. The ephemeral private key never leaves this object's stack frame; a new one is drawn for
+every fetch. TLS to the broker is supported (``verify``: a pinned CA file) but not relied on.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import logging
 import re
+import ssl
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
 
@@ -19,13 +26,16 @@ import httpx
 
 from medclave import errors
 from medclave.crypto import hpke
-from medclave.errors import KbsError, MedclaveError
+from medclave.errors import InputError, KbsError, MedclaveError
 from medclave.kbs.models import RELEASE_INFO, ReleasePolicy, release_aad
 from medclave.kbs.names import ResourceName
+from medclave.kbs.signing import TrustedBrokers, bundle_digest, release_statement
 from medclave.protocol.evidence import EvidenceBundle
 
 # Builds evidence whose report_data binds (nonce, runtime): sim.make_bundle, or real hardware.
 Attester = Callable[[bytes, dict[str, Any]], EvidenceBundle]
+
+log = logging.getLogger("medclave.kbs.client")
 
 MAX_RESPONSE_BYTES = 1 << 20
 _NONCE = re.compile(r"^[0-9a-f]{64}$")
@@ -84,10 +94,12 @@ class _Http:
         timeout: float,
         http: httpx.Client | None,
         headers: Mapping[str, str] | None = None,
+        verify: ssl.SSLContext | str | bool = True,
     ) -> None:
         self._own = http is None
         self._http = http or httpx.Client(
-            base_url=base_url.rstrip("/"), timeout=timeout, headers=dict(headers or {})
+            base_url=base_url.rstrip("/"), timeout=timeout, headers=dict(headers or {}),
+            verify=tls_context(verify),
         )
 
     def _call(self, method: str, url: str, **kwargs: Any) -> httpx.Response:
@@ -101,6 +113,25 @@ class _Http:
             self._http.close()
 
 
+def tls_context(verify: ssl.SSLContext | str | bool) -> ssl.SSLContext | bool:
+    """``verify`` for httpx: a path is a CA file to pin (the broker's own certificate or its
+    CA), replacing the system roots."""
+    if isinstance(verify, str):
+        try:
+            return ssl.create_default_context(cafile=verify)
+        except (OSError, ssl.SSLError) as exc:
+            raise InputError("config.invalid", "the broker CA file does not load") from exc
+    return verify
+
+
+@dataclass(frozen=True)
+class Released:
+    """A secret the broker released, and the version it released."""
+
+    version: int
+    secret: bytes
+
+
 class KbsClient(_Http):
     """The enclave side of key release."""
 
@@ -109,16 +140,28 @@ class KbsClient(_Http):
         base_url: str,
         attester: Attester,
         *,
+        trusted: TrustedBrokers,
         runtime: Mapping[str, Any] | None = None,
         timeout: float = 10.0,
         http: httpx.Client | None = None,
+        verify: ssl.SSLContext | str | bool = True,
     ) -> None:
-        super().__init__(base_url, timeout=timeout, http=http)
+        super().__init__(base_url, timeout=timeout, http=http, verify=verify)
         self._attester = attester
+        self._trusted = trusted
         self._runtime = dict(runtime or {})
+        fingerprints = trusted.fingerprints()
+        stated = self._runtime.setdefault("kbs_keys", fingerprints)
+        if stated != fingerprints:
+            # The runtime is what the evidence vouches for: it must name exactly the keys used.
+            raise InputError("config.invalid", "runtime kbs_keys differ from the trusted keys")
 
     def fetch(self, resource: str, *, version: int | None = None) -> bytes:
         """The secret ``resource`` (current version unless ``version``), or the refusal."""
+        return self.fetch_release(resource, version=version).secret
+
+    def fetch_release(self, resource: str, *, version: int | None = None) -> Released:
+        """Like :meth:`fetch`, with the version released (audit entries name it)."""
         name = str(ResourceName.parse(resource))
         body = _json_dict(self._call("POST", "/kbs/v1/challenge"))
         nonce_hex = body.get("nonce")
@@ -138,6 +181,7 @@ class KbsClient(_Http):
         answer = _json_dict(self._call("POST", "/kbs/v1/release", json=request))
         got_version = answer.get("version")
         sealed_b64 = answer.get("sealed")
+        key_id, signature = answer.get("key_id"), answer.get("signature")
         if (
             not isinstance(got_version, int)
             or isinstance(got_version, bool)
@@ -149,8 +193,18 @@ class KbsClient(_Http):
             sealed = base64.b64decode(sealed_b64, validate=True)
         except (binascii.Error, ValueError) as exc:
             raise KbsError("kbs.unavailable", "sealed is not base64") from exc
+        statement = release_statement(resource=name, version=got_version, nonce=nonce,
+                                      ephemeral_key=public, evidence=bundle_digest(bundle),
+                                      sealed=sealed)
+        try:
+            self._trusted.verify(key_id, signature, statement)
+        except KbsError as exc:
+            # The operator's log says why nothing is served (no content: names and codes only).
+            log.error("release of %s refused: %s (%s)", name, exc.code, exc.detail)
+            raise
         # The AAD names what we asked for: an answer for another resource or nonce won't open.
-        return hpke.open(private, sealed, RELEASE_INFO, release_aad(name, got_version, nonce))
+        secret = hpke.open(private, sealed, RELEASE_INFO, release_aad(name, got_version, nonce))
+        return Released(got_version, secret)
 
     def __enter__(self) -> KbsClient:
         return self

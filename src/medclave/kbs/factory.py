@@ -10,6 +10,7 @@ from medclave.errors import InputError
 from medclave.kbs.keywrap import EnvKek, FileKek, KeyWrapper
 from medclave.kbs.service import KeyBroker, utcnow
 from medclave.kbs.settings import KbsSettings
+from medclave.kbs.signing import BrokerSigner
 from medclave.kbs.sqlite_store import SqliteStore
 from medclave.kbs.store import Decision, KbsStore, MemoryStore
 
@@ -37,6 +38,19 @@ def open_wrapper(settings: KbsSettings, *, create: bool = True) -> KeyWrapper:
     return FileKek.load(settings.kek_path)
 
 
+def open_signer(settings: KbsSettings, *, create: bool = True) -> BrokerSigner:
+    if settings.signing_key is not None:
+        return BrokerSigner.from_seed(settings.signing_key.get_secret_value(),
+                                      where="MEDCLAVE_KBS_SIGNING_KEY")
+    if create:
+        ensure_data_dir(settings)
+        return BrokerSigner.load_or_create(settings.signing_key_path)
+    if not settings.signing_key_path.exists():
+        raise InputError("config.invalid", f"no signing key at {settings.signing_key_path.name}; "
+                         "start the broker once (kbs serve) to create it")
+    return BrokerSigner.load_or_create(settings.signing_key_path)
+
+
 def _fingerprints(values: tuple[str, ...]) -> frozenset[str]:
     out = frozenset(v.strip().lower().replace(":", "") for v in values)
     bad = [v for v in out if len(v) != 64 or any(c not in "0123456789abcdef" for c in v)]
@@ -50,6 +64,7 @@ def build_broker(
     *,
     store: KbsStore | None = None,
     wrapper: KeyWrapper | None = None,
+    signer: BrokerSigner | None = None,
     clock: Callable[[], datetime] = utcnow,
     on_decision: Callable[[Decision], None] | None = None,
     trusted_roots: frozenset[str] | None = None,
@@ -57,6 +72,7 @@ def build_broker(
     return KeyBroker(
         store if store is not None else open_store(settings),
         wrapper if wrapper is not None else open_wrapper(settings),
+        signer=signer if signer is not None else open_signer(settings),
         sim_roots=_fingerprints(settings.sim_roots),
         trusted_roots=trusted_roots,
         nonce_ttl=timedelta(seconds=settings.nonce_ttl_seconds),

@@ -131,6 +131,15 @@ class ReleaseResponse(BaseModel):
 
     sealed: str  # base64 of HPKE enc || ciphertext
     version: int
+    key_id: str  # fingerprint of the signing broker key (signing.fingerprint)
+    signature: str  # base64 Ed25519 signature over signing.release_statement(...)
+
+
+class BrokerKeyOut(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    key_id: str
+    public_key: str  # base64 of the raw Ed25519 public key
 
 
 # --- owner API -----------------------------------------------------------------------------

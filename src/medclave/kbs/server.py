@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import uvicorn
 
+from medclave.errors import InputError
 from medclave.kbs.app import create_app
 from medclave.kbs.settings import KbsSettings
 from medclave.serving import BackgroundServer
@@ -14,7 +15,9 @@ __all__ = ["BackgroundServer", "serve"]
 
 
 def serve(settings: KbsSettings) -> None:
-    """Run until interrupted."""
+    """Run until interrupted (HTTPS when the settings name a certificate and key)."""
+    if (settings.tls_cert_file is None) != (settings.tls_key_file is None):
+        raise InputError("config.invalid", "TLS needs both tls_cert_file and tls_key_file")
     uvicorn.run(
         create_app(settings),
         host=settings.host,
@@ -22,4 +25,6 @@ def serve(settings: KbsSettings) -> None:
         log_level="info",
         server_header=False,
         date_header=False,
+        ssl_certfile=settings.tls_cert_file,
+        ssl_keyfile=settings.tls_key_file,
     )

@@ -35,6 +35,7 @@ from medclave.kbs import tokens
 from medclave.kbs.keywrap import KeyWrapper
 from medclave.kbs.models import MAX_SECRET_BYTES, RELEASE_INFO, ReleasePolicy, release_aad
 from medclave.kbs.names import ResourceName, valid_owner
+from medclave.kbs.signing import BrokerSigner, bundle_digest, release_statement
 from medclave.kbs.store import Decision, KbsStore, NonceState, PolicyVersion, ResourceInfo
 from medclave.protocol.evidence import EvidenceBundle
 
@@ -64,6 +65,8 @@ class Release:
     resource: str
     version: int
     sealed: bytes  # HPKE enc || ciphertext of the secret
+    key_id: str  # fingerprint of the broker key that signed the answer
+    signature: bytes  # Ed25519 over signing.release_statement(...)
 
 
 @dataclass
@@ -88,6 +91,7 @@ class KeyBroker:
         store: KbsStore,
         wrapper: KeyWrapper,
         *,
+        signer: BrokerSigner,
         sim_roots: frozenset[str] = frozenset(),
         trusted_roots: frozenset[str] | None = None,
         nonce_ttl: timedelta = DEFAULT_NONCE_TTL,
@@ -98,6 +102,7 @@ class KeyBroker:
             raise InputError("config.invalid", "nonce lifetime must be positive")
         self.store = store
         self._wrapper = wrapper
+        self.signer = signer
         self._sim_roots = sim_roots
         self._trusted_roots = trusted_roots
         self._ttl = nonce_ttl
@@ -155,6 +160,11 @@ class KeyBroker:
             sealed = hpke.seal(
                 ephemeral, plain, RELEASE_INFO, release_aad(str(name), secret.version, nonce_bytes)
             )
+            # Signed over everything the answer says (signing.py): without it anyone on the
+            # path could seal a key of their own to the (public) ephemeral key.
+            signature = self.signer.sign(release_statement(
+                resource=str(name), version=secret.version, nonce=nonce_bytes,
+                ephemeral_key=ephemeral, evidence=bundle_digest(bundle), sealed=sealed))
         except MedclaveError as exc:
             self._decide(trace, now, "refused", exc.code, exc.detail)
             raise
@@ -162,7 +172,7 @@ class KeyBroker:
             self._decide(trace, now, "refused", "internal", type(exc).__name__)
             raise KbsError("kbs.unavailable", "internal error during release") from exc
         self._decide(trace, now, "allowed", None, "released")
-        return Release(str(name), secret.version, sealed)
+        return Release(str(name), secret.version, sealed, self.signer.key_id, signature)
 
     def _spend(self, nonce: bytes, now: datetime) -> None:
         state = self.store.spend_nonce(nonce, now)
@@ -432,7 +442,7 @@ def _appraise(
     model = runtime.get("model_digest")
     model_digest = model.lower() if isinstance(model, str) else None
     result = evaluate(verification, policy.appraisal, now=now, model_digest=model_digest,
-                      evidence_time=evidence_time)
+                      evidence_time=evidence_time, kbs_keys=runtime.get("kbs_keys"))
     violations = list(result.violations)
     if policy.model_digests and model_digest not in policy.model_digests:
         violations.append(

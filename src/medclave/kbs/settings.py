@@ -23,6 +23,14 @@ class KbsSettings(BaseSettings):
     store: Literal["sqlite", "memory"] = "sqlite"
     kek: SecretStr | None = None
     kek_file: Path | None = None
+    # The Ed25519 key every release answer is signed with (base64 of its 32-byte seed in
+    # MEDCLAVE_KBS_SIGNING_KEY, else the 0600 file, default DATA/signing.key, made on first start).
+    signing_key: SecretStr | None = None
+    signing_key_file: Path | None = None
+    # HTTPS: the broker serves TLS with this certificate and key when both are set. Enclaves
+    # may pin it (their kbs_ca_file); release answers are signed either way.
+    tls_cert_file: Path | None = None
+    tls_key_file: Path | None = None
     # SHA-256 fingerprints of sim roots whose evidence may verify (still only under a policy
     # naming "sim"). Empty: sim evidence never verifies here.
     sim_roots: tuple[str, ...] = ()
@@ -36,6 +44,10 @@ class KbsSettings(BaseSettings):
     @property
     def kek_path(self) -> Path:
         return self.kek_file or self.data_dir / "kek.key"
+
+    @property
+    def signing_key_path(self) -> Path:
+        return self.signing_key_file or self.data_dir / "signing.key"
 
     @property
     def db_path(self) -> Path:

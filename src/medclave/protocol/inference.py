@@ -98,6 +98,8 @@ class EnclaveRuntime(BaseModel):
     audit_public_key: str = Field(max_length=128)
     audit_origin: str = Field(max_length=256)
     policy_digest: str | None = Field(default=None, max_length=128)
+    # Fingerprints of the key brokers the enclave takes keys from (kbs.signing).
+    kbs_keys: tuple[str, ...] = Field(default=(), max_length=16)
 
     @classmethod
     def from_runtime(cls, runtime: dict[str, Any]) -> EnclaveRuntime:
