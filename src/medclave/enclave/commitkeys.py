@@ -24,11 +24,12 @@ from typing import Any, Protocol
 from medclave.audit.entry import MAX_KEY_BYTES, parse_commitment_key
 from medclave.errors import AuditError, InputError, MedclaveError
 from medclave.kbs.names import ResourceName
+from medclave.protocol.evidence import EvidenceBundle
 
 log = logging.getLogger("medclave.enclave")
 
 Clock = Callable[[], datetime]
-Attester = Callable[[bytes, dict[str, Any]], Any]
+Attester = Callable[[bytes, dict[str, Any]], EvidenceBundle]
 
 RESOURCE_TYPE = "commitment-key"
 RESOURCE_NAME = "audit"
