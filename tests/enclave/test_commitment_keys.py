@@ -3,8 +3,10 @@ only to an enclave the tenant's policy accepts, cached, refusals remembered for 
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
+import logging
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -12,12 +14,15 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
+from fastapi import FastAPI, Request, Response
 
 from medclave.attestation.policy import AppraisalPolicy
 from medclave.attestation.sim import SimAuthority
 from medclave.audit import generate_commitment_key, open_commitment, parse_entry
 from medclave.client.session import EnclaveSession
+from medclave.crypto import hpke
 from medclave.enclave.app import create_app as create_enclave_app
 from medclave.enclave.boot import Booted, boot
 from medclave.enclave.commitkeys import BrokerCommitKeys, CommitKey, commitment_resource
@@ -31,7 +36,7 @@ from medclave.kbs.app import create_app as create_kbs_app
 from medclave.kbs.client import OwnerClient
 from medclave.kbs.factory import build_broker
 from medclave.kbs.keywrap import AesGcmKek
-from medclave.kbs.models import ReleasePolicy
+from medclave.kbs.models import RELEASE_INFO, ReleasePolicy, release_aad
 from medclave.kbs.settings import KbsSettings
 from medclave.kbs.store import Decision, MemoryStore
 from medclave.protocol import inference as proto
@@ -104,10 +109,11 @@ def clock() -> _Clock:
     return _Clock()
 
 
-def _boot(world: World, name: str, measurement: str, clock: _Clock, spy: FakeEngine) -> Booted:
+def _boot(world: World, name: str, measurement: str, clock: _Clock, spy: FakeEngine,
+          *, kbs: str | None = None) -> Booted:
     settings = EnclaveSettings(
         data_dir=world.folder / name, platform="sim", sim_measurement=measurement,
-        kbs_url=world.kbs, kbs_keys=(world.broker_key,), audit_store="memory", auth_issuer=ISSUER,
+        kbs_url=kbs or world.kbs, kbs_keys=(world.broker_key,), audit_store="memory", auth_issuer=ISSUER,
         auth_jwks_file=world.idp.jwks, auth_tenants=(TENANT, KEYLESS))
     return boot(settings, clock=clock, engine_factory=lambda p, s: spy)
 
@@ -154,6 +160,9 @@ def test_the_approved_enclave_gets_the_key_and_the_hospital_opens_its_entry(
     open_commitment(key, "prompt", entry.salt,
                     commitment_input([{"role": "user", "content": QUESTION}]), entry.prompt)
     open_commitment(key, "answer", entry.salt, FAKE_ANSWER.encode(), entry.answer)
+    # The entry names the version of the tenant's key (the first one, registered at setup),
+    # so after a rotation the hospital still knows which key opens it.
+    assert entry.key_version == 1
     assert spy.calls == ["chat", "chat"]
 
 
@@ -215,3 +224,62 @@ def test_the_cache_fetches_once_per_tenant_and_never_keeps_a_bad_key() -> None:
     assert keys.key_for("c").key == b"c" * 32
     with pytest.raises(InputError):
         commitment_resource("Not A Broker Owner")  # a tenant id that names no broker owner
+
+
+def forging_relay(upstream: str) -> FastAPI:
+    """The operator's relay between enclave and broker (issue 9.1): it forwards every call and
+    replaces each release's ``sealed`` with its own key, sealed to the enclave's (public)
+    ephemeral key under the (public) release AAD."""
+    app = FastAPI()
+
+    @app.post("/kbs/v1/{step}")
+    async def forward(step: str, request: Request) -> Response:
+        body = await request.body()
+        async with httpx.AsyncClient(base_url=upstream) as http:
+            real = await http.post(f"/kbs/v1/{step}", content=body,
+                                   headers={"content-type": "application/json"})
+        if step != "release":
+            return Response(real.content, real.status_code, media_type="application/json")
+        sent = json.loads(body)
+        ephemeral = base64.b64decode(sent["evidence"]["runtime"]["ephemeral_key"])
+        aad = release_aad(sent["resource"], 1, bytes.fromhex(sent["nonce"]))
+        planted = hpke.seal(ephemeral, PLANTED_KEY, RELEASE_INFO, aad)
+        forged = {**(real.json() if real.status_code == 200 else {}), "version": 1,
+                  "sealed": base64.b64encode(planted).decode()}
+        return Response(json.dumps(forged), 200, media_type="application/json")
+
+    return app
+
+
+PLANTED_KEY = b"the operator chose this key; 32+"
+
+
+@pytest.mark.parametrize("enclave", ["good", "rogue"])
+def test_a_relay_planting_its_own_commitment_key_gets_the_tenant_refused(
+        world: World, clock: _Clock, caplog: pytest.LogCaptureFixture, enclave: str) -> None:
+    """Issue 9.1 on the whole path: before, the enclave committed the tenant's entries under
+    the operator's planted key (which then named the clinician and confirmed a guessed prompt)
+    while receipts still checked out, even when the real broker refused the release (the rogue
+    build). Now the forged answer fails the broker's signature, the tenant is refused before
+    the engine runs, and the operator's log says why."""
+    spy = FakeEngine()
+    caplog.set_level(logging.WARNING)
+    with BackgroundServer(forging_relay(world.kbs)) as relay:
+        measurement = MEASUREMENT if enclave == "good" else OTHER_MEASUREMENT
+        booted = _boot(world, enclave, measurement, clock, spy, kbs=relay.url)
+        try:
+            before = len(world.releases(TENANT))
+            status, body, receipt = _ask(booted, world.idp.token(), measurement=measurement)
+            assert (status, body["error"]["code"], receipt) == (
+                503, "audit.commitment_key_unavailable", None)
+            assert spy.calls == []
+            sink = booted.service.audit
+            assert isinstance(sink, AuditLogSink)
+            assert sink.audit_log.size == 0  # nothing committed under the planted key
+            # The real broker released to the approved build and refused the rogue one; either
+            # way the relay's swapped answer is what the enclave refused.
+            assert [d.outcome for d in world.releases(TENANT)[before:]] == [
+                "allowed" if enclave == "good" else "refused"]
+        finally:
+            booted.close()
+    assert any("kbs.answer_unauthenticated" in r.getMessage() for r in caplog.records)

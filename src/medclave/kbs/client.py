@@ -219,10 +219,12 @@ class OwnerClient(_Http):
     """The owner API with a bearer token (``mkt1.OWNER.SECRET``)."""
 
     def __init__(
-        self, base_url: str, token: str, *, timeout: float = 10.0, http: httpx.Client | None = None
+        self, base_url: str, token: str, *, timeout: float = 10.0, http: httpx.Client | None = None,
+        verify: ssl.SSLContext | str | bool = True,
     ) -> None:
         super().__init__(
-            base_url, timeout=timeout, http=http, headers={"Authorization": f"Bearer {token}"}
+            base_url, timeout=timeout, http=http, headers={"Authorization": f"Bearer {token}"},
+            verify=verify,
         )
         if http is not None:
             http.headers["Authorization"] = f"Bearer {token}"
