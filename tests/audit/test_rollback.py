@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import sqlite3
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -25,47 +24,16 @@ from medclave.audit.note import (
     parse_checkpoint,
     parse_note,
 )
-from medclave.audit.store import MemoryStore, SqliteStore, node_id
+from medclave.audit.store import MemoryStore, SqliteStore
 from medclave.audit.verify import inspect_log, open_trusted, verify_log
 from medclave.audit.witness import witness_checkpoint
 from medclave.cli.audit import app
 from medclave.errors import AuditError
-from tests.audit._builders import ORIGIN, make_entry
+from tests.audit._builders import ORIGIN, build_log, make_entry, truncate_log
 from tests.conftest import flip
 
 runner = CliRunner()
 N = 12
-
-
-def _build(path: Path, signer: NoteSigner, n: int = N, *, rewrite: int | None = None) -> bytes:
-    """An ``n``-entry log in batches of 4 (checkpoints at 4, 8, 12, ...); ``rewrite``: entry
-    of that index is another one. Returns the latest checkpoint."""
-    log = AuditLog.open_sqlite(path, origin=ORIGIN, signer=signer)
-    note = b""
-    for start in range(0, n, 4):
-        batch = [make_entry(i, prompt="a rewritten prompt" if i == rewrite else None)
-                 for i in range(start, min(start + 4, n))]
-        got = log.append_batch(batch).checkpoint
-        assert got is not None
-        note = got
-    log.close()
-    return note
-
-
-def _truncate(path: Path, keep: int) -> None:
-    """What the attacker does: drop the guards, keep the first ``keep`` entries, and delete
-    every checkpoint and stored node that covers a later one, so nothing dangles."""
-    db = sqlite3.connect(path)
-    for t in ("entries", "nodes", "checkpoints"):
-        for op in ("update", "delete"):
-            db.execute(f"DROP TRIGGER IF EXISTS {t}_append_only_{op}")
-    db.execute("DELETE FROM entries WHERE idx >= ?", (keep,))
-    db.execute("DELETE FROM checkpoints WHERE size > ?", (keep,))
-    doomed = [(nid,) for (nid,) in db.execute("SELECT id FROM nodes")
-              if ((nid & ((1 << 50) - 1)) + 1) << (nid >> 50) > keep]
-    db.executemany("DELETE FROM nodes WHERE id = ?", doomed)
-    db.commit()
-    db.close()
 
 
 def _verify(path: Path, key: NoteSigner, *checkpoints: Path, extra: tuple[str, ...] = ()
@@ -81,7 +49,7 @@ def _verify(path: Path, key: NoteSigner, *checkpoints: Path, extra: tuple[str, .
 def world(tmp_path: Path, log_signer: NoteSigner) -> tuple[Path, Path]:
     """The log, and the checkpoint at 12 an auditor kept (from a receipt, say)."""
     path = tmp_path / "audit.sqlite3"
-    note = _build(path, log_signer)
+    note = build_log(path, log_signer)
     assert parse_checkpoint(parse_note(note).text).size == N
     cp = tmp_path / "cp12.note"
     cp.write_bytes(note)
@@ -92,7 +60,7 @@ def world(tmp_path: Path, log_signer: NoteSigner) -> tuple[Path, Path]:
 def test_a_truncated_or_emptied_log_verifies_alone_and_is_refused_against_a_checkpoint(
         world: tuple[Path, Path], log_signer: NoteSigner, keep: int) -> None:
     path, cp = world
-    _truncate(path, keep)
+    truncate_log(path, keep)
     # The attack as reported: on its own, what is left is a consistent (shorter) log. This is
     # documented behaviour, not a bug plain verification can fix: nothing in the file remembers.
     code, body = _verify(path, log_signer)
@@ -115,7 +83,7 @@ def test_a_diverging_log_under_the_same_key_is_refused(
     grown): every checkpoint in the file verifies, the kept one does not fit."""
     _, cp = world
     forged = tmp_path / "forged.sqlite3"
-    _build(forged, log_signer, size, rewrite=5)
+    build_log(forged, log_signer, size, rewrite=5)
     code, body = _verify(forged, log_signer)
     assert (code, body["ok"]) == (0, True)
     code, body = _verify(forged, log_signer, cp)
@@ -129,7 +97,7 @@ def test_a_log_rewritten_under_another_key_is_refused(
     _, cp = world
     mallory = NoteSigner.generate(ORIGIN)
     forged = tmp_path / "forged.sqlite3"
-    _build(forged, mallory, 16, rewrite=5)
+    build_log(forged, mallory, 16, rewrite=5)
     # Under the trusted key, its checkpoints do not verify.
     code, body = _verify(forged, log_signer, cp)
     assert code == 1 and body["findings"][0]["code"] == "audit.checkpoint_signature_invalid"
@@ -242,7 +210,7 @@ def test_sqlite_store_truncation_helper_leaves_a_consistent_log(
     """The attack helper itself: after it, the file holds exactly a 4-entry log and its
     nodes (so the refusal above is the rollback check's, not a dangling node's)."""
     path, _ = world
-    _truncate(path, 4)
+    truncate_log(path, 4)
     store = SqliteStore(path, readonly=True)
     try:
         assert store.size() == 4 and [s for s, _ in store.checkpoints()] == [4]
@@ -252,4 +220,3 @@ def test_sqlite_store_truncation_helper_leaves_a_consistent_log(
             [merkle.leaf_hash(make_entry(i).to_bytes()) for i in range(4)])]
     finally:
         store.close()
-    assert node_id(1, 0) == 1 << 50  # the id layout the helper assumes
