@@ -7,7 +7,9 @@ replay that differs); 2: unusable input (missing file, malformed key, unknown in
 The log is an SQLite file: ``--log FILE``, or ``audit.sqlite3`` under ``--data DIR``
 (``MEDCLAVE_DATA_DIR``, default ``.medclave``). Keys are C2SP verifier keys
 (``name+keyid+base64``), given inline or as ``@FILE``; the log key must come from the
-enclave's attestation, never from the log itself.
+enclave's attestation, never from the log itself. ``verify`` alone proves the log agrees with
+itself; ``verify --checkpoint FILE`` (a receipt's or a witness's checkpoint) also proves it
+extends what the auditor already holds, which is what catches a truncated or rewritten log.
 """
 
 from __future__ import annotations
