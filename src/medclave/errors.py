@@ -125,6 +125,13 @@ CATALOGUE: dict[str, ErrorSpec] = {
         400, "Replay needs the model and engine build recorded in the entry."
     ),
     "audit.log_conflict": ErrorSpec(409, "The log changed underneath this writer; reopen it."),
+    "audit.rollback": ErrorSpec(
+        400, "The log is shorter than a checkpoint it signed earlier: history was removed."
+    ),
+    "audit.log_inconsistent": ErrorSpec(
+        500, "The stored audit log does not match its own latest signed checkpoint; the enclave "
+        "will not extend it."
+    ),
     "audit.commitment_key_unavailable": ErrorSpec(
         503, "The tenant's audit commitment key is not available to this enclave; its owner must "
         "register it with the key broker under a release policy this enclave meets."

@@ -1,9 +1,12 @@
-"""Builders shared by the audit tests: entries, keys and a deterministic engine."""
+"""Builders shared by the audit tests: entries, keys, a deterministic engine, and logs (with
+the rollback attack on them)."""
 
 from __future__ import annotations
 
 import hashlib
+import sqlite3
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 from medclave.audit.entry import (
     AttestationSummary,
@@ -14,6 +17,9 @@ from medclave.audit.entry import (
     format_time,
     pseudonym,
 )
+from medclave.audit.log import AuditLog
+from medclave.audit.note import NoteSigner
+from medclave.audit.store import MAX_LOG_SIZE
 
 ORIGIN = "medclave.example/audit/test-1"
 TENANT_KEY = hashlib.sha256(b"tenant key for tests").digest()
@@ -60,3 +66,34 @@ def make_entry(
         authorization=Authorization(decision=decision, reason="policy:clinician-own-patients"),
         break_glass=break_glass,
     )
+
+
+def build_log(path: Path, signer: NoteSigner, n: int = 12, *, rewrite: int | None = None) -> bytes:
+    """An ``n``-entry log in batches of 4 (checkpoints at 4, 8, 12, ...); ``rewrite``: entry
+    of that index is another one. Returns the latest checkpoint."""
+    log = AuditLog.open_sqlite(path, origin=ORIGIN, signer=signer)
+    note = b""
+    for start in range(0, n, 4):
+        batch = [make_entry(i, prompt="a rewritten prompt" if i == rewrite else None)
+                 for i in range(start, min(start + 4, n))]
+        note = log.append_batch(batch).checkpoint or b""
+    log.close()
+    return note
+
+
+def truncate_log(path: Path, keep: int) -> None:
+    """What the attacker does: drop the guards, keep the first ``keep`` entries, and delete
+    every checkpoint and stored node that covers a later one, so nothing dangles."""
+    db = sqlite3.connect(path)
+    for t in ("entries", "nodes", "checkpoints"):
+        for op in ("update", "delete"):
+            db.execute(f"DROP TRIGGER IF EXISTS {t}_append_only_{op}")
+    db.execute("DELETE FROM entries WHERE idx >= ?", (keep,))
+    db.execute("DELETE FROM checkpoints WHERE size > ?", (keep,))
+    # A node id is level * MAX_LOG_SIZE + index (store.node_id); it covers leaves up to
+    # (index + 1) * 2**level - 1.
+    doomed = [(nid,) for (nid,) in db.execute("SELECT id FROM nodes")
+              if (nid % MAX_LOG_SIZE + 1) << (nid // MAX_LOG_SIZE) > keep]
+    db.executemany("DELETE FROM nodes WHERE id = ?", doomed)
+    db.commit()
+    db.close()

@@ -16,7 +16,13 @@ from pathlib import Path
 
 from medclave.audit import merkle
 from medclave.audit.entry import MAX_ENTRY_BYTES, AuditEntry
-from medclave.audit.note import Checkpoint, NoteSigner, NoteVerifier, sign_checkpoint
+from medclave.audit.note import (
+    Checkpoint,
+    NoteSigner,
+    NoteVerifier,
+    sign_checkpoint,
+    verify_checkpoint,
+)
 from medclave.audit.receipt import ConsistencyProof, Receipt, encode_proof
 from medclave.audit.store import MAX_LOG_SIZE, Batch, LogStore, SqliteStore, Synchronous
 from medclave.errors import AuditError, MedclaveError
@@ -92,6 +98,22 @@ class AuditLog:
     ) -> AuditLog:
         store = SqliteStore(path, readonly=signer is None, synchronous=synchronous)
         return cls(store, origin=origin, signer=signer)
+
+    @classmethod
+    def resume(cls, store: LogStore, *, origin: str, signer: NoteSigner) -> AuditLog:
+        """Open ``store`` to extend it, failing closed: a log that is not this key's and
+        origin's, or whose stored tree does not extend its own latest signed checkpoint (see
+        :meth:`verify_head`), is refused with ``audit.log_inconsistent`` and ``store`` closed."""
+        try:
+            log = cls(store, origin=origin, signer=signer)
+            log.verify_head()
+        except AuditError as exc:
+            store.close()
+            if exc.code == "audit.log_inconsistent":
+                raise
+            raise AuditError("audit.log_inconsistent", f"{exc.code}: {exc.detail}",
+                             cause=exc.code) from exc
+        return log
 
     @property
     def size(self) -> int:
@@ -192,6 +214,37 @@ class AuditLog:
             note = sign_checkpoint(Checkpoint(self.origin, self.size, self.root()), signer)
             self.store.add_checkpoint(self.size, note)
             return note
+
+    def verify_head(self) -> int:
+        """Before a writer extends a reopened log: its latest stored checkpoint must verify
+        under this writer's key, and the stored tree (the right edge new entries hang from)
+        must extend it, by an RFC 9162 §2.1.4 consistency proof over the stored nodes. Returns
+        that checkpoint's size (0 for a fresh log); raises ``audit.log_inconsistent``.
+
+        O(log n) reads: a quick check at boot, not a full verification. It cannot see a log
+        truncated together with its checkpoints and nodes; receipts and witnesses catch that
+        (``verify.inspect_log(trusted=...)``)."""
+        signer = self._writer()
+        latest = self.store.latest_checkpoint()
+        try:
+            if latest is None:
+                if self.size:
+                    raise AuditError("audit.checkpoint_invalid",
+                                     f"{self.size} entries but no signed checkpoint")
+                return 0
+            size, note = latest
+            cp = verify_checkpoint(note, signer.verifier, origin=self.origin).checkpoint
+            if cp.size != size:
+                raise AuditError("audit.checkpoint_invalid", f"the note is for size {cp.size}")
+            if size > self.size:
+                raise AuditError("audit.rollback", f"the log has {self.size} entries; its "
+                                 f"latest checkpoint covers {size}")
+            proof = merkle.prove_consistency(size, self.size, self.store.nodes)
+            merkle.verify_consistency(size, self.size, proof, cp.root, self.root())
+            return size
+        except AuditError as exc:
+            raise AuditError("audit.log_inconsistent", f"{exc.code}: {exc.detail}",
+                             cause=exc.code) from exc
 
     def _writer(self) -> NoteSigner:
         if self._signer is None:

@@ -139,6 +139,14 @@ class NoteSigner:
     def generate(cls, name: str, alg: int = ALG_ED25519) -> NoteSigner:
         return cls(name, Ed25519PrivateKey.generate(), alg)
 
+    @classmethod
+    def from_seed(cls, name: str, seed: bytes, alg: int = ALG_ED25519) -> NoteSigner:
+        """The key whose 32-byte RFC 8032 seed is ``seed`` (e.g. released by the key broker),
+        so one secret gives one key on every boot."""
+        if not isinstance(seed, bytes | bytearray) or len(seed) != 32:
+            raise CryptoError("crypto.bad_key", "an Ed25519 seed is exactly 32 bytes")
+        return cls(name, Ed25519PrivateKey.from_private_bytes(bytes(seed)), alg)
+
     @property
     def verifier(self) -> NoteVerifier:
         return NoteVerifier(self.name, _raw_public(self.private_key.public_key()), self.alg)

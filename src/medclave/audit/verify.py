@@ -11,7 +11,15 @@ equal its recomputed value. Each problem becomes a :class:`Finding` with a code 
   smallest recomputed subtree that differs from the stored one);
 - ``audit.node_tampered``: a stored node (or leaf hash) that differs from the recomputed one
   while the entries agree with every signed root;
-- ``audit.consistency_invalid``: two signed checkpoints that are not one history.
+- ``audit.consistency_invalid``: two signed checkpoints that are not one history, or a log
+  that diverges from a checkpoint the auditor brought (``trusted``);
+- ``audit.rollback``: a log shorter than a checkpoint the auditor brought.
+
+What the log holds can only prove the log consistent with itself: whoever can write the file
+can truncate or empty it together with its checkpoints and nodes, and what remains still
+verifies. Rollback is caught only against a checkpoint kept outside the log (a receipt's, a
+witness's): ``trusted`` checkpoints are checked by an RFC 9162 §2.1.4 consistency proof from
+their size to the log's, computed over the recomputed tree.
 
 Memory is 64 bytes per entry (one 32-byte hash per node, levels as packed ``bytearray``).
 """
@@ -24,7 +32,8 @@ from dataclasses import dataclass, field
 
 from medclave.audit import merkle
 from medclave.audit.entry import parse_entry
-from medclave.audit.note import NoteVerifier, verify_checkpoint
+from medclave.audit.note import Checkpoint, NoteVerifier, VerifiedCheckpoint, verify_checkpoint
+from medclave.audit.receipt import Receipt
 from medclave.audit.store import LogStore
 from medclave.errors import AuditError, MedclaveError
 
@@ -51,6 +60,7 @@ class LogReport:
     entries_parsed: bool
     findings: tuple[Finding, ...] = ()
     truncated: bool = False
+    trusted: tuple[int, ...] = ()  # sizes of the outside checkpoints the log was checked against
 
     @property
     def ok(self) -> bool:
@@ -73,6 +83,7 @@ class LogReport:
             "entries_parsed": self.entries_parsed,
             "findings": [f.to_dict() for f in self.findings],
             "truncated": self.truncated,
+            "trusted_checkpoints": list(self.trusted),
         }
 
 
@@ -118,9 +129,12 @@ def inspect_log(
     origin: str | None = None,
     parse_entries: bool = True,
     max_findings: int = 100,
+    trusted: Sequence[Checkpoint] = (),
 ) -> LogReport:
     """Check everything and return every finding (up to ``max_findings``); never raises on
-    tampering. ``parse_entries`` also requires each entry to be a canonical v1 AuditEntry."""
+    tampering. ``parse_entries`` also requires each entry to be a canonical v1 AuditEntry.
+    ``trusted``: checkpoints the auditor already holds, signatures checked (see
+    :func:`open_trusted`); the log must extend each of them."""
     origin = log_key.name if origin is None else origin
     found = _Findings(max_findings)
     size = store.size()
@@ -150,6 +164,7 @@ def inspect_log(
 
     entries_ok = _roots(tree, signed, stored_leaves, store, found)
     _consistency(tree, signed, found)
+    _extends(tree, size, trusted, found)
     _nodes(tree, stored_leaves, store, size, entries_ok, found)
     # Last: an entry that hashes right but does not parse is the writer's bug, not tampering,
     # and one already reported as tampered needs no second finding.
@@ -168,20 +183,43 @@ def inspect_log(
         entries_parsed=parse_entries,
         findings=tuple(found.items),
         truncated=found.truncated,
+        trusted=tuple(cp.size for cp in trusted),
     )
 
 
 def verify_log(
-    store: LogStore, log_key: NoteVerifier, *, origin: str | None = None, parse_entries: bool = True
+    store: LogStore,
+    log_key: NoteVerifier,
+    *,
+    origin: str | None = None,
+    parse_entries: bool = True,
+    trusted: Sequence[Checkpoint] = (),
 ) -> LogReport:
     """:func:`inspect_log`, raising the first finding as an :class:`AuditError` (with ``where``
     and the full ``report`` in its context); returns the report when the log is intact."""
-    report = inspect_log(store, log_key, origin=origin, parse_entries=parse_entries)
+    report = inspect_log(store, log_key, origin=origin, parse_entries=parse_entries,
+                         trusted=trusted)
     if report.findings:
         first = report.findings[0]
         raise AuditError(first.code, f"{first.where}: {first.detail}", where=first.where,
                          report=report)
     return report
+
+
+def open_trusted(
+    data: bytes,
+    log_key: NoteVerifier,
+    *,
+    origin: str | None = None,
+    witnesses: Sequence[NoteVerifier] = (),
+    quorum: int = 0,
+) -> VerifiedCheckpoint:
+    """A checkpoint an auditor brings: a C2SP signed note (as a witness returns it), or a
+    receipt (JSON) whose checkpoint is taken. Its signature by ``log_key`` (and ``quorum`` of
+    the ``witnesses``' cosignatures) must verify; only then are its size and root trusted."""
+    if data.lstrip()[:1] == b"{":
+        data = Receipt.from_json(data).checkpoint.encode()
+    return verify_checkpoint(data, log_key, origin=origin, witnesses=witnesses, quorum=quorum)
 
 
 def _checkpoints(
@@ -250,6 +288,23 @@ def _consistency(tree: _Tree, signed: list[tuple[int, bytes]], found: _Findings)
             merkle.verify_consistency(s1, s2, merkle.prove_consistency(s1, s2, tree.source), r1, r2)
         except AuditError as exc:
             found.add(exc.code, f"checkpoints {s1} and {s2}", exc.detail)
+
+
+def _extends(tree: _Tree, size: int, trusted: Sequence[Checkpoint], found: _Findings) -> None:
+    """The log's tree must extend each trusted checkpoint: at least as large, and the RFC 9162
+    §2.1.4 consistency proof from its size to the log's leads to its root and to the log's."""
+    root = tree.root(size)
+    for cp in trusted:
+        where = f"trusted checkpoint {cp.size}"
+        if cp.size > size:
+            found.add("audit.rollback", where,
+                      f"the log has {size} entries; a checkpoint it signed covers {cp.size}")
+            continue
+        try:
+            proof = merkle.prove_consistency(cp.size, size, tree.source)
+            merkle.verify_consistency(cp.size, size, proof, cp.root, root)
+        except AuditError as exc:
+            found.add(exc.code, where, f"the log diverges from the checkpoint: {exc.detail}")
 
 
 def _nodes(

@@ -7,7 +7,9 @@ replay that differs); 2: unusable input (missing file, malformed key, unknown in
 The log is an SQLite file: ``--log FILE``, or ``audit.sqlite3`` under ``--data DIR``
 (``MEDCLAVE_DATA_DIR``, default ``.medclave``). Keys are C2SP verifier keys
 (``name+keyid+base64``), given inline or as ``@FILE``; the log key must come from the
-enclave's attestation, never from the log itself.
+enclave's attestation, never from the log itself. ``verify`` alone proves the log agrees with
+itself; ``verify --checkpoint FILE`` (a receipt's or a witness's checkpoint) also proves it
+extends what the auditor already holds, which is what catches a truncated or rewritten log.
 """
 
 from __future__ import annotations
@@ -31,14 +33,15 @@ from medclave.audit.note import (
     ALG_ED25519,
     NoteSigner,
     NoteVerifier,
+    VerifiedCheckpoint,
     verify_checkpoint,
 )
 from medclave.audit.receipt import decode_proof, verify_receipt
 from medclave.audit.replay import ReplayEngine, replay
 from medclave.audit.store import SqliteStore
-from medclave.audit.verify import inspect_log
+from medclave.audit.verify import inspect_log, open_trusted
 from medclave.audit.witness import load_state, witness_checkpoint
-from medclave.errors import EnclaveError, InputError, MedclaveError
+from medclave.errors import AuditError, EnclaveError, InputError, MedclaveError
 
 app = typer.Typer(
     help="Tamper-evident audit log: verify, prove, receipts, replay, FHIR export, witness.",
@@ -65,6 +68,10 @@ DataOpt = Annotated[
 ]
 KeyOpt = Annotated[str, typer.Option("--key", help="The log's verifier key, or @FILE (required).")]
 OutOpt = Annotated[Path | None, typer.Option("--out", help="Write here instead of stdout.")]
+WitnessOpt = Annotated[
+    list[str] | None, typer.Option("--witness", help="A witness verifier key (repeatable).")
+]
+QuorumOpt = Annotated[int, typer.Option(help="Witness cosignatures required.")]
 
 
 def _emit(obj: Any, out: Path | None = None) -> None:
@@ -135,20 +142,53 @@ def verify_cmd(
     no_parse: Annotated[
         bool, typer.Option("--no-parse-entries", help="Hash entries without schema checks.")
     ] = False,
+    checkpoint: Annotated[list[Path] | None, typer.Option(
+        "--checkpoint", metavar="FILE",
+        help="A checkpoint kept outside the log (signed note, or a receipt holding one): the "
+        "log must extend it. Repeatable.")] = None,
+    witness: WitnessOpt = None,
+    quorum: QuorumOpt = 0,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Accepted for symmetry: the output is always JSON.")
+    ] = False,
 ) -> None:
-    """Recompute the whole tree; check every checkpoint, their consistency and every node."""
+    """Recompute the whole tree; check every checkpoint, their consistency and every node.
+
+    Without --checkpoint this proves only that the log agrees with itself: a log truncated or
+    emptied together with its checkpoints still verifies. With --checkpoint it also proves,
+    by a consistency proof, that the log extends each checkpoint given (rollback, divergence).
+    """
     try:
         verifier = _verifier(key)
+        witnesses = [_verifier(w, ALG_COSIGNATURE_V1) for w in witness or []]
+        trusted = [_trusted(path, verifier, witnesses, quorum) for path in checkpoint or []]
         store = SqliteStore(_log_path(log_file or log, data), readonly=True)
         try:
-            report = inspect_log(store, verifier, parse_entries=not no_parse)
+            report = inspect_log(store, verifier, parse_entries=not no_parse,
+                                 trusted=[t.checkpoint for t in trusted])
         finally:
             store.close()
     except MedclaveError as exc:
         raise _fail(exc) from None
-    _emit(report.to_dict())
+    result = report.to_dict()
+    if checkpoint:
+        result["trusted"] = [
+            {"file": path.name, "size": t.checkpoint.size, "root": t.checkpoint.root.hex(),
+             "cosigned_by": [c.name for c in t.cosignatures]}
+            for path, t in zip(checkpoint, trusted, strict=True)
+        ]
+    _emit(result)
     if not report.ok:
         raise typer.Exit(1)
+
+
+def _trusted(
+    path: Path, key: NoteVerifier, witnesses: list[NoteVerifier], quorum: int
+) -> VerifiedCheckpoint:
+    try:
+        return open_trusted(_read(path), key, witnesses=witnesses, quorum=quorum)
+    except AuditError as exc:  # say which of the files given was refused
+        raise AuditError(exc.code, exc.detail, where=f"checkpoint {path.name}") from exc
 
 
 @app.command("prove")
@@ -179,10 +219,8 @@ def prove_cmd(
 def receipt_verify_cmd(
     key: KeyOpt,
     file: Annotated[Path, typer.Argument(help="The receipt (JSON).")],
-    witness: Annotated[
-        list[str] | None, typer.Option("--witness", help="A witness verifier key (repeatable).")
-    ] = None,
-    quorum: Annotated[int, typer.Option(help="Cosignatures required.")] = 0,
+    witness: WitnessOpt = None,
+    quorum: QuorumOpt = 0,
 ) -> None:
     """Check a receipt offline: checkpoint signature, cosignatures, entry inclusion."""
 

@@ -58,6 +58,12 @@ def serve_cmd(
     insecure_no_auth: Annotated[bool, typer.Option(
         "--insecure-no-auth", help="sim only: accept callers without a token")] = False,
     audit_store: Annotated[str | None, typer.Option(help="sqlite (default) or memory")] = None,
+    audit_key_resource: Annotated[str | None, typer.Option(
+        "--audit-key-resource", help="kbs:///OWNER/audit-key/NAME: the audit key's seed, "
+        "released by --kbs, so the log continues across restarts (needs --audit-origin)")
+    ] = None,
+    audit_origin: Annotated[str | None, typer.Option(
+        "--audit-origin", help="the audit log's name (fixed, to continue one log)")] = None,
     commitment_key_file: Annotated[Path | None, typer.Option(
         "--commitment-key-file", help="sim only: the tenants' audit commitment key (a 0600 "
         "file); otherwise each tenant's key comes from --kbs")] = None,
@@ -79,6 +85,7 @@ def serve_cmd(
         "auth_roles": tuple(role) if role else None,
         "insecure_no_auth": insecure_no_auth or None, "audit_store": audit_store,
         "commitment_key_file": commitment_key_file,
+        "audit_key_resource": audit_key_resource, "audit_origin": audit_origin,
         "key_rotation_seconds": key_rotation,
     }
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")

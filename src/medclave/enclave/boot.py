@@ -1,8 +1,9 @@
 """The boot sequence: evidence, keys made inside, the model key from the broker, the model
 unsealed into memory and loaded, the doors (authorization, audit) in place.
 
-Order matters: the OHTTP and audit keys are generated before anything is fetched, so the
-runtime the broker appraises already names them; the model is decrypted only into an anonymous
+Order matters: the OHTTP and audit keys exist before the model is fetched, so the runtime
+the broker appraises already names them (the audit key, when the broker releases it, is fetched
+first under the runtime without it); the model is decrypted only into an anonymous
 memory file (``memfd``), never to disk.
 """
 
@@ -237,17 +238,17 @@ def boot(settings: EnclaveSettings, *, clock: Clock = system_clock,
         keys = KeyRing(clock, rotation=rotation,
                        grace=timedelta(seconds=settings.key_grace_seconds))
         origin = settings.audit_origin or f"medclave-enclave/{secrets.token_hex(8)}"
-        signer = NoteSigner.generate(origin)
-        audit_public = signer.verifier.public_key
         base_runtime: dict[str, Any] = {
             "service": SERVICE,
             "ohttp_key_config": base64.b64encode(keys.config.encode()).decode(),
-            "audit_public_key": base64.b64encode(audit_public).decode(),
             "audit_origin": origin,
         }
         brokers = trusted_brokers(settings)
         if brokers is not None:
             base_runtime["kbs_keys"] = brokers.fingerprints()
+        signer = _audit_signer(settings, platform, origin, base_runtime)
+        audit_public = signer.verifier.public_key
+        base_runtime["audit_public_key"] = base64.b64encode(audit_public).decode()
         model_path, model_digest = _open_model(settings, attester, base_runtime, closers)
         engine = engine_factory(model_path, settings)
         closers.append(engine.close)
@@ -277,11 +278,41 @@ def boot(settings: EnclaveSettings, *, clock: Clock = system_clock,
     return Booted(service, platform, model_digest, closers)
 
 
+def _audit_signer(settings: EnclaveSettings, platform: Platform, origin: str,
+                 runtime: dict[str, Any]) -> NoteSigner:
+    """The audit log's key. With ``audit_key_resource``: the seed the broker releases to this
+    measured enclave, so one log (origin + key) continues across restarts and a restart cannot
+    start history afresh. The evidence for that release cannot name the key it fetches, so it
+    binds ``runtime`` (the boot runtime without ``audit_public_key``); the release policy of
+    the seed names the enclave's measurement, not its model."""
+    resource = settings.audit_key_resource
+    if resource is None:
+        if platform.secure and settings.kbs_url:
+            raise InputError("config.invalid", "on a TEE with a key broker set "
+                             "audit_key_resource and audit_origin: a key made at each boot "
+                             "lets a restart begin a new log and drop the old one unnoticed")
+        log.warning("the audit key is made at boot: the log does not continue across "
+                    "restarts (set audit_key_resource and audit_origin to keep one log)")
+        return NoteSigner.generate(origin)
+    if not settings.kbs_url or not settings.audit_origin:
+        raise InputError("config.invalid", "audit_key_resource needs kbs_url and a fixed "
+                         "audit_origin (the log's name, the same on every boot)")
+    fetch_runtime = dict(runtime)
+    if settings.requester:
+        fetch_runtime["requester"] = settings.requester
+    # The platform's own attester: the evidence entries record is the boot's full runtime.
+    with broker_client(settings, platform.attester)(fetch_runtime) as kbs:
+        signer = NoteSigner.from_seed(origin, kbs.fetch(resource))
+    log.info("audit key released by the broker: %s", signer.verifier.vkey())
+    return signer
+
+
 def _open_audit(settings: EnclaveSettings, origin: str, signer: NoteSigner) -> AuditLog:
     if settings.audit_store == "memory":
         return AuditLog(MemoryStore(), origin=origin, signer=signer)
     folder = Path(settings.data_dir) / "audit"
     folder.mkdir(parents=True, exist_ok=True, mode=0o700)
-    # One log per audit key: a new boot has a new key (made inside), hence a new log.
-    name = hashlib.sha256(origin.encode()).hexdigest()[:16]
-    return AuditLog(SqliteStore(folder / f"{name}.sqlite3"), origin=origin, signer=signer)
+    # One file per (origin, key): a key released by the broker reopens its log on every boot
+    # (checked against its own latest checkpoint first); a key made at boot starts a new one.
+    name = hashlib.sha256(f"{origin}\n{signer.verifier.vkey()}".encode()).hexdigest()[:16]
+    return AuditLog.resume(SqliteStore(folder / f"{name}.sqlite3"), origin=origin, signer=signer)

@@ -71,6 +71,12 @@ class EnclaveSettings(BaseSettings):
     # --- audit --------------------------------------------------------------------------
     audit_store: Literal["sqlite", "memory"] = "sqlite"
     audit_origin: str | None = None
+    # kbs:///OWNER/audit-key/NAME: a 32-byte Ed25519 seed the broker at kbs_url releases to
+    # this measured enclave, so the log (origin + key) continues across restarts. Needs a fixed
+    # audit_origin. Without it each boot signs a new log under a new key (refused on a TEE
+    # that has a broker: a restart there must not be able to start history afresh).
+    audit_key_resource: str | None = Field(default=None, max_length=256,
+                                           pattern=r"^kbs:///[^/]+/[^/]+/[^/]+$")
     # Tenants' commitment keys come from the broker at kbs_url (kbs:///TENANT/commitment-key/
     # audit); development on sim may use one local key file instead (mode 0600 enforced).
     commitment_key_file: Path | None = None

@@ -1,0 +1,107 @@
+"""Reopening a log to extend it (an enclave restart): the stored tree must extend the log's own
+latest signed checkpoint under the writer's key, or the writer refuses (fail closed)."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from medclave.audit.log import AuditLog
+from medclave.audit.note import Note, NoteSigner, Signature, parse_note
+from medclave.audit.store import MemoryStore, SqliteStore, node_id
+from medclave.audit.verify import verify_log
+from medclave.errors import AuditError
+from tests.audit._builders import ORIGIN, build_log, make_entry, truncate_log
+from tests.conftest import flip
+
+
+def _edit(path: Path, *sql: tuple[str, tuple[object, ...]]) -> None:
+    db = sqlite3.connect(path)
+    for t in ("entries", "nodes", "checkpoints"):
+        for op in ("update", "delete"):
+            db.execute(f"DROP TRIGGER IF EXISTS {t}_append_only_{op}")
+    for stmt, args in sql:
+        db.execute(stmt, args)
+    db.commit()
+    db.close()
+
+
+def _refused(path: Path, signer: NoteSigner) -> str:
+    with pytest.raises(AuditError) as err:
+        AuditLog.resume(SqliteStore(path), origin=ORIGIN, signer=signer)
+    assert err.value.code == "audit.log_inconsistent"
+    cause = err.value.context["cause"]
+    assert isinstance(cause, str)
+    return cause
+
+
+@pytest.fixture
+def log_file(tmp_path: Path, log_signer: NoteSigner) -> Path:
+    path = tmp_path / "audit.sqlite3"
+    build_log(path, log_signer)  # 12 entries, checkpoints at 4, 8, 12
+    return path
+
+
+def test_a_fresh_or_intact_log_resumes_and_stays_one_log(
+        log_file: Path, log_signer: NoteSigner) -> None:
+    fresh = AuditLog.resume(MemoryStore(), origin=ORIGIN, signer=log_signer)
+    assert fresh.verify_head() == 0
+    log = AuditLog.resume(SqliteStore(log_file), origin=ORIGIN, signer=log_signer)
+    assert log.verify_head() == 12
+    log.append_batch([make_entry(i) for i in range(12, 16)])
+    log.close()
+    store = SqliteStore(log_file, readonly=True)
+    report = verify_log(store, log_signer.verifier)
+    store.close()
+    assert (report.size, report.checkpoints) == (16, 4)
+
+
+def test_entries_removed_under_kept_checkpoints(log_file: Path, log_signer: NoteSigner) -> None:
+    _edit(log_file, ("DELETE FROM entries WHERE idx >= 4", ()))
+    assert _refused(log_file, log_signer) == "audit.rollback"
+
+
+def test_a_changed_node_on_the_right_edge(log_file: Path, log_signer: NoteSigner) -> None:
+    db = sqlite3.connect(log_file)
+    (h,) = db.execute("SELECT hash FROM nodes WHERE id = ?", (node_id(2, 2),)).fetchone()
+    db.close()
+    _edit(log_file, ("UPDATE nodes SET hash = ? WHERE id = ?", (flip(h, 3), node_id(2, 2))))
+    assert _refused(log_file, log_signer) == "audit.consistency_invalid"
+
+
+def test_a_deleted_node_on_the_right_edge(log_file: Path, log_signer: NoteSigner) -> None:
+    _edit(log_file, ("DELETE FROM nodes WHERE id = ?", (node_id(3, 0),)))
+    assert _refused(log_file, log_signer) == "audit.node_tampered"
+
+
+def test_a_latest_checkpoint_that_does_not_verify(log_file: Path, log_signer: NoteSigner
+                                                  ) -> None:
+    db = sqlite3.connect(log_file)
+    (raw,) = db.execute("SELECT note FROM checkpoints WHERE size = 12").fetchone()
+    db.close()
+    note = parse_note(bytes(raw))
+    (sig,) = note.signatures
+    bad = Note(note.text, (Signature(sig.name, sig.key_id, flip(sig.signature, 0)),)).to_bytes()
+    _edit(log_file, ("UPDATE checkpoints SET note = ? WHERE size = 12", (bad,)))
+    assert _refused(log_file, log_signer) == "audit.checkpoint_signature_invalid"
+
+
+def test_entries_without_any_checkpoint(log_file: Path, log_signer: NoteSigner) -> None:
+    _edit(log_file, ("DELETE FROM checkpoints", ()))
+    assert _refused(log_file, log_signer) == "audit.checkpoint_invalid"
+
+
+def test_the_log_of_another_key(log_file: Path) -> None:
+    assert _refused(log_file, NoteSigner.generate(ORIGIN)) == "audit.log_conflict"
+
+
+def test_a_consistent_truncation_resumes(log_file: Path, log_signer: NoteSigner) -> None:
+    """The limit of a local check: truncated with its checkpoints and nodes, the log is a
+    shorter valid log, and the writer cannot tell. Receipts and witnesses catch it
+    (test_rollback)."""
+    truncate_log(log_file, 4)
+    log = AuditLog.resume(SqliteStore(log_file), origin=ORIGIN, signer=log_signer)
+    assert (log.size, log.verify_head()) == (4, 4)
+    log.close()
