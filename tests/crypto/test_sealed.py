@@ -310,6 +310,24 @@ def test_refuses_to_overwrite(tmp_path: Path) -> None:
         sealed.unseal_to(sealed_dir, key, src)
 
 
+@pytest.mark.parametrize("salt", [b"", b"\x00" * 31, b"\x00" * 33, "00" * 32, 32])
+def test_given_salt_must_be_32_bytes(tmp_path: Path, salt: object) -> None:
+    src = _model(tmp_path, 10)
+    with pytest.raises(MedclaveError) as err:
+        sealed.seal_file(src, tmp_path / "s", owner="o", salt=salt)  # type: ignore[arg-type]
+    assert err.value.code == "input.malformed"
+    assert not (tmp_path / "s").exists()
+
+
+def test_salt_is_fresh_unless_given(tmp_path: Path) -> None:
+    key = os.urandom(sealed.KEY_SIZE)
+    src = _model(tmp_path, 10)
+    first, _ = sealed.seal_file(src, tmp_path / "a", owner="o", key=key)
+    second, _ = sealed.seal_file(src, tmp_path / "b", owner="o", key=key)
+    assert first.salt != second.salt
+    given, _ = sealed.seal_file(src, tmp_path / "c", owner="o", key=key, salt=b"\x07" * 32)
+    assert given.salt == "07" * 32
+
 def test_key_sealed_to_owner(tmp_path: Path) -> None:
     owner, owner_public = hpke.generate_keypair()
     _, sealed_dir, _, key = _seal(tmp_path)

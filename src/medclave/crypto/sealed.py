@@ -266,14 +266,21 @@ def _sha256_file(f: io.FileIO, chunk_size: int) -> str:
 
 def seal_file(src: str | os.PathLike[str], out_dir: str | os.PathLike[str], *, owner: str,
               key: bytes | None = None, model_format: str = "gguf",
-              chunk_size: int = DEFAULT_CHUNK_SIZE) -> tuple[Manifest, bytes]:
+              chunk_size: int = DEFAULT_CHUNK_SIZE,
+              salt: bytes | None = None) -> tuple[Manifest, bytes]:
     """Seal ``src`` into ``out_dir`` (created if needed); returns the manifest and the key.
 
     Memory use is a few chunks whatever the file size. The key is fresh unless given; hand it to
     the key broker or :func:`seal_key_to_owner`, never store it beside the sealed model.
+    ``salt`` exists so the known-answer vectors (tests/vectors/) can be reproduced byte for byte;
+    production callers leave it unset: one salt used twice with one key repeats AES-GCM nonces.
     """
     key = os.urandom(KEY_SIZE) if key is None else bytes(key)
     _check_key_bytes(key)
+    if salt is None:
+        salt = os.urandom(32)
+    elif not isinstance(salt, bytes | bytearray) or len(salt) != 32:
+        raise InputError("input.malformed", "the sealing salt is 32 bytes")
     if not MIN_CHUNK_SIZE <= chunk_size <= MAX_CHUNK_SIZE:
         raise InputError("input.malformed", "chunk_size out of range")
     out = Path(out_dir)
@@ -286,7 +293,7 @@ def seal_file(src: str | os.PathLike[str], out_dir: str | os.PathLike[str], *, o
         if size > MAX_SIZE:
             raise InputError("input.too_large", "model file too large")
         manifest = Manifest(owner=owner, model_format=model_format, key_id=key_id_for(key),
-                            salt=os.urandom(32).hex(), size=size, chunk_size=chunk_size,
+                            salt=salt.hex(), size=size, chunk_size=chunk_size,
                             chunk_count=chunk_count_for(size, chunk_size),
                             plaintext_sha256=_sha256_file(f, chunk_size))
         f.seek(0)
