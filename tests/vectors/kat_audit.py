@@ -117,6 +117,9 @@ def _audit_case(case: dict[str, Any], key: bytes) -> Vector:
         "key_version": fields["key_version"], "documents": documents,
         "authorization": fields["authorization"], "break_glass": fields["break_glass"],
     }
+    for later in ("ended", "completion_tokens", "key_version"):  # added after v1 shipped:
+        if entry[later] is None:  # absent while unset, so earlier entries keep their bytes
+            del entry[later]
     entry_bytes = bytes(rfc8785.dumps(entry))
     leaf = sha256(b"\x00" + entry_bytes)
 
@@ -172,7 +175,8 @@ def audit_entry_vectors() -> Vector:
     agree("commitment key file", key, parse_commitment_key(COMMITMENT_KEY_FILE))
     return {
         "description": "Audit entry v1 (src/medclave/audit/entry.py): entry bytes = RFC 8785 "
-                       "canonical JSON of every field (absent optional fields as null); "
+                       "canonical JSON of every field (absent optional fields as null, except "
+                       "ended, completion_tokens and key_version, left out while null); "
                        "commitment = HMAC-SHA256(key, \"medclave-audit-commit-v1\" 0x00 || label "
                        "|| 0x00 || salt || data); pseudonym = HMAC-SHA256(key, "
                        "\"medclave-audit-pseudonym-v1\" 0x00 || kind || 0x00 || UTF-8 id); leaf "

@@ -156,8 +156,9 @@ def _entry_from(metadata: dict[str, Any], **derived: Any) -> AuditEntry:
     params = metadata["params"]
     return AuditEntry(
         **{k: metadata[k] for k in ("v", "time", "request_id", "tenant", "action", "model_digest",
-                                    "engine_build", "evidence_digest", "salt", "ended",
-                                    "completion_tokens", "key_version", "break_glass")},
+                                    "engine_build", "evidence_digest", "salt", "break_glass")},
+        # Absent from the committed entry while unset (fields added after v1's first entries).
+        **{k: metadata.get(k) for k in ("ended", "completion_tokens", "key_version")},
         attestation=AttestationSummary(**metadata["attestation"]),
         params=None if params is None else Params(**params),
         authorization=Authorization(decision=auth["decision"], reason=auth["reason"],

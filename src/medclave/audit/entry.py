@@ -17,7 +17,15 @@ from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
 import rfc8785
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    ValidationError,
+    model_serializer,
+    model_validator,
+)
 
 from medclave.crypto.canonical import canonical_json
 from medclave.errors import AuditError, InputError
@@ -72,6 +80,9 @@ class Authorization(_Frozen):
     policies: tuple[Code, ...] = Field(default=(), max_length=64)
 
 
+_LATER_FIELDS = ("ended", "completion_tokens", "key_version")
+
+
 class AuditEntry(_Frozen):
     """Version 1 of the entry. Field names are short because there will be many of them."""
 
@@ -110,6 +121,17 @@ class AuditEntry(_Frozen):
         if self.prompt is None and self.answer is not None:
             raise ValueError("an answer commitment needs a prompt commitment")
         return self
+
+    @model_serializer(mode="wrap")
+    def _without_unset_later_fields(self, handler: SerializerFunctionWrapHandler
+                                    ) -> dict[str, Any]:
+        # Fields added after the first entries were written are left out while unset, so
+        # those entries keep their exact canonical bytes (and so their leaf hashes).
+        body: dict[str, Any] = handler(self)
+        for name in _LATER_FIELDS:
+            if body.get(name, 0) is None:
+                del body[name]
+        return body
 
     def to_bytes(self) -> bytes:
         return canonical_json(self.model_dump(mode="json"))
