@@ -245,6 +245,8 @@ def _report(result: dict[str, Any]) -> None:
     table.add_row("model digest", status["model_digest"])
     table.add_row("engine build", status["engine_build"])
     table.add_row("OHTTP key id", str(status["ohttp_key_id"]))
+    table.add_row("key broker", ", ".join(k[:16] + "…" for k in status.get("kbs_keys", []))
+                  + "  (the only broker the enclave takes keys from; the policy requires it)")
     table.add_row("appraisal policy", f"{status['appraisal_policy']['name']} "
                   f"({status['appraisal_policy']['digest'][:16]}…)")
     table.add_row("verified at", status["verified_at"])
