@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import Callable
 from datetime import timedelta
@@ -22,6 +23,7 @@ from medclave.attestation.nvidia.verify import (
 )
 from medclave.attestation.x509chain import fingerprint, load_certificates
 from medclave.errors import AttestationError, PolicyError
+from tests.attestation._ecdsa import P384_N, raw_high_s
 from tests.attestation._nvidia_helpers import (
     N1_NONCE,
     RIM_EXPIRED_AT,
@@ -160,6 +162,21 @@ def test_n1_with_one_trailing_zero_byte_verifies(nv: Nvidia, form: str) -> None:
     clean = verify_report(nv.report, nv.options(expected_nonce=N1_NONCE), chain_cache=None)
     assert "0 unsigned trailing byte(s)" in clean.checks[0].detail
     assert result.claims == clean.claims
+    # One GPU answer, one identity: the digest covers request || response up to the signature.
+    assert result.evidence_digest == clean.evidence_digest == hashlib.sha256(
+        nv.report[:-96]).hexdigest()
+    assert registry.evidence_digest("nvidia", data) == result.evidence_digest
+    assert result.evidence_sha256 != clean.evidence_sha256
+
+
+def test_n1_high_s_twin_verifies_with_the_same_digest(nv: Nvidia) -> None:
+    """ECDSA P-384 allows (r, n - s) (SEC 1 §4.1.4; SPDM asks for no low s): the real report's
+    twin verifies and is the same evidence by its signed bytes (issue 9, part 6)."""
+    twin = nv.report[:-96] + raw_high_s(nv.report[-96:], P384_N)
+    assert twin != nv.report
+    result = verify_report(twin, nv.options(expected_nonce=N1_NONCE), chain_cache=None)
+    assert result.secure and all(c.ok for c in result.checks)
+    assert result.evidence_digest == hashlib.sha256(nv.report[:-96]).hexdigest()
 
 
 def test_trailing_bytes_are_unsigned_and_bounded(nv: Nvidia) -> None:

@@ -326,4 +326,5 @@ def verify_report(
         # trusted_roots verifies the same way but protects nothing.
         secure=fingerprint(chain[-1]) in DEVICE_ROOT_FINGERPRINTS,
         evidence_sha256=sha256_hex(data),
+        evidence_digest=sha256_hex(report.signed),
     )
