@@ -382,3 +382,44 @@ def test_mutated_tokens_never_verify(data: st.DataObject) -> None:
 def test_random_jwks_only_raise_medclave_errors(obj: dict[str, object]) -> None:
     with contextlib.suppress(MedclaveError):
         parse_jwk(obj)
+
+
+# --- error profiles -------------------------------------------------------------------------------
+
+
+def test_error_profiles_map_each_refusal_to_the_callers_code() -> None:
+    from medclave.attestation.ear import EAR_JOSE_ERRORS
+    from medclave.auth.jwks import AUTH_JOSE_ERRORS
+    from medclave.errors import AttestationError, AuthError
+
+    forged = raw_jws({"alg": "EdDSA"}, {"sub": "x"}, b"s" * 64)
+    jwk_doc = public_jwk_members(ed_key().public_key())
+    for errors, family, codes in (
+        (AUTH_JOSE_ERRORS, AuthError, ("auth.token_malformed", "auth.algorithm_forbidden",
+                                       "auth.signature_invalid", "auth.key_unknown")),
+        (EAR_JOSE_ERRORS, AttestationError, ("attestation.malformed", "attestation.signature_invalid",
+                                             "attestation.signature_invalid",
+                                             "attestation.signature_invalid")),
+    ):
+        malformed, algorithm, signature, key = codes
+        cases = [
+            (lambda e=errors: parse_compact("a.b", algorithms=ALGS, errors=e), malformed),
+            (lambda e=errors: parse_compact(forged, algorithms=frozenset({"ES256"}), errors=e),
+             algorithm),
+            (lambda e=errors: verify_signature(parse_compact(forged, algorithms=ALGS, errors=e),
+                                               _parse_jwk(jwk_doc, errors=e)), signature),
+            (lambda e=errors: _parse_jwk({**jwk_doc, "d": "AAAA"}, errors=e), key),
+        ]
+        for call, code in cases:
+            with pytest.raises(family) as err:
+                call()
+            assert err.value.code == code
+
+
+def test_a_profile_with_codes_of_another_family_fails_at_once() -> None:
+    from medclave.crypto.jose import JoseErrors
+    from medclave.errors import AuthError
+
+    with pytest.raises(ValueError, match="cannot carry"):
+        JoseErrors(AuthError, malformed="protocol.bad_message", algorithm="auth.algorithm_forbidden",
+                   signature="auth.signature_invalid", key="auth.key_unknown")
