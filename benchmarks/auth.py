@@ -41,7 +41,7 @@ from medclave.auth import (
     User,
 )
 from medclave.auth.issuer import SigningKey, TokenIssuer
-from medclave.auth.jose import b64url_decode, jwk_thumbprint
+from medclave.crypto.jose import b64url_decode, jwk_thumbprint
 
 NOW = datetime(2026, 1, 1, 12, tzinfo=UTC)
 

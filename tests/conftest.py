@@ -21,7 +21,8 @@ FHIR = VECTORS.parent / "fhir"
 REQUIRE = os.environ.get("MEDCLAVE_REQUIRE_VECTORS") == "1"
 
 
-def _need(path: Path, what: str) -> Path:
+def need(path: Path, what: str) -> Path:
+    """``path``, or a skip when it is absent; a failure instead under MEDCLAVE_REQUIRE_VECTORS=1."""
     if not path.is_dir():
         if REQUIRE:
             pytest.fail(f"{what} required (MEDCLAVE_REQUIRE_VECTORS=1) but {path.name}/ is absent")
@@ -32,17 +33,17 @@ def _need(path: Path, what: str) -> Path:
 @pytest.fixture(scope="session")
 def vectors() -> Path:
     """The attestation vectors folder (see its MANIFEST.md)."""
-    return _need(VECTORS, "attestation vectors")
+    return need(VECTORS, "attestation vectors")
 
 
 @pytest.fixture(scope="session")
 def tlog_vectors() -> Path:
-    return _need(TLOG_VECTORS, "transparency-log vectors")
+    return need(TLOG_VECTORS, "transparency-log vectors")
 
 
 @pytest.fixture(scope="session")
 def fhir_bundles() -> Path:
-    return _need(FHIR, "FHIR bundles")
+    return need(FHIR, "FHIR bundles")
 
 
 def at(text: str) -> datetime:

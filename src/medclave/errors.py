@@ -33,6 +33,7 @@ CATALOGUE: dict[str, ErrorSpec] = {
     "crypto.decrypt_failed": ErrorSpec(400, "The message could not be decrypted or authenticated."),
     "crypto.signature_invalid": ErrorSpec(400, "The signature does not verify."),
     "crypto.bad_key": ErrorSpec(400, "The key is malformed or of an unsupported type."),
+    "crypto.algorithm_forbidden": ErrorSpec(400, "The signature algorithm is not allowed."),
     "crypto.unsupported_suite": ErrorSpec(400, "The HPKE suite or key configuration is unsupported."),
     "crypto.key_unknown": ErrorSpec(
         400, "The key identifier is unknown; fetch the current key configuration."

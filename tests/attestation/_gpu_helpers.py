@@ -10,6 +10,7 @@ FWID check runs as on hardware; the root is passed via ``trusted_roots`` and the
 from __future__ import annotations
 
 import base64
+import os
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -81,6 +82,12 @@ class SignedGpu:
         assert len(nonce) == abi.NONCE_LENGTH
         old = self.template.signed
         signed = old[:NONCE_OFFSET] + nonce + old[NONCE_OFFSET + abi.NONCE_LENGTH:]
+        # A fresh responder nonce, as a GPU draws for each MEASUREMENTS (DSP0274 1.1 Table 43):
+        # two answers, from one GPU or two, are never the same signed bytes.
+        opaque = sum(4 + len(v) for v in self.template.opaque.fields.values())
+        at = len(signed) - 2 - opaque - abi.NONCE_LENGTH
+        assert signed[at:at + abi.NONCE_LENGTH] == self.template.responder_nonce
+        signed = signed[:at] + os.urandom(abi.NONCE_LENGTH) + signed[at + abi.NONCE_LENGTH:]
         r, s = decode_dss_signature(self.keys[0].sign(signed, ec.ECDSA(hashes.SHA384())))
         out = signed + r.to_bytes(48, "big") + s.to_bytes(48, "big")
         self.signed.append(out)

@@ -26,6 +26,7 @@ from medclave.attestation.verifier import verify_bundle
 from medclave.enclave.attester import hardware_attester, sim_attester
 from medclave.errors import AttestationError, MedclaveError
 from medclave.protocol.evidence import EvidenceBundle, GpuEvidence
+from tests.attestation._ecdsa import P384_N, raw_high_s
 from tests.attestation._gpu_helpers import FakeNvml, SignedGpu
 from tests.attestation._nvidia_helpers import N1_NONCE, RIM_VALID_AT, Nvidia, load
 from tests.conftest import flip
@@ -198,6 +199,25 @@ def test_malformed_gpu_entries_are_refused(authority: sim.SimAuthority, gpu: Sig
                            certificates=entry.certificates)
     _refused("attestation.malformed", _bundle(authority, [not_spdm]), authority, **kw)
     error = _refused("attestation.malformed", _bundle(authority, [entry, entry]), authority, **kw)
+    assert "twice" in error.detail
+
+
+def test_one_gpu_answer_in_a_second_byte_form_is_still_one_gpu(authority: sim.SimAuthority,
+                                                               gpu: SignedGpu) -> None:
+    """The same GPU answer re-encoded, by ECDSA's (r, n - s) and an unsigned trailing byte,
+    verifies on its own; beside the original it used to count as a second attested GPU (the
+    duplicate check compared raw-byte hashes). Evidence is now compared by its signed bytes."""
+    entry = gpu.entry(GPU_NONCE)
+    raw = base64.b64decode(entry.evidence)
+    twin_raw = raw[:-96] + raw_high_s(raw[-96:], P384_N) + b"\x00"
+    twin = GpuEvidence(evidence=base64.b64encode(twin_raw).decode(),
+                       certificates=entry.certificates)
+    alone = _verify(_bundle(authority, [twin]), authority, trusted_roots=gpu.roots)
+    (claims,) = alone.claims["gpu"]
+    assert claims["evidence_digest"] == hashlib.sha256(raw[:-96]).hexdigest()
+    assert claims["evidence_sha256"] == hashlib.sha256(twin_raw).hexdigest()
+    error = _refused("attestation.malformed", _bundle(authority, [entry, twin]), authority,
+                     trusted_roots=gpu.roots)
     assert "twice" in error.detail
 
 

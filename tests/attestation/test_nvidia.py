@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import Callable
 from datetime import timedelta
@@ -22,6 +23,7 @@ from medclave.attestation.nvidia.verify import (
 )
 from medclave.attestation.x509chain import fingerprint, load_certificates
 from medclave.errors import AttestationError, PolicyError
+from tests.attestation._ecdsa import P384_N, raw_high_s
 from tests.attestation._nvidia_helpers import (
     N1_NONCE,
     RIM_EXPIRED_AT,
@@ -140,6 +142,59 @@ def test_n1_one_flipped_signed_byte_refused(nv: Nvidia, where: str) -> None:
     assert error.checks[-1].name == "2. SPDM signature" and not error.checks[-1].ok
     # Hex text twin too.
     refused("attestation.signature_invalid", tampered.hex().encode(), nv.options())
+
+
+# --- bytes after the signature (issue 9, part 7) --------------------------------------------------
+
+
+@pytest.mark.parametrize("form", ["binary", "hex"])
+def test_n1_with_one_trailing_zero_byte_verifies(nv: Nvidia, form: str) -> None:
+    """What Confidential Containers' attestation agent produced on a real H100: the report plus
+    one zero byte. It was refused ("97 bytes after OpaqueData"); Trustee accepts it. The byte is
+    unsigned, so it is ignored, and the checks say so."""
+    padded = nv.report + b"\x00"
+    data = padded if form == "binary" else padded.hex().encode()
+    assert abi.parse_report(data).signed == abi.parse_report(nv.report).signed
+    result = verify_report(data, nv.options(expected_nonce=N1_NONCE), chain_cache=None)
+    assert result.secure and all(c.ok for c in result.checks)
+    assert result.checks[0].name == "0. parse"
+    assert "1 unsigned trailing byte(s) after the signature ignored" in result.checks[0].detail
+    clean = verify_report(nv.report, nv.options(expected_nonce=N1_NONCE), chain_cache=None)
+    assert "0 unsigned trailing byte(s)" in clean.checks[0].detail
+    assert result.claims == clean.claims
+    # One GPU answer, one identity: the digest covers request || response up to the signature.
+    assert result.evidence_digest == clean.evidence_digest == hashlib.sha256(
+        nv.report[:-96]).hexdigest()
+    assert registry.evidence_digest("nvidia", data) == result.evidence_digest
+    assert result.evidence_sha256 != clean.evidence_sha256
+
+
+def test_n1_high_s_twin_verifies_with_the_same_digest(nv: Nvidia) -> None:
+    """ECDSA P-384 allows (r, n - s) (SEC 1 §4.1.4; SPDM asks for no low s): the real report's
+    twin verifies and is the same evidence by its signed bytes (issue 9, part 6)."""
+    twin = nv.report[:-96] + raw_high_s(nv.report[-96:], P384_N)
+    assert twin != nv.report
+    result = verify_report(twin, nv.options(expected_nonce=N1_NONCE), chain_cache=None)
+    assert result.secure and all(c.ok for c in result.checks)
+    assert result.evidence_digest == hashlib.sha256(nv.report[:-96]).hexdigest()
+
+
+def test_trailing_bytes_are_unsigned_and_bounded(nv: Nvidia) -> None:
+    # Any value is ignored (never signed), up to the bound; one byte more is refused.
+    verify_report(nv.report + b"\xff" * abi.MAX_TRAILING_BYTES, nv.options(), chain_cache=None)
+    refused("attestation.malformed", nv.report + bytes(abi.MAX_TRAILING_BYTES + 1), nv.options())
+    error = refused("attestation.malformed", nv.report + bytes(64 * 1024), nv.options())
+    assert "65536 bytes after the 96-byte signature" in error.detail
+    # Short of a whole signature is still malformed.
+    refused("attestation.malformed", nv.report[:-1], nv.options())
+
+
+@pytest.mark.parametrize("offset", [4, -2], ids=["request nonce", "signature"])
+def test_flipped_signed_byte_with_a_trailing_byte_still_fails(nv: Nvidia, offset: int) -> None:
+    # offset counts in the padded report: -2 is the signature's last byte, before the zero.
+    tampered = flip(nv.report + b"\x00", offset)
+    error = refused("attestation.signature_invalid", tampered, nv.options())
+    assert error.checks[-1].name == "2. SPDM signature"
 
 
 def test_n1_wrong_expected_nonce_refused(nv: Nvidia) -> None:

@@ -3,6 +3,7 @@ states, the claims, and a one-byte-flipped twin of every valid report."""
 
 from __future__ import annotations
 
+import hashlib
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -10,12 +11,13 @@ from pathlib import Path
 import pytest
 from cryptography import x509
 
-from medclave.attestation import sevsnp
+from medclave.attestation import registry, sevsnp
 from medclave.attestation.core import CheckLog, Endorsements, VerifyOptions
 from medclave.attestation.sevsnp import abi
 from medclave.attestation.sevsnp.certs import kds_extensions
 from medclave.attestation.x509chain import fingerprint, load_certificates
 from medclave.errors import AttestationError
+from tests.attestation._ecdsa import snp_high_s
 from tests.conftest import at, flip
 
 NOW = at("2025-07-01")  # inside every vector certificate's validity (the S4 VLEK: 2024-12..2025-12)
@@ -118,6 +120,26 @@ def test_valid_vectors_verify_with_claims(vectors: Path, case: Case) -> None:
         parsed = {k: v for k, v in parsed.items() if not k.endswith("_parts")}
         c = {k: v for k, v in c.items() if not k.endswith("_parts")}
     assert parsed == c
+
+
+@pytest.mark.parametrize("case", CASES, ids=IDS)
+def test_high_s_twin_verifies_but_is_the_same_evidence(vectors: Path, case: Case) -> None:
+    """ECDSA allows (r, n - s) beside (r, s) (SEC 1 §4.1.4; AMD's spec asks for no low s), so a
+    second byte string of every real report verifies: a hash of the evidence bytes does not
+    identify it. The evidence digest, over the signed bytes [0, 0x2A0), does (issue 9, part 6)."""
+    raw = raw_report(vectors, case)
+    twin = snp_high_s(raw)
+    assert twin != raw and twin[:0x2A0] == raw[:0x2A0]
+    original = sevsnp.verify(raw, opts(vectors, *case.chain))
+    malleated = sevsnp.verify(twin, opts(vectors, *case.chain))
+    assert malleated.claims == original.claims and all(c.ok for c in malleated.checks)
+    expected = hashlib.sha256(raw[:0x2A0]).hexdigest()  # AMD spec 56860: the signed range
+    assert original.evidence_digest == malleated.evidence_digest == expected
+    assert original.evidence_sha256 != malleated.evidence_sha256
+    # Parse-only, as the enclave computes it; hex text gives the same digest.
+    assert registry.evidence_digest(SNP, twin) == expected
+    assert registry.evidence_digest(SNP, read(vectors, case.report)) == expected
+    assert registry.evidence_digest(SNP, raw.hex().encode()) == expected
 
 
 def test_s1_claims_in_detail(vectors: Path) -> None:

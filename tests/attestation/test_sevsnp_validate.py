@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -110,5 +111,10 @@ def test_migration_agent(s4: dict[str, Any]) -> None:
 
 def test_violation_serialises(s1: dict[str, Any]) -> None:
     (v,) = validate(s1, SnpRules())
-    assert v.to_dict() == {"code": "policy.debug_forbidden", "claim": "policy_bits.debug",
-                           "detail": v.detail}
+    # Every field pinned, the detail included: it is what an operator reads in a refusal.
+    assert v.to_dict() == {
+        "code": "policy.debug_forbidden",
+        "claim": "policy_bits.debug",
+        "detail": "the guest policy allows debugging (the host can read its memory)",
+    }
+    assert json.loads(json.dumps(v.to_dict())) == v.to_dict()  # plain JSON, as results carry it

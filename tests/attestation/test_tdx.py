@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import struct
 from collections.abc import Sequence
@@ -18,6 +19,7 @@ from medclave.attestation.tdx import abi, collateral, pck, pcs
 from medclave.attestation.tdx.validate import TdxRules, validate
 from medclave.attestation.x509chain import fingerprint
 from medclave.errors import AttestationError, InputError, MedclaveError
+from tests.attestation._ecdsa import P256_N, raw_high_s
 from tests.attestation._tdx_forge import ForgePki
 from tests.conftest import at, flip
 
@@ -194,6 +196,23 @@ def test_t1_without_collateral(tdx_dir: Path) -> None:
     assert all(c.ok for c in v.checks)
     assert v.claims["revocation_checked"] is False
     assert v.claims["mr_td"] == tdx.parse(read(tdx_dir, T1))["mr_td"]
+
+
+@pytest.mark.vectors
+def test_t1_evidence_digest_is_over_the_signed_bytes(tdx_dir: Path) -> None:
+    """The quote's ECDSA-P256 signature with s -> n - s verifies too, and the trailing bytes are
+    unsigned: both byte forms are one quote, with one evidence digest (issue 9, part 6)."""
+    data = read(tdx_dir, T1)
+    signed = data[:48 + 584]  # v4 header (48) and TD 1.0 report body (584), Intel DCAP A.3
+    sig_at = len(signed) + 4  # after the 4-byte signature data length
+    twin = data[:sig_at] + raw_high_s(data[sig_at:sig_at + 64], P256_N) + data[sig_at + 64:]
+    stripped = data[:len(data) - abi.parse_quote(data).trailing]
+    expected = hashlib.sha256(signed).hexdigest()
+    for form in (data, twin, stripped):
+        v = tdx.verify(form, options(T1_TIME))
+        assert v.evidence_digest == expected
+        assert registry.evidence_digest("tdx", form) == expected
+    assert len({hashlib.sha256(f).hexdigest() for f in (data, twin, stripped)}) == 3
 
 
 @pytest.mark.vectors

@@ -18,7 +18,7 @@ from medclave.attestation.core import Endorsements, VerifyOptions
 from medclave.attestation.tdx import abi, collateral, pck
 from medclave.attestation.x509chain import fingerprint
 from medclave.errors import MedclaveError
-from tests.conftest import VECTORS, at
+from tests.conftest import at, need
 
 T1 = "go-tdx-guest/tdx_prod_quote_SPR_E4.dat"
 T7 = "dcap-qvl/tdx_quote"
@@ -26,26 +26,23 @@ T7 = "dcap-qvl/tdx_quote"
 FUZZ = settings(max_examples=int(os.environ.get("MEDCLAVE_FUZZ_EXAMPLES", "150")), deadline=None,
                 suppress_health_check=[HealthCheck.function_scoped_fixture])
 
-pytestmark = pytest.mark.skipif(not (VECTORS / "tdx").is_dir(), reason="TDX vectors absent")
-
-
-def _read(name: str) -> bytes:
-    return (VECTORS / "tdx" / name).read_bytes()
-
-
-def _load() -> dict[str, bytes]:
-    if not (VECTORS / "tdx").is_dir():
-        return {}
-    return {"t1": _read(T1), "t7": _read(T7),
-            "bundle": _read("dcap-qvl/tdx_quote_collateral.json"),
-            "tcbinfo": _read("go-tdx-guest/sample_tcbInfo_response"),
-            "chain": _read("go-tdx-guest/tcbinfo_issuer_chain.pem")}
-
-
-DATA = _load()
-T7_OPTS = VerifyOptions(now=at("2025-07-01"),
-                        endorsements=Endorsements(collateral=(DATA.get("bundle", b""),)))
 T1_OPTS = VerifyOptions(now=at("2023-07-01"))
+Data = dict[str, bytes]
+
+
+@pytest.fixture(scope="module")
+def tdx_data(vectors: Path) -> Data:
+    """The TDX vectors, through the shared ``vectors`` fixture: absent, the tests that need them
+    skip, and under MEDCLAVE_REQUIRE_VECTORS=1 (CI) they fail instead of skipping."""
+    root = need(vectors / "tdx", "TDX vectors")
+    return {"t1": (root / T1).read_bytes(), "t7": (root / T7).read_bytes(),
+            "bundle": (root / "dcap-qvl/tdx_quote_collateral.json").read_bytes(),
+            "tcbinfo": (root / "go-tdx-guest/sample_tcbInfo_response").read_bytes(),
+            "chain": (root / "go-tdx-guest/tcbinfo_issuer_chain.pem").read_bytes()}
+
+
+def _t7_opts(d: Data) -> VerifyOptions:
+    return VerifyOptions(now=at("2025-07-01"), endorsements=Endorsements(collateral=(d["bundle"],)))
 
 
 def _layout(data: bytes) -> tuple[int, int, int]:
@@ -74,29 +71,31 @@ def test_random_bytes_never_crash(blob: bytes) -> None:
 
 @FUZZ
 @given(st.data())
-def test_mutated_signed_region_never_verifies(data: st.DataObject) -> None:
-    quote = DATA[data.draw(st.sampled_from(["t1", "t7"]))]
+def test_mutated_signed_region_never_verifies(tdx_data: Data, data: st.DataObject) -> None:
+    which = data.draw(st.sampled_from(["t1", "t7"]))
+    quote = tdx_data[which]
     signed_end, _, _ = _layout(quote)
     offset = data.draw(st.integers(0, signed_end - 1))
     mutated = _mutate(quote, offset, data.draw(st.integers(1, 255)))
-    opts = T7_OPTS if quote is DATA["t7"] else T1_OPTS
+    opts = _t7_opts(tdx_data) if which == "t7" else T1_OPTS
     with pytest.raises(MedclaveError):
         tdx.verify(mutated, opts)
 
 
 @FUZZ
 @given(st.data())
-def test_mutated_pck_chain_never_verifies_a_different_chain(data: st.DataObject) -> None:
+def test_mutated_pck_chain_never_verifies_a_different_chain(tdx_data: Data,
+                                                           data: st.DataObject) -> None:
     """A PEM byte may be whitespace or padding; if the quote still verifies, nothing changed."""
-    quote = DATA["t7"]
+    quote = tdx_data["t7"]
     _, pem_start, sig_end = _layout(quote)
     offset = data.draw(st.integers(pem_start, sig_end - 1))
     mutated = _mutate(quote, offset, data.draw(st.integers(1, 255)))
     try:
-        result = tdx.verify(mutated, T7_OPTS)
+        result = tdx.verify(mutated, _t7_opts(tdx_data))
     except MedclaveError:
         return
-    original = tdx.verify(quote, T7_OPTS)
+    original = tdx.verify(quote, _t7_opts(tdx_data))
     assert result.claims == original.claims and result.tcb_status == original.tcb_status
     chain = tdx.pck_chain(abi.parse_quote(mutated))
     assert [fingerprint(c) for c in chain] \
@@ -105,8 +104,8 @@ def test_mutated_pck_chain_never_verifies_a_different_chain(data: st.DataObject)
 
 @FUZZ
 @given(st.data())
-def test_truncated_quotes_refused(data: st.DataObject) -> None:
-    quote = DATA[data.draw(st.sampled_from(["t1", "t7"]))]
+def test_truncated_quotes_refused(tdx_data: Data, data: st.DataObject) -> None:
+    quote = tdx_data[data.draw(st.sampled_from(["t1", "t7"]))]
     _, _, sig_end = _layout(quote)
     cut = data.draw(st.integers(0, sig_end - 1))
     with pytest.raises(MedclaveError):
@@ -115,8 +114,8 @@ def test_truncated_quotes_refused(data: st.DataObject) -> None:
 
 @FUZZ
 @given(st.data())
-def test_length_fields_are_bounded(data: st.DataObject) -> None:
-    quote = DATA["t7"]
+def test_length_fields_are_bounded(tdx_data: Data, data: st.DataObject) -> None:
+    quote = tdx_data["t7"]
     q = abi.parse_quote(quote)
     sig = len(q.signed)
     fields = {  # offset: struct format of each length field
@@ -131,25 +130,25 @@ def test_length_fields_are_bounded(data: st.DataObject) -> None:
     value = data.draw(st.integers(0, (1 << (8 * size)) - 1).filter(lambda v: v != original))
     mutated = quote[:offset] + struct.pack(fmt, value) + quote[offset + size:]
     with pytest.raises(MedclaveError):
-        tdx.verify(mutated, T7_OPTS)
+        tdx.verify(mutated, _t7_opts(tdx_data))
 
 
 @FUZZ
 @given(st.data())
-def test_mutated_collateral_never_changes_the_outcome(data: st.DataObject) -> None:
+def test_mutated_collateral_never_changes_the_outcome(tdx_data: Data, data: st.DataObject) -> None:
     """Any mutation is refused, ignored (tcb_status falls back) or harmless whitespace."""
     which = data.draw(st.sampled_from(["bundle", "tcbinfo"]))
-    blob = DATA[which]
+    blob = tdx_data[which]
     offset = data.draw(st.integers(0, len(blob) - 1))
     mutated = _mutate(blob, offset, data.draw(st.integers(1, 255)))
     if which == "bundle":
-        quote, now, coll = DATA["t7"], "2025-07-01", (mutated,)
+        quote, now, coll = tdx_data["t7"], "2025-07-01", (mutated,)
     else:
-        quote, now, coll = DATA["t1"], "2023-07-01", (mutated, DATA["chain"])
+        quote, now, coll = tdx_data["t1"], "2023-07-01", (mutated, tdx_data["chain"])
     opts = VerifyOptions(now=at(now), endorsements=Endorsements(collateral=coll))
     expected = tdx.verify(quote, VerifyOptions(
         now=at(now), endorsements=Endorsements(
-            collateral=(blob,) if which == "bundle" else (blob, DATA["chain"])))).tcb_status
+            collateral=(blob,) if which == "bundle" else (blob, tdx_data["chain"])))).tcb_status
     try:
         result = tdx.verify(quote, opts)
     except MedclaveError:
@@ -174,8 +173,8 @@ def test_random_collateral_json(value: object) -> None:
 
 @FUZZ
 @given(st.data())
-def test_sgx_extension_parser(data: st.DataObject) -> None:
-    q = abi.parse_quote(DATA["t7"])
+def test_sgx_extension_parser(tdx_data: Data, data: st.DataObject) -> None:
+    q = abi.parse_quote(tdx_data["t7"])
     leaf = x509.load_pem_x509_certificates(q.pck_chain_pem.rstrip(b"\x00"))[0]
     ext = leaf.extensions.get_extension_for_oid(pck.SGX_EXTENSION_OID).value
     assert isinstance(ext, x509.UnrecognizedExtension)
@@ -194,5 +193,6 @@ def test_sgx_extension_parser(data: st.DataObject) -> None:
     assert len(parsed.sgx_tcb_components) == 16 and len(parsed.fmspc) == 6
 
 
-def test_vectors_present_for_fuzzing(vectors: Path) -> None:
-    assert DATA, "the fuzz tests need the TDX vectors"
+def test_vectors_present_for_fuzzing(tdx_data: Data) -> None:
+    # Reached only when the vectors are there (or required): then every file must be non-empty.
+    assert all(tdx_data.values()), "the fuzz tests need the TDX vectors"

@@ -146,6 +146,14 @@ def test_v1_evidence_v0_v1_valid(azure: bytes, milan: tuple[x509.Certificate, ..
     assert result.claims["pcrs"]["0"] == h.PCR0_V0
     assert result.claims["hcl"]["vm_configuration"]["secure-boot"] is True
     assert result.evidence_sha256 == hashlib.sha256(azure).hexdigest()
+    # Identified by its two signed parts: the TPMS_ATTEST (length first), then the SNP report's
+    # signed bytes [0, 0x2A0) inside the HCL report (after its 32-byte header).
+    ev = coco.decode(azure)
+    assert isinstance(ev, coco.AzureEvidence)
+    message, snp_signed = ev.quote.message, ev.hcl_report[32:32 + 0x2A0]
+    expected = hashlib.sha256(len(message).to_bytes(4, "big") + message + snp_signed).hexdigest()
+    assert result.evidence_digest == expected
+    assert registry.evidence_digest("az-snp-vtpm", azure) == expected
     # The registry entry is the same module.
     assert registry.get("az-snp-vtpm").verify(azure, opts(milan)).claims == result.claims
 
@@ -330,6 +338,10 @@ def test_v3_plain_tpm_valid_with_pinned_ak(tpm_ev: bytes, tpm_ak: str) -> None:
     assert result.claims["pcr_digest"] == hashlib.sha256(joined).hexdigest()
     assert result.claims["pcr_digest"].startswith("019de64c")
     assert registry.get("tpm").verify(tpm_ev, opts(nonce=nonce, trusted_roots=frozenset({tpm_ak})))
+    # Identified by the TPMS_ATTEST the AK signed.
+    message = base64.b64decode(json.loads(tpm_ev)["tpm_quote"]["message"])
+    assert result.evidence_digest == hashlib.sha256(message).hexdigest()
+    assert registry.evidence_digest("tpm", tpm_ev) == result.evidence_digest
 
 
 def test_v3_unpinned_ak_is_root_untrusted(tpm_ev: bytes) -> None:
@@ -552,6 +564,10 @@ class _StandInTdx:
         return Verification(platform="tdx", claims={"report_data": self.report_data.hex()},
                             checks=(Check("stand-in", True),), tcb_status="UpToDate")
 
+    def signed_bytes(self, data: bytes) -> bytes:
+        assert data == self.td_quote
+        return b"signed:" + data
+
 
 def test_tdx_vtpm_flow_with_stand_in_hardware(
     monkeypatch: pytest.MonkeyPatch, rsa_key: rsa.RSAPrivateKey
@@ -564,6 +580,9 @@ def test_tdx_vtpm_flow_with_stand_in_hardware(
     assert result.platform == "az-tdx-vtpm" and result.tcb_status == "UpToDate"
     assert result.claims["hardware_platform"] == "tdx"
     assert result.claims["nonce"] == h.CHALLENGE.hex()
+    message = bytes.fromhex(json.loads(evidence)["tpm_quote"]["message"])
+    assert result.evidence_digest == hashlib.sha256(
+        len(message).to_bytes(4, "big") + message + b"signed:" + td_quote).hexdigest()
     # Twins: the variable data hash off by one bit, a non-zero tail, a flipped quote, a nonce.
     for report_data in (flip(good.report_data, 0), good.report_data[:32] + b"\1" + bytes(31)):
         stand_in = _StandInTdx(td_quote, report_data)

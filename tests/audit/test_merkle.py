@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -70,7 +71,23 @@ def test_consistency_vectors(tlog_vectors: Path) -> None:
 def test_null_proof_accepted_as_empty(tlog_vectors: Path) -> None:
     # Go's JSON writes an empty proof as null; the vectors do too (size-1 happy paths).
     leaf = merkle.leaf_hash(b"x")
+    assert leaf == hashlib.sha256(b"\x00x").digest()  # RFC 6962 §2.1: MTH({d0}) = SHA-256(0x00 || d0)
     merkle.verify_inclusion(leaf, 0, 1, None, leaf)  # type: ignore[arg-type]
+    # null is read as the empty path, not as "no check": a wrong root, a wrong leaf, or a tree
+    # with more than one leaf (whose path is not empty) is still refused.
+    other = merkle.leaf_hash(b"y")
+    for args in ((leaf, 0, 1, None, other), (other, 0, 1, None, leaf), (leaf, 0, 2, None, leaf),
+                 (leaf, 1, 2, None, leaf)):
+        with pytest.raises(AuditError) as err:
+            merkle.verify_inclusion(*args)  # type: ignore[arg-type]
+        assert err.value.code == "audit.inclusion_invalid"
+    # The vectors' own null-proof cases: each verifies with null and with [] alike.
+    cases = [c for _, c in _cases(tlog_vectors, "inclusion") if not c["wantErr"] and not c["proof"]]
+    assert cases
+    for case in cases:
+        for empty in (None, []):
+            merkle.verify_inclusion(_b64(case["leafHash"]), case["leafIdx"], case["treeSize"],
+                                    empty, _b64(case["root"]))
 
 
 def _source(nodes: dict[tuple[int, int], bytes]) -> merkle.NodeSource:

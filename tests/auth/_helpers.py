@@ -11,8 +11,8 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from medclave.auth.jose import PrivateKey, b64url_encode, jwk_thumbprint, public_jwk_members, sign_compact
 from medclave.auth.jwks import StaticJwks
+from medclave.crypto.jose import PrivateKey, b64url_encode, jwk_thumbprint, public_jwk_members, sign_compact
 
 NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 ISSUER = "https://idp.st-mary.example"

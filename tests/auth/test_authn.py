@@ -17,9 +17,15 @@ from medclave.auth.dpop import (
     normalize_htu,
     verify_dpop_proof,
 )
-from medclave.auth.jose import b64url_decode, b64url_encode, jwk_thumbprint, public_jwk_members, sign_compact
 from medclave.auth.replay import MemoryReplayCache
 from medclave.auth.tokens import IssuerConfig, TokenOptions
+from medclave.crypto.jose import (
+    b64url_decode,
+    b64url_encode,
+    jwk_thumbprint,
+    public_jwk_members,
+    sign_compact,
+)
 from medclave.errors import AuthError, MedclaveError
 from tests.auth._helpers import AUDIENCE, ISSUER, NOW, at, ed_key, jwks, mint
 from tests.conftest import flip

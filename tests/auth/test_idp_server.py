@@ -17,9 +17,9 @@ from medclave.auth.authn import Authenticator, system_clock
 from medclave.auth.dpop import create_dpop_proof
 from medclave.auth.idp_server import build_service, running
 from medclave.auth.issuer import KEY_FILE, Directory, TokenService, load_or_create_signing_key
-from medclave.auth.jose import jwk_thumbprint
 from medclave.auth.jwks import HttpJwks
 from medclave.auth.tokens import IssuerConfig, TokenOptions
+from medclave.crypto.jose import jwk_thumbprint
 from medclave.errors import AuthError, InputError
 
 SECRET = "correct horse battery staple"

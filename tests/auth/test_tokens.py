@@ -11,8 +11,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from medclave.auth.jose import b64url_decode, b64url_encode, public_jwk_members, sign_compact
 from medclave.auth.tokens import IssuerConfig, TokenOptions, TokenVerifier
+from medclave.crypto.jose import b64url_decode, b64url_encode, public_jwk_members, sign_compact
 from medclave.errors import AuthError, InputError, MedclaveError
 from tests.auth._helpers import (
     AUDIENCE,

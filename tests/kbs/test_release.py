@@ -23,6 +23,7 @@ from medclave.kbs.models import RELEASE_INFO, release_aad
 from medclave.kbs.sealed_models import load_sealed_model, seal_model
 from medclave.kbs.signing import BrokerSigner, TrustedBrokers
 from medclave.kbs.store import MemoryStore
+from tests.attestation._ecdsa import snp_high_s
 from tests.kbs.conftest import Clock, Live
 from tests.kbs.helpers import (
     MEASUREMENT,
@@ -109,6 +110,24 @@ def test_sealed_answer_opens_only_for_its_request(live: Live, authority: sim.Sim
             hpke.open(private, sealed, RELEASE_INFO, aad)
     with pytest.raises(MedclaveError):
         hpke.open(hpke.generate_keypair()[0], sealed, RELEASE_INFO, release_aad(RESOURCE, 1, nonce))
+
+
+def test_decision_log_names_evidence_by_its_signed_bytes(live: Live,
+                                                         authority: sim.SimAuthority) -> None:
+    """ECDSA lets anyone re-encode a report as (r, n - s) without a key; the broker releases to it (the same
+    attested enclave) and logs it as the same evidence: SHA-256 of report bytes [0, 0x2A0)."""
+    provision(live.url, live.token("vendor"), policy=sim_policy())
+    nonce = challenge(live.url)
+    _, runtime = ephemeral_runtime()
+    bundle = sim.make_bundle(authority, nonce=nonce, runtime=runtime, measurement=MEASUREMENT)
+    raw = bundle.evidence_bytes()
+    twin = bundle.model_copy(update={"evidence": base64.b64encode(snp_high_s(raw)).decode()})
+    r = post_release(live.url, RESOURCE, nonce, twin)
+    assert r.status_code == 200, r.text
+    assert last_decision(live) == ("allowed", None)
+    logged = live.decisions[-1].evidence_sha256
+    assert logged == hashlib.sha256(raw[:0x2A0]).hexdigest()
+    assert logged != hashlib.sha256(snp_high_s(raw)).hexdigest()
 
 
 # --- refusals, each with its own code --------------------------------------------------------

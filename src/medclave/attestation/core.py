@@ -4,7 +4,30 @@ A platform module exposes the same entry points (see ``registry.Platform``):
 ``detect(data) -> bool`` (content sniffing), ``parse(data) -> Claims`` (bytes to claims, no
 cryptography) and ``verify(data, options) -> Verification`` (signatures, chains, collateral),
 which raises :class:`medclave.errors.AttestationError` on the first failed check and never
-returns a bool to ignore. Policy appraisal is a separate step (``policy.appraise``).
+returns a bool to ignore. Policy appraisal is a separate step (``policy.appraise``). A fourth,
+``signed_bytes(data) -> bytes``, returns what the evidence's signature covers (no cryptography).
+
+Identifying evidence. Hardware signatures here are ECDSA (SEV-SNP and NVIDIA P-384, TDX P-256),
+and ECDSA is malleable: for a valid signature (r, s), (r, n - s) verifies too (SEC 1 §4.1.4
+accepts any s in [1, n-1]; none of these vendors' specifications asks for a low s). So anyone can
+turn one genuine report into a second byte string that verifies, and a hash of the evidence bytes
+(``evidence_sha256``) does not identify a report; neither do unsigned bytes a format allows
+(an SNP certificate table, bytes after a TDX or NVIDIA signature). What identifies evidence is
+``evidence_digest``: the SHA-256 of exactly the bytes the hardware signed, the same for every
+byte form of one report. Each platform defines those bytes:
+
+- SEV-SNP and sim: ATTESTATION_REPORT bytes [0, 0x2A0) (AMD spec 56860, ATTESTATION_REPORT);
+- TDX: the quote header and TD report body, as the attestation key signed them (Intel's DCAP
+  quote format, A.3 and A.3.8);
+- NVIDIA: the GET_MEASUREMENTS request and the MEASUREMENTS response up to its signature
+  (DSP0274 1.1 §10.11.2);
+- plain TPM: the TPMS_ATTEST the AK signed (TPM 2.0 Part 2, TPMS_ATTEST; Part 3 §18.4);
+- Azure vTPM: the TPMS_ATTEST (4-byte big-endian length first) followed by the signed bytes of
+  the hardware report inside the HCL report (the two signed parts, each from its own key).
+
+Wherever evidence is named (the key broker's decision log, the enclave's audit entries, the GPUs
+of a bundle) it is named by ``evidence_digest``; ``evidence_sha256`` remains the hash of the
+bytes as received, for forensics only.
 
 Time is always injected through :class:`VerifyOptions`; no verifier reads the clock.
 """
@@ -95,7 +118,12 @@ class VerifyOptions:
 
 @dataclass(frozen=True, kw_only=True)
 class Verification:
-    """Evidence whose every cryptographic check passed. ``secure`` is False only for sim."""
+    """Evidence whose every cryptographic check passed. ``secure`` is False only for sim.
+
+    ``evidence_digest`` identifies the evidence (SHA-256 of its signed bytes, see the module
+    docstring); ``evidence_sha256`` is the hash of the bytes as received, which ECDSA malleability
+    and unsigned padding let anyone vary.
+    """
 
     platform: str
     claims: Claims
@@ -103,6 +131,7 @@ class Verification:
     tcb_status: str = "unknown"
     secure: bool = True
     evidence_sha256: str = ""
+    evidence_digest: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -113,6 +142,7 @@ class Verification:
             "claims": dict(self.claims),
             "tcb_status": self.tcb_status,
             "evidence_sha256": self.evidence_sha256,
+            "evidence_digest": self.evidence_digest,
         }
 
 

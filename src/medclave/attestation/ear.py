@@ -2,6 +2,12 @@
 
 Trustworthiness values follow the AR4SI tiers (draft-ietf-rats-ar4si §2.3): 0 no claim,
 2 affirming, 32 warning, 96 contraindicated; ``ear.status`` is the worst tier of the vector.
+
+Tokens are read by :mod:`medclave.crypto.jose`, the one strict JOSE implementation: a token with
+a character outside base64url, or with non-canonical trailing bits, is ``attestation.malformed``
+(it used to decode like its clean twin), and the claims are parsed only after the signature
+verified. The ES256 signature is malleable (see ``crypto.jose``): identify an EAR by its claims,
+never by a hash of the token text.
 """
 
 from __future__ import annotations
@@ -15,9 +21,27 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from medclave import __version__
 from medclave.attestation.core import Verification
 from medclave.attestation.policy import Appraisal
-from medclave.crypto.jws import b64url, sign_es256, verify_es256
+from medclave.crypto.jose import (
+    JoseErrors,
+    Jwk,
+    b64url_encode,
+    parse_compact,
+    sign_compact,
+    verified_claims,
+)
 from medclave.errors import AttestationError, CryptoError
 
+# An EAR carries the whole appraisal (every claim of every submodule): larger than an access token.
+MAX_EAR_LENGTH = 64 * 1024
+# A malformed token is malformed; a token that is not signed by the pinned verifier key under
+# ES256 (another alg, another key, a bad signature) is a signature refusal.
+EAR_JOSE_ERRORS = JoseErrors(
+    AttestationError,
+    malformed="attestation.malformed",
+    algorithm="attestation.signature_invalid",
+    signature="attestation.signature_invalid",
+    key="attestation.signature_invalid",
+)
 EAR_PROFILE = "tag:github.com,2023:veraison/ear"
 _TIER_VALUE = {"none": 0, "affirming": 2, "warning": 32, "contraindicated": 96}
 _VECTOR_KEYS = {  # appraisal status group -> AR4SI trustworthiness claim
@@ -75,17 +99,23 @@ def issue_ear(
         },
     }
     if nonce is not None:
-        claims["eat_nonce"] = b64url(nonce)
-    return sign_es256(claims, key, kid=kid)
+        claims["eat_nonce"] = b64url_encode(nonce)
+    header: dict[str, Any] = {"typ": "JWT"}
+    if kid is not None:
+        header["kid"] = kid
+    return sign_compact(header, claims, key, canonical=True)
 
 
 def verify_ear(token: str, *, key: ec.EllipticCurvePublicKey, now: datetime,
                max_age_seconds: int = 3600) -> Mapping[str, Any]:
     """The EAR claims if signed by ``key``, of our profile and fresh; raises otherwise."""
     try:
-        _, claims = verify_es256(token, key)
-    except CryptoError as exc:
+        verifier = Jwk.of(key)
+    except CryptoError as exc:  # a verifier key of another curve can verify no ES256 token
         raise AttestationError("attestation.signature_invalid", f"EAR: {exc.detail}") from exc
+    jws = parse_compact(token, algorithms=frozenset({"ES256"}), errors=EAR_JOSE_ERRORS,
+                        max_length=MAX_EAR_LENGTH)
+    claims = verified_claims(jws, verifier)
     iat = claims.get("iat")
     if claims.get("eat_profile") != EAR_PROFILE or not isinstance(iat, int):
         raise AttestationError("attestation.malformed", "not an EAR of the expected profile")

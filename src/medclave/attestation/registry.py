@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib
 from typing import Protocol, cast
 
-from medclave.attestation.core import Claims, Verification, VerifyOptions
+from medclave.attestation.core import Claims, Verification, VerifyOptions, sha256_hex
 from medclave.errors import AttestationError
 
 
@@ -21,6 +21,8 @@ class Platform(Protocol):
     def parse(self, data: bytes) -> Claims: ...
 
     def verify(self, data: bytes, options: VerifyOptions) -> Verification: ...
+
+    def signed_bytes(self, data: bytes) -> bytes: ...
 
 
 _BY_NAME: dict[str, str] = {
@@ -52,6 +54,13 @@ def get(name: str) -> Platform:
     if module is None:
         raise AttestationError("attestation.unknown_platform", f"unknown platform {name!r}")
     return cast(Platform, importlib.import_module(module))
+
+
+def evidence_digest(platform: str, data: bytes) -> str:
+    """SHA-256 (hex) of the bytes the evidence's signature covers: what identifies it, the same
+    for every byte form of one report (see :mod:`medclave.attestation.core`). Parses only: it
+    equals ``Verification.evidence_digest`` once the evidence verifies."""
+    return sha256_hex(get(platform).signed_bytes(data))
 
 
 def detect(data: bytes) -> str:

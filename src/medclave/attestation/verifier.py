@@ -141,15 +141,16 @@ def verify_bundle(
     checks.append(Check("binding", True, "report_data = SHA-512(label || nonce || SHA-256(runtime))"))
     gpus = [_verify_gpu(i, entry, report_data, now=now, trusted_roots=trusted_roots, online=online,
                         checks=checks) for i, entry in enumerate(bundle.gpu)]
-    if len({g.evidence_sha256 for g in gpus}) != len(gpus):
-        # One GPU's answer listed twice would count as two attested GPUs.
+    if len({g.evidence_digest for g in gpus}) != len(gpus):
+        # One GPU's answer listed twice would count as two attested GPUs; compared by signed
+        # bytes, as (r, n - s) or a trailing byte makes a second byte form of the same answer.
         checks.append(Check("gpu", False, "the same GPU evidence appears twice"))
         raise AttestationError("attestation.malformed", "the same GPU evidence appears twice",
                                checks=tuple(checks))
     claims = {**result.claims, "runtime": dict(bundle.runtime), "nonce": bundle.nonce}
     if gpus:
-        claims["gpu"] = [{**g.claims, "secure": g.secure, "evidence_sha256": g.evidence_sha256}
-                         for g in gpus]
+        claims["gpu"] = [{**g.claims, "secure": g.secure, "evidence_sha256": g.evidence_sha256,
+                          "evidence_digest": g.evidence_digest} for g in gpus]
     secure = result.secure and all(g.secure for g in gpus)
     return replace(result, claims=claims, checks=tuple(checks), secure=secure)
 

@@ -1,6 +1,7 @@
 """Identity and authorization: verified short-lived tokens in, Cedar decisions out.
 
-Library core (no web framework): :mod:`.jose` (strict JWS/JWK), :mod:`.jwks` (key providers),
+Library core (no web framework): :mod:`medclave.crypto.jose` (the strict JWS/JWK implementation,
+shared with attestation results), :mod:`.jwks` (key providers and the ``auth.*`` JOSE codes),
 :mod:`.tokens` (access-token checks), :mod:`.dpop` (RFC 9449), :mod:`.authn` (headers to an
 :class:`Identity`), :mod:`.entities` and :mod:`.consent` (Cedar entities, FHIR Consent),
 :mod:`.authorizer` (Cedar decisions), :mod:`.breakglass` (emergency grants), :mod:`.issuer`

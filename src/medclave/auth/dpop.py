@@ -21,7 +21,9 @@ from datetime import UTC, datetime, timedelta
 from typing import Final
 from urllib.parse import urlsplit, urlunsplit
 
-from medclave.auth.jose import (
+from medclave.auth.jwks import AUTH_JOSE_ERRORS
+from medclave.auth.replay import ReplayCache
+from medclave.crypto.jose import (
     SUPPORTED_ALGORITHMS,
     PrivateKey,
     b64url_encode,
@@ -29,9 +31,8 @@ from medclave.auth.jose import (
     parse_jwk,
     public_jwk_members,
     sign_compact,
-    verify_signature,
+    verified_claims,
 )
-from medclave.auth.replay import ReplayCache
 from medclave.errors import AuthError, InputError
 
 MAX_PROOF_LENGTH: Final = 4096
@@ -100,17 +101,19 @@ def verify_dpop_proof(
     if now.tzinfo is None:
         raise InputError("config.invalid", "verification time must be timezone-aware")
     try:
-        jws = parse_compact(proof, algorithms=options.algorithms, max_length=MAX_PROOF_LENGTH)
+        jws = parse_compact(proof, algorithms=options.algorithms, errors=AUTH_JOSE_ERRORS,
+                            max_length=MAX_PROOF_LENGTH)
     except AuthError as exc:
         raise AuthError("auth.dpop_invalid", f"proof: {exc.detail}") from exc
     if jws.header.get("typ") != "dpop+jwt":
         raise AuthError("auth.dpop_invalid", "the proof's typ is not 'dpop+jwt'")
     try:
-        key = parse_jwk(jws.header.get("jwk"))
-        verify_signature(jws, key)
+        key = parse_jwk(jws.header.get("jwk"), errors=AUTH_JOSE_ERRORS)
+        # The proof's claims are parsed only once its signature verified (the key is in the
+        # header, so nothing in the payload is needed to choose it).
+        claims = verified_claims(jws, key)
     except AuthError as exc:
         raise AuthError("auth.dpop_invalid", f"proof key or signature: {exc.detail}") from exc
-    claims = jws.payload
 
     htm, htu, jti = claims.get("htm"), claims.get("htu"), claims.get("jti")
     if not isinstance(jti, str) or not 0 < len(jti) <= 256:

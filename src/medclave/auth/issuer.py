@@ -33,7 +33,9 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from medclave.auth.dpop import verify_dpop_proof
-from medclave.auth.jose import (
+from medclave.auth.replay import MemoryReplayCache
+from medclave.auth.tokens import MAX_LIFETIME, is_valid_name
+from medclave.crypto.jose import (
     algorithm_for,
     b64url_decode,
     b64url_encode,
@@ -41,9 +43,7 @@ from medclave.auth.jose import (
     public_jwk_members,
     sign_compact,
 )
-from medclave.auth.replay import MemoryReplayCache
-from medclave.auth.tokens import MAX_LIFETIME, is_valid_name
-from medclave.errors import AuthError, InputError
+from medclave.errors import AuthError, CryptoError, InputError
 
 DEFAULT_DATA_DIR: Final = Path(".medclave/idp")
 KEY_FILE: Final = "signing-key.pem"
@@ -201,7 +201,7 @@ def check_secret(secret: str, stored: str) -> bool:
     try:
         scheme, salt_b64, digest_b64 = stored.split("$")
         salt, expected = b64url_decode(salt_b64), b64url_decode(digest_b64)
-    except (ValueError, AuthError):
+    except (ValueError, CryptoError):
         return False
     if scheme != "scrypt":
         return False

@@ -21,8 +21,18 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from medclave.auth.jose import Jwk, parse_jwk
+from medclave.crypto.jose import JoseErrors, Jwk, parse_jwk
 from medclave.errors import AuthError, InputError
+
+# How JOSE refusals read in the auth layer: 401s with ``auth.*`` codes, for access tokens, DPoP
+# proofs and JWKS alike (medclave.crypto.jose is the implementation).
+AUTH_JOSE_ERRORS: Final = JoseErrors(
+    AuthError,
+    malformed="auth.token_malformed",
+    algorithm="auth.algorithm_forbidden",
+    signature="auth.signature_invalid",
+    key="auth.key_unknown",
+)
 
 MAX_JWKS_BYTES: Final = 64 * 1024
 MAX_KEYS: Final = 32
@@ -49,7 +59,7 @@ def parse_jwks(doc: Any) -> tuple[Jwk, ...]:
     keys: list[Jwk] = []
     for entry in entries:
         try:
-            keys.append(parse_jwk(entry))
+            keys.append(parse_jwk(entry, errors=AUTH_JOSE_ERRORS))
         except AuthError:
             continue
     return tuple(keys)

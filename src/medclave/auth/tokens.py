@@ -25,9 +25,9 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final
 
-from medclave.auth.jose import SUPPORTED_ALGORITHMS, parse_compact, verify_signature
-from medclave.auth.jwks import JwksProvider
+from medclave.auth.jwks import AUTH_JOSE_ERRORS, JwksProvider
 from medclave.auth.replay import MemoryReplayCache, ReplayCache
+from medclave.crypto.jose import SUPPORTED_ALGORITHMS, parse_compact, verify_signature
 from medclave.errors import AuthError, InputError
 
 MAX_LIFETIME: Final = timedelta(minutes=15)
@@ -174,7 +174,7 @@ class TokenVerifier:
         """
         now = _aware(now)
         opts = self.options
-        jws = parse_compact(token, algorithms=opts.algorithms)
+        jws = parse_compact(token, algorithms=opts.algorithms, errors=AUTH_JOSE_ERRORS)
         typ = jws.header.get("typ")
         if typ is not None and typ not in _ACCESS_TOKEN_TYPES:
             raise AuthError("auth.token_malformed", f"a {str(typ)[:32]!r} is not an access token")
@@ -183,13 +183,16 @@ class TokenVerifier:
             if forbidden in jws.header:
                 raise AuthError("auth.token_malformed", f"header {forbidden!r} is not accepted")
 
-        iss = jws.payload.get("iss")
+        # The one read before the signature: which issuer's keys are to verify it (each issuer
+        # has its own JWKS). Parsed strictly and bounded; nothing else in it is used until the
+        # signature over these very bytes has verified.
+        claims = jws.unverified_claims()
+        iss = claims.get("iss")
         cfg = self._issuers.get(iss) if isinstance(iss, str) else None
         if cfg is None:
             raise AuthError("auth.issuer_untrusted", f"issuer {str(iss)[:128]!r} is not trusted")
         key = cfg.keys.key_for(jws.kid, jws.alg, now=now)
         verify_signature(jws, key)
-        claims = jws.payload
 
         audience = _audiences(claims)
         if not opts.audiences.intersection(audience):

@@ -24,9 +24,9 @@ from medclave.auth.issuer import (
     TokenIssuer,
     load_or_create_signing_key,
 )
-from medclave.auth.jose import SUPPORTED_ALGORITHMS, parse_compact
-from medclave.auth.jwks import HttpJwks, JwksProvider, StaticJwks
+from medclave.auth.jwks import AUTH_JOSE_ERRORS, HttpJwks, JwksProvider, StaticJwks
 from medclave.auth.tokens import IssuerConfig, TokenOptions, TokenVerifier
+from medclave.crypto.jose import SUPPORTED_ALGORITHMS, parse_compact
 from medclave.errors import InputError, MedclaveError
 
 app = typer.Typer(help="Identity tokens and authorization decisions.", no_args_is_help=True)
@@ -116,7 +116,8 @@ def run_verify(
     if issuer is None:
         # Keys from a file the operator chose are the trust anchor; the issuer they sign for is
         # read from the token and then checked like any other claim.
-        peek = parse_compact(token.strip(), algorithms=SUPPORTED_ALGORITHMS).payload.get("iss")
+        peek = parse_compact(token.strip(), algorithms=SUPPORTED_ALGORITHMS,
+                             errors=AUTH_JOSE_ERRORS).unverified_claims().get("iss")
         issuer = peek if isinstance(peek, str) else ""
     own = client is None
     http = client or httpx.Client(timeout=5.0, follow_redirects=False)

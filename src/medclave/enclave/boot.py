@@ -20,6 +20,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from medclave.attestation.registry import evidence_digest
 from medclave.audit import AuditLog, MemoryStore, NoteSigner
 from medclave.audit.store import SqliteStore
 from medclave.auth.authn import Authenticator
@@ -90,7 +91,8 @@ class _Recording:
 
     def __call__(self, nonce: bytes, runtime: dict[str, Any]) -> EvidenceBundle:
         bundle = self._inner(nonce, runtime)
-        self.evidence_digest = hashlib.sha256(bundle.evidence_bytes()).hexdigest()
+        # Its signed bytes, as the broker logs it: (r, n - s) is the same evidence.
+        self.evidence_digest = evidence_digest(bundle.platform, bundle.evidence_bytes())
         return bundle
 
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import hashlib
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -134,7 +133,6 @@ class KeyBroker:
             name = ResourceName.parse(resource)
             nonce_bytes = _nonce(nonce)
             self._spend(nonce_bytes, now)
-            trace.evidence_sha256 = hashlib.sha256(bundle.evidence.encode()).hexdigest()
             try:
                 verification = verify_bundle(
                     bundle,
@@ -147,6 +145,7 @@ class KeyBroker:
                 trace.checks = tuple(exc.checks)
                 raise
             trace.checks = verification.checks
+            trace.evidence_sha256 = verification.evidence_digest  # its signed bytes (ECDSA is malleable)
             ephemeral = _ephemeral_key(bundle.runtime)
             secret = self.store.secret_version(name, version)
             trace.version = secret.version

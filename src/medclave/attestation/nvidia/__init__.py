@@ -19,7 +19,7 @@ from medclave.attestation.core import Claims, Verification, VerifyOptions
 from medclave.attestation.nvidia import abi
 from medclave.attestation.nvidia.verify import PLATFORM, verify_report
 
-__all__ = ["PLATFORM", "detect", "parse", "verify"]
+__all__ = ["PLATFORM", "detect", "parse", "signed_bytes", "verify"]
 
 
 def detect(data: bytes) -> str | None:
@@ -28,6 +28,11 @@ def detect(data: bytes) -> str | None:
 
 def parse(data: bytes) -> Claims:
     return abi.report_claims(abi.parse_report(data))
+
+
+def signed_bytes(data: bytes) -> bytes:
+    """The request and the response up to its signature (trailing unsigned bytes excluded)."""
+    return abi.parse_report(data).signed
 
 
 def verify(data: bytes, options: VerifyOptions) -> Verification:

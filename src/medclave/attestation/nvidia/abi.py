@@ -9,6 +9,9 @@ MEASUREMENTS response. Layouts from DMTF DSP0274 1.1.0:
 * response, §10.11.2 (Table 43): SPDMVersion, ResponseCode 0x60, Param1, Param2,
   NumberOfBlocks (1), MeasurementRecordLength (3, LE), MeasurementRecord, Nonce (32),
   OpaqueLength (2, LE), OpaqueData, Signature (the responder's: ECDSA P-384 raw r||s here);
+  bytes after the signature are no part of SPDM: they are counted (``trailing``), bounded by
+  :data:`MAX_TRAILING_BYTES`, never signed and never read, as the TDX parser treats bytes after
+  a quote's signature data;
 * measurement block, §10.11.2.1 (Table 45): Index, MeasurementSpecification (bit 0 = DMTF),
   MeasurementSize (2), Measurement; DMTF measurement (Table 46): DMTFSpecMeasurementValueType,
   DMTFSpecMeasurementValueSize (2), DMTFSpecMeasurementValue.
@@ -35,6 +38,10 @@ NONCE_LENGTH = 32
 HEADER_LENGTH = 8  # version, code, param1, param2, NumberOfBlocks, 3-byte record length
 P384_SIGNATURE_LENGTH = 96  # raw r||s, 48 bytes each
 MAX_OPAQUE_LENGTH = 1024  # DSP0274 1.1 Table 43: OpaqueLength "shall be <= 1024"
+# Evidence from Confidential Containers' attestation agent on a real H100 carries one zero byte
+# after the signature (Trustee's verifier reads the signature and ignores the rest). A few bytes of
+# slack are an encoding slip; more would be an unsigned payload riding on signed evidence.
+MAX_TRAILING_BYTES = 64
 SIGNATURE_REQUESTED = 0x01  # Param1 bit 0 of GET_MEASUREMENTS
 ALL_MEASUREMENTS = 0xFF  # Param2 of GET_MEASUREMENTS: every block
 DMTF_MEASUREMENT_SPEC = 0x01
@@ -138,7 +145,8 @@ class OpaqueData:
 
 @dataclass(frozen=True)
 class AttestationReport:
-    """A parsed request + response pair; ``signed`` is what the signature covers."""
+    """A parsed request + response pair; ``signed`` is what the signature covers, ``trailing``
+    the count of unsigned bytes after the signature (ignored)."""
 
     request: MeasurementRequest
     version: int
@@ -149,6 +157,7 @@ class AttestationReport:
     opaque: OpaqueData
     signature: bytes
     signed: bytes
+    trailing: int = 0
 
     @property
     def measurements(self) -> dict[int, bytes]:
@@ -284,8 +293,12 @@ def parse_report(data: bytes) -> AttestationReport:
     if opaque_length > MAX_OPAQUE_LENGTH:
         raise _malformed(f"OpaqueLength {opaque_length} exceeds 1024 (DSP0274 1.1 Table 43)")
     opaque = parse_opaque(r.take(opaque_length, "OpaqueData"))
-    if r.left != P384_SIGNATURE_LENGTH:
+    if r.left < P384_SIGNATURE_LENGTH:
         raise _malformed(f"{r.left} bytes after OpaqueData; an ECDSA P-384 signature is 96")
+    trailing = r.left - P384_SIGNATURE_LENGTH
+    if trailing > MAX_TRAILING_BYTES:
+        raise _malformed(f"{trailing} bytes after the 96-byte signature; at most "
+                         f"{MAX_TRAILING_BYTES} unsigned bytes are ignored")
     signed_end = r.pos
     signature = r.take(P384_SIGNATURE_LENGTH, "Signature")
     return AttestationReport(
@@ -298,6 +311,7 @@ def parse_report(data: bytes) -> AttestationReport:
         opaque=opaque,
         signature=signature,
         signed=raw[:signed_end],
+        trailing=trailing,
     )
 
 

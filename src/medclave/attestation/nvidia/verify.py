@@ -286,7 +286,8 @@ def verify_report(
     report = abi.parse_report(data)
     claims = abi.report_claims(report)
     log = CheckLog()
-    log.ok("0. parse", f"SPDM {claims['spdm_version']}, {len(report.blocks)} measurement blocks")
+    log.ok("0. parse", f"SPDM {claims['spdm_version']}, {len(report.blocks)} measurement blocks, "
+                       f"{report.trailing} unsigned trailing byte(s) after the signature ignored")
 
     chain = options.endorsements.certificates
     roots = options.trusted_roots if options.trusted_roots is not None else DEVICE_ROOT_FINGERPRINTS
@@ -325,4 +326,5 @@ def verify_report(
         # trusted_roots verifies the same way but protects nothing.
         secure=fingerprint(chain[-1]) in DEVICE_ROOT_FINGERPRINTS,
         evidence_sha256=sha256_hex(data),
+        evidence_digest=sha256_hex(report.signed),
     )

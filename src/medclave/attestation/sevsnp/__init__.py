@@ -66,6 +66,7 @@ __all__ = [
     "kds_extensions",
     "parse",
     "parse_report",
+    "signed_bytes",
     "split_evidence",
     "validate",
     "verify",
@@ -150,6 +151,13 @@ def parse(data: bytes) -> Claims:
     return claims_of(report, report.cpuid_product)
 
 
+def signed_bytes(data: bytes) -> bytes:
+    """Report bytes [0, 0x2A0): what the VCEK/VLEK signed (the signature and any certificate
+    table are not in it)."""
+    report, _ = split_evidence(data)
+    return report.signed_bytes
+
+
 def verify(data: bytes, options: VerifyOptions) -> Verification:
     """Verify a report end to end; raises :class:`AttestationError` on the first failure."""
     log = CheckLog()
@@ -170,4 +178,5 @@ def verify(data: bytes, options: VerifyOptions) -> Verification:
         # verifies the same way but protects nothing.
         secure=verified.amd_root,
         evidence_sha256=sha256_hex(data),
+        evidence_digest=sha256_hex(report.signed_bytes),
     )

@@ -47,6 +47,7 @@ __all__ = [
     "make_bundle",
     "make_report",
     "parse",
+    "signed_bytes",
     "verify",
 ]
 
@@ -147,6 +148,12 @@ def parse(data: bytes) -> Claims:
     return {**claims_of(report, "Milan"), "sim": SIM_LABEL}
 
 
+def signed_bytes(data: bytes) -> bytes:
+    """As for SEV-SNP: report bytes [0, 0x2A0)."""
+    report, _ = split_evidence(data)
+    return report.signed_bytes
+
+
 def verify(data: bytes, options: VerifyOptions) -> Verification:
     """The SEV-SNP verification, anchored at the sim roots the caller accepts and nothing else."""
     log = CheckLog()
@@ -168,4 +175,5 @@ def verify(data: bytes, options: VerifyOptions) -> Verification:
         checks=log.checks,
         secure=False,
         evidence_sha256=sha256_hex(data),
+        evidence_digest=sha256_hex(report.signed_bytes),
     )

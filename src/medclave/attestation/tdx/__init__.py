@@ -39,6 +39,7 @@ __all__ = [
     "clear_caches",
     "detect",
     "parse",
+    "signed_bytes",
     "verify",
     "verify_quote",
 ]
@@ -54,6 +55,12 @@ def parse(data: bytes) -> Claims:
     require_size(data, maximum=abi.MAX_QUOTE_BYTES)
     quote = abi.parse_quote(data)
     return claims_of(quote, leaf_tcb(pck_chain(quote)[0]))
+
+
+def signed_bytes(data: bytes) -> bytes:
+    """The quote header and TD report body, as the attestation key signed them."""
+    require_size(data, maximum=abi.MAX_QUOTE_BYTES)
+    return abi.parse_quote(data).signed
 
 
 def verify(data: bytes, options: VerifyOptions) -> Verification:
@@ -73,4 +80,5 @@ def verify(data: bytes, options: VerifyOptions) -> Verification:
         # (tests, a lab PKI) verifies the same way but protects nothing.
         secure=fingerprint(result.chain[-1]) in TRUSTED_ROOTS,
         evidence_sha256=sha256_hex(data),
+        evidence_digest=sha256_hex(result.quote.signed),
     )

@@ -31,6 +31,12 @@ def parse(data: bytes) -> Claims:
     return flows.parse_claims(coco.decode(data))
 
 
+def signed_bytes(data: bytes) -> bytes:
+    """The signed parts that identify the evidence (``flows.signed_bytes``); no cryptography."""
+    require_size(data)
+    return flows.signed_bytes(coco.decode(data))
+
+
 def verify(data: bytes, options: VerifyOptions) -> Verification:
     """Verify vTPM evidence; raise :class:`AttestationError` with the checks done so far."""
     log = CheckLog()

@@ -138,6 +138,23 @@ def _quote_claims(vq: tpm2.VerifiedQuote) -> dict[str, Any]:
     }
 
 
+def _azure_signed(ev: coco.AzureEvidence, report: hcl.HclReport) -> bytes:
+    """The two signed parts: the TPMS_ATTEST the AK signed (length-prefixed, so the split is
+    unambiguous) and the hardware report's signed bytes (core module docstring)."""
+    hw_data = report.hw_report if ev.kind == coco.AZ_SNP else ev.td_quote
+    hw_signed = _platform(_HW_PLATFORM[ev.kind]).signed_bytes(hw_data)
+    attest = ev.quote.message
+    return len(attest).to_bytes(4, "big") + attest + hw_signed
+
+
+def signed_bytes(ev: coco.Evidence) -> bytes:
+    """What identifies vTPM evidence: the TPMS_ATTEST alone for a plain TPM quote; for Azure,
+    that and the hardware report's signed bytes."""
+    if isinstance(ev, coco.TpmEvidence):
+        return ev.quote.message
+    return _azure_signed(ev, hcl.parse_hcl_report(ev.hcl_report))
+
+
 def verify_azure(
     data: bytes, ev: coco.AzureEvidence, options: VerifyOptions, log: CheckLog
 ) -> Verification:
@@ -172,6 +189,7 @@ def verify_azure(
         tcb_status=hw.verification.tcb_status,
         secure=hw.verification.secure,
         evidence_sha256=sha256_hex(data),
+        evidence_digest=sha256_hex(_azure_signed(ev, report)),
     )
 
 
@@ -192,6 +210,7 @@ def verify_tpm(
         claims=_quote_claims(vq),
         checks=log.checks,
         evidence_sha256=sha256_hex(data),
+        evidence_digest=sha256_hex(ev.quote.message),
     )
 
 
