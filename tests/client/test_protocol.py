@@ -53,6 +53,17 @@ def test_receipt_header_round_trip() -> None:
         proto.decode_receipt_header("a" * 200_000)
 
 
+@pytest.mark.parametrize("text", ["QU!JD", "QUJD=", "QUJ", "QU JD", "Q"])
+def test_receipt_header_has_one_text_form(text: str) -> None:
+    """"QUJD" is b"ABC" and "QUI" is b"AB"; the lax decoder also read "QU!JD" and "QUJD=" as
+    b"ABC" and "QUJ" (non-zero pad bits) as b"AB": each is refused now."""
+    assert proto.decode_receipt_header("QUJD") == b"ABC"
+    assert proto.decode_receipt_header("QUI") == b"AB"
+    with pytest.raises(InputError) as err:
+        proto.decode_receipt_header(text)
+    assert err.value.code == "input.malformed"
+
+
 def _runtime(**changes: object) -> dict[str, object]:
     runtime: dict[str, object] = {
         "ohttp_key_config": base64.b64encode(OhttpKeyPair.generate(3).config.encode()).decode(),

@@ -28,12 +28,13 @@ from typing import Any, Final
 from pydantic import BaseModel, ConfigDict, Field
 
 from medclave.crypto import bhttp
+from medclave.crypto.jose import b64url_decode
 from medclave.crypto.ohttp import REQUEST_MEDIA_TYPE as OHTTP_REQUEST
 from medclave.crypto.ohttp import RESPONSE_MEDIA_TYPE as OHTTP_RESPONSE
 from medclave.crypto.ohttp import KeyConfig
 from medclave.crypto.ohttp_chunked import REQUEST_MEDIA_TYPE as CHUNKED_REQUEST
 from medclave.crypto.ohttp_chunked import RESPONSE_MEDIA_TYPE as CHUNKED_RESPONSE
-from medclave.errors import AttestationError, CryptoError, InputError
+from medclave.errors import AttestationError, CryptoError, InputError, MedclaveError
 
 __all__ = [
     "ATTESTATION_PATH",
@@ -225,6 +226,7 @@ def decode_receipt_header(value: str, *, max_bytes: int = 64 * 1024) -> bytes:
     if len(value) > max_bytes * 4 // 3 + 4:
         raise InputError("input.too_large", "receipt header too large")
     try:
-        return base64.urlsafe_b64decode(value + "=" * (-len(value) % 4))
-    except (binascii.Error, ValueError) as exc:
+        # Strict (crypto.jose): one text per receipt, as for every base64url Medclave reads.
+        return b64url_decode(value, what="receipt header")
+    except MedclaveError as exc:
         raise InputError("input.malformed", "receipt header is not base64url") from exc
