@@ -111,7 +111,7 @@ def test_refusals_are_counted_per_minute_client_code_and_resource(make_store: St
         (0, "release", "kbs:///other/model-key/x", "kbs.nonce_unknown", "ip:192.0.2.1", 1),
         (1, "release", RESOURCE, "kbs.nonce_unknown", "ip:192.0.2.1", 1),
     ])
-    first = [d for d in rows if d.code == "kbs.nonce_unknown" and d.count == 2][0]
+    first = next(d for d in rows if d.code == "kbs.nonce_unknown" and d.count == 2)
     assert first.at == T0 and first.detail == "no such nonce"  # the first request's record
     assert [d.count for d in store.decisions(owner="other")] == [1]
 

@@ -31,13 +31,13 @@ from medclave.enclave.settings import EnclaveSettings
 from medclave.kbs import server as kbs_server
 from medclave.kbs.client import OwnerClient
 from medclave.kbs.settings import KbsSettings
+from medclave.kbs.store import MemoryStore
 from medclave.serving import (
     BackgroundServer,
     GuardedH11Protocol,
     ServingSettings,
     server_config,
 )
-from medclave.kbs.store import MemoryStore
 from tests.kbs.conftest import Clock, Live, make_settings, serve_broker
 
 RESOURCE = "kbs:///acme/model-key/m"
@@ -196,22 +196,19 @@ def test_uvicorn_proxy_handling_is_off_unless_proxies_are_listed(
     assert on.proxy_headers is True and on.forwarded_allow_ips == ["10.1.2.3", "10.9.0.0/16"]
 
 
-class _Captured:
-    configs: list[Any] = []
-
-    def __init__(self, config: Any) -> None:
-        self.config = config
-        self.started = True
-
-    def run(self) -> None:
-        _Captured.configs.append(self.config)
-
-
 def test_every_service_serves_with_the_shared_configuration(
         monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """kbs, enclave, proxy and IdP: no forwarded headers, read deadlines, the guarded protocol."""
-    _Captured.configs = []
-    monkeypatch.setattr("medclave.serving.uvicorn.Server", _Captured)
+    configs: list[Any] = []
+
+    class Captured:  # uvicorn.Server, recording the configuration it was given
+        def __init__(self, config: Any) -> None:
+            self.config, self.started = config, True
+
+        def run(self) -> None:
+            configs.append(self.config)
+
+    monkeypatch.setattr("medclave.serving.uvicorn.Server", Captured)
     kbs_server.serve(KbsSettings(data_dir=tmp_path / "kbs", store="memory"))
 
     class Booted:
@@ -228,8 +225,8 @@ def test_every_service_serves_with_the_shared_configuration(
     proxy_module.serve(proxy_module.ProxySettings(upstream="http://127.0.0.1:9",
                                                   policy_file=policy))
     idp_server.serve(idp_server.build_service(tmp_path / "idp", issuer="http://127.0.0.1:8800"))
-    assert len(_Captured.configs) == 4
-    for config in _Captured.configs:
+    assert len(configs) == 4
+    for config in configs:
         assert config.proxy_headers is False and config.forwarded_allow_ips == []
         assert config.http is GuardedH11Protocol
         assert config.timeout_keep_alive == ServingSettings().keep_alive_seconds
