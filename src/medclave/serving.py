@@ -199,6 +199,14 @@ class GuardedH11Protocol(H11Protocol):
         self._disarm()
         super().connection_lost(exc)
 
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        # A pipelined request already buffered may have begun (uvicorn then cancels its own
+        # keep-alive timer): its body gets the deadline too. An idle connection is left to the
+        # keep-alive timer.
+        if self.conn.their_state is not h11.IDLE:
+            self._follow()
+
     def _follow(self) -> None:
         state = self.conn.their_state
         if self.transport.is_closing():

@@ -291,6 +291,13 @@ def test_a_trickled_head_does_not_extend_its_deadline(echo: BackgroundServer) ->
         assert time.monotonic() - started < BOUND
 
 
+def test_a_pipelined_request_with_half_a_body_is_closed(echo: BackgroundServer) -> None:
+    with socket.create_connection((echo.host, echo.port)) as s:
+        s.sendall(b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\nab"
+                  b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\n123")
+        _closed_within(s, BOUND)
+
+
 def test_a_healthy_keep_alive_connection_is_served(echo: BackgroundServer) -> None:
     with httpx.Client(base_url=echo.url) as client:
         assert client.post("/echo", content=b"12345").json() == {"bytes": 5}

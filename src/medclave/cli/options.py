@@ -1,4 +1,4 @@
-"""Options more than one ``serve`` command takes, defined once."""
+"""What more than one ``serve`` command shares: the trusted-proxy option, settings errors."""
 
 from __future__ import annotations
 
