@@ -28,6 +28,9 @@ CATALOGUE: dict[str, ErrorSpec] = {
     "input.malformed": ErrorSpec(400, "The input is malformed; check the file or request body."),
     "input.too_large": ErrorSpec(413, "The input exceeds the size limit."),
     "input.missing": ErrorSpec(400, "A required input is missing."),
+    "input.incomplete": ErrorSpec(
+        400, "The request ended before its body was complete; send it again whole."
+    ),
     "config.invalid": ErrorSpec(500, "The service configuration is invalid; check its settings."),
     # --- crypto / protocol -----------------------------------------------------------------
     "crypto.decrypt_failed": ErrorSpec(400, "The message could not be decrypted or authenticated."),

@@ -1,39 +1,105 @@
-"""What every HTTP service (key broker, enclave, proxy, IdP) shares: bounded request bodies, the
-error handlers that keep internal detail out of responses, and :class:`BackgroundServer`.
+"""What every HTTP service (key broker, enclave, proxy, IdP) shares: how it meets the network
+(:class:`ServingSettings`, :func:`run_server`), bounded request bodies, the error handlers that
+keep internal detail out of responses, and :class:`BackgroundServer`.
 
 For the services only: attestation, audit, crypto and protocol import no web framework, so they
 never import this module.
 
+Forwarded headers. No service believes ``X-Forwarded-For`` or ``X-Forwarded-Proto`` unless its
+operator lists the proxies that set them (``trusted_proxies``: IP addresses or CIDR networks,
+empty by default). Empty, uvicorn's proxy-header handling is off and the TCP peer is the client;
+set, uvicorn honours the headers only on connections from those addresses, and takes as the
+client the nearest address in ``X-Forwarded-For`` that is not a listed proxy (each proxy appends
+the peer it saw, so only the part the listed proxies wrote is believed). uvicorn's own default
+(on, trusting 127.0.0.1) is never used: on loopback it made every caller a "proxy" that could
+name any client address to the rate limits and the decision log.
+
+Read deadlines. uvicorn 0.49's h11 protocol times out only the idle gap between a response and
+the next request (``timeout_keep_alive``): a connection that sends nothing, half a request head
+or half a body is held forever. :class:`GuardedH11Protocol` adds the two deadlines it lacks:
+the whole request head must arrive within ``header_timeout_seconds`` of its first byte (or of the
+connection), and a body may not stall for ``body_timeout_seconds`` between reads; past either the
+connection is closed. The head is also bounded in size (h11's 16 KiB incomplete-event limit).
+
 :class:`BackgroundServer` runs an app under uvicorn in a background thread, for tests, benchmarks
 and the demo: the socket is bound here (port 0 lets the OS pick), so the caller knows the URL
-before the first request.
+before the first request. It serves with the same configuration as :func:`run_server`.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import ipaddress
+import logging
 import socket
 import threading
 import time
 from collections.abc import Callable
 from types import TracebackType
+from typing import Any, Final
 
+import h11
 import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field, field_validator
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
+from uvicorn.protocols.http.h11_impl import H11Protocol
+from uvicorn.server import ServerState
 
 from medclave.errors import InputError, MedclaveError, ServiceError
+
+log = logging.getLogger("medclave.serving")
+
+# h11's default bound on an incomplete event (a request head still arriving), stated here so it is
+# a decision rather than an accident: a head larger than this is answered 400 and closed.
+MAX_HEAD_BYTES: Final = 16 * 1024
 
 RenderError = Callable[[MedclaveError], JSONResponse]
 LogRefusal = Callable[[Request, MedclaveError], None]
 LogUnexpected = Callable[[Request, Exception], None]
 
 
+class ServingSettings(BaseModel):
+    """How a service meets the network. Every service's settings inherit these fields (the
+    broker's as ``MEDCLAVE_KBS_TRUSTED_PROXIES`` and so on); the IdP takes them from its flags."""
+
+    # Peers whose X-Forwarded-For / X-Forwarded-Proto are believed: IPs or CIDR networks (JSON
+    # list in the environment). Empty: none is, the TCP peer is the client.
+    trusted_proxies: tuple[str, ...] = ()
+    # The request head (request line and headers) must be complete this long after its first
+    # byte, or after the connection opened when nothing came.
+    header_timeout_seconds: float = Field(default=10.0, gt=0, le=600)
+    # A request body may not stall longer than this between two reads.
+    body_timeout_seconds: float = Field(default=30.0, gt=0, le=3600)
+    # An idle keep-alive connection is closed after this long.
+    keep_alive_seconds: int = Field(default=5, ge=1, le=600)
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _addresses(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        """Only IP addresses and networks: uvicorn would keep anything else as a literal (a
+        hostname, ``*``) and trust it silently, so anything else is refused here."""
+        for item in value:
+            try:
+                if "/" in item:
+                    ipaddress.ip_network(item, strict=True)
+                else:
+                    ipaddress.ip_address(item)
+            except ValueError as exc:
+                raise ValueError(f"trusted proxy {item!r} is not an IP address or network: "
+                                 f"{exc}") from exc
+        return value
+
+
 async def read_limited_body(request: Request, limit: int) -> bytes:
     """The request body, refused with ``input.too_large`` past ``limit`` bytes before it is all
     read: a declared Content-Length over the limit before the first byte (one that is not ASCII
-    digits is ``input.malformed``), a chunked body as soon as it grows past the limit."""
+    digits is ``input.malformed``), a chunked body as soon as it grows past the limit; a body the
+    client does not finish is ``input.incomplete``."""
     declared = request.headers.get("content-length")
     # isascii: "²".isdigit() is True but int("²") raises; only ASCII digits are a length.
     if declared is not None and not (declared.isascii() and declared.isdigit()):
@@ -41,10 +107,16 @@ async def read_limited_body(request: Request, limit: int) -> bytes:
     if declared is not None and int(declared) > limit:
         raise InputError("input.too_large", f"request body over {limit} bytes")
     body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > limit:
-            raise InputError("input.too_large", f"request body over {limit} bytes")
+    try:
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > limit:
+                raise InputError("input.too_large", f"request body over {limit} bytes")
+    except ClientDisconnect as exc:
+        # The client went away (or stalled past the body deadline and was cut off): a refusal
+        # like any other, one log line with its code, not an internal error with a traceback.
+        raise InputError("input.incomplete", f"the client left after {len(body)} body bytes"
+                         ) from exc
     return bytes(body)
 
 
@@ -93,13 +165,130 @@ def install_error_handlers(
     app.add_exception_handler(Exception, unexpected)
 
 
+class GuardedH11Protocol(H11Protocol):
+    """uvicorn's h11 protocol with the read deadlines it lacks (see the module docstring).
+
+    uvicorn arms its keep-alive timer only after a response; nothing bounds the wait for a
+    request. This arms one deadline per connection state, as h11 reports it after every read:
+    ``IDLE`` (a request head is due) gets the head deadline, fixed from the first byte of that
+    head so trickling bytes does not extend it; ``SEND_BODY`` gets the body deadline, renewed by
+    every read (a stall bound, not a rate); any other state (request read, response under way)
+    none. While uvicorn has paused reading because the app has not consumed the body yet, the
+    stall is the app's, not the client's, and the body deadline waits.
+    """
+
+    def __init__(self, config: uvicorn.Config, server_state: ServerState,
+                 app_state: dict[str, Any], _loop: asyncio.AbstractEventLoop | None = None
+                 ) -> None:
+        super().__init__(config, server_state, app_state, _loop)
+        serving = config.serving if isinstance(config, ServiceConfig) else ServingSettings()
+        self._timeouts = {"head": serving.header_timeout_seconds,
+                          "body": serving.body_timeout_seconds}
+        self._deadline: asyncio.TimerHandle | None = None
+        self._awaiting = ""  # "head", "body" or "" (no deadline armed)
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._arm("head")
+
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        self._follow()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm()
+        super().connection_lost(exc)
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        # A pipelined request already buffered may have begun (uvicorn then cancels its own
+        # keep-alive timer): its body gets the deadline too. An idle connection is left to the
+        # keep-alive timer.
+        if self.conn.their_state is not h11.IDLE:
+            self._follow()
+
+    def _follow(self) -> None:
+        state = self.conn.their_state
+        if self.transport.is_closing():
+            self._disarm()
+        elif state is h11.IDLE:
+            if self._awaiting != "head":
+                self._arm("head")
+        elif state is h11.SEND_BODY:
+            self._arm("body")
+        else:
+            self._disarm()
+
+    def _arm(self, what: str) -> None:
+        self._disarm()
+        self._awaiting = what
+        self._deadline = self.loop.call_later(self._timeouts[what], self._expired)
+
+    def _disarm(self) -> None:
+        if self._deadline is not None:
+            self._deadline.cancel()
+        self._deadline = None
+        self._awaiting = ""
+
+    def _expired(self) -> None:
+        what, self._deadline = self._awaiting, None
+        if self.transport.is_closing():
+            return
+        if what == "body" and self.flow.read_paused:
+            self._arm("body")
+            return
+        # Debug: a flood of such connections must not flood the log. A request whose body is
+        # cut off here is logged by the service as ``input.incomplete``.
+        log.debug("closing a connection: no complete request %s within %.1f s", what,
+                  self._timeouts[what])
+        self._awaiting = ""
+        self.transport.close()
+
+
+class ServiceConfig(uvicorn.Config):
+    """A uvicorn configuration built from :class:`ServingSettings` (:func:`server_config`)."""
+
+    def __init__(self, app: FastAPI, serving: ServingSettings, **options: Any) -> None:
+        self.serving = serving
+        super().__init__(
+            app,
+            http=GuardedH11Protocol,
+            # Off unless proxies are listed; when on, exactly the listed ones (never uvicorn's
+            # default of 127.0.0.1 or the FORWARDED_ALLOW_IPS environment variable).
+            proxy_headers=bool(serving.trusted_proxies),
+            forwarded_allow_ips=list(serving.trusted_proxies),
+            timeout_keep_alive=serving.keep_alive_seconds,
+            h11_max_incomplete_event_size=MAX_HEAD_BYTES,
+            server_header=False,
+            date_header=False,
+            **options,
+        )
+
+
+def server_config(app: FastAPI, serving: ServingSettings, **options: Any) -> ServiceConfig:
+    """The one uvicorn configuration every service runs under; ``options`` are uvicorn's own
+    (host, port, log_level, access_log, TLS files)."""
+    return ServiceConfig(app, serving, **options)
+
+
+def run_server(app: FastAPI, serving: ServingSettings, **options: Any) -> None:
+    """Serve ``app`` in the foreground until interrupted (``uvicorn.run`` for one process, with
+    :func:`server_config`); ``service.start_failed`` when it could not start (port taken)."""
+    server = uvicorn.Server(server_config(app, serving, **options))
+    with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C is how an operator stops it
+        server.run()
+    if not server.started:
+        raise ServiceError("service.start_failed", "the server did not start; see its log")
+
+
 class BackgroundServer:
     """``with BackgroundServer(app) as server: httpx.get(server.url + ...)``."""
 
     def __init__(self, app: FastAPI | Callable[[str], FastAPI], *, host: str = "127.0.0.1",
-                 port: int = 0, name: str = "medclave-server") -> None:
+                 port: int = 0, name: str = "medclave-server",
+                 serving: ServingSettings | None = None) -> None:
         """``app`` may be a factory taking the server's URL, for apps that must know their own
-        address (an issuer's ``iss``)."""
+        address (an issuer's ``iss``). ``serving`` defaults to :class:`ServingSettings`' own."""
         # proto=IPPROTO_TCP: asyncio sets TCP_NODELAY on accepted sockets only when the listening
         # socket says it is TCP (proto 0 does not); without it every keep-alive response waits
         # out a delayed ACK (~40 ms). NODELAY on the listener is inherited on Linux as well.
@@ -110,8 +299,8 @@ class BackgroundServer:
         self.host, self.port = self._sock.getsockname()[:2]
         if not isinstance(app, FastAPI):
             app = app(self.url)
-        config = uvicorn.Config(app, log_level="warning", lifespan="on", server_header=False,
-                                date_header=False, access_log=False)
+        config = server_config(app, serving or ServingSettings(), log_level="warning",
+                               lifespan="on", access_log=False)
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(target=self._server.run, kwargs={"sockets": [self._sock]},
                                         name=name, daemon=True)

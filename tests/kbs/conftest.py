@@ -76,7 +76,8 @@ def serve_broker(settings: KbsSettings, *, store: KbsStore, clock: Clock,
     seen: list[Decision] = []
     broker = build_broker(settings, store=store, wrapper=AesGcmKek(os.urandom(32)), clock=clock,
                           on_decision=seen.append, trusted_roots=trusted_roots)
-    server = BackgroundServer(create_app(settings, broker=broker))
+    # serving=settings: trusted proxies and read deadlines exactly as `medclave kbs serve` has them.
+    server = BackgroundServer(create_app(settings, broker=broker), serving=settings)
     return server, Live("", broker, seen, settings)
 
 

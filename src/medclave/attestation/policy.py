@@ -50,7 +50,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from medclave.attestation import platform_rules
 from medclave.attestation.core import Verification, Violation
 from medclave.crypto.canonical import canonical_sha256
-from medclave.errors import PolicyError
+from medclave.errors import InputError, PolicyError
 
 REAL_PLATFORMS: tuple[str, ...] = ("sev-snp", "tdx", "nvidia", "az-snp-vtpm", "az-tdx-vtpm", "tpm")
 KNOWN_PLATFORMS: tuple[str, ...] = (*REAL_PLATFORMS, "sim")
@@ -120,6 +120,16 @@ class AppraisalPolicy(BaseModel):
                 raise ValueError(f"rules for unknown platform {name!r}")
             if section.rules:
                 platform_rules.build(name, section.rules)  # raises ValueError/TypeError when bad
+        return self
+
+    @model_validator(mode="after")
+    def _has_a_digest(self) -> AppraisalPolicy:
+        """The digest is over RFC 8785 bytes: a value without them (an integer beyond 2^53) is
+        refused while the policy is read (``policy.invalid``), not when its digest is taken."""
+        try:
+            self.digest()
+        except InputError as exc:
+            raise ValueError(exc.detail) from exc
         return self
 
     def digest(self) -> str:

@@ -16,7 +16,6 @@ import secrets
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
-import rfc8785
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -215,5 +214,5 @@ def entry_bytes(value: Any) -> bytes:
     """Canonical bytes of a JSON value meant to be an entry (a receipt carries it as an object)."""
     try:
         return canonical_json(value)
-    except (rfc8785.CanonicalizationError, TypeError, ValueError, RecursionError) as exc:
+    except (InputError, TypeError) as exc:
         raise AuditError("audit.entry_invalid", "the entry is not canonicalizable JSON") from exc

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import timedelta
@@ -17,7 +18,6 @@ from pathlib import Path
 from typing import Any, Final
 from urllib.parse import parse_qsl, unquote_plus
 
-import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
@@ -31,8 +31,9 @@ from medclave.auth.issuer import (
     load_or_create_signing_key,
 )
 from medclave.errors import InputError, MedclaveError
-from medclave.serving import BackgroundServer, read_limited_body
+from medclave.serving import BackgroundServer, ServingSettings, read_limited_body, run_server
 
+log = logging.getLogger("medclave.idp")
 MAX_FORM_BYTES: Final = 8 * 1024
 _NO_STORE: Final = {"Cache-Control": "no-store", "Pragma": "no-cache"}
 
@@ -108,8 +109,10 @@ def create_app(service: TokenService, *, clock: Clock = system_clock) -> FastAPI
                 now=clock(),
             )
         except MedclaveError as exc:
+            log.info("idp refused POST /token: %s", exc.code)
             return _oauth_error(exc, password_grant=password_grant)
         except (UnicodeDecodeError, ValueError):
+            log.info("idp refused POST /token: input.malformed")
             return _oauth_error(InputError("input.malformed"), password_grant=password_grant)
         return JSONResponse(answer, headers=_NO_STORE)
 
@@ -130,9 +133,11 @@ def build_service(
     return TokenService(token_issuer, Directory(data_dir), audiences=(audience,), dev_password=dev_password)
 
 
-def serve(service: TokenService, *, host: str = "127.0.0.1", port: int = 8800) -> None:
-    """Run until interrupted."""
-    uvicorn.run(create_app(service), host=host, port=port, log_level="info")
+def serve(service: TokenService, *, host: str = "127.0.0.1", port: int = 8800,
+          serving: ServingSettings | None = None) -> None:
+    """Run until interrupted (trusted proxies and read deadlines: ``serving``)."""
+    run_server(create_app(service), serving or ServingSettings(), host=host, port=port,
+               log_level="info")
 
 
 @contextmanager

@@ -18,7 +18,7 @@ from rich.table import Table
 from medclave.attestation.core import Verification
 from medclave.attestation.policy import AppraisalPolicy, default_policy, evaluate, load_policy
 from medclave.attestation.verifier import BUNDLE, detect, parse_bundle, verify_bundle, verify_raw
-from medclave.errors import AttestationError, MedclaveError
+from medclave.errors import AttestationError, InputError, MedclaveError
 
 app = typer.Typer(help="Verify and appraise attestation evidence.", no_args_is_help=True)
 
@@ -38,6 +38,15 @@ def _parse_time(text: str | None) -> datetime:
     except ValueError as exc:
         raise typer.BadParameter(f"--at wants ISO 8601, got {text!r}") from exc
     return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+def _nonce(text: str | None) -> bytes | None:
+    if text is None:
+        return None
+    try:
+        return bytes.fromhex(text)
+    except ValueError as exc:
+        raise InputError("input.malformed", f"--nonce is not hex: {exc}") from exc
 
 
 def _read(path: Path) -> bytes:
@@ -65,7 +74,7 @@ def run_verify(
     try:
         policy: AppraisalPolicy = load_policy(policy_file) if policy_file else default_policy()
         out["policy"] = {"name": policy.name, "digest": policy.digest(), "accepted": False, "violations": []}
-        nonce_bytes = bytes.fromhex(nonce) if nonce is not None else None
+        nonce_bytes = _nonce(nonce)
         data = _read(evidence)
         kind = detect(data)
         cert_blobs = [_read(p) for p in certs]
@@ -82,9 +91,6 @@ def run_verify(
             result = verify_raw(data, now=at, platform=kind, certificates=cert_blobs,
                                 collateral=coll_blobs, nonce=nonce_bytes, sim_roots=sim_roots,
                                 online=online)
-    except ValueError as exc:  # a bad --nonce
-        out["error"] = {"code": "input.malformed", "message": f"--nonce is not hex: {exc}"}
-        return 2, out
     except MedclaveError as exc:
         out["checks"] = [c.to_dict() for c in getattr(exc, "checks", ())]
         out["error"] = exc.to_dict()

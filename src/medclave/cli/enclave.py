@@ -13,6 +13,7 @@ from typing import Annotated, Any
 
 import typer
 
+from medclave.cli.options import TrustedProxy, bad_settings
 from medclave.errors import MedclaveError
 
 app = typer.Typer(help="The in-TEE inference server.", no_args_is_help=True)
@@ -69,6 +70,7 @@ def serve_cmd(
         "file); otherwise each tenant's key comes from --kbs")] = None,
     key_rotation: Annotated[int | None, typer.Option(
         "--key-rotation", help="rotate the OHTTP key every N seconds")] = None,
+    trusted_proxy: TrustedProxy = None,
 ) -> None:
     """Boot (evidence, keys, model key from the broker, unseal, load) and serve until stopped."""
     from medclave.enclave.server import serve
@@ -87,12 +89,13 @@ def serve_cmd(
         "commitment_key_file": commitment_key_file,
         "audit_key_resource": audit_key_resource, "audit_origin": audit_origin,
         "key_rotation_seconds": key_rotation,
+        "trusted_proxies": tuple(trusted_proxy) if trusted_proxy else None,
     }
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     try:
         settings = EnclaveSettings(**{k: v for k, v in overrides.items() if v is not None})
     except ValueError as exc:
-        raise typer.BadParameter(str(exc).splitlines()[0]) from None
+        raise bad_settings(exc) from None
     if settings.platform == "sim":
         typer.secho("WARNING: platform sim is NOT a TEE and protects nothing.", err=True,
                     fg=typer.colors.RED, bold=True)

@@ -13,6 +13,7 @@ from typing import Annotated
 import typer
 
 from medclave.auth.issuer import DEFAULT_AUDIENCE, DEFAULT_DATA_DIR, Directory, SigningAlg
+from medclave.cli.options import TrustedProxy, bad_settings
 from medclave.errors import MedclaveError
 
 app = typer.Typer(help="A small OpenID-style token issuer for development.", no_args_is_help=True)
@@ -43,13 +44,19 @@ def serve(
     dev_password: Annotated[
         bool, typer.Option("--dev-password", help="Enable the password grant (development only).")
     ] = False,
+    trusted_proxy: TrustedProxy = None,
 ) -> None:
     """Serve JWKS, discovery metadata and the token endpoint."""
     from medclave.auth.idp_server import build_service
     from medclave.auth.idp_server import serve as run_server
+    from medclave.serving import ServingSettings
 
     if alg not in ("EdDSA", "ES256"):
         raise typer.BadParameter("--alg is EdDSA or ES256")
+    try:
+        serving = ServingSettings(trusted_proxies=tuple(trusted_proxy or ()))
+    except ValueError as exc:  # pydantic's ValidationError
+        raise bad_settings(exc) from None
     signing_alg: SigningAlg = "EdDSA" if alg == "EdDSA" else "ES256"
     with _refusals():
         service = build_service(
@@ -61,7 +68,7 @@ def serve(
         )
     if dev_password:
         typer.echo("WARNING: the password grant is enabled; never do this in production.", err=True)
-    run_server(service, host=host, port=port)
+    run_server(service, host=host, port=port, serving=serving)
 
 
 @app.command("add-client")

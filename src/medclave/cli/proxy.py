@@ -17,6 +17,7 @@ from typing import Annotated
 
 import typer
 
+from medclave.cli.options import TrustedProxy, bad_settings
 from medclave.errors import MedclaveError
 
 app = typer.Typer(help="The local OpenAI-compatible proxy to an attested enclave.")
@@ -45,6 +46,7 @@ def proxy(
         "--role", help="admission: a role allowed to call the model (repeat)")] = None,
     authz_policies: Annotated[Path | None, typer.Option(
         "--authz-policies", help="admission: folder of Cedar policies (default: bundled)")] = None,
+    trusted_proxy: TrustedProxy = None,
 ) -> None:
     """Serve until interrupted."""
     from medclave.attestation.policy import load_policy
@@ -58,13 +60,16 @@ def proxy(
                                  auth_jwks_file=jwks, auth_jwks_url=jwks_url,
                                  auth_audience=audience, auth_tenant=tenant,
                                  auth_roles=tuple(role or ("clinician",)),
-                                 auth_policies_dir=authz_policies)
+                                 auth_policies_dir=authz_policies,
+                                 trusted_proxies=tuple(trusted_proxy or ()))
         admission = admission_for(settings)  # refuse a bad JWKS or policy folder before listening
         if admission is not None:
             admission.close()
     except MedclaveError as exc:
         sys.stdout.write(json.dumps({"error": exc.to_dict()}, indent=2) + "\n")
         raise typer.Exit(2) from None
+    except ValueError as exc:  # pydantic's ValidationError: a bad flag or environment value
+        raise bad_settings(exc) from None
     if host not in ("127.0.0.1", "::1", "localhost"):
         typer.secho(f"WARNING: listening on {host}: apps reach the proxy in plain HTTP.",
                     err=True, fg=typer.colors.YELLOW)

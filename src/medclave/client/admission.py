@@ -17,7 +17,6 @@ that protects data.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -30,6 +29,7 @@ from medclave.auth.entities import Model
 from medclave.auth.jwks import HttpJwks, JwksProvider, StaticJwks
 from medclave.auth.replay import MemoryReplayCache
 from medclave.auth.tokens import Identity, IssuerConfig, TokenOptions, is_valid_name
+from medclave.crypto.canonical import load_json
 from medclave.errors import AuthError, InputError
 from medclave.protocol.inference import INNER_AUTHORITY, MODELS_PATH
 
@@ -64,8 +64,8 @@ class AdmissionConfig:
 def requested_model(body: bytes) -> str:
     """The ``model`` an OpenAI request body names, as a Cedar entity id (bounded, printable)."""
     try:
-        value = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
+        value = load_json(body)
+    except InputError:  # not JSON, or nested too deep to parse: the enclave refuses it
         return UNNAMED_MODEL
     model = value.get("model") if isinstance(value, dict) else None
     if isinstance(model, str) and 0 < len(model) <= MAX_MODEL_ID and model.isprintable():

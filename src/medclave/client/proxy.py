@@ -6,6 +6,7 @@ the upstream enclave against the hospital's policy, then forwards each request e
 ``GET /medclave/status`` shows the last verified evidence. It listens on loopback only by
 default: between the app and the proxy the traffic is plain.
 
+A body that is not JSON is refused here (400 ``input.malformed``), before anything is attested.
 Refusals reach the app as OpenAI-shaped errors (``{"error": {"code": "attestation...."}}``),
 with status 502 when the upstream could not be trusted or reached.
 
@@ -19,7 +20,6 @@ enclave's authoritative check.
 
 from __future__ import annotations
 
-import json
 import logging
 from datetime import timedelta
 from functools import lru_cache
@@ -35,9 +35,10 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from medclave.attestation.policy import load_policy
 from medclave.client.admission import AdmissionConfig, ProxyAdmission, build_admission
 from medclave.client.session import EnclaveSession, summary, system_clock
+from medclave.crypto.canonical import load_json
 from medclave.errors import InputError, MedclaveError
 from medclave.protocol import inference as proto
-from medclave.serving import install_refusal_handler, read_limited_body
+from medclave.serving import ServingSettings, install_error_handlers, read_limited_body, run_server
 
 log = logging.getLogger("medclave.proxy")
 
@@ -45,7 +46,9 @@ MAX_BODY = proto.MAX_INNER_BODY
 _PASS_HEADERS = ("content-type", proto.REQUEST_ID_HEADER, proto.RECEIPT_HEADER)
 
 
-class ProxySettings(BaseSettings):
+class ProxySettings(BaseSettings, ServingSettings):
+    """Network settings (trusted proxies, read deadlines) are :class:`ServingSettings`'."""
+
     model_config = SettingsConfigDict(env_prefix="MEDCLAVE_PROXY_", extra="forbid", frozen=True)
 
     upstream: str
@@ -114,10 +117,8 @@ BodyDep = Annotated[bytes, Depends(read_body)]
 
 
 def _wants_stream(body: bytes) -> bool:
-    try:
-        value = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
-        return False  # the enclave answers the malformed body with its own 400
+    """Whether the request asks for a stream; ``input.malformed`` when the body is not JSON."""
+    value = load_json(body, what="the request body")
     return isinstance(value, dict) and value.get("stream") is True
 
 
@@ -193,6 +194,19 @@ def _log_refusal(request: Request, exc: MedclaveError) -> None:
     log.warning("refused %s %s: %s", request.method, request.url.path, exc.code)
 
 
+def _route_error(status: int) -> JSONResponse:
+    """An unknown route (404) or method (400), answered as the enclave answers them."""
+    response = _error(InputError("input.malformed", "no such route"))
+    response.status_code = 404 if status == 404 else 400
+    return response
+
+
+def _log_unexpected(request: Request, exc: Exception) -> None:
+    # The type only: an exception's message or traceback may carry request content (PHI).
+    log.error("internal error on %s %s: %s", request.method, request.url.path,
+              type(exc).__name__)
+
+
 def create_proxy_app(session: EnclaveSession, admission: ProxyAdmission | None = None
                      ) -> FastAPI:
     """The proxy app; ``admission`` None lets every local app through to the enclave's check."""
@@ -201,21 +215,20 @@ def create_proxy_app(session: EnclaveSession, admission: ProxyAdmission | None =
     app.state.session = session
     app.state.admission = admission
     app.include_router(router)
-    install_refusal_handler(app, render=_error, log_refusal=_log_refusal)
+    install_error_handlers(app, render=_error, log_refusal=_log_refusal,
+                           route_error=_route_error, log_unexpected=_log_unexpected)
     return app
 
 
 def serve(settings: ProxySettings) -> None:
-    import uvicorn
-
     admission = admission_for(settings)
     if admission is None:
         log.warning("proxy admission is off: every local app's request goes to the enclave, "
                     "which still authenticates and authorizes it")
     session = session_for(settings)
     try:
-        uvicorn.run(create_proxy_app(session, admission), host=settings.host, port=settings.port,
-                    log_level="info", server_header=False, date_header=False)
+        run_server(create_proxy_app(session, admission), settings, host=settings.host,
+                   port=settings.port, log_level="info")
     finally:
         session.close()
         if admission is not None:

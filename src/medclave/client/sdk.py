@@ -51,7 +51,7 @@ def _check(answer: InnerResponse) -> dict[str, Any]:
         raise error_from_body(answer.status, answer.body)
     try:
         value = json.loads(answer.body)
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:
         raise ClientError("client.upstream_failed", "the enclave answered non-JSON") from exc
     if not isinstance(value, dict):
         raise ClientError("client.upstream_failed", "the enclave answered a non-object")
@@ -71,7 +71,11 @@ def _events(stream: StreamedResponse) -> Iterator[dict[str, Any]]:
                 data = line[5:].strip()
                 if data == b"[DONE]":
                     continue
-                value = json.loads(data)
+                try:
+                    value = json.loads(data)
+                except (ValueError, RecursionError) as exc:
+                    raise ClientError("client.upstream_failed",
+                                      "the enclave streamed an event that is not JSON") from exc
                 if isinstance(value, dict) and "error" in value and "choices" not in value:
                     raise error_from_body(500, data)
                 if isinstance(value, dict):

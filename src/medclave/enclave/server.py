@@ -4,12 +4,10 @@ benchmarks and the demo, in a background thread on a socket it binds itself (por
 
 from __future__ import annotations
 
-import uvicorn
-
 from medclave.enclave.app import create_app
 from medclave.enclave.boot import boot
 from medclave.enclave.settings import EnclaveSettings
-from medclave.serving import BackgroundServer
+from medclave.serving import BackgroundServer, run_server
 
 __all__ = ["BackgroundServer", "serve"]
 
@@ -18,8 +16,7 @@ def serve(settings: EnclaveSettings) -> None:
     """Boot, then serve until interrupted; release the model and keys on the way out."""
     booted = boot(settings)
     try:
-        uvicorn.run(create_app(booted.service, settings), host=settings.host, port=settings.port,
-                    log_level="info", server_header=False, date_header=False,
-                    access_log=False)
+        run_server(create_app(booted.service, settings), settings, host=settings.host,
+                   port=settings.port, log_level="info", access_log=False)
     finally:
         booted.close()

@@ -15,9 +15,12 @@ from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from medclave.enclave.model import DEFAULT_MODEL_ID
+from medclave.serving import ServingSettings
 
 
-class EnclaveSettings(BaseSettings):
+class EnclaveSettings(BaseSettings, ServingSettings):
+    """Network settings (trusted proxies, read deadlines) are :class:`ServingSettings`'."""
+
     model_config = SettingsConfigDict(env_prefix="MEDCLAVE_ENCLAVE_", extra="forbid",
                                       frozen=True)
 

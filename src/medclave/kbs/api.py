@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
 from dataclasses import dataclass
 from typing import Annotated, Any, TypeVar
 
 from fastapi import APIRouter, Depends, Query, Response
 from pydantic import BaseModel, ValidationError
 
+from medclave.crypto.canonical import load_json
 from medclave.errors import InputError, MedclaveError
 from medclave.kbs.deps import BodyDep, BrokerDep, ClientDep, OwnerDep, rate_limit
 from medclave.kbs.models import (
@@ -177,7 +177,7 @@ def set_policy(
     expected_version: Annotated[int | None, Query(ge=0)] = None,
 ) -> PolicyOut:
     resource = path.resource
-    policy = release_policy_from_obj(_json_obj(body))
+    policy = release_policy_from_obj(load_json(body))
     broker.set_policy(owner, resource, policy, client_id=client, expected_version=expected_version)
     return _policy_out(broker, owner, resource, None, client)
 
@@ -225,9 +225,3 @@ def _policy_out(
         policy=policy.model_dump(mode="json"),
     )
 
-
-def _json_obj(body: bytes) -> Any:
-    try:
-        return json.loads(body)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise InputError("input.malformed", "the body is not JSON") from exc

@@ -23,14 +23,12 @@ def get_broker(request: Request) -> KeyBroker:
 BrokerDep = Annotated[KeyBroker, Depends(get_broker)]
 
 
-def client_id(request: Request, settings: SettingsDep) -> str:
-    """The network identity the rate limit and decision log use."""
-    if settings.trust_forwarded_for:
-        forwarded = request.headers.get("x-forwarded-for", "")
-        if forwarded:
-            return "ip:" + forwarded.split(",")[0].strip()[:64]
+def client_id(request: Request) -> str:
+    """The network identity the rate limit and decision log use: the TCP peer, which uvicorn
+    replaces by the forwarded client only on connections from a configured trusted proxy
+    (:class:`~medclave.serving.ServingSettings`); the headers are never read here."""
     host = request.client.host if request.client else "unknown"
-    return f"ip:{host}"
+    return f"ip:{host[:64]}"
 
 
 ClientDep = Annotated[str, Depends(client_id)]

@@ -76,7 +76,7 @@ def parse_release_policy(data: bytes, *, fmt: str | None = None) -> ReleasePolic
             if fmt == "json" or (fmt is None and text.lstrip().startswith("{"))
             else tomllib.loads(text)
         )
-    except (UnicodeDecodeError, ValueError) as exc:
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise PolicyError("policy.invalid", f"not valid TOML or JSON: {exc}") from exc
     return release_policy_from_obj(raw)
 

@@ -4,27 +4,19 @@ benchmarks, in a background thread on a socket it binds itself (port 0: the OS p
 
 from __future__ import annotations
 
-import uvicorn
-
 from medclave.errors import InputError
 from medclave.kbs.app import create_app
 from medclave.kbs.settings import KbsSettings
-from medclave.serving import BackgroundServer
+from medclave.serving import BackgroundServer, run_server
 
 __all__ = ["BackgroundServer", "serve"]
 
 
 def serve(settings: KbsSettings) -> None:
-    """Run until interrupted (HTTPS when the settings name a certificate and key)."""
+    """Run until interrupted (HTTPS when the settings name a certificate and key), as
+    :func:`medclave.serving.run_server` configures every service."""
     if (settings.tls_cert_file is None) != (settings.tls_key_file is None):
         raise InputError("config.invalid", "TLS needs both tls_cert_file and tls_key_file")
-    uvicorn.run(
-        create_app(settings),
-        host=settings.host,
-        port=settings.port,
-        log_level="info",
-        server_header=False,
-        date_header=False,
-        ssl_certfile=settings.tls_cert_file,
-        ssl_keyfile=settings.tls_key_file,
-    )
+    run_server(create_app(settings), settings, host=settings.host, port=settings.port,
+               log_level="info", ssl_certfile=settings.tls_cert_file,
+               ssl_keyfile=settings.tls_key_file)

@@ -1,5 +1,10 @@
 """The broker's configuration: one pydantic-settings model, ``MEDCLAVE_KBS_*`` in the environment.
 
+How it meets the network (trusted proxies, read deadlines) is :class:`~medclave.serving.
+ServingSettings`: ``MEDCLAVE_KBS_TRUSTED_PROXIES`` and the rest. The client address the rate
+limit and the decision log use is the TCP peer's, or, only behind a listed proxy, the address that
+proxy forwarded.
+
 The KEK comes from ``MEDCLAVE_KBS_KEK`` (base64, for containers handed a secret) when set, else
 from the 0600 file ``kek_file`` (default ``DATA/kek.key``, created on first start).
 """
@@ -13,8 +18,10 @@ from typing import Literal
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from medclave.serving import ServingSettings
 
-class KbsSettings(BaseSettings):
+
+class KbsSettings(BaseSettings, ServingSettings):
     model_config = SettingsConfigDict(env_prefix="MEDCLAVE_KBS_", extra="forbid", frozen=True)
 
     host: str = "127.0.0.1"
@@ -38,8 +45,6 @@ class KbsSettings(BaseSettings):
     rate_per_second: float = Field(default=20.0, gt=0)
     rate_burst: int = Field(default=40, ge=1)
     max_request_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
-    # Read the client address from X-Forwarded-For only behind a proxy you run.
-    trust_forwarded_for: bool = False
 
     @property
     def kek_path(self) -> Path:

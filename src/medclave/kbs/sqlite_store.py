@@ -4,6 +4,10 @@ Every change is one ``BEGIN IMMEDIATE`` transaction, so a broker killed mid-rota
 database at the old version or the new one, never between (SQLite's atomic commit, sqlite.org
 "Atomic Commit In SQLite"). ``synchronous=FULL``: a committed key survives power loss as well.
 One connection, serialised by a lock: the broker's write rate is tiny and this keeps it simple.
+
+Schema 2 (decision-log retention, :mod:`medclave.kbs.store`): ``decisions`` gained ``count`` and
+``bucket`` (the aggregate key's minute; NULL for a permanent row). A schema-1 store is migrated
+forward on open, in one transaction: its rows become permanent rows with a count of one.
 """
 
 from __future__ import annotations
@@ -21,15 +25,19 @@ from typing import Any
 from medclave.errors import KbsError
 from medclave.kbs.names import ResourceName
 from medclave.kbs.store import (
+    MAX_AGGREGATED_DECISIONS,
     NONCE_MEMORY,
     Decision,
     NonceState,
     PolicyVersion,
     ResourceInfo,
     SecretVersion,
+    aggregate_key,
+    is_aggregated,
 )
 
-SCHEMA_VERSION = "1"
+SCHEMA_VERSION = "2"
+_MIGRATES_FROM = ("1",)
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS owner_tokens (
@@ -52,12 +60,23 @@ CREATE TABLE IF NOT EXISTS decisions (
     id INTEGER PRIMARY KEY AUTOINCREMENT, at TEXT NOT NULL, action TEXT NOT NULL,
     resource TEXT NOT NULL, owner TEXT NOT NULL, outcome TEXT NOT NULL, client TEXT NOT NULL,
     code TEXT, version INTEGER, detail TEXT NOT NULL, policy_digest TEXT NOT NULL,
-    evidence_sha256 TEXT NOT NULL, checks TEXT NOT NULL, actor TEXT NOT NULL DEFAULT '');
+    evidence_sha256 TEXT NOT NULL, checks TEXT NOT NULL, actor TEXT NOT NULL DEFAULT '',
+    count INTEGER NOT NULL DEFAULT 1, bucket TEXT);
 CREATE INDEX IF NOT EXISTS decisions_owner ON decisions (owner, id);
 """
-# Stores created before decisions named their actor get the column (empty for old rows).
-_ACTOR_COLUMN = "ALTER TABLE decisions ADD COLUMN actor TEXT NOT NULL DEFAULT ''"
-_ACTOR_INDEX = "CREATE INDEX IF NOT EXISTS decisions_actor ON decisions (actor, id)"
+# Columns older stores lack, added in place (old rows: no actor, permanent, a count of one).
+_ADDED_COLUMNS = {
+    "actor": "ALTER TABLE decisions ADD COLUMN actor TEXT NOT NULL DEFAULT ''",
+    "count": "ALTER TABLE decisions ADD COLUMN count INTEGER NOT NULL DEFAULT 1",
+    "bucket": "ALTER TABLE decisions ADD COLUMN bucket TEXT",
+}
+_INDEXES = (
+    "CREATE INDEX IF NOT EXISTS decisions_actor ON decisions (actor, id)",
+    # One aggregate row per key; permanent rows (bucket NULL) are outside both indexes.
+    "CREATE UNIQUE INDEX IF NOT EXISTS decisions_aggregate"
+    " ON decisions (bucket, action, resource, code, client) WHERE bucket IS NOT NULL",
+    "CREATE INDEX IF NOT EXISTS decisions_aggregated ON decisions (id) WHERE bucket IS NOT NULL",
+)
 
 
 def _ts(value: datetime) -> str:
@@ -75,8 +94,9 @@ def _not_found(resource: ResourceName, what: str = "resource") -> KbsError:
 class SqliteStore:
     """A :class:`~medclave.kbs.store.KbsStore` in one SQLite file (WAL journal)."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, max_aggregated: int = MAX_AGGREGATED_DECISIONS) -> None:
         self.path = path
+        self._max_aggregated = max_aggregated
         self._lock = threading.Lock()
         try:
             # Wrapped secrets and token hashes: owner-only. SQLite gives its -wal and -shm files
@@ -91,21 +111,25 @@ class SqliteStore:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")
             self._db.executescript(_SCHEMA)
-            columns = {r[1] for r in self._db.execute("PRAGMA table_info(decisions)")}
-            if "actor" not in columns:
-                self._db.execute(_ACTOR_COLUMN)
-            self._db.execute(_ACTOR_INDEX)
-            row = self._db.execute("SELECT value FROM meta WHERE key='schema'").fetchone()
-            if row is None:
-                self._db.execute(
-                    "INSERT OR IGNORE INTO meta VALUES ('schema', ?)", (SCHEMA_VERSION,)
-                )
-            elif row[0] != SCHEMA_VERSION:
-                raise KbsError(
-                    "kbs.unavailable", f"store schema {row[0]}, expected {SCHEMA_VERSION}"
-                )
+            with self._tx() as db:
+                self._migrate(db)
         except sqlite3.Error as exc:
             raise KbsError("kbs.unavailable", f"cannot open store {path.name}: {exc}") from exc
+
+    @staticmethod
+    def _migrate(db: sqlite3.Connection) -> None:
+        """Bring the store to :data:`SCHEMA_VERSION` (inside the caller's transaction, so a crash
+        leaves it as it was); refuse a schema this code does not know."""
+        row = db.execute("SELECT value FROM meta WHERE key='schema'").fetchone()
+        if row is not None and row[0] != SCHEMA_VERSION and row[0] not in _MIGRATES_FROM:
+            raise KbsError("kbs.unavailable", f"store schema {row[0]}, expected {SCHEMA_VERSION}")
+        columns = {r[1] for r in db.execute("PRAGMA table_info(decisions)")}
+        for column, ddl in _ADDED_COLUMNS.items():
+            if column not in columns:
+                db.execute(ddl)
+        for ddl in _INDEXES:
+            db.execute(ddl)
+        db.execute("INSERT OR REPLACE INTO meta VALUES ('schema', ?)", (SCHEMA_VERSION,))
 
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
@@ -320,11 +344,19 @@ class SqliteStore:
     # decisions
     def record_decision(self, decision: Decision) -> None:
         d = decision
+        key = aggregate_key(d) if is_aggregated(d) else None
         with self._tx() as db:
+            if key is not None:
+                counted = db.execute(
+                    "UPDATE decisions SET count = count + ? WHERE bucket=? AND action=?"
+                    " AND resource=? AND code=? AND client=?", (d.count, *key)
+                ).rowcount
+                if counted:
+                    return
             db.execute(
                 "INSERT INTO decisions (at, action, resource, owner, outcome, client, code,"
-                " version, detail, policy_digest, evidence_sha256, checks, actor)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " version, detail, policy_digest, evidence_sha256, checks, actor, count, bucket)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     _ts(d.at),
                     d.action,
@@ -339,15 +371,24 @@ class SqliteStore:
                     d.evidence_sha256,
                     json.dumps(list(d.checks)),
                     d.actor,
+                    d.count,
+                    None if key is None else key[0],
                 ),
             )
+            if key is not None:
+                # The retention bound: the newest aggregate rows stay, the oldest go.
+                db.execute(
+                    "DELETE FROM decisions WHERE id IN (SELECT id FROM decisions"
+                    " WHERE bucket IS NOT NULL ORDER BY id DESC LIMIT -1 OFFSET ?)",
+                    (self._max_aggregated,),
+                )
 
     def decisions(
         self, *, owner: str | None = None, resource: str | None = None, limit: int = 100
     ) -> list[Decision]:
         sql = (
             "SELECT at, action, resource, outcome, client, code, version, detail, policy_digest,"
-            " evidence_sha256, checks, actor FROM decisions"
+            " evidence_sha256, checks, actor, count FROM decisions"
             " WHERE (?1 IS NULL OR owner = ?1 OR actor = ?1) AND (?2 IS NULL OR resource = ?2)"
             " ORDER BY id DESC LIMIT ?3"
         )
@@ -366,6 +407,7 @@ class SqliteStore:
                 evidence_sha256=str(r[9]),
                 checks=tuple(json.loads(str(r[10]))),
                 actor=str(r[11]),
+                count=int(r[12]),
             )
             for r in rows
         ]

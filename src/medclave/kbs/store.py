@@ -5,13 +5,23 @@ plaintext key. Every change is a new version; the previous versions stay until t
 them, and the current version can never be retired (so a resource always has one usable key).
 Rotation is one atomic step: the new version and the move of ``current`` to it commit together,
 guarded by the version the caller saw (optimistic concurrency: ``kbs.conflict`` when it moved).
+
+Decision log retention. Every decision on an owner's resources stays for good: releases, refusals
+of evidence that verified (a real TEE that the policy turned away), and every owner-API call made
+with a valid owner credential. Refusals of callers who proved nothing (an unknown, spent or
+expired nonce, a malformed request, evidence that does not verify, a failed owner authentication)
+cost the caller nothing to repeat, so they are not kept one row each: they are counted, one row
+per (minute, action, resource, code, client) with ``count`` requests in it (the first request's
+detail), and at most :data:`MAX_AGGREGATED_DECISIONS` such rows are kept, the oldest dropped
+first. Permanent rows are never dropped to make room. :func:`is_aggregated` is the rule.
 """
 
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from collections import OrderedDict
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime, timedelta
 from enum import Enum
 from typing import Any, Literal, Protocol
 
@@ -21,6 +31,8 @@ from medclave.kbs.names import ResourceName
 # A spent or expired nonce is remembered this long past its expiry, so a replay is reported as
 # a replay rather than as an unknown nonce (both are refused either way).
 NONCE_MEMORY = timedelta(minutes=10)
+# At most this many aggregated refusal rows (module docstring); about 3 MB in SQLite.
+MAX_AGGREGATED_DECISIONS = 10_000
 
 
 class NonceState(Enum):
@@ -77,6 +89,7 @@ class Decision:
     evidence_sha256: str = ""
     checks: tuple[str, ...] = ()  # "name:ok" / "name:failed", in order
     actor: str = ""
+    count: int = 1  # requests this row stands for (more than one only when aggregated)
 
     @property
     def owner(self) -> str:
@@ -99,7 +112,25 @@ class Decision:
             "evidence_sha256": self.evidence_sha256,
             "checks": list(self.checks),
             "actor": self.actor,
+            "count": self.count,
         }
+
+
+def is_aggregated(decision: Decision) -> bool:
+    """Whether ``decision`` is counted in an aggregate row rather than kept as its own: a refusal
+    made by no owner credential (``actor``) and on no evidence that verified (every check ok)."""
+    verified = bool(decision.checks) and all(c.endswith(":ok") for c in decision.checks)
+    return (decision.outcome == "refused" and decision.code is not None
+            and not decision.actor and not verified)
+
+
+AggregateKey = tuple[str, str, str, str, str]
+
+
+def aggregate_key(decision: Decision) -> AggregateKey:
+    """The aggregate row a decision counts in: its UTC minute, action, resource, code, client."""
+    minute = decision.at.astimezone(UTC).replace(second=0, microsecond=0).isoformat()
+    return (minute, decision.action, decision.resource, decision.code or "", decision.client)
 
 
 class KbsStore(Protocol):
@@ -143,7 +174,9 @@ class KbsStore(Protocol):
     def spend_nonce(self, nonce: bytes, now: datetime) -> NonceState: ...
 
     # decisions
-    def record_decision(self, decision: Decision) -> None: ...
+    def record_decision(self, decision: Decision) -> None:
+        """Keep ``decision``, or count it in its aggregate row (:func:`is_aggregated`)."""
+        ...
     def decisions(
         self, *, owner: str | None = None, resource: str | None = None, limit: int = 100
     ) -> list[Decision]: ...
@@ -164,13 +197,17 @@ class _Versions:
 class MemoryStore:
     """A :class:`KbsStore` in process memory: for tests and throwaway brokers."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, max_aggregated: int = MAX_AGGREGATED_DECISIONS) -> None:
         self._lock = threading.Lock()
         self._tokens: dict[str, list[bytes]] = {}
         self._secrets: dict[str, _Versions] = {}
         self._policies: dict[str, _Versions] = {}
         self._nonces: dict[bytes, tuple[datetime, bool]] = {}
-        self._decisions: list[Decision] = []
+        # Row id -> decision, in insertion order; aggregate rows by key, oldest first.
+        self._decisions: dict[int, Decision] = {}
+        self._next_id = 0
+        self._aggregates: OrderedDict[AggregateKey, int] = OrderedDict()
+        self._max_aggregated = max_aggregated
 
     # owners
     def add_owner_token(self, owner: str, token_hash: bytes, created: datetime) -> None:
@@ -318,7 +355,18 @@ class MemoryStore:
     # decisions
     def record_decision(self, decision: Decision) -> None:
         with self._lock:
-            self._decisions.append(decision)
+            key = aggregate_key(decision) if is_aggregated(decision) else None
+            row = self._aggregates.get(key) if key is not None else None
+            if row is not None:
+                held = self._decisions[row]
+                self._decisions[row] = replace(held, count=held.count + decision.count)
+                return
+            self._next_id += 1
+            self._decisions[self._next_id] = decision
+            if key is not None:
+                self._aggregates[key] = self._next_id
+                while len(self._aggregates) > self._max_aggregated:
+                    del self._decisions[self._aggregates.popitem(last=False)[1]]
 
     def decisions(
         self, *, owner: str | None = None, resource: str | None = None, limit: int = 100
@@ -326,7 +374,7 @@ class MemoryStore:
         with self._lock:
             out = [
                 d
-                for d in reversed(self._decisions)
+                for d in reversed(self._decisions.values())
                 if (owner is None or owner in (d.owner, d.actor))
                 and (resource is None or d.resource == resource)
             ]

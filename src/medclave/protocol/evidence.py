@@ -1,7 +1,10 @@
 """The evidence bundle (version 1): what an enclave sends to prove what it runs.
 
 ``runtime`` is kept as plain JSON so its canonical form, which report_data binds, survives the
-round trip byte for byte; :class:`Runtime` is the typed view used to build and read it.
+round trip byte for byte; :class:`Runtime` is the typed view used to build and read it. A runtime
+without a canonical form (RFC 8785: an integer beyond ±(2^53 − 1), say) cannot be bound, so a
+bundle carrying one does not parse: every reader refuses it as malformed input, before any
+verification.
 """
 
 from __future__ import annotations
@@ -9,7 +12,10 @@ from __future__ import annotations
 import base64
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from medclave.crypto.canonical import canonical_json
+from medclave.errors import InputError
 
 MEDIA_TYPE = "application/vnd.medclave.evidence+json"
 MAX_BUNDLE_BYTES = 2 * 1024 * 1024
@@ -49,6 +55,15 @@ class EvidenceBundle(BaseModel):
     nonce: str = Field(pattern=r"^[0-9a-f]{0,128}$")
     runtime: dict[str, Any]
     gpu: list[GpuEvidence] = Field(default_factory=list, max_length=8)
+
+    @field_validator("runtime")
+    @classmethod
+    def _bindable(cls, value: dict[str, Any]) -> dict[str, Any]:
+        try:
+            canonical_json(value)
+        except InputError as exc:
+            raise ValueError(f"runtime: {exc.detail}") from exc
+        return value
 
     def evidence_bytes(self) -> bytes:
         return base64.b64decode(self.evidence, validate=True)
