@@ -7,6 +7,7 @@ import hashlib
 import json
 import os
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -19,7 +20,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import Response
 
 from medclave.attestation.policy import AppraisalPolicy
-from medclave.audit import generate_commitment_key
+from medclave.audit import AuditEntry, AuditLog, generate_commitment_key, parse_entry
 from medclave.auth.issuer import TokenIssuer, load_or_create_signing_key
 from medclave.enclave.app import create_app
 from medclave.enclave.boot import Booted, boot
@@ -30,6 +31,7 @@ from medclave.enclave.engines.base import (
     SamplingParams,
     run_streaming,
 )
+from medclave.enclave.hooks import AuditLogSink
 from medclave.enclave.model import DEFAULT_MODEL_SHA256, default_model_path
 from medclave.enclave.server import BackgroundServer
 from medclave.enclave.settings import EnclaveSettings
@@ -261,6 +263,23 @@ def start_enclave(folder: Path, idp: Idp | None, *, engine: Any = None,
     booted = boot(settings, engine_factory=lambda path, s: the_engine)
     server = BackgroundServer(create_app(booted.service, settings)).start()
     return Enclave(booted, server, the_engine, settings)
+
+
+def audit_log(enclave: Enclave) -> AuditLog:
+    sink = enclave.booted.service.audit
+    assert isinstance(sink, AuditLogSink)
+    return sink.audit_log
+
+
+def wait_for_entry(enclave: Enclave, index: int, timeout: float = 60.0) -> AuditEntry:
+    """Entry ``index`` of the enclave's log once it is appended (polled; ``timeout`` only bounds
+    a failing test)."""
+    log = audit_log(enclave)
+    deadline = time.monotonic() + timeout
+    while log.size <= index:
+        assert time.monotonic() < deadline, f"no audit entry {index} after {timeout} s"
+        time.sleep(0.02)
+    return parse_entry(log.entry(index))
 
 
 # --- the operator's network: a relay that records (and may alter) every byte -----------------

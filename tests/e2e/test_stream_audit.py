@@ -12,42 +12,33 @@ its answer commitment must open with exactly those words.
 from __future__ import annotations
 
 import itertools
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import openai
 import pytest
 
-from medclave.audit import AuditEntry, AuditLog, open_commitment, parse_commitment_key, parse_entry
+from medclave.audit import AuditEntry, open_commitment, parse_commitment_key
 from medclave.client import MedclaveClient
 from medclave.client.proxy import create_proxy_app
 from medclave.client.session import EnclaveSession
-from medclave.enclave.hooks import AuditLogSink
 from medclave.enclave.model import DEFAULT_MODEL_ID
 from medclave.enclave.server import BackgroundServer
-from tests.e2e.helpers import Enclave, Idp, SlowEngine, llama_engine, sim_policy, start_enclave
+from tests.e2e.helpers import (
+    Enclave,
+    Idp,
+    SlowEngine,
+    audit_log,
+    llama_engine,
+    sim_policy,
+    start_enclave,
+    wait_for_entry,
+)
 
 MESSAGES = [{"role": "user", "content": "List forty words."}]
 COUNT = "Count from 1 to 500, separated by commas: 1, 2, 3,"
 COUNT_CHAT = [{"role": "user", "content": "Count from 1 to 500, separated by commas."}]
-LLAMA_MAX_TOKENS = 256
-
-
-def audit_log(enclave: Enclave) -> AuditLog:
-    sink = enclave.booted.service.audit
-    assert isinstance(sink, AuditLogSink)
-    return sink.audit_log
-
-
-def wait_for_entry(enclave: Enclave, index: int, timeout: float = 60.0) -> AuditEntry:
-    """Entry ``index`` once it is appended (polled; ``timeout`` only bounds a failing test)."""
-    log = audit_log(enclave)
-    deadline = time.monotonic() + timeout
-    while log.size <= index:
-        assert time.monotonic() < deadline, f"no audit entry {index} after {timeout} s"
-        time.sleep(0.02)
-    return parse_entry(log.entry(index))
+LLAMA_MAX_TOKENS = 512  # far more than the test reads: the client leaves long before
 
 
 def tenant_key(enclave: Enclave) -> bytes:
@@ -177,7 +168,7 @@ def _check_llama_left(entry: AuditEntry, read: int, prompt_tokens: int) -> None:
     assert read <= entry.completion_tokens < LLAMA_MAX_TOKENS
     # llama.cpp stopped within a few tokens of the last one that left, far short of the limit
     # (the few: those generated while the enclave learnt that its client had gone).
-    assert _generated(prompt_tokens) <= entry.completion_tokens + 16 < LLAMA_MAX_TOKENS
+    assert _generated(prompt_tokens) <= entry.completion_tokens + 32 < LLAMA_MAX_TOKENS
 
 
 def test_sdk_client_leaving_a_llama_stream_is_recorded(llama_enclave: Enclave, idp: Idp) -> None:

@@ -26,8 +26,16 @@ from medclave.enclave.model import DEFAULT_MODEL_ID
 from medclave.enclave.server import BackgroundServer
 from medclave.errors import CATALOGUE, EnclaveError
 from medclave.protocol import inference as proto
-from tests.e2e.helpers import TENANT, Enclave, Idp, SlowEngine, make_idp, sim_policy, start_enclave
-from tests.e2e.test_stream_audit import wait_for_entry
+from tests.e2e.helpers import (
+    TENANT,
+    Enclave,
+    Idp,
+    SlowEngine,
+    make_idp,
+    sim_policy,
+    start_enclave,
+    wait_for_entry,
+)
 
 OTHER = "st-judes"
 MESSAGES = [{"role": "user", "content": "Summarise the discharge letter."}]
