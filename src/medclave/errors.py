@@ -196,6 +196,15 @@ CATALOGUE: dict[str, ErrorSpec] = {
     "enclave.busy": ErrorSpec(
         429, "Too many inferences are in progress; retry after the Retry-After interval."
     ),
+    "enclave.queue_full": ErrorSpec(
+        429, "Too many requests are waiting for the engine; retry after the Retry-After interval."
+    ),
+    # Answered to nobody (the client had gone): it names the case in the operator's log.
+    "enclave.client_gone": ErrorSpec(499, "The client left before its answer was ready."),
+    # The same for a response another user owns: its existence is not disclosed.
+    "enclave.response_not_found": ErrorSpec(
+        404, "The previous response does not exist, has expired, or is not yours."
+    ),
     "client.attestation_refused": ErrorSpec(
         502, "The server's attestation was refused; no data was sent."
     ),

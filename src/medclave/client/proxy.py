@@ -184,6 +184,12 @@ async def completions(request: Request, session: SessionDep, body: BodyDep,
     return await _forward(request, session, proto.COMPLETIONS_PATH, body, authorization)
 
 
+@router.post(proto.RESPONSES_PATH)
+async def responses(request: Request, session: SessionDep, body: BodyDep,
+                    authorization: AuthHeader = None) -> Response:
+    return await _forward(request, session, proto.RESPONSES_PATH, body, authorization)
+
+
 @router.get(proto.MODELS_PATH)
 async def models(request: Request, session: SessionDep,
                  authorization: AuthHeader = None) -> Response:

@@ -10,6 +10,11 @@ the shared pool made attestation wait 3 s), and inference is admitted only while
 once (:mod:`medclave.enclave.limits`). A streamed answer holds its slot until it ends, and is
 closed however the response ends, the client leaving included, so that it is recorded
 (:class:`~medclave.serving.ClosingStreamingResponse`).
+
+While the service works on a request (a whole answer generating, or any request waiting for the
+engine), the router listens for its client leaving and then sets the request's
+:class:`~medclave.enclave.engines.base.Cancel` (issue 10 §4: a client that timed out kept the
+engine busy to the end, and everyone queued behind it waiting).
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from fastapi import APIRouter, Depends, FastAPI, Header, Query, Request
 from fastapi.responses import JSONResponse, Response
 
 from medclave.audit.entry import Ending
+from medclave.enclave.engines.base import Cancel
 from medclave.enclave.limits import Busy, Slot, Slots
 from medclave.enclave.service import InferenceService, OuterResponse
 from medclave.enclave.settings import EnclaveSettings, get_settings
@@ -97,8 +103,38 @@ async def attestation(service: ServiceDep, limits: LimitsDep,
                     headers={"cache-control": "no-store"})
 
 
+async def _watch_client(request: Request, cancel: Cancel) -> None:
+    """Set ``cancel`` when the client disconnects. The body has been read, so the server's next
+    message is the disconnect (ASGI HTTP ``http.disconnect``); anything else is skipped."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+    cancel.set()
+
+
+async def _handle(request: Request, work: Callable[[], None], cancel: Cancel,
+                  threads: anyio.CapacityLimiter) -> None:
+    """``work`` on a worker thread while :func:`_watch_client` listens; the response takes over
+    listening once it is done. Its exception is raised as it is (not in an exception group)."""
+    failed: list[Exception] = []
+
+    def run() -> None:
+        try:
+            work()
+        except Exception as exc:
+            failed.append(exc)
+
+    async with anyio.create_task_group() as watching:
+        watching.start_soon(_watch_client, request, cancel)
+        try:
+            await anyio.to_thread.run_sync(run, limiter=threads)
+        finally:
+            watching.cancel_scope.cancel()
+    if failed:
+        raise failed[0]
+
+
 @router.post(proto.OHTTP_PATH)
-async def ohttp(service: ServiceDep, limits: LimitsDep, body: BodyDep,
+async def ohttp(request: Request, service: ServiceDep, limits: LimitsDep, body: BodyDep,
                 content_type: Annotated[str, Header()] = "") -> Response:
     slot = limits.inferences.take()
     if slot is None:
@@ -108,9 +144,10 @@ async def ohttp(service: ServiceDep, limits: LimitsDep, body: BodyDep,
         return JSONResponse(busy.to_public(), status_code=busy.status,
                             headers=dict(busy.headers()))
     done: list[OuterResponse] = []
+    cancel = Cancel()
     try:
-        await anyio.to_thread.run_sync(lambda: done.append(service.handle(body, content_type)),
-                                       limiter=limits.inference_threads)
+        await _handle(request, lambda: done.append(service.handle(body, content_type, cancel)),
+                      cancel, limits.inference_threads)
     except BaseException:
         # Cancelled while the service worked (the server stopping): a stream it opened is
         # closed, so that it is recorded and its tenant's slot freed.
@@ -120,6 +157,11 @@ async def ohttp(service: ServiceDep, limits: LimitsDep, body: BodyDep,
         raise
     outer = done[0]
     headers = {"cache-control": "no-store"}
+    if outer.stream is not None and cancel.is_set():
+        # Gone while the stream was being set up: nobody will read it.
+        await _close(outer.stream, "client_gone", limits.inference_threads)
+        slot.release()
+        return Response(status_code=499)
     if outer.stream is not None:
         return ClosingStreamingResponse(outer.stream, _closer(outer.stream, slot),
                                         limiter=limits.inference_threads,

@@ -107,6 +107,8 @@ def default_engine(model_path: str, settings: EnclaveSettings) -> Engine:
     from medclave.enclave.engines.llamacpp import LlamaCppEngine
 
     return LlamaCppEngine(model_path, n_ctx=settings.n_ctx, n_threads=settings.n_threads,
+                          max_queued=settings.max_queued_generations,
+                          retry_after=settings.busy_retry_after_seconds,
                           seed=settings.seed)
 
 

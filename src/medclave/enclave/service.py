@@ -10,6 +10,14 @@ enclave: a whole answer when the engine returns (or fails), a streamed one by it
 :class:`~medclave.enclave.streaming.StreamedAnswer` however the stream ends. A tenant may have
 ``max_concurrent_per_tenant`` inferences in progress (:mod:`medclave.enclave.limits`); one more
 is answered ``enclave.busy`` inside the encapsulation, since the tenant is known only there.
+
+Each engine call runs for a :class:`~medclave.enclave.engines.base.Generation` naming the tenant
+and user (the engine's fair queue takes turns by them) and carrying the request's
+:class:`~medclave.enclave.engines.base.Cancel`, which the router sets when the client leaves: a
+whole answer still queued never starts, one generating stops at its next token, and either is
+recorded ``client_gone`` (issue 10 §4). The Responses API (:mod:`medclave.enclave.responses`) is
+a chat request answered in another shape; the only state it keeps, for
+``previous_response_id``, stays in this process's memory (:mod:`.response_store`).
 """
 
 from __future__ import annotations
@@ -30,8 +38,17 @@ from medclave.crypto import bhttp
 from medclave.crypto.ohttp import decapsulate_request
 from medclave.crypto.ohttp_chunked import ChunkedRequestDecoder, ChunkedResponseEncoder
 from medclave.enclave import openai_api as api
+from medclave.enclave import responses
 from medclave.enclave.attester import Platform
-from medclave.enclave.engines.base import Engine, SamplingParams
+from medclave.enclave.engines.base import (
+    Cancel,
+    Completion,
+    Engine,
+    Generation,
+    GenerationCancelled,
+    SamplingParams,
+    generation_scope,
+)
 from medclave.enclave.hooks import (
     AuditSink,
     AuthorizationHook,
@@ -41,7 +58,8 @@ from medclave.enclave.hooks import (
 )
 from medclave.enclave.keys import KeyRing
 from medclave.enclave.limits import Busy, Slot, Slots
-from medclave.enclave.streaming import AnswerStream, StreamedAnswer, ending_of
+from medclave.enclave.response_store import ResponseStore
+from medclave.enclave.streaming import AnswerStream, Shaper, StreamedAnswer, ending_of
 from medclave.errors import EnclaveError, InputError, MedclaveError
 from medclave.protocol import inference as proto
 from medclave.protocol.evidence import EvidenceBundle
@@ -50,6 +68,8 @@ log = logging.getLogger("medclave.enclave")
 
 Clock = Callable[[], datetime]
 SERVICE = "medclave-inference/1"
+# Endings after which a Responses answer may be continued (previous_response_id).
+_CONTINUABLE: frozenset[Ending] = frozenset({"stop", "length", "tool_calls"})
 
 
 @dataclass(frozen=True)
@@ -110,7 +130,7 @@ class InferenceService:
     def __init__(self, *, engine: Engine, keys: KeyRing, platform: Platform,
                  identity: EnclaveIdentity, authorization: AuthorizationHook, audit: AuditSink,
                  clock: Clock, max_tokens_limit: int = 1024, max_concurrent_per_tenant: int = 8,
-                 retry_after: int = 1) -> None:
+                 retry_after: int = 1, response_store: ResponseStore | None = None) -> None:
         self.engine = engine
         self.keys = keys
         self.platform = platform
@@ -121,6 +141,8 @@ class InferenceService:
         self._limit = max_tokens_limit
         self.tenant_slots = Slots(max_concurrent_per_tenant)
         self._retry_after = retry_after
+        self.responses = response_store or ResponseStore(ttl=3600, per_user=64,
+                                                         max_bytes=64 * 1024 * 1024)
         self.started = int(clock().timestamp())
 
     # --- attestation ---------------------------------------------------------------------------
@@ -148,14 +170,16 @@ class InferenceService:
 
     # --- the OHTTP door --------------------------------------------------------------------------
 
-    def handle(self, body: bytes, content_type: str) -> OuterResponse:
+    def handle(self, body: bytes, content_type: str, cancel: Cancel | None = None
+               ) -> OuterResponse:
+        """``cancel``: set (from any thread) when the client has gone; see the module."""
         media = content_type.split(";", 1)[0].strip().lower()
         rid = secrets.token_hex(12)
         started = time.perf_counter()
         if media == proto.OHTTP_REQUEST:
             plaintext, context = decapsulate_request(self.keys.usable(), body,
                                                      max_size=proto.MAX_OUTER_REQUEST)
-            answer = self._process(rid, plaintext, streaming=False)
+            answer = self._process(rid, plaintext, streaming=False, cancel=cancel)
             inner = bhttp.Response(answer.status, tuple(answer.headers), answer.body).encode()
             sealed = context.encapsulate(inner)
             self._log(rid, answer, len(body), len(sealed), started)
@@ -164,7 +188,7 @@ class InferenceService:
             decoder = ChunkedRequestDecoder(self.keys.usable())
             plaintext = b"".join(decoder.feed(body, end=True))
             encoder = decoder.response_encoder()
-            answer = self._process(rid, plaintext, streaming=True)
+            answer = self._process(rid, plaintext, streaming=True, cancel=cancel)
             pieces = self._chunked(rid, answer, encoder, len(body), started)
             return OuterResponse(200, proto.CHUNKED_RESPONSE,
                                  stream=AnswerStream(pieces, answer.streamed))
@@ -213,7 +237,8 @@ class InferenceService:
 
     # --- inside the encapsulation --------------------------------------------------------------
 
-    def _process(self, rid: str, plaintext: bytes, *, streaming: bool) -> _Answer:
+    def _process(self, rid: str, plaintext: bytes, *, streaming: bool,
+                 cancel: Cancel | None = None) -> _Answer:
         try:
             request = proto.decode_inner_request(plaintext)
             expected = proto.INNER_PATHS.get(request.path)
@@ -234,9 +259,16 @@ class InferenceService:
                 body = api.models_answer(self.identity.model_id, self.started,
                                          self.identity.model_digest)
                 return self._json(rid, body)
-            chat = request.path == proto.CHAT_PATH
-            parsed = api.parse_request(api.ChatRequest if chat else api.CompletionRequest,
-                                       request.json())
+            conversation: responses.Conversation | None = None
+            if request.path == proto.RESPONSES_PATH:
+                conversation = responses.Conversation(
+                    responses.parse_request(request.json()), self.responses,
+                    (principal.tenant, principal.subject))
+                parsed = api.parse_request(api.ChatRequest, conversation.chat_body())
+            else:
+                chat = request.path == proto.CHAT_PATH
+                parsed = api.parse_request(api.ChatRequest if chat else api.CompletionRequest,
+                                           request.json())
             if parsed.model not in (None, self.identity.model_id):
                 raise EnclaveError("enclave.bad_request",
                                    f"model {parsed.model!r} is not served here; "
@@ -255,7 +287,9 @@ class InferenceService:
                            f"{self.tenant_slots.limit} inferences in progress; retry later",
                            retry_after=self._retry_after)
             try:
-                answer = self._infer(rid, principal, parsed, params, slot)
+                answer = self._infer(rid, principal, parsed, params, slot,
+                                     Generation(principal.tenant, principal.subject,
+                                                cancel or Cancel()), conversation)
             except BaseException:
                 slot.release()
                 raise
@@ -278,10 +312,12 @@ class InferenceService:
 
     def _infer(self, rid: str, principal: Principal,
                parsed: api.ChatRequest | api.CompletionRequest, params: SamplingParams,
-               slot: Slot) -> _Answer:
+               slot: Slot, generation: Generation,
+               conversation: responses.Conversation | None) -> _Answer:
         created = int(self._clock().timestamp())
         model = self.identity.model_id
         chat = isinstance(parsed, api.ChatRequest)
+        shape: Callable[[str, int, str, Completion], dict[str, Any]]
         if isinstance(parsed, api.ChatRequest):
             messages = api.messages_of(parsed)
             prompt = api.commitment_input(messages, params.stop)
@@ -294,23 +330,49 @@ class InferenceService:
             stream = partial(self.engine.complete_stream, text, params)
             whole = partial(self.engine.complete, text, params)
             shape = api.completion_answer
+        if conversation is not None:
+            shape = conversation.answer
 
         def record(answer: str | None, ended: Ending, tokens: int) -> bytes | None:
-            return self._record(InferenceRecord(rid, self._clock(), principal, prompt, answer,
-                                                params, ended, tokens))
+            receipt = self._record(InferenceRecord(rid, self._clock(), principal, prompt,
+                                                   answer, params, ended, tokens))
+            if conversation is not None and answer is not None and ended in _CONTINUABLE:
+                conversation.remember(rid, answer)
+            return receipt
 
+        if generation.cancel.is_set():  # the client left before the engine was reached
+            record("", "client_gone", 0)
+            raise EnclaveError("enclave.client_gone")
         if parsed.stream:
-            include_usage = bool(parsed.stream_options and parsed.stream_options.include_usage)
-            shaper = api.ChunkShaper(chat, rid, created, model, include_usage)
-            streamed = StreamedAnswer(rid, stream(), shaper, record, release=slot.release)
+            shaper: Shaper
+            if conversation is not None:
+                shaper = conversation.shaper(rid, created, model)
+            else:
+                include_usage = bool(parsed.stream_options
+                                     and parsed.stream_options.include_usage)
+                shaper = api.ChunkShaper(chat, rid, created, model, include_usage)
+            with generation_scope(generation):
+                deltas = stream()
+            streamed = StreamedAnswer(rid, deltas, shaper, record, release=slot.release)
             return _Answer(200, [("content-type", "text/event-stream"),
                                  (proto.REQUEST_ID_HEADER, rid)], streamed=streamed)
         try:
-            completion = whole()
+            with generation_scope(generation):
+                completion = whole()
+        except GenerationCancelled:
+            completion = None
+        except MedclaveError as exc:
+            if not isinstance(exc, Busy):  # refused before the engine ran: nothing to record
+                record(None, "error", 0)
+            raise
         except Exception:
             # The engine was given the prompt and failed: recorded, with no answer to commit.
             record(None, "error", 0)
             raise
+        if completion is None or generation.stopped:
+            # Nothing left the enclave: the client had gone before the answer was ready.
+            record("", "client_gone", 0)
+            raise EnclaveError("enclave.client_gone")
         body = shape(rid, created, model, completion)
         receipt = record(completion.text, ending_of(completion.finish_reason),
                          completion.completion_tokens)

@@ -98,6 +98,17 @@ class EnclaveSettings(BaseSettings, ServingSettings):
     # Attestation has its own thread limit (signing evidence may call the TEE's firmware).
     max_concurrent_attestations: int = Field(default=8, ge=1, le=1024)
     busy_retry_after_seconds: int = Field(default=1, ge=1, le=3600)
+    # Generations waiting for the embedded engine, which runs one at a time and takes them
+    # round-robin by tenant, then user (issue 10 §4); one more is answered enclave.queue_full
+    # (429 with Retry-After, inside the encapsulation).
+    max_queued_generations: int = Field(default=32, ge=0, le=4096)
+
+    # --- Responses API state (previous_response_id) ------------------------------------------
+    # Kept in the enclave's memory only (never on disk, never outside), per tenant and user,
+    # for at most responses_ttl_seconds; lost on restart. 0 responses: nothing is kept.
+    responses_ttl_seconds: int = Field(default=3600, ge=1, le=7 * 86400)
+    responses_per_user: int = Field(default=64, ge=0, le=4096)
+    responses_max_bytes: int = Field(default=64 * 1024 * 1024, ge=0, le=2**34)
 
 
 @lru_cache(maxsize=1)

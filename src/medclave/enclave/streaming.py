@@ -21,10 +21,10 @@ import logging
 import threading
 from collections import deque
 from collections.abc import Callable, Generator, Iterator
+from typing import Protocol
 
 from medclave.audit.entry import Ending
 from medclave.enclave.engines.base import Delta
-from medclave.enclave.openai_api import ChunkShaper
 from medclave.errors import EnclaveError, MedclaveError
 from medclave.protocol import inference as proto
 
@@ -32,6 +32,26 @@ log = logging.getLogger("medclave.enclave")
 
 # (answer text or None, how it ended, completion tokens that left) -> the receipt, if any
 Record = Callable[[str | None, Ending, int], bytes | None]
+
+class Shaper(Protocol):
+    """The events of one streamed answer in an API's shape: chat and completion chunks
+    (:class:`~medclave.enclave.openai_api.ChunkShaper`), Responses events
+    (:class:`~medclave.enclave.responses.EventShaper`)."""
+
+    def first(self) -> bytes:
+        """What leaves before the engine's first delta (may be empty)."""
+        ...
+
+    def delta(self, d: Delta) -> bytes: ...
+
+    def error(self, code: str, message: str) -> bytes:
+        """The stream failed (the engine, or the audit record at its end)."""
+        ...
+
+    def done(self) -> bytes:
+        """After the final delta, once the answer is recorded (may be empty)."""
+        ...
+
 
 # OpenAI's finish reasons, the endings an engine reports itself.
 _FINISH_REASONS: dict[str, Ending] = {"stop": "stop", "length": "length",
@@ -51,7 +71,7 @@ class StreamedAnswer(Iterator[bytes]):
     ``release`` is called once the answer is recorded (it frees the tenant's slot).
     """
 
-    def __init__(self, rid: str, deltas: Iterator[Delta], shaper: ChunkShaper, record: Record,
+    def __init__(self, rid: str, deltas: Iterator[Delta], shaper: Shaper, record: Record,
                  *, release: Callable[[], None] = lambda: None) -> None:
         self._rid = rid
         self._deltas = deltas
@@ -116,7 +136,11 @@ class StreamedAnswer(Iterator[bytes]):
             if delta.text:
                 self._parts.append(delta.text)
                 self._tokens += 1
-        self._pending.append(self._shaper.delta(delta))
+        piece = self._shaper.delta(delta)
+        # Never an empty piece: a zero-length chunk is how chunked OHTTP and indeterminate-length
+        # BHTTP content mark their end.
+        if piece:
+            self._pending.append(piece)
         if not delta.final:
             return
         # The engine's own count for a whole answer (a delta may carry several tokens).
@@ -128,7 +152,9 @@ class StreamedAnswer(Iterator[bytes]):
         if self.receipt is not None:
             self.trailers.append((proto.RECEIPT_HEADER,
                                   proto.encode_receipt_header(self.receipt)))
-        self._pending.append(self._shaper.done())
+        done = self._shaper.done()
+        if done:
+            self._pending.append(done)
 
     def _fail(self, exc: MedclaveError) -> None:
         if self._closing is not None or not self._finish("error", None):

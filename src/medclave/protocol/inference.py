@@ -10,7 +10,8 @@ Outside, the operator's network sees two endpoints and nothing else:
   chunked one (draft-ietf-ohai-chunked-ohttp, ``message/ohttp-chunked-req``) for streamed answers.
 
 Inside the encapsulation is a Binary HTTP request (RFC 9292) for the OpenAI-compatible API:
-``POST /v1/chat/completions``, ``POST /v1/completions``, ``GET /v1/models``, with the caller's
+``POST /v1/chat/completions``, ``POST /v1/completions``, ``POST /v1/responses`` (the Responses
+API), ``GET /v1/models``, with the caller's
 ``authorization: Bearer ...`` header and a JSON body. The answer is a Binary HTTP response: JSON,
 or for ``stream: true`` server-sent events in indeterminate-length content whose trailer carries
 the audit receipt. Errors that can be encrypted are: only failures to decapsulate are answered in
@@ -46,6 +47,7 @@ __all__ = [
     "OHTTP_RESPONSE",
     "RECEIPT_HEADER",
     "REQUEST_ID_HEADER",
+    "RESPONSES_PATH",
     "EnclaveRuntime",
     "InnerRequest",
     "decode_inner_request",
@@ -67,7 +69,9 @@ INNER_AUTHORITY: Final = "enclave"
 CHAT_PATH: Final = "/v1/chat/completions"
 COMPLETIONS_PATH: Final = "/v1/completions"
 MODELS_PATH: Final = "/v1/models"
-INNER_PATHS: Final = {CHAT_PATH: "POST", COMPLETIONS_PATH: "POST", MODELS_PATH: "GET"}
+RESPONSES_PATH: Final = "/v1/responses"
+INNER_PATHS: Final = {CHAT_PATH: "POST", COMPLETIONS_PATH: "POST", MODELS_PATH: "GET",
+                      RESPONSES_PATH: "POST"}
 
 RECEIPT_HEADER: Final = "medclave-receipt"  # base64url of the audit receipt JSON
 REQUEST_ID_HEADER: Final = "x-request-id"

@@ -7,14 +7,22 @@ request handling, the audit record and the attestation (which reports ``name`` a
 
 A stream yields :class:`Delta` pieces of text, then exactly one final delta with the
 ``finish_reason`` and the token counts.
+
+Who a generation is for, and whether it is still wanted (issue 10 §4), travels beside the call
+rather than in it: the enclave runs each engine call inside :func:`generation_scope` with a
+:class:`Generation` (tenant, user, a :class:`Cancel`), and an engine that schedules or stops
+generations reads :func:`current_generation` on the calling thread. Engines that do neither
+(a vLLM server schedules itself) ignore it, and their signatures stay the OpenAI-shaped ones.
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import queue
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
 from medclave.errors import EnclaveError, MedclaveError
@@ -81,6 +89,88 @@ def collect(stream: Iterator[Delta]) -> Completion:
     raise EnclaveError("enclave.engine_failed", "the engine stream ended without a final delta")
 
 
+class Cancel:
+    """A one-way "no longer wanted" signal, set from any thread (the client left).
+
+    Callbacks registered with :meth:`on_set` run once, on the thread that sets it (or at once,
+    if it is already set): a scheduler drops a queued generation, a waiting caller wakes.
+    """
+
+    def __init__(self) -> None:
+        self._event = threading.Event()
+        self._lock = threading.Lock()
+        self._callbacks: list[Callable[[], None]] = []
+
+    def is_set(self) -> bool:
+        return self._event.is_set()
+
+    def set(self) -> None:
+        with self._lock:
+            if self._event.is_set():
+                return
+            self._event.set()
+            callbacks, self._callbacks = self._callbacks, []
+        for callback in callbacks:
+            callback()
+
+    def on_set(self, callback: Callable[[], None]) -> None:
+        with self._lock:
+            if not self._event.is_set():
+                self._callbacks.append(callback)
+                return
+        callback()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        return self._event.wait(timeout)
+
+
+class GenerationCancelled(Exception):
+    """A whole answer's generation was dropped before it started: its client had left."""
+
+
+@dataclass
+class Generation:
+    """One generation: who it is for (the fair scheduler's key), its :class:`Cancel`, and what
+    the engine reports back: how many tokens it generated and whether it stopped early because
+    it was cancelled (``stopped``; a generation that finished before its client left did not)."""
+
+    tenant: str
+    user: str
+    cancel: Cancel = field(default_factory=Cancel)
+    tokens: int = 0
+    stopped: bool = False
+
+    def token(self) -> bool:
+        """Count one generated token; False once the generation is no longer wanted (the
+        engine stops there, and the generation is marked as stopped early)."""
+        self.tokens += 1
+        return self.wanted()
+
+    def wanted(self) -> bool:
+        if self.cancel.is_set():
+            self.stopped = True
+            return False
+        return True
+
+
+_CURRENT: contextvars.ContextVar[Generation | None] = contextvars.ContextVar(
+    "medclave_generation", default=None)
+
+
+@contextlib.contextmanager
+def generation_scope(generation: Generation) -> Iterator[Generation]:
+    """Engine calls made inside are for ``generation`` (read on the calling thread)."""
+    token = _CURRENT.set(generation)
+    try:
+        yield generation
+    finally:
+        _CURRENT.reset(token)
+
+
+def current_generation() -> Generation | None:
+    return _CURRENT.get()
+
+
 _END = object()
 
 
@@ -93,33 +183,38 @@ class DeltaStream(Iterator[Delta]):
     the producer stops at its next token (``emit`` returns False).
     """
 
-    def __init__(self, items: queue.Queue[object], gone: threading.Event) -> None:
+    def __init__(self, items: queue.Queue[object], gone: Cancel) -> None:
         self._items = items
         self._gone = gone
+        self._over = False  # the producer's end was read: nothing to cancel any more
 
     def __next__(self) -> Delta:
-        if self._gone.is_set():
+        if self._gone.is_set() or self._over:
             raise StopIteration
         item = self._items.get()
         if item is _END or self._gone.is_set():
+            self._over = item is _END
             self.close()
             raise StopIteration
-        if isinstance(item, MedclaveError):
-            self.close()
-            raise item
         if isinstance(item, BaseException):
-            self.close()
+            self._over = True
+            if isinstance(item, MedclaveError):
+                raise item
             raise EnclaveError("enclave.engine_failed", repr(item)) from item
         assert isinstance(item, Delta)
+        if item.final:
+            self._over = True
         return item
 
     def close(self) -> None:
-        self._gone.set()
+        if not self._over:
+            self._gone.set()  # the producer stops at its next token, or never starts
         self._items.put(_END)  # wakes a ``next`` waiting on another thread
 
     def __del__(self) -> None:
         # Dropped without close (a consumer that stopped reading): the producer still stops.
-        self._gone.set()
+        if not self._over:
+            self._gone.set()
 
 
 def run_streaming(produce: Callable[[Callable[[Delta], bool]], None], *,
@@ -132,12 +227,19 @@ def run_streaming(produce: Callable[[Callable[[Delta], bool]], None], *,
     consumer's thread, so an abandoned or slow consumer holds nothing; ``emit`` returns False
     once the stream is closed, and the producer stops at its next token. A producer still
     queued behind other work when its stream is closed does not start at all.
+
+    Inside :func:`generation_scope`, closing the stream sets the generation's :class:`Cancel`
+    (a scheduler then drops it if it is still queued), and a delta refused because the stream
+    was closed marks the generation as stopped early.
     """
     items: queue.Queue[object] = queue.Queue()
-    gone = threading.Event()
+    generation = current_generation()
+    gone = generation.cancel if generation is not None else Cancel()
 
     def emit(delta: Delta) -> bool:
         if gone.is_set():
+            if generation is not None:
+                generation.stopped = True
             return False
         items.put(delta)
         return True

@@ -1,9 +1,16 @@
 """The embedded default engine: llama.cpp through ``llama-cpp-python``, on the CPU.
 
-llama.cpp's context is not thread-safe, so every call runs on one worker thread, in order
-(whole answers and streams alike, :func:`.base.run_streaming`). One thread also means one
-OpenMP thread team: calls from ever-new threads would each start a team of their own, whose
-idle spinning competes with the one at work.
+llama.cpp's context is not thread-safe, so every call runs on one worker thread (whole answers
+and streams alike, :func:`.base.run_streaming`): the :class:`~.scheduler.FairScheduler`'s, which
+takes waiting generations round-robin by tenant and user from a bounded queue. One thread also
+means one OpenMP thread team: calls from ever-new threads would each start a team of their own,
+whose idle spinning competes with the one at work.
+
+Every generation is watched token by token (a logits processor, which llama.cpp calls once per
+sampled token): it counts the tokens, and once the generation's client has left it forces the
+end-of-generation token, so a whole answer stops at its next token as a stream does. (A grammar
+that forbids the end token, as a JSON schema does mid-object, could overrule that; the
+generation then runs to its limit.)
 
 The build identifier names the binding's version and a digest of llama.cpp's system info (the
 CPU features its kernels were compiled for and picked): the same weights and seed give the same
@@ -14,16 +21,21 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import CancelledError
 from typing import Any
 
 from medclave.enclave.engines.base import (
     ChatMessage,
     Completion,
     Delta,
+    Generation,
+    GenerationCancelled,
     SamplingParams,
+    current_generation,
+    generation_scope,
     run_streaming,
 )
+from medclave.enclave.engines.scheduler import EngineCounters, FairScheduler
 from medclave.errors import EnclaveError
 
 ENGINE_NAME = "llama.cpp"
@@ -44,7 +56,7 @@ class LlamaCppEngine:
     name = ENGINE_NAME
 
     def __init__(self, model_path: str, *, n_ctx: int = 2048, n_threads: int = 2,
-                 seed: int = 0) -> None:
+                 seed: int = 0, max_queued: int = 64, retry_after: int = 1) -> None:
         import llama_cpp
 
         try:
@@ -53,7 +65,9 @@ class LlamaCppEngine:
         except (ValueError, RuntimeError, OSError) as exc:
             raise EnclaveError("enclave.engine_failed", f"llama.cpp cannot load the model: {exc}"
                                ) from exc
-        self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="medclave-llama")
+        self._worker = FairScheduler(parallel=1, max_queued=max_queued, retry_after=retry_after,
+                                     name="medclave-llama")
+        self._eos = int(self._llm.token_eos())
         self.n_ctx = n_ctx
         self.build_id = llama_build_id()
 
@@ -61,17 +75,24 @@ class LlamaCppEngine:
 
     def chat(self, messages: Sequence[ChatMessage], params: SamplingParams) -> Completion:
         plain: Any = [dict(m) for m in messages]
-        out = self._run(lambda: self._llm.create_chat_completion(
-            messages=plain, stream=False, **_kwargs(params)))
+        out = self._run(lambda g: self._llm.create_chat_completion(
+            messages=plain, stream=False, **self._kwargs(params, g)))
         return _completion(out, text_of=lambda c: c["message"].get("content") or "")
 
     def complete(self, prompt: str, params: SamplingParams) -> Completion:
-        out = self._run(lambda: self._llm.create_completion(
-            prompt=prompt, stream=False, **_kwargs(params)))
+        out = self._run(lambda g: self._llm.create_completion(
+            prompt=prompt, stream=False, **self._kwargs(params, g)))
         return _completion(out, text_of=lambda c: c.get("text") or "")
 
-    def _run(self, call: Callable[[], Any]) -> Any:
-        return self._worker.submit(self._guard, call).result()
+    def _run(self, call: Callable[[Generation], Any]) -> Any:
+        """``call`` on the worker, in its fair turn; ``GenerationCancelled`` if its client left
+        before the turn came."""
+        generation = current_generation() or Generation("", "")
+        future = self._worker.submit(lambda: self._guard(lambda: call(generation)), generation)
+        try:
+            return future.result()
+        except CancelledError:
+            raise GenerationCancelled from None
 
     # --- streams -------------------------------------------------------------------------------
 
@@ -79,21 +100,24 @@ class LlamaCppEngine:
                     ) -> Iterator[Delta]:
         plain: Any = [dict(m) for m in messages]
         return self._stream(
-            lambda: self._llm.create_chat_completion(messages=plain, stream=True,
-                                                     **_kwargs(params)),
+            lambda g: self._llm.create_chat_completion(messages=plain, stream=True,
+                                                       **self._kwargs(params, g)),
             lambda choice: choice.get("delta", {}).get("content") or "")
 
     def complete_stream(self, prompt: str, params: SamplingParams) -> Iterator[Delta]:
         return self._stream(
-            lambda: self._llm.create_completion(prompt=prompt, stream=True, **_kwargs(params)),
+            lambda g: self._llm.create_completion(prompt=prompt, stream=True,
+                                                  **self._kwargs(params, g)),
             lambda choice: choice.get("text") or "")
 
-    def _stream(self, start: Callable[[], Any], text_of: Callable[[dict[str, Any]], str]
-                ) -> Iterator[Delta]:
+    def _stream(self, start: Callable[[Generation], Any],
+                text_of: Callable[[dict[str, Any]], str]) -> Iterator[Delta]:
+        generation = current_generation() or Generation("", "")
+
         def produce(emit: Callable[[Delta], bool]) -> None:
             finish = "stop"
             count = 0
-            for chunk in self._guard(start):
+            for chunk in self._guard(lambda: start(generation)):
                 choice = chunk["choices"][0]
                 text = text_of(choice)
                 if text:
@@ -104,7 +128,36 @@ class LlamaCppEngine:
             # n_tokens is what the context evaluated: the prompt plus all but the last token.
             prompt_tokens = max(0, int(self._llm.n_tokens) - max(0, count - 1))
             emit(Delta("", finish, prompt_tokens, count))
-        return run_streaming(produce, submit=self._worker.submit)
+        with generation_scope(generation):
+            return run_streaming(produce, submit=lambda run: self._worker.submit(run, generation))
+
+    def _kwargs(self, params: SamplingParams, generation: Generation) -> dict[str, Any]:
+        import llama_cpp
+        import numpy as np
+
+        eos = self._eos
+
+        def watch(input_ids: Any, scores: Any) -> Any:
+            # Called once per sampled token, on the worker. Once the client has left, only the
+            # end-of-generation token may follow.
+            if generation.token():
+                return scores
+            forced = np.full_like(scores, -np.inf)
+            forced[eos] = 0.0
+            return forced
+
+        return {
+            "max_tokens": params.max_tokens,
+            "temperature": params.temperature,
+            "top_p": params.top_p,
+            "seed": params.seed,
+            "stop": list(params.stop),
+            "logits_processor": llama_cpp.LogitsProcessorList([watch]),
+        }
+
+    def counters(self) -> EngineCounters:
+        """Generations started, finished, cancelled, dropped; tokens; queue depth."""
+        return self._worker.counters()
 
     def _guard(self, call: Callable[[], Any]) -> Any:
         try:
@@ -116,20 +169,10 @@ class LlamaCppEngine:
 
     def close(self) -> None:
         try:
-            self._worker.submit(self._llm.close).result()
+            self._worker.submit(self._llm.close, bounded=False).result()
         except RuntimeError:  # at interpreter exit the worker is gone and nothing else runs
             self._llm.close()
-        self._worker.shutdown()
-
-
-def _kwargs(params: SamplingParams) -> dict[str, Any]:
-    return {
-        "max_tokens": params.max_tokens,
-        "temperature": params.temperature,
-        "top_p": params.top_p,
-        "seed": params.seed,
-        "stop": list(params.stop),
-    }
+        self._worker.close()
 
 
 def _completion(out: Any, *, text_of: Callable[[dict[str, Any]], str]) -> Completion:
