@@ -9,6 +9,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import CancelledError
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import lru_cache
@@ -20,17 +21,30 @@ from fastapi import FastAPI, Request
 from fastapi.responses import Response
 
 from medclave.attestation.policy import AppraisalPolicy
-from medclave.audit import AuditEntry, AuditLog, generate_commitment_key, parse_entry
+from medclave.audit import (
+    AuditEntry,
+    AuditLog,
+    generate_commitment_key,
+    parse_commitment_key,
+    parse_entry,
+)
 from medclave.auth.issuer import TokenIssuer, load_or_create_signing_key
+from medclave.client.proxy import create_proxy_app
+from medclave.client.session import EnclaveSession
 from medclave.enclave.app import create_app
 from medclave.enclave.boot import Booted, boot
 from medclave.enclave.engines.base import (
     ChatMessage,
     Completion,
     Delta,
+    Generation,
+    GenerationCancelled,
     SamplingParams,
+    current_generation,
+    generation_scope,
     run_streaming,
 )
+from medclave.enclave.engines.scheduler import EngineCounters, FairScheduler
 from medclave.enclave.hooks import AuditLogSink
 from medclave.enclave.model import DEFAULT_MODEL_SHA256, default_model_path
 from medclave.enclave.server import BackgroundServer
@@ -167,6 +181,102 @@ class SlowEngine(FakeEngine):
         return self._paced()
 
 
+class TurnEngine(FakeEngine):
+    """An engine that takes turns as llama.cpp does (the same :class:`FairScheduler`, one
+    generation at a time) and that the test paces: each generation, whole or streamed, waits
+    at each of its words for a token the test :meth:`release` s. Like llama.cpp it notices at
+    its next token that its client has left, and stops (a whole answer then ends early).
+    """
+
+    name = "turns"
+    build_id = "turn-engine/1"
+
+    def __init__(self, words: int = 40, *, max_queued: int = 8, retry_after: int = 1) -> None:
+        super().__init__(" ".join(f"w{i}" for i in range(words)))
+        self.words = self.answer.split(" ")
+        self.scheduler = FairScheduler(parallel=1, max_queued=max_queued,
+                                       retry_after=retry_after, name="test-turns")
+        self._tokens = threading.Semaphore(0)
+        self.free = threading.Event()  # set: tokens need no release
+
+    def release(self, tokens: int) -> None:
+        for _ in range(tokens):
+            self._tokens.release()
+
+    def counters(self) -> EngineCounters:
+        return self.scheduler.counters()
+
+    def wait_for(self, check: Callable[[EngineCounters], bool], timeout: float = 60.0
+                 ) -> EngineCounters:
+        """The counters once ``check`` holds (polled; ``timeout`` only bounds a failing test)."""
+        deadline = time.monotonic() + timeout
+        while not check(counters := self.counters()):
+            assert time.monotonic() < deadline, f"counters never got there: {counters}"
+            time.sleep(0.01)
+        return counters
+
+    def _next_token(self, generation: Generation) -> bool:
+        """Wait for the test's token; False once the client has left (at the next token)."""
+        while not self.free.is_set() and not self._tokens.acquire(timeout=0.01):
+            if not generation.wanted():
+                return False
+        return generation.token()
+
+    def _whole(self, kind: str) -> Completion:
+        self._called(kind)
+        generation = current_generation() or Generation("", "")
+
+        def work() -> Completion:
+            sent = self._take(generation)
+            return Completion(" ".join(sent), "stop" if len(sent) == len(self.words)
+                              else "length", 7, len(sent))
+        try:
+            return self.scheduler.submit(work, generation).result()
+        except CancelledError:
+            raise GenerationCancelled from None
+
+    def _take(self, generation: Generation) -> list[str]:
+        sent: list[str] = []
+        for word in self.words:
+            if not self._next_token(generation):
+                break
+            sent.append(word)
+        return sent
+
+    def chat(self, messages: Sequence[ChatMessage], params: SamplingParams) -> Completion:
+        return self._whole("chat")
+
+    def complete(self, prompt: str, params: SamplingParams) -> Completion:
+        return self._whole("complete")
+
+    def _paced(self) -> Iterator[Delta]:
+        generation = current_generation() or Generation("", "")
+
+        def produce(emit: Callable[[Delta], bool]) -> None:
+            for i, word in enumerate(self.words):
+                if not self._next_token(generation):
+                    return
+                if not emit(Delta(word if i == 0 else " " + word)):
+                    return
+            emit(Delta("", "stop", 7, len(self.words)))
+        with generation_scope(generation):
+            return run_streaming(produce, submit=lambda run: self.scheduler.submit(run,
+                                                                                    generation))
+
+    def chat_stream(self, messages: Sequence[ChatMessage], params: SamplingParams
+                    ) -> Iterator[Delta]:
+        self._called("chat_stream")
+        return self._paced()
+
+    def complete_stream(self, prompt: str, params: SamplingParams) -> Iterator[Delta]:
+        self._called("complete_stream")
+        return self._paced()
+
+    def close(self) -> None:
+        self.free.set()  # whatever a failing test left waiting comes out
+        self.scheduler.close()
+
+
 @lru_cache(maxsize=1)
 def llama_engine() -> Any:
     """The real llama.cpp engine over the bundled model, loaded once per test process."""
@@ -263,6 +373,19 @@ def start_enclave(folder: Path, idp: Idp | None, *, engine: Any = None,
     booted = boot(settings, engine_factory=lambda path, s: the_engine)
     server = BackgroundServer(create_app(booted.service, settings)).start()
     return Enclave(booted, server, the_engine, settings)
+
+
+def tenant_key(enclave: Enclave) -> bytes:
+    path = enclave.settings.commitment_key_file
+    assert path is not None
+    return parse_commitment_key(path.read_bytes())
+
+
+def proxy_to(enclave: Enclave) -> tuple[BackgroundServer, EnclaveSession]:
+    """The hospital's proxy straight to the enclave (the recording relay buffers whole answers,
+    so it would read the stream to its end whatever the client does)."""
+    session = EnclaveSession(enclave.url, sim_policy(), sim_roots=frozenset({enclave.sim_root}))
+    return BackgroundServer(create_proxy_app(session), name="test-proxy").start(), session
 
 
 def audit_log(enclave: Enclave) -> AuditLog:

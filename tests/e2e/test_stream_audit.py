@@ -18,20 +18,19 @@ from pathlib import Path
 import openai
 import pytest
 
-from medclave.audit import AuditEntry, open_commitment, parse_commitment_key
+from medclave.audit import AuditEntry, open_commitment
 from medclave.client import MedclaveClient
-from medclave.client.proxy import create_proxy_app
-from medclave.client.session import EnclaveSession
 from medclave.enclave.model import DEFAULT_MODEL_ID
-from medclave.enclave.server import BackgroundServer
 from tests.e2e.helpers import (
     Enclave,
     Idp,
     SlowEngine,
     audit_log,
     llama_engine,
+    proxy_to,
     sim_policy,
     start_enclave,
+    tenant_key,
     wait_for_entry,
 )
 
@@ -41,12 +40,6 @@ COUNT_CHAT = [{"role": "user", "content": "Count from 1 to 500, separated by com
 LLAMA_MAX_TOKENS = 512  # far more than the test reads: the client leaves long before
 
 
-def tenant_key(enclave: Enclave) -> bytes:
-    path = enclave.settings.commitment_key_file
-    assert path is not None
-    return parse_commitment_key(path.read_bytes())
-
-
 @pytest.fixture
 def slow(tmp_path: Path, idp: Idp) -> Iterator[tuple[Enclave, SlowEngine]]:
     engine = SlowEngine(words=40)
@@ -54,13 +47,6 @@ def slow(tmp_path: Path, idp: Idp) -> Iterator[tuple[Enclave, SlowEngine]]:
     yield enclave, engine
     engine.release(100)  # let a producer a failing test left waiting finish
     enclave.stop()
-
-
-def proxy_to(enclave: Enclave) -> tuple[BackgroundServer, EnclaveSession]:
-    """The hospital's proxy straight to the enclave (the recording relay buffers whole answers,
-    so it would read the stream to its end whatever the client does)."""
-    session = EnclaveSession(enclave.url, sim_policy(), sim_roots=frozenset({enclave.sim_root}))
-    return BackgroundServer(create_proxy_app(session), name="test-proxy").start(), session
 
 
 def _check_left_after(enclave: Enclave, engine: SlowEngine, entry: AuditEntry, words: int) -> None:

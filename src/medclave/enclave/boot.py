@@ -47,6 +47,7 @@ from medclave.enclave.hooks import (
 from medclave.enclave.keys import KeyRing
 from medclave.enclave.model import DEFAULT_MODEL_SHA256, default_model_path, verify_model_file
 from medclave.enclave.model import sha256_file as file_sha256
+from medclave.enclave.response_store import ResponseStore
 from medclave.enclave.service import SERVICE, EnclaveIdentity, InferenceService
 from medclave.enclave.settings import EnclaveSettings
 from medclave.errors import InputError
@@ -273,7 +274,11 @@ def boot(settings: EnclaveSettings, *, clock: Clock = system_clock,
                                    identity=identity, authorization=hook, audit=sink,
                                    clock=clock, max_tokens_limit=settings.max_tokens_limit,
                                    max_concurrent_per_tenant=settings.max_concurrent_per_tenant,
-                                   retry_after=settings.busy_retry_after_seconds)
+                                   retry_after=settings.busy_retry_after_seconds,
+                                   response_store=ResponseStore(
+                                       ttl=settings.responses_ttl_seconds,
+                                       per_user=settings.responses_per_user,
+                                       max_bytes=settings.responses_max_bytes))
         served.append(service)
     except BaseException:
         for close in reversed(closers):

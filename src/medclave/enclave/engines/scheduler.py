@@ -6,11 +6,12 @@ tenant sending forty requests made everyone else wait for all forty, and a reque
 had left waited its turn and then ran to the end.
 
 :class:`FairScheduler` is that engine's worker instead. Waiting generations are kept per tenant,
-and within a tenant per user, and the next one is taken round-robin: the next tenant with work
-after the last one served, and within it the next user after the last one served there, oldest
-request first. A tenant flooding the queue therefore delays another tenant's request by at most
-one generation per tenant ahead of it, whatever the size of the flood; the same holds between
-the users of one tenant. Turns are counted in generations, not tokens: one long generation holds
+and within a tenant per user, and turns go round: the next generation is the oldest request of
+the waiting user served least recently, of the waiting tenant served least recently (a tenant or
+user with nothing waiting or running is forgotten, and counts as never served when it comes
+back). A tenant flooding the queue therefore delays another tenant's request by at most one
+generation per tenant ahead of it, whatever the size of the flood; the same holds between the
+users of one tenant. Turns are counted in generations, not tokens: one long generation holds
 the engine until it ends (``max_tokens_limit`` bounds it), and cancellation (below) ends it
 early when nobody is waiting for it.
 
@@ -28,7 +29,7 @@ generated, queue depth, and the last generations in the order they started.
 from __future__ import annotations
 
 import threading
-from collections import OrderedDict, deque
+from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass
@@ -74,12 +75,13 @@ class EngineCounters:
 
 
 class _Job:
-    __slots__ = ("future", "generation", "key", "work")
+    __slots__ = ("future", "generation", "key", "seq", "work")
 
-    def __init__(self, work: Callable[[], object], generation: Generation) -> None:
+    def __init__(self, work: Callable[[], object], generation: Generation, seq: int) -> None:
         self.work = work
         self.generation = generation
         self.key = (generation.tenant, generation.user)
+        self.seq = seq  # arrival order, for ties
         self.future: Future[object] = Future()
 
 
@@ -100,31 +102,6 @@ class _Record:
         return Started(self.tenant, self.user, self.outcome, tokens)
 
 
-class _Ring:
-    """Keys in the order they are served: round-robin, a new key joining at the back."""
-
-    def __init__(self) -> None:
-        self._order: OrderedDict[str, None] = OrderedDict()
-
-    def add(self, key: str) -> None:
-        if key not in self._order:
-            self._order[key] = None
-
-    def remove(self, key: str) -> None:
-        self._order.pop(key, None)
-
-    def first(self) -> str | None:
-        return next(iter(self._order), None)
-
-    def served(self, key: str) -> None:
-        """``key`` had its turn: to the back."""
-        if key in self._order:
-            self._order.move_to_end(key)
-
-    def __bool__(self) -> bool:
-        return bool(self._order)
-
-
 class FairScheduler:
     """Runs submitted work on ``parallel`` threads of its own, fairly (see the module)."""
 
@@ -135,9 +112,13 @@ class FairScheduler:
         self.max_queued = max_queued
         self._retry_after = retry_after
         self._lock = threading.Condition()
-        self._tenants = _Ring()
-        self._users: dict[str, _Ring] = {}
-        self._jobs: dict[tuple[str, str], deque[_Job]] = {}
+        self._jobs: dict[tuple[str, str], deque[_Job]] = {}  # waiting, per (tenant, user)
+        self._waiting: dict[str, dict[str, None]] = {}  # tenant -> its users with jobs waiting
+        self._active: dict[tuple[str, str], int] = {}  # running, per (tenant, user)
+        self._last_tenant: dict[str, int] = {}  # the turn each known tenant last had
+        self._last_user: dict[tuple[str, str], int] = {}
+        self._turn = 0
+        self._seq = 0
         self._queued = 0
         self._running = 0
         self._closed = False
@@ -157,7 +138,6 @@ class FairScheduler:
         its result or exception comes back through the future, which is cancelled if the
         generation is cancelled before it starts. ``enclave.queue_full`` (429) when
         ``bounded`` and ``max_queued`` generations already wait."""
-        job = _Job(work, generation or Generation("", ""))
         with self._lock:
             if self._closed or not any(t.is_alive() for t in self._threads):
                 raise RuntimeError("the engine is closed")
@@ -165,10 +145,11 @@ class FairScheduler:
                 self._counts["rejected"] += 1
                 raise Busy(QUEUE_FULL, f"{self._queued} generations are waiting for the engine",
                            retry_after=self._retry_after)
+            self._seq += 1
+            job = _Job(work, generation or Generation("", ""), self._seq)
             tenant, user = job.key
             self._jobs.setdefault(job.key, deque()).append(job)
-            self._users.setdefault(tenant, _Ring()).add(user)
-            self._tenants.add(tenant)
+            self._waiting.setdefault(tenant, {})[user] = None
             self._queued += 1
             self._lock.notify()
         job.generation.cancel.on_set(lambda: self._drop(job))
@@ -181,41 +162,49 @@ class FairScheduler:
             if queue is None or job not in queue:
                 return  # started (the engine stops it) or already gone
             queue.remove(job)
-            self._forget_if_empty(job.key)
             self._queued -= 1
             self._counts["dropped"] += 1
+            self._tidy(job.key)
         job.future.cancel()
 
-    def _forget_if_empty(self, key: tuple[str, str]) -> None:
-        if self._jobs.get(key):
-            return
-        self._jobs.pop(key, None)
+    def _tidy(self, key: tuple[str, str]) -> None:
+        """Forget what no longer waits or runs (under the lock): the bookkeeping is bounded by
+        the generations waiting and running."""
         tenant, user = key
-        users = self._users.get(tenant)
-        if users is not None:
-            users.remove(user)
-            if not users:
-                del self._users[tenant]
-                self._tenants.remove(tenant)
+        if not self._jobs.get(key):
+            self._jobs.pop(key, None)
+            users = self._waiting.get(tenant)
+            if users is not None:
+                users.pop(user, None)
+                if not users:
+                    del self._waiting[tenant]
+            if key not in self._active:
+                self._last_user.pop(key, None)
+        if tenant not in self._waiting and not any(t == tenant for t, _ in self._active):
+            self._last_tenant.pop(tenant, None)
 
     # --- the workers -----------------------------------------------------------------------------
 
     def _next(self) -> _Job | None:
-        """The next job, round-robin by tenant then user (under the lock); None when closed."""
-        while not self._tenants:
+        """The next job (under the lock; see the module); None once closed and drained."""
+        while not self._waiting:
             if self._closed:
                 return None
             self._lock.wait()
-        tenant = self._tenants.first()
-        assert tenant is not None
-        users = self._users[tenant]
-        user = users.first()
-        assert user is not None
+
+        def oldest(tenant: str, user: str) -> int:
+            return self._jobs[(tenant, user)][0].seq
+
+        tenant = min(self._waiting, key=lambda t: (
+            self._last_tenant.get(t, -1), min(oldest(t, u) for u in self._waiting[t])))
+        user = min(self._waiting[tenant], key=lambda u: (
+            self._last_user.get((tenant, u), -1), oldest(tenant, u)))
         job = self._jobs[(tenant, user)].popleft()
         self._queued -= 1
-        self._tenants.served(tenant)
-        users.served(user)
-        self._forget_if_empty(job.key)
+        self._turn += 1
+        self._last_tenant[tenant] = self._last_user[job.key] = self._turn
+        self._active[job.key] = self._active.get(job.key, 0) + 1
+        self._tidy(job.key)
         return job
 
     def _work(self) -> None:
@@ -225,26 +214,34 @@ class FairScheduler:
                 if job is None:
                     return
                 if not job.future.set_running_or_notify_cancel():
+                    self._finished(job.key)
                     continue
                 self._running += 1
                 self._counts["started"] += 1
                 record = _Record(job.generation)
                 self._history.append(record)
-            work, future, job = job.work, job.future, None  # nothing kept but what runs
+            work, future, key, job = job.work, job.future, job.key, None  # only what runs
             try:
                 result = work()
             except BaseException as exc:  # handed to the submitter
-                self._end(record, "failed")
+                self._end(record, key, "failed")
                 future.set_exception(exc)
             else:
-                self._end(record, "finished")
+                self._end(record, key, "finished")
                 future.set_result(result)
             # Not held while waiting for the next job: the work and result carry content.
             work = future = result = None  # type: ignore[assignment]
 
-    def _end(self, record: _Record, outcome: Outcome) -> None:
+    def _finished(self, key: tuple[str, str]) -> None:
+        self._active[key] -= 1
+        if not self._active[key]:
+            del self._active[key]
+        self._tidy(key)
+
+    def _end(self, record: _Record, key: tuple[str, str], outcome: Outcome) -> None:
         """``outcome`` unless the generation stopped early because it was cancelled."""
         with self._lock:
+            self._finished(key)
             generation = record.live
             assert generation is not None
             self._running -= 1
