@@ -408,7 +408,10 @@ class EventShaper:
         return out + self._event(kind, response=final)
 
     def error(self, code: str, message: str) -> bytes:
-        failed = self._response("failed", [], error={"code": code, "message": message})
+        """The ``error`` event names the Medclave code; the failed response's ``error.code``
+        is from OpenAI's own list (``ResponseError``), where a stream that fails is
+        ``server_error``."""
+        failed = self._response("failed", [], error={"code": "server_error", "message": message})
         return (self._event("error", code=code, message=message, param=None)
                 + self._event("response.failed", response=failed))
 
