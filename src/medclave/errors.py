@@ -193,6 +193,13 @@ CATALOGUE: dict[str, ErrorSpec] = {
     "enclave.not_ready": ErrorSpec(503, "The enclave is not ready yet."),
     "enclave.engine_failed": ErrorSpec(500, "The inference engine failed."),
     "enclave.bad_request": ErrorSpec(400, "The inference request is invalid."),
+    "enclave.context_length_exceeded": ErrorSpec(
+        400, "The prompt and the completion it asks for do not fit the model's context; "
+        "shorten the messages or lower max_tokens."
+    ),
+    "enclave.model_not_found": ErrorSpec(404, "The model does not exist here."),
+    "enclave.no_route": ErrorSpec(404, "The enclave serves no such path."),
+    "enclave.method_not_allowed": ErrorSpec(405, "The path does not take this method."),
     "enclave.busy": ErrorSpec(
         429, "Too many inferences are in progress; retry after the Retry-After interval."
     ),

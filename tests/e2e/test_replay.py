@@ -20,6 +20,7 @@ from medclave.cli.audit import app as audit_app
 from medclave.crypto import bhttp
 from medclave.crypto.ohttp import encapsulate_request
 from medclave.enclave.engines import replay_engine
+from medclave.enclave.engines.base import SamplingParams
 from medclave.enclave.hooks import AuditLogSink
 from medclave.enclave.model import DEFAULT_MODEL_SHA256
 from medclave.enclave.openai_api import commitment_input
@@ -83,7 +84,8 @@ def test_a_real_inference_replays_from_the_log(enclave: Enclave, idp: Idp,
     engine = replay_engine()
     assert engine.model_digest == DEFAULT_MODEL_SHA256
     for index, prompt in ((chat, commitment_input(MESSAGES)),
-                          (completion, commitment_input(COMPLETION, ("\n\n",)))):
+                          (completion, commitment_input(COMPLETION,
+                                                        SamplingParams(stop=("\n\n",))))):
         entry = parse_entry(sink.audit_log.entry(index))
         assert entry.engine_build == engine.engine_build  # the build the enclave recorded
         code, out = _replay(enclave, tmp_path, index, prompt)

@@ -23,6 +23,7 @@ from medclave.crypto.ohttp import encapsulate_request
 from medclave.enclave.attester import Platform
 from medclave.enclave.boot import build_commit_keys
 from medclave.enclave.commitkeys import FileCommitKeys, read_key_file
+from medclave.enclave.engines.base import SamplingParams
 from medclave.enclave.hooks import AuditLogSink, DecisionTrail, policy_code
 from medclave.enclave.openai_api import commitment_input, parse_commitment_input
 from medclave.enclave.settings import EnclaveSettings
@@ -166,7 +167,8 @@ def test_stop_sequences_are_committed_with_the_prompt(enclave: Enclave, idp: Idp
     assert entry.prompt is not None
     messages = [{"role": "user", "content": PROMPT}]
     open_commitment(_key(enclave), "prompt", entry.salt,
-                    commitment_input(messages, ("\n\n", "END")), entry.prompt)
+                    commitment_input(messages, SamplingParams(stop=("\n\n", "END"))),
+                    entry.prompt)
     with pytest.raises(MedclaveError) as err:
         open_commitment(_key(enclave), "prompt", entry.salt, commitment_input(messages),
                         entry.prompt)
@@ -250,16 +252,16 @@ def test_without_a_key_source_inference_is_refused_before_the_engine(
                                      "content": st.text(max_size=20)}), min_size=1, max_size=3)),
     st.lists(st.text(min_size=1, max_size=5), max_size=3))
 def test_committed_input_round_trips(value: str | list[dict[str, str]], stop: list[str]) -> None:
-    data = commitment_input(value, tuple(stop))
-    assert parse_commitment_input(data) == (value, tuple(stop))
+    data = commitment_input(value, SamplingParams(stop=tuple(stop)))
+    assert parse_commitment_input(data) == (value, SamplingParams(stop=tuple(stop)))
 
 
 @settings(max_examples=200, deadline=None)
 @given(st.binary(max_size=300))
 def test_anything_else_is_not_a_committed_input(data: bytes) -> None:
     try:
-        value, stop = parse_commitment_input(data)
+        value, params = parse_commitment_input(data)
     except MedclaveError as exc:
         assert exc.code == "input.malformed"
         return
-    assert commitment_input(value, stop) == data
+    assert commitment_input(value, params) == data

@@ -11,7 +11,7 @@ import pytest
 from openai.types.responses import Response, ResponseStreamEvent
 from pydantic import TypeAdapter
 
-from medclave.enclave.engines.base import Completion, Delta
+from medclave.enclave.engines.base import Choice, Completion, Delta
 from medclave.enclave.openai_api import ChatRequest, parse_request
 from medclave.enclave.response_store import ResponseStore
 from medclave.enclave.responses import Conversation
@@ -186,7 +186,7 @@ def test_a_stream_cut_short_or_failed_says_so() -> None:
 def test_a_conversation_continues_for_its_owner_only() -> None:
     store = _store()
     first = _conversation({"input": "My name is Zed.", "instructions": "Be brief."}, store)
-    first.remember("one", "Hello Zed.")
+    first.remember("one", Choice("Hello Zed.", "stop"))
     body = _conversation({"input": "What is my name?", "previous_response_id": "resp_one"},
                          store).chat_body()
     # The conversation continues; the first turn's instructions do not (OpenAI's rule).
@@ -209,7 +209,7 @@ def test_a_conversation_continues_for_its_owner_only() -> None:
 
 def test_store_false_keeps_nothing() -> None:
     store = _store()
-    _conversation({"input": "x", "store": False}, store).remember("one", "y")
+    _conversation({"input": "x", "store": False}, store).remember("one", Choice("y", "stop"))
     assert len(store) == 0
 
 

@@ -31,7 +31,7 @@ from medclave.auth.replay import MemoryReplayCache
 from medclave.auth.tokens import Identity, IssuerConfig, TokenOptions, is_valid_name
 from medclave.crypto.canonical import load_json
 from medclave.errors import AuthError, InputError
-from medclave.protocol.inference import INNER_AUTHORITY, MODELS_PATH
+from medclave.protocol.inference import INNER_AUTHORITY, is_models_path
 
 log = logging.getLogger("medclave.proxy.admission")
 
@@ -98,7 +98,7 @@ class ProxyAdmission:
         # The URL the enclave checks a DPoP proof against, so that one proof fits both checks.
         identity = self._authn.require_identity(headers, method=method,
                                                 url=f"https://{INNER_AUTHORITY}{path}", now=now)
-        if path == MODELS_PATH:
+        if is_models_path(path):
             # Listing models is no inference: a token of this proxy's tenant is enough.
             if self._tenant is not None and identity.tenant != self._tenant:
                 raise AuthError("auth.forbidden", f"tenant {identity.tenant!r} is not served here")

@@ -193,9 +193,19 @@ async def responses(request: Request, session: SessionDep, body: BodyDep,
 @router.get(proto.MODELS_PATH)
 async def models(request: Request, session: SessionDep,
                  authorization: AuthHeader = None) -> Response:
-    await _admit(request, "GET", proto.MODELS_PATH)
-    answer = await run_in_threadpool(session.request, "GET", proto.MODELS_PATH,
-                                     authorization=authorization)
+    return await _get(request, session, proto.MODELS_PATH, authorization)
+
+
+@router.get(proto.MODELS_PATH + "/{model_id:path}")
+async def model(request: Request, session: SessionDep, model_id: str,
+                authorization: AuthHeader = None) -> Response:
+    return await _get(request, session, proto.model_path(model_id), authorization)
+
+
+async def _get(request: Request, session: SessionDep, path: str,
+               authorization: str | None) -> Response:
+    await _admit(request, "GET", path)
+    answer = await run_in_threadpool(session.request, "GET", path, authorization=authorization)
     return Response(answer.body, status_code=answer.status,
                     media_type=answer.header("content-type") or "application/json")
 

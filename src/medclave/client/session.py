@@ -362,7 +362,7 @@ class EnclaveSession:
 def _needs_receipt(inner: bytes) -> bool:
     """Inferences carry receipts; listing models does not."""
     try:
-        return bhttp.decode_request(inner).path != proto.MODELS_PATH
+        return not proto.is_models_path(bhttp.decode_request(inner).path)
     except MedclaveError:
         return True
 

@@ -40,7 +40,7 @@ from medclave.auth.entities import Model
 from medclave.enclave.commitkeys import CommitKeys
 from medclave.enclave.engines.base import SamplingParams
 from medclave.errors import AuthError, MedclaveError
-from medclave.protocol.inference import INNER_AUTHORITY, MODELS_PATH, InnerRequest
+from medclave.protocol.inference import INNER_AUTHORITY, InnerRequest, is_models_path
 
 log = logging.getLogger("medclave.enclave")
 
@@ -150,7 +150,7 @@ class TokenAuthorization:
             url=f"https://{INNER_AUTHORITY}{request.path}", now=now)
         if self._tenants and identity.tenant not in self._tenants:
             raise AuthError("auth.forbidden", f"tenant {identity.tenant!r} is not served here")
-        if request.path == MODELS_PATH:
+        if is_models_path(request.path):
             return Principal(identity.subject, identity.tenant, identity.roles, "authenticated")
         # The model as deployed for the caller's tenant; Cedar's tenant isolation and
         # role rules (policies/models.cedar) decide.

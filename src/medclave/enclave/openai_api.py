@@ -1,48 +1,131 @@
-"""The OpenAI-compatible API spoken inside the encapsulation: request models, answer shapes.
+"""The OpenAI-compatible API spoken inside the encapsulation: requests, within bounds.
 
-Only what an ordinary client sends is accepted, within bounds (messages, lengths, tokens); the
-rest of the OpenAI request (tools, logprobs, several choices) is refused with ``400`` rather than
+What an ordinary client sends is accepted (messages with tool calls and tool results, tools and
+``tool_choice``, ``response_format``, ``logprobs``, ``n``, ``logit_bias``, the penalties); what
+the enclave cannot do is refused with ``400`` and the field at fault as ``param`` rather than
 silently ignored, except fields that cannot change the answer (``user``, ``metadata``...).
+
+The answers' shapes are :mod:`.openai_answers`'s; what the audit commits to is
+:mod:`.commitment`'s. Both are re-exported here.
 """
 
 from __future__ import annotations
 
-import json
+from dataclasses import replace
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from medclave.enclave.engines.base import Completion, Delta, SamplingParams
-from medclave.errors import EnclaveError, InputError
+from medclave.enclave.commitment import (
+    ModelInput,
+    commitment_input,
+    committed_answer,
+    parse_commitment_input,
+    prompt_commitment_bytes,
+)
+from medclave.enclave.engines.base import ResponseFormat, SamplingParams, Tool
+from medclave.enclave.engines.grammar import TOOL_NAME, check_schema, compact
+from medclave.enclave.openai_answers import (
+    OPENAI_CODES,
+    ChunkShaper,
+    chat_answer,
+    completion_answer,
+    model_answer,
+    models_answer,
+    sse,
+    usage,
+)
+from medclave.errors import EnclaveError
+
+__all__ = [
+    "OPENAI_CODES", "ChatRequest", "ChunkShaper", "CompletionRequest", "ModelInput",
+    "chat_answer", "commitment_input", "committed_answer", "completion_answer", "messages_of",
+    "model_answer", "models_answer", "parse_commitment_input", "parse_request",
+    "prompt_commitment_bytes", "sampling", "sse", "usage",
+]
 
 MAX_MESSAGES = 256
 MAX_PROMPT_CHARS = 256 * 1024
 MAX_STOP = 4
+MAX_N = 8  # each choice is a whole generation
+MAX_TOOLS = 128
+MAX_LOGIT_BIAS = 300
+MAX_TOP_LOGPROBS = 20
+MAX_COMPLETION_LOGPROBS = 5  # the legacy completions API's limit
 
-_UNSUPPORTED = ("tools", "functions", "tool_choice", "function_call", "logprobs",
-                "top_logprobs", "response_format", "logit_bias", "audio", "modalities",
-                "prediction", "suffix", "best_of")
+_UNSUPPORTED_CHAT = ("functions", "function_call", "audio", "modalities", "prediction",
+                     "web_search_options", "reasoning_effort")
+_UNSUPPORTED_COMPLETION = ("tools", "tool_choice", "response_format", "suffix")
+_WHY = {"functions": "use tools", "function_call": "use tool_choice",
+        "suffix": "this engine does not fill in the middle"}
 
 
-class _TextPart(BaseModel):
+class _Strict(BaseModel):
     model_config = ConfigDict(extra="ignore")
+
+
+class _TextPart(_Strict):
     type: Literal["text"]
     text: str = Field(max_length=MAX_PROMPT_CHARS)
 
 
-class ChatMessageIn(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-    role: Literal["system", "developer", "user", "assistant"]
-    content: str | list[_TextPart] = Field(max_length=MAX_PROMPT_CHARS)
+class _FunctionCall(_Strict):
+    name: str = Field(pattern=TOOL_NAME.pattern)
+    arguments: str = Field(max_length=MAX_PROMPT_CHARS)
+
+
+class _ToolCall(_Strict):
+    id: str = Field(min_length=1, max_length=256)
+    type: Literal["function"] = "function"
+    function: _FunctionCall
+
+
+class ChatMessageIn(_Strict):
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    content: str | list[_TextPart] | None = Field(default=None, max_length=MAX_PROMPT_CHARS)
+    tool_calls: list[_ToolCall] | None = Field(default=None, max_length=MAX_TOOLS)
+    tool_call_id: str | None = Field(default=None, min_length=1, max_length=256)
 
     def text(self) -> str:
-        if isinstance(self.content, str):
-            return self.content
+        if self.content is None or isinstance(self.content, str):
+            return self.content or ""
         return "".join(p.text for p in self.content)
 
 
-class StreamOptions(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+class _Function(_Strict):
+    name: str = Field(pattern=TOOL_NAME.pattern)
+    description: str = Field(default="", max_length=8192)
+    parameters: dict[str, Any] | None = None
+    strict: bool | None = None
+
+
+class _ToolIn(_Strict):
+    type: Literal["function"]
+    function: _Function
+
+
+class _FunctionName(_Strict):
+    name: str = Field(pattern=TOOL_NAME.pattern)
+
+
+class _Named(_Strict):
+    type: Literal["function"] = "function"
+    function: _FunctionName
+
+
+class _JsonSchema(_Strict):
+    name: str = Field(default="response", max_length=64)
+    schema_: dict[str, Any] | None = Field(default=None, alias="schema")
+    strict: bool | None = None
+    description: str | None = None
+
+
+class _ResponseFormat(_Strict):
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: _JsonSchema | None = None
+
+
+class StreamOptions(_Strict):
     include_usage: bool = False
 
 
@@ -57,7 +140,10 @@ class _Common(BaseModel):
     stop: str | list[str] | None = None
     stream: bool = False
     stream_options: StreamOptions | None = None
-    n: int | None = Field(default=None, ge=1, le=1)
+    n: int | None = Field(default=None, ge=1, le=MAX_N)
+    presence_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
+    frequency_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
+    logit_bias: dict[str, float] | None = Field(default=None, max_length=MAX_LOGIT_BIAS)
 
     @field_validator("stop")
     @classmethod
@@ -67,28 +153,44 @@ class _Common(BaseModel):
             raise ValueError("stop: at most 4 sequences of 1 to 256 characters")
         return value
 
+    @field_validator("logit_bias")
+    @classmethod
+    def _bias(cls, value: dict[str, float] | None) -> dict[str, float] | None:
+        for token, bias in (value or {}).items():
+            if not token.isdigit() or len(token) > 9 or not -100.0 <= bias <= 100.0:
+                raise ValueError("logit_bias maps token ids to biases from -100 to 100")
+        return value
+
     def stops(self) -> tuple[str, ...]:
         return (self.stop,) if isinstance(self.stop, str) else tuple(self.stop or ())
 
-    def unsupported(self) -> list[str]:
+    def unsupported(self, names: tuple[str, ...]) -> list[str]:
         extra = self.model_extra or {}
-        return [k for k in _UNSUPPORTED if extra.get(k) not in (None, False, [], {})]
+        return [k for k in names if extra.get(k) not in (None, False, [], {})]
 
 
 class ChatRequest(_Common):
     messages: list[ChatMessageIn] = Field(min_length=1, max_length=MAX_MESSAGES)
     max_completion_tokens: int | None = Field(default=None, ge=1)
+    tools: list[_ToolIn] | None = Field(default=None, max_length=MAX_TOOLS)
+    tool_choice: Literal["none", "auto", "required"] | _Named | None = None
+    parallel_tool_calls: bool | None = None  # one call per answer satisfies either
+    response_format: _ResponseFormat | None = None
+    logprobs: bool | None = None
+    top_logprobs: int | None = Field(default=None, ge=0, le=MAX_TOP_LOGPROBS)
 
 
 class CompletionRequest(_Common):
     prompt: str | list[str] = Field(max_length=MAX_PROMPT_CHARS)
     echo: bool = False
+    logprobs: int | None = Field(default=None, ge=0, le=MAX_COMPLETION_LOGPROBS)
+    best_of: int | None = Field(default=None, ge=1, le=1)
 
     def text(self) -> str:
         if isinstance(self.prompt, str):
             return self.prompt
         if len(self.prompt) != 1:
-            raise EnclaveError("enclave.bad_request", "one prompt per request")
+            raise EnclaveError("enclave.bad_request", "one prompt per request", param="prompt")
         return self.prompt[0]
 
 
@@ -99,13 +201,18 @@ def parse_request(kind: type[ChatRequest] | type[CompletionRequest], body: Any
     except ValidationError as exc:
         err = exc.errors()[0]
         where = ".".join(str(p) for p in err.get("loc", ()))
-        raise EnclaveError("enclave.bad_request", f"{where}: {err.get('msg', 'invalid')}"
-                           ) from None
-    unsupported = request.unsupported()
-    if unsupported:
-        raise EnclaveError("enclave.bad_request", f"not supported here: {', '.join(unsupported)}")
+        raise EnclaveError("enclave.bad_request", f"{where}: {err.get('msg', 'invalid')}",
+                           param=str(err["loc"][0]) if err.get("loc") else None) from None
+    chat = isinstance(request, ChatRequest)
+    for name in request.unsupported(_UNSUPPORTED_CHAT if chat else _UNSUPPORTED_COMPLETION):
+        why = _WHY.get(name, "the enclave cannot honour it")
+        raise EnclaveError("enclave.bad_request", f"{name} is not supported here ({why})",
+                           param=name)
     if isinstance(request, CompletionRequest) and request.echo:
-        raise EnclaveError("enclave.bad_request", "echo is not supported")
+        raise EnclaveError("enclave.bad_request", "echo is not supported", param="echo")
+    if request.stream and (request.n or 1) > 1:
+        raise EnclaveError("enclave.bad_request", "n > 1 is not streamed here; ask without "
+                           "stream, or n times", param="n")
     return request
 
 
@@ -118,142 +225,94 @@ def sampling(request: ChatRequest | CompletionRequest, *, limit: int, default_se
         wanted = request.max_completion_tokens
     max_tokens = wanted if wanted is not None else min(256, limit)
     if max_tokens > limit:
-        raise EnclaveError("enclave.bad_request", f"max_tokens is at most {limit} here")
-    return SamplingParams(
+        raise EnclaveError("enclave.bad_request", f"max_tokens is at most {limit} here",
+                           param="max_tokens")
+    params = SamplingParams(
         max_tokens=max_tokens,
         temperature=1.0 if request.temperature is None else request.temperature,
         top_p=1.0 if request.top_p is None else request.top_p,
         seed=default_seed if request.seed is None else request.seed,
         stop=request.stops(),
+        strict_length=wanted is not None,
+        n=request.n or 1,
+        presence_penalty=request.presence_penalty or 0.0,
+        frequency_penalty=request.frequency_penalty or 0.0,
+        logit_bias=tuple(sorted((int(t), float(b)) for t, b in
+                                (request.logit_bias or {}).items())),
     )
+    if isinstance(request, CompletionRequest):
+        return replace(params, logprobs=request.logprobs)
+    return _chat_sampling(request, params)
 
 
-def messages_of(request: ChatRequest) -> list[dict[str, str]]:
-    out = [{"role": "system" if m.role == "developer" else m.role, "content": m.text()}
-           for m in request.messages]
-    if sum(len(m["content"]) for m in out) > MAX_PROMPT_CHARS:
-        raise EnclaveError("enclave.bad_request", "the messages are too long")
+def _chat_sampling(request: ChatRequest, params: SamplingParams) -> SamplingParams:
+    if request.top_logprobs is not None and not request.logprobs:
+        raise EnclaveError("enclave.bad_request", "top_logprobs needs logprobs: true",
+                           param="top_logprobs")
+    tools = tuple(_tool(t.function) for t in request.tools or ())
+    if len({t.name for t in tools}) != len(tools):
+        raise EnclaveError("enclave.bad_request", "tools: two functions share a name",
+                           param="tools")
+    choice = request.tool_choice
+    name = choice.function.name if isinstance(choice, _Named) else None
+    if (name is not None or choice == "required") and not tools:
+        raise EnclaveError("enclave.bad_request", "tool_choice needs tools", param="tool_choice")
+    if name is not None and name not in {t.name for t in tools}:
+        raise EnclaveError("enclave.bad_request", f"tool_choice names {name!r}, which is not "
+                           "in tools", param="tool_choice")
+    return replace(
+        params, logprobs=(request.top_logprobs or 0) if request.logprobs else None,
+        tools=tools, tool_name=name,
+        tool_choice="required" if name is not None else choice if isinstance(choice, str)
+        else "auto",
+        response_format=_response_format(request.response_format))
+
+
+def _tool(function: _Function) -> Tool:
+    schema = function.parameters if function.parameters is not None else {
+        "type": "object", "properties": {}}
+    check_schema(schema, param="tools")
+    return Tool(function.name, function.description, compact(schema))
+
+
+def _response_format(given: _ResponseFormat | None) -> ResponseFormat | None:
+    if given is None or given.type == "text":
+        return None
+    if given.type == "json_object":
+        return ResponseFormat("json_object")
+    if given.json_schema is None or given.json_schema.schema_ is None:
+        raise EnclaveError("enclave.bad_request", "response_format: json_schema needs its "
+                           "schema", param="response_format")
+    check_schema(given.json_schema.schema_, param="response_format")
+    return ResponseFormat("json_schema", compact(given.json_schema.schema_),
+                          given.json_schema.name)
+
+
+def messages_of(request: ChatRequest) -> list[dict[str, Any]]:
+    """The messages as the engine receives them (and the commitment covers them): ``role`` and
+    ``content`` text, ``developer`` as ``system``; an assistant's ``tool_calls`` and a tool's
+    ``tool_call_id`` where there are any."""
+    out: list[dict[str, Any]] = []
+    for m in request.messages:
+        if m.role == "tool":
+            if m.tool_call_id is None:
+                raise EnclaveError("enclave.bad_request", "a tool message needs its "
+                                   "tool_call_id", param="messages")
+            out.append({"role": "tool", "content": m.text(), "tool_call_id": m.tool_call_id})
+            continue
+        message: dict[str, Any] = {"role": "system" if m.role == "developer" else m.role,
+                                   "content": m.text()}
+        if m.tool_calls and m.role == "assistant":
+            message["tool_calls"] = [
+                {"id": c.id, "type": "function",
+                 "function": {"name": c.function.name, "arguments": c.function.arguments}}
+                for c in m.tool_calls]
+        elif m.content is None:
+            raise EnclaveError("enclave.bad_request", f"a {m.role} message needs content",
+                               param="messages")
+        out.append(message)
+    size = sum(len(m["content"]) + sum(len(c["function"]["arguments"])
+                                       for c in m.get("tool_calls", ())) for m in out)
+    if size > MAX_PROMPT_CHARS:
+        raise EnclaveError("enclave.bad_request", "the messages are too long", param="messages")
     return out
-
-
-def prompt_commitment_bytes(value: Any) -> bytes:
-    """The bytes the audit commitment covers: the model's input as compact, sorted JSON."""
-    return json.dumps(value, ensure_ascii=False, sort_keys=True, separators=(",", ":")).encode()
-
-
-ModelInput = list[dict[str, str]] | str  # the messages (chat) or the prompt (completion)
-_ROLES = frozenset({"system", "user", "assistant"})
-
-
-def commitment_input(value: ModelInput, stop: tuple[str, ...] = ()) -> bytes:
-    """What an inference's prompt commitment covers, and what ``medclave audit replay`` takes.
-
-    The model's input as the engine received it (:func:`messages_of` or the prompt text), with
-    the stop sequences when there are any: they change the answer, and the entry's ``params``
-    cannot carry them (an entry holds no free text), so they are committed with the prompt.
-    """
-    return prompt_commitment_bytes(value if not stop else {"input": value, "stop": list(stop)})
-
-
-def parse_commitment_input(data: bytes) -> tuple[ModelInput, tuple[str, ...]]:
-    """The inverse of :func:`commitment_input`; ``input.malformed`` for anything it would not
-    have produced, byte for byte (replay must run exactly what was committed)."""
-    try:
-        value = json.loads(data)
-    except (ValueError, RecursionError) as exc:
-        raise InputError("input.malformed", "the prompt is not the committed JSON") from exc
-    stop: tuple[str, ...] = ()
-    if isinstance(value, dict):
-        if set(value) != {"input", "stop"} or not isinstance(value["stop"], list) \
-                or not all(isinstance(s, str) for s in value["stop"]) or not value["stop"]:
-            raise InputError("input.malformed", "the prompt is not the committed JSON")
-        stop, value = tuple(value["stop"]), value["input"]
-    if isinstance(value, list):
-        if not value or not all(
-                isinstance(m, dict) and set(m) == {"role", "content"} and m["role"] in _ROLES
-                and isinstance(m["content"], str) for m in value):
-            raise InputError("input.malformed", "the prompt's messages are not as committed")
-    elif not isinstance(value, str):
-        raise InputError("input.malformed", "the prompt is not the committed JSON")
-    if commitment_input(value, stop) != data:
-        raise InputError("input.malformed", "the prompt is not in its committed (canonical) form")
-    return value, stop
-
-
-# --- answers --------------------------------------------------------------------------------
-
-
-def usage(completion_tokens: int, prompt_tokens: int) -> dict[str, int]:
-    return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-            "total_tokens": prompt_tokens + completion_tokens}
-
-
-def chat_answer(rid: str, created: int, model: str, c: Completion) -> dict[str, Any]:
-    return {
-        "id": f"chatcmpl-{rid}", "object": "chat.completion", "created": created, "model": model,
-        "choices": [{"index": 0, "message": {"role": "assistant", "content": c.text},
-                     "logprobs": None, "finish_reason": c.finish_reason}],
-        "usage": usage(c.completion_tokens, c.prompt_tokens),
-    }
-
-
-def completion_answer(rid: str, created: int, model: str, c: Completion) -> dict[str, Any]:
-    return {
-        "id": f"cmpl-{rid}", "object": "text_completion", "created": created, "model": model,
-        "choices": [{"index": 0, "text": c.text, "logprobs": None,
-                     "finish_reason": c.finish_reason}],
-        "usage": usage(c.completion_tokens, c.prompt_tokens),
-    }
-
-
-def models_answer(model: str, created: int, digest: str) -> dict[str, Any]:
-    return {"object": "list", "data": [{"id": model, "object": "model", "created": created,
-                                        "owned_by": "medclave", "medclave_model_digest": digest}]}
-
-
-def sse(event: dict[str, Any] | str) -> bytes:
-    data = event if isinstance(event, str) else json.dumps(event, separators=(",", ":"))
-    return f"data: {data}\n\n".encode()
-
-
-class ChunkShaper:
-    """Server-sent events in OpenAI's chunk shapes for one streamed answer."""
-
-    def __init__(self, chat: bool, rid: str, created: int, model: str,
-                 include_usage: bool) -> None:
-        self._chat = chat
-        self._id = f"chatcmpl-{rid}" if chat else f"cmpl-{rid}"
-        self._object = "chat.completion.chunk" if chat else "text_completion"
-        self._created = created
-        self._model = model
-        self._usage = include_usage
-
-    def _event(self, choices: list[dict[str, Any]], **extra: Any) -> bytes:
-        return sse({"id": self._id, "object": self._object, "created": self._created,
-                    "model": self._model, "choices": choices, **extra})
-
-    def first(self) -> bytes:
-        if not self._chat:
-            return b""
-        return self._event([{"index": 0, "delta": {"role": "assistant", "content": ""},
-                             "logprobs": None, "finish_reason": None}])
-
-    def delta(self, d: Delta) -> bytes:
-        if self._chat:
-            choice: dict[str, Any] = {"index": 0, "delta": {"content": d.text} if d.text else {},
-                                      "logprobs": None, "finish_reason": d.finish_reason}
-        else:
-            choice = {"index": 0, "text": d.text, "logprobs": None,
-                      "finish_reason": d.finish_reason}
-        out = self._event([choice])
-        if d.final and self._usage:
-            out += self._event([], usage=usage(d.completion_tokens, d.prompt_tokens))
-        return out
-
-    @staticmethod
-    def error(code: str, message: str) -> bytes:
-        return sse({"error": {"message": message, "type": "server_error", "code": code}})
-
-    @staticmethod
-    def done() -> bytes:
-        return sse("[DONE]")

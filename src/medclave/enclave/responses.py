@@ -35,7 +35,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from medclave.enclave.engines.base import Completion, Delta
+from medclave.enclave.engines.base import Choice, Completion, Delta, TokenLogprob
+from medclave.enclave.openai_answers import tool_call_id
 from medclave.enclave.openai_api import MAX_MESSAGES, MAX_PROMPT_CHARS
 from medclave.enclave.response_store import Message, Owner, ResponseStore
 from medclave.errors import EnclaveError
@@ -237,21 +238,23 @@ class Conversation:
 
     # --- the answer ----------------------------------------------------------------------------
 
-    def remember(self, rid: str, text: str, calls: Sequence[ToolCallOut] = ()) -> None:
+    def remember(self, rid: str, answer: Choice) -> None:
         """Keep the conversation with its answer, if the caller asked for it (``store``)."""
         if not self.request.store:
             return
-        answer: dict[str, Any] = {"role": "assistant", "content": text}
-        if calls:
-            answer["tool_calls"] = [{"id": c.call_id, "type": "function",
-                                     "function": {"name": c.name, "arguments": c.arguments}}
-                                    for c in calls]
-        self._store.put(response_id(rid), self._owner, [*self.turn, answer])
+        message: dict[str, Any] = {"role": "assistant", "content": answer.text}
+        if answer.tool_calls:
+            message["tool_calls"] = [
+                {"id": call.call_id, "type": "function",
+                 "function": {"name": call.name, "arguments": call.arguments}}
+                for call in calls_of(rid, answer)]
+        self._store.put(response_id(rid), self._owner, [*self.turn, message])
 
-    def answer(self, rid: str, created: int, model: str, completion: Completion,
-               calls: Sequence[ToolCallOut] = ()) -> dict[str, Any]:
-        status, incomplete = _status(completion.finish_reason)
-        output = _output(rid, completion.text, calls, status)
+    def answer(self, rid: str, created: int, model: str, completion: Completion
+               ) -> dict[str, Any]:
+        choice = completion.all_choices[0]
+        status, incomplete = _status(choice.finish_reason)
+        output = _output(rid, choice, status)
         return self.response(rid, created, model, status=status, output=output,
                              usage=_usage(completion.prompt_tokens,
                                           completion.completion_tokens),
@@ -287,17 +290,22 @@ class Conversation:
 
 
 class ToolCallOut:
-    """A function call of the answer, with the ids the Responses API gives it."""
+    """A function call of the answer: its item id, and its ``call_id``, which is the id the
+    chat path gives the same call (so a continued conversation names it alike)."""
 
     def __init__(self, rid: str, index: int, name: str, arguments: str) -> None:
         self.id = f"fc_{rid}_{index}"
-        self.call_id = f"call_{rid}_{index}"
+        self.call_id = tool_call_id(rid, 0, index)
         self.name = name
         self.arguments = arguments
 
     def item(self, status: str = "completed") -> dict[str, Any]:
         return {"type": "function_call", "id": self.id, "call_id": self.call_id,
                 "name": self.name, "arguments": self.arguments, "status": status}
+
+
+def calls_of(rid: str, choice: Choice) -> list[ToolCallOut]:
+    return [ToolCallOut(rid, k, c.name, c.arguments) for k, c in enumerate(choice.tool_calls)]
 
 
 def response_id(rid: str) -> str:
@@ -320,28 +328,40 @@ def _usage(prompt_tokens: int, completion_tokens: int) -> dict[str, Any]:
             "total_tokens": prompt_tokens + completion_tokens}
 
 
-def _text_part(text: str) -> dict[str, Any]:
-    return {"type": "output_text", "text": text, "annotations": [], "logprobs": []}
+def _logprobs(entries: Sequence[TokenLogprob] | None) -> list[dict[str, Any]]:
+    """``top_logprobs``' answer: each token's log-probability and the likeliest alternatives."""
+    return [{"token": e.token, "bytes": list(e.bytes), "logprob": e.logprob,
+             "top_logprobs": [{"token": t.token, "bytes": list(t.bytes), "logprob": t.logprob}
+                              for t in e.top]} for e in entries or ()]
 
 
-def _message(rid: str, text: str | None, status: str) -> dict[str, Any]:
-    content = [] if text is None else [_text_part(text)]
+def _text_part(text: str, logprobs: Sequence[TokenLogprob] | None = None) -> dict[str, Any]:
+    return {"type": "output_text", "text": text, "annotations": [],
+            "logprobs": _logprobs(logprobs)}
+
+
+def _message(rid: str, text: str | None, status: str,
+             logprobs: Sequence[TokenLogprob] | None = None) -> dict[str, Any]:
+    content = [] if text is None else [_text_part(text, logprobs)]
     return {"type": "message", "id": f"msg_{rid}", "status": status, "role": "assistant",
             "content": content}
 
 
-def _output(rid: str, text: str, calls: Sequence[ToolCallOut], status: str
-            ) -> list[dict[str, Any]]:
+def _output(rid: str, choice: Choice, status: str) -> list[dict[str, Any]]:
     """A message when there is text or nothing else, then the function calls."""
-    items = [_message(rid, text, status)] if text or not calls else []
+    calls = calls_of(rid, choice)
+    items = [_message(rid, choice.text, status, choice.logprobs)] \
+        if choice.text or not calls else []
     return items + [c.item() for c in calls]
 
 
 class EventShaper:
     """The server-sent events of a streamed response (``ResponseStreamEvent``): created and
-    in progress; the message item and its text part, opened at the first text; text deltas;
-    then text done, part done, item done, and ``response.completed`` (or
-    ``response.incomplete`` when ``max_output_tokens`` cut it short) with the whole response."""
+    in progress; then each output item as it begins (the message and its text part at the
+    first text, a function call at its name) with its deltas; at the end every item done
+    (text done, part done, item done; arguments done, item done), and ``response.completed``
+    (``response.incomplete`` when ``max_output_tokens`` cut it short) with the whole response.
+    """
 
     def __init__(self, conversation: Conversation, rid: str, created: int, model: str) -> None:
         self._conversation = conversation
@@ -350,7 +370,9 @@ class EventShaper:
         self._model = model
         self._seq = 0
         self._parts: list[str] = []
-        self._opened = False
+        self._logprobs: list[TokenLogprob] = []
+        self._message: int | None = None  # the message's output index, once opened
+        self._calls: dict[int, tuple[int, ToolCallOut]] = {}  # call index -> (output index, call)
 
     def _event(self, type_: str, **fields: Any) -> bytes:
         data = json.dumps({"type": type_, "sequence_number": self._seq, **fields},
@@ -363,45 +385,71 @@ class EventShaper:
         return self._conversation.response(self._rid, self._created, self._model,
                                            status=status, output=output, **extra)
 
+    @property
+    def _opened(self) -> int:
+        return (self._message is not None) + len(self._calls)
+
     def first(self) -> bytes:
         created = self._response("in_progress", [])
         return (self._event("response.created", response=created)
                 + self._event("response.in_progress", response=created))
 
-    def _open(self) -> bytes:
-        if self._opened:
+    def _open_message(self) -> bytes:
+        if self._message is not None:
             return b""
-        self._opened = True
-        item = f"msg_{self._rid}"
-        return (self._event("response.output_item.added", output_index=0,
+        self._message = self._opened
+        return (self._event("response.output_item.added", output_index=self._message,
                             item=_message(self._rid, None, "in_progress"))
-                + self._event("response.content_part.added", output_index=0, item_id=item,
-                              content_index=0, part=_text_part("")))
+                + self._event("response.content_part.added", output_index=self._message,
+                              item_id=f"msg_{self._rid}", content_index=0,
+                              part=_text_part("")))
 
     def delta(self, d: Delta) -> bytes:
         out = b""
         if d.text:
-            out += self._open()
+            out += self._open_message()
             self._parts.append(d.text)
-            out += self._event("response.output_text.delta", output_index=0,
+            self._logprobs.extend(d.logprobs)
+            out += self._event("response.output_text.delta", output_index=self._message,
                                item_id=f"msg_{self._rid}", content_index=0, delta=d.text,
-                               logprobs=[])
+                               logprobs=_logprobs(d.logprobs))
+        piece = d.tool_call
+        if piece is not None and piece.index not in self._calls and piece.name is not None:
+            at, call = self._opened, ToolCallOut(self._rid, piece.index, piece.name, "")
+            self._calls[piece.index] = (at, call)
+            out += self._event("response.output_item.added", output_index=at,
+                               item=call.item("in_progress"))
+        if piece is not None and piece.index in self._calls:
+            at, call = self._calls[piece.index]
+            if piece.arguments:
+                call.arguments += piece.arguments
+                out += self._event("response.function_call_arguments.delta", output_index=at,
+                                   item_id=call.id, delta=piece.arguments)
         if d.final:
             out += self._finish(d)
         return out
 
     def _finish(self, d: Delta) -> bytes:
-        text = "".join(self._parts)
         status, incomplete = _status(d.finish_reason or "stop")
-        item_id = f"msg_{self._rid}"
-        out = self._open()
-        message = _message(self._rid, text, status)
-        out += (self._event("response.output_text.done", output_index=0, item_id=item_id,
-                            content_index=0, text=text, logprobs=[])
-                + self._event("response.content_part.done", output_index=0, item_id=item_id,
-                              content_index=0, part=_text_part(text))
-                + self._event("response.output_item.done", output_index=0, item=message))
-        final = self._response(status, [message],
+        out = b"" if self._calls else self._open_message()  # an answer has an item
+        items: dict[int, dict[str, Any]] = {}
+        if self._message is not None:
+            text, item_id = "".join(self._parts), f"msg_{self._rid}"
+            items[self._message] = _message(self._rid, text, status, self._logprobs)
+            out += (self._event("response.output_text.done", output_index=self._message,
+                                item_id=item_id, content_index=0, text=text,
+                                logprobs=_logprobs(self._logprobs))
+                    + self._event("response.content_part.done", output_index=self._message,
+                                  item_id=item_id, content_index=0,
+                                  part=_text_part(text, self._logprobs))
+                    + self._event("response.output_item.done", output_index=self._message,
+                                  item=items[self._message]))
+        for at, call in self._calls.values():
+            items[at] = call.item()
+            out += (self._event("response.function_call_arguments.done", output_index=at,
+                                item_id=call.id, arguments=call.arguments)
+                    + self._event("response.output_item.done", output_index=at, item=items[at]))
+        final = self._response(status, [items[i] for i in sorted(items)],
                                usage=_usage(d.prompt_tokens, d.completion_tokens),
                                incomplete=incomplete)
         kind = "response.completed" if status == "completed" else "response.incomplete"

@@ -42,6 +42,7 @@ from medclave.enclave import responses
 from medclave.enclave.attester import Platform
 from medclave.enclave.engines.base import (
     Cancel,
+    Choice,
     Completion,
     Engine,
     Generation,
@@ -123,7 +124,10 @@ def _error_answer(rid: str, exc: MedclaveError) -> _Answer:
     headers = [("content-type", "application/json"), (proto.REQUEST_ID_HEADER, rid)]
     if isinstance(exc, Busy):
         headers += exc.headers()
-    return _Answer(status, headers, proto.openai_error(exc.code, message, kind=kind))
+    param = exc.context.get("param")
+    return _Answer(status, headers, proto.openai_error(
+        api.OPENAI_CODES.get(exc.code, exc.code), message, kind=kind,
+        param=param if isinstance(param, str) else None))
 
 
 class InferenceService:
@@ -241,12 +245,12 @@ class InferenceService:
                  cancel: Cancel | None = None) -> _Answer:
         try:
             request = proto.decode_inner_request(plaintext)
-            expected = proto.INNER_PATHS.get(request.path)
+            expected = proto.inner_method(request.path)
             if expected is None:
-                return _error_answer(rid, EnclaveError("enclave.bad_request",
-                                                       f"no route {request.path}"))
+                return _error_answer(rid, EnclaveError("enclave.no_route",
+                                                       f"no route {request.path[:300]}"))
             if request.method != expected:
-                return _error_answer(rid, EnclaveError("enclave.bad_request",
+                return _error_answer(rid, EnclaveError("enclave.method_not_allowed",
                                                        f"{request.path} takes {expected}"))
             # The door: nothing below runs for a caller the hook refuses.
             try:
@@ -255,10 +259,8 @@ class InferenceService:
                 if refused.principal is not None:
                     self._record_refusal(rid, refused.principal)
                 raise
-            if request.path == proto.MODELS_PATH:
-                body = api.models_answer(self.identity.model_id, self.started,
-                                         self.identity.model_digest)
-                return self._json(rid, body)
+            if proto.is_models_path(request.path):
+                return self._json(rid, self._models(proto.model_id_of(request.path)))
             conversation: responses.Conversation | None = None
             if request.path == proto.RESPONSES_PATH:
                 conversation = responses.Conversation(
@@ -270,9 +272,7 @@ class InferenceService:
                 parsed = api.parse_request(api.ChatRequest if chat else api.CompletionRequest,
                                            request.json())
             if parsed.model not in (None, self.identity.model_id):
-                raise EnclaveError("enclave.bad_request",
-                                   f"model {parsed.model!r} is not served here; "
-                                   f"use {self.identity.model_id!r}")
+                raise self._no_model(parsed.model or "")
             params = api.sampling(parsed, limit=self._limit,
                                   default_seed=secrets.randbelow(2**31))
             if parsed.stream and not streaming:
@@ -302,6 +302,19 @@ class InferenceService:
             log.error("request %s failed: %s", rid, type(exc).__name__)
             return _error_answer(rid, EnclaveError("internal"))
 
+    def _models(self, model_id: str | None) -> dict[str, Any]:
+        """``GET /v1/models`` (``model_id`` None) or ``GET /v1/models/{id}``."""
+        ident = self.identity
+        if model_id is None:
+            return api.models_answer(ident.model_id, self.started, ident.model_digest)
+        if model_id != ident.model_id:
+            raise self._no_model(model_id)
+        return api.model_answer(ident.model_id, self.started, ident.model_digest)
+
+    def _no_model(self, model_id: str) -> EnclaveError:
+        return EnclaveError("enclave.model_not_found", f"The model {model_id[:256]!r} does not "
+                            f"exist here; use {self.identity.model_id!r}", param="model")
+
     def _json(self, rid: str, body: dict[str, Any], *, receipt: bytes | None = None,
               tokens: int = 0) -> _Answer:
         headers = [("content-type", "application/json"), (proto.REQUEST_ID_HEADER, rid)]
@@ -320,28 +333,36 @@ class InferenceService:
         shape: Callable[[str, int, str, Completion], dict[str, Any]]
         if isinstance(parsed, api.ChatRequest):
             messages = api.messages_of(parsed)
-            prompt = api.commitment_input(messages, params.stop)
+            prompt = api.commitment_input(messages, params)
             stream = partial(self.engine.chat_stream, messages, params)
             whole = partial(self.engine.chat, messages, params)
             shape = api.chat_answer
         else:
             text = parsed.text()
-            prompt = api.commitment_input(text, params.stop)
+            prompt = api.commitment_input(text, params)
             stream = partial(self.engine.complete_stream, text, params)
             whole = partial(self.engine.complete, text, params)
             shape = api.completion_answer
         if conversation is not None:
             shape = conversation.answer
 
+        left: list[Choice] = []  # the answer that left, once it has
+
+        def commit(choice: Choice) -> str:
+            left.append(choice)
+            return api.committed_answer(params, (choice,))
+
         def record(answer: str | None, ended: Ending, tokens: int) -> bytes | None:
             receipt = self._record(InferenceRecord(rid, self._clock(), principal, prompt,
                                                    answer, params, ended, tokens))
-            if conversation is not None and answer is not None and ended in _CONTINUABLE:
-                conversation.remember(rid, answer)
+            if conversation is not None and left and ended in _CONTINUABLE:
+                conversation.remember(rid, left[-1])  # kept only once it is recorded
             return receipt
 
+        # What an answer of which nothing left commits to (as a stream closed at once does).
+        nothing = api.committed_answer(params, (Choice("", "stop"),))
         if generation.cancel.is_set():  # the client left before the engine was reached
-            record("", "client_gone", 0)
+            record(nothing, "client_gone", 0)
             raise EnclaveError("enclave.client_gone")
         if parsed.stream:
             shaper: Shaper
@@ -351,9 +372,18 @@ class InferenceService:
                 include_usage = bool(parsed.stream_options
                                      and parsed.stream_options.include_usage)
                 shaper = api.ChunkShaper(chat, rid, created, model, include_usage)
-            with generation_scope(generation):
-                deltas = stream()
-            streamed = StreamedAnswer(rid, deltas, shaper, record, release=slot.release)
+            try:
+                # The engine refuses what it cannot serve (a prompt too long for its context)
+                # here, before the stream starts: the caller gets a plain error answer.
+                with generation_scope(generation):
+                    deltas = stream()
+            except Busy:
+                raise  # the engine's queue is full: refused before the engine ran
+            except Exception:
+                record(None, "error", 0)
+                raise
+            streamed = StreamedAnswer(rid, deltas, shaper, record, release=slot.release,
+                                      commit=commit)
             return _Answer(200, [("content-type", "text/event-stream"),
                                  (proto.REQUEST_ID_HEADER, rid)], streamed=streamed)
         try:
@@ -371,11 +401,12 @@ class InferenceService:
             raise
         if completion is None or generation.stopped:
             # Nothing left the enclave: the client had gone before the answer was ready.
-            record("", "client_gone", 0)
+            record(nothing, "client_gone", 0)
             raise EnclaveError("enclave.client_gone")
         body = shape(rid, created, model, completion)
-        receipt = record(completion.text, ending_of(completion.finish_reason),
-                         completion.completion_tokens)
+        left.append(completion.all_choices[0])
+        receipt = record(api.committed_answer(params, completion.all_choices),
+                         ending_of(completion.finish_reason), completion.completion_tokens)
         return self._json(rid, body, receipt=receipt, tokens=completion.completion_tokens)
 
     def _record(self, record: InferenceRecord) -> bytes | None:

@@ -24,7 +24,7 @@ from collections.abc import Callable, Generator, Iterator
 from typing import Protocol
 
 from medclave.audit.entry import Ending
-from medclave.enclave.engines.base import Delta
+from medclave.enclave.engines.base import Choice, ChoiceBuilder, Delta
 from medclave.errors import EnclaveError, MedclaveError
 from medclave.protocol import inference as proto
 
@@ -65,21 +65,28 @@ def ending_of(finish_reason: str | None) -> Ending:
     return _FINISH_REASONS.get(finish_reason or "", "error")
 
 
+def _text(choice: Choice) -> str:
+    return choice.text
+
+
 class StreamedAnswer(Iterator[bytes]):
     """The server-sent events of one streamed answer (one consumer thread at a time).
 
-    ``release`` is called once the answer is recorded (it frees the tenant's slot).
+    ``release`` is called once the answer is recorded (it frees the tenant's slot); ``commit``
+    turns what left (text, tool calls) into the text the record commits to.
     """
 
     def __init__(self, rid: str, deltas: Iterator[Delta], shaper: Shaper, record: Record,
-                 *, release: Callable[[], None] = lambda: None) -> None:
+                 *, release: Callable[[], None] = lambda: None,
+                 commit: Callable[[Choice], str] = _text) -> None:
         self._rid = rid
         self._deltas = deltas
         self._shaper = shaper
         self._record = record
         self._release = release
+        self._commit = commit
         self._lock = threading.Lock()
-        self._parts: list[str] = []
+        self._left = ChoiceBuilder()  # what has left, as one choice
         self._tokens = 0
         self._ended: Ending | None = None  # set once, under the lock, by whoever records
         self._closing: Ending | None = None  # closed early, and how: nothing more leaves
@@ -133,8 +140,8 @@ class StreamedAnswer(Iterator[bytes]):
         with self._lock:
             if self._ended is not None or self._closing is not None:
                 return  # closed meanwhile: this token does not leave
-            if delta.text:
-                self._parts.append(delta.text)
+            if delta.produced:
+                self._left.add(delta)
                 self._tokens += 1
         piece = self._shaper.delta(delta)
         # Never an empty piece: a zero-length chunk is how chunked OHTTP and indeterminate-length
@@ -174,10 +181,10 @@ class StreamedAnswer(Iterator[bytes]):
             if self._ended is not None:
                 return False
             self._ended = ending
-            text = "".join(self._parts)
             count = self._tokens if tokens is None else tokens
             # An answer of which nothing was generated before it failed has nothing to commit.
-            answer = None if ending == "error" and not self._parts else text
+            answer = None if ending == "error" and not self._left.produced else \
+                self._commit(self._left.choice(ending))
         try:
             self.receipt = self._record(answer, ending, count)
         except MedclaveError as exc:

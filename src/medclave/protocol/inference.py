@@ -11,7 +11,8 @@ Outside, the operator's network sees two endpoints and nothing else:
 
 Inside the encapsulation is a Binary HTTP request (RFC 9292) for the OpenAI-compatible API:
 ``POST /v1/chat/completions``, ``POST /v1/completions``, ``POST /v1/responses`` (the Responses
-API), ``GET /v1/models``, with the caller's
+API), ``GET /v1/models`` and ``GET /v1/models/{id}`` (the id percent-encoded, as the ``openai``
+client sends it), with the caller's
 ``authorization: Bearer ...`` header and a JSON body. The answer is a Binary HTTP response: JSON,
 or for ``stream: true`` server-sent events in indeterminate-length content whose trailer carries
 the audit receipt. Errors that can be encrypted are: only failures to decapsulate are answered in
@@ -25,6 +26,7 @@ import binascii
 import json
 from dataclasses import dataclass
 from typing import Any, Final
+from urllib.parse import quote, unquote
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -54,6 +56,10 @@ __all__ = [
     "decode_receipt_header",
     "encode_inner_request",
     "encode_receipt_header",
+    "inner_method",
+    "is_models_path",
+    "model_id_of",
+    "model_path",
     "openai_error",
 ]
 
@@ -72,6 +78,7 @@ MODELS_PATH: Final = "/v1/models"
 RESPONSES_PATH: Final = "/v1/responses"
 INNER_PATHS: Final = {CHAT_PATH: "POST", COMPLETIONS_PATH: "POST", MODELS_PATH: "GET",
                       RESPONSES_PATH: "POST"}
+MAX_MODEL_ID: Final = 256
 
 RECEIPT_HEADER: Final = "medclave-receipt"  # base64url of the audit receipt JSON
 REQUEST_ID_HEADER: Final = "x-request-id"
@@ -215,10 +222,39 @@ def decode_inner_request(data: bytes) -> InnerRequest:
     return InnerRequest(request.method.upper(), path, headers, request.content)
 
 
-def openai_error(code: str, message: str, *, kind: str = "invalid_request_error") -> bytes:
+def model_path(model_id: str) -> str:
+    """``GET /v1/models/{id}``'s path, the id percent-encoded whole (a ``/`` in it too)."""
+    return f"{MODELS_PATH}/{quote(model_id, safe='')}"
+
+
+def model_id_of(path: str) -> str | None:
+    """The model id a ``/v1/models/{id}`` path names; None for any other path."""
+    prefix = MODELS_PATH + "/"
+    if not path.startswith(prefix) or len(path) > len(prefix) + 3 * MAX_MODEL_ID:
+        return None
+    try:
+        model_id = unquote(path[len(prefix):], errors="strict")
+    except UnicodeDecodeError:
+        return None
+    return model_id if 0 < len(model_id) <= MAX_MODEL_ID else None
+
+
+def is_models_path(path: str) -> bool:
+    """Listing the models or reading one: no inference, so no inference authorization."""
+    return path == MODELS_PATH or model_id_of(path) is not None
+
+
+def inner_method(path: str) -> str | None:
+    """The method an inner path takes; None for a path the enclave does not serve."""
+    return INNER_PATHS.get(path) or ("GET" if model_id_of(path) is not None else None)
+
+
+def openai_error(code: str, message: str, *, kind: str = "invalid_request_error",
+                 param: str | None = None) -> bytes:
     """An error body in the OpenAI shape (``openai`` raises typed errors from it), with the
-    Medclave code as ``code`` so scripts can rely on it."""
-    body = {"error": {"message": message, "type": kind, "param": None, "code": code}}
+    Medclave code as ``code`` so scripts can rely on it (OpenAI's own where one exists, such as
+    ``context_length_exceeded``), and the request field at fault as ``param``."""
+    body = {"error": {"message": message, "type": kind, "param": param, "code": code}}
     return json.dumps(body, separators=(",", ":")).encode()
 
 

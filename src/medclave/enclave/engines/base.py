@@ -5,8 +5,11 @@ embedded llama.cpp engine and a vLLM server in the same confidential VM look the
 request handling, the audit record and the attestation (which reports ``name`` and
 ``build_id``: greedy output differs between builds, so a replay needs the very build).
 
-A stream yields :class:`Delta` pieces of text, then exactly one final delta with the
-``finish_reason`` and the token counts.
+A stream yields :class:`Delta` pieces of text (or of a tool call's arguments), then exactly one
+final delta with the ``finish_reason`` and the token counts. An engine refuses what it cannot
+do with ``enclave.bad_request`` (and a prompt that does not fit its context with
+``enclave.context_length_exceeded``) when it is called, before a stream starts, never by
+ignoring a parameter.
 
 Who a generation is for, and whether it is still wanted (issue 10 §4), travels beside the call
 rather than in it: the enclave runs each engine call inside :func:`generation_scope` with a
@@ -23,11 +26,32 @@ import queue
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol, runtime_checkable
+from typing import Any, Literal, Protocol, runtime_checkable
 
 from medclave.errors import EnclaveError, MedclaveError
 
-ChatMessage = Mapping[str, str]
+# A message as the engine receives it: ``role`` and ``content`` (text), and for a tool call
+# round trip an assistant's ``tool_calls`` (OpenAI's shape) or a tool's ``tool_call_id``.
+ChatMessage = Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class Tool:
+    """A function the model may call; ``parameters`` is its JSON Schema as compact JSON text,
+    in the caller's key order (the order shapes the grammar, hence the arguments' order)."""
+
+    name: str
+    description: str = ""
+    parameters: str = '{"type":"object","properties":{}}'
+
+
+@dataclass(frozen=True)
+class ResponseFormat:
+    """``json_object`` (any JSON object) or ``json_schema`` (``schema``, compact JSON text)."""
+
+    type: Literal["json_object", "json_schema"]
+    schema: str | None = None
+    name: str = ""
 
 
 @dataclass(frozen=True)
@@ -37,14 +61,79 @@ class SamplingParams:
     top_p: float = 1.0
     seed: int = 0
     stop: tuple[str, ...] = ()
+    # True: ``max_tokens`` was the caller's, and a prompt that leaves less room is refused;
+    # False (a default): it shrinks to what the context leaves after the prompt.
+    strict_length: bool = False
+    n: int = 1  # choices; choice i samples with seed + i
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    logit_bias: tuple[tuple[int, float], ...] = ()  # (token id, bias added to its logit)
+    logprobs: int | None = None  # None: none; k: the chosen token's and the k most likely
+    tools: tuple[Tool, ...] = ()
+    tool_choice: Literal["none", "auto", "required"] = "auto"
+    tool_name: str | None = None  # this tool must be called (``tool_choice`` then "required")
+    response_format: ResponseFormat | None = None
+
+    @property
+    def calls_tools(self) -> bool:
+        """Whether the model is offered the tools (it may or must call one)."""
+        return bool(self.tools) and self.tool_choice != "none"
+
+
+@dataclass(frozen=True)
+class TopLogprob:
+    token: str
+    bytes: tuple[int, ...]
+    logprob: float
+
+
+@dataclass(frozen=True)
+class TokenLogprob:
+    """A generated token, its log-probability, and the most likely alternatives at its step."""
+
+    token: str
+    bytes: tuple[int, ...]
+    logprob: float
+    top: tuple[TopLogprob, ...] = ()
+
+
+@dataclass(frozen=True)
+class ToolCall:
+    name: str
+    arguments: str  # JSON text, as generated
+
+
+@dataclass(frozen=True)
+class Choice:
+    text: str
+    finish_reason: str
+    tool_calls: tuple[ToolCall, ...] = ()
+    logprobs: tuple[TokenLogprob, ...] | None = None
 
 
 @dataclass(frozen=True)
 class Completion:
+    """A whole answer: the first choice's text and finish reason, and every choice (``n``);
+    the token counts are for all choices together."""
+
     text: str
     finish_reason: str
     prompt_tokens: int
     completion_tokens: int
+    choices: tuple[Choice, ...] = ()
+
+    @property
+    def all_choices(self) -> tuple[Choice, ...]:
+        return self.choices or (Choice(self.text, self.finish_reason),)
+
+
+@dataclass(frozen=True)
+class ToolCallDelta:
+    """A piece of tool call ``index``: its ``name`` on the first piece, then arguments."""
+
+    index: int
+    arguments: str
+    name: str | None = None
 
 
 @dataclass(frozen=True)
@@ -53,10 +142,17 @@ class Delta:
     finish_reason: str | None = None
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    tool_call: ToolCallDelta | None = None
+    logprobs: tuple[TokenLogprob, ...] = ()
 
     @property
     def final(self) -> bool:
         return self.finish_reason is not None
+
+    @property
+    def produced(self) -> bool:
+        """Whether this delta carries generated output (a token, or more)."""
+        return bool(self.text) or self.tool_call is not None
 
 
 @runtime_checkable
@@ -78,14 +174,42 @@ class Engine(Protocol):
     def close(self) -> None: ...
 
 
-def collect(stream: Iterator[Delta]) -> Completion:
+@dataclass
+class ChoiceBuilder:
+    """One choice put together from its deltas (a stream collected, or what left of it)."""
+
+    parts: list[str] = field(default_factory=list)
+    calls: list[list[str]] = field(default_factory=list)  # [name, arguments] per call index
+    logprobs: list[TokenLogprob] = field(default_factory=list)
+    produced: bool = False
+
+    def add(self, delta: Delta) -> None:
+        self.produced = self.produced or delta.produced
+        self.parts.append(delta.text)
+        self.logprobs.extend(delta.logprobs)
+        call = delta.tool_call
+        if call is not None:
+            while len(self.calls) <= call.index:
+                self.calls.append(["", ""])
+            if call.name:
+                self.calls[call.index][0] = call.name
+            self.calls[call.index][1] += call.arguments
+
+    def choice(self, finish_reason: str, *, logprobs: bool = False) -> Choice:
+        return Choice("".join(self.parts), finish_reason,
+                      tuple(ToolCall(name, args) for name, args in self.calls),
+                      tuple(self.logprobs) if logprobs else None)
+
+
+def collect(stream: Iterator[Delta], *, logprobs: bool = False) -> Completion:
     """A whole completion from a stream (for engines that only stream)."""
-    parts: list[str] = []
+    built = ChoiceBuilder()
     for delta in stream:
-        parts.append(delta.text)
+        built.add(delta)
         if delta.final:
-            return Completion("".join(parts), delta.finish_reason or "stop",
-                              delta.prompt_tokens, delta.completion_tokens)
+            choice = built.choice(delta.finish_reason or "stop", logprobs=logprobs)
+            return Completion(choice.text, choice.finish_reason, delta.prompt_tokens,
+                              delta.completion_tokens, (choice,))
     raise EnclaveError("enclave.engine_failed", "the engine stream ended without a final delta")
 
 

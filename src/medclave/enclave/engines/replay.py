@@ -2,9 +2,11 @@
 :class:`~medclave.audit.replay.ReplayEngine`.
 
 Replay must run what the enclave ran: the prompt given is the committed model input
-(:func:`~medclave.enclave.openai_api.commitment_input`: the chat messages or the completion
-prompt, with the stop sequences), handed to the same engine call the enclave made (``chat`` or
-``complete``) with the recorded sampling parameters and seed. The model file's digest is
+(:func:`~medclave.enclave.commitment.commitment_input`: the chat messages or the completion
+prompt, with the stop sequences, tools, response format and the other parameters that shape the
+answer), handed to the same engine call the enclave made (``chat`` or ``complete``) with the
+recorded sampling parameters and seed; what it returns is the committed form of the answer
+(:func:`~medclave.enclave.commitment.committed_answer`). The model file's digest is
 checked before loading, and the build is this machine's llama.cpp build: greedy output is only
 reproducible on the build the entry names, so :func:`medclave.audit.replay.replay` refuses any
 other (``audit.replay_engine_mismatch``).
@@ -13,14 +15,15 @@ other (``audit.replay_engine_mismatch``).
 from __future__ import annotations
 
 import atexit
+from dataclasses import replace
 from functools import cache
 from pathlib import Path
 
 from medclave.audit.entry import Params
 from medclave.audit.replay import ReplayEngine
-from medclave.enclave.engines.base import Engine, SamplingParams
+from medclave.enclave.commitment import committed_answer, parse_commitment_input
+from medclave.enclave.engines.base import Engine
 from medclave.enclave.model import DEFAULT_MODEL_SHA256, default_model_path, verify_model_file
-from medclave.enclave.openai_api import parse_commitment_input
 from medclave.errors import InputError
 
 
@@ -28,12 +31,14 @@ def replay_engine_for(engine: Engine, model_digest: str) -> ReplayEngine:
     """``engine`` (already loaded with the model whose SHA-256 is ``model_digest``) for replay."""
 
     def generate(prompt: str, params: Params) -> str:
-        value, stop = parse_commitment_input(prompt.encode())
-        sampling = SamplingParams(max_tokens=params.max_tokens, temperature=params.temperature,
-                                  top_p=params.top_p, seed=params.seed, stop=stop)
-        if isinstance(value, str):
-            return engine.complete(value, sampling).text
-        return engine.chat(value, sampling).text
+        value, committed = parse_commitment_input(prompt.encode())
+        # strict_length stays off: an answer that was given fitted the context, and a default
+        # max_tokens shrinks here exactly as it did then.
+        sampling = replace(committed, max_tokens=params.max_tokens,
+                           temperature=params.temperature, top_p=params.top_p, seed=params.seed)
+        run = engine.complete if isinstance(value, str) else engine.chat
+        done = run(value, sampling)  # type: ignore[arg-type]
+        return committed_answer(sampling, done.all_choices)
 
     return ReplayEngine(generate=generate, model_digest=model_digest,
                         engine_build=engine.build_id)
