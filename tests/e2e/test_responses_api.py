@@ -146,3 +146,79 @@ def test_what_the_enclave_cannot_do_is_a_400(proxy: str, idp: Idp) -> None:
         _app(proxy, idp).responses.create(model=DEFAULT_MODEL_ID, input="x",
                                           tools=[{"type": "web_search"}])
     assert caught.value.code == "enclave.bad_request"
+
+
+# --- tools ----------------------------------------------------------------------------------
+
+WEATHER_SCHEMA = {"type": "object", "properties": {"city": {"type": "string"}},
+                  "required": ["city"], "additionalProperties": False}
+WEATHER = {"type": "function", "name": "get_weather",
+           "description": "Get the current weather in a city", "parameters": WEATHER_SCHEMA}
+ASK_WEATHER = "What's the weather in Paris?"
+SUNNY = json.dumps({"temperature_c": 18, "sky": "sunny"})
+
+
+def _city(arguments: str) -> str:
+    args = json.loads(arguments)
+    assert isinstance(args, dict) and set(args) == {"city"} and isinstance(args["city"], str)
+    return args["city"]
+
+
+def test_a_tool_call_round_trip_with_previous_response_id(proxy: str, idp: Idp,
+                                                          llama_enclave: Enclave) -> None:
+    first = _app(proxy, idp).responses.create(
+        model=DEFAULT_MODEL_ID, input=ASK_WEATHER, tools=[WEATHER],  # type: ignore[list-item]
+        tool_choice={"type": "function", "name": "get_weather"}, max_output_tokens=30,
+        temperature=0, extra_body={"seed": 1})
+    [call] = first.output
+    assert call.type == "function_call" and call.name == "get_weather" and call.call_id
+    _city(call.arguments)
+    # The app runs the tool and hands back its output; the enclave remembers the rest.
+    final = _app(proxy, idp).responses.create(
+        model=DEFAULT_MODEL_ID, previous_response_id=first.id, tools=[WEATHER],  # type: ignore[list-item]
+        tool_choice="none", max_output_tokens=12, temperature=0, extra_body={"seed": 1},
+        input=[{"type": "function_call_output", "call_id": call.call_id, "output": SUNNY}])
+    assert final.output_text.strip()
+    assert all(item.type == "message" for item in final.output)
+    # What the engine saw: the question, the call it made, the tool's output, and the tool
+    # offered with tool_choice "none" (the chat commitment input, written out here).
+    entry = _last_entry(llama_enclave)
+    committed = json.dumps({
+        "input": [{"role": "user", "content": ASK_WEATHER},
+                  {"role": "assistant", "content": "", "tool_calls": [
+                      {"id": call.call_id, "type": "function",
+                       "function": {"name": "get_weather", "arguments": call.arguments}}]},
+                  {"role": "tool", "content": SUNNY, "tool_call_id": call.call_id}],
+        "tools": [{"name": "get_weather", "description": WEATHER["description"],
+                   "parameters": json.dumps(WEATHER_SCHEMA, separators=(",", ":"))}],
+        "tool_choice": "none"}, ensure_ascii=False, sort_keys=True, separators=(",", ":"))
+    open_commitment(tenant_key(llama_enclave), "prompt", entry.salt, committed.encode(),
+                    entry.prompt)
+
+
+def test_a_stateless_tool_round_trip_sends_the_call_back(proxy: str, idp: Idp) -> None:
+    first = _app(proxy, idp).responses.create(
+        model=DEFAULT_MODEL_ID, input=ASK_WEATHER, tools=[WEATHER],  # type: ignore[list-item]
+        tool_choice="required", store=False, max_output_tokens=30, temperature=0)
+    [call] = [item for item in first.output if item.type == "function_call"]
+    final = _app(proxy, idp).responses.create(
+        model=DEFAULT_MODEL_ID, tools=[WEATHER], tool_choice="none", store=False,  # type: ignore[list-item]
+        max_output_tokens=12, temperature=0,
+        input=[{"role": "user", "content": ASK_WEATHER}, call.model_dump(exclude_none=True),
+               {"type": "function_call_output", "call_id": call.call_id, "output": SUNNY}])
+    assert final.output_text.strip()
+
+
+def test_a_streamed_tool_call(proxy: str, idp: Idp) -> None:
+    events = list(_app(proxy, idp).responses.create(
+        model=DEFAULT_MODEL_ID, input=ASK_WEATHER, tools=[WEATHER],  # type: ignore[list-item]
+        tool_choice="required", max_output_tokens=30, temperature=0, stream=True))
+    kinds = [e.type for e in events]
+    assert kinds[2] == "response.output_item.added" and events[2].item.type == "function_call"
+    assert "response.function_call_arguments.delta" in kinds
+    assert kinds[-3:] == ["response.function_call_arguments.done", "response.output_item.done",
+                          "response.completed"]
+    deltas = "".join(e.delta for e in events if e.type == "response.function_call_arguments.delta")
+    [call] = events[-1].response.output
+    assert call.type == "function_call" and call.arguments == deltas
+    _city(deltas)

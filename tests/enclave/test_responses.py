@@ -11,7 +11,7 @@ import pytest
 from openai.types.responses import Response, ResponseStreamEvent
 from pydantic import TypeAdapter
 
-from medclave.enclave.engines.base import Choice, Completion, Delta
+from medclave.enclave.engines.base import Choice, Completion, Delta, ToolCall, ToolCallDelta
 from medclave.enclave.openai_api import ChatRequest, parse_request
 from medclave.enclave.response_store import ResponseStore
 from medclave.enclave.responses import Conversation
@@ -232,3 +232,54 @@ def test_kept_responses_expire_and_are_bounded() -> None:
     for i in range(5):
         assert small.put(str(i), (f"t{i}", "u"), [{"role": "user", "content": "y" * 10}])
     assert len(small) == 2  # 40 bytes each (as compact JSON): the oldest went first
+
+
+# --- tools ----------------------------------------------------------------------------------
+
+
+def test_a_tool_call_answer_is_a_function_call_item_that_the_next_turn_can_answer() -> None:
+    store = _store()
+    tools = [{"type": "function", "name": "vitals", "parameters": {"type": "object"}}]
+    first = _conversation({"input": "Vitals for bed 7?", "tools": tools}, store)
+    call = ToolCall("vitals", '{"bed":7}')
+    body = first.answer("abc", 0, "m", Completion("", "tool_calls", 9, 5,
+                                                  (Choice("", "tool_calls", (call,)),)))
+    response = Response.model_validate(body)
+    [item] = response.output
+    assert item.type == "function_call" and item.name == "vitals"
+    assert item.arguments == '{"bed":7}' and item.call_id == "call_abc_0_0"  # the chat id
+    first.remember("abc", Choice("", "tool_calls", (call,)))
+    # The app runs the tool and answers the call by its call_id.
+    follow = _conversation({"previous_response_id": "resp_abc", "tools": tools, "input": [
+        {"type": "function_call_output", "call_id": item.call_id, "output": "BP 120/80"}]},
+        store).chat_body()
+    assert follow["messages"] == [
+        {"role": "user", "content": "Vitals for bed 7?"},
+        {"role": "assistant", "content": "", "tool_calls": [
+            {"id": "call_abc_0_0", "type": "function",
+             "function": {"name": "vitals", "arguments": '{"bed":7}'}}]},
+        {"role": "tool", "tool_call_id": "call_abc_0_0", "content": "BP 120/80"}]
+    # ...which the chat path takes, tool result and all.
+    chat = parse_request(ChatRequest, follow)
+    assert isinstance(chat, ChatRequest) and [m.role for m in chat.messages] == [
+        "user", "assistant", "tool"]
+
+
+def test_a_streamed_tool_call_is_function_call_events() -> None:
+    shaper = _conversation({"input": "Vitals?", "stream": True, "tools": [
+        {"type": "function", "name": "vitals"}]}).shaper("abc", 0, "m")
+    raw = shaper.first()
+    raw += shaper.delta(Delta("", tool_call=ToolCallDelta(0, '{"bed":', "vitals")))
+    raw += shaper.delta(Delta("", tool_call=ToolCallDelta(0, "7}")))
+    raw += shaper.delta(Delta("", "tool_calls", 9, 4))
+    events = _events(raw)
+    assert [e.type for e in events] == [
+        "response.created", "response.in_progress", "response.output_item.added",
+        "response.function_call_arguments.delta", "response.function_call_arguments.delta",
+        "response.function_call_arguments.done", "response.output_item.done",
+        "response.completed"]
+    assert events[2].item.type == "function_call" and events[2].item.name == "vitals"
+    deltas = "".join(e.delta for e in events if e.type.endswith("arguments.delta"))
+    [final] = events[-1].response.output
+    assert final.type == "function_call" and final.arguments == deltas == '{"bed":7}'
+    assert events[-1].response.status == "completed"
