@@ -9,6 +9,11 @@ move the wait, and the threads it holds, into the enclave.
 
 A slot is held for as long as its answer is being produced: a streamed answer holds it until the
 stream ends, however it ends (the client leaving included).
+
+Admitted inferences then wait for an engine that generates one answer at a time (llama.cpp) in
+that engine's own queue, which is bounded too and fair across tenants and users
+(:mod:`medclave.enclave.engines.scheduler`, ``enclave.queue_full``): the slots bound what is
+admitted, the queue how long the line at the engine may grow.
 """
 
 from __future__ import annotations

@@ -92,16 +92,18 @@ class EnclaveSettings(BaseSettings, ServingSettings):
     # max_concurrent_inferences in progress over all callers (more: 429 outside the
     # encapsulation) and max_concurrent_per_tenant per tenant (more: 429 inside it, the tenant
     # being known only there). A streamed answer holds its slots until it ends. A full limit is
-    # answered at once with Retry-After, never queued.
+    # answered at once with Retry-After, never queued; admitted requests then take turns at
+    # the engine (max_queued_generations).
     max_concurrent_inferences: int = Field(default=32, ge=1, le=4096)
     max_concurrent_per_tenant: int = Field(default=8, ge=1, le=4096)
     # Attestation has its own thread limit (signing evidence may call the TEE's firmware).
     max_concurrent_attestations: int = Field(default=8, ge=1, le=1024)
     busy_retry_after_seconds: int = Field(default=1, ge=1, le=3600)
-    # Generations waiting for the embedded engine, which runs one at a time and takes them
-    # round-robin by tenant, then user (issue 10 §4); one more is answered enclave.queue_full
-    # (429 with Retry-After, inside the encapsulation).
-    max_queued_generations: int = Field(default=32, ge=0, le=4096)
+    # Generations waiting for the embedded engine, which runs one at a time and takes them in
+    # turns by tenant, then user (issue 10 §4); one more is answered enclave.queue_full (429
+    # with Retry-After, inside the encapsulation). Below max_concurrent_inferences, so that
+    # the line at the engine is bounded before the admission limit is reached.
+    max_queued_generations: int = Field(default=16, ge=0, le=4096)
 
     # --- Responses API state (previous_response_id) ------------------------------------------
     # Kept in the enclave's memory only (never on disk, never outside), per tenant and user,
