@@ -28,6 +28,9 @@ before the first request. It serves with the same configuration as :func:`run_se
 :class:`ClosingStreamingResponse` streams a body from a blocking iterator and closes its source
 however the response ends, the client leaving included (the enclave records a streamed answer
 then; the proxy drops its upstream stream, so the enclave learns of it).
+:func:`run_sync_until_gone` does the same for the work before a response: it runs blocking work
+on a thread and says when the client leaves meanwhile (the enclave then stops the generation of
+a whole answer nobody waits for any more).
 """
 
 from __future__ import annotations
@@ -335,6 +338,40 @@ class BackgroundServer:
     def __exit__(self, et: type[BaseException] | None, ev: BaseException | None,
                  tb: TracebackType | None) -> None:
         self.stop()
+
+
+async def _until_disconnect(receive: Receive, on_gone: Callable[[], None]) -> None:
+    # Once the body has been read, the server's next message is the disconnect (ASGI HTTP
+    # ``http.disconnect``); anything else is skipped.
+    while (await receive())["type"] != "http.disconnect":
+        pass
+    on_gone()
+
+
+async def run_sync_until_gone(request: Request, work: Callable[[], None], *,
+                              on_gone: Callable[[], None],
+                              limiter: anyio.CapacityLimiter | None = None) -> None:
+    """Run ``work`` on a worker thread (under ``limiter``); if the client disconnects while it
+    runs, call ``on_gone`` (on the event loop: it must be quick and thread-safe, and should make
+    ``work`` give up). Call it after the request body has been read; once it returns, a
+    streaming response takes over listening. An exception of ``work`` is raised as it is, not
+    in an exception group."""
+    failed: list[Exception] = []
+
+    def run() -> None:
+        try:
+            work()
+        except Exception as exc:
+            failed.append(exc)
+
+    async with anyio.create_task_group() as watching:
+        watching.start_soon(_until_disconnect, request.receive, on_gone)
+        try:
+            await anyio.to_thread.run_sync(run, limiter=limiter)
+        finally:
+            watching.cancel_scope.cancel()
+    if failed:
+        raise failed[0]
 
 
 # How a streamed response ended: its body was all sent, the client left, the server cancelled it

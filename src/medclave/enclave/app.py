@@ -41,6 +41,7 @@ from medclave.serving import (
     StreamEnd,
     install_error_handlers,
     read_limited_body,
+    run_sync_until_gone,
 )
 
 log = logging.getLogger("medclave.enclave")
@@ -103,36 +104,6 @@ async def attestation(service: ServiceDep, limits: LimitsDep,
                     headers={"cache-control": "no-store"})
 
 
-async def _watch_client(request: Request, cancel: Cancel) -> None:
-    """Set ``cancel`` when the client disconnects. The body has been read, so the server's next
-    message is the disconnect (ASGI HTTP ``http.disconnect``); anything else is skipped."""
-    while (await request.receive())["type"] != "http.disconnect":
-        pass
-    cancel.set()
-
-
-async def _handle(request: Request, work: Callable[[], None], cancel: Cancel,
-                  threads: anyio.CapacityLimiter) -> None:
-    """``work`` on a worker thread while :func:`_watch_client` listens; the response takes over
-    listening once it is done. Its exception is raised as it is (not in an exception group)."""
-    failed: list[Exception] = []
-
-    def run() -> None:
-        try:
-            work()
-        except Exception as exc:
-            failed.append(exc)
-
-    async with anyio.create_task_group() as watching:
-        watching.start_soon(_watch_client, request, cancel)
-        try:
-            await anyio.to_thread.run_sync(run, limiter=threads)
-        finally:
-            watching.cancel_scope.cancel()
-    if failed:
-        raise failed[0]
-
-
 @router.post(proto.OHTTP_PATH)
 async def ohttp(request: Request, service: ServiceDep, limits: LimitsDep, body: BodyDep,
                 content_type: Annotated[str, Header()] = "") -> Response:
@@ -146,8 +117,9 @@ async def ohttp(request: Request, service: ServiceDep, limits: LimitsDep, body: 
     done: list[OuterResponse] = []
     cancel = Cancel()
     try:
-        await _handle(request, lambda: done.append(service.handle(body, content_type, cancel)),
-                      cancel, limits.inference_threads)
+        await run_sync_until_gone(request,
+                                  lambda: done.append(service.handle(body, content_type, cancel)),
+                                  on_gone=cancel.set, limiter=limits.inference_threads)
     except BaseException:
         # Cancelled while the service worked (the server stopping): a stream it opened is
         # closed, so that it is recorded and its tenant's slot freed.
