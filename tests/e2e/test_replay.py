@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,7 @@ from medclave.cli.audit import app as audit_app
 from medclave.crypto import bhttp
 from medclave.crypto.ohttp import encapsulate_request
 from medclave.enclave.engines import replay_engine
-from medclave.enclave.engines.base import SamplingParams
+from medclave.enclave.engines.base import ResponseFormat, SamplingParams, Tool
 from medclave.enclave.hooks import AuditLogSink
 from medclave.enclave.model import DEFAULT_MODEL_SHA256
 from medclave.enclave.openai_api import commitment_input
@@ -97,6 +98,59 @@ def test_a_real_inference_replays_from_the_log(enclave: Enclave, idp: Idp,
                                                        "content": "Which organ makes bile?"}]),
                     json.dumps(MESSAGES).encode()):
         code, out = _replay(enclave, tmp_path, chat, changed)
+        assert (code, out["error"]["code"]) == (1, "audit.commitment_mismatch")
+
+
+WEATHER = {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}
+CITY = {"type": "object", "properties": {"name": {"type": "string"},
+                                         "population": {"type": "integer"}},
+        "required": ["name", "population"]}
+ASK = [{"role": "user", "content": "What's the weather in Paris? Describe Paris as JSON."}]
+
+
+def _compact(schema: dict[str, Any]) -> str:
+    return json.dumps(schema, separators=(",", ":"))
+
+
+def test_a_tool_call_and_a_json_schema_answer_replay(enclave: Enclave, idp: Idp,
+                                                     tmp_path: Path) -> None:
+    tool = {"type": "function", "function": {"name": "get_weather", "description": "Weather",
+                                             "parameters": WEATHER}}
+    call = _infer(enclave, idp, proto.CHAT_PATH, {
+        "messages": ASK, "tools": [tool], "temperature": 0.7, "seed": 5, "max_tokens": 24,
+        "tool_choice": {"type": "function", "function": {"name": "get_weather"}},
+        "presence_penalty": 0.5, "logprobs": True})
+    structured = _infer(enclave, idp, proto.CHAT_PATH, {
+        "messages": ASK, "temperature": 0.7, "seed": 6, "max_tokens": 40, "n": 2,
+        "response_format": {"type": "json_schema",
+                            "json_schema": {"name": "city", "schema": CITY}}})
+    called = SamplingParams(tools=(Tool("get_weather", "Weather", _compact(WEATHER)),),
+                            tool_choice="required", tool_name="get_weather",
+                            presence_penalty=0.5, logprobs=0)
+    shaped = SamplingParams(n=2, response_format=ResponseFormat("json_schema", _compact(CITY),
+                                                                "city"))
+    sink = enclave.booted.service.audit
+    assert isinstance(sink, AuditLogSink)
+    key = (enclave.settings.commitment_key_file or Path()).read_bytes().strip()
+    answers = []
+    for index, params in ((call, called), (structured, shaped)):
+        prompt = commitment_input(ASK, params)
+        code, out = _replay(enclave, tmp_path, index, prompt)
+        assert (code, out["reproduced"]) == (0, True), out
+        result = replay(parse_entry(sink.audit_log.entry(index)), prompt.decode(),
+                        replay_engine(), key)
+        answers.append(json.loads(result.answer))  # the committed form: choices and calls
+    [[tool_call]] = [c["tool_calls"] for c in answers[0]["choices"]]
+    assert tool_call["name"] == "get_weather" and "city" in json.loads(tool_call["arguments"])
+    assert len(answers[1]["choices"]) == 2
+    for choice in answers[1]["choices"]:
+        assert json.loads(choice["content"]).keys() == {"name", "population"}
+
+    # What shapes the answer is committed: another schema, or no penalty, is another prompt.
+    for changed in (replace(called, presence_penalty=0.0),
+                    replace(called, tools=(Tool("get_weather", "Weather",
+                                                _compact({**WEATHER, "required": []})),))):
+        code, out = _replay(enclave, tmp_path, call, commitment_input(ASK, changed))
         assert (code, out["error"]["code"]) == (1, "audit.commitment_mismatch")
 
 

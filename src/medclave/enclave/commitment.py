@@ -117,7 +117,7 @@ def _params(given: dict[str, Any]) -> SamplingParams:
         stop=tuple(stop), n=_typed(given, "n", int, 1),
         presence_penalty=_typed(given, "presence_penalty", float, 0.0),
         frequency_penalty=_typed(given, "frequency_penalty", float, 0.0),
-        logit_bias=tuple((int(token), b) for token, b in bias.items()),
+        logit_bias=tuple(sorted((int(token), b) for token, b in bias.items())),
         logprobs=_typed(given, "logprobs", int, None),
         tools=tuple(Tool(t["name"], t["description"], t["parameters"]) for t in tools),
         tool_choice=_typed(given, "tool_choice", str, "auto"),

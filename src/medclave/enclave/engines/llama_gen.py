@@ -10,6 +10,14 @@ chain ``create_completion`` builds (top-k 40, min-p 0.05, typical 1.0, then the 
 temperature, top-p, penalties and seed), and reads each step's logits through a logits
 processor (the first sampler of the chain, so it sees the model's raw logits).
 
+Every answer evaluates its prompt from an empty context. ``generate`` would otherwise reuse the
+longest prefix the context still holds from the previous request, another caller's perhaps:
+how long an answer takes to start would then tell whether someone else's prompt began the same
+way (a known KV-cache timing side channel between tenants), and the logits, computed in other
+batches, would differ in their last bits from a cold run's, so a near tie could make an answer
+``medclave audit replay`` (a cold run) does not reproduce. Within one answer the second stage of
+a tool call continues the first.
+
 Tools follow llama.cpp's ``chatml-function-calling`` handler, in the model's own chat template:
 the functions are described in the system message; the answer starts either ``message:`` or
 ``functions.<name>:`` followed by the arguments, which a grammar built from the function's JSON
@@ -89,6 +97,7 @@ class Run:
     logprobs: int | None = None
     greedy: bool = False
     generation: Generation | None = None
+    fresh: bool = True  # evaluate the prompt anew (False: it continues the last run)
     finish_reason: str = "length"
     tokens: list[int] = field(default_factory=list)
 
@@ -101,6 +110,8 @@ class Run:
         logits = Logits(bias, self.logprobs is not None) \
             if bias or self.logprobs is not None else None
         llm.set_seed(self.seed)  # read by the sampler chain ``generate`` builds
+        if self.fresh:
+            llm.reset()  # no prefix of an earlier request's context is reused (see the module)
         gen = llm.generate(
             self.prompt, top_k=40, top_p=p.top_p, min_p=0.05, typical_p=1.0,
             temp=0.0 if self.greedy else p.temperature, repeat_penalty=1.0,

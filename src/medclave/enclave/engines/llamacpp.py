@@ -260,14 +260,15 @@ class LlamaCppEngine:
         left = prepared.max_tokens - used
         if tool is not None:
             run = Run(self._llm, prompt, left, params, seed, prepared.tool_grammars[tool],
-                      prepared.template_stops, generation=generation)
+                      prepared.template_stops, fresh=not prepared.choices,
+                      generation=generation)
             yield from tool_deltas(run, tool)
             finish = "tool_calls" if run.finish_reason == "stop" else "length"
             yield Delta("", finish, n_prompt, used + len(run.tokens))
             return
         run = Run(self._llm, prompt, left, params, seed, prepared.content_grammar,
                   params.stop + prepared.template_stops, params.logprobs,
-                  generation=generation)
+                  fresh=not prepared.choices, generation=generation)
         for text, entries in run:
             yield Delta(text, logprobs=entries)
         yield Delta("", run.finish_reason, n_prompt, used + len(run.tokens))
