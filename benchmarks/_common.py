@@ -247,6 +247,7 @@ class Row:
     goal: Goal | None
     note: str
     is_baseline: bool = False
+    against: str | None = None  # the baseline row the ratio is against
 
     @property
     def judged(self) -> Spread:
@@ -276,6 +277,7 @@ class Row:
         goal = None if self.goal is None else {"op": self.goal.op, "target": self.goal.target,
                                                "on": self.goal.on}
         return {"name": self.name, "unit": self.unit, "baseline": self.is_baseline,
+                "against": self.against,
                 "value": self.value.as_json(),
                 "ratio": None if self.ratio is None else self.ratio.as_json(),
                 "goal": goal, "verdict": self.verdict or None, "note": self.note}
@@ -302,7 +304,10 @@ class Report:
         ratio = None if baseline is None else ratios(values, baseline)
         if goal is not None and goal.on == "ratio" and ratio is None:
             raise ValueError(f"{name}: a goal on the ratio needs a baseline")
-        self._add(Row(name, unit, Spread.of(values), ratio, goal, note))
+        against = None if baseline is None else next(
+            (r.name for r in reversed(self.rows)
+             if r.is_baseline and r.value.values == tuple(float(v) for v in baseline)), None)
+        self._add(Row(name, unit, Spread.of(values), ratio, goal, note, against=against))
 
     def note(self, text: str) -> None:
         self.notes.append(text)

@@ -46,10 +46,10 @@ def main() -> None:
                       + load_certificates((root / "amd-roots/ask_ark_milan.pem").read_bytes()))
     options = VerifyOptions(now=NOW, endorsements=Endorsements(certificates=certs))
 
-    report = abi.parse_report(data)
+    parsed = abi.parse_report(data)
     key = certs[0].public_key()
     assert isinstance(key, ec.EllipticCurvePublicKey)
-    signature = encode_dss_signature(*report.signature_rs)
+    signature = encode_dss_signature(*parsed.signature_rs)
 
     def raw_ecdsa() -> None:
         key.verify(signature, data[:abi.SIGNED_SIZE], ec.ECDSA(hashes.SHA384()))

@@ -20,6 +20,7 @@ Ratios are of CPU p50s; the goals are on each round's CPU p99 (a row of its own)
 
 from __future__ import annotations
 
+import functools
 import statistics
 import time
 from collections.abc import Callable
@@ -171,7 +172,7 @@ def main() -> None:
         stats[name].append(_latencies(fn, max(count, 10)))
         return stats[name][-1][2]
 
-    interleave({name: (lambda name=name: measure(name)) for name in measures})
+    interleave({name: functools.partial(measure, name) for name in measures})
 
     def series(name: str, which: int) -> list[float]:
         return [s[which] for s in stats[name]]

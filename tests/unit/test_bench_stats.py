@@ -3,6 +3,7 @@ worked out by hand."""
 
 from __future__ import annotations
 
+import functools
 import math
 
 import pytest
@@ -35,7 +36,12 @@ def test_rounds_alternate_their_order() -> None:
 
 def test_three_measures_reverse_as_a_whole() -> None:
     calls: list[str] = []
-    interleave({k: (lambda k=k: calls.append(k) or 0.0) for k in "ABC"}, 5)
+
+    def measure(name: str) -> float:
+        calls.append(name)
+        return 0.0
+
+    interleave({k: functools.partial(measure, k) for k in "ABC"}, 5)
     assert "".join(calls) == "ABC" "CBA" "ABC" "CBA" "ABC"
 
 
@@ -134,6 +140,7 @@ def test_report_json_and_table() -> None:
                goal=Goal("<=", 12.5))
     cand = report.rows[1].as_json()
     assert cand["verdict"] == "met"
+    assert cand["against"] == "base" and report.rows[0].as_json()["against"] is None
     assert cand["ratio"]["median"] == pytest.approx(1.2)
     assert cand["ratio"]["min"] == pytest.approx(1.1) and cand["ratio"]["max"] == pytest.approx(1.3)
     assert cand["value"]["spread"] == pytest.approx(1 / 12)
