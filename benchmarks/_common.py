@@ -11,7 +11,12 @@ and no goal is called met or missed on it.
 
 :class:`Report` prints one uniform table per benchmark (value, ratio against the baseline with
 its min-max, verdict against the goal if there is one) and keeps a machine-readable copy, which
-``python -m benchmarks`` writes to ``$MEDCLAVE_BENCH_OUT`` (see :func:`write_results`).
+``python -m benchmarks`` writes to ``$MEDCLAVE_BENCH_OUT`` (see :func:`write_results`):
+``{"meta": {...}, "benchmarks": [{"benchmark", "title", "rounds", "rows": [{"name", "unit",
+"baseline", "against", "value": {"median", "min", "max", "spread", "noisy", "rounds"},
+"ratio": {same} or null, "goal": {"op", "target", "on"} or null, "verdict", "note"}],
+"ratios": [...], "notes": [...]}]}``. A row's ratio is its value over the baseline row named
+in ``against``, round by round; ``verdict`` is "met", "missed", "noisy" or null (no goal).
 """
 
 from __future__ import annotations
@@ -266,7 +271,7 @@ class Row:
         word = self.verdict
         judged = self.judged
         if word == "noisy":
-            text = f"noisy (±{judged.spread:.0%})"
+            text = f"noisy (±{_pct(judged.spread)})"
             if self.goal is not None:
                 meeting = sum(self.goal.met_by(v) for v in judged.values)
                 text += f"; {meeting}/{len(judged.values)} rounds {self.goal.text(self.unit)}"
@@ -327,12 +332,12 @@ class Report:
 
     def lines(self) -> list[str]:
         width = max([len("measure")] + [len(r.name) for r in self.rows])
-        head = (f"{'measure':<{width}}  {'median':>10} {'unit':<8}{'±':>5}  "
+        head = (f"{'measure':<{width}}  {'median':>10} {'unit':<8}{'±':>6}  "
                 f"{'ratio':>7} {'min-max':<15} verdict")
         out = [f"{self.title} ({self.n_rounds} rounds; ratio = value / baseline, same round)",
                head]
         for r in self.rows:
-            value = f"{fmt(r.value.median):>10} {r.unit:<8}{_pct(r.value.spread):>5}"
+            value = f"{fmt(r.value.median):>10} {r.unit:<8}{_pct(r.value.spread):>6}"
             if r.is_baseline:
                 ratio = f"{'1':>7} {'(baseline)':<15}"
             elif r.ratio is None:
@@ -355,7 +360,10 @@ class Report:
 
 
 def _pct(spread: float) -> str:
-    return "inf" if math.isinf(spread) else f"{spread:.0%}"
+    if math.isinf(spread):
+        return "inf"
+    # more digits near the line: a noisy 10.04% must not read as a quiet "10%"
+    return f"{spread:.2%}" if 0.095 <= spread < 0.105 else f"{spread:.0%}"
 
 
 def write_results(path: Path, meta: Mapping[str, Any]) -> None:

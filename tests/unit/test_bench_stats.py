@@ -91,6 +91,14 @@ def test_ten_percent_is_the_line() -> None:
     assert Spread.of([0.88, 1.0, 1.0, 1.0, 1.0]).noisy  # 12% below
 
 
+def test_near_the_line_the_verdict_shows_the_digits() -> None:
+    report = Report("t", "test")
+    report.row("a", [0.8996, 1.0, 1.0, 1.0, 1.0], "x")  # 10.04% below the median: noisy
+    report.row("b", [0.9004, 1.0, 1.0, 1.0, 1.0], "x")  # 9.96%: not
+    assert report.rows[0].verdict_text() == "noisy (±10.04%)"
+    assert report.rows[1].verdict == ""
+
+
 def test_zero_median() -> None:
     assert Spread.of([0, 0, 0, 0, 0]).spread == 0.0
     assert math.isinf(Spread.of([0, 0, 0, 1, -1]).spread)
