@@ -193,6 +193,9 @@ CATALOGUE: dict[str, ErrorSpec] = {
     "enclave.not_ready": ErrorSpec(503, "The enclave is not ready yet."),
     "enclave.engine_failed": ErrorSpec(500, "The inference engine failed."),
     "enclave.bad_request": ErrorSpec(400, "The inference request is invalid."),
+    "enclave.busy": ErrorSpec(
+        429, "Too many inferences are in progress; retry after the Retry-After interval."
+    ),
     "client.attestation_refused": ErrorSpec(
         502, "The server's attestation was refused; no data was sent."
     ),

@@ -24,6 +24,10 @@ connection is closed. The head is also bounded in size (h11's 16 KiB incomplete-
 :class:`BackgroundServer` runs an app under uvicorn in a background thread, for tests, benchmarks
 and the demo: the socket is bound here (port 0 lets the OS pick), so the caller knows the URL
 before the first request. It serves with the same configuration as :func:`run_server`.
+
+:class:`ClosingStreamingResponse` streams a body from a blocking iterator and closes its source
+however the response ends, the client leaving included (the enclave records a streamed answer
+then; the proxy drops its upstream stream, so the enclave learns of it).
 """
 
 from __future__ import annotations
@@ -35,18 +39,20 @@ import logging
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from types import TracebackType
-from typing import Any, Final
+from typing import Any, Final, Literal
 
+import anyio
 import h11
 import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, Field, field_validator
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
+from starlette.types import Receive, Scope, Send
 from uvicorn.protocols.http.h11_impl import H11Protocol
 from uvicorn.server import ServerState
 
@@ -329,3 +335,86 @@ class BackgroundServer:
     def __exit__(self, et: type[BaseException] | None, ev: BaseException | None,
                  tb: TracebackType | None) -> None:
         self.stop()
+
+
+# How a streamed response ended: its body was all sent, the client left, the server cancelled it
+# (stopping), or sending failed.
+StreamEnd = Literal["ended", "client_gone", "cancelled", "error"]
+
+
+def _next_piece(source: Iterator[bytes]) -> bytes | None:
+    return next(source, None)
+
+
+class _Pieces:
+    """The source's pieces for Starlette, each fetched on a worker thread under ``limiter``.
+
+    Once the client has gone, a piece that fails (the source was stopped under a thread reading
+    it) ends the body quietly: there is nobody left to tell.
+    """
+
+    def __init__(self, source: Iterator[bytes], limiter: anyio.CapacityLimiter | None) -> None:
+        self._source = source
+        self._limiter = limiter
+        self.exhausted = False
+        self.client_gone = False
+
+    def __aiter__(self) -> _Pieces:
+        return self
+
+    async def __anext__(self) -> bytes:
+        try:
+            piece = await anyio.to_thread.run_sync(_next_piece, self._source,
+                                                   limiter=self._limiter)
+        except Exception:
+            if self.client_gone:
+                raise StopAsyncIteration from None
+            raise
+        if piece is None:
+            self.exhausted = True
+            raise StopAsyncIteration
+        return piece
+
+
+class ClosingStreamingResponse(StreamingResponse):
+    """A body streamed from a blocking iterator whose source is closed however the response ends.
+
+    Starlette (ASGI 2.3 under uvicorn) stops sending when the client disconnects and abandons a
+    sync iterator, which is then closed only when the garbage collector gets to it, and not at
+    all while a worker thread is inside it waiting for data. Here ``close(how)`` runs as soon as
+    the client disconnects (``client_gone``: it must be safe to call from any thread while
+    another waits inside the source, and should wake that thread), and again when the response
+    is over (``ended``, ``client_gone``, ``cancelled`` or ``error``), on a worker thread and
+    shielded from cancellation; it must be idempotent.
+    """
+
+    def __init__(self, content: Iterator[bytes], close: Callable[[StreamEnd], None], *,
+                 limiter: anyio.CapacityLimiter | None = None, **kwargs: Any) -> None:
+        self._pieces = _Pieces(content, limiter)
+        super().__init__(self._pieces, **kwargs)
+        self._close_source = close
+        self._limiter = limiter
+
+    async def _close(self, how: StreamEnd) -> None:
+        with anyio.CancelScope(shield=True):
+            await anyio.to_thread.run_sync(self._close_source, how, limiter=self._limiter)
+
+    async def listen_for_disconnect(self, receive: Receive) -> None:
+        await super().listen_for_disconnect(receive)
+        self._pieces.client_gone = True
+        await self._close("client_gone")
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        how: StreamEnd = "error"
+        try:
+            await super().__call__(scope, receive, send)
+            how = "ended" if self._pieces.exhausted and not self._pieces.client_gone \
+                else "client_gone"
+        except (ClientDisconnect, OSError):  # how ASGI 2.4 servers report a disconnect
+            how = "client_gone"
+            raise
+        except anyio.get_cancelled_exc_class():
+            how = "cancelled"
+            raise
+        finally:
+            await self._close(how)

@@ -7,6 +7,7 @@ import hashlib
 import json
 import os
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -19,11 +20,18 @@ from fastapi import FastAPI, Request
 from fastapi.responses import Response
 
 from medclave.attestation.policy import AppraisalPolicy
-from medclave.audit import generate_commitment_key
+from medclave.audit import AuditEntry, AuditLog, generate_commitment_key, parse_entry
 from medclave.auth.issuer import TokenIssuer, load_or_create_signing_key
 from medclave.enclave.app import create_app
 from medclave.enclave.boot import Booted, boot
-from medclave.enclave.engines.base import ChatMessage, Completion, Delta, SamplingParams
+from medclave.enclave.engines.base import (
+    ChatMessage,
+    Completion,
+    Delta,
+    SamplingParams,
+    run_streaming,
+)
+from medclave.enclave.hooks import AuditLogSink
 from medclave.enclave.model import DEFAULT_MODEL_SHA256, default_model_path
 from medclave.enclave.server import BackgroundServer
 from medclave.enclave.settings import EnclaveSettings
@@ -78,6 +86,85 @@ class FakeEngine:
 
     def close(self) -> None:
         pass
+
+
+class SlowEngine(FakeEngine):
+    """An engine the test paces, so tests wait on counters and events rather than on time.
+
+    A whole answer (``chat``/``complete``) waits for :attr:`opened`; a streamed answer emits one
+    word per :meth:`release` d token, through :func:`run_streaming` as llama.cpp does, and stops
+    when the consumer has gone (``emit`` returns False), noting how many words it emitted.
+    :attr:`busy` counts answers inside the engine now.
+    """
+
+    name = "slow"
+    build_id = "slow-engine/1"
+
+    def __init__(self, words: int = 40) -> None:
+        super().__init__(" ".join(f"w{i}" for i in range(words)))
+        self.words = self.answer.split(" ")
+        self.opened = threading.Event()
+        self.stopped = threading.Event()  # a stream's producer returned (finished or stopped)
+        self.emitted: list[int] = []  # per finished producer: how many words it emitted
+        self._tokens = threading.Semaphore(0)
+        self._busy = threading.Condition()
+        self.busy = 0
+
+    def release(self, tokens: int) -> None:
+        for _ in range(tokens):
+            self._tokens.release()
+
+    def wait_busy(self, count: int, timeout: float = 30.0) -> bool:
+        with self._busy:
+            return self._busy.wait_for(lambda: self.busy >= count, timeout)
+
+    def _enter(self, step: int) -> None:
+        with self._busy:
+            self.busy += step
+            self._busy.notify_all()
+
+    def _whole(self, kind: str) -> Completion:
+        self._called(kind)
+        self._enter(1)
+        try:
+            if not self.opened.wait(60):
+                raise RuntimeError("the test never opened the engine")
+            return Completion(self.answer, "stop", 7, len(self.words))
+        finally:
+            self._enter(-1)
+
+    def chat(self, messages: Sequence[ChatMessage], params: SamplingParams) -> Completion:
+        return self._whole("chat")
+
+    def complete(self, prompt: str, params: SamplingParams) -> Completion:
+        return self._whole("complete")
+
+    def _paced(self) -> Iterator[Delta]:
+        def produce(emit: Callable[[Delta], bool]) -> None:
+            self._enter(1)
+            sent = 0
+            try:
+                for i, word in enumerate(self.words):
+                    if not self._tokens.acquire(timeout=60):
+                        raise RuntimeError("the test never released the next token")
+                    if not emit(Delta(word if i == 0 else " " + word)):
+                        return
+                    sent += 1
+                emit(Delta("", "stop", 7, sent))
+            finally:
+                self.emitted.append(sent)
+                self._enter(-1)
+                self.stopped.set()
+        return run_streaming(produce)
+
+    def chat_stream(self, messages: Sequence[ChatMessage], params: SamplingParams
+                    ) -> Iterator[Delta]:
+        self._called("chat_stream")
+        return self._paced()
+
+    def complete_stream(self, prompt: str, params: SamplingParams) -> Iterator[Delta]:
+        self._called("complete_stream")
+        return self._paced()
 
 
 @lru_cache(maxsize=1)
@@ -176,6 +263,23 @@ def start_enclave(folder: Path, idp: Idp | None, *, engine: Any = None,
     booted = boot(settings, engine_factory=lambda path, s: the_engine)
     server = BackgroundServer(create_app(booted.service, settings)).start()
     return Enclave(booted, server, the_engine, settings)
+
+
+def audit_log(enclave: Enclave) -> AuditLog:
+    sink = enclave.booted.service.audit
+    assert isinstance(sink, AuditLogSink)
+    return sink.audit_log
+
+
+def wait_for_entry(enclave: Enclave, index: int, timeout: float = 60.0) -> AuditEntry:
+    """Entry ``index`` of the enclave's log once it is appended (polled; ``timeout`` only bounds
+    a failing test)."""
+    log = audit_log(enclave)
+    deadline = time.monotonic() + timeout
+    while log.size <= index:
+        assert time.monotonic() < deadline, f"no audit entry {index} after {timeout} s"
+        time.sleep(0.02)
+    return parse_entry(log.entry(index))
 
 
 # --- the operator's network: a relay that records (and may alter) every byte -----------------

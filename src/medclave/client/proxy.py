@@ -20,7 +20,9 @@ enclave's authoritative check.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+from collections.abc import Iterator
 from datetime import timedelta
 from functools import lru_cache
 from pathlib import Path
@@ -28,22 +30,29 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, FastAPI, Header, Request
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.responses import JSONResponse, Response
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from medclave.attestation.policy import load_policy
 from medclave.client.admission import AdmissionConfig, ProxyAdmission, build_admission
-from medclave.client.session import EnclaveSession, summary, system_clock
+from medclave.client.session import EnclaveSession, StreamedResponse, summary, system_clock
 from medclave.crypto.canonical import load_json
 from medclave.errors import InputError, MedclaveError
 from medclave.protocol import inference as proto
-from medclave.serving import ServingSettings, install_error_handlers, read_limited_body, run_server
+from medclave.serving import (
+    ClosingStreamingResponse,
+    ServingSettings,
+    StreamEnd,
+    install_error_handlers,
+    read_limited_body,
+    run_server,
+)
 
 log = logging.getLogger("medclave.proxy")
 
 MAX_BODY = proto.MAX_INNER_BODY
-_PASS_HEADERS = ("content-type", proto.REQUEST_ID_HEADER, proto.RECEIPT_HEADER)
+_PASS_HEADERS = ("content-type", proto.REQUEST_ID_HEADER, proto.RECEIPT_HEADER, "retry-after")
 
 
 class ProxySettings(BaseSettings, ServingSettings):
@@ -131,6 +140,19 @@ async def _admit(request: Request, method: str, path: str, body: bytes = b"") ->
                                 body=body)
 
 
+def _drop(stream: StreamedResponse, content: Iterator[bytes], how: StreamEnd) -> None:
+    """The app's response is over: an upstream stream it did not read to the end is shut down at
+    once, so the enclave sees the client leave (it records the answer and stops the engine)."""
+    if how != "ended":
+        stream.abort()
+    close = getattr(content, "close", None)
+    if close is not None:
+        # A generator another thread is inside cannot be closed here (ValueError): its read
+        # fails on the shut-down connection and it closes itself.
+        with contextlib.suppress(ValueError):
+            close()
+
+
 async def _forward(request: Request, session: SessionDep, path: str, body: bytes,
                    authorization: str | None) -> Response:
     await _admit(request, "POST", path, body)
@@ -138,9 +160,10 @@ async def _forward(request: Request, session: SessionDep, path: str, body: bytes
         stream = await run_in_threadpool(session.stream, "POST", path, body=body,
                                          authorization=authorization)
         headers = {k: v for k, v in stream.headers if k in _PASS_HEADERS and k != "content-type"}
-        return StreamingResponse(stream.iter_content(), status_code=stream.status,
-                                 media_type=stream.header("content-type") or "text/event-stream",
-                                 headers=headers)
+        content = stream.iter_content()
+        return ClosingStreamingResponse(
+            content, lambda how: _drop(stream, content, how), status_code=stream.status,
+            media_type=stream.header("content-type") or "text/event-stream", headers=headers)
     answer = await run_in_threadpool(session.request, "POST", path, body=body,
                                      authorization=authorization)
     headers = {k: v for k, v in answer.headers if k in _PASS_HEADERS and k != "content-type"}

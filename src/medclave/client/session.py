@@ -13,6 +13,7 @@ carries the audit receipt.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
@@ -156,6 +157,16 @@ class StreamedResponse:
         self._response.close()
         if self._on_close is not None:
             self._on_close()
+
+    def abort(self) -> None:
+        """Drop the stream now, from any thread: the connection is shut down, which also wakes
+        a thread waiting in :meth:`iter_content` (closing a socket does not, on Linux), and the
+        enclave sees the client leave. The waiting thread's read then fails."""
+        stream = self._response.extensions.get("network_stream")
+        sock = stream.get_extra_info("socket") if stream is not None else None
+        if isinstance(sock, socket.socket):
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
 
     def __enter__(self) -> StreamedResponse:
         return self

@@ -269,7 +269,9 @@ def boot(settings: EnclaveSettings, *, clock: Clock = system_clock,
                                    kbs_keys=tuple(base_runtime.get("kbs_keys", ())))
         service = InferenceService(engine=engine, keys=keys, platform=platform,
                                    identity=identity, authorization=hook, audit=sink,
-                                   clock=clock, max_tokens_limit=settings.max_tokens_limit)
+                                   clock=clock, max_tokens_limit=settings.max_tokens_limit,
+                                   max_concurrent_per_tenant=settings.max_concurrent_per_tenant,
+                                   retry_after=settings.busy_retry_after_seconds)
         served.append(service)
     except BaseException:
         for close in reversed(closers):

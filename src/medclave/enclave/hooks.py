@@ -26,7 +26,14 @@ from datetime import datetime
 from typing import Any, Protocol
 
 from medclave.audit import AuditEntry, AuditLog, commit, pseudonym
-from medclave.audit.entry import AttestationSummary, Authorization, Params, format_time, new_salt
+from medclave.audit.entry import (
+    AttestationSummary,
+    Authorization,
+    Ending,
+    Params,
+    format_time,
+    new_salt,
+)
 from medclave.auth.authn import Authenticator
 from medclave.auth.authorizer import Authorizer, DecisionRecord
 from medclave.auth.entities import Model
@@ -190,7 +197,12 @@ def policy_code(policy_id: str) -> str:
 
 @dataclass(frozen=True)
 class InferenceRecord:
-    """One inference, in memory only: the sink turns the content into commitments."""
+    """One inference, in memory only: the sink turns the content into commitments.
+
+    ``answer`` is the text that left the enclave, whole or in part (None: the engine failed
+    before producing any); ``ended`` says how generation stopped and ``completion_tokens`` how
+    many tokens of the answer left (issue 9 §2: every answer is recorded, however it ends).
+    """
 
     request_id: str
     time: datetime
@@ -198,6 +210,8 @@ class InferenceRecord:
     prompt: bytes
     answer: str | None
     params: SamplingParams
+    ended: Ending
+    completion_tokens: int
 
 
 class AuditSink(Protocol):
@@ -281,6 +295,8 @@ class AuditLogSink:
             prompt=commit(key, "prompt", salt, record.prompt),
             answer=None if record.answer is None else commit(key, "answer", salt,
                                                              record.answer.encode()),
+            ended=record.ended,
+            completion_tokens=record.completion_tokens,
             authorization=Authorization(decision="allow", reason=policy_code(principal.reason),
                                         policies=principal.policies),
             break_glass=principal.break_glass,

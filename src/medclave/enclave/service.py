@@ -4,6 +4,12 @@ Stateless by design: a prompt and its answer exist only in memory for the life o
 Nothing here logs content: log lines carry the request id, the inner path, sizes, token counts,
 status and timings. Errors inside the encapsulation are answered inside it (the caller, who owns
 the data, gets the detail); only a request that cannot be decapsulated is answered in the clear.
+
+Every allowed inference is recorded with how it ended and how many completion tokens left the
+enclave: a whole answer when the engine returns (or fails), a streamed one by its
+:class:`~medclave.enclave.streaming.StreamedAnswer` however the stream ends. A tenant may have
+``max_concurrent_per_tenant`` inferences in progress (:mod:`medclave.enclave.limits`); one more
+is answered ``enclave.busy`` inside the encapsulation, since the tenant is known only there.
 """
 
 from __future__ import annotations
@@ -13,17 +19,19 @@ import json
 import logging
 import secrets
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable, Generator
+from dataclasses import dataclass
 from datetime import datetime
+from functools import partial
 from typing import Any
 
+from medclave.audit.entry import Ending
 from medclave.crypto import bhttp
 from medclave.crypto.ohttp import decapsulate_request
 from medclave.crypto.ohttp_chunked import ChunkedRequestDecoder, ChunkedResponseEncoder
 from medclave.enclave import openai_api as api
 from medclave.enclave.attester import Platform
-from medclave.enclave.engines.base import Delta, Engine, SamplingParams
+from medclave.enclave.engines.base import Engine, SamplingParams
 from medclave.enclave.hooks import (
     AuditSink,
     AuthorizationHook,
@@ -32,6 +40,8 @@ from medclave.enclave.hooks import (
     Refused,
 )
 from medclave.enclave.keys import KeyRing
+from medclave.enclave.limits import Busy, Slot, Slots
+from medclave.enclave.streaming import AnswerStream, StreamedAnswer, ending_of
 from medclave.errors import EnclaveError, InputError, MedclaveError
 from medclave.protocol import inference as proto
 from medclave.protocol.evidence import EvidenceBundle
@@ -57,12 +67,13 @@ class EnclaveIdentity:
 
 @dataclass
 class OuterResponse:
-    """What the router sends: a whole body or a stream of encapsulated bytes."""
+    """What the router sends: a whole body or a stream of encapsulated bytes, which the router
+    closes however the response ends (:meth:`AnswerStream.close`)."""
 
     status: int
     media_type: str
     body: bytes = b""
-    stream: Iterator[bytes] | None = None
+    stream: AnswerStream | None = None
 
 
 @dataclass
@@ -70,9 +81,15 @@ class _Answer:
     status: int
     headers: list[tuple[str, str]]
     body: bytes = b""
-    stream: Iterator[bytes] | None = None
-    trailers: Callable[[], bhttp.Fields] = field(default=lambda: ())
+    streamed: StreamedAnswer | None = None
     tokens: int = 0
+
+    @property
+    def completion_tokens(self) -> int:
+        return self.streamed.completion_tokens if self.streamed is not None else self.tokens
+
+
+_ERROR_TYPES = {401: "authentication_error", 403: "permission_error", 429: "rate_limit_error"}
 
 
 def _error_answer(rid: str, exc: MedclaveError) -> _Answer:
@@ -82,17 +99,18 @@ def _error_answer(rid: str, exc: MedclaveError) -> _Answer:
         kind = "server_error"
     else:
         message = exc.detail
-        kind = ("authentication_error" if status == 401 else
-                "permission_error" if status == 403 else "invalid_request_error")
-    return _Answer(status, [("content-type", "application/json"),
-                            (proto.REQUEST_ID_HEADER, rid)],
-                   proto.openai_error(exc.code, message, kind=kind))
+        kind = _ERROR_TYPES.get(status, "invalid_request_error")
+    headers = [("content-type", "application/json"), (proto.REQUEST_ID_HEADER, rid)]
+    if isinstance(exc, Busy):
+        headers += exc.headers()
+    return _Answer(status, headers, proto.openai_error(exc.code, message, kind=kind))
 
 
 class InferenceService:
     def __init__(self, *, engine: Engine, keys: KeyRing, platform: Platform,
                  identity: EnclaveIdentity, authorization: AuthorizationHook, audit: AuditSink,
-                 clock: Clock, max_tokens_limit: int = 1024) -> None:
+                 clock: Clock, max_tokens_limit: int = 1024, max_concurrent_per_tenant: int = 8,
+                 retry_after: int = 1) -> None:
         self.engine = engine
         self.keys = keys
         self.platform = platform
@@ -101,6 +119,8 @@ class InferenceService:
         self.audit = audit
         self._clock = clock
         self._limit = max_tokens_limit
+        self.tenant_slots = Slots(max_concurrent_per_tenant)
+        self._retry_after = retry_after
         self.started = int(clock().timestamp())
 
     # --- attestation ---------------------------------------------------------------------------
@@ -145,16 +165,18 @@ class InferenceService:
             plaintext = b"".join(decoder.feed(body, end=True))
             encoder = decoder.response_encoder()
             answer = self._process(rid, plaintext, streaming=True)
+            pieces = self._chunked(rid, answer, encoder, len(body), started)
             return OuterResponse(200, proto.CHUNKED_RESPONSE,
-                                 stream=self._chunked(rid, answer, encoder, len(body), started))
+                                 stream=AnswerStream(pieces, answer.streamed))
         raise InputError("input.unrecognized",
                          f"send {proto.OHTTP_REQUEST} or {proto.CHUNKED_REQUEST}")
 
     def _chunked(self, rid: str, answer: _Answer, encoder: ChunkedResponseEncoder,
-                 size_in: int, started: float) -> Iterator[bytes]:
+                 size_in: int, started: float) -> Generator[bytes, None, None]:
         sent = 0
+        streamed = answer.streamed
         try:
-            if answer.stream is None:
+            if streamed is None:
                 whole = bhttp.Response(answer.status, tuple(answer.headers), answer.body)
                 out = encoder.final(whole.encode(indeterminate=True))
                 sent += len(out)
@@ -163,19 +185,31 @@ class InferenceService:
             head = encoder.write(bhttp.response_head(answer.status, tuple(answer.headers)))
             sent += len(head)
             yield head
-            for piece in answer.stream:
+            for piece in streamed:
                 out = encoder.write(bhttp.content_chunk(piece))
                 sent += len(out)
                 yield out
-            out = encoder.final(bhttp.response_end(answer.trailers()))
+            if streamed.closed:
+                return  # the client has gone, or the server is stopping: no end to send
+            out = encoder.final(bhttp.response_end(tuple(streamed.trailers)))
             sent += len(out)
             yield out
+        except GeneratorExit:
+            raise  # closed by the router (AnswerStream.close), which said how it ended
+        except BaseException:
+            if streamed is not None:
+                streamed.close("error")
+            raise
         finally:
+            if streamed is not None:
+                streamed.close()  # a no-op once the answer has ended (the normal case)
             self._log(rid, answer, size_in, sent, started)
 
     def _log(self, rid: str, answer: _Answer, size_in: int, size_out: int, started: float) -> None:
-        log.info("request %s status=%d in=%dB out=%dB tokens=%d ms=%.1f", rid, answer.status,
-                 size_in, size_out, answer.tokens, (time.perf_counter() - started) * 1000)
+        ended = answer.streamed.ended if answer.streamed is not None else None
+        log.info("request %s status=%d in=%dB out=%dB tokens=%d ended=%s ms=%.1f", rid,
+                 answer.status, size_in, size_out, answer.completion_tokens, ended or "-",
+                 (time.perf_counter() - started) * 1000)
 
     # --- inside the encapsulation --------------------------------------------------------------
 
@@ -215,7 +249,19 @@ class InferenceService:
             # No answer leaves unrecorded: a tenant whose commitment key is unavailable is
             # refused before the engine runs rather than after.
             self.audit.check(principal.tenant)
-            return self._infer(rid, principal, parsed, params)
+            slot = self.tenant_slots.take(principal.tenant)
+            if slot is None:
+                raise Busy(detail=f"tenant {principal.tenant!r} has "
+                           f"{self.tenant_slots.limit} inferences in progress; retry later",
+                           retry_after=self._retry_after)
+            try:
+                answer = self._infer(rid, principal, parsed, params, slot)
+            except BaseException:
+                slot.release()
+                raise
+            if answer.streamed is None:
+                slot.release()  # a streamed answer releases it when it ends, however it ends
+            return answer
         except MedclaveError as exc:
             return _error_answer(rid, exc)
         except Exception as exc:  # never let content-bearing detail reach a log line
@@ -231,37 +277,51 @@ class InferenceService:
                        tokens=tokens)
 
     def _infer(self, rid: str, principal: Principal,
-               parsed: api.ChatRequest | api.CompletionRequest, params: SamplingParams
-               ) -> _Answer:
+               parsed: api.ChatRequest | api.CompletionRequest, params: SamplingParams,
+               slot: Slot) -> _Answer:
         created = int(self._clock().timestamp())
         model = self.identity.model_id
+        chat = isinstance(parsed, api.ChatRequest)
         if isinstance(parsed, api.ChatRequest):
             messages = api.messages_of(parsed)
             prompt = api.commitment_input(messages, params.stop)
-            if parsed.stream:
-                return self._stream(rid, principal, prompt, params, True, created,
-                                    self.engine.chat_stream(messages, params), parsed)
-            completion = self.engine.chat(messages, params)
-            body = api.chat_answer(rid, created, model, completion)
+            stream = partial(self.engine.chat_stream, messages, params)
+            whole = partial(self.engine.chat, messages, params)
+            shape = api.chat_answer
         else:
             text = parsed.text()
             prompt = api.commitment_input(text, params.stop)
-            if parsed.stream:
-                return self._stream(rid, principal, prompt, params, False, created,
-                                    self.engine.complete_stream(text, params), parsed)
-            completion = self.engine.complete(text, params)
-            body = api.completion_answer(rid, created, model, completion)
-        receipt = self._record(rid, principal, prompt, completion.text, params)
+            stream = partial(self.engine.complete_stream, text, params)
+            whole = partial(self.engine.complete, text, params)
+            shape = api.completion_answer
+
+        def record(answer: str | None, ended: Ending, tokens: int) -> bytes | None:
+            return self._record(InferenceRecord(rid, self._clock(), principal, prompt, answer,
+                                                params, ended, tokens))
+
+        if parsed.stream:
+            include_usage = bool(parsed.stream_options and parsed.stream_options.include_usage)
+            shaper = api.ChunkShaper(chat, rid, created, model, include_usage)
+            streamed = StreamedAnswer(rid, stream(), shaper, record, release=slot.release)
+            return _Answer(200, [("content-type", "text/event-stream"),
+                                 (proto.REQUEST_ID_HEADER, rid)], streamed=streamed)
+        try:
+            completion = whole()
+        except Exception:
+            # The engine was given the prompt and failed: recorded, with no answer to commit.
+            record(None, "error", 0)
+            raise
+        body = shape(rid, created, model, completion)
+        receipt = record(completion.text, ending_of(completion.finish_reason),
+                         completion.completion_tokens)
         return self._json(rid, body, receipt=receipt, tokens=completion.completion_tokens)
 
-    def _record(self, rid: str, principal: Principal, prompt: bytes, answer: str | None,
-                params: SamplingParams) -> bytes | None:
-        record = InferenceRecord(rid, self._clock(), principal, prompt, answer, params)
+    def _record(self, record: InferenceRecord) -> bytes | None:
         try:
             return self.audit.record(record)
         except MedclaveError as exc:
             # No answer leaves unrecorded; the caller sees a server error, the log the code.
-            log.error("request %s audit failed: %s", rid, exc.code)
+            log.error("request %s audit failed: %s", record.request_id, exc.code)
             raise EnclaveError("internal", "the audit log refused the record") from None
 
     def _record_refusal(self, rid: str, principal: Principal) -> None:
@@ -270,36 +330,3 @@ class InferenceService:
         except MedclaveError as exc:
             # Refused all the same; the operator's log says the record is missing, and why.
             log.error("request %s refusal not recorded: %s", rid, exc.code)
-
-    def _stream(self, rid: str, principal: Principal, prompt: bytes, params: SamplingParams,
-                chat: bool, created: int, deltas: Iterator[Delta],
-                parsed: api.ChatRequest | api.CompletionRequest) -> _Answer:
-        include_usage = bool(parsed.stream_options and parsed.stream_options.include_usage)
-        shaper = api.ChunkShaper(chat, rid, created, self.identity.model_id, include_usage)
-        trailers: list[tuple[str, str]] = []
-        answer = _Answer(200, [("content-type", "text/event-stream"),
-                               (proto.REQUEST_ID_HEADER, rid)], trailers=lambda: tuple(trailers))
-
-        def events() -> Iterator[bytes]:
-            parts: list[str] = []
-            first = shaper.first()
-            if first:
-                yield first
-            try:
-                for delta in deltas:
-                    parts.append(delta.text)
-                    if delta.final:
-                        answer.tokens = delta.completion_tokens
-                    yield shaper.delta(delta)
-                receipt = self._record(rid, principal, prompt, "".join(parts), params)
-            except MedclaveError as exc:
-                log.error("request %s stream failed: %s", rid, exc.code)
-                yield shaper.error(exc.code, exc.public_message)
-                trailers.append(("medclave-error", exc.code))
-                return
-            if receipt is not None:
-                trailers.append((proto.RECEIPT_HEADER, proto.encode_receipt_header(receipt)))
-            yield shaper.done()
-
-        answer.stream = events()
-        return answer

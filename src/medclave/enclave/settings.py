@@ -87,6 +87,18 @@ class EnclaveSettings(BaseSettings, ServingSettings):
 
     max_request_bytes: int = Field(default=2 * 1024 * 1024, ge=1024)
 
+    # --- concurrency (issue 9 §6) -----------------------------------------------------------
+    # Inference runs under limits of its own, so attestation never waits behind it: at most
+    # max_concurrent_inferences in progress over all callers (more: 429 outside the
+    # encapsulation) and max_concurrent_per_tenant per tenant (more: 429 inside it, the tenant
+    # being known only there). A streamed answer holds its slots until it ends. A full limit is
+    # answered at once with Retry-After, never queued.
+    max_concurrent_inferences: int = Field(default=32, ge=1, le=4096)
+    max_concurrent_per_tenant: int = Field(default=8, ge=1, le=4096)
+    # Attestation has its own thread limit (signing evidence may call the TEE's firmware).
+    max_concurrent_attestations: int = Field(default=8, ge=1, le=1024)
+    busy_retry_after_seconds: int = Field(default=1, ge=1, le=3600)
+
 
 @lru_cache(maxsize=1)
 def get_settings() -> EnclaveSettings:

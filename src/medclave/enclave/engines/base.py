@@ -84,15 +84,54 @@ def collect(stream: Iterator[Delta]) -> Completion:
 _END = object()
 
 
+class DeltaStream(Iterator[Delta]):
+    """What :func:`run_streaming` returns: the deltas as the producer emits them.
+
+    :meth:`close` may be called from any thread at any time, also while another thread waits in
+    ``next``: the enclave closes a stream whose client has gone from the event loop's side while
+    a worker thread waits for the next token. The waiting ``next`` then ends the iteration, and
+    the producer stops at its next token (``emit`` returns False).
+    """
+
+    def __init__(self, items: queue.Queue[object], gone: threading.Event) -> None:
+        self._items = items
+        self._gone = gone
+
+    def __next__(self) -> Delta:
+        if self._gone.is_set():
+            raise StopIteration
+        item = self._items.get()
+        if item is _END or self._gone.is_set():
+            self.close()
+            raise StopIteration
+        if isinstance(item, MedclaveError):
+            self.close()
+            raise item
+        if isinstance(item, BaseException):
+            self.close()
+            raise EnclaveError("enclave.engine_failed", repr(item)) from item
+        assert isinstance(item, Delta)
+        return item
+
+    def close(self) -> None:
+        self._gone.set()
+        self._items.put(_END)  # wakes a ``next`` waiting on another thread
+
+    def __del__(self) -> None:
+        # Dropped without close (a consumer that stopped reading): the producer still stops.
+        self._gone.set()
+
+
 def run_streaming(produce: Callable[[Callable[[Delta], bool]], None], *,
                   submit: Callable[[Callable[[], None]], object] | None = None
-                  ) -> Iterator[Delta]:
-    """Run ``produce(emit)`` on another thread and yield what it emits.
+                  ) -> DeltaStream:
+    """Run ``produce(emit)`` on another thread and hand back what it emits.
 
     ``submit`` hands the producer to the engine's own worker (llama.cpp: its one thread); by
     default it gets a thread of its own. Either way the generation never runs on the
     consumer's thread, so an abandoned or slow consumer holds nothing; ``emit`` returns False
-    once the consumer has gone, and the producer stops at its next token.
+    once the stream is closed, and the producer stops at its next token. A producer still
+    queued behind other work when its stream is closed does not start at all.
     """
     items: queue.Queue[object] = queue.Queue()
     gone = threading.Event()
@@ -105,7 +144,8 @@ def run_streaming(produce: Callable[[Callable[[Delta], bool]], None], *,
 
     def run() -> None:
         try:
-            produce(emit)
+            if not gone.is_set():
+                produce(emit)
         except BaseException as exc:  # handed to the consumer, raised there
             items.put(exc)
         finally:
@@ -115,16 +155,4 @@ def run_streaming(produce: Callable[[Callable[[Delta], bool]], None], *,
         threading.Thread(target=run, name="medclave-engine-stream", daemon=True).start()
     else:
         submit(run)
-    try:
-        while True:
-            item = items.get()
-            if item is _END:
-                return
-            if isinstance(item, MedclaveError):
-                raise item
-            if isinstance(item, BaseException):
-                raise EnclaveError("enclave.engine_failed", repr(item)) from item
-            assert isinstance(item, Delta)
-            yield item
-    finally:
-        gone.set()
+    return DeltaStream(items, gone)
