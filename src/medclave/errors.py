@@ -44,6 +44,9 @@ CATALOGUE: dict[str, ErrorSpec] = {
     "crypto.truncated": ErrorSpec(400, "The encrypted stream ended before its final chunk."),
     "protocol.bad_message": ErrorSpec(400, "The message does not follow the wire format."),
     "protocol.unsupported_version": ErrorSpec(400, "The format version is not supported."),
+    "protocol.replayed": ErrorSpec(
+        400, "This encapsulated request was already received; each one is accepted once."
+    ),
     # --- attestation: parsing ----------------------------------------------------------------
     "attestation.malformed": ErrorSpec(400, "The evidence is malformed and cannot be parsed."),
     "attestation.unsupported_version": ErrorSpec(400, "The evidence version is not supported."),
@@ -150,7 +153,6 @@ CATALOGUE: dict[str, ErrorSpec] = {
     "auth.issuer_untrusted": ErrorSpec(401, "The token issuer is not trusted."),
     "auth.algorithm_forbidden": ErrorSpec(401, "The token algorithm is not allowed."),
     "auth.signature_invalid": ErrorSpec(401, "The token signature does not verify."),
-    "auth.token_replayed": ErrorSpec(401, "The token has already been used."),
     "auth.key_unknown": ErrorSpec(401, "The token signing key is unknown."),
     "auth.jwks_unavailable": ErrorSpec(
         503, "The token issuer's keys could not be fetched; retry later."
