@@ -160,6 +160,13 @@ CATALOGUE: dict[str, ErrorSpec] = {
     "auth.dpop_invalid": ErrorSpec(401, "The DPoP proof is invalid for this token or request."),
     "auth.invalid_credentials": ErrorSpec(401, "The credentials are invalid."),
     "auth.forbidden": ErrorSpec(403, "The request is not permitted by policy."),
+    "auth.exchange_forbidden": ErrorSpec(
+        403, "This client may not obtain tokens for that user (token exchange)."
+    ),
+    "auth.exchange_subject_invalid": ErrorSpec(
+        400, "The token exchange names no valid subject token or user."
+    ),
+    "auth.scope_exceeded": ErrorSpec(403, "The requested roles exceed what the user is granted."),
     "auth.break_glass_expired": ErrorSpec(403, "The break-glass grant has expired."),
     "auth.break_glass_reason_missing": ErrorSpec(400, "Break-glass access requires a stated reason."),
     "auth.rate_limited": ErrorSpec(429, "Too many requests; retry later."),
