@@ -28,6 +28,8 @@ CATALOGUE: dict[str, ErrorSpec] = {
     "input.malformed": ErrorSpec(400, "The input is malformed; check the file or request body."),
     "input.too_large": ErrorSpec(413, "The input exceeds the size limit."),
     "input.missing": ErrorSpec(400, "A required input is missing."),
+    "input.no_route": ErrorSpec(404, "There is no such route."),
+    "input.method_not_allowed": ErrorSpec(405, "The route does not take this method."),
     "input.incomplete": ErrorSpec(
         400, "The request ended before its body was complete; send it again whole."
     ),
@@ -207,6 +209,10 @@ CATALOGUE: dict[str, ErrorSpec] = {
     ),
     "client.key_changed": ErrorSpec(502, "The server's key changed; re-attestation failed."),
     "client.upstream_failed": ErrorSpec(502, "The upstream enclave could not be reached."),
+    "client.idp_unavailable": ErrorSpec(
+        502, "The proxy could not obtain a token from the identity provider; retry later."
+    ),
+    "client.busy": ErrorSpec(429, "The proxy is serving as many requests as it allows; retry."),
     "service.start_failed": ErrorSpec(503, "The service did not start; check its log."),
     "internal": ErrorSpec(500, "Internal error."),
 }
