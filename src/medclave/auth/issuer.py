@@ -25,6 +25,7 @@ import secrets
 import stat
 import threading
 import uuid
+from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -338,6 +339,7 @@ class TokenService:
         self._failures: dict[str, list[datetime]] = {}
         self._lock = threading.Lock()
         self._replay = MemoryReplayCache(max_entries=100_000)
+        self.issued: Counter[str] = Counter()  # tokens issued, by grant type (monitoring)
         # Subject tokens of an exchange must be this issuer's own, for one of its audiences.
         own = IssuerConfig(issuer=issuer.issuer, keys=StaticJwks.from_document(issuer.jwks()))
         self._own_tokens = TokenVerifier([own], TokenOptions(audiences=self.audiences))
@@ -453,6 +455,8 @@ class TokenService:
             "token_type": "DPoP" if jkt else "Bearer",
             "expires_in": int(ttl.total_seconds()),
         }
+        with self._lock:
+            self.issued[str(grant)] += 1
         if subject is not None:
             answer["issued_token_type"] = exchange.ACCESS_TOKEN_TYPE  # RFC 8693 §2.2.1
         return answer
