@@ -4,17 +4,22 @@ renewals retried with backoff while the token is still valid; and against the re
 
 from __future__ import annotations
 
+import json
 import threading
 from collections.abc import Iterator
 from datetime import datetime, timedelta
+from pathlib import Path
 
 import pytest
+from typer.testing import CliRunner
 
 from medclave.auth.idp_server import build_service, running
 from medclave.auth.issuer import Directory, TokenService
 from medclave.auth.jwks import HttpJwks
 from medclave.auth.tokens import IssuerConfig, TokenOptions, TokenVerifier
+from medclave.cli.main import app
 from medclave.client.credentials import AccessToken, Credentials, IdpClientConfig, Refreshing
+from medclave.client.proxy import ProxySettings, callers_for
 from medclave.errors import AuthError, ClientError, InputError, MedclaveError
 from tests.e2e.helpers import now
 
@@ -183,3 +188,41 @@ def test_refusals_are_mapped_for_the_app(idp: tuple[str, TokenService]) -> None:
 def test_the_token_endpoint_must_be_https_or_loopback() -> None:
     with pytest.raises(InputError):
         IdpClientConfig(token_url="http://idp.example/token", client_id="p", client_secret="s")
+
+
+# --- configuration --------------------------------------------------------------------------------
+
+
+def _settings(tmp_path: Path, **kw: object) -> ProxySettings:
+    policy = tmp_path / "policy.toml"
+    policy.write_text('platforms = ["sim"]\n')
+    return ProxySettings(upstream="http://127.0.0.1:9", policy_file=policy,
+                         data_dir=tmp_path / "proxy", **kw)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("kw", [
+    {"idp_token_url": "http://127.0.0.1:9/token"},
+    {"idp_token_url": "http://127.0.0.1:9/token", "idp_client_id": "proxy"},
+    {"identity_header": "X-Forwarded-User"},
+    {"idp_token_url": "http://127.0.0.1:9/token", "idp_client_id": "proxy",
+     "idp_client_secret": SECRET, "identity_header": "X-Forwarded-User"},  # no trusted proxy
+    {"idp_token_url": "http://idp.example/token", "idp_client_id": "proxy",
+     "idp_client_secret": SECRET},  # plain http off loopback
+])
+def test_half_a_credentials_setup_is_refused(tmp_path: Path, kw: dict[str, object]) -> None:
+    with pytest.raises(InputError) as refused:
+        callers_for(_settings(tmp_path, **kw)).close()
+    assert refused.value.code == "config.invalid"
+
+
+def test_a_full_setup_builds_and_the_cli_refuses_half_of_one(tmp_path: Path) -> None:
+    callers_for(_settings(tmp_path, idp_token_url="http://127.0.0.1:9/token",
+                          idp_client_id="proxy", idp_client_secret=SECRET,
+                          identity_header="X-Forwarded-User",
+                          trusted_proxies=("10.0.0.0/8",))).close()
+    policy = tmp_path / "policy.toml"
+    out = CliRunner().invoke(app, ["proxy", "--upstream", "http://127.0.0.1:9", "--policy",
+                                   str(policy), "--idp-token-url", "http://127.0.0.1:9/token",
+                                   "--data", str(tmp_path / "proxy")])
+    assert out.exit_code == 2
+    assert json.loads(out.stdout)["error"]["code"] == "config.invalid"
