@@ -240,10 +240,23 @@ async def _send(request: Request, session: EnclaveSession, method: str, path: st
                                              dpop=upstream.dpop)
 
             def content() -> Iterator[bytes]:
+                # One piece of look-ahead: the slot is free before the last bytes leave, so an
+                # app that has read the whole answer never finds its own stream still counted.
+                released = False
+                pieces = stream.iter_content()
                 try:
-                    yield from stream.iter_content()
+                    held = next(pieces, None)
+                    while held is not None:
+                        following = next(pieces, None)
+                        if following is None:
+                            released = True
+                            slots.give()
+                        yield held
+                        held = following
                 finally:
-                    slots.give()
+                    stream.close()  # an app that left: the upstream stream closes now
+                    if not released:
+                        slots.give()
 
             handed_over = True
             return StreamingResponse(content(), status_code=stream.status,
