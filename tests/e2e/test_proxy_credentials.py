@@ -30,6 +30,7 @@ from medclave.client.callers import Callers
 from medclave.client.credentials import Credentials, IdpClientConfig
 from medclave.client.proxy import create_proxy_app
 from medclave.client.session import EnclaveSession, system_clock
+from medclave.crypto.jose import jwk_thumbprint
 from medclave.enclave.engines.base import ChatMessage, Delta, SamplingParams
 from medclave.enclave.model import DEFAULT_MODEL_ID
 from medclave.serving import BackgroundServer
@@ -319,6 +320,14 @@ def test_an_apps_dpop_bound_token_works_through_the_proxy(world: World, proxy: P
     assert call(fresh).status_code == 200
     # The token the app holds never crossed the operator's network either.
     assert token.encode() not in proxy.relay.recording()
+    # An expired app token is a 401 the app understands, not the IdP's refusal.
+    old = world.idp.issuer.issue(sub="dr-bob", tenant=TENANT, roles=["clinician"],
+                                 now=now() - timedelta(minutes=10),
+                                 jkt=jwk_thumbprint(key.public_key()))
+    stale = httpx.post(url, json={"messages": MESSAGES}, headers={
+        "Authorization": f"DPoP {old}",
+        "DPoP": create_dpop_proof(key, method="POST", url=url, now=now(), access_token=old)})
+    assert stale.status_code == 401 and stale.json()["error"]["code"] == "auth.token_expired"
 
 
 def test_admission_checks_the_token_the_proxy_obtained(world: World, tmp_path: Path) -> None:

@@ -160,10 +160,15 @@ class Callers:
         jkt = _claim(token, "cnf")
         if not isinstance(jkt, dict) or not isinstance(jkt.get("jkt"), str):
             raise AuthError("auth.dpop_invalid", "the DPoP scheme needs a DPoP-bound token")
+        now = datetime.now(UTC)
+        exp = _claim(token, "exp")
+        if isinstance(exp, int | float) and not isinstance(exp, bool) and now.timestamp() >= exp:
+            # Said here as the enclave would say it (401), not as the IdP's refusal (403).
+            raise AuthError("auth.token_expired", "the app's token has expired")
         # RFC 9449 §4.3 / §7.1, as the resource server the app called. The token's signature
         # is the IdP's to check, in the exchange; the proof binds it to the app's key (ath, jkt).
-        verify_dpop_proof(proof, method=method, url=url, now=datetime.now(UTC),
-                          access_token=token, expected_jkt=jkt["jkt"], replay=self._replay)
+        verify_dpop_proof(proof, method=method, url=url, now=now, access_token=token,
+                          expected_jkt=jkt["jkt"], replay=self._replay)
         return self._sign(self._credentials.exchanged(token), method, path)
 
 
