@@ -41,6 +41,7 @@ from medclave.enclave.hooks import (
 )
 from medclave.enclave.keys import KeyRing
 from medclave.enclave.limits import Busy, Slot, Slots
+from medclave.enclave.replay import ReplayGuard
 from medclave.enclave.streaming import AnswerStream, StreamedAnswer, ending_of
 from medclave.errors import EnclaveError, InputError, MedclaveError
 from medclave.protocol import inference as proto
@@ -122,6 +123,7 @@ class InferenceService:
         self.tenant_slots = Slots(max_concurrent_per_tenant)
         self._retry_after = retry_after
         self.started = int(clock().timestamp())
+        self.replay = ReplayGuard(keys)  # encapsulated requests run once
 
     # --- attestation ---------------------------------------------------------------------------
 
@@ -152,17 +154,25 @@ class InferenceService:
         media = content_type.split(";", 1)[0].strip().lower()
         rid = secrets.token_hex(12)
         started = time.perf_counter()
+        # Replay protection is per request, not per token (issue 10): once a request has
+        # decrypted (so only authenticated requests are recorded), its HPKE ``enc`` (RFC 9458
+        # §4.3, fresh per request) goes in a strike register, and the same bytes sent again are
+        # refused in the clear with ``protocol.replayed`` before anything runs (RFC 9458 §6.5;
+        # see medclave.enclave.replay). Both framings start with the same header and ``enc``.
+        usable = self.keys.usable()
         if media == proto.OHTTP_REQUEST:
-            plaintext, context = decapsulate_request(self.keys.usable(), body,
+            plaintext, context = decapsulate_request(usable, body,
                                                      max_size=proto.MAX_OUTER_REQUEST)
+            self.replay.admit(body, usable)
             answer = self._process(rid, plaintext, streaming=False)
             inner = bhttp.Response(answer.status, tuple(answer.headers), answer.body).encode()
             sealed = context.encapsulate(inner)
             self._log(rid, answer, len(body), len(sealed), started)
             return OuterResponse(200, proto.OHTTP_RESPONSE, sealed)
         if media == proto.CHUNKED_REQUEST:
-            decoder = ChunkedRequestDecoder(self.keys.usable())
+            decoder = ChunkedRequestDecoder(usable)
             plaintext = b"".join(decoder.feed(body, end=True))
+            self.replay.admit(body, usable)
             encoder = decoder.response_encoder()
             answer = self._process(rid, plaintext, streaming=True)
             pieces = self._chunked(rid, answer, encoder, len(body), started)
