@@ -279,7 +279,7 @@ class AttestationError(MedclaveError):
 class PolicyError(MedclaveError):
     """Appraisal refused the evidence. ``violations`` lists every broken rule, not only the first."""
 
-    # attestation.measurement_mismatch is an appraisal refusal too (ARCHITECTURE.md names it).
+    # attestation.measurement_mismatch is an appraisal refusal too (docs/architecture.md names it).
     family = ("policy", "attestation")
 
     def __init__(
