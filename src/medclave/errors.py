@@ -103,6 +103,9 @@ CATALOGUE: dict[str, ErrorSpec] = {
     "policy.tcb_too_low": ErrorSpec(403, "The platform TCB is below the policy minimum."),
     "policy.evidence_stale": ErrorSpec(403, "The evidence is older than the policy allows."),
     "policy.model_not_allowed": ErrorSpec(403, "The model digest is not allowed by the policy."),
+    "policy.token_issuer_not_allowed": ErrorSpec(
+        403, "The enclave accepts tokens from an identity provider the policy does not name."
+    ),
     "policy.kbs_key_not_allowed": ErrorSpec(
         403, "The enclave trusts a key broker the policy does not name."
     ),

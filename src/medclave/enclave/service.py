@@ -64,6 +64,9 @@ class EnclaveIdentity:
     policy_digest: str | None
     # Fingerprints of the key brokers the enclave takes keys from (kbs.signing); () if none.
     kbs_keys: tuple[str, ...] = ()
+    # Whose tokens the door accepts: {"issuer", "jwks"} per issuer, jwks a URL or the
+    # "sha256:" digest of a static key set; () when the door is off (sim development only).
+    token_issuers: tuple[dict[str, str], ...] = ()
 
 
 @dataclass
@@ -143,6 +146,7 @@ class InferenceService:
             runtime["policy_digest"] = ident.policy_digest
         if ident.kbs_keys:
             runtime["kbs_keys"] = list(ident.kbs_keys)
+        runtime["token_issuers"] = [dict(i) for i in ident.token_issuers]
         return runtime
 
     def attest(self, nonce: bytes) -> EvidenceBundle:

@@ -441,7 +441,8 @@ def _appraise(
     model = runtime.get("model_digest")
     model_digest = model.lower() if isinstance(model, str) else None
     result = evaluate(verification, policy.appraisal, now=now, model_digest=model_digest,
-                      evidence_time=evidence_time, kbs_keys=runtime.get("kbs_keys"))
+                      evidence_time=evidence_time, kbs_keys=runtime.get("kbs_keys"),
+                      token_issuers=runtime.get("token_issuers"))
     violations = list(result.violations)
     if policy.model_digests and model_digest not in policy.model_digests:
         violations.append(
