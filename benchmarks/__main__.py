@@ -1,12 +1,21 @@
-"""Run every benchmark module (or those named on the command line) in one process, in order."""
+"""Run every benchmark module (or those named on the command line) in one process, in order.
+
+``MEDCLAVE_BENCH_OUT=path.json`` also writes every table as one JSON document (see
+``_common.write_results``); ``MEDCLAVE_BENCH_ROUNDS`` sets the rounds of every figure (>= 5).
+"""
 
 from __future__ import annotations
 
 import importlib
+import os
 import pkgutil
+import platform
 import sys
 import time
+from datetime import UTC, datetime
 from pathlib import Path
+
+from benchmarks._common import rounds, write_results
 
 
 def main(argv: list[str]) -> int:
@@ -14,7 +23,14 @@ def main(argv: list[str]) -> int:
     names = argv or sorted(
         m.name for m in pkgutil.iter_modules([str(here)]) if not m.name.startswith("_")
     )
+    out = os.environ.get("MEDCLAVE_BENCH_OUT")
+    meta: dict[str, object] = {
+        "started": datetime.now(UTC).isoformat(timespec="seconds"),
+        "cpus": os.cpu_count(), "python": platform.python_version(),
+        "machine": platform.machine(), "rounds": rounds(), "load_before": os.getloadavg(),
+    }
     failed = []
+    seconds: dict[str, float] = {}
     for name in names:
         print(f"\n=== benchmarks.{name} ===", flush=True)
         start = time.perf_counter()
@@ -27,9 +43,14 @@ def main(argv: list[str]) -> int:
             print(f"FAILED: {type(exc).__name__}: {exc}")
         finally:
             sys.argv = saved
-        print(f"({time.perf_counter() - start:.1f}s)")
+        seconds[name] = round(time.perf_counter() - start, 1)
+        print(f"({seconds[name]:.1f}s)")
     if failed:
         print(f"\nfailed: {', '.join(failed)}")
+    if out:
+        meta.update(load_after=os.getloadavg(), seconds=seconds, failed=failed)
+        write_results(Path(out), meta)
+        print(f"results: {out}")
     return 1 if failed else 0
 
 

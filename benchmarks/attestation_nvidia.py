@@ -9,15 +9,15 @@ Rows, all on the real N1 report and its five-certificate chain, measured in the 
   + 2 RIMs         cached chain plus a driver and a VBIOS RIM (XML-DSig each, at a pinned time;
                    refused as not matching N1, which is the work a real appraisal does too)
 
-Vectors: MEDCLAVE_VECTORS or ../shared/vectors. Iterations: MEDCLAVE_BENCH_NVIDIA_N (default 200).
+Vectors: MEDCLAVE_VECTORS or ../shared/vectors. Iterations per round: MEDCLAVE_BENCH_NVIDIA_N
+(default 200; a quarter for the RIM row); the rows alternate in MEDCLAVE_BENCH_ROUNDS rounds.
 """
 
 from __future__ import annotations
 
-import os
 from datetime import UTC, datetime
 
-from benchmarks._common import rate, vectors_dir
+from benchmarks._common import Report, env_int, interleave, rate, vectors_dir
 from medclave.attestation.core import Endorsements, VerifyOptions
 from medclave.attestation.nvidia import abi
 from medclave.attestation.nvidia.verify import ChainCache, verify_report
@@ -27,17 +27,13 @@ from medclave.errors import AttestationError
 NOW = datetime(2024, 6, 1, 12, tzinfo=UTC)  # every sample RIM signer is valid then
 
 
-
-
-
-
 def main() -> None:
     root = vectors_dir() / "nvidia" / "nvtrust"
     if not root.is_dir():
         print(f"skipped: NVIDIA vectors not found under {root} (set MEDCLAVE_VECTORS)")
         return
-    n = int(os.environ.get("MEDCLAVE_BENCH_NVIDIA_N", "200"))
-    report = (root / "hopperAttestationReport.txt").read_bytes()
+    n = env_int("MEDCLAVE_BENCH_NVIDIA_N", 200)
+    report_bytes = (root / "hopperAttestationReport.txt").read_bytes()
     chain = tuple(load_certificates((root / "hopperCertChain.txt").read_bytes()))
     options = VerifyOptions(now=NOW, endorsements=Endorsements(certificates=chain))
     rims = tuple((root / "rims" / name).read_bytes() for name in
@@ -48,22 +44,33 @@ def main() -> None:
 
     def appraise_with_rims() -> None:
         try:
-            verify_report(report, with_rims, chain_cache=cache)
+            verify_report(report_bytes, with_rims, chain_cache=cache)
         except AttestationError as exc:
             if exc.code != "attestation.measurement_mismatch":
                 raise
 
-    rows = [
-        ("uncached chain", rate(lambda: verify_report(report, options, chain_cache=None), n)),
-        ("cached chain", rate(lambda: verify_report(report, options, chain_cache=cache), n)),
-        ("parse only", rate(lambda: abi.report_claims(abi.parse_report(report)), n)),
-        ("+ 2 RIMs (cached chain)", rate(appraise_with_rims, max(n // 4, 10))),
-    ]
-    baseline = rows[0][1]
-    print(f"{'NVIDIA H100 verification':<26}{'per second':>12}{'vs uncached':>14}")
-    for name, per_second in rows:
-        print(f"{name:<26}{per_second:>12,.0f}{per_second / baseline:>13.2f}x")
-    print(f"cached/uncached ratio: {rows[1][1] / baseline:.2f}x  (n={n})")
+    def uncached() -> None:
+        verify_report(report_bytes, options, chain_cache=None)
+
+    def cached() -> None:
+        verify_report(report_bytes, options, chain_cache=cache)
+
+    def parse() -> None:
+        abi.report_claims(abi.parse_report(report_bytes))
+
+    report = Report("attestation_nvidia", f"NVIDIA H100 verification (N1), n={n} per round")
+    got = interleave({
+        "uncached": lambda: rate(uncached, n),
+        "cached": lambda: rate(cached, n),
+        "parse": lambda: rate(parse, n),
+        "rims": lambda: rate(appraise_with_rims, max(n // 4, 10)),
+    })
+    base = got["uncached"]
+    report.baseline("uncached chain", base, "/s")
+    report.row("cached chain", got["cached"], "/s", baseline=base)
+    report.row("parse only", got["parse"], "/s", baseline=base)
+    report.row("+ 2 RIMs (cached chain)", got["rims"], "/s", baseline=base)
+    report.emit()
 
 
 if __name__ == "__main__":

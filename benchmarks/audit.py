@@ -19,12 +19,20 @@ bytes, serialized before the clock starts, as the enclave does per request):
                               every checkpoint signature and root, consistency between them
   verify, full                the same plus each entry parsed and checked canonical
 
-Size: MEDCLAVE_BENCH_AUDIT_N entries for the 1M rows (default 1,000,000; ``--quick``: 100,000).
+Every row is measured once per round, the rows of each group (appends; scan and verification;
+lookups) alternating in MEDCLAVE_BENCH_ROUNDS rounds (benchmarks._common); the big log is built
+once. Sizes (``--quick`` in brackets): MEDCLAVE_BENCH_AUDIT_N, the big log for lookups and proofs
+(1,000,000 [100,000]); MEDCLAVE_BENCH_AUDIT_VERIFY_N, the prefix of it that scan and verification
+read each round (200,000 [50,000]: a full verification of 1M takes over a minute here, five
+rounds of it would take most of ``make bench``; the table gives the rate and what 1M takes at
+it; set it to 1000000 for the real thing); MEDCLAVE_BENCH_AUDIT_APPENDS, entries per append
+round (100,000 [20,000]); MEDCLAVE_BENCH_AUDIT_THREADED, entries per 16-thread round
+(20,000 [5,000]).
 """
 
 from __future__ import annotations
 
-import os
+import itertools
 import random
 import sqlite3
 import statistics
@@ -36,6 +44,7 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
 
+from benchmarks._common import Goal, Report, env_int, fmt, interleave, percentile, timings
 from medclave.audit.entry import (
     AttestationSummary,
     AuditEntry,
@@ -97,10 +106,6 @@ class Entries:
         return [self.get(i) for i in range(start, start + n)]
 
 
-def _rate(n: int, seconds: float) -> str:
-    return f"{n / seconds:,.0f}/s"
-
-
 def _baseline_inserts(path: Path, rows: list[list[bytes]]) -> float:
     """Seconds to insert ``rows`` into a bare table, one transaction per batch."""
     db = sqlite3.connect(path, isolation_level=None)
@@ -135,115 +140,169 @@ def _appends(path: Path, rows: list[list[bytes]], per_second: bool) -> tuple[flo
     return elapsed, signed
 
 
-def _timed(fn: Callable[[], object], n: int) -> tuple[float, float]:
-    """(mean, p99) in microseconds."""
-    samples = []
-    for _ in range(n):
-        start = time.perf_counter()
-        fn()
-        samples.append((time.perf_counter() - start) * 1e6)
-    samples.sort()
-    return statistics.fmean(samples), samples[int(len(samples) * 0.99)]
+def _remove(path: Path) -> None:
+    """A finished run's database and its WAL files: 100,000 entries are ~100 MB each run."""
+    for suffix in ("", "-wal", "-shm"):
+        path.with_name(path.name + suffix).unlink(missing_ok=True)
+
+
+def _p50_us(fn: Callable[[], object], n: int, pooled: list[float]) -> float:
+    samples = [t * 1e6 for t in timings(fn, n)]
+    pooled.extend(samples)
+    return statistics.median(samples)
 
 
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     quick = "--quick" in argv
-    big = int(os.environ.get("MEDCLAVE_BENCH_AUDIT_N", 100_000 if quick else 1_000_000))
-    n_append = 20_000 if quick else 100_000
+    big = env_int("MEDCLAVE_BENCH_AUDIT_N", 100_000 if quick else 1_000_000)
+    n_append = env_int("MEDCLAVE_BENCH_AUDIT_APPENDS", 20_000 if quick else 100_000)
+    n_threaded = env_int("MEDCLAVE_BENCH_AUDIT_THREADED", 5_000 if quick else 20_000)
+    verify_n = min(big, env_int("MEDCLAVE_BENCH_AUDIT_VERIFY_N", 50_000 if quick else 200_000))
     entries = Entries()
-    rows: list[tuple[str, str, str, str]] = []
+    report = Report("audit", "audit log: SQLite WAL, synchronous=FULL for appends, ~1 KB entries")
     with tempfile.TemporaryDirectory(prefix="medclave-bench-audit-") as tmp:
         d = Path(tmp)
-        batches = [entries.batch(i, BATCH) for i in range(0, n_append, BATCH)]
+        batches = [entries.batch(i, min(BATCH, n_append - i)) for i in range(0, n_append, BATCH)]
         n = sum(len(b) for b in batches)
-        # fsync latency on a shared disk is noisy: each append figure is the best of 3 runs,
-        # interleaved with the baseline's runs so both see the same disk.
-        runs: dict[str, list[tuple[float, int]]] = {"base": [], "batch": [], "second": []}
-        for k in range(3):
-            runs["base"].append((_baseline_inserts(d / f"base{k}.db", batches), 0))
-            runs["batch"].append(_appends(d / f"batch{k}.db", batches, False))
-            runs["second"].append(_appends(d / f"second{k}.db", batches, True))
-        base = min(runs["base"])[0]
-        rows.append(("sqlite insert (baseline)", _rate(n, base), "1.00", f"{n:,} rows, best of 3"))
-        for label, key in (("append, checkpoint/batch", "batch"),
-                           ("append, checkpoint/second", "second")):
-            elapsed, signed = min(runs[key])
-            rows.append((label, _rate(n, elapsed), f"{base / elapsed:.2f}",
-                         f"{signed} checkpoints in {elapsed:.1f}s, best of 3"))
-        flat = [e for b in batches for e in b]
-        glog = AuditLog.open_sqlite(d / "group.db", origin=ORIGIN,
-                                    signer=NoteSigner.generate(ORIGIN))
-        start = time.perf_counter()
-        with ThreadPoolExecutor(max_workers=16) as pool:
-            for _ in pool.map(glog.append, flat, chunksize=64):
-                pass
-        elapsed = time.perf_counter() - start
-        signed = sum(1 for _ in glog.store.checkpoints())
-        glog.close()
-        rows.append(("append, 16 threads", _rate(n, elapsed), f"{base / elapsed:.2f}",
-                     f"{signed} batches, {n / signed:.0f} entries each"))
+        flat = [e for b in batches for e in b][:n_threaded]
         sample = [_template(i) for i in range(2000)]
-        start = time.perf_counter()
-        for e in sample:
-            e.to_bytes()
-        rows.append(("entry serialization", _rate(len(sample), time.perf_counter() - start),
-                     "", "RFC 8785, one core"))
+        runs = itertools.count()
+        signed: dict[str, list[int]] = {"second": [], "threads": []}
 
-        # --- the big log -----------------------------------------------------------------
+        def inserts() -> float:
+            path = d / f"base{next(runs)}.db"
+            elapsed = _baseline_inserts(path, batches)
+            _remove(path)
+            return n / elapsed
+
+        def appends(per_second: bool) -> float:
+            path = d / f"log{next(runs)}.db"
+            elapsed, checkpoints = _appends(path, batches, per_second)
+            _remove(path)
+            if per_second:
+                signed["second"].append(checkpoints)
+            return n / elapsed
+
+        def threads() -> float:
+            path = d / f"group{next(runs)}.db"
+            glog = AuditLog.open_sqlite(path, origin=ORIGIN, signer=NoteSigner.generate(ORIGIN))
+            start = time.perf_counter()
+            with ThreadPoolExecutor(max_workers=16) as pool:
+                for _ in pool.map(glog.append, flat, chunksize=64):
+                    pass
+            elapsed = time.perf_counter() - start
+            signed["threads"].append(sum(1 for _ in glog.store.checkpoints()))
+            glog.close()
+            _remove(path)
+            return len(flat) / elapsed
+
+        def serialize() -> float:
+            start = time.perf_counter()
+            for e in sample:
+                e.to_bytes()
+            return len(sample) / (time.perf_counter() - start)
+
+        got = interleave({"base": inserts, "batch": lambda: appends(False),
+                          "second": lambda: appends(True), "threads": threads,
+                          "serialize": serialize})
+        base = got["base"]
+        batches_each = statistics.median(signed["threads"])
+        n_flat = len(flat)
+        report.baseline("sqlite insert", base, "/s", f"{n:,} rows a round, {BATCH} a transaction")
+        report.row("append, checkpoint/batch", got["batch"], "/s", baseline=base)
+        report.row("append, checkpoint/second", got["second"], "/s", baseline=base,
+                   goal=Goal(">=", 5000),
+                   note=f"{statistics.median(signed['second']):.0f} checkpoints a round")
+        report.row("append, 16 threads", got["threads"], "/s", baseline=base,
+                   note=f"{n_flat:,} entries a round in {batches_each:.0f} batches, "
+                        f"{n_flat / batches_each:.0f} each")
+        report.row("entry serialization", got["serialize"], "/s", note="RFC 8785, one core")
+
+        # --- the big log: built once, verified in rounds at verify_n, looked up at big ----
         path = d / "big.db"
         log = AuditLog.open_sqlite(path, origin=ORIGIN, signer=NoteSigner.generate(ORIGIN),
                                    synchronous="NORMAL")
         verifier = log.verifier()
         assert verifier is not None
-        start = time.perf_counter()
-        step = 10_000
-        for i in range(0, big, step):
-            # A checkpoint every 100,000 entries, so verification has history to check.
-            last = i + step >= big
-            log.append_batch(entries.batch(i, min(step, big - i)),
-                             checkpoint=last or (i + step) % 100_000 == 0)
-        build = time.perf_counter() - start
-        rows.append((f"build {big:,} (10k batches)", _rate(big, build), "",
-                     f"{build:.0f}s, {path.stat().st_size / 2**20:,.0f} MiB"))
+        build = 0.0
+
+        def grow(start: int, end: int) -> None:
+            nonlocal build
+            began = time.perf_counter()
+            step = 10_000
+            for i in range(start, end, step):
+                # A checkpoint every 100,000 entries, so verification has history to check.
+                upto = min(i + step, end)
+                log.append_batch(entries.batch(i, upto - i),
+                                 checkpoint=upto == end or upto % 100_000 == 0)
+            build += time.perf_counter() - began
+
+        grow(0, verify_n)
+        store = SqliteStore(path, readonly=True)
+        checkpoints: list[int] = []
+
+        def scan() -> float:
+            db = sqlite3.connect(path)
+            start = time.perf_counter()
+            for (_data,) in db.execute("SELECT data FROM entries ORDER BY idx"):
+                pass
+            elapsed = time.perf_counter() - start
+            db.close()
+            return elapsed
+
+        def verify(parse: bool) -> float:
+            start = time.perf_counter()
+            result = inspect_log(store, verifier, parse_entries=parse)
+            elapsed = time.perf_counter() - start
+            assert result.ok, result.findings[:3]
+            checkpoints.append(result.checkpoints)
+            return elapsed
+
+        got = interleave({"scan": scan, "hashes": lambda: verify(False),
+                          "full": lambda: verify(True)})
+        store.close()
+        base = got["scan"]
+        report.baseline(f"scan {verify_n:,}", base, "s")
+        for label, key in (("verify, hashes", "hashes"), ("verify, full", "full")):
+            per_second = verify_n / statistics.median(got[key])
+            report.row(f"{label} {verify_n:,}", got[key], "s", baseline=base,
+                       note=f"{checkpoints[0]} checkpoints, {per_second:,.0f} entries/s "
+                            f"(1,000,000 at that rate: {1e6 / per_second:.0f} s)")
+
+        grow(verify_n, big)
+        report.note(f"built {big:,} entries in 10k batches once (setup, not in rounds): "
+                    f"{build:.0f} s, {big / build:,.0f}/s, {path.stat().st_size / 2**20:,.0f} MiB")
 
         rng = random.Random(1)
         raw = sqlite3.connect(path)
-        lookup, lookup99 = _timed(
-            lambda: raw.execute("SELECT data FROM entries WHERE idx = ?",
-                                (rng.randrange(big),)).fetchone(), 2000)
+        pooled: dict[str, list[float]] = {"lookup": [], "proof": [], "receipt": []}
+
+        def lookup() -> object:
+            return raw.execute("SELECT data FROM entries WHERE idx = ?",
+                               (rng.randrange(big),)).fetchone()
+
+        got = interleave({
+            "lookup": lambda: _p50_us(lookup, 400, pooled["lookup"]),
+            "proof": lambda: _p50_us(lambda: log.prove_inclusion(rng.randrange(big)), 400,
+                                     pooled["proof"]),
+            "receipt": lambda: _p50_us(lambda: log.receipt(rng.randrange(big)), 100,
+                                       pooled["receipt"]),
+        })
         raw.close()
-        rows.append((f"point lookup @{big:,} (baseline)", f"{lookup:.0f} us",
-                     "1.00", f"p99 {lookup99:.0f} us"))
-        proof, proof99 = _timed(lambda: log.prove_inclusion(rng.randrange(big)), 2000)
-        rows.append((f"inclusion proof @{big:,}", f"{proof:.0f} us", f"{proof / lookup:.2f}",
-                     f"p99 {proof99:.0f} us"))
-        receipt, receipt99 = _timed(lambda: log.receipt(rng.randrange(big)), 500)
-        rows.append((f"receipt @{big:,}", f"{receipt:.0f} us", f"{receipt / lookup:.2f}",
-                     f"p99 {receipt99:.0f} us"))
         log.close()
 
-        raw = sqlite3.connect(path)
-        start = time.perf_counter()
-        for (_data,) in raw.execute("SELECT data FROM entries ORDER BY idx"):
-            pass
-        scan = time.perf_counter() - start
-        raw.close()
-        rows.append((f"scan {big:,} (baseline)", f"{scan:.1f} s", "1.00", ""))
-        store = SqliteStore(path, readonly=True)
-        for label, parse in (("verify, hashes", False), ("verify, full", True)):
-            start = time.perf_counter()
-            report = inspect_log(store, verifier, parse_entries=parse)
-            elapsed = time.perf_counter() - start
-            assert report.ok, report.findings[:3]
-            rows.append((f"{label} {big:,}", f"{elapsed:.1f} s", f"{elapsed / scan:.1f}",
-                         f"{report.checkpoints} checkpoints, {_rate(big, elapsed)}"))
-        store.close()
+        def p99(name: str) -> str:
+            return f"p99 {fmt(percentile(pooled[name], 0.99))} us"
 
-    width = max(len(r[0]) for r in rows)
-    print(f"{'measure':<{width}}  {'result':>12}  {'ratio':>6}  notes")
-    for name, result, ratio, note in rows:
-        print(f"{name:<{width}}  {result:>12}  {ratio:>6}  {note}")
+        base = got["lookup"]
+        report.baseline(f"point lookup @{big:,}", base, "us p50", p99("lookup"))
+        report.row(f"inclusion proof @{big:,}", got["proof"], "us p50", baseline=base,
+                   goal=Goal("<=", 1000), note=p99("proof"))
+        report.row(f"receipt @{big:,}", got["receipt"], "us p50", baseline=base,
+                   note=p99("receipt"))
+
+    report.emit()
 
 
 if __name__ == "__main__":

@@ -13,12 +13,14 @@ Rows:
   token verify (EdDSA)      TokenVerifier.verify of an EdDSA token (replay cache on), ratio
                             against a bare Ed25519 signature check of the same bytes
 
-Iterations: MEDCLAVE_BENCH_AUTH_N (default 2000 for single calls; a tenth for filters).
+Each figure is taken over MEDCLAVE_BENCH_AUTH_N calls per round (default 1000 for single calls; a
+tenth for filters), the rows alternating in MEDCLAVE_BENCH_ROUNDS rounds (benchmarks._common).
+Ratios are of CPU p50s; the goals are on each round's CPU p99 (a row of its own).
 """
 
 from __future__ import annotations
 
-import os
+import functools
 import statistics
 import time
 from collections.abc import Callable
@@ -26,6 +28,7 @@ from datetime import UTC, datetime, timedelta
 
 import cedarpy
 
+from benchmarks._common import Goal, Report, env_int, fmt, interleave, percentile
 from medclave.auth import (
     Authorizer,
     CareTeam,
@@ -49,11 +52,6 @@ NOW = datetime(2026, 1, 1, 12, tzinfo=UTC)
 Stats = tuple[float, float, float, float]
 
 
-def _pct(samples: list[float], q: float) -> float:
-    ordered = sorted(samples)
-    return ordered[min(len(ordered) - 1, int(len(ordered) * q))]
-
-
 def _latencies(fn: Callable[[], object], n: int) -> Stats:
     """(wall p50, wall p99, CPU p50, CPU p99) in milliseconds.
 
@@ -68,7 +66,8 @@ def _latencies(fn: Callable[[], object], n: int) -> Stats:
         fn()
         wall.append((time.perf_counter_ns() - w0) / 1e6)
         cpu.append((time.thread_time_ns() - c0) / 1e6)
-    return statistics.median(wall), _pct(wall, 0.99), statistics.median(cpu), _pct(cpu, 0.99)
+    return (statistics.median(wall), percentile(wall, 0.99), statistics.median(cpu),
+            percentile(cpu, 0.99))
 
 
 Entity = Tenant | CareTeam | User | Patient | Document
@@ -100,7 +99,7 @@ def _directory() -> tuple[list[Entity], list[Document]]:
 
 
 def main() -> None:
-    n = int(os.environ.get("MEDCLAVE_BENCH_AUTH_N", "2000"))
+    n = env_int("MEDCLAVE_BENCH_AUTH_N", 1000)
     authorizer = Authorizer()
     entities, docs = _directory()
     schema = authorizer.policies.schema
@@ -133,8 +132,10 @@ def main() -> None:
         "resource": 'Document::"d"',
         "context": {},
     }
-    base = _latencies(lambda: cedarpy.is_authorized(request, empty_ps, empty_entities), n)
     kept = authorizer.filter_documents(identity, ids, entities=store, now=NOW)
+
+    def empty_cedar() -> object:
+        return cedarpy.is_authorized(request, empty_ps, empty_entities)
 
     def decide() -> object:
         return authorizer.decide(identity, "retrieve", ids[-1], entities=store, now=NOW)
@@ -144,13 +145,6 @@ def main() -> None:
 
     def filter_entities() -> object:
         return authorizer.filter_documents(identity, candidates, entities=empty_store, now=NOW)
-
-    rows: list[tuple[str, Stats, float, float | None]] = [
-        ("cedar, empty policy set", base, base[2], None),
-        ("decide", _latencies(decide, n), base[2], 0.5),
-        ("filter 50 (ids)", _latencies(filter_ids, n // 10), base[2], 5.0),
-        ("filter 50 (entities)", _latencies(filter_entities, n // 10), base[2], 5.0),
-    ]
 
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
@@ -163,23 +157,45 @@ def main() -> None:
     token = issuer.issue(sub="u", tenant="st-mary", roles=["clinician"], now=NOW)
     head, payload, sig = token.split(".")
     data, raw_sig, pub = f"{head}.{payload}".encode(), b64url_decode(sig), key.public_key()
-    sig_stats = _latencies(lambda: pub.verify(raw_sig, data), n)
-    rows.append(("ed25519 verify (baseline)", sig_stats, sig_stats[2], None))
-    rows.append(
-        ("token verify (EdDSA)", _latencies(lambda: verifier.verify(token, now=NOW), n), sig_stats[2], None)
-    )
 
-    print(f"directory: {len(store)} entities; {len(kept)} of {len(ids)} candidates allowed")
-    print("ratio = CPU p50 / baseline CPU p50 (Cedar rows: the empty policy set; token: Ed25519)")
-    print(
-        f"{'operation':<26}{'wall p50':>10}{'wall p99':>10}{'CPU p50':>10}{'CPU p99':>10}{'ratio':>8}"
-        "  goal (on CPU p99)"
-    )
-    for name, (w50, w99, c50, c99), baseline, limit in rows:
-        verdict = "" if limit is None else f"p99 <= {limit} ms ({'met' if c99 <= limit else 'MISSED'})"
-        ratio = c50 / baseline if baseline else float("nan")
-        print(f"{name:<26}{w50:>10.3f}{w99:>10.3f}{c50:>10.3f}{c99:>10.3f}{ratio:>8.1f}  {verdict}")
+    # name: (call, calls per round); each round's four statistics are kept, its CPU p50 compared
+    measures: dict[str, tuple[Callable[[], object], int]] = {
+        "cedar": (empty_cedar, n), "decide": (decide, n), "filter ids": (filter_ids, n // 10),
+        "filter entities": (filter_entities, n // 10),
+        "ed25519": (lambda: pub.verify(raw_sig, data), n),
+        "token": (lambda: verifier.verify(token, now=NOW), n),
+    }
+    stats: dict[str, list[Stats]] = {name: [] for name in measures}
 
+    def measure(name: str) -> float:
+        fn, count = measures[name]
+        stats[name].append(_latencies(fn, max(count, 10)))
+        return stats[name][-1][2]
+
+    interleave({name: functools.partial(measure, name) for name in measures})
+
+    def series(name: str, which: int) -> list[float]:
+        return [s[which] for s in stats[name]]
+
+    def wall(name: str) -> str:
+        return (f"wall p50 {fmt(statistics.median(series(name, 0)))}, "
+                f"p99 {fmt(statistics.median(series(name, 1)))} ms")
+
+    report = Report("auth", f"authorization and tokens; directory of {len(store)} entities, "
+                    f"{len(kept)} of {len(ids)} candidates allowed")
+    cedar, ed25519 = series("cedar", 2), series("ed25519", 2)
+    report.baseline("cedar, empty policy set", cedar, "ms CPU", wall("cedar"))
+    for name, label, limit in (("decide", "decide", 0.5), ("filter ids", "filter 50 (ids)", 5.0),
+                               ("filter entities", "filter 50 (entities)", 5.0)):
+        report.row(f"{label}, CPU p50", series(name, 2), "ms CPU", baseline=cedar,
+                   note=wall(name))
+        report.row(f"{label}, CPU p99", series(name, 3), "ms CPU", goal=Goal("<=", limit))
+    report.baseline("ed25519 verify", ed25519, "ms CPU", wall("ed25519"))
+    report.row("token verify (EdDSA)", series("token", 2), "ms CPU", baseline=ed25519,
+               note=wall("token"))
+    report.note("CPU: this thread's time (CLOCK_THREAD_CPUTIME_ID), which leaves out what the "
+                "scheduler gave to other processes; the second baseline is for the token row")
+    report.emit()
 
 if __name__ == "__main__":
     main()

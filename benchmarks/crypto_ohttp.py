@@ -4,17 +4,17 @@ One round trip = client encapsulates a request, gateway decapsulates it and enca
 response, client decapsulates it. The baseline does only the symmetric part of that (AES-128-GCM
 seal and open of the same request and response under a fixed key), so the ratio shows what the
 per-request X25519 key agreement and key schedule cost. The chunked row streams the response as
-32 chunks, like tokens of a chat answer.
+32 chunks, like tokens of a chat answer. Each row runs for MEDCLAVE_BENCH_OHTTP_SECONDS (default
+0.4) per round; the rows alternate in MEDCLAVE_BENCH_ROUNDS rounds (benchmarks._common).
 """
 
 from __future__ import annotations
 
 import os
-import time
-from collections.abc import Callable
 
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from benchmarks._common import Report, env_float, interleave, rate_for
 from medclave.crypto import bhttp
 from medclave.crypto.ohttp import OhttpKeyPair, encapsulate_request
 from medclave.crypto.ohttp_chunked import ChunkedRequestDecoder, ChunkedRequestEncoder
@@ -24,17 +24,6 @@ REQUEST = bhttp.Request("POST", "https", "enclave", "/v1/chat/completions",
                          ("content-type", "application/json")), b"x" * 1024).encode()
 RESPONSE = bhttp.Response(200, (("content-type", "application/json"),), b"y" * 2048).encode()
 TOKENS = [b"data: " + b"z" * 58 for _ in range(32)]
-
-
-def _rate(fn: Callable[[], object], seconds: float = 1.0) -> float:
-    fn()
-    count = 0
-    start = time.perf_counter()
-    while (elapsed := time.perf_counter() - start) < seconds:
-        for _ in range(20):
-            fn()
-        count += 20
-    return count / elapsed
 
 
 def main() -> None:
@@ -63,14 +52,18 @@ def main() -> None:
             decoder.feed(encoder.write(token))
         decoder.feed(encoder.final(), end=True)
 
-    base = _rate(baseline)
-    rows = [("raw AES-128-GCM (baseline)", base), ("OHTTP round trip", _rate(ohttp_round_trip)),
-            ("chunked OHTTP, 32-chunk answer", _rate(chunked_round_trip))]
-    print(f"OHTTP, {len(REQUEST)} B request, {len(RESPONSE)} B response")
-    print(f"{'operation':<32}{'round trips/s':>15}{'vs baseline':>14}")
-    for name, rate in rows:
-        print(f"{name:<32}{rate:>15.0f}{rate / base:>13.3f}x")
-
+    seconds = env_float("MEDCLAVE_BENCH_OHTTP_SECONDS", 0.4)
+    got = interleave({
+        "aead": lambda: rate_for(baseline, seconds, batch=20),
+        "ohttp": lambda: rate_for(ohttp_round_trip, seconds, batch=20),
+        "chunked": lambda: rate_for(chunked_round_trip, seconds, batch=20),
+    })
+    report = Report("crypto_ohttp", f"OHTTP, {len(REQUEST)} B request, {len(RESPONSE)} B "
+                    "response, round trips")
+    report.baseline("raw AES-128-GCM", got["aead"], "/s")
+    report.row("OHTTP round trip", got["ohttp"], "/s", baseline=got["aead"])
+    report.row("chunked OHTTP, 32-chunk answer", got["chunked"], "/s", baseline=got["aead"])
+    report.emit()
 
 if __name__ == "__main__":
     main()

@@ -8,19 +8,23 @@ Baselines, measured in the same run on the same file (both in the page cache):
   read -> memfd    an unsealed model copied into an anonymous memory file: unseal minus the
                    cryptography
 
-Size: MEDCLAVE_BENCH_SEALED_MIB (default 256) or ``python -m benchmarks.crypto_sealed 64``.
+Each operation runs once per round, the five alternating in MEDCLAVE_BENCH_ROUNDS rounds
+(benchmarks._common). Size: MEDCLAVE_BENCH_SEALED_MIB (default 256) or
+``python -m benchmarks.crypto_sealed 64``.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import sys
 import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 
+from benchmarks._common import Goal, Report, env_int, interleave
 from medclave.crypto import sealed
 
 CHUNK = sealed.DEFAULT_CHUNK_SIZE
@@ -52,18 +56,15 @@ def _read_to_memfd(path: Path) -> None:
         os.close(fd)
 
 
-def _best(fn: Callable[[], object], repeat: int) -> float:
-    times = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
+def _mb_per_s(fn: Callable[[], object], size: int) -> float:
+    start = time.perf_counter()
+    fn()
+    return size / (time.perf_counter() - start) / 1e6
 
 
 def main(argv: list[str] | None = None) -> None:
     args = sys.argv[1:] if argv is None else argv
-    mib = int(args[0]) if args else int(os.environ.get("MEDCLAVE_BENCH_SEALED_MIB", "256"))
+    mib = int(args[0]) if args else env_int("MEDCLAVE_BENCH_SEALED_MIB", 256)
     size = mib * 1024 * 1024
     with tempfile.TemporaryDirectory(prefix="medclave-bench-") as tmp:
         src = Path(tmp) / "model.gguf"
@@ -72,32 +73,40 @@ def main(argv: list[str] | None = None) -> None:
                 f.write(os.urandom(min(CHUNK, size - f.tell())))
         _plain_read(src)  # warm the page cache
 
-        counter = iter(range(1_000_000))
         key = os.urandom(32)
+        kept, scratch = Path(tmp) / "kept", Path(tmp) / "scratch"
+        sealed.seal_file(src, kept, owner="bench", key=key)  # what unseal reads, every round
+        _plain_read(kept / sealed.PAYLOAD_NAME)  # same cache state as the source
 
-        def seal() -> None:
-            sealed.seal_file(src, Path(tmp) / f"s{next(counter)}", owner="bench", key=key)
+        def seal() -> float:
+            shutil.rmtree(scratch, ignore_errors=True)  # seal_file refuses a sealed folder
+            return _mb_per_s(lambda: sealed.seal_file(src, scratch, owner="bench", key=key),
+                             size)
 
         def unseal() -> None:
-            fd, _ = sealed.open_to_memfd(Path(tmp) / "s0", key)
+            fd, _ = sealed.open_to_memfd(kept, key)
             os.close(fd)
 
-        t_read = _best(lambda: _plain_read(src), 3)
-        t_sha = _best(lambda: _read_sha256(src), 3)
-        t_copy = _best(lambda: _read_to_memfd(src), 3)
-        t_seal = _best(seal, 2)
-        _plain_read(Path(tmp) / "s0" / sealed.PAYLOAD_NAME)  # same cache state as the source
-        t_unseal = _best(unseal, 3)
+        got = interleave({
+            "read": lambda: _mb_per_s(lambda: _plain_read(src), size),
+            "sha": lambda: _mb_per_s(lambda: _read_sha256(src), size),
+            "memfd": lambda: _mb_per_s(lambda: _read_to_memfd(src), size),
+            "seal": seal,
+            "unseal": lambda: _mb_per_s(unseal, size),
+        })
 
-    rows = [("plain read (baseline)", t_read), ("read + sha256", t_sha),
-            ("read -> memfd", t_copy), ("seal (2 passes)", t_seal),
-            ("unseal to memfd", t_unseal)]
-    print(f"sealed model, {mib} MiB, chunk {CHUNK >> 20} MiB, best of 2-3 runs")
-    print(f"{'operation':<24}{'MB/s':>10}{'vs plain read':>16}")
-    for name, seconds in rows:
-        print(f"{name:<24}{size / seconds / 1e6:>10.0f}{t_read / seconds:>15.2f}x")
-    print(f"unseal vs read + sha256: {t_sha / t_unseal:.2f}x; "
-          f"vs read -> memfd: {t_copy / t_unseal:.2f}x")
+    base = got["read"]
+    report = Report("crypto_sealed", f"sealed model, {mib} MiB, chunk {CHUNK >> 20} MiB, "
+                    "one pass per operation per round")
+    report.baseline("plain read", base, "MB/s")
+    report.row("read + sha256", got["sha"], "MB/s", baseline=base)
+    report.row("read -> memfd", got["memfd"], "MB/s", baseline=base)
+    report.row("seal (2 passes)", got["seal"], "MB/s", baseline=base)
+    report.row("unseal to memfd", got["unseal"], "MB/s", baseline=base,
+               goal=Goal(">=", 0.7, on="ratio"))
+    report.ratio_note("unseal vs read + sha256", got["unseal"], got["sha"])
+    report.ratio_note("unseal vs read -> memfd", got["unseal"], got["memfd"])
+    report.emit()
 
 
 if __name__ == "__main__":

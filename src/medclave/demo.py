@@ -15,6 +15,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import json
 import logging
@@ -163,7 +164,10 @@ def run(work: Path, stack: _Stack) -> dict[str, Any]:
         'name = "st-marys-demo"\nplatforms = ["sim"]\n'
         f'model_digests = ["{DEFAULT_MODEL_SHA256}"]\n'
         f'kbs_keys = ["{broker.signer.key_id}"]\n\n'
-        f'[platform.sim.reference_values]\nmeasurement = ["{measurement}"]\n')
+        f'[platform.sim.reference_values]\nmeasurement = ["{measurement}"]\n\n'
+        # Only tokens of the hospital's own IdP: the digest of the key set it publishes.
+        f'[[token_issuers]]\nissuer = "{idp.issuer}"\n'
+        f'jwks = "sha256:{hashlib.sha256(jwks.read_bytes()).hexdigest()}"\n')
     from medclave.attestation.policy import load_policy
 
     session = EnclaveSession(enclave.url, load_policy(policy_file), sim_roots=frozenset({sim_root}))
@@ -245,6 +249,8 @@ def _report(result: dict[str, Any]) -> None:
     table.add_row("model digest", status["model_digest"])
     table.add_row("engine build", status["engine_build"])
     table.add_row("OHTTP key id", str(status["ohttp_key_id"]))
+    table.add_row("token issuer", ", ".join(t["issuer"] for t in status.get("token_issuers", []))
+                  + "  (its key set is stated in the attestation; the policy names it)")
     table.add_row("key broker", ", ".join(k[:16] + "…" for k in status.get("kbs_keys", []))
                   + "  (the only broker the enclave takes keys from; the policy requires it)")
     table.add_row("appraisal policy", f"{status['appraisal_policy']['name']} "

@@ -28,6 +28,8 @@ CATALOGUE: dict[str, ErrorSpec] = {
     "input.malformed": ErrorSpec(400, "The input is malformed; check the file or request body."),
     "input.too_large": ErrorSpec(413, "The input exceeds the size limit."),
     "input.missing": ErrorSpec(400, "A required input is missing."),
+    "input.no_route": ErrorSpec(404, "There is no such route."),
+    "input.method_not_allowed": ErrorSpec(405, "The route does not take this method."),
     "input.incomplete": ErrorSpec(
         400, "The request ended before its body was complete; send it again whole."
     ),
@@ -44,6 +46,9 @@ CATALOGUE: dict[str, ErrorSpec] = {
     "crypto.truncated": ErrorSpec(400, "The encrypted stream ended before its final chunk."),
     "protocol.bad_message": ErrorSpec(400, "The message does not follow the wire format."),
     "protocol.unsupported_version": ErrorSpec(400, "The format version is not supported."),
+    "protocol.replayed": ErrorSpec(
+        400, "This encapsulated request was already received; each one is accepted once."
+    ),
     # --- attestation: parsing ----------------------------------------------------------------
     "attestation.malformed": ErrorSpec(400, "The evidence is malformed and cannot be parsed."),
     "attestation.unsupported_version": ErrorSpec(400, "The evidence version is not supported."),
@@ -98,6 +103,9 @@ CATALOGUE: dict[str, ErrorSpec] = {
     "policy.tcb_too_low": ErrorSpec(403, "The platform TCB is below the policy minimum."),
     "policy.evidence_stale": ErrorSpec(403, "The evidence is older than the policy allows."),
     "policy.model_not_allowed": ErrorSpec(403, "The model digest is not allowed by the policy."),
+    "policy.token_issuer_not_allowed": ErrorSpec(
+        403, "The enclave accepts tokens from an identity provider the policy does not name."
+    ),
     "policy.kbs_key_not_allowed": ErrorSpec(
         403, "The enclave trusts a key broker the policy does not name."
     ),
@@ -150,7 +158,6 @@ CATALOGUE: dict[str, ErrorSpec] = {
     "auth.issuer_untrusted": ErrorSpec(401, "The token issuer is not trusted."),
     "auth.algorithm_forbidden": ErrorSpec(401, "The token algorithm is not allowed."),
     "auth.signature_invalid": ErrorSpec(401, "The token signature does not verify."),
-    "auth.token_replayed": ErrorSpec(401, "The token has already been used."),
     "auth.key_unknown": ErrorSpec(401, "The token signing key is unknown."),
     "auth.jwks_unavailable": ErrorSpec(
         503, "The token issuer's keys could not be fetched; retry later."
@@ -158,6 +165,13 @@ CATALOGUE: dict[str, ErrorSpec] = {
     "auth.dpop_invalid": ErrorSpec(401, "The DPoP proof is invalid for this token or request."),
     "auth.invalid_credentials": ErrorSpec(401, "The credentials are invalid."),
     "auth.forbidden": ErrorSpec(403, "The request is not permitted by policy."),
+    "auth.exchange_forbidden": ErrorSpec(
+        403, "This client may not obtain tokens for that user (token exchange)."
+    ),
+    "auth.exchange_subject_invalid": ErrorSpec(
+        400, "The token exchange names no valid subject token or user."
+    ),
+    "auth.scope_exceeded": ErrorSpec(403, "The requested roles exceed what the user is granted."),
     "auth.break_glass_expired": ErrorSpec(403, "The break-glass grant has expired."),
     "auth.break_glass_reason_missing": ErrorSpec(400, "Break-glass access requires a stated reason."),
     "auth.rate_limited": ErrorSpec(429, "Too many requests; retry later."),
@@ -217,6 +231,10 @@ CATALOGUE: dict[str, ErrorSpec] = {
     ),
     "client.key_changed": ErrorSpec(502, "The server's key changed; re-attestation failed."),
     "client.upstream_failed": ErrorSpec(502, "The upstream enclave could not be reached."),
+    "client.idp_unavailable": ErrorSpec(
+        502, "The proxy could not obtain a token from the identity provider; retry later."
+    ),
+    "client.busy": ErrorSpec(429, "The proxy is serving as many requests as it allows; retry."),
     "service.start_failed": ErrorSpec(503, "The service did not start; check its log."),
     "internal": ErrorSpec(500, "Internal error."),
 }
@@ -280,7 +298,7 @@ class AttestationError(MedclaveError):
 class PolicyError(MedclaveError):
     """Appraisal refused the evidence. ``violations`` lists every broken rule, not only the first."""
 
-    # attestation.measurement_mismatch is an appraisal refusal too (ARCHITECTURE.md names it).
+    # attestation.measurement_mismatch is an appraisal refusal too (docs/architecture.md names it).
     family = ("policy", "attestation")
 
     def __init__(

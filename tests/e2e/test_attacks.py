@@ -279,12 +279,7 @@ def test_a_request_without_a_valid_token_never_reaches_the_engine(
                 authorization=authorization)
             assert answer.status in (401, 403)
             assert json.loads(answer.body)["error"]["code"] == code
-        token = idp.token()
         assert client.session.request("POST", "/v1/chat/completions", body=json.dumps(
             {"messages": [{"role": "user", "content": PROMPT}]}).encode(),
-            authorization=f"Bearer {token}").status == 200
-        replayed = client.session.request("POST", "/v1/chat/completions", body=json.dumps(
-            {"messages": [{"role": "user", "content": PROMPT}]}).encode(),
-            authorization=f"Bearer {token}")
-        assert json.loads(replayed.body)["error"]["code"] == "auth.token_replayed"
+            authorization=f"Bearer {idp.token()}").status == 200
     assert spy.calls == ["chat"]

@@ -175,3 +175,29 @@ def test_a_policy_naming_brokers_refuses_enclaves_trusting_others(
 def test_kbs_keys_in_a_policy_are_fingerprints() -> None:
     with pytest.raises(ValueError, match="kbs_keys"):
         AppraisalPolicy.model_validate({"platforms": ["sim"], "kbs_keys": ["not-hex"]})
+
+
+# --- token issuers named by a policy -------------------------------------------------------------
+
+IDP = {"issuer": "https://idp.st-marys.example", "jwks": "https://idp.st-marys.example/jwks"}
+
+
+@pytest.mark.parametrize(("stated", "refused"), [
+    ([IDP], False),
+    ([IDP, {"issuer": "https://idp.st-marys.example", "jwks": "sha256:" + "00" * 32}], True),
+    ([{"issuer": IDP["issuer"], "jwks": "https://operator.example/jwks"}], True),
+    ([], True),
+    (None, True),
+    (["https://idp.st-marys.example"], True),  # not an {issuer, jwks} entry
+    ([{"issuer": IDP["issuer"]}], True),
+])
+def test_a_policy_naming_token_issuers_refuses_any_other(
+        authority: sim.SimAuthority, stated: object, refused: bool) -> None:
+    policy = AppraisalPolicy.model_validate({
+        "platforms": ["sim"], "token_issuers": [IDP],
+        "platform": {"sim": {"reference_values": {"measurement": [MEASUREMENT.hex()]}}}})
+    verification = _verification(authority, {"token_issuers": stated})
+    result = evaluate(verification, policy, now=dt.datetime.now(dt.UTC),  # type: ignore[arg-type]
+                      token_issuers=stated)
+    codes = [v["code"] for v in result.violations]
+    assert codes.count("policy.token_issuer_not_allowed") == (1 if refused else 0)

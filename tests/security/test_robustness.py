@@ -123,9 +123,10 @@ def test_deep_or_broken_json_at_the_proxy(proxy: str, errors_logged: pytest.LogC
 
 def test_the_proxy_answers_unknown_routes_with_a_code(proxy: str) -> None:
     r = httpx.get(proxy + "/v1/nothing-here")
-    assert r.status_code == 404 and r.json()["error"]["code"] == "input.malformed"
-    r = httpx.delete(proxy + proto.CHAT_PATH)
-    assert r.status_code == 400 and r.json()["error"]["code"] == "input.malformed"
+    assert r.status_code == 404 and r.json()["error"]["code"] == "input.no_route"
+    r = httpx.delete(proxy + proto.CHAT_PATH)  # issue 10: 405 with Allow, not 400
+    assert r.status_code == 405 and r.json()["error"]["code"] == "input.method_not_allowed"
+    assert r.headers["allow"] == "POST"
 
 
 def test_load_json_refuses_deep_nesting_as_input() -> None:

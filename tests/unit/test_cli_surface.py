@@ -14,11 +14,12 @@ DOCUMENTED = [
     ["model", "seal"], ["model", "inspect"], ["model", "unseal"],
     ["kbs", "serve"], ["kbs", "resource", "put"], ["kbs", "resource", "rotate"],
     ["kbs", "resource", "list"], ["kbs", "policy", "set"], ["kbs", "policy", "show"],
-    ["enclave", "serve"], ["proxy"],
+    ["enclave", "serve"], ["proxy"], ["proxy", "keys", "add"], ["proxy", "keys", "list"],
+    ["proxy", "keys", "revoke"],
     ["audit", "verify"], ["audit", "prove"], ["audit", "receipt", "verify"], ["audit", "replay"],
     ["audit", "export"], ["audit", "witness"],
     ["auth", "token", "issue"], ["auth", "token", "verify"], ["auth", "decide"],
-    ["idp", "serve"],
+    ["idp", "serve"], ["idp", "add-client"], ["idp", "add-user"],
 ]
 
 

@@ -35,7 +35,7 @@ EAR_VERSION = "0.1.0"  # the release named in the EAR payload's verifier build
 EAR_KEY_SCALAR = bytes.fromhex("757e81ae23d0b208fb5fd515f72ba659629bf99d5ee90fcb06c875894bddaa63")
 
 # ---------------------------------------------------------------------------------------------
-# report_data binding and GPU nonce (attestation/binding.py; ARCHITECTURE.md "Evidence bundle")
+# report_data binding and GPU nonce (attestation/binding.py; docs/architecture.md "Evidence bundle")
 
 BINDING_LABEL = b"medclave-attest-v1"
 GPU_LABEL = b"medclave-gpu-v1"
@@ -126,7 +126,7 @@ def report_data_vectors() -> Vector:
     return {
         "description": "report_data binding v1: report_data = SHA-512(\"medclave-attest-v1\" || "
                        "nonce || SHA-256(RFC 8785 canonical JSON of runtime)). Spec: "
-                       "ARCHITECTURE.md 'Evidence bundle'; src/medclave/attestation/binding.py. "
+                       "docs/architecture.md 'Evidence bundle'; src/medclave/attestation/binding.py. "
                        "runtime_canonical_json is the intermediate the SHA-256 is taken over.",
         "generator": GENERATOR,
         "cases": [

@@ -16,7 +16,7 @@ from tests.vectors._kat import GENERATOR, Vector, agree, sha256, vector
 MODEL_KEY = bytes.fromhex("6d55c8e82e198caf3cdc91129b49eb6f7efc5ae09df77655f3cb3688fdf0de77")
 
 # ---------------------------------------------------------------------------------------------
-# sealed model (crypto/sealed.py; ARCHITECTURE.md "Sealed model")
+# sealed model (crypto/sealed.py; docs/architecture.md "Sealed model")
 
 SEALED_LABEL = b"medclave-sealed-model-v1"
 SEALED_CHUNK = 4096  # sealed.MIN_CHUNK_SIZE: the smallest the format allows
@@ -98,7 +98,7 @@ def _sealed_case(name: str, size: int, salt: bytes) -> Vector:
 def sealed_model_vectors() -> Vector:
     return {
         "description": "Sealed model v1 (src/medclave/crypto/sealed.py module docstring; "
-                       "ARCHITECTURE.md 'Sealed model'): manifest.json = RFC 8785 canonical "
+                       "docs/architecture.md 'Sealed model'): manifest.json = RFC 8785 canonical "
                        "JSON of the manifest and a newline; key_id = HKDF-SHA256(K, no salt, "
                        "info \"medclave-sealed-model-v1/key-id\")[:16]; chunk_key = "
                        "HKDF-SHA256(K, salt, info \"medclave-sealed-model-v1/chunk-key\"); chunk "

@@ -1,7 +1,7 @@
 """The report_data binding: one hardware signature vouches for every key the client will trust.
 
 ``report_data = SHA-512("medclave-attest-v1" || nonce || SHA-256(canonical JSON of runtime))``
-(ARCHITECTURE.md, "Evidence bundle"). 64 bytes: the size of SNP and TDX report_data.
+(docs/architecture.md, "Evidence bundle"). 64 bytes: the size of SNP and TDX report_data.
 
 GPUs attested beside the CPU (an H100 in a confidential VM) answer an SPDM GET_MEASUREMENTS whose
 32-byte requester nonce (DSP0274 1.1 §10.11.1, Table 40) is derived from that same report_data::

@@ -29,6 +29,15 @@ GPUs verified beside a CPU report (``claims["gpu"]``, see ``verifier.verify_bund
 Appraisal never stops at the first broken rule: every violation is reported at once, and the
 policy digest (SHA-256 of its canonical JSON) goes into every result.
 
+``token_issuers`` lists the identity providers (issuer, and JWKS URL or ``sha256:`` digest of a
+static key set) whose tokens the enclave may accept; the runtime states the ones it does, and an
+enclave that states another, or none (it checks no token), is refused: otherwise the operator
+could point the enclave at an issuer of its own and act as any user::
+
+    [[token_issuers]]
+    issuer = "https://idp.st-marys.org"
+    jwks = "https://idp.st-marys.org/jwks.json"
+
 ``kbs_keys`` lists the fingerprints (SHA-256 of the raw Ed25519 public key, hex) of the key
 brokers a relying party lets the enclave take keys from. The enclave's runtime, which report_data
 binds, states every broker key it accepts release answers from (``runtime.kbs_keys``); each must
@@ -80,6 +89,16 @@ class PlatformRules(BaseModel):
     rules: dict[str, Any] = Field(default_factory=dict)
 
 
+class TokenIssuer(BaseModel):
+    """An identity provider whose tokens the enclave may accept, and where its keys come from:
+    the JWKS URL, or ``sha256:HEX`` of a static key set."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    issuer: str = Field(min_length=1, max_length=512)
+    jwks: str = Field(min_length=1, max_length=2048)
+
+
 class AppraisalPolicy(BaseModel):
     """Reference values. Construct with :func:`load_policy` or :func:`default_policy`."""
 
@@ -90,6 +109,7 @@ class AppraisalPolicy(BaseModel):
     allow_debug: bool = False
     model_digests: tuple[str, ...] = ()
     kbs_keys: tuple[str, ...] = ()
+    token_issuers: tuple[TokenIssuer, ...] = ()
     max_evidence_age_seconds: int | None = Field(default=None, gt=0)
     require_gpu: bool = False
     tcb: TcbRules = Field(default_factory=TcbRules)
@@ -224,6 +244,7 @@ def evaluate(
     evidence_time: datetime | None = None,
     model_digest: str | None = None,
     kbs_keys: object = None,
+    token_issuers: object = None,
 ) -> Appraisal:
     """Every rule of ``policy`` against ``verification``; never raises for a refusal.
 
@@ -303,6 +324,17 @@ def evaluate(
                                f"the enclave trusts broker keys {extra} the policy does not name"
                                if extra else "the enclave states no trusted broker key"))
 
+    if policy.token_issuers:
+        allowed = {(t.issuer, t.jwks) for t in policy.token_issuers}
+        issuers = _issuer_pairs(token_issuers)
+        if not issuers:
+            v.append(Violation("policy.token_issuer_not_allowed", "token_issuers",
+                               "the enclave states no token issuer: it checks no token"))
+        elif issuers - allowed:
+            v.append(Violation("policy.token_issuer_not_allowed", "token_issuers",
+                               f"the enclave accepts tokens from {sorted(issuers - allowed)}, "
+                               "which the policy does not name"))
+
     if policy.require_gpu and verification.platform != "nvidia" and not gpus:
         # Satisfied by NVIDIA evidence itself or by a bundle whose GPU entries verified, each
         # bound to the CPU report (verifier.verify_bundle); anything else proves no GPU.
@@ -329,6 +361,21 @@ def evaluate(
         violations=tuple(x.to_dict() for x in v),
         status=status,
     )
+
+
+def _issuer_pairs(value: object) -> set[tuple[str, str]]:
+    """``(issuer, jwks)`` of each well-formed entry a runtime states; anything else counts as
+    a pair no policy names (fail closed)."""
+    if not isinstance(value, (list, tuple)):
+        return set()
+    out: set[tuple[str, str]] = set()
+    for item in value:
+        if (isinstance(item, Mapping) and isinstance(item.get("issuer"), str)
+                and isinstance(item.get("jwks"), str)):
+            out.add((item["issuer"], item["jwks"]))
+        else:
+            out.add(("(malformed)", repr(item)[:64]))
+    return out
 
 
 def gpu_claims(verification: Verification) -> list[Mapping[str, Any]]:
@@ -372,10 +419,11 @@ def appraise(
     evidence_time: datetime | None = None,
     model_digest: str | None = None,
     kbs_keys: object = None,
+    token_issuers: object = None,
 ) -> Appraisal:
     """Like :func:`evaluate`, but raises :class:`PolicyError` listing every violation."""
     result = evaluate(verification, policy, now=now, evidence_time=evidence_time,
-                      model_digest=model_digest, kbs_keys=kbs_keys)
+                      model_digest=model_digest, kbs_keys=kbs_keys, token_issuers=token_issuers)
     if result.violations:
         raise_refusal(result.violations)
     return result

@@ -108,7 +108,7 @@ def verify_bundle(
     online: Any = None,
 ) -> Verification:
     """Verify the hardware evidence in ``bundle``, then that its report_data binds the bundle's
-    nonce and runtime (ARCHITECTURE.md, "Evidence bundle"), then every GPU beside it.
+    nonce and runtime (docs/architecture.md, "Evidence bundle"), then every GPU beside it.
     ``expected_nonce`` is the nonce this relying party issued; None only for offline inspection,
     where freshness is not claimed.
 

@@ -68,8 +68,9 @@ class Authenticator:
         dpop: DpopOptions = DpopOptions(),  # noqa: B008 - frozen, immutable default
         require_dpop: bool = False,
     ) -> None:
+        # DPoP proofs' jti only (RFC 9449 §11.1): access tokens are reused until they expire.
         self._replay: ReplayCache = replay if replay is not None else MemoryReplayCache()
-        self._tokens = TokenVerifier(issuers, options, replay=self._replay)
+        self._tokens = TokenVerifier(issuers, options)
         self._clock = clock
         self._dpop = dpop
         self._require_dpop = require_dpop
@@ -90,14 +91,13 @@ class Authenticator:
         as ``Bearer``, or an unbound one sent as ``DPoP``, is refused (RFC 9449 §7.1).
         """
         at = now if now is not None else self._clock()
-        identity = self._tokens.verify(token, now=at, consume=False)
+        identity = self._tokens.verify(token, now=at)
         jkt = identity.confirmation_jkt
         if jkt is None:
             if self._require_dpop:
                 raise AuthError("auth.dpop_invalid", "this service requires DPoP-bound tokens")
             if scheme == "DPoP":
                 raise AuthError("auth.dpop_invalid", "the DPoP scheme needs a DPoP-bound token")
-            self._tokens.consume(identity, now=at)
             return identity
         if scheme == "Bearer":
             raise AuthError("auth.dpop_invalid", "a DPoP-bound token was sent as a Bearer token")
@@ -115,7 +115,6 @@ class Authenticator:
             replay=self._replay,
             options=self._dpop,
         )
-        self._tokens.consume(identity, now=at)
         return replace(identity, dpop_verified=True)
 
     def require_identity(

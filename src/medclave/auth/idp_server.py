@@ -2,8 +2,9 @@
 
 Kept out of the library core: the rest of ``medclave.auth`` imports no web framework. Routes:
 ``GET /.well-known/openid-configuration``, ``GET /jwks.json``, ``POST /token``
-(``application/x-www-form-urlencoded``, RFC 6749 §4.4 and, when enabled, §4.3). Errors follow
-RFC 6749 §5.2 (``error``, ``error_description``) plus Medclave's stable ``code``.
+(``application/x-www-form-urlencoded``: client credentials, RFC 6749 §4.4; token exchange,
+RFC 8693, for clients allowed to act for users; when enabled, the password grant, §4.3). Errors
+follow RFC 6749 §5.2 (``error``, ``error_description``) plus Medclave's stable ``code``.
 """
 
 from __future__ import annotations
@@ -42,6 +43,9 @@ _OAUTH_ERRORS: Final = {
     "auth.dpop_invalid": "invalid_dpop_proof",
     "auth.rate_limited": "slow_down",
     "input.unrecognized": "unsupported_grant_type",
+    "auth.exchange_forbidden": "unauthorized_client",  # RFC 6749 §5.2
+    "auth.scope_exceeded": "invalid_scope",
+    # RFC 8693 §2.2.2: an unacceptable subject_token is invalid_request (the default).
 }
 
 
@@ -54,6 +58,8 @@ def _oauth_error(exc: MedclaveError, *, password_grant: bool) -> JSONResponse:
     headers = dict(_NO_STORE)
     if status == 401:
         headers["WWW-Authenticate"] = 'Basic realm="medclave-idp"'
+    if status == 429:
+        headers["Retry-After"] = str(int(TokenService.WINDOW.total_seconds()))  # RFC 9110 §10.2.3
     return JSONResponse(body, status_code=status, headers=headers)
 
 

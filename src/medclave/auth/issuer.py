@@ -4,9 +4,12 @@ Real deployments point Medclave at their own IdP. This one keeps everything in a
 
 - ``signing-key.pem``: the issuer's Ed25519 (default) or P-256 key, PKCS#8, mode 0600. A key
   file readable by group or others is refused rather than used.
-- ``clients.json``: OAuth clients for the client-credentials grant (RFC 6749 §4.4).
-- ``users.json``: accounts for the development password grant (RFC 6749 §4.3), which the server
-  enables only when asked to.
+- ``clients.json``: OAuth clients for the client-credentials grant (RFC 6749 §4.4). A client
+  registered with ``act_for_users`` (the hospital's proxy) may also use token exchange
+  (RFC 8693, :mod:`medclave.auth.exchange`) to get tokens for the users of its tenant.
+- ``users.json``: the user directory: each user's tenant and roles, the most a token for them
+  may carry; and a password for the development password grant (RFC 6749 §4.3), which the
+  server enables only when asked to. A user without a password exists for token exchange only.
 
 Secrets are stored as scrypt hashes (RFC 7914), compared in constant time, and an unknown name
 costs the same hashing work as a known one.
@@ -22,6 +25,7 @@ import secrets
 import stat
 import threading
 import uuid
+from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -32,9 +36,17 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from medclave.auth import exchange
 from medclave.auth.dpop import verify_dpop_proof
+from medclave.auth.jwks import StaticJwks
 from medclave.auth.replay import MemoryReplayCache
-from medclave.auth.tokens import MAX_LIFETIME, is_valid_name
+from medclave.auth.tokens import (
+    MAX_LIFETIME,
+    IssuerConfig,
+    TokenOptions,
+    TokenVerifier,
+    is_valid_name,
+)
 from medclave.crypto.jose import (
     algorithm_for,
     b64url_decode,
@@ -156,8 +168,10 @@ class TokenIssuer:
         audience: str | None = None,
         jkt: str | None = None,
         client_id: str | None = None,
+        actor: str | None = None,
     ) -> str:
-        """A signed token; ``jkt`` binds it to a DPoP key (RFC 9449 §6.1)."""
+        """A signed token; ``jkt`` binds it to a DPoP key (RFC 9449 §6.1); ``actor`` names the
+        client acting for ``sub`` (RFC 8693 §4.1 ``act``)."""
         span = ttl if ttl is not None else self.default_ttl
         if not timedelta(0) < span <= MAX_LIFETIME:
             raise InputError("input.malformed", "a token lives between 1 second and 15 minutes")
@@ -181,6 +195,8 @@ class TokenIssuer:
             claims["client_id"] = client_id
         if jkt is not None:
             claims["cnf"] = {"jkt": jkt}
+        if actor is not None:
+            claims["act"] = {"sub": actor}
         header = {"typ": "at+jwt", "kid": self.key.kid}
         return sign_compact(header, claims, self.key.private_key)
 
@@ -216,6 +232,7 @@ class Account:
     name: str
     tenant: str
     roles: tuple[str, ...]
+    act_for_users: bool = False  # a client that may exchange tokens for its tenant's users
 
 
 class Directory:
@@ -238,32 +255,53 @@ class Directory:
             raise InputError("config.invalid", f"{name} is not a JSON object")
         return doc
 
-    def _add(self, name: str, key: str, secret: str, tenant: str, roles: Iterable[str]) -> None:
+    def _add(self, name: str, key: str, secret: str | None, tenant: str, roles: Iterable[str],
+             **extra: bool) -> None:
         roles = tuple(roles)
         if not is_valid_name(key) or not is_valid_name(tenant):
             raise InputError("input.malformed", "names must be plain identifiers")
         if not all(is_valid_name(r) for r in roles):
             raise InputError("input.malformed", "role names must be plain identifiers")
-        if len(secret) < 12:
+        if secret is not None and len(secret) < 12:
             raise InputError("input.malformed", "secrets need at least 12 characters")
+        record: dict[str, Any] = {"tenant": tenant, "roles": list(roles), **extra}
+        if secret is not None:
+            record["secret"] = hash_secret(secret)
         with self._lock:
             doc = self._load(name)
-            doc[key] = {"secret": hash_secret(secret), "tenant": tenant, "roles": list(roles)}
+            doc[key] = record
             _private_file(self._dir / name, json.dumps(doc, indent=2).encode("utf-8"))
 
-    def add_client(self, client_id: str, secret: str, *, tenant: str, roles: Iterable[str]) -> None:
-        self._add(CLIENTS_FILE, client_id, secret, tenant, roles)
+    def add_client(self, client_id: str, secret: str, *, tenant: str, roles: Iterable[str],
+                   act_for_users: bool = False) -> None:
+        """``act_for_users``: the client may exchange tokens for its tenant's users (RFC 8693)."""
+        self._add(CLIENTS_FILE, client_id, secret, tenant, roles, act_for_users=act_for_users)
 
-    def add_user(self, username: str, password: str, *, tenant: str, roles: Iterable[str]) -> None:
+    def add_user(self, username: str, password: str | None, *, tenant: str,
+                 roles: Iterable[str]) -> None:
+        """``password`` None: a directory entry only (token exchange), no password grant."""
         self._add(USERS_FILE, username, password, tenant, roles)
+
+    @staticmethod
+    def _account(key: str, record: Mapping[str, Any]) -> Account:
+        return Account(name=key, tenant=str(record["tenant"]),
+                       roles=tuple(str(r) for r in record["roles"]),
+                       act_for_users=record.get("act_for_users") is True)
 
     def _check(self, name: str, key: str, secret: str) -> Account:
         record = self._load(name).get(key)
         stored = record.get("secret") if isinstance(record, Mapping) else None
+        # A record without a secret (a user for token exchange only) costs the same work.
         ok = check_secret(secret, stored if isinstance(stored, str) else _DUMMY_HASH)
-        if not ok or not isinstance(record, Mapping):
+        if not ok or not isinstance(record, Mapping) or not isinstance(stored, str):
             raise AuthError("auth.invalid_credentials", f"bad credentials for {key[:64]!r}")
-        return Account(name=key, tenant=str(record["tenant"]), roles=tuple(str(r) for r in record["roles"]))
+        return self._account(key, record)
+
+    def user(self, username: str) -> Account | None:
+        """A user's directory entry (tenant, roles), without a secret check: for token exchange
+        by a client allowed to act for users."""
+        record = self._load(USERS_FILE).get(username)
+        return self._account(username, record) if isinstance(record, Mapping) else None
 
     def authenticate_client(self, client_id: str, secret: str) -> Account:
         return self._check(CLIENTS_FILE, client_id, secret)
@@ -276,7 +314,8 @@ class Directory:
 
 
 class TokenService:
-    """RFC 6749 token endpoint logic: client credentials, and the dev password grant.
+    """RFC 6749 token endpoint logic: client credentials, token exchange (RFC 8693) for clients
+    that may act for users, and the dev password grant.
 
     Repeated failures for one name are throttled (``auth.rate_limited``): five per minute.
     A DPoP proof (RFC 9449 §5) sent with the request binds the token to the proof's key.
@@ -300,6 +339,10 @@ class TokenService:
         self._failures: dict[str, list[datetime]] = {}
         self._lock = threading.Lock()
         self._replay = MemoryReplayCache(max_entries=100_000)
+        self.issued: Counter[str] = Counter()  # tokens issued, by grant type (monitoring)
+        # Subject tokens of an exchange must be this issuer's own, for one of its audiences.
+        own = IssuerConfig(issuer=issuer.issuer, keys=StaticJwks.from_document(issuer.jwks()))
+        self._own_tokens = TokenVerifier([own], TokenOptions(audiences=self.audiences))
 
     @property
     def token_endpoint(self) -> str:
@@ -308,7 +351,8 @@ class TokenService:
     def metadata(self) -> dict[str, Any]:
         """RFC 8414 / OpenID Connect Discovery metadata."""
         base = self.issuer.issuer.rstrip("/")
-        grants = ["client_credentials"] + (["password"] if self.dev_password else [])
+        grants = ["client_credentials", exchange.GRANT_TYPE] + (
+            ["password"] if self.dev_password else [])
         return {
             "issuer": self.issuer.issuer,
             "jwks_uri": f"{base}/jwks.json",
@@ -360,7 +404,8 @@ class TokenService:
         audience = form.get("audience") or form.get("resource") or self.issuer.audience
         if audience not in self.audiences:
             raise InputError("input.malformed", f"audience {audience[:64]!r} is not offered")
-        if grant == "client_credentials":
+        subject: exchange.Exchanged | None = None
+        if grant in ("client_credentials", exchange.GRANT_TYPE):
             form_id, form_secret = form.get("client_id"), form.get("client_secret")
             if basic is not None and (form_id is not None or form_secret is not None):
                 raise InputError("input.malformed", "use one client authentication method")
@@ -368,6 +413,9 @@ class TokenService:
             if not client_id or secret is None:
                 raise AuthError("auth.invalid_credentials", "client authentication is required")
             account = self._checked("client", client_id, secret, now)
+            if grant == exchange.GRANT_TYPE:
+                subject = exchange.exchange(form, client=account, verifier=self._own_tokens,
+                                            user=self.directory.user, now=now)
         elif grant == "password" and self.dev_password:
             username, password = form.get("username"), form.get("password")
             if not username or password is None:
@@ -388,18 +436,27 @@ class TokenService:
             )
             jkt = proof.jkt
         ttl = self.issuer.default_ttl
+        if subject is not None and subject.not_after is not None:
+            # Never longer than the user's own token it was exchanged for (whole seconds).
+            ttl = min(ttl, timedelta(seconds=int((subject.not_after - now).total_seconds())))
         token = self.issuer.issue(
-            sub=account.name,
-            tenant=account.tenant,
-            roles=account.roles,
+            sub=subject.subject if subject else account.name,
+            tenant=subject.tenant if subject else account.tenant,
+            roles=subject.roles if subject else account.roles,
             now=now,
             ttl=ttl,
             audience=audience,
             jkt=jkt,
-            client_id=account.name if grant == "client_credentials" else None,
+            client_id=account.name if grant != "password" else None,
+            actor=subject.actor if subject else None,
         )
-        return {
+        answer: dict[str, Any] = {
             "access_token": token,
             "token_type": "DPoP" if jkt else "Bearer",
             "expires_in": int(ttl.total_seconds()),
         }
+        with self._lock:
+            self.issued[str(grant)] += 1
+        if subject is not None:
+            answer["issued_token_type"] = exchange.ACCESS_TOKEN_TYPE  # RFC 8693 §2.2.1
+        return answer

@@ -1,4 +1,5 @@
-"""Replay caches: remember a token's ``jti`` (or a DPoP proof's) until it would expire anyway.
+"""Replay caches: remember a one-time value (a DPoP proof's ``jti``, RFC 9449 §11.1) until it
+would expire anyway. Access tokens are not one-time values and are never recorded here.
 
 The interface is one method, :meth:`ReplayCache.add`, which atomically records a key and says
 whether it was new. The in-memory cache serves one process; replicas that must refuse a token

@@ -9,8 +9,14 @@ Order of checks, each failure a stable ``auth.*`` code:
 3. The signature (``auth.signature_invalid``). Nothing in the payload is trusted before this.
 4. ``aud``, ``exp``, ``nbf``, ``iat`` with a bounded clock skew, lifetime ``exp - iat`` at most
    15 minutes, ``sub``, ``jti``, the tenant (which the issuer must be allowed to speak for).
-5. ``jti`` recorded in the replay cache (``auth.token_replayed``): last, so that invalid tokens
-   cannot fill it.
+
+An access token is a bearer credential, used for every request until it expires (RFC 6750 §1.2,
+RFC 9068): its ``jti`` is NOT a one-time value and is never put in a replay cache (issue 10: a
+single-use token broke every app's second request, its model listing and its SDK's retries).
+What must not be replayed is protected where replay is defined: DPoP proofs (their own ``jti``,
+RFC 9449 §11.1, :mod:`medclave.auth.dpop`) and encapsulated requests (the HPKE ``enc`` of each
+OHTTP request, :mod:`medclave.enclave.replay`). The short lifetime bounds a stolen token's use;
+DPoP binding makes it useless without the client's key.
 
 DPoP binding (``cnf.jkt``, RFC 9449 §6) is reported in the :class:`Identity`; the
 :class:`~medclave.auth.authn.Authenticator` demands the proof.
@@ -26,7 +32,6 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, Final
 
 from medclave.auth.jwks import AUTH_JOSE_ERRORS, JwksProvider
-from medclave.auth.replay import MemoryReplayCache, ReplayCache
 from medclave.crypto.jose import SUPPORTED_ALGORITHMS, parse_compact, verify_signature
 from medclave.errors import AuthError, InputError
 
@@ -65,7 +70,6 @@ class TokenOptions:
     algorithms: frozenset[str] = SUPPORTED_ALGORITHMS
     max_lifetime: timedelta = MAX_LIFETIME
     clock_skew: timedelta = timedelta(seconds=60)
-    single_use: bool = True  # each token authorizes one request (issue 6: jti replay cache)
 
     def __post_init__(self) -> None:
         if not self.audiences:
@@ -146,32 +150,16 @@ def _audiences(payload: Mapping[str, Any]) -> tuple[str, ...]:
 class TokenVerifier:
     """Verifies access tokens from several issuers against one set of options."""
 
-    def __init__(
-        self,
-        issuers: Sequence[IssuerConfig],
-        options: TokenOptions,
-        *,
-        replay: ReplayCache | None = None,
-    ) -> None:
+    def __init__(self, issuers: Sequence[IssuerConfig], options: TokenOptions) -> None:
         if not issuers:
             raise InputError("config.invalid", "configure at least one trusted issuer")
         self._issuers = {cfg.issuer: cfg for cfg in issuers}
         if len(self._issuers) != len(issuers):
             raise InputError("config.invalid", "an issuer is configured twice")
         self.options = options
-        self._replay: ReplayCache = replay if replay is not None else MemoryReplayCache()
 
-    @property
-    def replay_cache(self) -> ReplayCache:
-        return self._replay
-
-    def verify(self, token: str, *, now: datetime, consume: bool = True) -> Identity:
-        """Return the caller's identity or raise an ``auth.*`` :class:`AuthError`.
-
-        ``consume=False`` leaves the ``jti`` unrecorded so that a caller with further checks
-        (DPoP) records it with :meth:`consume` only once they pass: a token stolen in flight and
-        replayed with a bad proof then cannot burn the rightful request.
-        """
+    def verify(self, token: str, *, now: datetime) -> Identity:
+        """Return the caller's identity or raise an ``auth.*`` :class:`AuthError`."""
         now = _aware(now)
         opts = self.options
         jws = parse_compact(token, algorithms=opts.algorithms, errors=AUTH_JOSE_ERRORS)
@@ -222,7 +210,7 @@ class TokenVerifier:
         jkt = self._confirmation(claims)
         client_id = claims.get("client_id", claims.get("azp"))
 
-        identity = Identity(
+        return Identity(
             subject=subject,
             tenant=tenant,
             roles=roles,
@@ -236,18 +224,6 @@ class TokenVerifier:
             confirmation_jkt=jkt,
             claims=dict(claims),
         )
-        if consume:
-            self.consume(identity, now=now)
-        return identity
-
-    def consume(self, identity: Identity, *, now: datetime) -> None:
-        """Record the token's ``jti``; ``auth.token_replayed`` if it was already used."""
-        if not self.options.single_use:
-            return
-        key = f"at\x00{identity.issuer}\x00{identity.token_id}"
-        until = identity.expires_at + self.options.clock_skew
-        if not self._replay.add(key, expires_at=until, now=_aware(now)):
-            raise AuthError("auth.token_replayed", f"jti {identity.token_id[:64]!r} was used before")
 
     @staticmethod
     def _tenant(cfg: IssuerConfig, claims: Mapping[str, Any]) -> str:

@@ -81,10 +81,14 @@ def add_client(
         typer.Option(prompt=True, hide_input=True, envvar="MEDCLAVE_IDP_SECRET", help="Secret."),
     ] = "",
     data: Annotated[Path, typer.Option(help="Data folder.")] = DEFAULT_DATA_DIR,
+    act_for_users: Annotated[bool, typer.Option(
+        "--act-for-users", help="May exchange tokens for its tenant's users (RFC 8693): the "
+        "hospital's proxy.")] = False,
 ) -> None:
     """Register a client for the client-credentials grant (secret stored as a scrypt hash)."""
     with _refusals():
-        Directory(data).add_client(client_id, secret, tenant=tenant, roles=_roles(roles))
+        Directory(data).add_client(client_id, secret, tenant=tenant, roles=_roles(roles),
+                                   act_for_users=act_for_users)
     typer.echo(f"client {client_id} added")
 
 
@@ -94,14 +98,24 @@ def add_user(
     tenant: Annotated[str, typer.Option(help="Tenant of the user.")],
     roles: Annotated[str, typer.Option(help="Comma-separated roles.")] = "",
     password: Annotated[
-        str,
-        typer.Option(prompt=True, hide_input=True, envvar="MEDCLAVE_IDP_PASSWORD", help="Password."),
-    ] = "",
+        str | None,
+        typer.Option(hide_input=True, envvar="MEDCLAVE_IDP_PASSWORD",
+                     help="Password (asked for when not given)."),
+    ] = None,
     data: Annotated[Path, typer.Option(help="Data folder.")] = DEFAULT_DATA_DIR,
+    no_password: Annotated[bool, typer.Option(
+        "--no-password", help="A directory entry only: tokens for this user come from token "
+        "exchange by a client that may act for users, never from a password.")] = False,
 ) -> None:
-    """Register a user for the development password grant."""
+    """Register a user: the tenant and roles a token for them may carry, and a password for the
+    development password grant unless --no-password."""
+    if no_password and password is not None:
+        raise typer.BadParameter("--no-password and --password exclude each other")
+    if not no_password and password is None:
+        password = typer.prompt("Password", hide_input=True)
     with _refusals():
-        Directory(data).add_user(username, password, tenant=tenant, roles=_roles(roles))
+        Directory(data).add_user(username, None if no_password else password, tenant=tenant,
+                                 roles=_roles(roles))
     typer.echo(f"user {username} added")
 
 

@@ -1,17 +1,30 @@
 """``medclave proxy --upstream URL --policy FILE [--port 8080]``: OpenAI-compatible HTTP on
 127.0.0.1 for unmodified apps; every request is attested, encrypted and sent to the enclave.
 
+With ``--idp-token-url``, ``--idp-client-id`` and the client secret (``MEDCLAVE_PROXY_IDP_CLIENT_SECRET``
+or ``--idp-client-secret-file``) the proxy manages credentials for the apps behind it: apps send
+a local API key (``medclave proxy keys add``) and the proxy fetches and refreshes short-lived
+per-user tokens from the IdP; ``--identity-header`` (with ``--trusted-proxy``) takes the user from
+the hospital's SSO instead.
+
 With ``--issuer URL`` and ``--jwks FILE`` (or ``--jwks-url``) the proxy also admits only requests
 whose token verifies and whose caller Cedar lets ``infer`` (coarse; the enclave decides for real).
 
-Exit 2: unusable configuration (no such policy file, invalid policy, half an admission setup).
+``medclave proxy keys add --sub SUB --roles ROLE[,ROLE] [--tenant T]`` prints a new API key once
+(only its hash is stored); ``keys list`` and ``keys revoke ID`` manage them.
+
+Exit 2: unusable configuration (no such policy file, invalid policy, half an admission or IdP
+client setup) or a refused key command.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated
 
@@ -21,17 +34,66 @@ from medclave.cli.options import TrustedProxy, bad_settings
 from medclave.errors import MedclaveError
 
 app = typer.Typer(help="The local OpenAI-compatible proxy to an attested enclave.")
+keys_app = typer.Typer(help="Local API keys for the apps behind the proxy.",
+                       no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
+
+DataDir = Annotated[Path, typer.Option("--data", help="the proxy's data folder (API keys)")]
+_DEFAULT_DATA = Path(".medclave/proxy")
+
+
+def _roles(text: str) -> list[str]:
+    return [r.strip() for r in text.split(",") if r.strip()]
+
+
+@contextmanager
+def _refusals() -> Iterator[None]:
+    """A refusal ends the command: its code and detail as JSON on stdout, exit status 2."""
+    try:
+        yield
+    except MedclaveError as exc:
+        sys.stdout.write(json.dumps({"error": exc.to_dict()}, indent=2) + "\n")
+        raise typer.Exit(2) from None
+
+
+def _secret(path: Path | None) -> str | None:
+    """The IdP client secret: from a file (first line) or the environment, never a flag (a
+    command line is visible to every user of the machine)."""
+    if path is not None:
+        try:
+            return path.read_text(encoding="utf-8").splitlines()[0].strip()
+        except (OSError, IndexError, UnicodeDecodeError) as exc:
+            raise typer.BadParameter(f"cannot read a secret from {path}") from exc
+    return os.environ.get("MEDCLAVE_PROXY_IDP_CLIENT_SECRET")
 
 
 @app.callback(invoke_without_command=True)
 def proxy(
-    upstream: Annotated[str, typer.Option("--upstream", help="the enclave's base URL")],
-    policy: Annotated[Path, typer.Option("--policy", help="appraisal policy (TOML or JSON)")],
+    ctx: typer.Context,
+    upstream: Annotated[str | None, typer.Option("--upstream", help="the enclave's base URL")
+                        ] = None,
+    policy: Annotated[Path | None, typer.Option("--policy", help="appraisal policy (TOML or JSON)")
+                      ] = None,
     port: Annotated[int, typer.Option(help="local port")] = 8080,
     host: Annotated[str, typer.Option(help="bind address; keep it loopback")] = "127.0.0.1",
     sim_root: Annotated[list[str] | None, typer.Option(
         "--sim-root", help="accept sim evidence from this root (NOT SECURE)")] = None,
     reattest_seconds: Annotated[int, typer.Option(help="re-attest at least this often")] = 300,
+    data: DataDir = _DEFAULT_DATA,
+    idp_token_url: Annotated[str | None, typer.Option(
+        "--idp-token-url", help="credentials: the IdP's token endpoint (https, or http to "
+        "loopback)")] = None,
+    idp_client_id: Annotated[str | None, typer.Option(
+        "--idp-client-id", help="credentials: this proxy's client id at the IdP")] = None,
+    idp_client_secret_file: Annotated[Path | None, typer.Option(
+        "--idp-client-secret-file", help="credentials: a file holding the client secret "
+        "(default: MEDCLAVE_PROXY_IDP_CLIENT_SECRET)")] = None,
+    identity_header: Annotated[str | None, typer.Option(
+        "--identity-header", help="credentials: the SSO's user header (e.g. X-Forwarded-User), "
+        "believed only from --trusted-proxy addresses")] = None,
+    identity_role: Annotated[list[str] | None, typer.Option(
+        "--identity-role", help="credentials: a role to ask for header users (repeat; default: "
+        "the directory's)")] = None,
     issuer: Annotated[str | None, typer.Option(
         "--issuer", help="admission: the hospital IdP's issuer (off when not given)")] = None,
     jwks: Annotated[Path | None, typer.Option("--jwks", help="admission: the IdP's JWKS file")
@@ -49,14 +111,26 @@ def proxy(
     trusted_proxy: TrustedProxy = None,
 ) -> None:
     """Serve until interrupted."""
-    from medclave.attestation.policy import load_policy
-    from medclave.client.proxy import ProxySettings, admission_for, serve
+    if ctx.invoked_subcommand is not None:
+        return
+    if upstream is None or policy is None:
+        raise typer.BadParameter("serving needs --upstream and --policy")
+    from pydantic import SecretStr
 
+    from medclave.attestation.policy import load_policy
+    from medclave.client.proxy import ProxySettings, admission_for, callers_for, serve
+
+    text = _secret(idp_client_secret_file)
+    secret = SecretStr(text) if text is not None else None
     try:
         load_policy(policy)  # refuse a bad policy before listening
         settings = ProxySettings(upstream=upstream, policy_file=policy, host=host, port=port,
                                  sim_roots=tuple(sim_root or ()),
-                                 reattest_seconds=reattest_seconds, auth_issuer=issuer,
+                                 reattest_seconds=reattest_seconds, data_dir=data,
+                                 idp_token_url=idp_token_url, idp_client_id=idp_client_id,
+                                 idp_client_secret=secret, identity_header=identity_header,
+                                 identity_roles=tuple(identity_role or ()),
+                                 auth_issuer=issuer,
                                  auth_jwks_file=jwks, auth_jwks_url=jwks_url,
                                  auth_audience=audience, auth_tenant=tenant,
                                  auth_roles=tuple(role or ("clinician",)),
@@ -65,6 +139,7 @@ def proxy(
         admission = admission_for(settings)  # refuse a bad JWKS or policy folder before listening
         if admission is not None:
             admission.close()
+        callers_for(settings).close()  # refuse half an IdP client or a bad key file, likewise
     except MedclaveError as exc:
         sys.stdout.write(json.dumps({"error": exc.to_dict()}, indent=2) + "\n")
         raise typer.Exit(2) from None
@@ -78,3 +153,68 @@ def proxy(
                     err=True, fg=typer.colors.RED, bold=True)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     serve(settings)
+
+
+@keys_app.command("add")
+def keys_add(
+    sub: Annotated[str, typer.Option("--sub", help="the user the key stands for (at the IdP)")],
+    roles: Annotated[str, typer.Option("--roles", help="comma-separated roles to ask for")],
+    tenant: Annotated[str | None, typer.Option(
+        "--tenant", help="the tenant the user's tokens must name")] = None,
+    data: DataDir = _DEFAULT_DATA,
+) -> None:
+    """Issue an API key: printed once, stored only as a SHA-256 hash."""
+    from medclave.client.apikeys import ApiKeyStore
+
+    with _refusals():
+        store = ApiKeyStore(data)
+        try:
+            key, record = store.add(subject=sub, roles=_roles(roles), tenant=tenant)
+        finally:
+            store.close()
+    typer.echo(key)
+    typer.echo(f"key {record.key_id} for {record.subject} ({','.join(record.roles)}): shown "
+               "once, keep it as the app's OPENAI_API_KEY", err=True)
+
+
+@keys_app.command("list")
+def keys_list(data: DataDir = _DEFAULT_DATA,
+              as_json: Annotated[bool, typer.Option("--json", help="JSON output")] = False
+              ) -> None:
+    """The keys' ids, users, roles and states (never the keys)."""
+    from medclave.client.apikeys import ApiKeyStore
+
+    with _refusals():
+        store = ApiKeyStore(data)
+        try:
+            records = store.list()
+        finally:
+            store.close()
+    if as_json:
+        typer.echo(json.dumps([{"id": r.key_id, "sub": r.subject, "roles": list(r.roles),
+                                "tenant": r.tenant, "created": r.created.isoformat(),
+                                "revoked": r.revoked.isoformat() if r.revoked else None}
+                               for r in records], indent=2))
+        return
+    for r in records:
+        state = f"revoked {r.revoked.isoformat()}" if r.revoked else "active"
+        typer.echo(f"{r.key_id}  {r.subject}  {','.join(r.roles)}  {r.tenant or '-'}  "
+                   f"{r.created.isoformat()}  {state}")
+
+
+@keys_app.command("revoke")
+def keys_revoke(key_id: Annotated[str, typer.Argument(help="the key's id (keys list)")],
+                data: DataDir = _DEFAULT_DATA) -> None:
+    """Revoke a key: the running proxy refuses it from its next request."""
+    from medclave.client.apikeys import ApiKeyStore
+
+    with _refusals():
+        store = ApiKeyStore(data)
+        try:
+            revoked = store.revoke(key_id)
+        finally:
+            store.close()
+    if not revoked:
+        typer.echo(f"error: no active key {key_id!r}", err=True)
+        raise typer.Exit(2)
+    typer.echo(f"key {key_id} revoked")

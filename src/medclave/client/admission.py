@@ -7,12 +7,12 @@ the same :class:`~medclave.auth.authn.Authenticator` the enclave uses) and Cedar
 the requested model (tenant isolation, role allowed to call it: ``policies/models.cedar``,
 ``policies/tenancy.cedar``). A refused request never leaves the hospital.
 
-The proxy does NOT spend the token: tokens are single-use in the enclave (its ``jti`` replay
-cache), and the same token travels on, inside the encapsulation, to the enclave's authoritative
-check. So the proxy's verifier runs with ``single_use=False``; its own replay cache (separate
-from the enclave's) only ever sees DPoP proofs. Admission is a filter that saves the enclave
-work and keeps obviously unauthorized traffic inside the hospital; it is never the decision
-that protects data.
+Access tokens are bearer credentials reused until they expire (RFC 6750), so checking one here
+takes nothing from the enclave's own check of the same token inside the encapsulation. A DPoP
+proof is checked against the enclave's inner URL (the one the enclave checks it against too), in
+the proxy's own replay cache, separate from the enclave's. Admission is a filter that saves the
+enclave work and keeps obviously unauthorized traffic inside the hospital; it is never the
+decision that protects data.
 """
 
 from __future__ import annotations
@@ -127,8 +127,7 @@ def build_admission(config: AdmissionConfig, *, clock: Clock) -> ProxyAdmission:
     # No tenant restriction on the issuer here: a token for another tenant is then refused by
     # Cedar's tenant isolation with 403 (the enclave restricts the issuer itself).
     issuer = IssuerConfig(issuer=config.issuer, keys=keys)
-    # single_use=False: verify, never spend; the enclave spends the jti (see the module doc).
-    options = TokenOptions(audiences=frozenset({config.audience}), single_use=False)
+    options = TokenOptions(audiences=frozenset({config.audience}))
     authenticator = Authenticator([issuer], options, clock=clock, replay=MemoryReplayCache())
     authorizer = Authorizer(config.policies_dir, clock=clock, sink=_log_decision)
     return ProxyAdmission(authenticator, authorizer, tenant=config.tenant, roles=config.roles,

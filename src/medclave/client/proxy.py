@@ -2,43 +2,61 @@
 
 An unmodified app points its OpenAI client at ``http://127.0.0.1:8080/v1``. The proxy attests
 the upstream enclave against the hospital's policy, then forwards each request encapsulated
-(the app's bearer token inside), and hands back the decrypted answer, streamed or whole.
+(a credential for the caller inside), and hands back the decrypted answer, streamed or whole.
 ``GET /medclave/status`` shows the last verified evidence. It listens on loopback only by
 default: between the app and the proxy the traffic is plain.
 
-A body that is not JSON is refused here (400 ``input.malformed``), before anything is attested.
-Refusals reach the app as OpenAI-shaped errors (``{"error": {"code": "attestation...."}}``),
-with status 502 when the upstream could not be trusted or reached.
+Credentials (issue 10). With an IdP client configured (``idp_token_url``, ``idp_client_id`` and
+its secret), the proxy manages tokens for the apps behind it (:mod:`medclave.client.credentials`):
+an app sends a local API key (``medclave proxy keys add``, :mod:`medclave.client.apikeys`) as its
+OpenAI ``api_key``, or reaches the proxy through the hospital's SSO, whose identity header
+(``identity_header``) is believed only from ``trusted_proxies``; the proxy asks the IdP for a
+short-lived token for that user (token exchange) and keeps it fresh, so one API key serves an app
+for hours. An app's own JWT is forwarded as it came; an app's own DPoP-bound token is checked
+here and re-bound to the proxy's DPoP key (the design is in :mod:`medclave.client.callers`).
+
+Errors. Every answer that is not a success is an OpenAI error object (``{"error": {"message",
+"type", "param", "code"}}``, ``code`` the Medclave code) with the right status: 400, 401 (with
+``WWW-Authenticate``, RFC 6750 §3), 403, 404, 405 (with ``Allow``), 413, 429 (with
+``Retry-After``), and 502 when the upstream could not be trusted or reached. A body that is not
+JSON is refused here (400 ``input.malformed``), before anything is attested. At most
+``max_in_flight`` requests are served at once; past that, 429 ``client.busy``.
 
 Admission (issue 6, the proxy's coarse enforcement point) is off by default, so unmodified local
-apps work in the demo; with ``auth_issuer`` and a JWKS set, every request's token and Cedar's
-``infer`` on the requested model are checked before anything is attested or encrypted
-(:mod:`medclave.client.admission`), and a refusal (401 ``auth.*``, 403 ``auth.forbidden``) never
-reaches the enclave. The token is not spent here: it still travels, encapsulated, to the
-enclave's authoritative check.
+apps work in the demo; with ``auth_issuer`` and a JWKS set, every request's token (the one the
+proxy will send) and Cedar's ``infer`` on the requested model are checked before anything is
+attested or encrypted (:mod:`medclave.client.admission`), and a refusal (401 ``auth.*``, 403
+``auth.forbidden``) never reaches the enclave, which still makes its own, authoritative check.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import threading
 from collections.abc import Iterator
 from datetime import timedelta
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, FastAPI, Header, Request
+from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, Response
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Receive, Scope, Send
+from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from medclave.attestation.policy import load_policy
 from medclave.client.admission import AdmissionConfig, ProxyAdmission, build_admission
+from medclave.client.apikeys import ApiKeyStore
+from medclave.client.callers import Callers, Upstream
+from medclave.client.credentials import Credentials, IdpClientConfig
 from medclave.client.session import EnclaveSession, StreamedResponse, summary, system_clock
 from medclave.crypto.canonical import load_json
-from medclave.errors import InputError, MedclaveError
+from medclave.errors import ClientError, InputError, MedclaveError
 from medclave.protocol import inference as proto
 from medclave.serving import (
     ClosingStreamingResponse,
@@ -52,7 +70,15 @@ from medclave.serving import (
 log = logging.getLogger("medclave.proxy")
 
 MAX_BODY = proto.MAX_INNER_BODY
-_PASS_HEADERS = ("content-type", proto.REQUEST_ID_HEADER, proto.RECEIPT_HEADER, "retry-after")
+DEFAULT_DATA_DIR = Path(".medclave/proxy")
+_PASS_HEADERS = ("content-type", proto.REQUEST_ID_HEADER, proto.RECEIPT_HEADER, "retry-after",
+                 "www-authenticate")
+# The end of an OpenAI event stream: chat and completions, or the Responses API's last events.
+_LAST_EVENTS = (b"data: [DONE]", b"event: response.completed", b"event: response.incomplete",
+                b"event: response.failed")
+_PEER = "medclave.peer"  # the ASGI scope key holding the TCP peer (see _RecordPeer)
+# RFC 6750 §3: the scheme a client may retry with (an OpenAI app sends Bearer).
+_CHALLENGE = 'Bearer realm="medclave"'
 
 
 class ProxySettings(BaseSettings, ServingSettings):
@@ -67,6 +93,16 @@ class ProxySettings(BaseSettings, ServingSettings):
     sim_roots: tuple[str, ...] = ()
     reattest_seconds: int = Field(default=300, ge=1)
     timeout_seconds: float = Field(default=300.0, gt=0)
+    max_in_flight: int = Field(default=256, ge=1, le=100_000)
+    data_dir: Path = DEFAULT_DATA_DIR  # API keys (apikeys.db)
+    # --- credentials at the hospital's IdP (off unless idp_token_url is set) -----------------
+    idp_token_url: str | None = None
+    idp_client_id: str | None = None
+    idp_client_secret: SecretStr | None = None
+    idp_audience: str = "medclave"
+    idp_dpop: bool = True
+    identity_header: str | None = None  # e.g. X-Forwarded-User, from trusted_proxies only
+    identity_roles: tuple[str, ...] = ()  # roles asked for header users (none: the directory's)
     # --- admission (off unless auth_issuer is set) --------------------------------------
     auth_issuer: str | None = None
     auth_jwks_file: Path | None = None
@@ -88,6 +124,29 @@ class ProxySettings(BaseSettings, ServingSettings):
                                tenant=self.auth_tenant, roles=self.auth_roles,
                                policies_dir=self.auth_policies_dir)
 
+    def idp_client(self) -> IdpClientConfig | None:
+        """The IdP client, or None when the proxy manages no credentials; ``config.invalid``
+        for half a configuration."""
+        parts = (self.idp_token_url, self.idp_client_id, self.idp_client_secret)
+        if all(p is None for p in parts):
+            if self.identity_header is not None:
+                raise InputError("config.invalid", "identity_header needs the IdP client")
+            return None
+        if any(p is None for p in parts):
+            raise InputError("config.invalid", "the IdP client needs idp_token_url, "
+                             "idp_client_id and idp_client_secret")
+        assert self.idp_token_url and self.idp_client_id and self.idp_client_secret
+        return IdpClientConfig(token_url=self.idp_token_url, client_id=self.idp_client_id,
+                               client_secret=self.idp_client_secret.get_secret_value(),
+                               audience=self.idp_audience, dpop=self.idp_dpop)
+
+    def serving(self) -> ServingSettings:
+        """What uvicorn is given: forwarded headers are handled inside the app (so that the TCP
+        peer stays known for the identity header), never by uvicorn as well."""
+        return ServingSettings(header_timeout_seconds=self.header_timeout_seconds,
+                               body_timeout_seconds=self.body_timeout_seconds,
+                               keep_alive_seconds=self.keep_alive_seconds)
+
 
 @lru_cache(maxsize=1)
 def get_settings() -> ProxySettings:
@@ -101,12 +160,22 @@ def session_for(settings: ProxySettings) -> EnclaveSession:
                           timeout=settings.timeout_seconds)
 
 
-router = APIRouter()
-
-
 def admission_for(settings: ProxySettings) -> ProxyAdmission | None:
     config = settings.admission()
     return None if config is None else build_admission(config, clock=system_clock)
+
+
+def callers_for(settings: ProxySettings) -> Callers:
+    """The caller mapping from the settings (an IdP client, API keys, the identity header)."""
+    client = settings.idp_client()
+    credentials = None if client is None else Credentials(client)
+    keys = None if credentials is None else ApiKeyStore(settings.data_dir)
+    return Callers(credentials=credentials, keys=keys, identity_header=settings.identity_header,
+                   trusted_proxies=settings.trusted_proxies,
+                   header_roles=settings.identity_roles)
+
+
+router = APIRouter()
 
 
 def get_session(request: Request) -> EnclaveSession:
@@ -115,7 +184,6 @@ def get_session(request: Request) -> EnclaveSession:
 
 
 SessionDep = Annotated[EnclaveSession, Depends(get_session)]
-AuthHeader = Annotated[str | None, Header(alias="authorization")]
 
 
 async def read_body(request: Request) -> bytes:
@@ -125,19 +193,42 @@ async def read_body(request: Request) -> bytes:
 BodyDep = Annotated[bytes, Depends(read_body)]
 
 
+class _Slots:
+    """At most ``limit`` requests in flight (a stream holds its slot until it ends)."""
+
+    def __init__(self, limit: int) -> None:
+        self._free = limit
+        self._lock = threading.Lock()
+
+    def take(self) -> None:
+        with self._lock:
+            if self._free <= 0:
+                raise ClientError("client.busy", "too many requests in flight", retry_after=1)
+            self._free -= 1
+
+    def give(self) -> None:
+        with self._lock:
+            self._free += 1
+
+
 def _wants_stream(body: bytes) -> bool:
     """Whether the request asks for a stream; ``input.malformed`` when the body is not JSON."""
     value = load_json(body, what="the request body")
     return isinstance(value, dict) and value.get("stream") is True
 
 
-async def _admit(request: Request, method: str, path: str, body: bytes = b"") -> None:
-    """Coarse admission, before the session attests or encrypts anything (when it is on)."""
+async def _upstream(request: Request, method: str, path: str, body: bytes = b"") -> Upstream:
+    """The credential for the enclave, then coarse admission of it, before the session attests
+    or encrypts anything. In a thread: the IdP or a JWKS may be asked."""
+    callers: Callers = request.app.state.callers
+    upstream = await run_in_threadpool(callers.upstream, request.headers,
+                                       peer=request.scope.get(_PEER), method=method,
+                                       url=str(request.url), path=path)
     admission: ProxyAdmission | None = request.app.state.admission
     if admission is not None:
-        # In a thread: a JWKS fetch may block.
-        await run_in_threadpool(admission.admit, request.headers, method=method, path=path,
+        await run_in_threadpool(admission.admit, upstream.headers(), method=method, path=path,
                                 body=body)
+    return upstream
 
 
 def _drop(stream: StreamedResponse, content: Iterator[bytes], how: StreamEnd) -> None:
@@ -153,61 +244,85 @@ def _drop(stream: StreamedResponse, content: Iterator[bytes], how: StreamEnd) ->
             close()
 
 
-async def _forward(request: Request, session: SessionDep, path: str, body: bytes,
-                   authorization: str | None) -> Response:
-    await _admit(request, "POST", path, body)
-    if _wants_stream(body):
-        stream = await run_in_threadpool(session.stream, "POST", path, body=body,
-                                         authorization=authorization)
-        headers = {k: v for k, v in stream.headers if k in _PASS_HEADERS and k != "content-type"}
-        content = stream.iter_content()
-        return ClosingStreamingResponse(
-            content, lambda how: _drop(stream, content, how), status_code=stream.status,
-            media_type=stream.header("content-type") or "text/event-stream", headers=headers)
-    answer = await run_in_threadpool(session.request, "POST", path, body=body,
-                                     authorization=authorization)
-    headers = {k: v for k, v in answer.headers if k in _PASS_HEADERS and k != "content-type"}
-    return Response(answer.body, status_code=answer.status,
-                    media_type=answer.header("content-type") or "application/json",
-                    headers=headers)
+
+def _answer_headers(pairs: Any, status: int) -> dict[str, str]:
+    headers = {k: v for k, v in pairs if k in _PASS_HEADERS and k != "content-type"}
+    if status == 401 and "www-authenticate" not in headers:
+        headers["www-authenticate"] = f'{_CHALLENGE}, error="invalid_token"'
+    return headers
+
+
+async def _send(request: Request, session: EnclaveSession, method: str, path: str,
+                body: bytes = b"") -> Response:
+    slots: _Slots = request.app.state.slots
+    slots.take()
+    handed_over = False
+    try:
+        upstream = await _upstream(request, method, path, body)
+        if method == "POST" and _wants_stream(body):
+            stream = await run_in_threadpool(session.stream, method, path, body=body,
+                                             authorization=upstream.authorization,
+                                             dpop=upstream.dpop)
+
+            def content() -> Iterator[bytes]:
+                # Each piece leaves as soon as it arrives (no look-ahead: a held piece would
+                # wait for the next token). The slot is freed before the stream's last event
+                # leaves, so an app that has read the whole answer and asks again at once never
+                # finds its own stream still counted.
+                released = False
+                try:
+                    for piece in stream.iter_content():
+                        if not released and any(e in piece for e in _LAST_EVENTS):
+                            released = True
+                            slots.give()
+                        yield piece
+                finally:
+                    stream.close()  # an app that left: the upstream stream closes now
+                    if not released:
+                        slots.give()
+
+            body_iter = content()
+            handed_over = True
+            # The app leaving shuts the upstream stream down at once (_drop), so the enclave
+            # records the answer and stops the engine.
+            return ClosingStreamingResponse(
+                body_iter, lambda how: _drop(stream, body_iter, how), status_code=stream.status,
+                media_type=stream.header("content-type") or "text/event-stream",
+                headers=_answer_headers(stream.headers, stream.status))
+        answer = await run_in_threadpool(session.request, method, path, body=body,
+                                         authorization=upstream.authorization,
+                                         dpop=upstream.dpop)
+        return Response(answer.body, status_code=answer.status,
+                        media_type=answer.header("content-type") or "application/json",
+                        headers=_answer_headers(answer.headers, answer.status))
+    finally:
+        if not handed_over:
+            slots.give()
 
 
 @router.post(proto.CHAT_PATH)
-async def chat_completions(request: Request, session: SessionDep, body: BodyDep,
-                           authorization: AuthHeader = None) -> Response:
-    return await _forward(request, session, proto.CHAT_PATH, body, authorization)
+async def chat_completions(request: Request, session: SessionDep, body: BodyDep) -> Response:
+    return await _send(request, session, "POST", proto.CHAT_PATH, body)
 
 
 @router.post(proto.COMPLETIONS_PATH)
-async def completions(request: Request, session: SessionDep, body: BodyDep,
-                      authorization: AuthHeader = None) -> Response:
-    return await _forward(request, session, proto.COMPLETIONS_PATH, body, authorization)
+async def completions(request: Request, session: SessionDep, body: BodyDep) -> Response:
+    return await _send(request, session, "POST", proto.COMPLETIONS_PATH, body)
 
 
 @router.post(proto.RESPONSES_PATH)
-async def responses(request: Request, session: SessionDep, body: BodyDep,
-                    authorization: AuthHeader = None) -> Response:
-    return await _forward(request, session, proto.RESPONSES_PATH, body, authorization)
+async def responses(request: Request, session: SessionDep, body: BodyDep) -> Response:
+    return await _send(request, session, "POST", proto.RESPONSES_PATH, body)
 
 
 @router.get(proto.MODELS_PATH)
-async def models(request: Request, session: SessionDep,
-                 authorization: AuthHeader = None) -> Response:
-    return await _get(request, session, proto.MODELS_PATH, authorization)
+async def models(request: Request, session: SessionDep) -> Response:
+    return await _send(request, session, "GET", proto.MODELS_PATH)
 
 
 @router.get(proto.MODELS_PATH + "/{model_id:path}")
-async def model(request: Request, session: SessionDep, model_id: str,
-                authorization: AuthHeader = None) -> Response:
-    return await _get(request, session, proto.model_path(model_id), authorization)
-
-
-async def _get(request: Request, session: SessionDep, path: str,
-               authorization: str | None) -> Response:
-    await _admit(request, "GET", path)
-    answer = await run_in_threadpool(session.request, "GET", path, authorization=authorization)
-    return Response(answer.body, status_code=answer.status,
-                    media_type=answer.header("content-type") or "application/json")
+async def model(request: Request, session: SessionDep, model_id: str) -> Response:
+    return await _send(request, session, "GET", proto.model_path(model_id))
 
 
 @router.get("/medclave/status")
@@ -217,16 +332,30 @@ async def status(session: SessionDep) -> dict[str, Any]:
     return {"upstream_verified": enclave is not None, "enclave": dict(summary(enclave))}
 
 
-def _error(exc: MedclaveError) -> JSONResponse:
+def _kind(code: str, status: int) -> str:
+    """The OpenAI error ``type`` for a status (the SDK picks its exception by the status)."""
+    if code.split(".", 1)[0] in ("attestation", "policy", "crypto", "protocol", "audit"):
+        return "medclave_refusal"
+    return {401: "authentication_error", 403: "permission_error", 404: "not_found_error",
+            429: "rate_limit_error"}.get(status, "server_error" if status >= 500
+                                         else "invalid_request_error")
+
+
+def _error(exc: MedclaveError, *, headers: dict[str, str] | None = None) -> JSONResponse:
     family = exc.code.split(".", 1)[0]
     untrusted = family in ("attestation", "policy", "crypto", "protocol", "audit")
     status = 502 if untrusted or exc.status >= 500 else exc.status
-    kind = "medclave_refusal" if untrusted else "invalid_request_error"
-    # RFC 6750 §3: a 401 names the scheme the client should retry with.
-    headers = {"WWW-Authenticate": 'Bearer realm="medclave"'} if status == 401 else None
-    return JSONResponse({"error": {"message": exc.public_message if untrusted else exc.detail,
-                                   "type": kind, "param": None, "code": exc.code}},
-                        status_code=status, headers=headers)
+    out = dict(headers or {})
+    if status == 401:
+        # RFC 6750 §3: the scheme to retry with; §3.1: invalid_token when one was presented.
+        out["WWW-Authenticate"] = (_CHALLENGE if exc.code == "auth.token_missing"
+                                   else f'{_CHALLENGE}, error="invalid_token"')
+    if status == 429:
+        out["Retry-After"] = str(int(exc.context.get("retry_after", 1)))  # RFC 9110 §10.2.3
+    message = exc.public_message if untrusted or status >= 500 else exc.detail
+    return JSONResponse({"error": {"message": message, "type": _kind(exc.code, status),
+                                   "param": None, "code": exc.code}},
+                        status_code=status, headers=out or None)
 
 
 def _log_refusal(request: Request, exc: MedclaveError) -> None:
@@ -234,10 +363,22 @@ def _log_refusal(request: Request, exc: MedclaveError) -> None:
 
 
 def _route_error(status: int) -> JSONResponse:
-    """An unknown route (404) or method (400), answered as the enclave answers them."""
-    response = _error(InputError("input.malformed", "no such route"))
-    response.status_code = 404 if status == 404 else 400
-    return response
+    """Any other framework error (the handler below answers 404 and 405)."""
+    return _error(InputError("input.malformed", "the request is malformed"))
+
+
+async def _http_error(request: Request, exc: Exception) -> JSONResponse:
+    """Unknown route 404, known route with another method 405 (with ``Allow``, RFC 9110
+    §15.5.6), in the OpenAI shape."""
+    status = getattr(exc, "status_code", 400)
+    if status == 404:
+        return _error(InputError("input.no_route", f"no route {request.url.path[:128]}"))
+    if status == 405:
+        allow = (getattr(exc, "headers", None) or {}).get("Allow")
+        return _error(InputError("input.method_not_allowed",
+                                 f"{request.url.path[:128]} does not take {request.method}"),
+                      headers={"Allow": allow} if allow else None)
+    return _route_error(status)
 
 
 def _log_unexpected(request: Request, exc: Exception) -> None:
@@ -246,16 +387,40 @@ def _log_unexpected(request: Request, exc: Exception) -> None:
               type(exc).__name__)
 
 
-def create_proxy_app(session: EnclaveSession, admission: ProxyAdmission | None = None
-                     ) -> FastAPI:
-    """The proxy app; ``admission`` None lets every local app through to the enclave's check."""
+class _RecordPeer:
+    """Outermost: keeps the TCP peer in the scope before forwarded headers rewrite the client
+    (the identity header is believed on the peer's address, never on X-Forwarded-For)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            client = scope.get("client")
+            scope[_PEER] = client[0] if client else None
+        await self.app(scope, receive, send)
+
+
+def create_proxy_app(session: EnclaveSession, admission: ProxyAdmission | None = None, *,
+                     callers: Callers | None = None, trusted_proxies: tuple[str, ...] = (),
+                     max_in_flight: int = 256) -> FastAPI:
+    """The proxy app; ``admission`` None lets every local app through to the enclave's check;
+    ``callers`` None forwards each app's own token (no IdP client). ``trusted_proxies``: as
+    :class:`ServingSettings`' (serve the app with none given to uvicorn itself)."""
     app = FastAPI(title="Medclave proxy", version="1", docs_url=None, redoc_url=None,
                   openapi_url=None)
     app.state.session = session
     app.state.admission = admission
+    app.state.callers = callers or Callers(credentials=None, keys=None)
+    app.state.slots = _Slots(max_in_flight)
     app.include_router(router)
     install_error_handlers(app, render=_error, log_refusal=_log_refusal,
                            route_error=_route_error, log_unexpected=_log_unexpected)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
+    if trusted_proxies:
+        # uvicorn's own handling, inside the app (added first: it runs after _RecordPeer).
+        app.add_middleware(ProxyHeadersMiddleware, trusted_hosts=list(trusted_proxies))
+    app.add_middleware(_RecordPeer)
     return app
 
 
@@ -264,11 +429,16 @@ def serve(settings: ProxySettings) -> None:
     if admission is None:
         log.warning("proxy admission is off: every local app's request goes to the enclave, "
                     "which still authenticates and authorizes it")
+    callers = callers_for(settings)
     session = session_for(settings)
     try:
-        run_server(create_proxy_app(session, admission), settings, host=settings.host,
-                   port=settings.port, log_level="info")
+        run_server(create_proxy_app(session, admission, callers=callers,
+                                    trusted_proxies=settings.trusted_proxies,
+                                    max_in_flight=settings.max_in_flight),
+                   settings.serving(), host=settings.host, port=settings.port,
+                   log_level="info")
     finally:
         session.close()
+        callers.close()
         if admission is not None:
             admission.close()

@@ -150,8 +150,8 @@ class MedclaveClient:
         return self.session.enclave or self.session.attest()
 
     def authorization(self) -> str | None:
-        """``Bearer`` + the token; a callable ``api_key`` is asked for a fresh one per request
-        (Medclave's access tokens are single-use and short-lived)."""
+        """``Bearer`` + the token; a callable ``api_key`` is asked for one per request (access
+        tokens live at most 15 minutes: a callable can hand out a refreshed one)."""
         token = self.api_key() if callable(self.api_key) else self.api_key
         return f"Bearer {token}" if token else None
 

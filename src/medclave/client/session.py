@@ -259,9 +259,10 @@ class EnclaveSession:
     # --- requests ------------------------------------------------------------------------------
 
     def request(self, method: str, path: str, *, body: bytes = b"",
-                authorization: str | None = None) -> InnerResponse:
-        """One encapsulated request and its decapsulated answer (not streamed)."""
-        inner = proto.encode_inner_request(method, path, body=body, authorization=authorization)
+                authorization: str | None = None, dpop: str | None = None) -> InnerResponse:
+        """One encapsulated request and its decapsulated answer (not streamed); ``dpop``: a
+        proof for the inner URL, for a DPoP-bound token (RFC 9449 §7.1)."""
+        inner = _inner(method, path, body, authorization, dpop)
         enclave = self._current()
         try:
             return self._send(enclave, inner)
@@ -289,9 +290,9 @@ class EnclaveSession:
         return InnerResponse(answer.status, answer.headers, answer.content, receipt)
 
     def stream(self, method: str, path: str, *, body: bytes = b"",
-               authorization: str | None = None) -> StreamedResponse:
+               authorization: str | None = None, dpop: str | None = None) -> StreamedResponse:
         """A chunked-OHTTP request; the answer streams back as it is generated."""
-        inner = proto.encode_inner_request(method, path, body=body, authorization=authorization)
+        inner = _inner(method, path, body, authorization, dpop)
         try:
             return self._open_stream(self._current(), inner)
         except CryptoError as exc:
@@ -357,6 +358,13 @@ class EnclaveSession:
     def __exit__(self, et: type[BaseException] | None, ev: BaseException | None,
                  tb: TracebackType | None) -> None:
         self.close()
+
+
+def _inner(method: str, path: str, body: bytes, authorization: str | None,
+           dpop: str | None) -> bytes:
+    extra = (("dpop", dpop),) if dpop is not None else ()
+    return proto.encode_inner_request(method, path, body=body, authorization=authorization,
+                                      extra_headers=extra)
 
 
 def _needs_receipt(inner: bytes) -> bool:

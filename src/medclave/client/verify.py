@@ -76,6 +76,7 @@ class VerifiedEnclave:
             "engine_build": self.runtime.engine_build,
             "authorization_policy_digest": self.runtime.policy_digest,
             "kbs_keys": list(self.runtime.kbs_keys),
+            "token_issuers": [dict(t) for t in self.runtime.token_issuers],
             "ohttp_key_id": self.key_config.key_id,
             "tcb_status": self.tcb_status,
             "evidence_sha256": self.evidence_sha256,
@@ -125,7 +126,8 @@ def verify_enclave(data: bytes, *, nonce: bytes, policy: AppraisalPolicy, now: d
     key_config = runtime.key_config()
     runtime.audit_key()
     appraisal = appraise(verification, policy, now=now, model_digest=runtime.model_digest,
-                         evidence_time=nonce_issued, kbs_keys=list(runtime.kbs_keys))
+                         evidence_time=nonce_issued, kbs_keys=list(runtime.kbs_keys),
+                         token_issuers=[dict(t) for t in runtime.token_issuers])
     if not verification.secure:
         log.warning(SIM_WARNING)
     return VerifiedEnclave(

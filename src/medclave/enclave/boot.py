@@ -165,6 +165,23 @@ def broker_client(settings: EnclaveSettings, attester: Attester
     return open_client
 
 
+def token_issuers(settings: EnclaveSettings, hook: AuthorizationHook
+                  ) -> tuple[dict[str, str], ...]:
+    """Whose tokens the door accepts, as the runtime states it (report_data binds it): the
+    issuer and where its keys come from (the JWKS URL, or the SHA-256 of a static key set).
+    Without it the operator could point the enclave at an issuer of its own, mint tokens, and
+    have requests logged under any user; with it a hospital's policy names its own IdP
+    (``token_issuers``). A door that checks no token states none."""
+    if isinstance(hook, InsecureNoAuthorization) or not settings.auth_issuer:
+        return ()
+    if settings.auth_jwks_file is not None:
+        digest = hashlib.sha256(settings.auth_jwks_file.read_bytes()).hexdigest()
+        jwks = f"sha256:{digest}"
+    else:
+        jwks = settings.auth_jwks_url or ""
+    return ({"issuer": settings.auth_issuer, "jwks": jwks},)
+
+
 def build_commit_keys(settings: EnclaveSettings, platform: Platform,
                       runtime: Callable[[], dict[str, Any]], clock: Clock) -> CommitKeys:
     """The tenants' commitment keys: a local file on sim (development), else the broker; with
@@ -269,7 +286,8 @@ def boot(settings: EnclaveSettings, *, clock: Clock = system_clock,
         identity = EnclaveIdentity(model_id=settings.model_id, model_digest=model_digest,
                                    audit_public_key=audit_public, audit_origin=origin,
                                    policy_digest=hook.policy_digest,
-                                   kbs_keys=tuple(base_runtime.get("kbs_keys", ())))
+                                   kbs_keys=tuple(base_runtime.get("kbs_keys", ())),
+                                   token_issuers=token_issuers(settings, hook))
         service = InferenceService(engine=engine, keys=keys, platform=platform,
                                    identity=identity, authorization=hook, audit=sink,
                                    clock=clock, max_tokens_limit=settings.max_tokens_limit,

@@ -59,6 +59,7 @@ from medclave.enclave.hooks import (
 )
 from medclave.enclave.keys import KeyRing
 from medclave.enclave.limits import Busy, Slot, Slots
+from medclave.enclave.replay import ReplayGuard
 from medclave.enclave.response_store import ResponseStore
 from medclave.enclave.streaming import AnswerStream, Shaper, StreamedAnswer, ending_of
 from medclave.errors import EnclaveError, InputError, MedclaveError
@@ -84,6 +85,9 @@ class EnclaveIdentity:
     policy_digest: str | None
     # Fingerprints of the key brokers the enclave takes keys from (kbs.signing); () if none.
     kbs_keys: tuple[str, ...] = ()
+    # Whose tokens the door accepts: {"issuer", "jwks"} per issuer, jwks a URL or the
+    # "sha256:" digest of a static key set; () when the door is off (sim development only).
+    token_issuers: tuple[dict[str, str], ...] = ()
 
 
 @dataclass
@@ -148,6 +152,7 @@ class InferenceService:
         self.responses = response_store or ResponseStore(ttl=3600, per_user=64,
                                                          max_bytes=64 * 1024 * 1024)
         self.started = int(clock().timestamp())
+        self.replay = ReplayGuard(keys)  # encapsulated requests run once
 
     # --- attestation ---------------------------------------------------------------------------
 
@@ -167,6 +172,7 @@ class InferenceService:
             runtime["policy_digest"] = ident.policy_digest
         if ident.kbs_keys:
             runtime["kbs_keys"] = list(ident.kbs_keys)
+        runtime["token_issuers"] = [dict(i) for i in ident.token_issuers]
         return runtime
 
     def attest(self, nonce: bytes) -> EvidenceBundle:
@@ -180,17 +186,25 @@ class InferenceService:
         media = content_type.split(";", 1)[0].strip().lower()
         rid = secrets.token_hex(12)
         started = time.perf_counter()
+        # Replay protection is per request, not per token (issue 10): once a request has
+        # decrypted (so only authenticated requests are recorded), its HPKE ``enc`` (RFC 9458
+        # §4.3, fresh per request) goes in a strike register, and the same bytes sent again are
+        # refused in the clear with ``protocol.replayed`` before anything runs (RFC 9458 §6.5;
+        # see medclave.enclave.replay). Both framings start with the same header and ``enc``.
+        usable = self.keys.usable()
         if media == proto.OHTTP_REQUEST:
-            plaintext, context = decapsulate_request(self.keys.usable(), body,
+            plaintext, context = decapsulate_request(usable, body,
                                                      max_size=proto.MAX_OUTER_REQUEST)
+            self.replay.admit(body, usable)
             answer = self._process(rid, plaintext, streaming=False, cancel=cancel)
             inner = bhttp.Response(answer.status, tuple(answer.headers), answer.body).encode()
             sealed = context.encapsulate(inner)
             self._log(rid, answer, len(body), len(sealed), started)
             return OuterResponse(200, proto.OHTTP_RESPONSE, sealed)
         if media == proto.CHUNKED_REQUEST:
-            decoder = ChunkedRequestDecoder(self.keys.usable())
+            decoder = ChunkedRequestDecoder(usable)
             plaintext = b"".join(decoder.feed(body, end=True))
+            self.replay.admit(body, usable)
             encoder = decoder.response_encoder()
             answer = self._process(rid, plaintext, streaming=True, cancel=cancel)
             pieces = self._chunked(rid, answer, encoder, len(body), started)

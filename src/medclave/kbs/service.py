@@ -1,6 +1,6 @@
 """The key broker: releases a secret only to evidence its owner's policy accepts.
 
-Release (ARCHITECTURE.md, "Key release"; the flow of the IETF RATS background-check model with a
+Release (docs/architecture.md, "Key release"; the flow of the IETF RATS background-check model with a
 broker-issued nonce): spend the nonce first, so every attempt burns it whatever the outcome;
 verify the evidence and that its report_data binds this nonce and this runtime (so the ephemeral
 key); appraise it against the resource's release policy; then HPKE-seal the secret to the
@@ -441,7 +441,8 @@ def _appraise(
     model = runtime.get("model_digest")
     model_digest = model.lower() if isinstance(model, str) else None
     result = evaluate(verification, policy.appraisal, now=now, model_digest=model_digest,
-                      evidence_time=evidence_time, kbs_keys=runtime.get("kbs_keys"))
+                      evidence_time=evidence_time, kbs_keys=runtime.get("kbs_keys"),
+                      token_issuers=runtime.get("token_issuers"))
     violations = list(result.violations)
     if policy.model_digests and model_digest not in policy.model_digests:
         violations.append(

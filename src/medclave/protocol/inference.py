@@ -112,6 +112,8 @@ class EnclaveRuntime(BaseModel):
     policy_digest: str | None = Field(default=None, max_length=128)
     # Fingerprints of the key brokers the enclave takes keys from (kbs.signing).
     kbs_keys: tuple[str, ...] = Field(default=(), max_length=16)
+    # Whose tokens the enclave accepts ({"issuer", "jwks"}); empty: it checks no token.
+    token_issuers: tuple[dict[str, str], ...] = Field(default=(), max_length=16)
 
     @classmethod
     def from_runtime(cls, runtime: dict[str, Any]) -> EnclaveRuntime:

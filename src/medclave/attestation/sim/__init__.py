@@ -124,7 +124,7 @@ def make_bundle(
     measurement: bytes | None = None,
     debug: bool = False,
 ) -> EvidenceBundle:
-    """An evidence bundle whose report binds ``nonce`` and ``runtime`` (ARCHITECTURE.md)."""
+    """An evidence bundle whose report binds ``nonce`` and ``runtime`` (docs/architecture.md)."""
     _log.warning("sim evidence issued: %s", SIM_LABEL)
     report = make_report(authority, report_data_for(nonce, runtime), measurement=measurement,
                          debug=debug)
