@@ -166,6 +166,36 @@ def test_closing_a_proxied_stream_frees_the_engine_for_the_next_request(
         session.close()
 
 
+def test_an_app_that_times_out_on_a_whole_proxied_answer_stops_its_generation(
+        turns: tuple[Enclave, TurnEngine], idp: Idp) -> None:
+    """Not streamed, through the proxy: the app gives up, the proxy drops its upstream request,
+    and the enclave stops at the next token instead of generating the whole answer."""
+    enclave, engine = turns
+    proxy, session = proxy_to(enclave)
+    try:
+        session.attest()
+        impatient = openai.OpenAI(base_url=f"{proxy.url}/v1", api_key=idp.token(sub="impatient"),
+                                  max_retries=0, timeout=1.0)
+        engine.release(3)
+        with pytest.raises(openai.APITimeoutError):
+            impatient.chat.completions.create(model=DEFAULT_MODEL_ID, messages=MESSAGES)  # type: ignore[arg-type]
+        counters = engine.wait_for(lambda c: c.cancelled == 1)
+        stopped = _of(counters, "impatient")
+        assert (stopped.outcome, stopped.tokens) == ("cancelled", 3)
+        entry = wait_for_entry(enclave, 0)
+        assert (entry.ended, entry.completion_tokens) == ("client_gone", 0)
+        # The engine is free for the next app.
+        engine.free.set()
+        patient = openai.OpenAI(base_url=f"{proxy.url}/v1", api_key=idp.token(sub="patient"),
+                                max_retries=0)
+        answer = patient.chat.completions.create(model=DEFAULT_MODEL_ID, messages=MESSAGES)  # type: ignore[arg-type]
+        assert answer.choices[0].message.content == engine.answer
+    finally:
+        engine.free.set()
+        proxy.stop()
+        session.close()
+
+
 # --- fairness and the bounded queue -----------------------------------------------------------
 
 

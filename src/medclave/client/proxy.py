@@ -54,7 +54,14 @@ from medclave.client.admission import AdmissionConfig, ProxyAdmission, build_adm
 from medclave.client.apikeys import ApiKeyStore
 from medclave.client.callers import Callers, Upstream
 from medclave.client.credentials import Credentials, IdpClientConfig
-from medclave.client.session import EnclaveSession, StreamedResponse, summary, system_clock
+from medclave.client.session import (
+    Abort,
+    EnclaveSession,
+    InnerResponse,
+    StreamedResponse,
+    summary,
+    system_clock,
+)
 from medclave.crypto.canonical import load_json
 from medclave.errors import ClientError, InputError, MedclaveError
 from medclave.protocol import inference as proto
@@ -65,6 +72,7 @@ from medclave.serving import (
     install_error_handlers,
     read_limited_body,
     run_server,
+    run_sync_until_gone,
 )
 
 log = logging.getLogger("medclave.proxy")
@@ -289,9 +297,14 @@ async def _send(request: Request, session: EnclaveSession, method: str, path: st
                 body_iter, lambda how: _drop(stream, body_iter, how), status_code=stream.status,
                 media_type=stream.header("content-type") or "text/event-stream",
                 headers=_answer_headers(stream.headers, stream.status))
-        answer = await run_in_threadpool(session.request, method, path, body=body,
-                                         authorization=upstream.authorization,
-                                         dpop=upstream.dpop)
+        # An app that leaves before its whole answer is ready: the upstream request is dropped,
+        # so the enclave stops generating within a token (and records the request).
+        abort = Abort()
+        answers: list[InnerResponse] = []
+        await run_sync_until_gone(request, lambda: answers.append(session.request(
+            method, path, body=body, authorization=upstream.authorization, dpop=upstream.dpop,
+            abort=abort)), on_gone=abort)
+        answer = answers[0]
         return Response(answer.body, status_code=answer.status,
                         media_type=answer.header("content-type") or "application/json",
                         headers=_answer_headers(answer.headers, answer.status))

@@ -85,6 +85,41 @@ class InnerResponse:
         return next((v for k, v in self.headers if k == wanted), None)
 
 
+def _shutdown(sock: socket.socket | None) -> None:
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.shutdown(socket.SHUT_RDWR)
+
+
+class Abort:
+    """Drops an in-flight whole (not streamed) request from another thread, e.g. when the app
+    behind the proxy left: the request's own connection is shut down, which wakes the thread
+    waiting for the answer (closing a socket does not, on Linux), and the enclave sees its client
+    leave and stops generating within a token. Safe to call before the connection exists (it is
+    then shut down as soon as it does) and more than once."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._sock: socket.socket | None = None
+        self.requested = False
+
+    def trace(self, name: str, info: Mapping[str, Any]) -> None:
+        """httpcore's trace hook: keeps the socket of the connection the request opens."""
+        if name != "connection.connect_tcp.complete":
+            return
+        stream = info.get("return_value")
+        sock = stream.get_extra_info("socket") if stream is not None else None
+        with self._lock:
+            self._sock = sock if isinstance(sock, socket.socket) else None
+            if self.requested:
+                _shutdown(self._sock)
+
+    def __call__(self) -> None:
+        with self._lock:
+            self.requested = True
+            _shutdown(self._sock)
+
+
 class StreamedResponse:
     """A streamed answer: ``status`` and ``headers`` are read on creation, then
     :meth:`iter_content` yields the content as it is decrypted. The receipt, from the trailer,
@@ -259,23 +294,34 @@ class EnclaveSession:
     # --- requests ------------------------------------------------------------------------------
 
     def request(self, method: str, path: str, *, body: bytes = b"",
-                authorization: str | None = None, dpop: str | None = None) -> InnerResponse:
+                authorization: str | None = None, dpop: str | None = None,
+                abort: Abort | None = None) -> InnerResponse:
         """One encapsulated request and its decapsulated answer (not streamed); ``dpop``: a
-        proof for the inner URL, for a DPoP-bound token (RFC 9449 §7.1)."""
+        proof for the inner URL, for a DPoP-bound token (RFC 9449 §7.1); ``abort``: lets another
+        thread drop the request while the enclave works on it."""
         inner = _inner(method, path, body, authorization, dpop)
         enclave = self._current()
         try:
-            return self._send(enclave, inner)
+            return self._send(enclave, inner, abort)
         except CryptoError as exc:
             if exc.code != "crypto.key_unknown":
                 raise
-        return self._send(self._current(force=True), inner)
+        return self._send(self._current(force=True), inner, abort)
 
-    def _send(self, enclave: VerifiedEnclave, inner: bytes) -> InnerResponse:
+    def _send(self, enclave: VerifiedEnclave, inner: bytes, abort: Abort | None = None
+              ) -> InnerResponse:
         wire, context = encapsulate_request(enclave.key_config, inner)
+        url = f"{self._url}{proto.OHTTP_PATH}"
+        headers = {"content-type": proto.OHTTP_REQUEST}
         try:
-            response = self._http.post(f"{self._url}{proto.OHTTP_PATH}", content=wire,
-                                       headers={"content-type": proto.OHTTP_REQUEST})
+            if abort is not None and self._own_http:
+                # A connection of its own, so that dropping it drops this request only (a
+                # pooled one is not ours to shut down, and its socket is not known up front).
+                with _client(self._timeout, self._tls) as http:
+                    response = http.post(url, content=wire, headers=headers,
+                                         extensions={"trace": abort.trace})
+            else:
+                response = self._http.post(url, content=wire, headers=headers)
         except httpx.HTTPError as exc:
             raise ClientError("client.upstream_failed", f"enclave unreachable: {exc!r}") from exc
         if response.status_code != 200:
