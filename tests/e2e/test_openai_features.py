@@ -31,7 +31,7 @@ WEATHER = {"type": "function", "function": {
     "parameters": {"type": "object", "properties": {"city": {"type": "string"}},
                    "required": ["city"], "additionalProperties": False}}}
 ASK_WEATHER = [{"role": "user", "content": "What's the weather in Paris?"}]
-FRANCE = [{"role": "user", "content": "What is the capital of France?"}]
+FRANCE: list[Any] = [{"role": "user", "content": "What is the capital of France?"}]
 CITY = {"type": "object", "properties": {"city": {"type": "string"},
                                          "population": {"type": "integer"}},
         "required": ["city", "population"], "additionalProperties": False}
@@ -119,7 +119,7 @@ def test_logprobs_with_top_logprobs(proxy: str, idp: Idp) -> None:
     assert choice.logprobs is not None and choice.logprobs.content
     entries = choice.logprobs.content
     assert "".join(e.token for e in entries) == choice.message.content
-    assert len(entries) == done.usage.completion_tokens  # type: ignore[union-attr]
+    assert len(entries) == done.usage.completion_tokens
     for e in entries:
         assert e.logprob <= 0 and bytes(e.bytes or []) == e.token.encode()
         ranked = [t.logprob for t in e.top_logprobs]
@@ -150,7 +150,7 @@ def test_n_gives_several_choices_each_reproducible(proxy: str, idp: Idp) -> None
 def test_logit_bias_and_penalties_change_the_answer(proxy: str, idp: Idp) -> None:
     plain = _chat(proxy, idp, max_tokens=20, temperature=0, seed=1, logprobs=True)
     text = plain.choices[0].message.content or ""
-    first = plain.choices[0].logprobs.content[0].token  # type: ignore[union-attr]
+    first = plain.choices[0].logprobs.content[0].token
     [token_id] = llama_engine()._llm.tokenize(first.encode(), add_bos=False, special=False)
     banned = _chat(proxy, idp, max_tokens=20, temperature=0, seed=1,
                    logit_bias={str(token_id): -100})
@@ -217,7 +217,7 @@ def counted(tmp_path: Path, idp: Idp) -> Iterator[tuple[str, _Counting]]:
 def test_a_prompt_longer_than_the_context_is_a_400_the_sdk_does_not_retry(
         counted: tuple[str, _Counting], idp: Idp) -> None:
     proxy, engine = counted
-    too_long = [{"role": "user", "content": "word " * 1500}]  # the test engine has 1024 tokens
+    too_long: list[Any] = [{"role": "user", "content": "word " * 1500}]  # the test engine has 1024 tokens
     for stream in (False, True):
         app = _app(proxy, idp, max_retries=2)
         before = engine.calls

@@ -102,5 +102,5 @@ def test_a_closed_tool_call_stream_frees_the_engine() -> None:
     stream = engine.chat_stream(ASK, params)
     first = next(stream)
     assert isinstance(first, Delta) and first.tool_call is not None
-    stream.close()  # type: ignore[attr-defined]
+    stream.close()
     assert engine.complete("Hello", SamplingParams(max_tokens=2, temperature=0.0)).text
