@@ -30,6 +30,7 @@ from medclave.enclave.engines.base import (
     Completion,
     Delta,
     SamplingParams,
+    one_choice,
     run_streaming,
 )
 from medclave.enclave.engines.llama_gen import (
@@ -105,11 +106,11 @@ class LlamaCppEngine:
 
     def chat_stream(self, messages: Sequence[ChatMessage], params: SamplingParams
                     ) -> Iterator[Delta]:
-        _one_choice(params)
+        one_choice(params)
         return self._stream(self._prepare_chat(messages, params), params)
 
     def complete_stream(self, prompt: str, params: SamplingParams) -> Iterator[Delta]:
-        _one_choice(params)
+        one_choice(params)
         return self._stream(self._prepare_text(prompt, params), params)
 
     def close(self) -> None:
@@ -270,12 +271,6 @@ class LlamaCppEngine:
 
 def _failed(exc: Exception) -> EnclaveError:
     return EnclaveError("enclave.engine_failed", str(exc)[:200])
-
-
-def _one_choice(params: SamplingParams) -> None:
-    if params.n != 1:
-        raise EnclaveError("enclave.bad_request", "n > 1 is not streamed here; ask without "
-                           "stream", param="n")
 
 
 def _formatter(llm: Any) -> Any:
