@@ -166,6 +166,9 @@ class LlamaCppEngine:
             fmt = params.response_format
             prepared.content_grammar = (gbnf.json_object_grammar() if fmt.schema is None else
                                         gbnf.schema_grammar(fmt.schema, param="response_format"))
+        if any(gbnf.TOOL_NAME.match(t.name) is None for t in params.tools):
+            raise EnclaveError("enclave.bad_request", "tools: a function name is 1 to 64 "
+                               "letters, digits, _ or -", param="tools")
         if params.calls_tools:
             offered = [t for t in params.tools if params.tool_name in (None, t.name)]
             if not offered:
