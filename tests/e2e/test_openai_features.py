@@ -19,11 +19,13 @@ from typing import Any
 import openai
 import pytest
 
+from medclave.client import MedclaveClient
 from medclave.client.proxy import create_proxy_app
 from medclave.client.session import EnclaveSession
 from medclave.enclave.engines.base import ChatMessage, Completion, Delta, SamplingParams
 from medclave.enclave.model import DEFAULT_MODEL_ID
 from medclave.enclave.server import BackgroundServer
+from medclave.errors import MedclaveError
 from tests.e2e.helpers import Enclave, Idp, llama_engine, sim_policy, start_enclave
 
 WEATHER = {"type": "function", "function": {
@@ -249,3 +251,17 @@ def test_models_retrieve(proxy: str, idp: Idp) -> None:
     with pytest.raises(openai.NotFoundError) as chat:
         _app(proxy, idp).chat.completions.create(model="gpt-4o", messages=FRANCE, max_tokens=4)
     assert chat.value.code == "model_not_found"
+
+
+def test_the_medclave_sdk_reads_models_and_the_context_error(llama_enclave: Enclave,
+                                                             idp: Idp) -> None:
+    with MedclaveClient(llama_enclave.url, policy=sim_policy(), api_key=idp.token,
+                        sim_roots=[llama_enclave.sim_root]) as client:
+        assert client.models.retrieve(DEFAULT_MODEL_ID).id == DEFAULT_MODEL_ID
+        with pytest.raises(MedclaveError) as missing:
+            client.models.retrieve("gpt-4o")
+        assert missing.value.code == "enclave.model_not_found"
+        with pytest.raises(MedclaveError) as too_long:
+            client.chat.completions.create(messages=[{"role": "user", "content": "a " * 1500}],
+                                           max_tokens=4)
+        assert too_long.value.code == "enclave.context_length_exceeded"

@@ -108,7 +108,7 @@ def _error_answer(rid: str, exc: MedclaveError) -> _Answer:
         headers += exc.headers()
     param = exc.context.get("param")
     return _Answer(status, headers, proto.openai_error(
-        api.OPENAI_CODES.get(exc.code, exc.code), message, kind=kind,
+        proto.OPENAI_CODES.get(exc.code, exc.code), message, kind=kind,
         param=param if isinstance(param, str) else None))
 
 
