@@ -19,11 +19,13 @@ from typing import Any
 import openai
 import pytest
 
+from medclave.client import MedclaveClient
 from medclave.client.proxy import create_proxy_app
 from medclave.client.session import EnclaveSession
 from medclave.enclave.engines.base import ChatMessage, Completion, Delta, SamplingParams
 from medclave.enclave.model import DEFAULT_MODEL_ID
 from medclave.enclave.server import BackgroundServer
+from medclave.errors import MedclaveError
 from tests.e2e.helpers import Enclave, Idp, llama_engine, sim_policy, start_enclave
 
 WEATHER = {"type": "function", "function": {
@@ -31,7 +33,7 @@ WEATHER = {"type": "function", "function": {
     "parameters": {"type": "object", "properties": {"city": {"type": "string"}},
                    "required": ["city"], "additionalProperties": False}}}
 ASK_WEATHER = [{"role": "user", "content": "What's the weather in Paris?"}]
-FRANCE = [{"role": "user", "content": "What is the capital of France?"}]
+FRANCE: list[Any] = [{"role": "user", "content": "What is the capital of France?"}]
 CITY = {"type": "object", "properties": {"city": {"type": "string"},
                                          "population": {"type": "integer"}},
         "required": ["city", "population"], "additionalProperties": False}
@@ -119,7 +121,7 @@ def test_logprobs_with_top_logprobs(proxy: str, idp: Idp) -> None:
     assert choice.logprobs is not None and choice.logprobs.content
     entries = choice.logprobs.content
     assert "".join(e.token for e in entries) == choice.message.content
-    assert len(entries) == done.usage.completion_tokens  # type: ignore[union-attr]
+    assert len(entries) == done.usage.completion_tokens
     for e in entries:
         assert e.logprob <= 0 and bytes(e.bytes or []) == e.token.encode()
         ranked = [t.logprob for t in e.top_logprobs]
@@ -150,7 +152,7 @@ def test_n_gives_several_choices_each_reproducible(proxy: str, idp: Idp) -> None
 def test_logit_bias_and_penalties_change_the_answer(proxy: str, idp: Idp) -> None:
     plain = _chat(proxy, idp, max_tokens=20, temperature=0, seed=1, logprobs=True)
     text = plain.choices[0].message.content or ""
-    first = plain.choices[0].logprobs.content[0].token  # type: ignore[union-attr]
+    first = plain.choices[0].logprobs.content[0].token
     [token_id] = llama_engine()._llm.tokenize(first.encode(), add_bos=False, special=False)
     banned = _chat(proxy, idp, max_tokens=20, temperature=0, seed=1,
                    logit_bias={str(token_id): -100})
@@ -217,7 +219,7 @@ def counted(tmp_path: Path, idp: Idp) -> Iterator[tuple[str, _Counting]]:
 def test_a_prompt_longer_than_the_context_is_a_400_the_sdk_does_not_retry(
         counted: tuple[str, _Counting], idp: Idp) -> None:
     proxy, engine = counted
-    too_long = [{"role": "user", "content": "word " * 1500}]  # the test engine has 1024 tokens
+    too_long: list[Any] = [{"role": "user", "content": "word " * 1500}]  # the test engine has 1024 tokens
     for stream in (False, True):
         app = _app(proxy, idp, max_retries=2)
         before = engine.calls
@@ -249,3 +251,17 @@ def test_models_retrieve(proxy: str, idp: Idp) -> None:
     with pytest.raises(openai.NotFoundError) as chat:
         _app(proxy, idp).chat.completions.create(model="gpt-4o", messages=FRANCE, max_tokens=4)
     assert chat.value.code == "model_not_found"
+
+
+def test_the_medclave_sdk_reads_models_and_the_context_error(llama_enclave: Enclave,
+                                                             idp: Idp) -> None:
+    with MedclaveClient(llama_enclave.url, policy=sim_policy(), api_key=idp.token,
+                        sim_roots=[llama_enclave.sim_root]) as client:
+        assert client.models.retrieve(DEFAULT_MODEL_ID).id == DEFAULT_MODEL_ID
+        with pytest.raises(MedclaveError) as missing:
+            client.models.retrieve("gpt-4o")
+        assert missing.value.code == "enclave.model_not_found"
+        with pytest.raises(MedclaveError) as too_long:
+            client.chat.completions.create(messages=[{"role": "user", "content": "a " * 1500}],
+                                           max_tokens=4)
+        assert too_long.value.code == "enclave.context_length_exceeded"

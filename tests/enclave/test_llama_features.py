@@ -75,6 +75,12 @@ def test_refusals_come_before_generation() -> None:
         (lambda: engine.chat_stream(FRANCE, SamplingParams(response_format=ResponseFormat(
             "json_schema", '{"type":"string","pattern":"(?<=a)b"}'))),
          "enclave.bad_request", "response_format"),
+        # What replay hands the engine has not been through the API's checks: checked again.
+        (lambda: engine.chat(FRANCE, SamplingParams(response_format=ResponseFormat(
+            "json_schema", '{"$ref":"https://schemas.example/s.json"}'))),
+         "enclave.bad_request", "response_format"),
+        (lambda: engine.chat(FRANCE, SamplingParams(tools=(Tool('a" | [^x]*', "", "{}"),))),
+         "enclave.bad_request", "tools"),
     ]
     for call, code, param in cases:
         with pytest.raises(EnclaveError) as caught:
@@ -102,5 +108,5 @@ def test_a_closed_tool_call_stream_frees_the_engine() -> None:
     stream = engine.chat_stream(ASK, params)
     first = next(stream)
     assert isinstance(first, Delta) and first.tool_call is not None
-    stream.close()  # type: ignore[attr-defined]
+    stream.close()
     assert engine.complete("Hello", SamplingParams(max_tokens=2, temperature=0.0)).text

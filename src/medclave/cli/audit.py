@@ -256,7 +256,7 @@ def replay_cmd(
     index: Annotated[int, typer.Argument(help="Leaf index of the inference.")],
     prompt: Annotated[Path, typer.Option(
         help="The committed prompt, byte for byte (UTF-8 file): for the enclave, the model "
-        "input as compact sorted JSON (medclave.enclave.openai_api.commitment_input).")],
+        "input as compact sorted JSON (medclave.enclave.commitment.commitment_input).")],
     tenant_key: Annotated[Path, typer.Option(help="File with the tenant's commitment key.")],
     key: KeyOpt,
     engine: Annotated[

@@ -122,6 +122,11 @@ class _Models:
             "GET", proto.MODELS_PATH, authorization=self._client.authorization()))
         return [Model.model_validate(m) for m in answer.get("data") or []]
 
+    def retrieve(self, model: str) -> Model:
+        """One model; ``enclave.model_not_found`` for a model the enclave does not serve."""
+        return Model.model_validate(_check(self._client.session.request(
+            "GET", proto.model_path(model), authorization=self._client.authorization())))
+
 
 class MedclaveClient:
     """``MedclaveClient(url, policy=..., api_key=...)``; ``api_key`` is a token or a function

@@ -55,7 +55,7 @@ def error_from_body(status: int, body: bytes) -> MedclaveError:
     try:
         import json
 
-        code = json.loads(body[:MAX_ERROR_BYTES])["error"]["code"]
+        code = proto.catalogue_code(json.loads(body[:MAX_ERROR_BYTES])["error"]["code"])
     except (ValueError, KeyError, TypeError, RecursionError):  # UnicodeDecodeError: a ValueError
         return ClientError("client.upstream_failed", f"enclave answered HTTP {status}")
     if not isinstance(code, str) or code not in errors.CATALOGUE:

@@ -14,11 +14,6 @@ from typing import Any
 
 from medclave.enclave.engines.base import Choice, Completion, Delta, TokenLogprob, ToolCallDelta
 
-# Medclave codes answered with OpenAI's own code, which clients act on (they trim the history
-# for ``context_length_exceeded``).
-OPENAI_CODES = {"enclave.context_length_exceeded": "context_length_exceeded",
-                "enclave.model_not_found": "model_not_found"}
-
 
 def usage(completion_tokens: int, prompt_tokens: int) -> dict[str, int]:
     return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,

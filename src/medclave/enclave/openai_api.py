@@ -26,7 +26,6 @@ from medclave.enclave.commitment import (
 from medclave.enclave.engines.base import ResponseFormat, SamplingParams, Tool
 from medclave.enclave.engines.grammar import TOOL_NAME, check_schema, compact
 from medclave.enclave.openai_answers import (
-    OPENAI_CODES,
     ChunkShaper,
     chat_answer,
     completion_answer,
@@ -38,7 +37,7 @@ from medclave.enclave.openai_answers import (
 from medclave.errors import EnclaveError
 
 __all__ = [
-    "OPENAI_CODES", "ChatRequest", "ChunkShaper", "CompletionRequest", "ModelInput",
+    "ChatRequest", "ChunkShaper", "CompletionRequest", "ModelInput",
     "chat_answer", "commitment_input", "committed_answer", "completion_answer", "messages_of",
     "model_answer", "models_answer", "parse_commitment_input", "parse_request",
     "prompt_commitment_bytes", "sampling", "sse", "usage",

@@ -2,8 +2,11 @@
 
 Stateless by design: a prompt and its answer exist only in memory for the life of a request.
 Nothing here logs content: log lines carry the request id, the inner path, sizes, token counts,
-status and timings. Errors inside the encapsulation are answered inside it (the caller, who owns
-the data, gets the detail); only a request that cannot be decapsulated is answered in the clear.
+status and timings. Errors inside the encapsulation are answered inside it as OpenAI error
+objects (``message``, ``type``, ``param``, ``code``; the caller, who owns the data, gets the
+detail) with their HTTP status: 404 for a path or model not served, 405 for a method, 400
+``context_length_exceeded`` for a prompt the engine cannot fit, before any stream starts. Only a
+request that cannot be decapsulated is answered in the clear.
 
 Every allowed inference is recorded with how it ended and how many completion tokens left the
 enclave: a whole answer when the engine returns (or fails), a streamed one by its
@@ -130,7 +133,7 @@ def _error_answer(rid: str, exc: MedclaveError) -> _Answer:
         headers += exc.headers()
     param = exc.context.get("param")
     return _Answer(status, headers, proto.openai_error(
-        api.OPENAI_CODES.get(exc.code, exc.code), message, kind=kind,
+        proto.OPENAI_CODES.get(exc.code, exc.code), message, kind=kind,
         param=param if isinstance(param, str) else None))
 
 

@@ -47,11 +47,13 @@ __all__ = [
     "OHTTP_PATH",
     "OHTTP_REQUEST",
     "OHTTP_RESPONSE",
+    "OPENAI_CODES",
     "RECEIPT_HEADER",
     "REQUEST_ID_HEADER",
     "RESPONSES_PATH",
     "EnclaveRuntime",
     "InnerRequest",
+    "catalogue_code",
     "decode_inner_request",
     "decode_receipt_header",
     "encode_inner_request",
@@ -79,6 +81,12 @@ RESPONSES_PATH: Final = "/v1/responses"
 INNER_PATHS: Final = {CHAT_PATH: "POST", COMPLETIONS_PATH: "POST", MODELS_PATH: "GET",
                       RESPONSES_PATH: "POST"}
 MAX_MODEL_ID: Final = 256
+
+# Medclave codes answered with OpenAI's own ``code``, which OpenAI clients act on (they trim
+# the history for ``context_length_exceeded``); clients map them back (:func:`catalogue_code`).
+OPENAI_CODES: Final = {"enclave.context_length_exceeded": "context_length_exceeded",
+                       "enclave.model_not_found": "model_not_found"}
+_FROM_OPENAI: Final = {v: k for k, v in OPENAI_CODES.items()}
 
 RECEIPT_HEADER: Final = "medclave-receipt"  # base64url of the audit receipt JSON
 REQUEST_ID_HEADER: Final = "x-request-id"
@@ -249,6 +257,11 @@ def is_models_path(path: str) -> bool:
 def inner_method(path: str) -> str | None:
     """The method an inner path takes; None for a path the enclave does not serve."""
     return INNER_PATHS.get(path) or ("GET" if model_id_of(path) is not None else None)
+
+
+def catalogue_code(code: str) -> str:
+    """The Medclave code an error answer's ``code`` stands for."""
+    return _FROM_OPENAI.get(code, code)
 
 
 def openai_error(code: str, message: str, *, kind: str = "invalid_request_error",

@@ -17,7 +17,8 @@ __all__ = ["ChatMessage", "Completion", "Delta", "Engine", "SamplingParams", "co
 
 def __getattr__(name: str) -> Any:
     # ``medclave audit replay`` looks up ``medclave.enclave.engines:replay_engine``; it is
-    # imported on demand because it needs the API module, which itself imports ``base`` here.
+    # imported on demand because it needs the commitment module, which itself imports ``base``
+    # here.
     if name == "replay_engine":
         from medclave.enclave.engines.replay import replay_engine
 

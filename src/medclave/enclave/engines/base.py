@@ -201,6 +201,13 @@ class ChoiceBuilder:
                       tuple(self.logprobs) if logprobs else None)
 
 
+def one_choice(params: SamplingParams) -> None:
+    """A stream carries one choice (:class:`Delta` has no choice index): refuse ``n`` > 1."""
+    if params.n != 1:
+        raise EnclaveError("enclave.bad_request", "n > 1 is not streamed here; ask without "
+                           "stream", param="n")
+
+
 def collect(stream: Iterator[Delta], *, logprobs: bool = False) -> Completion:
     """A whole completion from a stream (for engines that only stream)."""
     built = ChoiceBuilder()

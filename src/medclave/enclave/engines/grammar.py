@@ -88,9 +88,14 @@ def compact(value: Any) -> str:
 
 
 def schema_grammar(schema: str, *, param: str) -> str:
-    """The GBNF grammar for JSON text valid under ``schema`` (already checked)."""
+    """The GBNF grammar for JSON text valid under ``schema`` (JSON text, checked again here:
+    a replayed input reaches the engine without the API's check)."""
     from llama_cpp.llama_grammar import json_schema_to_gbnf
 
+    try:
+        check_schema(json.loads(schema), param=param)
+    except (ValueError, RecursionError):
+        raise _refuse(param, "the schema is not JSON") from None
     try:
         grammar = str(json_schema_to_gbnf(schema))
     except Exception as exc:  # the converter raises many types; none may reach the caller

@@ -38,6 +38,7 @@ from medclave.enclave.engines.base import (
     SamplingParams,
     current_generation,
     generation_scope,
+    one_choice,
     run_streaming,
 )
 from medclave.enclave.engines.llama_gen import (
@@ -115,11 +116,11 @@ class LlamaCppEngine:
 
     def chat_stream(self, messages: Sequence[ChatMessage], params: SamplingParams
                     ) -> Iterator[Delta]:
-        _one_choice(params)
+        one_choice(params)
         return self._stream(self._prepare_chat(messages, params), params)
 
     def complete_stream(self, prompt: str, params: SamplingParams) -> Iterator[Delta]:
-        _one_choice(params)
+        one_choice(params)
         return self._stream(self._prepare_text(prompt, params), params)
 
     def counters(self) -> EngineCounters:
@@ -179,6 +180,9 @@ class LlamaCppEngine:
             fmt = params.response_format
             prepared.content_grammar = (gbnf.json_object_grammar() if fmt.schema is None else
                                         gbnf.schema_grammar(fmt.schema, param="response_format"))
+        if any(gbnf.TOOL_NAME.match(t.name) is None for t in params.tools):
+            raise EnclaveError("enclave.bad_request", "tools: a function name is 1 to 64 "
+                               "letters, digits, _ or -", param="tools")
         if params.calls_tools:
             offered = [t for t in params.tools if params.tool_name in (None, t.name)]
             if not offered:
@@ -300,12 +304,6 @@ class LlamaCppEngine:
 
 def _failed(exc: Exception) -> EnclaveError:
     return EnclaveError("enclave.engine_failed", str(exc)[:200])
-
-
-def _one_choice(params: SamplingParams) -> None:
-    if params.n != 1:
-        raise EnclaveError("enclave.bad_request", "n > 1 is not streamed here; ask without "
-                           "stream", param="n")
 
 
 def _formatter(llm: Any) -> Any:

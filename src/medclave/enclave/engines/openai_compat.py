@@ -31,6 +31,7 @@ from medclave.enclave.engines.base import (
     ToolCall,
     ToolCallDelta,
     TopLogprob,
+    one_choice,
     run_streaming,
 )
 from medclave.errors import EnclaveError, InputError
@@ -108,11 +109,13 @@ class OpenAICompatEngine:
 
     def chat_stream(self, messages: Sequence[ChatMessage], params: SamplingParams
                     ) -> Iterator[Delta]:
+        one_choice(params)
         body = self._body(params, chat=True, messages=[dict(m) for m in messages], stream=True,
                           stream_options={"include_usage": True})
         return self._stream("/v1/chat/completions", body, chat=True)
 
     def complete_stream(self, prompt: str, params: SamplingParams) -> Iterator[Delta]:
+        one_choice(params)
         body = self._body(params, chat=False, prompt=prompt, stream=True,
                           stream_options={"include_usage": True})
         return self._stream("/v1/completions", body, chat=False)
