@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import multiprocessing
 import os
+import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -109,58 +110,65 @@ class Direct:
 class EngineCounters:
     """What the enclave's engine did, in memory shared with the enclave's process.
 
-    Streams only (the benchmarks cancel streams): how many started and ended, and the last one
-    to end, when (``time.monotonic``, one clock for all processes on Linux) and after how many
-    content tokens. Counted where llama.cpp produces them, on the engine's worker, not where
-    the enclave reads them: a generation nobody reads any more still counts.
+    How many generations started and ended, and for each (by start order, the last
+    ``SLOTS``) when it ended (``time.monotonic``, one clock for all processes on Linux) and
+    after how many tokens. Read from the engine's own counters, where llama.cpp produces the
+    tokens, not where the enclave reads them: a generation nobody reads any more still counts.
     """
 
-    _STARTED, _ENDED, _LAST_TOKENS, _LAST_END = range(4)
+    SLOTS = 1024
+    _STARTED, _ENDED = 0, 1
 
     def __init__(self, ctx: Any) -> None:
-        self._values = ctx.Array("d", 4)
+        self._values = ctx.Array("d", 2 + 2 * self.SLOTS)
 
-    def started(self) -> None:
+    def started(self, total: int) -> None:
         with self._values.get_lock():
-            self._values[self._STARTED] += 1
+            self._values[self._STARTED] = total
 
-    def ended(self, tokens: int) -> None:
+    def ended(self, generation: int, tokens: int) -> None:
+        slot = 2 + 2 * (generation % self.SLOTS)
         with self._values.get_lock():
             self._values[self._ENDED] += 1
-            self._values[self._LAST_TOKENS] = tokens
-            self._values[self._LAST_END] = time.monotonic()
+            self._values[slot] = tokens
+            self._values[slot + 1] = time.monotonic()
 
-    def snapshot(self) -> tuple[int, int, int, float]:
-        """(started, ended, tokens of the last ended, monotonic time it ended)."""
+    def snapshot(self) -> tuple[int, int]:
+        """(started, ended)."""
         with self._values.get_lock():
-            s, e, t, at = list(self._values)
-        return int(s), int(e), int(t), at
+            return int(self._values[self._STARTED]), int(self._values[self._ENDED])
+
+    def end_of(self, generation: int) -> tuple[int, float] | None:
+        """(tokens, monotonic end time) of the ``generation``-th started (0-based), if ended."""
+        slot = 2 + 2 * (generation % self.SLOTS)
+        with self._values.get_lock():
+            at = self._values[slot + 1]
+            return None if at == 0 else (int(self._values[slot]), at)
 
 
 def _instrument(engine: Any, counters: EngineCounters) -> bool:
-    """Count the streams of a llama.cpp engine's model (benchmark instrumentation: the engine
-    has no counters of its own yet). False where the engine does not look as expected."""
-    llm: Any = getattr(engine, "_llm", None)
-    create = getattr(llm, "create_chat_completion", None)
-    if llm is None or create is None:
+    """Mirror the engine's own counters (``LlamaCppEngine.counters()``: generations in start
+    order, each with its outcome and tokens) into memory the benchmark process reads. Polled
+    every millisecond on a daemon thread of the enclave's process, so an end time is late by
+    at most about that. False where the engine keeps no counters."""
+    read = getattr(engine, "counters", None)
+    if read is None:
         return False
 
-    def counting(chunks: Iterator[Any]) -> Iterator[Any]:
-        counters.started()
-        tokens = 0
-        try:
-            for chunk in chunks:
-                if chunk["choices"][0].get("delta", {}).get("content"):
-                    tokens += 1
-                yield chunk
-        finally:  # exhausted, or closed by the engine once its consumer has gone
-            counters.ended(tokens)
+    def mirror() -> None:
+        ended: set[int] = set()
+        while True:
+            now = read()
+            first = now.started - len(now.history)  # the history keeps the latest generations
+            counters.started(now.started)
+            for i, generation in enumerate(now.history):
+                number = first + i
+                if generation.outcome != "running" and number not in ended:
+                    ended.add(number)
+                    counters.ended(number, generation.tokens)
+            time.sleep(0.001)
 
-    def counted(*args: Any, **kwargs: Any) -> Any:
-        out = create(*args, **kwargs)
-        return counting(out) if kwargs.get("stream") else out
-
-    llm.create_chat_completion = counted
+    threading.Thread(target=mirror, name="bench-counters", daemon=True).start()
     return True
 
 

@@ -152,7 +152,7 @@ def main() -> None:
     issuer = TokenIssuer("bench", SigningKey(private_key=key, kid=jwk_thumbprint(key.public_key())))
     verifier = TokenVerifier(
         [IssuerConfig(issuer="bench", keys=StaticJwks.from_document(issuer.jwks()))],
-        TokenOptions(audiences=frozenset({"medclave"}), single_use=False),
+        TokenOptions(audiences=frozenset({"medclave"})),
     )
     token = issuer.issue(sub="u", tenant="st-mary", roles=["clinician"], now=NOW)
     head, payload, sig = token.split(".")

@@ -173,14 +173,15 @@ def _cancel(report: Report, direct: Direct, stack: Stack, stack_app: Any, proxie
         short(name)
         served = (time.monotonic() - closed) * 1000
         if counters is not None:
+            # The abandoned stream is the first generation started after ``before``.
             deadline = time.monotonic() + 120  # an engine that overlaps requests may still run
             while True:
-                started, ended, last_tokens, last_end = counters.snapshot()
-                if started > before and ended >= started:
-                    stopped.append((last_end - closed) * 1000)
-                    made.append(last_tokens)
+                end = counters.end_of(before)
+                if end is not None:
+                    stopped.append((end[1] - closed) * 1000)
+                    made.append(end[0])
                     break
-                if started == before or time.monotonic() > deadline:
+                if counters.snapshot()[0] == before or time.monotonic() > deadline:
                     unseen.append(name)  # the engine ran it some way the counters do not see
                     break
                 time.sleep(0.01)
