@@ -13,14 +13,10 @@ from typing import Annotated
 import typer
 
 from medclave.auth.issuer import DEFAULT_AUDIENCE, DEFAULT_DATA_DIR, Directory, SigningAlg
-from medclave.cli.options import TrustedProxy, bad_settings
+from medclave.cli.options import TrustedProxy, bad_settings, split_roles
 from medclave.errors import MedclaveError
 
 app = typer.Typer(help="A small OpenID-style token issuer for development.", no_args_is_help=True)
-
-
-def _roles(text: str) -> list[str]:
-    return [r.strip() for r in text.split(",") if r.strip()]
 
 
 @contextmanager
@@ -87,7 +83,7 @@ def add_client(
 ) -> None:
     """Register a client for the client-credentials grant (secret stored as a scrypt hash)."""
     with _refusals():
-        Directory(data).add_client(client_id, secret, tenant=tenant, roles=_roles(roles),
+        Directory(data).add_client(client_id, secret, tenant=tenant, roles=split_roles(roles),
                                    act_for_users=act_for_users)
     typer.echo(f"client {client_id} added")
 
@@ -115,7 +111,7 @@ def add_user(
         password = typer.prompt("Password", hide_input=True)
     with _refusals():
         Directory(data).add_user(username, None if no_password else password, tenant=tenant,
-                                 roles=_roles(roles))
+                                 roles=split_roles(roles))
     typer.echo(f"user {username} added")
 
 

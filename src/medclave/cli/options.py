@@ -1,4 +1,4 @@
-"""What more than one ``serve`` command shares: the trusted-proxy option, settings errors."""
+"""What more than one command shares: the trusted-proxy option, settings errors, role lists."""
 
 from __future__ import annotations
 
@@ -22,3 +22,8 @@ def bad_settings(exc: ValueError) -> typer.BadParameter:
         where = ".".join(str(p) for p in err.get("loc", ()))
         return typer.BadParameter(f"{where}: {err.get('msg', 'invalid')}")
     return typer.BadParameter(str(exc).splitlines()[0])
+
+
+def split_roles(text: str) -> list[str]:
+    """``--roles clinician,nurse`` as a list (blank entries dropped)."""
+    return [r.strip() for r in text.split(",") if r.strip()]

@@ -30,7 +30,7 @@ from typing import Annotated
 
 import typer
 
-from medclave.cli.options import TrustedProxy, bad_settings
+from medclave.cli.options import TrustedProxy, bad_settings, split_roles
 from medclave.errors import MedclaveError
 
 app = typer.Typer(help="The local OpenAI-compatible proxy to an attested enclave.")
@@ -40,10 +40,6 @@ app.add_typer(keys_app, name="keys")
 
 DataDir = Annotated[Path, typer.Option("--data", help="the proxy's data folder (API keys)")]
 _DEFAULT_DATA = Path(".medclave/proxy")
-
-
-def _roles(text: str) -> list[str]:
-    return [r.strip() for r in text.split(",") if r.strip()]
 
 
 @contextmanager
@@ -169,7 +165,7 @@ def keys_add(
     with _refusals():
         store = ApiKeyStore(data)
         try:
-            key, record = store.add(subject=sub, roles=_roles(roles), tenant=tenant)
+            key, record = store.add(subject=sub, roles=split_roles(roles), tenant=tenant)
         finally:
             store.close()
     typer.echo(key)
