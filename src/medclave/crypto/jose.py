@@ -154,11 +154,12 @@ def _finite_float(text: str) -> float:
     return value
 
 
-def strict_json_object(data: bytes, *, errors: JoseErrors = CRYPTO_ERRORS,
-                       what: str = "JSON") -> dict[str, Any]:
-    """A JSON object from UTF-8 bytes: no duplicate members, finite numbers, bounded depth."""
+def strict_json(data: bytes, *, errors: JoseErrors = CRYPTO_ERRORS, what: str = "JSON") -> Any:
+    """Any JSON value from UTF-8 bytes (RFC 8259): no duplicate members, no NaN or Infinity,
+    finite numbers, nesting bounded by the parser's stack; ``errors("malformed")`` otherwise.
+    The one strict JSON reader: JOSE, attestation results and vTPM evidence use it."""
     try:
-        value = json.loads(
+        return json.loads(
             data.decode("utf-8"),
             object_pairs_hook=_reject_duplicates,
             parse_constant=_reject_constant,
@@ -166,7 +167,14 @@ def strict_json_object(data: bytes, *, errors: JoseErrors = CRYPTO_ERRORS,
         )
     # RecursionError: nesting deeper than the parser's stack is a refusal, not a crash.
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:
-        raise errors("malformed", f"{what} is not valid JSON: {type(exc).__name__}") from exc
+        why = type(exc).__name__ if isinstance(exc, RecursionError) else str(exc)[:200]
+        raise errors("malformed", f"{what} is not valid JSON: {why}") from exc
+
+
+def strict_json_object(data: bytes, *, errors: JoseErrors = CRYPTO_ERRORS,
+                       what: str = "JSON") -> dict[str, Any]:
+    """A JSON object from UTF-8 bytes, read by :func:`strict_json`."""
+    value = strict_json(data, errors=errors, what=what)
     if not isinstance(value, dict):
         raise errors("malformed", f"{what} is not a JSON object")
     return value

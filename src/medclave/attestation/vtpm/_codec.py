@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
-import math
 import re
 from typing import Any
 
+from medclave.crypto.jose import JoseErrors
+from medclave.crypto.jose import strict_json as _strict_json
 from medclave.errors import AttestationError
 
 _HEX = re.compile(r"[0-9a-fA-F]*")
@@ -26,37 +26,19 @@ def malformed(detail: str) -> AttestationError:
     return AttestationError("attestation.malformed", detail)
 
 
-def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in out:
-            raise malformed(f"duplicate JSON key {key!r}")
-        out[key] = value
-    return out
-
-
-def _no_constant(name: str) -> Any:
-    raise malformed(f"JSON constant {name} is not allowed")
-
-
-def _finite_float(text: str) -> float:
-    value = float(text)
-    if math.isinf(value):  # 1e400 parses to inf, which no canonical form can carry
-        raise malformed(f"JSON number {text[:20]} is out of range")
-    return value
+# crypto.jose's strict reader, refusing as the attestation layer does.
+_JSON_ERRORS = JoseErrors(AttestationError, malformed="attestation.malformed",
+                          algorithm="attestation.signature_invalid",
+                          signature="attestation.signature_invalid",
+                          key="attestation.signature_invalid")
 
 
 def strict_json(data: bytes | str, *, what: str, maximum: int) -> Any:
     """RFC 8259 JSON, UTF-8, no duplicate keys, finite numbers, at most ``maximum`` bytes."""
     if len(data) > maximum:
         raise malformed(f"{what} is {len(data)} bytes, over {maximum}")
-    try:
-        return json.loads(data, object_pairs_hook=_no_duplicates, parse_constant=_no_constant,
-                          parse_float=_finite_float)
-    except AttestationError:
-        raise
-    except (ValueError, RecursionError) as exc:  # JSONDecodeError and UnicodeDecodeError too
-        raise malformed(f"{what} is not valid JSON: {type(exc).__name__}") from exc
+    raw = data.encode("utf-8") if isinstance(data, str) else data
+    return _strict_json(raw, errors=_JSON_ERRORS, what=what)
 
 
 def hex_bytes(value: object, *, what: str, maximum: int) -> bytes:
