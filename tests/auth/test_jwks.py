@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from datetime import timedelta
 from pathlib import Path
@@ -131,6 +132,8 @@ def test_static_jwks_file(tmp_path: Path) -> None:
     path.write_text(json.dumps(jwks_doc(ed_key(), ec_key())))
     keys = StaticJwks.from_file(path)
     assert keys.key_for(kid(ec_key()), "ES256", now=NOW).algorithm == "ES256"
+    # The digest an enclave states is of the very bytes these keys came from.
+    assert keys.source_sha256 == hashlib.sha256(path.read_bytes()).hexdigest()
     path.write_text(json.dumps({"keys": [{"kty": "oct", "k": "c2VjcmV0"}]}))
     with pytest.raises(InputError):
         StaticJwks.from_file(path)

@@ -42,7 +42,18 @@ from typing import Any, Literal
 
 from cryptography import x509
 
+from medclave.crypto.jose import JoseErrors
 from medclave.errors import AttestationError
+
+# How the attestation layer refuses what crypto.jose reads (EAR tokens, JSON inside evidence):
+# malformed is malformed; another alg, another key or a bad signature is a signature refusal.
+ATTESTATION_JOSE_ERRORS = JoseErrors(
+    AttestationError,
+    malformed="attestation.malformed",
+    algorithm="attestation.signature_invalid",
+    signature="attestation.signature_invalid",
+    key="attestation.signature_invalid",
+)
 
 TcbStatus = Literal[
     "unknown",

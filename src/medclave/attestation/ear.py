@@ -19,10 +19,9 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from medclave import __version__
-from medclave.attestation.core import Verification
+from medclave.attestation.core import ATTESTATION_JOSE_ERRORS, Verification
 from medclave.attestation.policy import Appraisal
 from medclave.crypto.jose import (
-    JoseErrors,
     Jwk,
     b64url_encode,
     parse_compact,
@@ -35,13 +34,7 @@ from medclave.errors import AttestationError, CryptoError
 MAX_EAR_LENGTH = 64 * 1024
 # A malformed token is malformed; a token that is not signed by the pinned verifier key under
 # ES256 (another alg, another key, a bad signature) is a signature refusal.
-EAR_JOSE_ERRORS = JoseErrors(
-    AttestationError,
-    malformed="attestation.malformed",
-    algorithm="attestation.signature_invalid",
-    signature="attestation.signature_invalid",
-    key="attestation.signature_invalid",
-)
+EAR_JOSE_ERRORS = ATTESTATION_JOSE_ERRORS
 EAR_PROFILE = "tag:github.com,2023:veraison/ear"
 _TIER_VALUE = {"none": 0, "affirming": 2, "warning": 32, "contraindicated": 96}
 _VECTOR_KEYS = {  # appraisal status group -> AR4SI trustworthiness claim

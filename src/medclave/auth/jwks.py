@@ -9,6 +9,7 @@ IdP. Plain ``http`` is refused except on loopback. Time is passed in; nothing he
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 import json
 import threading
@@ -92,6 +93,9 @@ class StaticJwks:
     """A fixed key set: a JWKS file an operator supplies, or keys held in memory (tests)."""
 
     keys: tuple[Jwk, ...]
+    # SHA-256 (hex) of the bytes the keys were read from (a file): what an enclave's runtime
+    # states, computed from the very bytes it loaded, so the file cannot change in between.
+    source_sha256: str | None = None
 
     @classmethod
     def from_document(cls, doc: Any) -> StaticJwks:
@@ -106,12 +110,15 @@ class StaticJwks:
     @classmethod
     def from_file(cls, path: Path) -> StaticJwks:
         try:
-            if path.stat().st_size > MAX_JWKS_BYTES:
+            with path.open("rb") as fh:
+                data = fh.read(MAX_JWKS_BYTES + 1)  # read once: parsed and digested alike
+            if len(data) > MAX_JWKS_BYTES:
                 raise InputError("input.too_large", f"{path.name} exceeds {MAX_JWKS_BYTES} bytes")
-            doc = json.loads(path.read_text(encoding="utf-8"))
+            doc = json.loads(data.decode("utf-8"))
         except (OSError, ValueError) as exc:
             raise InputError("config.invalid", f"cannot read JWKS {path.name}: {exc}") from exc
-        return cls.from_document(doc)
+        loaded = cls.from_document(doc)
+        return cls(loaded.keys, hashlib.sha256(data).hexdigest())
 
     def key_for(self, kid: str | None, alg: str, *, now: datetime) -> Jwk:
         return select_key(self.keys, kid, alg)

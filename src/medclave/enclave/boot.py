@@ -123,10 +123,18 @@ def build_authorization(settings: EnclaveSettings, platform: Platform, clock: Cl
     if not settings.auth_issuer or not (settings.auth_jwks_file or settings.auth_jwks_url):
         raise InputError("config.invalid", "set auth_issuer and auth_jwks_file or auth_jwks_url "
                          "(or insecure_no_auth on sim for development)")
-    keys: JwksProvider = (StaticJwks.from_file(settings.auth_jwks_file)
-                          if settings.auth_jwks_file else
-                          HttpJwks(jwks_uri=settings.auth_jwks_url,
-                                   allow_insecure=not platform.secure))
+    # Whose tokens the door accepts, as the runtime states it (report_data binds it): the issuer
+    # and where its keys come from (the JWKS URL, or SHA-256 of the static key set as loaded).
+    # Without it the operator could point the enclave at an issuer of its own, mint tokens, and
+    # have requests logged under any user; with it a hospital's policy names its own IdP.
+    keys: JwksProvider
+    if settings.auth_jwks_file:
+        static = StaticJwks.from_file(settings.auth_jwks_file)
+        keys, source = static, f"sha256:{static.source_sha256}"
+    else:
+        assert settings.auth_jwks_url  # checked above
+        keys = HttpJwks(jwks_uri=settings.auth_jwks_url, allow_insecure=not platform.secure)
+        source = settings.auth_jwks_url
     tenants = frozenset(settings.auth_tenants) or None
     issuer = IssuerConfig(issuer=settings.auth_issuer, keys=keys, tenants=tenants)
     authenticator = Authenticator([issuer], TokenOptions(audiences=frozenset({
@@ -136,7 +144,8 @@ def build_authorization(settings: EnclaveSettings, platform: Platform, clock: Cl
     authorizer = Authorizer(settings.auth_policies_dir, clock=clock, sink=trail)
     return TokenAuthorization(authenticator, authorizer, model_id=settings.model_id,
                               roles=settings.auth_roles, tenants=tenants or frozenset(),
-                              clock=clock, trail=trail)
+                              clock=clock, trail=trail,
+                              token_issuers=({"issuer": settings.auth_issuer, "jwks": source},))
 
 
 def trusted_brokers(settings: EnclaveSettings) -> TrustedBrokers | None:
@@ -163,23 +172,6 @@ def broker_client(settings: EnclaveSettings, attester: Attester
         return KbsClient(url, attester, trusted=pinned, runtime=runtime, verify=verify)
 
     return open_client
-
-
-def token_issuers(settings: EnclaveSettings, hook: AuthorizationHook
-                  ) -> tuple[dict[str, str], ...]:
-    """Whose tokens the door accepts, as the runtime states it (report_data binds it): the
-    issuer and where its keys come from (the JWKS URL, or the SHA-256 of a static key set).
-    Without it the operator could point the enclave at an issuer of its own, mint tokens, and
-    have requests logged under any user; with it a hospital's policy names its own IdP
-    (``token_issuers``). A door that checks no token states none."""
-    if isinstance(hook, InsecureNoAuthorization) or not settings.auth_issuer:
-        return ()
-    if settings.auth_jwks_file is not None:
-        digest = hashlib.sha256(settings.auth_jwks_file.read_bytes()).hexdigest()
-        jwks = f"sha256:{digest}"
-    else:
-        jwks = settings.auth_jwks_url or ""
-    return ({"issuer": settings.auth_issuer, "jwks": jwks},)
 
 
 def build_commit_keys(settings: EnclaveSettings, platform: Platform,
@@ -287,7 +279,7 @@ def boot(settings: EnclaveSettings, *, clock: Clock = system_clock,
                                    audit_public_key=audit_public, audit_origin=origin,
                                    policy_digest=hook.policy_digest,
                                    kbs_keys=tuple(base_runtime.get("kbs_keys", ())),
-                                   token_issuers=token_issuers(settings, hook))
+                                   token_issuers=hook.token_issuers)
         service = InferenceService(engine=engine, keys=keys, platform=platform,
                                    identity=identity, authorization=hook, audit=sink,
                                    clock=clock, max_tokens_limit=settings.max_tokens_limit,

@@ -76,6 +76,11 @@ class AuthorizationHook(Protocol):
     @property
     def policy_digest(self) -> str | None: ...
 
+    @property
+    def token_issuers(self) -> tuple[dict[str, str], ...]:
+        """Whose tokens the door accepts ({"issuer", "jwks"}), as the runtime states it."""
+        ...
+
     def authorize(self, request: InnerRequest) -> Principal:
         """The caller, allowed to make ``request``; raises ``AuthError`` otherwise."""
         ...
@@ -85,6 +90,7 @@ class InsecureNoAuthorization:
     """Development only: every request is an anonymous caller. Announced at boot."""
 
     policy_digest: str | None = None
+    token_issuers: tuple[dict[str, str], ...] = ()  # it checks no token
 
     def authorize(self, request: InnerRequest) -> Principal:
         return Principal("anonymous", "default", (), "insecure-no-auth")
@@ -130,8 +136,9 @@ class TokenAuthorization:
 
     def __init__(self, authenticator: Authenticator, authorizer: Authorizer, *, model_id: str,
                  roles: tuple[str, ...], tenants: frozenset[str], clock: Clock,
-                 trail: DecisionTrail) -> None:
+                 trail: DecisionTrail, token_issuers: tuple[dict[str, str], ...] = ()) -> None:
         self._authn = authenticator
+        self.token_issuers = token_issuers
         self._authz = authorizer
         self._model_id = model_id
         self._roles = roles

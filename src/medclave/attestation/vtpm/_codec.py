@@ -13,7 +13,7 @@ import binascii
 import re
 from typing import Any
 
-from medclave.crypto.jose import JoseErrors
+from medclave.attestation.core import ATTESTATION_JOSE_ERRORS
 from medclave.crypto.jose import strict_json as _strict_json
 from medclave.errors import AttestationError
 
@@ -26,19 +26,13 @@ def malformed(detail: str) -> AttestationError:
     return AttestationError("attestation.malformed", detail)
 
 
-# crypto.jose's strict reader, refusing as the attestation layer does.
-_JSON_ERRORS = JoseErrors(AttestationError, malformed="attestation.malformed",
-                          algorithm="attestation.signature_invalid",
-                          signature="attestation.signature_invalid",
-                          key="attestation.signature_invalid")
-
-
 def strict_json(data: bytes | str, *, what: str, maximum: int) -> Any:
     """RFC 8259 JSON, UTF-8, no duplicate keys, finite numbers, at most ``maximum`` bytes."""
     if len(data) > maximum:
         raise malformed(f"{what} is {len(data)} bytes, over {maximum}")
     raw = data.encode("utf-8") if isinstance(data, str) else data
-    return _strict_json(raw, errors=_JSON_ERRORS, what=what)
+    # crypto.jose's strict reader, refusing as the attestation layer does.
+    return _strict_json(raw, errors=ATTESTATION_JOSE_ERRORS, what=what)
 
 
 def hex_bytes(value: object, *, what: str, maximum: int) -> bytes:
