@@ -61,7 +61,8 @@ from medclave.attestation.core import Verification, Violation
 from medclave.crypto.canonical import canonical_sha256
 from medclave.errors import InputError, PolicyError
 
-REAL_PLATFORMS: tuple[str, ...] = ("sev-snp", "tdx", "nvidia", "az-snp-vtpm", "az-tdx-vtpm", "tpm")
+REAL_PLATFORMS: tuple[str, ...] = ("sev-snp", "tdx", "nvidia", "az-snp-vtpm", "az-tdx-vtpm", "tpm",
+                                   "nitro")
 KNOWN_PLATFORMS: tuple[str, ...] = (*REAL_PLATFORMS, "sim")
 DEFAULT_REFUSED_TCB: tuple[str, ...] = (
     "OutOfDate",

@@ -33,10 +33,12 @@ _BY_NAME: dict[str, str] = {
     "az-tdx-vtpm": "medclave.attestation.vtpm",
     "tpm": "medclave.attestation.vtpm",
     "sim": "medclave.attestation.sim",
+    "nitro": "medclave.attestation.nitro",
 }
 
 # Most specific formats first: a sim report is in the SNP layout, so sim is asked before SNP.
 _DETECTION_ORDER: tuple[str, ...] = (
+    "medclave.attestation.nitro",
     "medclave.attestation.vtpm",
     "medclave.attestation.nvidia",
     "medclave.attestation.tdx",

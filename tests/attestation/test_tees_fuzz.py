@@ -1,0 +1,106 @@
+"""Hypothesis: mutated, truncated and random evidence of the SGX, Nitro, CCA and GCP platforms,
+and random CBOR for the COSE reader, never crash, hang or verify."""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import os
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+
+import cbor2
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from medclave.attestation import cose, nitro, registry
+from medclave.attestation.core import VerifyOptions
+from medclave.errors import MedclaveError
+from tests.conftest import need
+
+FUZZ = settings(max_examples=int(os.environ.get("MEDCLAVE_FUZZ_EXAMPLES", "120")), deadline=None,
+                suppress_health_check=[HealthCheck.function_scoped_fixture])
+Data = dict[str, bytes]
+
+
+@pytest.fixture(scope="module")
+def data(vectors: Path) -> Data:
+    n = need(vectors / "nitro", "Nitro vectors") / "evervault"
+    return {"nitro": (n / "valid-attestation-doc-bytes").read_bytes(),
+            "nitro_tls": (n / "non-debug-cert-containing-attestation-document-18-1-23-der.crt")
+            .read_bytes()}
+
+
+def _never_crashes(fn: Callable[[], object]) -> None:
+    start = time.perf_counter()
+    with contextlib.suppress(MedclaveError):
+        fn()
+    assert time.perf_counter() - start < 2.0
+
+
+cbor_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**70), 2**70) | st.binary(max_size=64)
+    | st.text(max_size=16),
+    lambda inner: st.lists(inner, max_size=5) | st.dictionaries(
+        st.integers(-10, 10) | st.text(max_size=8), inner, max_size=5)
+    | st.builds(cbor2.CBORTag, st.sampled_from([0, 1, 2, 18, 24, 258, 399, 55799]), inner),
+    max_leaves=30)
+
+
+@FUZZ
+@given(cbor_values)
+def test_cose_reader_on_random_cbor(value: object) -> None:
+    encoded = cbor2.dumps(value)
+    _never_crashes(lambda: cose.decode_sign1(encoded, what="fuzz"))
+    _never_crashes(lambda: cose.loads(encoded, what="fuzz", tags=frozenset({18, 399})))
+
+
+@FUZZ
+@given(st.binary(max_size=512))
+def test_cose_reader_on_random_bytes(blob: bytes) -> None:
+    _never_crashes(lambda: cose.loads(blob, what="fuzz", tags=frozenset({18})))
+    _never_crashes(lambda: registry.detect(blob))
+
+
+def test_deep_nesting_is_bounded() -> None:
+    deep = b"\x81" * 100_000 + b"\x00"
+    with pytest.raises(MedclaveError):
+        cose.loads(deep, what="deep")
+    huge = b"\x9b" + (2**62).to_bytes(8, "big")  # an array claiming 2^62 items
+    with pytest.raises(MedclaveError):
+        cose.loads(huge, what="huge")
+
+
+NITRO_OPTS = VerifyOptions(now=datetime(2022, 10, 13, 9, 30, tzinfo=UTC))
+
+
+@FUZZ
+@given(st.data())
+def test_nitro_mutations_never_verify(data: Data, draw: st.DataObject) -> None:
+    doc = data["nitro"]
+    offset = draw.draw(st.integers(0, len(doc) - 1))
+    xor = draw.draw(st.integers(1, 255))
+    mutated = bytearray(doc)
+    mutated[offset] ^= xor
+    cut = draw.draw(st.integers(0, len(doc)))
+    for blob in (bytes(mutated), doc[:cut] if cut < len(doc) else b""):
+        try:
+            nitro.verify(blob, NITRO_OPTS)
+        except MedclaveError:
+            continue
+        # A flip in an unsigned part (the unprotected map is empty; CBOR lengths are structural)
+        # can only verify if it leaves the signed bytes unchanged.
+        assert nitro.signed_bytes(blob) == nitro.signed_bytes(doc)
+
+
+@FUZZ
+@given(st.integers(0, 20000), st.integers(1, 255))
+def test_nitro_tls_certificate_mutations(data: Data, offset: int, xor: int) -> None:
+    blob = bytearray(data["nitro_tls"])
+    blob[offset % len(blob)] ^= xor
+    _never_crashes(lambda: nitro.verify(bytes(blob), VerifyOptions(
+        now=datetime(2023, 1, 18, 14, tzinfo=UTC))))
+    _never_crashes(lambda: registry.detect(base64.b64encode(bytes(blob))))
