@@ -34,6 +34,7 @@ _BY_NAME: dict[str, str] = {
     "tpm": "medclave.attestation.vtpm",
     "sim": "medclave.attestation.sim",
     "nitro": "medclave.attestation.nitro",
+    "sgx": "medclave.attestation.sgx",
 }
 
 # Most specific formats first: a sim report is in the SNP layout, so sim is asked before SNP.
@@ -42,6 +43,7 @@ _DETECTION_ORDER: tuple[str, ...] = (
     "medclave.attestation.vtpm",
     "medclave.attestation.nvidia",
     "medclave.attestation.tdx",
+    "medclave.attestation.sgx",
     "medclave.attestation.sim",
     "medclave.attestation.sevsnp",
 )
