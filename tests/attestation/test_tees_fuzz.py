@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 
 from medclave.attestation import cose, nitro, registry, sgx
 from medclave.attestation.core import Endorsements, VerifyOptions
+from medclave.attestation.gcp import cs
 from medclave.errors import MedclaveError
 from tests.conftest import need
 
@@ -32,6 +33,9 @@ def data(vectors: Path) -> Data:
     s = need(vectors / "sgx", "SGX vectors")
     return {"sgx": (s / "dcap-qvl/sgx_quote").read_bytes(),
             "sgx_coll": (s / "dcap-qvl/sgx_quote_collateral.json").read_bytes(),
+            "gcp": (need(vectors / "gcp-confidential-space", "GCP vectors") / "atlas-pca"
+                    / "prod-token.jwt").read_bytes(),
+            "jwks": (vectors / "gcp-confidential-space/atlas-pca/google-cs-jwks.json").read_bytes(),
             "nitro": (n / "valid-attestation-doc-bytes").read_bytes(),
             "nitro_tls": (n / "non-debug-cert-containing-attestation-document-18-1-23-der.crt")
             .read_bytes()}
@@ -134,3 +138,29 @@ def test_sgx_mutations_never_crash_or_verify_changed_signed_bytes(
 def test_sgx_collateral_never_crashes(data: Data, blob: bytes) -> None:
     opts = VerifyOptions(now=SGX_AT, endorsements=Endorsements(collateral=(blob,)))
     _never_crashes(lambda: sgx.verify(data["sgx"], opts))
+
+
+@FUZZ
+@given(st.integers(0, 4000), st.sampled_from(b"AQZaz09-_.=!"), st.integers(0, 4000))
+def test_gcp_token_mutations(data: Data, offset: int, char: int, cut: int) -> None:
+    token = bytearray(data["gcp"].strip())
+    original = bytes(token)
+    token[offset % len(token)] = char
+    opts = VerifyOptions(now=datetime(2026, 10, 8, 22, 30, tzinfo=UTC),
+                         endorsements=Endorsements(keys=(data["jwks"],)))
+    for blob in (bytes(token), original[:cut]):
+        try:
+            result = cs.verify(blob, opts)
+        except MedclaveError:
+            continue
+        assert result.evidence_digest == cs.verify(original, opts).evidence_digest
+
+
+@FUZZ
+@given(st.binary(max_size=300), st.binary(max_size=300))
+def test_gcp_random_tokens_and_jwks(token: bytes, jwks: bytes) -> None:
+    blob = b"eyJ" + base64.urlsafe_b64encode(token).rstrip(b"=")
+    opts = VerifyOptions(now=datetime(2026, 10, 8, 22, 30, tzinfo=UTC),
+                         endorsements=Endorsements(keys=(b"{" + jwks,)))
+    _never_crashes(lambda: cs.verify(blob, opts))
+    _never_crashes(lambda: registry.detect(blob))

@@ -35,11 +35,13 @@ _BY_NAME: dict[str, str] = {
     "sim": "medclave.attestation.sim",
     "nitro": "medclave.attestation.nitro",
     "sgx": "medclave.attestation.sgx",
+    "gcp-cs": "medclave.attestation.gcp",
 }
 
 # Most specific formats first: a sim report is in the SNP layout, so sim is asked before SNP.
 _DETECTION_ORDER: tuple[str, ...] = (
     "medclave.attestation.nitro",
+    "medclave.attestation.gcp",
     "medclave.attestation.vtpm",
     "medclave.attestation.nvidia",
     "medclave.attestation.tdx",

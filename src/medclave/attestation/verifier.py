@@ -57,6 +57,22 @@ def parse_bundle(data: bytes) -> EvidenceBundle:
         raise AttestationError("attestation.malformed", f"evidence bundle: {exc.errors()[0]['msg']}") from exc
 
 
+def split_trust_files(blobs: Sequence[bytes]) -> tuple[list[bytes], list[bytes]]:
+    """The caller's ``--cert`` files as (certificates, keys): JSON (a JWKS, a ``tastore.json``)
+    and PEM public keys are trust-anchor keys (``Endorsements.keys``), anything else must be
+    an X.509 certificate. Only for files the relying party itself names, never for evidence."""
+    certs: list[bytes] = []
+    keys: list[bytes] = []
+    for blob in blobs:
+        head = blob.lstrip()[:1]
+        if b"CERTIFICATE-----" not in blob and (head in (b"{", b"[")
+                                                 or b"-----BEGIN PUBLIC KEY-----" in blob):
+            keys.append(blob)
+        else:
+            certs.append(blob)
+    return certs, keys
+
+
 def verify_raw(
     data: bytes,
     *,
@@ -64,6 +80,7 @@ def verify_raw(
     platform: str | None = None,
     certificates: Sequence[bytes] = (),
     collateral: Sequence[bytes] = (),
+    keys: Sequence[bytes] = (),
     nonce: bytes | None = None,
     trusted_roots: frozenset[str] | None = None,
     sim_roots: frozenset[str] = frozenset(),
@@ -78,7 +95,8 @@ def verify_raw(
     certs = tuple(c for blob in certificates for c in load_certificates(blob))
     options = VerifyOptions(
         now=now,
-        endorsements=Endorsements(certificates=certs, collateral=tuple(collateral)),
+        endorsements=Endorsements(certificates=certs, collateral=tuple(collateral),
+                                  keys=tuple(keys)),
         trusted_roots=trusted_roots,
         sim_roots=sim_roots,
         expected_nonce=nonce,
@@ -103,6 +121,7 @@ def verify_bundle(
     expected_nonce: bytes | None,
     certificates: Sequence[bytes] = (),
     collateral: Sequence[bytes] = (),
+    keys: Sequence[bytes] = (),
     trusted_roots: frozenset[str] | None = None,
     sim_roots: frozenset[str] = frozenset(),
     online: Any = None,
@@ -125,8 +144,11 @@ def verify_bundle(
     except (binascii.Error, ValueError) as exc:
         raise AttestationError("attestation.malformed", "bundle field is not valid base64/hex") from exc
     certs = [*certificates, *(c.encode() for c in bundle.endorsements.certificates)]
+    # ``keys`` are the caller's alone: the bundle's certificates stay X.509 (verify_raw refuses
+    # anything else), so an enclave cannot hand in the key its own evidence is checked against.
     result = verify_raw(raw, now=now, platform=bundle.platform, certificates=certs, collateral=coll,
-                        trusted_roots=trusted_roots, sim_roots=sim_roots, online=online)
+                        keys=keys, trusted_roots=trusted_roots, sim_roots=sim_roots,
+                        online=online)
     checks = list(result.checks)
     if expected_nonce is not None and not hmac.compare_digest(expected_nonce, bundle_nonce):
         checks.append(Check("nonce", False, "bundle nonce differs from the one issued"))

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 
 from medclave.attestation import cose
@@ -31,7 +32,8 @@ MAX_CABUNDLE = 8
 MAX_CERT_DER = 4096
 PCR_SIZES = (32, 48, 64)
 _PREFIXES = (bytes.fromhex("8444a1013822"), bytes.fromhex("d28444a1013822"))
-_SAN_ERRORS: tuple[type[Exception], ...] = (x509.ExtensionNotFound, *DECODE_ERRORS)
+_SAN_ERRORS: tuple[type[Exception], ...] = (x509.ExtensionNotFound, UnsupportedAlgorithm,
+                                            *DECODE_ERRORS)
 _HEX_LABEL = re.compile(r"(?:[0-9a-f]{2}){16,}\Z")
 
 
