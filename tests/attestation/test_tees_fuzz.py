@@ -45,7 +45,8 @@ def _never_crashes(fn: Callable[[], object]) -> None:
     start = time.perf_counter()
     with contextlib.suppress(MedclaveError):
         fn()
-    assert time.perf_counter() - start < 2.0
+    # generous: the machine is shared; a real hang (unbounded input) takes far longer
+    assert time.perf_counter() - start < 10.0
 
 
 cbor_values = st.recursive(
