@@ -67,3 +67,25 @@ class NitroPki:
         }
         payload.update(fields)
         return sign1(cbor2.dumps(payload), self.leaf_key)
+
+
+def cca_token(cpak: ec.EllipticCurvePrivateKey, *, challenge: bytes = b"\x11" * 64,
+              lifecycle: int = 0x3003, bind: bool = True,
+              rak: ec.EllipticCurvePrivateKey | None = None) -> bytes:
+    """A CCA token in the legacy CCA-SSD layout, platform signed by ``cpak``, realm by a new RAK."""
+    import hashlib
+
+    from cryptography.hazmat.primitives.serialization import PublicFormat
+
+    rak = rak or ec.generate_private_key(ec.SECP384R1())
+    rak_bytes = rak.public_key().public_bytes(Encoding.X962, PublicFormat.UncompressedPoint)
+    realm = {10: challenge, 44235: bytes(64), 44236: "sha-512", 44237: rak_bytes,
+             44238: b"\x22" * 64, 44239: [bytes(64)] * 4, 44240: "sha-256"}
+    platform = {265: "http://arm.com/CCA-SSD/1.0.0",
+                10: hashlib.sha256(rak_bytes).digest() if bind else bytes(32),
+                2396: b"\x33" * 32, 256: b"\x01" + b"\x44" * 32, 2401: b"\xcf" * 4,
+                2395: lifecycle, 2402: "sha-256",
+                2399: [{1: "RMM", 2: b"\x55" * 32, 5: b"\x66" * 32, 6: "sha-256"}]}
+    return cbor2.dumps(cbor2.CBORTag(399, {
+        44234: sign1(cbor2.dumps(platform), cpak, tag=True),
+        44241: sign1(cbor2.dumps(realm), rak, tag=True)}))

@@ -16,7 +16,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from medclave.attestation import cose, nitro, registry, sgx
+from medclave.attestation import cca, cose, nitro, registry, sgx
 from medclave.attestation.core import Endorsements, VerifyOptions
 from medclave.attestation.gcp import cs
 from medclave.errors import MedclaveError
@@ -36,6 +36,9 @@ def data(vectors: Path) -> Data:
             "gcp": (need(vectors / "gcp-confidential-space", "GCP vectors") / "atlas-pca"
                     / "prod-token.jwt").read_bytes(),
             "jwks": (vectors / "gcp-confidential-space/atlas-pca/google-cs-jwks.json").read_bytes(),
+            "cca": (need(vectors / "cca", "CCA vectors") / "trustee/cca-example-token.cbor")
+            .read_bytes(),
+            "cpak": (vectors / "cca/ccatoken/cca_platform.pub").read_bytes(),
             "nitro": (n / "valid-attestation-doc-bytes").read_bytes(),
             "nitro_tls": (n / "non-debug-cert-containing-attestation-document-18-1-23-der.crt")
             .read_bytes()}
@@ -165,3 +168,19 @@ def test_gcp_random_tokens_and_jwks(token: bytes, jwks: bytes) -> None:
                          endorsements=Endorsements(keys=(b"{" + jwks,)))
     _never_crashes(lambda: cs.verify(blob, opts))
     _never_crashes(lambda: registry.detect(blob))
+
+
+@FUZZ
+@given(st.integers(0, 2233), st.integers(1, 255), st.integers(0, 2234))
+def test_cca_mutations(data: Data, offset: int, xor: int, cut: int) -> None:
+    token = data["cca"]
+    mutated = bytearray(token)
+    mutated[offset] ^= xor
+    opts = VerifyOptions(now=datetime(2026, 1, 1, tzinfo=UTC),
+                         endorsements=Endorsements(keys=(data["cpak"],)))
+    for blob in (bytes(mutated), token[:cut]):
+        try:
+            result = cca.verify(blob, opts)
+        except MedclaveError:
+            continue
+        assert result.evidence_digest == cca.verify(token, opts).evidence_digest

@@ -62,7 +62,7 @@ from medclave.crypto.canonical import canonical_sha256
 from medclave.errors import InputError, PolicyError
 
 REAL_PLATFORMS: tuple[str, ...] = ("sev-snp", "tdx", "nvidia", "az-snp-vtpm", "az-tdx-vtpm", "tpm",
-                                   "nitro", "sgx", "gcp-cs")
+                                   "nitro", "sgx", "gcp-cs", "cca")
 KNOWN_PLATFORMS: tuple[str, ...] = (*REAL_PLATFORMS, "sim")
 DEFAULT_REFUSED_TCB: tuple[str, ...] = (
     "OutOfDate",
