@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import functools
 import os
 import time
 from collections.abc import Callable
@@ -18,7 +19,7 @@ from hypothesis import strategies as st
 
 from medclave.attestation import cca, cose, nitro, registry, sgx
 from medclave.attestation.core import Endorsements, VerifyOptions
-from medclave.attestation.gcp import cs
+from medclave.attestation.gcp import cs, pb, tpm
 from medclave.errors import MedclaveError
 from tests.conftest import need
 
@@ -39,6 +40,8 @@ def data(vectors: Path) -> Data:
             "cca": (need(vectors / "cca", "CCA vectors") / "trustee/cca-example-token.cbor")
             .read_bytes(),
             "cpak": (vectors / "cca/ccatoken/cca_platform.pub").read_bytes(),
+            "gce": (vectors / "gcp-confidential-space/go-tpm-tools/gce-cos-85-nonce9009.pb")
+            .read_bytes(),
             "nitro": (n / "valid-attestation-doc-bytes").read_bytes(),
             "nitro_tls": (n / "non-debug-cert-containing-attestation-document-18-1-23-der.crt")
             .read_bytes()}
@@ -184,3 +187,21 @@ def test_cca_mutations(data: Data, offset: int, xor: int, cut: int) -> None:
         except MedclaveError:
             continue
         assert result.evidence_digest == cca.verify(token, opts).evidence_digest
+
+
+@FUZZ
+@given(st.integers(0, 29601), st.integers(1, 255), st.integers(0, 29602))
+def test_gce_attestation_mutations(data: Data, offset: int, xor: int, cut: int) -> None:
+    blob = bytearray(data["gce"])
+    blob[offset] ^= xor
+    opts = VerifyOptions(now=datetime(2025, 1, 1, tzinfo=UTC))
+    for candidate in (bytes(blob), data["gce"][:cut]):
+        _never_crashes(functools.partial(tpm.verify, candidate, opts))
+        _never_crashes(functools.partial(registry.detect, candidate))
+
+
+@FUZZ
+@given(st.binary(max_size=256))
+def test_protobuf_reader_on_random_bytes(blob: bytes) -> None:
+    _never_crashes(lambda: pb.fields(blob))
+    _never_crashes(lambda: tpm.decode(b"\x0a" + blob))

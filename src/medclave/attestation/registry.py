@@ -36,6 +36,7 @@ _BY_NAME: dict[str, str] = {
     "nitro": "medclave.attestation.nitro",
     "sgx": "medclave.attestation.sgx",
     "gcp-cs": "medclave.attestation.gcp",
+    "gce-tpm": "medclave.attestation.gcp",
     "cca": "medclave.attestation.cca",
 }
 
