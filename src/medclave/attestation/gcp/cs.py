@@ -34,6 +34,7 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
+from medclave.attestation.cache import Lru
 from medclave.attestation.core import (
     ATTESTATION_JOSE_ERRORS,
     CheckLog,
@@ -73,22 +74,41 @@ def looks_like_token(data: bytes) -> bool:
         return False
 
 
+# Parsed key sets by SHA-256 of their bytes: a relying party passes the same JWKS every time.
+_JWKS: Lru[str, tuple[tuple[str, jose.Jwk], ...]] = Lru(32)
+
+
 def _keys(options: VerifyOptions) -> dict[str, jose.Jwk]:
     keys: dict[str, jose.Jwk] = {}
     for blob in options.endorsements.keys:
         if len(blob) > MAX_JWKS_BYTES or blob.lstrip()[:1] != b"{":
             continue
-        doc = jose.strict_json_object(blob, errors=_ERR, what="JWKS")
-        entries = doc.get("keys")
-        if not isinstance(entries, list):
-            continue  # another kind of key file (a tastore.json, say)
-        if len(entries) > MAX_JWKS_KEYS:
-            raise AttestationError("attestation.malformed", f"JWKS has over {MAX_JWKS_KEYS} keys")
-        for entry in entries:
-            if isinstance(entry, Mapping) and entry.get("kty") == "RSA":
-                key = jose.parse_jwk(entry, errors=_ERR)
-                if key.kid is not None:
-                    keys[key.kid] = key
+        digest = sha256_hex(blob)
+        cached = _JWKS.get(digest)
+        if cached is None:
+            cached = tuple(_jwks(blob).items())
+            _JWKS.put(digest, cached)
+        keys.update(cached)
+    return keys
+
+
+def clear_cache() -> None:
+    _JWKS.clear()
+
+
+def _jwks(blob: bytes) -> dict[str, jose.Jwk]:
+    keys: dict[str, jose.Jwk] = {}
+    doc = jose.strict_json_object(blob, errors=_ERR, what="JWKS")
+    entries = doc.get("keys")
+    if not isinstance(entries, list):
+        return keys  # another kind of key file (a CPAK JWK, say)
+    if len(entries) > MAX_JWKS_KEYS:
+        raise AttestationError("attestation.malformed", f"JWKS has over {MAX_JWKS_KEYS} keys")
+    for entry in entries:
+        if isinstance(entry, Mapping) and entry.get("kty") == "RSA":
+            key = jose.parse_jwk(entry, errors=_ERR)
+            if key.kid is not None:
+                keys[key.kid] = key
     return keys
 
 

@@ -25,6 +25,8 @@ def _bad(detail: str) -> AttestationError:
 
 
 def _varint(data: bytes, pos: int) -> tuple[int, int]:
+    if pos < len(data) and data[pos] < 0x80:  # one byte: tags and short lengths, the usual case
+        return data[pos], pos + 1
     value = 0
     for shift in range(0, 70, 7):
         if pos >= len(data):
