@@ -168,3 +168,38 @@ def test_other_issuer_and_alg_are_refused() -> None:
     assert err.code == "attestation.signature_invalid" and err.checks[-1].name == "3. issuer"
     none_alg = b"eyJhbGciOiJub25lIn0." + token.split(b".")[1] + b".AAAA"
     assert refused(none_alg, opts(G1_AT, jwks)).code == "attestation.signature_invalid"
+
+
+def test_online_provider_fetches_the_jwks_only_when_given(g: dict[str, bytes],
+                                                          tmp_path: Path) -> None:
+    import httpx
+
+    from medclave.attestation.online import CONFIDENTIAL_SPACE_JWKS, OnlineEndorsements
+
+    seen: list[str] = []
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        seen.append(str(request.url))
+        return httpx.Response(200, content=g["jwks"])
+
+    provider = OnlineEndorsements(cache_dir=tmp_path,
+                                  client=httpx.Client(transport=httpx.MockTransport(handle)))
+    try:
+        v = cs.verify(g["g1"], VerifyOptions(now=t(G1_AT), online=provider))
+        assert seen == [CONFIDENTIAL_SPACE_JWKS] and v.checks[1].detail.startswith("Google's JWKS")
+        seen.clear()
+        cs.verify(g["g1"], opts(G1_AT, g["jwks"]))  # a given JWKS: nothing is fetched
+        assert not seen
+    finally:
+        provider.close()
+
+    def down(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(503)
+
+    offline = OnlineEndorsements(cache_dir=tmp_path,
+                                 client=httpx.Client(transport=httpx.MockTransport(down)))
+    try:
+        err = refused(g["g1"], VerifyOptions(now=t(G1_AT), online=offline))
+        assert err.code == "attestation.provider_offline"
+    finally:
+        offline.close()

@@ -7,7 +7,8 @@ with Medclave's one strict JOSE reader (:mod:`medclave.crypto.jose`); the checks
 0. a compact JWS with ``alg`` RS256 and a ``kid`` (anything else ends before a key is chosen);
 1. the key with that ``kid`` in a JWKS the relying party supplied (``--cert jwks.json``): a JWKS
    carries no chain, so the relying party's copy of Google's key set IS the trust anchor
-   (``Endorsements.keys``; an evidence bundle cannot add one);
+   (``Endorsements.keys``; an evidence bundle cannot add one); without one, the explicit online
+   provider (``--online``) fetches Google's over TLS;
 2. the signature, and only then the claims (strict JSON);
 3. ``iss`` is Google's attestation service, ``aud`` is present (which audience a relying party
    accepts is a reference value: ``[platform.gcp-cs.reference_values] aud = [...]``);
@@ -197,11 +198,19 @@ def verify(data: bytes, options: VerifyOptions) -> Verification:
     log.ok("0. parse token", f"JWT RS256, kid {jws.kid[:16]}")
     try:
         keys = _keys(options)
+        fetch = getattr(options.online, "confidential_space_jwks", None)
+        if not keys and fetch is not None:
+            blob = fetch()
+            if not isinstance(blob, bytes) or len(blob) > MAX_JWKS_BYTES:
+                raise AttestationError("attestation.provider_offline", "no JWKS fetched")
+            keys = _jwks(blob)
+            log.ok("1. signing key", "Google's JWKS fetched by the online provider")
     except AttestationError as exc:
         raise log.fail("1. signing key", exc.code, exc.detail) from exc
     if not keys:
         raise log.fail("1. signing key", "attestation.certificate_missing",
-                       "no JWKS given: pass Google's Confidential Space key set with --cert")
+                       "no JWKS given: pass Google's Confidential Space key set with --cert "
+                       "(or --online to fetch it)")
     key = keys.get(jws.kid)
     if key is None:
         raise log.fail("1. signing key", "attestation.root_untrusted",
