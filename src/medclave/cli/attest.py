@@ -161,13 +161,14 @@ def verify_cmd(
     sim_root: Annotated[list[str] | None, typer.Option(
         "--sim-root", help="accept sim evidence under this root fingerprint (development only)")] = None,
     online: Annotated[bool, typer.Option(
-        "--online", help="fetch missing SNP endorsements from AMD KDS, check NVIDIA OCSP, fetch Google's Confidential Space JWKS")] = False,
+        "--online", help="fetch missing SNP endorsements from AMD KDS, check NVIDIA OCSP, "
+                         "fetch Google's Confidential Space JWKS")] = False,
     cache: Annotated[Path, typer.Option(help="cache folder for --online")] = Path(".medclave/kds"),
 ) -> None:
     """Verify EVIDENCE against the pinned roots and appraise it against a policy.
 
-    Offline unless --online is given: then, and only then, AMD's key distribution service and
-    NVIDIA's OCSP responder are contacted."""
+    Offline unless --online is given: then, and only then, AMD's key distribution service,
+    NVIDIA's OCSP responder and Google's Confidential Space JWKS are contacted."""
     provider = None
     if online:
         from medclave.attestation.online import OnlineEndorsements
