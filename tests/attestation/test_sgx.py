@@ -245,3 +245,14 @@ def test_truncated_and_foreign_input(v: dict[str, bytes]) -> None:
     for cut in (10, 500, 1000, len(v["x1"]) - 1):
         with pytest.raises(AttestationError):
             sgx.verify(v["x1"][:cut], opts(X1_AT))
+
+
+def test_v4_layout(v: dict[str, bytes], pki: ForgePki) -> None:
+    """No real SGX v4 quote is public (MANIFEST): the X1 enclave report in the v4 layout."""
+    quote = pki.reissue_sgx(v["x1"], version=4)
+    assert abi.parse_quote(quote).header.version == 4 and registry.detect(quote) == "sgx"
+    r = sgx.verify(quote, opts(X1_AT, _forged_coll(v, pki, "UpToDate"), roots=pki.roots))
+    assert r.claims["version"] == 4 and r.tcb_status == "UpToDate"
+    assert r.claims["mrenclave"] == sgx.verify(v["x1"], opts(X1_AT)).claims["mrenclave"]
+    err = refused(flip(quote, 48 + 64), opts(X1_AT, roots=pki.roots))
+    assert err.code == "attestation.signature_invalid"
