@@ -256,3 +256,13 @@ def test_v4_layout(v: dict[str, bytes], pki: ForgePki) -> None:
     assert r.claims["mrenclave"] == sgx.verify(v["x1"], opts(X1_AT)).claims["mrenclave"]
     err = refused(flip(quote, 48 + 64), opts(X1_AT, roots=pki.roots))
     assert err.code == "attestation.signature_invalid"
+
+
+def test_nonce_is_report_data(v: dict[str, bytes]) -> None:
+    from medclave.attestation.verifier import verify_raw
+
+    r = verify_raw(v["x1"], now=t(X1_AT), nonce=b"Hello, world!")
+    assert r.checks[-1].name == "nonce" and r.checks[-1].ok
+    with pytest.raises(AttestationError) as info:
+        verify_raw(v["x1"], now=t(X1_AT), nonce=b"Hello, World!")
+    assert info.value.code == "attestation.nonce_mismatch"

@@ -87,7 +87,8 @@ def verify_raw(
     online: Any = None,
 ) -> Verification:
     """Verify raw hardware evidence. ``nonce`` is checked by the platform where it carries one
-    (NVIDIA, TPM); for SNP and TDX it must equal report_data (zero-padded to 64 bytes)."""
+    (NVIDIA, TPM, GCE vTPM, Nitro, CCA, Confidential Space); for SNP, TDX and SGX it must equal
+    report_data (zero-padded to 64 bytes)."""
     if nonce is not None and not 1 <= len(nonce) <= 64:
         # An empty nonce would "match" any all-zero report_data: freshness must be claimed, not implied.
         raise AttestationError("attestation.nonce_mismatch", "a nonce is 1 to 64 bytes")
@@ -103,7 +104,8 @@ def verify_raw(
         online=online,
     )
     result = registry.get(name).verify(data, options)
-    if nonce is not None and "report_data" in result.claims and name in ("sev-snp", "tdx", "sim"):
+    if nonce is not None and "report_data" in result.claims and name in ("sev-snp", "tdx", "sgx",
+                                                                          "sim"):
         expected = nonce.ljust(64, b"\0")
         if not hmac.compare_digest(bytes.fromhex(result.claims["report_data"]), expected):
             raise AttestationError(
