@@ -203,3 +203,10 @@ def test_online_provider_fetches_the_jwks_only_when_given(g: dict[str, bytes],
         assert err.code == "attestation.provider_offline"
     finally:
         offline.close()
+
+
+def test_declared_platform_must_be_the_evidence(g: dict[str, bytes]) -> None:
+    with pytest.raises(AttestationError) as info:
+        verify_raw(g["g1"], now=t(G1_AT), platform="gce-tpm", keys=[g["jwks"]])
+    assert info.value.code == "attestation.unknown_platform"
+    assert verify_raw(g["g1"], now=t(G1_AT), platform="gcp-cs", keys=[g["jwks"]])

@@ -104,6 +104,13 @@ def verify_raw(
         online=online,
     )
     result = registry.get(name).verify(data, options)
+    if result.platform != name:
+        # A module serves several platforms (vtpm, gcp) and reads the evidence for what it is:
+        # evidence declared as one platform (a bundle's "platform") is never accepted as another.
+        raise AttestationError("attestation.unknown_platform",
+                               f"the evidence is {result.platform}, not {name}",
+                               checks=(*result.checks, Check("platform", False,
+                                                             f"declared {name}")))
     if nonce is not None and "report_data" in result.claims and name in ("sev-snp", "tdx", "sgx",
                                                                           "sim"):
         expected = nonce.ljust(64, b"\0")
