@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -50,7 +51,7 @@ def start_triage(folder: Path, idp: Idp, engine: Any, **overrides: Any) -> Encla
     return Enclave(booted, server, engine, settings)
 
 
-def sdk(enclave: Enclave, token: str) -> MedclaveClient:
+def sdk(enclave: Enclave, token: str | Callable[[], str]) -> MedclaveClient:
     return MedclaveClient(enclave.url, policy=sim_policy(), api_key=token,
                           sim_roots=[enclave.sim_root])
 

@@ -191,3 +191,23 @@ def test_no_file_the_services_wrote_holds_the_conversation(
             continue
         found += [f"{path}: {w!r}" for w in words if w in data]
     assert found == []
+
+
+def test_the_operator_editing_the_store_is_caught_when_the_patient_reopens(
+        triage: Enclave, idp: Idp) -> None:
+    import sqlite3
+
+    share = new_share()
+    with sdk(triage, idp.token(roles=["patient"], sub="pat-gus")) as client:
+        conv = client.conversations.create(share)["id"]
+        for word in ("one", "two"):
+            client.conversations.send(share, conv, word)
+        db = Path(triage.settings.data_dir) / "sealed" / "conversations.sqlite3"
+        with sqlite3.connect(db) as raw:  # drop the patient's second message and its answer
+            raw.execute("DELETE FROM turns WHERE conversation=? AND idx>=2", (conv,))
+        with pytest.raises(MedclaveError) as refused:
+            client.conversations.export(share, conv)
+        assert _code(refused) == "sealing.integrity_failed"
+        with pytest.raises(MedclaveError) as refused:
+            client.conversations.send(share, conv, "three")
+        assert _code(refused) == "sealing.integrity_failed"

@@ -113,13 +113,20 @@ class SealedConversations:
               ) -> tuple[StoredConversation, SealingRoot]:
         if not conversation.startswith("conv_") or len(conversation) > 64:
             raise SealingError("sealing.not_found")
+        unavailable: SealingError | None = None
         for version in self.store.versions(tenant):
-            root = self.roots.root(tenant, version)
+            try:
+                root = self.roots.root(tenant, version)
+            except SealingError as exc:  # retired, or the broker is away: try the others
+                unavailable = exc
+                continue
             row = self.store.get(tenant, fmt.owner_pseudonym(root.key, tenant, subject),
                                  conversation)
             if row is not None and row.root_version == version:
                 return row, root
-        raise SealingError("sealing.not_found")
+        # It may be sealed under a version this enclave cannot have: say so rather than "not
+        # found" (the patient's export is what is at stake, not existence).
+        raise unavailable or SealingError("sealing.not_found")
 
     def open(self, tenant: str, subject: str, conversation: str, share: bytes) -> Opened:
         """The whole conversation, every turn verified against the head and the chain."""
@@ -184,7 +191,10 @@ class SealedConversations:
         on another device, with another share), so that it can still be deleted."""
         out: list[Summary] = []
         for version in self.store.versions(tenant):
-            root = self.roots.root(tenant, version)
+            try:
+                root = self.roots.root(tenant, version)
+            except SealingError:
+                continue  # a retired version: what it sealed can no longer be found or read
             for row in self.store.owned(tenant, fmt.owner_pseudonym(root.key, tenant, subject)):
                 if row.root_version != version:
                     continue
