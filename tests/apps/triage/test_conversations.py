@@ -211,3 +211,28 @@ def test_the_operator_editing_the_store_is_caught_when_the_patient_reopens(
         with pytest.raises(MedclaveError) as refused:
             client.conversations.send(share, conv, "three")
         assert _code(refused) == "sealing.integrity_failed"
+
+
+def test_the_sdk_keeps_its_share_in_a_private_file(tmp_path: Path) -> None:
+    from medclave.client.conversations import load_or_create_share
+
+    path = tmp_path / "share"
+    share = load_or_create_share(path)
+    assert len(share) == 32 and load_or_create_share(path) == share
+    assert path.stat().st_mode & 0o077 == 0
+    path.write_bytes(b"short")
+    with pytest.raises(MedclaveError):
+        load_or_create_share(path)
+
+
+def test_the_enclave_logs_nothing_about_a_turn(triage: Enclave, idp: Idp,
+                                               caplog: pytest.LogCaptureFixture) -> None:
+    share = new_share()
+    with caplog.at_level("DEBUG"), sdk(triage, idp.token(roles=["patient"],
+                                                         sub="pat-log")) as client:
+        conv = client.conversations.create(share, share_with_provider="callback",
+                                           callback="+1 555 0123")["id"]
+        client.conversations.send(share, conv, CRISIS)
+    text = caplog.text
+    for word in (SECRET, "urgent", "emergency", "555 0123", encode_share(share)):
+        assert word not in text

@@ -43,7 +43,6 @@ from medclave.errors import AuthError, EnclaveError, MedclaveError
 from medclave.protocol import inference as proto
 
 log = logging.getLogger("medclave.triage")
-
 _ID = r"conv_[0-9a-f]{32}"
 _ONE = re.compile(rf"^{proto.CONVERSATIONS_PATH}/({_ID})$")
 _TURNS = re.compile(rf"^{proto.CONVERSATIONS_PATH}/({_ID})/turns$")
@@ -162,14 +161,15 @@ class TriageApp:
         now = int(self.clock().timestamp())
         opened = self.sealed.append(tenant, subject, conversation, share, {
             "role": "user", "content": content, "at": now, "triage": result.level})
-        alert = self.alerts.raise_alert(tenant, opened.meta.get("share_with_provider", "nothing"),
-                                        result.level, opened.meta.get("callback"))
+        self.alerts.raise_alert(tenant, opened.meta.get("share_with_provider", "nothing"),
+                                result.level, opened.meta.get("callback"))
         crisis = (self.responses.for_tenant(tenant).public(result.level) if result.crisis
                   else None)
         messages = prompts.messages(self.system_prompt, list(opened.turns[:-1]), content,
                                     crisis=result.crisis,
                                     history_turns=self.config.history_turns)
-        log.info("triage turn: level=%s alert=%s", result.level, alert is not None)
+        # Nothing about the turn is logged: even its triage level is the patient's to share
+        # (alerts carry it only with their consent).
         return TriageTurn(self, tenant, subject, share, opened, result, crisis,
                           {"messages": messages, "stream": body.get("stream") is True,
                            "max_tokens": self.config.max_tokens, "temperature": 0.3})
