@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from medclave.client.session import error_from_body
-from medclave.errors import ClientError, InputError
+from medclave.errors import ClientError, InputError, SealingError
 from medclave.protocol import inference as proto
 
 if TYPE_CHECKING:
@@ -76,6 +76,18 @@ def sse_events(pieces: Iterator[bytes]) -> Iterator[dict[str, Any]]:
                     yield value
 
 
+def check_not_rolled_back(exported: dict[str, Any], seen: tuple[int, str]) -> None:
+    """The exported conversation still holds the state ``(turns, chain)`` seen before."""
+    count, chain = seen
+    if count <= 0:
+        return
+    turns = exported.get("turns")
+    if not isinstance(turns, list) or len(turns) < count or not isinstance(
+            turns[count - 1], dict) or turns[count - 1].get("chain") != chain:
+        raise SealingError("sealing.integrity_failed", "the conversation is older than a "
+                           "state this app has seen: it was rolled back")
+
+
 class Conversations:
     def __init__(self, client: MedclaveClient) -> None:
         self._client = client
@@ -106,12 +118,25 @@ class Conversations:
         data = self._call("GET", proto.CONVERSATIONS_PATH, share).get("data")
         return list(data) if isinstance(data, list) else []
 
-    def export(self, share: bytes, conversation: str) -> dict[str, Any]:
-        """Every turn, verified by the enclave against the sealed chain."""
-        return self._call("GET", f"{proto.CONVERSATIONS_PATH}/{conversation}", share)
+    def export(self, share: bytes, conversation: str, *,
+               seen: tuple[int, str] | None = None) -> dict[str, Any]:
+        """Every turn, verified by the enclave against the sealed chain. ``seen``: the turn
+        count and chain value of the latest state this app saw (an answer's ``turn`` + 1 and
+        ``chain``); an older state (the operator restored a copy of the store, which the
+        enclave alone cannot tell) is ``sealing.integrity_failed``."""
+        value = self._call("GET", f"{proto.CONVERSATIONS_PATH}/{conversation}", share)
+        if seen is not None:
+            check_not_rolled_back(value, seen)
+        return value
 
-    def delete(self, share: bytes, conversation: str) -> None:
-        self._call("DELETE", f"{proto.CONVERSATIONS_PATH}/{conversation}", share)
+    def delete(self, conversation: str) -> None:
+        """Delete one of the caller's conversations (no share needed: one whose share was lost
+        can still be removed)."""
+        answer = self._client.session.request(
+            "DELETE", f"{proto.CONVERSATIONS_PATH}/{conversation}",
+            authorization=self._client.authorization())
+        if answer.status != 200:
+            raise error_from_body(answer.status, answer.body)
 
     def send(self, share: bytes, conversation: str, content: str, *, stream: bool = False
              ) -> Any:

@@ -102,6 +102,25 @@ def test_only_the_patient_with_the_share_opens(triage: Enclave, idp: Idp) -> Non
         assert len(client.conversations.export(share, conv)["turns"]) == 2
 
 
+def test_a_patient_who_lost_the_share_can_still_delete(triage: Enclave, idp: Idp) -> None:
+    share = new_share()
+    with sdk(triage, idp.token(roles=["patient"], sub="pat-lost")) as client:
+        conv = client.conversations.create(share)["id"]
+        lost = new_share()  # a new browser: the old share is gone
+        assert [(c["id"], c["readable"]) for c in client.conversations.list(lost)] == [
+            (conv, False)]
+        with pytest.raises(MedclaveError) as refused:
+            client.conversations.export(lost, conv)
+        assert _code(refused) == "sealing.not_found"
+    with sdk(triage, idp.token(roles=["patient"], sub="pat-other")) as other:
+        with pytest.raises(MedclaveError) as refused:
+            other.conversations.delete(conv)
+        assert _code(refused) == "sealing.not_found"
+    with sdk(triage, idp.token(roles=["patient"], sub="pat-lost")) as client:
+        client.conversations.delete(conv)
+        assert client.conversations.list(lost) == []
+
+
 def test_alerts_carry_only_what_the_patient_agreed_to(triage: Enclave, idp: Idp) -> None:
     with sdk(triage, idp.token(roles=["clinician"], sub="dr-eve")) as staff:
         before = staff.conversations.alerts()
@@ -236,3 +255,28 @@ def test_the_enclave_logs_nothing_about_a_turn(triage: Enclave, idp: Idp,
     text = caplog.text
     for word in (SECRET, "urgent", "emergency", "555 0123", encode_share(share)):
         assert word not in text
+
+
+def test_a_restored_copy_of_the_store_is_caught_by_the_client(triage: Enclave,
+                                                              idp: Idp) -> None:
+    """The operator keeps a copy of the store and later puts it back: every record still
+    verifies (the enclave alone cannot tell), but the app that saw the newer state can."""
+    import sqlite3
+
+    db = Path(triage.settings.data_dir) / "sealed" / "conversations.sqlite3"
+    share = new_share()
+    with sdk(triage, idp.token(roles=["patient"], sub="pat-roll")) as client:
+        conv = client.conversations.create(share)["id"]
+        client.conversations.send(share, conv, "first")
+        snapshot = sqlite3.connect(":memory:")
+        with sqlite3.connect(db) as live:
+            live.backup(snapshot)
+        events = list(client.conversations.send(share, conv, "second", stream=True))
+        seen = (events[-1]["turn"] + 1, events[-1]["chain"])
+        assert len(client.conversations.export(share, conv, seen=seen)["turns"]) == 4
+        with sqlite3.connect(db) as live:
+            snapshot.backup(live)
+        assert len(client.conversations.export(share, conv)["turns"]) == 2  # verifies alone
+        with pytest.raises(MedclaveError) as refused:
+            client.conversations.export(share, conv, seen=seen)
+        assert _code(refused) == "sealing.integrity_failed"

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -112,6 +113,11 @@ def test_the_patient_chats_reopens_exports_and_deletes(stack: dict[str, Any],
     page.get_by_label("only how urgent it is").check()
     page.get_by_role("button", name="Start a new conversation").click()
     page.wait_for_selector("#conversation:not([hidden])")
+    # The operator's copy of the store, taken before the patient writes anything.
+    db = Path(stack["enclave"].settings.data_dir) / "sealed" / "conversations.sqlite3"
+    snapshot = sqlite3.connect(":memory:")
+    with sqlite3.connect(db) as live:
+        live.backup(snapshot)
     page.get_by_label("Your message").fill(CRISIS)
     page.get_by_role("button", name="Send").click()
     # The crisis response (988, 911) shows, the answer streams into the live region.
@@ -128,7 +134,7 @@ def test_the_patient_chats_reopens_exports_and_deletes(stack: dict[str, Any],
 
     # The share is in IndexedDB, and no cookie exists at all.
     share = page.evaluate("""() => new Promise((ok, fail) => {
-        const r = indexedDB.open('medclave-triage', 1);
+        const r = indexedDB.open('medclave-triage');
         r.onsuccess = () => { const g = r.result.transaction('shares').objectStore('shares')
             .get('pat-gina'); g.onsuccess = () => ok(Array.from(g.result)); };
         r.onerror = () => fail(r.error); })""")
@@ -144,15 +150,25 @@ def test_the_patient_chats_reopens_exports_and_deletes(stack: dict[str, Any],
     assert page.locator("#transcript li.assistant span").inner_text() == reply
     page.screenshot(path=str(OUTPUT / "03-reopened.png"), full_page=True)
 
+    expect = playwright_sync.expect
     with page.expect_download() as download:
         page.get_by_role("button", name="Export").click()
     exported = json.loads(Path(download.value.path()).read_text("utf-8"))
     assert [t["content"] for t in exported["turns"]] == [CRISIS, reply]
 
+    # The operator puts the old copy back: it verifies in the enclave (nothing is forged), but
+    # the browser remembers the state it saw and warns the patient.
+    with sqlite3.connect(db) as live:
+        snapshot.backup(live)
+    page.get_by_role("button", name="Reopen conversation 1").click()
+    expect(page.locator("#chat-error")).to_contain_text("older than the one this browser saw")
+    expect(page.locator("#transcript li")).to_have_count(0)
+    page.screenshot(path=str(OUTPUT / "04-rolled-back-warning.png"), full_page=True)
+
     page.get_by_role("button", name="Delete").click()
     page.wait_for_selector("#conversation[hidden]", state="attached")
     expect(page.locator("#conversations li")).to_have_count(0)
-    page.screenshot(path=str(OUTPUT / "04-deleted.png"), full_page=True)
+    page.screenshot(path=str(OUTPUT / "05-deleted.png"), full_page=True)
     assert outside == []  # the page talked to the proxy only
     context.close()
 

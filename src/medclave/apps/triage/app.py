@@ -103,8 +103,12 @@ class TriageApp:
         if not set(principal.roles) & set(self.config.patient_roles):
             # Staff never open conversations, whichever id they name: refused before any lookup.
             raise AuthError("auth.forbidden", "sealed conversations are the patient's own")
-        share = parse_share(request.header(proto.SHARE_HEADER))
         tenant, subject = principal.tenant, principal.subject
+        if (m := _ONE.match(path)) and method == "DELETE":
+            # The token is enough: a conversation whose share was lost can still be removed.
+            self.sealed.delete(tenant, subject, m.group(1))
+            return AppAnswer(200, {"id": m.group(1), "deleted": True})
+        share = parse_share(request.header(proto.SHARE_HEADER))
         if path == proto.CONVERSATIONS_PATH:
             if method == "POST":
                 return self._create(tenant, subject, share, request.json())
@@ -113,9 +117,6 @@ class TriageApp:
                 {"id": s.conversation, "readable": s.readable, "turns": s.turns, **s.meta}
                 for s in self.sealed.list(tenant, subject, share)]})
         if m := _ONE.match(path):
-            if method == "DELETE":
-                self.sealed.delete(tenant, subject, m.group(1))
-                return AppAnswer(200, {"id": m.group(1), "deleted": True})
             self._allow(method, "GET", path)
             opened = self.sealed.open(tenant, subject, m.group(1), share)
             return AppAnswer(200, {"object": "conversation", **opened.public()})

@@ -14,8 +14,14 @@ function b64url(bytes) {
 
 function openDb() {
   return new Promise((resolve, reject) => {
-    const req = indexedDB.open("medclave-triage", 1);
-    req.onupgradeneeded = () => req.result.createObjectStore("shares");
+    const req = indexedDB.open("medclave-triage", 2);
+    req.onupgradeneeded = () => {
+      const db = req.result;
+      if (!db.objectStoreNames.contains("shares")) db.createObjectStore("shares");
+      // The latest state seen of each conversation (turn count, chain value): a store the
+      // operator restored from an older copy verifies in the enclave, but not against this.
+      if (!db.objectStoreNames.contains("seen")) db.createObjectStore("seen");
+    };
     req.onsuccess = () => resolve(req.result);
     req.onerror = () => reject(req.error);
   });
@@ -40,6 +46,19 @@ async function loadShare(user) {
   }
   db.close();
   return b64url(share);
+}
+
+async function seen(id, value) {
+  const db = await openDb();
+  const result = await new Promise((resolve, reject) => {
+    const tx = db.transaction("seen", value ? "readwrite" : "readonly");
+    const store = tx.objectStore("seen");
+    const r = value ? store.put(value, state.user + "/" + id) : store.get(state.user + "/" + id);
+    r.onsuccess = () => resolve(r.result);
+    r.onerror = () => reject(r.error);
+  });
+  db.close();
+  return result;
 }
 
 function headers(extra) {
@@ -147,7 +166,16 @@ async function openConversation(id) {
   $("transcript").replaceChildren();
   $("crisis").hidden = true;
   $("triage-level").textContent = "";
+  $("chat-error").textContent = "";
   conv.turns.forEach((t) => addTurn(t.role, t.content));
+  const last = await seen(id);
+  if (last && (conv.turns.length < last.turns ||
+               conv.turns[last.turns - 1].chain !== last.chain)) {
+    $("chat-error").textContent = "Warning: this conversation is older than the one this " +
+      "browser saw last. Stored messages may have been removed.";
+  } else if (conv.turns.length) {
+    await seen(id, { turns: conv.turns.length, chain: conv.turns[conv.turns.length - 1].chain });
+  }
   $("conversation").hidden = false;
   $("message").focus();
 }
@@ -201,7 +229,9 @@ async function send(event) {
           answer = addTurn("assistant", "");
         } else if (event.type === "delta" && answer) {
           answer.textContent += event.text;
-        } else if (event.type === "done" && !event.saved) {
+        } else if (event.type === "done" && event.saved) {
+          await seen(state.current, { turns: event.turn + 1, chain: event.chain });
+        } else if (event.type === "done") {
           $("chat-error").textContent = "This answer could not be saved.";
         } else if (event.type === "error") {
           $("chat-error").textContent = event.error.code;
