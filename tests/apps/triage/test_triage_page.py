@@ -46,7 +46,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
         jwks.write_text(json.dumps(service.issuer.jwks()))
         enclave: Enclave = start_triage(folder / "enclave", Idp(service.issuer, jwks),
                                         _SharedLlama(), auth_issuer=idp_url,
-                                        max_tokens_limit=32)
+                                        max_tokens_limit=16)
         server, session = proxy_for(enclave, triage_signin_url=f"{idp_url}/token")
         try:
             yield {"proxy": server.url, "enclave": enclave}
@@ -89,6 +89,8 @@ def _sign_in(page: Any) -> None:
     page.wait_for_selector("#chat-area:not([hidden])")
 
 
+# The real model answers on a CPU shared with other jobs: a minute alone, more when loaded.
+@pytest.mark.timeout(900)
 def test_the_patient_chats_reopens_exports_and_deletes(stack: dict[str, Any],
                                                        browser: Any) -> None:
     context = browser.new_context(accept_downloads=True)
@@ -125,7 +127,7 @@ def test_the_patient_chats_reopens_exports_and_deletes(stack: dict[str, Any],
     assert "988" in page.locator("#crisis").inner_text()
     expect = playwright_sync.expect
     expect(page.locator("#transcript li")).to_have_count(2)
-    expect(page.locator("#transcript")).to_have_attribute("aria-busy", "false", timeout=120_000)
+    expect(page.locator("#transcript")).to_have_attribute("aria-busy", "false", timeout=400_000)
     assert page.locator("#triage-level").inner_text() == "Triage level: urgent"
     reply = page.locator("#transcript li.assistant span").inner_text()
     assert reply.strip()
