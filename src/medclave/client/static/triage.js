@@ -243,6 +243,7 @@ async function send(event) {
   } finally {
     transcript.setAttribute("aria-busy", "false");
   }
+  await refresh().catch(() => {});
 }
 
 async function exportConversation() {
