@@ -229,6 +229,21 @@ CATALOGUE: dict[str, ErrorSpec] = {
     "enclave.response_not_found": ErrorSpec(
         404, "The previous response does not exist, has expired, or is not yours."
     ),
+    # --- sealed state (enclave/sealing): conversations only their owner reopens -----------
+    # Another user's conversation, one that does not exist, and one the share given does not
+    # open all read alike: existence is not disclosed.
+    "sealing.not_found": ErrorSpec(404, _NOT_FOUND),
+    "sealing.share_missing": ErrorSpec(
+        400, "Send the client share your app holds for sealed conversations (32 bytes)."
+    ),
+    "sealing.integrity_failed": ErrorSpec(
+        409, "The sealed conversation failed its integrity check: a stored turn was dropped, "
+        "reordered, replayed or altered."
+    ),
+    "sealing.root_unavailable": ErrorSpec(
+        503, "The tenant's sealing root is not available to this enclave; retry later."
+    ),
+    "sealing.too_large": ErrorSpec(413, "The conversation has reached its size limit."),
     "client.attestation_refused": ErrorSpec(
         502, "The server's attestation was refused; no data was sent."
     ),
@@ -330,6 +345,10 @@ class ModelError(MedclaveError):
 
 class EnclaveError(MedclaveError):
     family = ("enclave", "internal")
+
+
+class SealingError(MedclaveError):
+    family = ("sealing",)
 
 
 class ClientError(MedclaveError):

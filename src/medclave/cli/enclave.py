@@ -70,6 +70,11 @@ def serve_cmd(
         "file); otherwise each tenant's key comes from --kbs")] = None,
     key_rotation: Annotated[int | None, typer.Option(
         "--key-rotation", help="rotate the OHTTP key every N seconds")] = None,
+    triage: Annotated[bool, typer.Option(
+        "--triage", help="serve the crisis-triage chat (/v1/medclave/conversations)")] = False,
+    sealing_root_file: Annotated[Path | None, typer.Option(
+        "--sealing-root-file", help="sim only: the sealing root (a 0600 file of 64 hex "
+        "digits); otherwise each tenant's root comes from --kbs")] = None,
     trusted_proxy: TrustedProxy = None,
 ) -> None:
     """Boot (evidence, keys, model key from the broker, unseal, load) and serve until stopped."""
@@ -88,7 +93,8 @@ def serve_cmd(
         "insecure_no_auth": insecure_no_auth or None, "audit_store": audit_store,
         "commitment_key_file": commitment_key_file,
         "audit_key_resource": audit_key_resource, "audit_origin": audit_origin,
-        "key_rotation_seconds": key_rotation,
+        "key_rotation_seconds": key_rotation, "triage": triage or None,
+        "sealing_root_file": sealing_root_file,
         "trusted_proxies": tuple(trusted_proxy) if trusted_proxy else None,
     }
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
@@ -99,8 +105,13 @@ def serve_cmd(
     if settings.platform == "sim":
         typer.secho("WARNING: platform sim is NOT a TEE and protects nothing.", err=True,
                     fg=typer.colors.RED, bold=True)
+    apps: tuple[Any, ...] = ()
+    if settings.triage:
+        from medclave.apps.triage.app import TriageApp
+
+        apps = (TriageApp.from_context,)
     try:
-        serve(settings)
+        serve(settings, apps)
     except MedclaveError as exc:
         raise _fail(exc) from None
 

@@ -104,6 +104,9 @@ def proxy(
         "--role", help="admission: a role allowed to call the model (repeat)")] = None,
     authz_policies: Annotated[Path | None, typer.Option(
         "--authz-policies", help="admission: folder of Cedar policies (default: bundled)")] = None,
+    triage_signin_url: Annotated[str | None, typer.Option(
+        "--triage-signin-url", help="the triage page's development sign-in: the dev IdP's "
+        "token endpoint (password grant)")] = None,
     trusted_proxy: TrustedProxy = None,
 ) -> None:
     """Serve until interrupted."""
@@ -131,6 +134,7 @@ def proxy(
                                  auth_audience=audience, auth_tenant=tenant,
                                  auth_roles=tuple(role or ("clinician",)),
                                  auth_policies_dir=authz_policies,
+                                 triage_signin_url=triage_signin_url,
                                  trusted_proxies=tuple(trusted_proxy or ()))
         admission = admission_for(settings)  # refuse a bad JWKS or policy folder before listening
         if admission is not None:

@@ -119,6 +119,8 @@ class ProxySettings(BaseSettings, ServingSettings):
     auth_tenant: str | None = None  # the hospital this proxy serves (None: the token's own)
     auth_roles: tuple[str, ...] = ("clinician",)  # roles that may call the model
     auth_policies_dir: Path | None = None  # Cedar policies (default: the bundled ones)
+    # The triage page's development sign-in: the IdP token endpoint its password grant goes to.
+    triage_signin_url: str | None = None
 
     def admission(self) -> AdmissionConfig | None:
         """The admission configuration, or None when admission is off; ``config.invalid`` for
@@ -261,7 +263,9 @@ def _answer_headers(pairs: Any, status: int) -> dict[str, str]:
 
 
 async def _send(request: Request, session: EnclaveSession, method: str, path: str,
-                body: bytes = b"") -> Response:
+                body: bytes = b"", headers: tuple[tuple[str, str], ...] = ()) -> Response:
+    """One request forwarded encapsulated; ``headers``: more inner headers (a sealed
+    conversation's share), which exist only inside the encapsulation upstream."""
     slots: _Slots = request.app.state.slots
     slots.take()
     handed_over = False
@@ -270,7 +274,7 @@ async def _send(request: Request, session: EnclaveSession, method: str, path: st
         if method == "POST" and _wants_stream(body):
             stream = await run_in_threadpool(session.stream, method, path, body=body,
                                              authorization=upstream.authorization,
-                                             dpop=upstream.dpop)
+                                             dpop=upstream.dpop, headers=headers)
 
             def content() -> Iterator[bytes]:
                 # Each piece leaves as soon as it arrives (no look-ahead: a held piece would
@@ -303,7 +307,7 @@ async def _send(request: Request, session: EnclaveSession, method: str, path: st
         answers: list[InnerResponse] = []
         await run_sync_until_gone(request, lambda: answers.append(session.request(
             method, path, body=body, authorization=upstream.authorization, dpop=upstream.dpop,
-            abort=abort)), on_gone=abort)
+            abort=abort, headers=headers)), on_gone=abort)
         answer = answers[0]
         return Response(answer.body, status_code=answer.status,
                         media_type=answer.header("content-type") or "application/json",
@@ -416,7 +420,8 @@ class _RecordPeer:
 
 def create_proxy_app(session: EnclaveSession, admission: ProxyAdmission | None = None, *,
                      callers: Callers | None = None, trusted_proxies: tuple[str, ...] = (),
-                     max_in_flight: int = 256) -> FastAPI:
+                     max_in_flight: int = 256, triage_signin_url: str | None = None
+                     ) -> FastAPI:
     """The proxy app; ``admission`` None lets every local app through to the enclave's check;
     ``callers`` None forwards each app's own token (no IdP client). ``trusted_proxies``: as
     :class:`ServingSettings`' (serve the app with none given to uvicorn itself)."""
@@ -426,7 +431,11 @@ def create_proxy_app(session: EnclaveSession, admission: ProxyAdmission | None =
     app.state.admission = admission
     app.state.callers = callers or Callers(credentials=None, keys=None)
     app.state.slots = _Slots(max_in_flight)
+    app.state.triage_signin_url = triage_signin_url  # the triage page (client/triage_page.py)
     app.include_router(router)
+    from medclave.client import triage_page  # its routes use this module's _send
+
+    app.include_router(triage_page.router)
     install_error_handlers(app, render=_error, log_refusal=_log_refusal,
                            route_error=_route_error, log_unexpected=_log_unexpected)
     app.add_exception_handler(StarletteHTTPException, _http_error)
@@ -447,7 +456,8 @@ def serve(settings: ProxySettings) -> None:
     try:
         run_server(create_proxy_app(session, admission, callers=callers,
                                     trusted_proxies=settings.trusted_proxies,
-                                    max_in_flight=settings.max_in_flight),
+                                    max_in_flight=settings.max_in_flight,
+                                    triage_signin_url=settings.triage_signin_url),
                    settings.serving(), host=settings.host, port=settings.port,
                    log_level="info")
     finally:

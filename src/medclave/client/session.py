@@ -295,11 +295,13 @@ class EnclaveSession:
 
     def request(self, method: str, path: str, *, body: bytes = b"",
                 authorization: str | None = None, dpop: str | None = None,
-                abort: Abort | None = None) -> InnerResponse:
+                abort: Abort | None = None, headers: tuple[tuple[str, str], ...] = ()
+                ) -> InnerResponse:
         """One encapsulated request and its decapsulated answer (not streamed); ``dpop``: a
         proof for the inner URL, for a DPoP-bound token (RFC 9449 §7.1); ``abort``: lets another
-        thread drop the request while the enclave works on it."""
-        inner = _inner(method, path, body, authorization, dpop)
+        thread drop the request while the enclave works on it; ``headers``: more inner headers
+        (a sealed conversation's share), encapsulated like the rest."""
+        inner = _inner(method, path, body, authorization, dpop, headers)
         enclave = self._current()
         try:
             return self._send(enclave, inner, abort)
@@ -336,9 +338,10 @@ class EnclaveSession:
         return InnerResponse(answer.status, answer.headers, answer.content, receipt)
 
     def stream(self, method: str, path: str, *, body: bytes = b"",
-               authorization: str | None = None, dpop: str | None = None) -> StreamedResponse:
+               authorization: str | None = None, dpop: str | None = None,
+               headers: tuple[tuple[str, str], ...] = ()) -> StreamedResponse:
         """A chunked-OHTTP request; the answer streams back as it is generated."""
-        inner = _inner(method, path, body, authorization, dpop)
+        inner = _inner(method, path, body, authorization, dpop, headers)
         try:
             return self._open_stream(self._current(), inner)
         except CryptoError as exc:
@@ -407,18 +410,19 @@ class EnclaveSession:
 
 
 def _inner(method: str, path: str, body: bytes, authorization: str | None,
-           dpop: str | None) -> bytes:
-    extra = (("dpop", dpop),) if dpop is not None else ()
+           dpop: str | None, headers: tuple[tuple[str, str], ...] = ()) -> bytes:
+    extra = ((("dpop", dpop),) if dpop is not None else ()) + headers
     return proto.encode_inner_request(method, path, body=body, authorization=authorization,
                                       extra_headers=extra)
 
 
 def _needs_receipt(inner: bytes) -> bool:
-    """Inferences carry receipts; listing models does not."""
+    """Inferences carry receipts; listing models and managing conversations do not."""
     try:
-        return not proto.is_models_path(bhttp.decode_request(inner).path)
+        request = bhttp.decode_request(inner)
     except MedclaveError:
         return True
+    return proto.needs_receipt(request.method.upper(), request.path.split("?", 1)[0])
 
 
 def summary(enclave: VerifiedEnclave | None) -> Mapping[str, Any]:

@@ -44,10 +44,20 @@ from medclave.enclave.hooks import (
     InsecureNoAuthorization,
     TokenAuthorization,
 )
+from medclave.enclave.inner_apps import AppContext, AppFactory, InnerApp
 from medclave.enclave.keys import KeyRing
 from medclave.enclave.model import DEFAULT_MODEL_SHA256, default_model_path, verify_model_file
 from medclave.enclave.model import sha256_file as file_sha256
 from medclave.enclave.response_store import ResponseStore
+from medclave.enclave.sealing.conversations import SealedConversations
+from medclave.enclave.sealing.roots import (
+    BrokerSealingRoots,
+    FileSealingRoots,
+    NoSealingRoots,
+    SealingRoots,
+)
+from medclave.enclave.sealing.roots import broker_fetcher as sealing_fetcher
+from medclave.enclave.sealing.store import MemorySealedStore, SealedStore, SqliteSealedStore
 from medclave.enclave.service import SERVICE, EnclaveIdentity, InferenceService
 from medclave.enclave.settings import EnclaveSettings
 from medclave.errors import InputError
@@ -196,6 +206,36 @@ def build_commit_keys(settings: EnclaveSettings, platform: Platform,
     return NoCommitKeys()
 
 
+def build_sealing_roots(settings: EnclaveSettings, platform: Platform,
+                       runtime: Callable[[], dict[str, Any]], clock: Clock) -> SealingRoots:
+    """Tenants' sealing roots: a local file on sim (development), else the broker; with neither,
+    sealed state is refused (``sealing.root_unavailable``)."""
+    if settings.sealing_root_file is not None:
+        if platform.secure:
+            raise InputError("config.invalid", "sealing_root_file is for development on sim; "
+                             "on a TEE the tenant's sealing root comes from the key broker")
+        log.warning("sealed conversations use the development root file %s",
+                    settings.sealing_root_file.name)
+        return FileSealingRoots(settings.sealing_root_file)
+    if settings.kbs_url:
+        return BrokerSealingRoots(sealing_fetcher(broker_client(settings, platform.attester),
+                                                  runtime), clock=clock)
+    return NoSealingRoots()
+
+
+def _sealed(settings: EnclaveSettings, platform: Platform,
+            runtime: Callable[[], dict[str, Any]], clock: Clock,
+            closers: list[Callable[[], None]]) -> SealedConversations:
+    store: SealedStore
+    if settings.sealing_store == "memory":
+        store = MemorySealedStore()
+    else:
+        store = SqliteSealedStore(Path(settings.data_dir) / "sealed" / "conversations.sqlite3")
+    closers.append(store.close)
+    return SealedConversations(build_sealing_roots(settings, platform, runtime, clock), store,
+                               clock=clock)
+
+
 def _open_model(settings: EnclaveSettings, attester: Attester, base_runtime: dict[str, Any],
                 closers: list[Callable[[], None]]) -> tuple[str, str]:
     """``(path for the engine, SHA-256 of the plaintext weights)``."""
@@ -226,8 +266,11 @@ def _open_model(settings: EnclaveSettings, attester: Attester, base_runtime: dic
 
 def boot(settings: EnclaveSettings, *, clock: Clock = system_clock,
          engine_factory: EngineFactory = default_engine,
-         authorization: AuthorizationHook | None = None) -> Booted:
-    """Run the boot sequence; anything that fails stops the boot (fail closed)."""
+         authorization: AuthorizationHook | None = None,
+         apps: tuple[AppFactory, ...] = ()) -> Booted:
+    """Run the boot sequence; anything that fails stops the boot (fail closed). ``apps``:
+    applications served inside the encapsulation (:mod:`medclave.enclave.inner_apps`); sealed
+    state is opened only for them."""
     sim_measurement = bytes.fromhex(settings.sim_measurement) if settings.sim_measurement else None
     platform = select_platform(settings.platform, settings.data_dir,
                                sim_measurement=sim_measurement)
@@ -280,6 +323,11 @@ def boot(settings: EnclaveSettings, *, clock: Clock = system_clock,
                                    policy_digest=hook.policy_digest,
                                    kbs_keys=tuple(base_runtime.get("kbs_keys", ())),
                                    token_issuers=hook.token_issuers)
+        served_apps: tuple[InnerApp, ...] = ()
+        if apps:
+            context = AppContext(settings, _sealed(settings, platform, broker_runtime, clock,
+                                                   closers), clock)
+            served_apps = tuple(factory(context) for factory in apps)
         service = InferenceService(engine=engine, keys=keys, platform=platform,
                                    identity=identity, authorization=hook, audit=sink,
                                    clock=clock, max_tokens_limit=settings.max_tokens_limit,
@@ -288,7 +336,8 @@ def boot(settings: EnclaveSettings, *, clock: Clock = system_clock,
                                    response_store=ResponseStore(
                                        ttl=settings.responses_ttl_seconds,
                                        per_user=settings.responses_per_user,
-                                       max_bytes=settings.responses_max_bytes))
+                                       max_bytes=settings.responses_max_bytes),
+                                   apps=served_apps)
         served.append(service)
     except BaseException:
         for close in reversed(closers):

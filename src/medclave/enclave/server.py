@@ -6,15 +6,16 @@ from __future__ import annotations
 
 from medclave.enclave.app import create_app
 from medclave.enclave.boot import boot
+from medclave.enclave.inner_apps import AppFactory
 from medclave.enclave.settings import EnclaveSettings
 from medclave.serving import BackgroundServer, run_server
 
 __all__ = ["BackgroundServer", "serve"]
 
 
-def serve(settings: EnclaveSettings) -> None:
+def serve(settings: EnclaveSettings, apps: tuple[AppFactory, ...] = ()) -> None:
     """Boot, then serve until interrupted; release the model and keys on the way out."""
-    booted = boot(settings)
+    booted = boot(settings, apps=apps)
     try:
         run_server(create_app(booted.service, settings), settings, host=settings.host,
                    port=settings.port, log_level="info", access_log=False)

@@ -60,6 +60,7 @@ from medclave.enclave.hooks import (
     Principal,
     Refused,
 )
+from medclave.enclave.inner_apps import AppAnswer, ChatTurn, InnerApp
 from medclave.enclave.keys import KeyRing
 from medclave.enclave.limits import Busy, Slot, Slots
 from medclave.enclave.replay import ReplayGuard
@@ -141,7 +142,8 @@ class InferenceService:
     def __init__(self, *, engine: Engine, keys: KeyRing, platform: Platform,
                  identity: EnclaveIdentity, authorization: AuthorizationHook, audit: AuditSink,
                  clock: Clock, max_tokens_limit: int = 1024, max_concurrent_per_tenant: int = 8,
-                 retry_after: int = 1, response_store: ResponseStore | None = None) -> None:
+                 retry_after: int = 1, response_store: ResponseStore | None = None,
+                 apps: tuple[InnerApp, ...] = ()) -> None:
         self.engine = engine
         self.keys = keys
         self.platform = platform
@@ -156,6 +158,7 @@ class InferenceService:
                                                          max_bytes=64 * 1024 * 1024)
         self.started = int(clock().timestamp())
         self.replay = ReplayGuard(keys)  # encapsulated requests run once
+        self.apps = apps  # applications inside the encapsulation (medclave.enclave.inner_apps)
 
     # --- attestation ---------------------------------------------------------------------------
 
@@ -262,11 +265,12 @@ class InferenceService:
                  cancel: Cancel | None = None) -> _Answer:
         try:
             request = proto.decode_inner_request(plaintext)
+            app = next((a for a in self.apps if a.handles(request.path)), None)
             expected = proto.inner_method(request.path)
-            if expected is None:
+            if expected is None and app is None:
                 return _error_answer(rid, EnclaveError("enclave.no_route",
                                                        f"no route {request.path[:300]}"))
-            if request.method != expected:
+            if app is None and request.method != expected:
                 return _error_answer(rid, EnclaveError("enclave.method_not_allowed",
                                                        f"{request.path} takes {expected}"))
             # The door: nothing below runs for a caller the hook refuses.
@@ -278,8 +282,14 @@ class InferenceService:
                 raise
             if proto.is_models_path(request.path):
                 return self._json(rid, self._models(proto.model_id_of(request.path)))
-            conversation: responses.Conversation | None = None
-            if request.path == proto.RESPONSES_PATH:
+            conversation: ChatTurn | None = None
+            if app is not None:
+                outcome = app.handle(request, principal)
+                if isinstance(outcome, AppAnswer):
+                    return self._json(rid, outcome.body, status=outcome.status)
+                conversation = outcome
+                parsed = api.parse_request(api.ChatRequest, conversation.chat_body())
+            elif request.path == proto.RESPONSES_PATH:
                 conversation = responses.Conversation(
                     responses.parse_request(request.json()), self.responses,
                     (principal.tenant, principal.subject))
@@ -333,17 +343,17 @@ class InferenceService:
                             f"exist here; use {self.identity.model_id!r}", param="model")
 
     def _json(self, rid: str, body: dict[str, Any], *, receipt: bytes | None = None,
-              tokens: int = 0) -> _Answer:
+              tokens: int = 0, status: int = 200) -> _Answer:
         headers = [("content-type", "application/json"), (proto.REQUEST_ID_HEADER, rid)]
         if receipt is not None:
             headers.append((proto.RECEIPT_HEADER, proto.encode_receipt_header(receipt)))
-        return _Answer(200, headers, json.dumps(body, separators=(",", ":")).encode(),
+        return _Answer(status, headers, json.dumps(body, separators=(",", ":")).encode(),
                        tokens=tokens)
 
     def _infer(self, rid: str, principal: Principal,
                parsed: api.ChatRequest | api.CompletionRequest, params: SamplingParams,
                slot: Slot, generation: Generation,
-               conversation: responses.Conversation | None) -> _Answer:
+               conversation: ChatTurn | None) -> _Answer:
         created = int(self._clock().timestamp())
         model = self.identity.model_id
         chat = isinstance(parsed, api.ChatRequest)

@@ -105,6 +105,19 @@ class EnclaveSettings(BaseSettings, ServingSettings):
     # the line at the engine is bounded before the admission limit is reached.
     max_queued_generations: int = Field(default=16, ge=0, le=4096)
 
+    # --- sealed state and the triage chat (docs/triage.md) ------------------------------------
+    # Sealed conversations rest here (data_dir/sealed/conversations.sqlite3), ciphertext only.
+    sealing_store: Literal["sqlite", "memory"] = "sqlite"
+    # Tenants' sealing roots come from the broker at kbs_url (kbs:///TENANT/sealing-root/
+    # conversations); development on sim may derive them from one local key file (mode 0600).
+    sealing_root_file: Path | None = None
+    triage: bool = False  # serve /v1/medclave/conversations (wired by `medclave enclave serve`)
+    triage_lexicon_file: Path | None = None  # default: the bundled apps/triage/lexicon.toml
+    triage_crisis_file: Path | None = None  # default: the bundled US responses (988, 911)
+    triage_prompt_file: Path | None = None  # default: the bundled safe-messaging prompt
+    triage_patient_roles: tuple[str, ...] = ("patient",)
+    triage_staff_roles: tuple[str, ...] = ("clinician", "admin")
+
     # --- Responses API state (previous_response_id) ------------------------------------------
     # Kept in the enclave's memory only (never on disk, never outside), per tenant and user,
     # for at most responses_ttl_seconds; lost on restart. 0 responses: nothing is kept.

@@ -62,6 +62,7 @@ __all__ = [
     "is_models_path",
     "model_id_of",
     "model_path",
+    "needs_receipt",
     "openai_error",
 ]
 
@@ -78,6 +79,14 @@ CHAT_PATH: Final = "/v1/chat/completions"
 COMPLETIONS_PATH: Final = "/v1/completions"
 MODELS_PATH: Final = "/v1/models"
 RESPONSES_PATH: Final = "/v1/responses"
+# Medclave's own applications inside the encapsulation (enclave/inner_apps.py): sealed
+# conversations (POST create, GET list; GET export and DELETE on /{id}; POST /{id}/turns, an
+# inference) and the provider's triage alerts. The client share of a sealed conversation
+# travels in SHARE_HEADER, inside the encapsulation only.
+MEDCLAVE_PREFIX: Final = "/v1/medclave/"
+CONVERSATIONS_PATH: Final = "/v1/medclave/conversations"
+TRIAGE_ALERTS_PATH: Final = "/v1/medclave/triage/alerts"
+SHARE_HEADER: Final = "medclave-share"
 INNER_PATHS: Final = {CHAT_PATH: "POST", COMPLETIONS_PATH: "POST", MODELS_PATH: "GET",
                       RESPONSES_PATH: "POST"}
 MAX_MODEL_ID: Final = 256
@@ -98,7 +107,7 @@ MAX_OUTER_REQUEST: Final = MAX_INNER_BODY + 64 * 1024
 # Inner requests carry a handful of headers; a tight bound keeps a hostile request small.
 INNER_LIMITS: Final = bhttp.Limits(max_message=MAX_OUTER_REQUEST, max_fields=64,
                                    max_field_section=16 * 1024)
-_FORWARDED_HEADERS: Final = ("authorization", "content-type", "dpop", "accept")
+_FORWARDED_HEADERS: Final = ("authorization", "content-type", "dpop", "accept", SHARE_HEADER)
 
 
 class EnclaveRuntime(BaseModel):
@@ -252,6 +261,17 @@ def model_id_of(path: str) -> str | None:
 def is_models_path(path: str) -> bool:
     """Listing the models or reading one: no inference, so no inference authorization."""
     return path == MODELS_PATH or model_id_of(path) is not None
+
+
+def needs_receipt(method: str, path: str) -> bool:
+    """Whether a successful answer must carry an audit receipt: every inference does; listing
+    models and managing sealed conversations (no inference) do not. Appending a conversation
+    turn (``POST .../turns``) is an inference."""
+    if is_models_path(path):
+        return False
+    if path.startswith(MEDCLAVE_PREFIX):
+        return method == "POST" and path.endswith("/turns")
+    return True
 
 
 def inner_method(path: str) -> str | None:
