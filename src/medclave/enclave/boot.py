@@ -50,8 +50,9 @@ from medclave.enclave.model import sha256_file as file_sha256
 from medclave.enclave.response_store import ResponseStore
 from medclave.enclave.service import SERVICE, EnclaveIdentity, InferenceService
 from medclave.enclave.settings import EnclaveSettings
-from medclave.errors import InputError
+from medclave.errors import InputError, KbsError
 from medclave.kbs.client import KbsClient
+from medclave.kbs.sealed_models import ShareRef
 from medclave.kbs.signing import TrustedBrokers
 from medclave.protocol.evidence import EvidenceBundle
 
@@ -174,6 +175,27 @@ def broker_client(settings: EnclaveSettings, attester: Attester
     return open_client
 
 
+def share_clients(settings: EnclaveSettings, attester: Attester, runtime: Mapping[str, Any]
+                  ) -> Callable[[ShareRef], KbsClient]:
+    """Clients for a threshold release: one per share, each pinned to the key of the broker
+    that holds that share (a key among ``kbs_keys``; the URL comes from the untrusted key.json
+    and is trusted for nothing)."""
+    if not settings.kbs_keys:
+        raise InputError("config.invalid", "a threshold-released model needs kbs_keys: the "
+                         "public keys of the brokers holding its shares")
+    pinned = TrustedBrokers.of(settings.kbs_keys)
+    verify: str | bool = str(settings.kbs_ca_file) if settings.kbs_ca_file else True
+
+    def open_client(share: ShareRef) -> KbsClient:
+        if share.broker_key not in pinned.fingerprints():
+            raise KbsError("kbs.answer_unauthenticated",
+                           "a share is held by a broker this enclave does not trust")
+        return KbsClient(share.kbs, attester, trusted=pinned, runtime=runtime, verify=verify,
+                         signer=share.broker_key)
+
+    return open_client
+
+
 def build_commit_keys(settings: EnclaveSettings, platform: Platform,
                       runtime: Callable[[], dict[str, Any]], clock: Clock) -> CommitKeys:
     """The tenants' commitment keys: a local file on sim (development), else the broker; with
@@ -201,16 +223,24 @@ def _open_model(settings: EnclaveSettings, attester: Attester, base_runtime: dic
     """``(path for the engine, SHA-256 of the plaintext weights)``."""
     if settings.sealed_model is not None:
         from medclave.crypto import sealed
-        from medclave.kbs.sealed_models import load_sealed_model
+        from medclave.kbs.sealed_models import (
+            load_sealed_model,
+            load_sealed_model_threshold,
+            read_threshold_ref,
+        )
 
-        if not settings.kbs_url:
-            raise InputError("config.invalid", "a sealed model needs kbs_url")
         manifest = sealed.load_manifest(settings.sealed_model)
         runtime = {**base_runtime, "model_digest": manifest.plaintext_sha256}
         if settings.requester:
             runtime["requester"] = settings.requester
-        with broker_client(settings, attester)(runtime) as kbs:
-            fd, path, manifest = load_sealed_model(kbs, settings.sealed_model)
+        if read_threshold_ref(settings.sealed_model) is not None:
+            fd, path, manifest = load_sealed_model_threshold(
+                share_clients(settings, attester, runtime), settings.sealed_model)
+        else:
+            if not settings.kbs_url:
+                raise InputError("config.invalid", "a sealed model needs kbs_url")
+            with broker_client(settings, attester)(runtime) as kbs:
+                fd, path, manifest = load_sealed_model(kbs, settings.sealed_model)
         closers.append(lambda: os.close(fd))
         log.info("model unsealed into memory: %s (%d bytes)", manifest.plaintext_sha256,
                  manifest.size)
@@ -257,7 +287,8 @@ def boot(settings: EnclaveSettings, *, clock: Clock = system_clock,
             "ohttp_key_config": base64.b64encode(keys.config.encode()).decode(),
             "audit_origin": origin,
         }
-        brokers = trusted_brokers(settings)
+        brokers = trusted_brokers(settings) or (
+            TrustedBrokers.of(settings.kbs_keys) if settings.kbs_keys else None)
         if brokers is not None:
             base_runtime["kbs_keys"] = brokers.fingerprints()
         signer = _audit_signer(settings, platform, origin, base_runtime)

@@ -145,10 +145,16 @@ class KbsClient(_Http):
         timeout: float = 10.0,
         http: httpx.Client | None = None,
         verify: ssl.SSLContext | str | bool = True,
+        signer: str | None = None,
     ) -> None:
         super().__init__(base_url, timeout=timeout, http=http, verify=verify)
         self._attester = attester
         self._trusted = trusted
+        # Threshold release (kbs/threshold.py): each share must come from its own broker, so an
+        # answer signed by another trusted broker is refused, not counted as this one's share.
+        if signer is not None and signer not in trusted.fingerprints():
+            raise InputError("config.invalid", "the expected broker key is not a trusted one")
+        self._signer = signer
         self._runtime = dict(runtime or {})
         fingerprints = trusted.fingerprints()
         stated = self._runtime.setdefault("kbs_keys", fingerprints)
@@ -198,6 +204,9 @@ class KbsClient(_Http):
                                       sealed=sealed)
         try:
             self._trusted.verify(key_id, signature, statement)
+            if self._signer is not None and key_id != self._signer:
+                raise KbsError("kbs.answer_unauthenticated",
+                               "the answer is signed by another broker than the one asked")
         except KbsError as exc:
             # The operator's log says why nothing is served (no content: names and codes only).
             log.error("release of %s refused: %s (%s)", name, exc.code, exc.detail)
