@@ -116,6 +116,12 @@ CATALOGUE: dict[str, ErrorSpec] = {
         403, "The enclave trusts a key broker the policy does not name."
     ),
     "policy.smt_forbidden": ErrorSpec(403, "The policy forbids SMT on the platform."),
+    "policy.release_not_logged": ErrorSpec(
+        403, "The enclave's build is not a release published in the policy's release log."
+    ),
+    "policy.measurement_revoked": ErrorSpec(
+        403, "The enclave's measurement is on the relying party's revocation list."
+    ),
     "policy.migration_agent_forbidden": ErrorSpec(
         403, "The policy forbids guests that allow a migration agent."
     ),
@@ -125,6 +131,9 @@ CATALOGUE: dict[str, ErrorSpec] = {
         403, "The report's signing key kind is not allowed by the policy."
     ),
     # --- audit ---------------------------------------------------------------------------
+    "audit.release_invalid": ErrorSpec(
+        400, "The release statement or its proof of publication does not verify."
+    ),
     "audit.proof_invalid": ErrorSpec(400, "The Merkle proof does not verify."),
     "audit.inclusion_invalid": ErrorSpec(400, "The inclusion proof does not verify."),
     "audit.consistency_invalid": ErrorSpec(400, "The consistency proof does not verify."),

@@ -43,6 +43,11 @@ app.add_typer(key_app, name="key")
 threshold_app = typer.Typer(help="Split a secret k-of-n across independent brokers.",
                             no_args_is_help=True)
 app.add_typer(threshold_app, name="threshold")
+revocation_app = typer.Typer(help="Your revocation list: enclaves that get none of your keys.",
+                             no_args_is_help=True)
+app.add_typer(revocation_app, name="revocation")
+Kind = Annotated[str, typer.Argument(help="measurement | chip_id | tcb | gpu_serial")]
+Value = Annotated[str, typer.Argument(help="the identity, hex (as the evidence's claims show)")]
 
 UNUSABLE_PREFIXES = ("input.", "config.", "policy.invalid", "policy.empty")
 T = TypeVar("T")
@@ -280,3 +285,28 @@ def threshold_split(
         return body
 
     _emit(_run(run))
+
+
+@revocation_app.command("add")
+def revocation_add(kind: Kind, value: Value, token: Token, url: Url = DEFAULT_URL,
+                   reason: Annotated[str, typer.Option(help="why (kept with the entry)")] = ""
+                   ) -> None:
+    """Revoke an enclave identity: no further release of your resources to it, and enclaves
+    holding your keys learn it at their next standing check and stop serving."""
+    with _client(url, token) as c:
+        _emit(_run(lambda: c.revoke(kind, value, reason)))
+
+
+@revocation_app.command("remove")
+def revocation_remove(kind: Kind, value: Value, token: Token, url: Url = DEFAULT_URL) -> None:
+    """Take an entry off your revocation list."""
+    with _client(url, token) as c:
+        _run(lambda: c.unrevoke(kind, value))
+        _emit({"removed": {"kind": kind, "value": value}})
+
+
+@revocation_app.command("list")
+def revocation_list(token: Token, url: Url = DEFAULT_URL) -> None:
+    """Your revocation list."""
+    with _client(url, token) as c:
+        _emit(_run(c.revocations))
