@@ -5,11 +5,14 @@ cannot pass off another's share or a wrong one."""
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from medclave.attestation import sim
 from medclave.crypto import shamir
@@ -231,3 +234,28 @@ def test_cli_split_then_enclave_combines(brokers: list[Live], authority: sim.Sim
         with OwnerClient(b.url, b.token("vendor")) as owner:
             owner.set_policy(RESOURCE, sim_policy())
     assert fetch_threshold(ref, _opener(brokers, authority)) == secret.read_bytes()
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.one_of(st.binary(max_size=600), st.text(max_size=600).map(str.encode),
+                 st.dictionaries(st.sampled_from(["format", "threshold", "split_id",
+                                                  "secret_digest", "shares"]),
+                                 st.integers() | st.text(max_size=70) | st.lists(
+                                     st.dictionaries(st.text(max_size=8), st.integers(0, 300),
+                                                     max_size=5), max_size=4),
+                                 max_size=5).map(lambda d: json.dumps({"threshold": 2, **d})
+                                                 .encode())))
+def test_the_key_json_reader_is_bounded_and_fails_closed(data: bytes) -> None:
+    """key.json lies on the operator's disk: anything there is a descriptor or a refusal."""
+    import tempfile
+
+    from medclave.kbs.sealed_models import read_threshold_ref
+
+    with tempfile.TemporaryDirectory() as folder:
+        Path(folder, "key.json").write_bytes(data)
+        try:
+            ref = read_threshold_ref(Path(folder))
+        except MedclaveError as exc:
+            assert exc.code == "model.manifest_invalid"
+            return
+        assert ref is None or ref.threshold <= len(ref.shares)
