@@ -44,6 +44,9 @@ CATALOGUE: dict[str, ErrorSpec] = {
         400, "The key identifier is unknown; fetch the current key configuration."
     ),
     "crypto.truncated": ErrorSpec(400, "The encrypted stream ended before its final chunk."),
+    "crypto.share_invalid": ErrorSpec(
+        400, "A secret share is malformed, of another split, or does not fit the others."
+    ),
     "protocol.bad_message": ErrorSpec(400, "The message does not follow the wire format."),
     "protocol.unsupported_version": ErrorSpec(400, "The format version is not supported."),
     "protocol.replayed": ErrorSpec(
@@ -113,6 +116,12 @@ CATALOGUE: dict[str, ErrorSpec] = {
         403, "The enclave trusts a key broker the policy does not name."
     ),
     "policy.smt_forbidden": ErrorSpec(403, "The policy forbids SMT on the platform."),
+    "policy.release_not_logged": ErrorSpec(
+        403, "The enclave's build is not a release published in the policy's release log."
+    ),
+    "policy.measurement_revoked": ErrorSpec(
+        403, "The enclave's measurement is on the relying party's revocation list."
+    ),
     "policy.migration_agent_forbidden": ErrorSpec(
         403, "The policy forbids guests that allow a migration agent."
     ),
@@ -122,6 +131,9 @@ CATALOGUE: dict[str, ErrorSpec] = {
         403, "The report's signing key kind is not allowed by the policy."
     ),
     # --- audit ---------------------------------------------------------------------------
+    "audit.release_invalid": ErrorSpec(
+        400, "The release statement or its proof of publication does not verify."
+    ),
     "audit.proof_invalid": ErrorSpec(400, "The Merkle proof does not verify."),
     "audit.inclusion_invalid": ErrorSpec(400, "The inclusion proof does not verify."),
     "audit.consistency_invalid": ErrorSpec(400, "The consistency proof does not verify."),
@@ -197,6 +209,12 @@ CATALOGUE: dict[str, ErrorSpec] = {
     "kbs.requester_not_allowed": ErrorSpec(
         403, "The requester identity is not allowed by the resource's release policy."
     ),
+    "kbs.threshold_not_met": ErrorSpec(
+        403, "Fewer key brokers than the threshold released their share of the key."
+    ),
+    "kbs.revoked": ErrorSpec(
+        403, "The enclave's measurement, chip, TCB level or GPU is on the owner's revocation list."
+    ),
     # --- sealed models ---------------------------------------------------------------------
     "model.manifest_invalid": ErrorSpec(400, "The sealed model manifest is invalid."),
     "model.chunk_invalid": ErrorSpec(400, "A sealed model chunk is missing, reordered or altered."),
@@ -208,6 +226,9 @@ CATALOGUE: dict[str, ErrorSpec] = {
     ),
     # --- enclave and client ----------------------------------------------------------------
     "enclave.not_ready": ErrorSpec(503, "The enclave is not ready yet."),
+    "enclave.revoked": ErrorSpec(
+        503, "The enclave was revoked by its key broker and has dropped its keys; it serves nothing."
+    ),
     "enclave.engine_failed": ErrorSpec(500, "The inference engine failed."),
     "enclave.bad_request": ErrorSpec(400, "The inference request is invalid."),
     "enclave.context_length_exceeded": ErrorSpec(
@@ -248,6 +269,10 @@ CATALOGUE: dict[str, ErrorSpec] = {
         502, "The server's attestation was refused; no data was sent."
     ),
     "client.key_changed": ErrorSpec(502, "The server's key changed; re-attestation failed."),
+    "client.reattestation_failed": ErrorSpec(
+        503, "The enclave failed its latest re-attestation; no request is sent to it until it "
+        "passes again (see /medclave/status)."
+    ),
     "client.upstream_failed": ErrorSpec(502, "The upstream enclave could not be reached."),
     "client.idp_unavailable": ErrorSpec(
         502, "The proxy could not obtain a token from the identity provider; retry later."

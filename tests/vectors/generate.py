@@ -29,6 +29,8 @@ from tests.vectors import (  # noqa: F401  (they register)
     kat_audit,
     kat_sealed,
     kat_sealing,
+    kat_threshold,
+    kat_trust,
 )
 from tests.vectors._kat import HERE, VECTORS, Vector
 

@@ -102,6 +102,26 @@ class TokenIssuer(BaseModel):
     jwks: str = Field(min_length=1, max_length=2048)
 
 
+class ReleaseLogRule(BaseModel):
+    """``[release_log]``: accept a measurement published in this release log (audit/release.py)
+    with at least ``quorum`` of ``witnesses``' cosignatures, signed by one of ``signers`` (note
+    verifier keys). Enforced by the callers that read the runtime's release proof (the client,
+    the key broker); every other caller refuses such a policy (``policy.release_not_logged``)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    log_key: str = Field(min_length=1, max_length=512)
+    witnesses: tuple[str, ...] = Field(default=(), max_length=32)
+    quorum: int = Field(default=0, ge=0, le=32)
+    signers: tuple[str, ...] = Field(default=(), max_length=16)
+
+    @model_validator(mode="after")
+    def _quorum_reachable(self) -> ReleaseLogRule:
+        if self.quorum > len(self.witnesses):
+            raise ValueError("release_log quorum exceeds the witnesses listed")
+        return self
+
+
 class AppraisalPolicy(BaseModel):
     """Reference values. Construct with :func:`load_policy` or :func:`default_policy`."""
 
@@ -117,6 +137,7 @@ class AppraisalPolicy(BaseModel):
     require_gpu: bool = False
     tcb: TcbRules = Field(default_factory=TcbRules)
     platform: dict[str, PlatformRules] = Field(default_factory=dict)
+    release_log: ReleaseLogRule | None = None
 
     @field_validator("kbs_keys")
     @classmethod
@@ -156,7 +177,10 @@ class AppraisalPolicy(BaseModel):
         return self
 
     def digest(self) -> str:
-        return canonical_sha256(self.model_dump(mode="json")).hex()
+        body = self.model_dump(mode="json")
+        if body.get("release_log") is None:
+            body.pop("release_log", None)  # policies without the rule keep their digest
+        return canonical_sha256(body).hex()
 
     @property
     def allows_sim(self) -> bool:
@@ -248,8 +272,12 @@ def evaluate(
     model_digest: str | None = None,
     kbs_keys: object = None,
     token_issuers: object = None,
+    release_proven: bool = False,
 ) -> Appraisal:
     """Every rule of ``policy`` against ``verification``; never raises for a refusal.
+
+    ``release_proven``: the caller checked the policy's ``release_log`` rule against the
+    runtime's release proof (audit/release.py); a caller that did not is refused.
 
     ``model_digest`` and ``kbs_keys`` are what the attested runtime states (read by the caller,
     which knows the runtime's shape); ``kbs_keys`` as found there, validated here."""
@@ -275,6 +303,10 @@ def evaluate(
                                "the GPU evidence does not chain to NVIDIA's device root: "
                                "not a genuine GPU"))
     status["hardware"] = "affirming" if verification.secure else "contraindicated"
+
+    if policy.release_log is not None and not release_proven:
+        v.append(Violation("policy.release_not_logged", "release_proof",
+                           "the policy requires a published release and it was not checked"))
 
     debug = _debug_of(claims)
     if debug and not policy.allow_debug:
@@ -423,10 +455,12 @@ def appraise(
     model_digest: str | None = None,
     kbs_keys: object = None,
     token_issuers: object = None,
+    release_proven: bool = False,
 ) -> Appraisal:
     """Like :func:`evaluate`, but raises :class:`PolicyError` listing every violation."""
     result = evaluate(verification, policy, now=now, evidence_time=evidence_time,
-                      model_digest=model_digest, kbs_keys=kbs_keys, token_issuers=token_issuers)
+                      model_digest=model_digest, kbs_keys=kbs_keys, token_issuers=token_issuers,
+                      release_proven=release_proven)
     if result.violations:
         raise_refusal(result.violations)
     return result

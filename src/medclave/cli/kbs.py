@@ -40,6 +40,14 @@ key_app = typer.Typer(help="The broker's signing key (on the broker's data folde
                       no_args_is_help=True)
 app.add_typer(owner_app, name="owner")
 app.add_typer(key_app, name="key")
+threshold_app = typer.Typer(help="Split a secret k-of-n across independent brokers.",
+                            no_args_is_help=True)
+app.add_typer(threshold_app, name="threshold")
+revocation_app = typer.Typer(help="Your revocation list: enclaves that get none of your keys.",
+                             no_args_is_help=True)
+app.add_typer(revocation_app, name="revocation")
+Kind = Annotated[str, typer.Argument(help="measurement | chip_id | tcb | gpu_serial")]
+Value = Annotated[str, typer.Argument(help="the identity, hex (as the evidence's claims show)")]
 
 UNUSABLE_PREFIXES = ("input.", "config.", "policy.invalid", "policy.empty")
 T = TypeVar("T")
@@ -241,3 +249,64 @@ def decisions_cmd(
     """Recorded decisions about your resources and by your token, newest first."""
     with _client(url, token) as c:
         _emit(_run(lambda: c.decisions(resource, limit)))
+
+
+@threshold_app.command("split")
+def threshold_split(
+    resource: Resource,
+    threshold: Annotated[int, typer.Option("--threshold", "-k", help="shares needed (k)")],
+    brokers: Annotated[Path, typer.Option(
+        "--brokers", help='JSON {"brokers": [{"url", "token", "key"}]} (mode 0600)')],
+    secret_file: Annotated[Path | None, typer.Option(
+        "--secret-file", help="the secret ('-': stdin); default: 256 fresh random bits")] = None,
+    rotate: Annotated[bool, typer.Option(help="a new version of existing shares")] = False,
+    out: Annotated[Path | None, typer.Option(
+        "--out", help="write the descriptor (not secret) here too")] = None,
+) -> None:
+    """Split a secret k-of-n: one Shamir share per broker under RESOURCE, each released only
+    under that broker's own policy. Prints the descriptor the enclave needs."""
+    import os
+
+    from medclave.kbs.threshold import BrokerTarget, load_brokers_file, split_to_brokers
+
+    secret = _read_secret(secret_file) or os.urandom(32)
+
+    def run() -> dict[str, Any]:
+        targets = [BrokerTarget(url, OwnerClient(url, token), key)
+                   for url, token, key in load_brokers_file(brokers)]
+        try:
+            ref = split_to_brokers(secret, threshold, targets, resource, rotate=rotate)
+        finally:
+            for t in targets:
+                t.owner.close()
+        body = ref.model_dump(mode="json")
+        if out is not None:
+            out.write_text(json.dumps(body, indent=2) + "\n")
+        return body
+
+    _emit(_run(run))
+
+
+@revocation_app.command("add")
+def revocation_add(kind: Kind, value: Value, token: Token, url: Url = DEFAULT_URL,
+                   reason: Annotated[str, typer.Option(help="why (kept with the entry)")] = ""
+                   ) -> None:
+    """Revoke an enclave identity: no further release of your resources to it, and enclaves
+    holding your keys learn it at their next standing check and stop serving."""
+    with _client(url, token) as c:
+        _emit(_run(lambda: c.revoke(kind, value, reason)))
+
+
+@revocation_app.command("remove")
+def revocation_remove(kind: Kind, value: Value, token: Token, url: Url = DEFAULT_URL) -> None:
+    """Take an entry off your revocation list."""
+    with _client(url, token) as c:
+        _run(lambda: c.unrevoke(kind, value))
+        _emit({"removed": {"kind": kind, "value": value}})
+
+
+@revocation_app.command("list")
+def revocation_list(token: Token, url: Url = DEFAULT_URL) -> None:
+    """Your revocation list."""
+    with _client(url, token) as c:
+        _emit(_run(c.revocations))

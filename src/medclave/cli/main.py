@@ -21,6 +21,7 @@ SUBCOMMANDS: tuple[tuple[str, str], ...] = (
     ("enclave", "enclave"),
     ("proxy", "proxy"),
     ("audit", "audit"),
+    ("release", "release"),
     ("auth", "auth"),
     ("idp", "idp"),
 )

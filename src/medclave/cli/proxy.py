@@ -75,6 +75,9 @@ def proxy(
     sim_root: Annotated[list[str] | None, typer.Option(
         "--sim-root", help="accept sim evidence from this root (NOT SECURE)")] = None,
     reattest_seconds: Annotated[int, typer.Option(help="re-attest at least this often")] = 300,
+    collateral: Annotated[Path | None, typer.Option(
+        "--collateral", help="verifier collateral (JSON: snp_tcb_baseline, "
+        "revoked_measurements); re-read while running, a change re-attests at once")] = None,
     data: DataDir = _DEFAULT_DATA,
     idp_token_url: Annotated[str | None, typer.Option(
         "--idp-token-url", help="credentials: the IdP's token endpoint (https, or http to "
@@ -126,6 +129,7 @@ def proxy(
         settings = ProxySettings(upstream=upstream, policy_file=policy, host=host, port=port,
                                  sim_roots=tuple(sim_root or ()),
                                  reattest_seconds=reattest_seconds, data_dir=data,
+                                 collateral_file=collateral,
                                  idp_token_url=idp_token_url, idp_client_id=idp_client_id,
                                  idp_client_secret=secret, identity_header=identity_header,
                                  identity_roles=tuple(identity_role or ()),

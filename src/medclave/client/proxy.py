@@ -49,10 +49,12 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Receive, Scope, Send
 from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
+from medclave.attestation.collateral import load_collateral
 from medclave.attestation.policy import load_policy
 from medclave.client.admission import AdmissionConfig, ProxyAdmission, build_admission
 from medclave.client.apikeys import ApiKeyStore
 from medclave.client.callers import Callers, Upstream
+from medclave.client.continuous import TrustWatch
 from medclave.client.credentials import Credentials, IdpClientConfig
 from medclave.client.session import (
     Abort,
@@ -100,6 +102,13 @@ class ProxySettings(BaseSettings, ServingSettings):
     port: int = Field(default=8080, ge=0, le=65535)
     sim_roots: tuple[str, ...] = ()
     reattest_seconds: int = Field(default=300, ge=1)
+    # Continuous trust (client/continuous.py): the relying party's collateral (TCB baseline,
+    # revoked measurements); it and policy_file are re-read every trust_poll_seconds and a
+    # change re-attests at once. A failed re-attestation is retried every
+    # reattest_retry_seconds; until one passes, requests are refused.
+    collateral_file: Path | None = None
+    trust_poll_seconds: float = Field(default=2.0, gt=0, le=3600)
+    reattest_retry_seconds: int = Field(default=30, ge=1)
     timeout_seconds: float = Field(default=300.0, gt=0)
     max_in_flight: int = Field(default=256, ge=1, le=100_000)
     data_dir: Path = DEFAULT_DATA_DIR  # API keys (apikeys.db)
@@ -164,10 +173,18 @@ def get_settings() -> ProxySettings:
 
 
 def session_for(settings: ProxySettings) -> EnclaveSession:
+    collateral = (load_collateral(settings.collateral_file) if settings.collateral_file
+                  else None)
     return EnclaveSession(settings.upstream, load_policy(settings.policy_file),
                           sim_roots=frozenset(settings.sim_roots),
                           reattest_after=timedelta(seconds=settings.reattest_seconds),
-                          timeout=settings.timeout_seconds)
+                          retry_failed_after=timedelta(seconds=settings.reattest_retry_seconds),
+                          timeout=settings.timeout_seconds, collateral=collateral)
+
+
+def watch_for(settings: ProxySettings, session: EnclaveSession) -> TrustWatch:
+    return TrustWatch(session, policy_file=settings.policy_file,
+                      collateral_file=settings.collateral_file, poll=settings.trust_poll_seconds)
 
 
 def admission_for(settings: ProxySettings) -> ProxyAdmission | None:
@@ -344,9 +361,11 @@ async def model(request: Request, session: SessionDep, model_id: str) -> Respons
 
 @router.get("/medclave/status")
 async def status(session: SessionDep) -> dict[str, Any]:
-    """The last verified evidence: platform, measurement, model digest, when."""
+    """The last verified evidence: platform, measurement, model digest, when; and ``trust``:
+    whether the latest (re-)attestation passed, and if not, its code and why."""
     enclave = session.enclave
-    return {"upstream_verified": enclave is not None, "enclave": dict(summary(enclave))}
+    return {"upstream_verified": enclave is not None, "enclave": dict(summary(enclave)),
+            "trust": session.trust_state()}
 
 
 def _kind(code: str, status: int) -> str:
@@ -453,6 +472,8 @@ def serve(settings: ProxySettings) -> None:
                     "which still authenticates and authorizes it")
     callers = callers_for(settings)
     session = session_for(settings)
+    watch = watch_for(settings, session)
+    watch.start()
     try:
         run_server(create_proxy_app(session, admission, callers=callers,
                                     trusted_proxies=settings.trusted_proxies,
@@ -461,6 +482,7 @@ def serve(settings: ProxySettings) -> None:
                    settings.serving(), host=settings.host, port=settings.port,
                    log_level="info")
     finally:
+        watch.stop()
         session.close()
         callers.close()
         if admission is not None:

@@ -28,6 +28,7 @@ from typing import Any
 import httpx
 
 from medclave import errors
+from medclave.attestation.collateral import Collateral
 from medclave.attestation.policy import AppraisalPolicy
 from medclave.audit.receipt import VerifiedReceipt, verify_receipt
 from medclave.client.verify import VerifiedEnclave, verify_enclave
@@ -234,9 +235,15 @@ class EnclaveSession:
                  reattest_after: timedelta = timedelta(minutes=5),
                  require_receipts: bool = True,
                  clock: Clock = system_clock, timeout: float = 300.0,
-                 http: httpx.Client | None = None) -> None:
+                 http: httpx.Client | None = None, collateral: Collateral | None = None,
+                 retry_failed_after: timedelta = timedelta(seconds=30)) -> None:
         self._url = url.rstrip("/")
         self._policy = policy
+        self._collateral = collateral
+        self._retry_failed_after = retry_failed_after
+        # A failed re-attestation (continuous trust): (code, detail, when). While set, no
+        # request goes to the enclave (client.reattestation_failed) until one passes again.
+        self._failure: tuple[str, str, datetime] | None = None
         self._sim_roots = frozenset(r.lower().replace(":", "") for r in sim_roots)
         self._trusted_roots = trusted_roots
         self._reattest_after = reattest_after
@@ -263,6 +270,26 @@ class EnclaveSession:
             return self._attest_locked()
 
     def _attest_locked(self) -> VerifiedEnclave:
+        """Attest; a failure after an enclave was once verified stops every request to it
+        at once (fail closed: ``client.reattestation_failed``, until an attestation passes
+        again) and is kept for ``/medclave/status``."""
+        again = self._enclave is not None or self._failure is not None
+        try:
+            enclave = self._attest_once()
+        except MedclaveError as exc:
+            if not again:
+                raise
+            self._enclave = None
+            self._failure = (exc.code, exc.detail, self._clock())
+            log.error("re-attestation of %s failed: %s; requests to it are refused until it "
+                      "passes again", self._url, exc.code)
+            raise  # this caller learns the cause; later ones client.reattestation_failed
+        if self._failure is not None:
+            log.warning("re-attestation of %s passes again", self._url)
+        self._failure = None
+        return enclave
+
+    def _attest_once(self) -> VerifiedEnclave:
         nonce = os.urandom(NONCE_BYTES)
         issued = self._clock()
         try:
@@ -274,7 +301,8 @@ class EnclaveSession:
             raise error_from_body(response.status_code, response.content)
         enclave = verify_enclave(response.content, nonce=nonce, policy=self._policy,
                                  now=self._clock(), nonce_issued=issued,
-                                 sim_roots=self._sim_roots, trusted_roots=self._trusted_roots)
+                                 sim_roots=self._sim_roots, trusted_roots=self._trusted_roots,
+                                 collateral=self._collateral)
         previous = self._enclave
         if previous is not None and previous.key_config != enclave.key_config:
             log.info("enclave key changed (id %d -> %d); taken from a verified attestation",
@@ -282,8 +310,52 @@ class EnclaveSession:
         self._enclave = enclave
         return enclave
 
+    def update_trust(self, *, policy: AppraisalPolicy | None = None,
+                     collateral: Collateral | None = None) -> VerifiedEnclave:
+        """New verifier inputs (a changed policy or collateral) take effect now: the enclave is
+        attested again under them, and refused at once if it no longer passes."""
+        with self._lock:
+            if policy is not None:
+                self._policy = policy
+            if collateral is not None:
+                self._collateral = collateral
+            return self._attest_locked()
+
+    def fail(self, code: str, detail: str) -> None:
+        """Stop requests now (e.g. the relying party's own inputs no longer load)."""
+        with self._lock:
+            self._enclave = None
+            self._failure = (code, detail, self._clock())
+
+    def reattest_if_due(self) -> VerifiedEnclave | None:
+        """The scheduled re-attestation: attest when the last one is ``reattest_after`` old
+        (a failed one: ``retry_failed_after``); never the first attestation (that is lazy)."""
+        with self._lock:
+            now = self._clock()
+            if self._enclave is not None:
+                if now - self._enclave.verified_at < self._reattest_after:
+                    return self._enclave
+            elif self._failure is None or now - self._failure[2] < self._retry_failed_after:
+                return None
+            return self._attest_locked()
+
+    def trust_state(self) -> dict[str, Any]:
+        """What ``/medclave/status`` says about trust: verified, failed (and why) or not yet."""
+        with self._lock:
+            if self._failure is not None:
+                code, detail, at = self._failure
+                return {"state": "failed", "code": code, "detail": detail,
+                        "since": at.isoformat()}
+            if self._enclave is not None:
+                return {"state": "verified", "verified_at": self._enclave.verified_at.isoformat()}
+            return {"state": "unverified"}
+
     def _current(self, *, force: bool = False) -> VerifiedEnclave:
         with self._lock:
+            failure = self._failure
+            if (failure is not None and not force
+                    and self._clock() - failure[2] < self._retry_failed_after):
+                raise ClientError("client.reattestation_failed", f"{failure[0]}: {failure[1]}")
             enclave = self._enclave
             stale = enclave is None or self._clock() - enclave.verified_at >= self._reattest_after
             if force or stale:

@@ -21,10 +21,12 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from medclave.attestation.collateral import Collateral, apply_collateral
 from medclave.attestation.core import Verification
 from medclave.attestation.policy import AppraisalPolicy, appraise, gpu_claims
 from medclave.attestation.verifier import verify_bundle
 from medclave.audit.note import ALG_ED25519, NoteVerifier
+from medclave.audit.release import check_release
 from medclave.crypto.ohttp import KeyConfig
 from medclave.errors import AttestationError
 from medclave.protocol.evidence import MAX_BUNDLE_BYTES, EvidenceBundle
@@ -55,6 +57,7 @@ class VerifiedEnclave:
     policy_digest: str
     # One summary per GPU verified beside the CPU report, bound to it (verifier.verify_bundle).
     gpus: tuple[dict[str, Any], ...] = ()
+    release: str | None = None  # the published release the build was found in, if asked
 
     @property
     def model_digest(self) -> str:
@@ -85,6 +88,8 @@ class VerifiedEnclave:
         }
         if self.gpus:
             out["gpus"] = [dict(g) for g in self.gpus]
+        if self.release is not None:
+            out["release"] = self.release
         if not self.secure:
             out["warning"] = SIM_WARNING
         return out
@@ -114,7 +119,8 @@ def _measurement(verification: Verification) -> str | None:
 def verify_enclave(data: bytes, *, nonce: bytes, policy: AppraisalPolicy, now: datetime,
                    nonce_issued: datetime | None = None,
                    sim_roots: frozenset[str] = frozenset(),
-                   trusted_roots: frozenset[str] | None = None) -> VerifiedEnclave:
+                   trusted_roots: frozenset[str] | None = None,
+                   collateral: Collateral | None = None) -> VerifiedEnclave:
     """Verify and appraise; raises ``attestation.*`` or ``policy.*``, never returns a refusal.
 
     The evidence answers ``nonce``, so it is no older than ``nonce_issued``: that is the time a
@@ -122,12 +128,21 @@ def verify_enclave(data: bytes, *, nonce: bytes, policy: AppraisalPolicy, now: d
     bundle = parse_attestation(data)
     verification = verify_bundle(bundle, now=now, expected_nonce=nonce, sim_roots=sim_roots,
                                  trusted_roots=trusted_roots)
+    # The relying party's own, changing view (TCB baseline, revoked measurements).
+    verification = apply_collateral(verification, collateral)
     runtime = EnclaveRuntime.from_runtime(dict(bundle.runtime))
     key_config = runtime.key_config()
     runtime.audit_key()
+    release = None
+    if policy.release_log is not None:
+        # The release log replaces a list of measurements: the build must be published.
+        release = check_release(policy.release_log, platform=verification.platform,
+                                measurement=_measurement(verification),
+                                runtime=dict(bundle.runtime)).release
     appraisal = appraise(verification, policy, now=now, model_digest=runtime.model_digest,
                          evidence_time=nonce_issued, kbs_keys=list(runtime.kbs_keys),
-                         token_issuers=[dict(t) for t in runtime.token_issuers])
+                         token_issuers=[dict(t) for t in runtime.token_issuers],
+                         release_proven=release is not None)
     if not verification.secure:
         log.warning(SIM_WARNING)
     return VerifiedEnclave(
@@ -143,6 +158,7 @@ def verify_enclave(data: bytes, *, nonce: bytes, policy: AppraisalPolicy, now: d
         policy_name=appraisal.policy_name,
         policy_digest=appraisal.policy_digest,
         gpus=tuple(_gpu_summary(g) for g in gpu_claims(verification)),
+        release=release,
     )
 
 

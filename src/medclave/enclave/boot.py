@@ -14,6 +14,8 @@ import hashlib
 import logging
 import os
 import secrets
+import ssl
+import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -60,8 +62,10 @@ from medclave.enclave.sealing.roots import broker_fetcher as sealing_fetcher
 from medclave.enclave.sealing.store import MemorySealedStore, SealedStore, SqliteSealedStore
 from medclave.enclave.service import SERVICE, EnclaveIdentity, InferenceService
 from medclave.enclave.settings import EnclaveSettings
-from medclave.errors import InputError
+from medclave.enclave.standing import StandingCheck, StandingMonitor
+from medclave.errors import InputError, KbsError
 from medclave.kbs.client import KbsClient
+from medclave.kbs.sealed_models import ShareRef
 from medclave.kbs.signing import TrustedBrokers
 from medclave.protocol.evidence import EvidenceBundle
 
@@ -83,6 +87,7 @@ class Booted:
     platform: Platform
     model_digest: str
     _closers: list[Callable[[], None]] = field(default_factory=list)
+    standing: StandingMonitor | None = None
 
     def close(self) -> None:
         while self._closers:
@@ -184,6 +189,58 @@ def broker_client(settings: EnclaveSettings, attester: Attester
     return open_client
 
 
+def share_clients(settings: EnclaveSettings, attester: Attester, runtime: Mapping[str, Any]
+                  ) -> Callable[[ShareRef], KbsClient]:
+    """Clients for a threshold release: one per share, each pinned to the key of the broker
+    that holds that share (a key among ``kbs_keys``; the URL comes from the untrusted key.json
+    and is trusted for nothing)."""
+    if not settings.kbs_keys:
+        raise InputError("config.invalid", "a threshold-released model needs kbs_keys: the "
+                         "public keys of the brokers holding its shares")
+    pinned = TrustedBrokers.of(settings.kbs_keys)
+    # One TLS context for every share's client: loading a CA store costs tens of ms.
+    verify = (ssl.create_default_context(cafile=str(settings.kbs_ca_file))
+              if settings.kbs_ca_file else ssl.create_default_context())
+
+    def open_client(share: ShareRef) -> KbsClient:
+        if share.broker_key not in pinned.fingerprints():
+            raise KbsError("kbs.answer_unauthenticated",
+                           "a share is held by a broker this enclave does not trust")
+        return KbsClient(share.kbs, attester, trusted=pinned, runtime=runtime, verify=verify,
+                         signer=share.broker_key)
+
+    return open_client
+
+
+def standing_checks(settings: EnclaveSettings, attester: Attester,
+                    runtime: Callable[[], dict[str, Any]]) -> list[StandingCheck]:
+    """One standing question per (broker, key resource) this enclave holds a key from."""
+    from medclave.kbs.sealed_models import read_key_ref, read_threshold_ref
+
+    checks: list[StandingCheck] = []
+
+    def single(resource: str) -> StandingCheck:
+        def ask() -> str:
+            with broker_client(settings, attester)(runtime()) as kbs:
+                return kbs.standing(resource)
+        return StandingCheck(resource, ask)
+
+    if settings.kbs_url and settings.audit_key_resource:
+        checks.append(single(settings.audit_key_resource))
+    if settings.sealed_model is not None:
+        split = read_threshold_ref(settings.sealed_model)
+        ref = read_key_ref(settings.sealed_model)
+        if split is not None:
+            for share in split.shares:
+                def ask_share(share: ShareRef = share) -> str:
+                    with share_clients(settings, attester, runtime())(share) as kbs:
+                        return kbs.standing(share.resource)
+                checks.append(StandingCheck(f"{share.resource}#{share.index}", ask_share))
+        elif ref is not None and settings.kbs_url:
+            checks.append(single(ref.resource))
+    return checks
+
+
 def build_commit_keys(settings: EnclaveSettings, platform: Platform,
                       runtime: Callable[[], dict[str, Any]], clock: Clock) -> CommitKeys:
     """The tenants' commitment keys: a local file on sim (development), else the broker; with
@@ -241,17 +298,25 @@ def _open_model(settings: EnclaveSettings, attester: Attester, base_runtime: dic
     """``(path for the engine, SHA-256 of the plaintext weights)``."""
     if settings.sealed_model is not None:
         from medclave.crypto import sealed
-        from medclave.kbs.sealed_models import load_sealed_model
+        from medclave.kbs.sealed_models import (
+            load_sealed_model,
+            load_sealed_model_threshold,
+            read_threshold_ref,
+        )
 
-        if not settings.kbs_url:
-            raise InputError("config.invalid", "a sealed model needs kbs_url")
         manifest = sealed.load_manifest(settings.sealed_model)
         runtime = {**base_runtime, "model_digest": manifest.plaintext_sha256}
         if settings.requester:
             runtime["requester"] = settings.requester
-        with broker_client(settings, attester)(runtime) as kbs:
-            fd, path, manifest = load_sealed_model(kbs, settings.sealed_model)
-        closers.append(lambda: os.close(fd))
+        if read_threshold_ref(settings.sealed_model) is not None:
+            fd, path, manifest = load_sealed_model_threshold(
+                share_clients(settings, attester, runtime), settings.sealed_model)
+        else:
+            if not settings.kbs_url:
+                raise InputError("config.invalid", "a sealed model needs kbs_url")
+            with broker_client(settings, attester)(runtime) as kbs:
+                fd, path, manifest = load_sealed_model(kbs, settings.sealed_model)
+        closers.append(_once(lambda: os.close(fd)))
         log.info("model unsealed into memory: %s (%d bytes)", manifest.plaintext_sha256,
                  manifest.size)
         return path, manifest.plaintext_sha256
@@ -300,15 +365,22 @@ def boot(settings: EnclaveSettings, *, clock: Clock = system_clock,
             "ohttp_key_config": base64.b64encode(keys.config.encode()).decode(),
             "audit_origin": origin,
         }
-        brokers = trusted_brokers(settings)
+        release_proof = _release_proof(settings)
+        if release_proof is not None:
+            base_runtime["release_proof"] = release_proof
+        brokers = trusted_brokers(settings) or (
+            TrustedBrokers.of(settings.kbs_keys) if settings.kbs_keys else None)
         if brokers is not None:
             base_runtime["kbs_keys"] = brokers.fingerprints()
         signer = _audit_signer(settings, platform, origin, base_runtime)
         audit_public = signer.verifier.public_key
         base_runtime["audit_public_key"] = base64.b64encode(audit_public).decode()
+        before = len(closers)
         model_path, model_digest = _open_model(settings, attester, base_runtime, closers)
+        model_release = closers[before:]  # the unsealed weights' memory file
         engine = engine_factory(model_path, settings)
-        closers.append(engine.close)
+        close_engine = _once(engine.close)  # at shutdown, or earlier on revocation
+        closers.append(close_engine)
         if attester.evidence_digest is None:  # no broker asked: attest once at boot anyway
             attester(os.urandom(32), base_runtime)
         assert attester.evidence_digest is not None
@@ -322,7 +394,8 @@ def boot(settings: EnclaveSettings, *, clock: Clock = system_clock,
                                    audit_public_key=audit_public, audit_origin=origin,
                                    policy_digest=hook.policy_digest,
                                    kbs_keys=tuple(base_runtime.get("kbs_keys", ())),
-                                   token_issuers=hook.token_issuers)
+                                   token_issuers=hook.token_issuers,
+                                   release_proof=release_proof)
         served_apps: tuple[InnerApp, ...] = ()
         if apps:
             context = AppContext(settings, _sealed(settings, platform, broker_runtime, clock,
@@ -339,13 +412,53 @@ def boot(settings: EnclaveSettings, *, clock: Clock = system_clock,
                                        max_bytes=settings.responses_max_bytes),
                                    apps=served_apps)
         served.append(service)
+        if isinstance(commit_keys, BrokerCommitKeys):
+            service.on_revoke(commit_keys.drop)
+        service.on_revoke(close_engine)
+        for release in model_release:  # after the engine: it maps the weights
+            service.on_revoke(release)
+        monitor = StandingMonitor(
+            standing_checks(settings, platform.attester, broker_runtime),
+            service.revoke, interval=settings.standing_check_seconds,
+            max_age=settings.standing_max_age_seconds)
+        if settings.standing_check_seconds:
+            monitor.start()
+            closers.append(monitor.stop)
     except BaseException:
         for close in reversed(closers):
             close()
         raise
     log.info("enclave ready: platform=%s model=%s engine=%s", platform.name, model_digest,
              engine.build_id)
-    return Booted(service, platform, model_digest, closers)
+    return Booted(service, platform, model_digest, closers, monitor)
+
+
+def _release_proof(settings: EnclaveSettings) -> dict[str, Any] | None:
+    """The release proof file, read once (bounded); its content is checked by relying parties,
+    not here: the enclave only serves it."""
+    path = settings.release_proof_file
+    if path is None:
+        return None
+    import json
+
+    try:
+        with path.open("rb") as fh:
+            raw = fh.read(256 * 1024 + 1)
+        value = json.loads(raw) if len(raw) <= 256 * 1024 else None
+    except (OSError, ValueError) as exc:
+        raise InputError("config.invalid", f"cannot read the release proof {path.name}") from exc
+    if not isinstance(value, dict):
+        raise InputError("config.invalid", f"{path.name} is not a release proof")
+    return value
+
+
+def _once(action: Callable[[], None]) -> Callable[[], None]:
+    done = threading.Lock()
+
+    def run() -> None:
+        if done.acquire(blocking=False):
+            action()
+    return run
 
 
 def _audit_signer(settings: EnclaveSettings, platform: Platform, origin: str,

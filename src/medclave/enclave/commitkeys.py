@@ -135,9 +135,12 @@ class BrokerCommitKeys:
         self._failed: dict[str, tuple[datetime, str]] = {}
         self._tenant_locks: dict[str, threading.Lock] = {}
         self._lock = threading.Lock()
+        self._dropped = False
 
     def key_for(self, tenant: str) -> CommitKey:
         with self._lock:
+            if self._dropped:
+                raise _unavailable("enclave.revoked")
             key = self._cached(tenant)
             if key is not None:
                 return key
@@ -158,9 +161,17 @@ class BrokerCommitKeys:
                             tenant, exc.code)
                 raise _unavailable(exc.code) from None
             with self._lock:
+                if self._dropped:
+                    raise _unavailable("enclave.revoked")
                 self._keys[tenant] = key
                 self._failed.pop(tenant, None)
             return key
+
+    def drop(self) -> None:
+        """Forget every tenant's key (revocation); each later request is refused."""
+        with self._lock:
+            self._keys.clear()
+            self._dropped = True
 
     def _cached(self, tenant: str) -> CommitKey | None:
         key = self._keys.get(tenant)

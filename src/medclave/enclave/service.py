@@ -92,6 +92,9 @@ class EnclaveIdentity:
     # Whose tokens the door accepts: {"issuer", "jwks"} per issuer, jwks a URL or the
     # "sha256:" digest of a static key set; () when the door is off (sim development only).
     token_issuers: tuple[dict[str, str], ...] = ()
+    # The proof that this build is a published release (audit/release.py), served with every
+    # attestation so a relying party checks it offline; None when none was given.
+    release_proof: dict[str, Any] | None = None
 
 
 @dataclass
@@ -159,6 +162,33 @@ class InferenceService:
         self.started = int(clock().timestamp())
         self.replay = ReplayGuard(keys)  # encapsulated requests run once
         self.apps = apps  # applications inside the encapsulation (medclave.enclave.inner_apps)
+        # Continuous trust (docs/continuous-trust.md): once a broker says this enclave is
+        # revoked, it drops its keys and answers every request enclave.revoked, for good.
+        self.revoked: str | None = None
+        self._revoke_hooks: list[Callable[[], None]] = [keys.drop]
+
+    # --- revocation ------------------------------------------------------------------------------
+
+    def on_revoke(self, hook: Callable[[], None]) -> None:
+        """Run ``hook`` (drop a key, close the engine) when this enclave is revoked."""
+        self._revoke_hooks.append(hook)
+
+    def revoke(self, reason: str) -> None:
+        """Stop serving and drop every key this process holds; there is no way back short of
+        a restart, whose boot must pass the brokers again (fail closed)."""
+        if self.revoked is not None:
+            return
+        self.revoked = reason
+        log.critical("REVOKED (%s): keys dropped, serving nothing", reason)
+        for hook in self._revoke_hooks:
+            try:
+                hook()
+            except Exception as exc:  # dropping the rest matters more
+                log.warning("revocation step failed: %s", type(exc).__name__)
+
+    def _refuse_if_revoked(self) -> None:
+        if self.revoked is not None:
+            raise EnclaveError("enclave.revoked", self.revoked)
 
     # --- attestation ---------------------------------------------------------------------------
 
@@ -179,9 +209,12 @@ class InferenceService:
         if ident.kbs_keys:
             runtime["kbs_keys"] = list(ident.kbs_keys)
         runtime["token_issuers"] = [dict(i) for i in ident.token_issuers]
+        if ident.release_proof is not None:
+            runtime["release_proof"] = ident.release_proof
         return runtime
 
     def attest(self, nonce: bytes) -> EvidenceBundle:
+        self._refuse_if_revoked()
         return self.platform.attester(nonce, self.runtime())
 
     # --- the OHTTP door --------------------------------------------------------------------------
@@ -189,6 +222,7 @@ class InferenceService:
     def handle(self, body: bytes, content_type: str, cancel: Cancel | None = None
                ) -> OuterResponse:
         """``cancel``: set (from any thread) when the client has gone; see the module."""
+        self._refuse_if_revoked()
         media = content_type.split(";", 1)[0].strip().lower()
         rid = secrets.token_hex(12)
         started = time.perf_counter()

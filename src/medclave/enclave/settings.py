@@ -45,6 +45,14 @@ class EnclaveSettings(BaseSettings, ServingSettings):
     # HTTPS to the broker: pin this CA (or the broker's self-signed certificate) file.
     kbs_ca_file: Path | None = None
     requester: str | None = Field(default=None, max_length=256)  # runtime["requester"] for KBS
+    # Continuous trust (enclave/standing.py): re-check standing with the brokers that released
+    # this enclave's keys every standing_check_seconds (0: never); with no good answer for
+    # standing_max_age_seconds, stop serving as if revoked (fail closed).
+    # Release transparency (audit/release.py): the proof that this build is a published
+    # release (`medclave release publish`), served in the runtime of every attestation.
+    release_proof_file: Path | None = None
+    standing_check_seconds: int = Field(default=300, ge=0, le=86400)
+    standing_max_age_seconds: int = Field(default=1800, ge=1, le=7 * 86400)
     model_path: Path | None = None
     model_sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
     model_id: str = Field(default=DEFAULT_MODEL_ID, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}$")

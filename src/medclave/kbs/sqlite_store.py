@@ -24,6 +24,7 @@ from typing import Any
 
 from medclave.errors import KbsError
 from medclave.kbs.names import ResourceName
+from medclave.kbs.revocation import MAX_REVOCATIONS_PER_OWNER, Revocation
 from medclave.kbs.store import (
     MAX_AGGREGATED_DECISIONS,
     NONCE_MEMORY,
@@ -63,6 +64,9 @@ CREATE TABLE IF NOT EXISTS decisions (
     evidence_sha256 TEXT NOT NULL, checks TEXT NOT NULL, actor TEXT NOT NULL DEFAULT '',
     count INTEGER NOT NULL DEFAULT 1, bucket TEXT);
 CREATE INDEX IF NOT EXISTS decisions_owner ON decisions (owner, id);
+CREATE TABLE IF NOT EXISTS revocations (
+    owner TEXT NOT NULL, kind TEXT NOT NULL, value TEXT NOT NULL, reason TEXT NOT NULL,
+    created TEXT NOT NULL, PRIMARY KEY (owner, kind, value));
 """
 # Columns older stores lack, added in place (old rows: no actor, permanent, a count of one).
 _ADDED_COLUMNS = {
@@ -340,6 +344,29 @@ class SqliteStore:
                 return NonceState.USED
             db.execute("UPDATE nonces SET used=1 WHERE nonce=?", (nonce,))
             return NonceState.EXPIRED if now.timestamp() >= row[0] else NonceState.FRESH
+
+    # revocation lists
+    def put_revocation(self, entry: Revocation) -> None:
+        with self._tx() as db:
+            (count,) = db.execute("SELECT COUNT(*) FROM revocations WHERE owner=?",
+                                  (entry.owner,)).fetchone()
+            exists = db.execute("SELECT 1 FROM revocations WHERE owner=? AND kind=? AND value=?",
+                                (entry.owner, entry.kind, entry.value)).fetchone()
+            if exists is None and count >= MAX_REVOCATIONS_PER_OWNER:
+                raise KbsError("kbs.conflict", "the revocation list is full")
+            db.execute("INSERT OR REPLACE INTO revocations VALUES (?, ?, ?, ?, ?)",
+                       (entry.owner, entry.kind, entry.value, entry.reason, _ts(entry.created)))
+
+    def delete_revocation(self, owner: str, kind: str, value: str) -> bool:
+        with self._tx() as db:
+            cur = db.execute("DELETE FROM revocations WHERE owner=? AND kind=? AND value=?",
+                             (owner, kind, value))
+            return cur.rowcount > 0
+
+    def revocations(self, owner: str) -> list[Revocation]:
+        rows = self._read("SELECT owner, kind, value, reason, created FROM revocations "
+                          "WHERE owner=? ORDER BY created, kind, value", (owner,))
+        return [Revocation(r[0], r[1], r[2], r[3], _dt(r[4])) for r in rows]
 
     # decisions
     def record_decision(self, decision: Decision) -> None:
