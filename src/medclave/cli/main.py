@@ -23,6 +23,8 @@ SUBCOMMANDS: tuple[tuple[str, str], ...] = (
     ("audit", "audit"),
     ("auth", "auth"),
     ("idp", "idp"),
+    ("config", "config"),
+    ("monitor", "monitor"),
 )
 
 for _name, _module in SUBCOMMANDS:
