@@ -401,7 +401,7 @@ class InferenceService:
             try:
                 # The engine refuses what it cannot serve (a prompt too long for its context)
                 # here, before the stream starts: the caller gets a plain error answer.
-                with generation_scope(generation), span("engine.generate"):
+                with generation_scope(generation), span("engine generate"):
                     deltas = stream()
             except Busy:
                 raise  # the engine's queue is full: refused before the engine ran
@@ -413,7 +413,7 @@ class InferenceService:
             return _Answer(200, [("content-type", "text/event-stream"),
                                  (proto.REQUEST_ID_HEADER, rid)], streamed=streamed)
         try:
-            with generation_scope(generation), span("engine.generate"):
+            with generation_scope(generation), span("engine generate"):
                 completion = whole()
         except GenerationCancelled:
             completion = None
@@ -437,7 +437,7 @@ class InferenceService:
 
     def _record(self, record: InferenceRecord) -> bytes | None:
         try:
-            with span("audit.append"):
+            with span("audit log append"):
                 return self.audit.record(record)
         except MedclaveError as exc:
             # No answer leaves unrecorded; the caller sees a server error, the log the code.

@@ -4,8 +4,8 @@ Each service has its own :class:`Tracing` (a tracer provider of its own, never t
 one, so services sharing a process in tests keep their spans apart). The observing middleware
 (:mod:`medclave.ops.http`) opens a server span per request, continuing a W3C ``traceparent``
 sent by the caller (the proxy sends one on its outer request to the enclave:
-:func:`outgoing_headers`); inside, :func:`span` opens child spans (``engine.generate``,
-``audit.append``) under whatever service span the request is in.
+:func:`medclave.ops.logs.outgoing_headers`); inside, :func:`span` opens child spans (``engine generate``,
+``audit log append``) under whatever service span the request is in.
 
 Attributes are fixed and few: ``http.request.method``, ``http.route`` (the route template),
 ``http.response.status_code``, ``medclave.service``. Never a prompt, an answer, a user, a tenant,
@@ -24,7 +24,7 @@ from contextvars import ContextVar
 from typing import Any
 
 from opentelemetry import trace
-from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.resources import SERVICE_NAME, Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import (
     ConsoleSpanExporter,
@@ -49,7 +49,7 @@ class Tracing:
         self._tracer: trace.Tracer | None = None
         if exporter is not None:
             self._provider = TracerProvider(resource=Resource.create({
-                "service.name": f"medclave-{service}"}))
+                SERVICE_NAME: f"medclave-{service}"}))
             # Simple (synchronous) export keeps the tests deterministic; an OTLP exporter is
             # wrapped in a batch processor instead (see :meth:`of`).
             self._provider.add_span_processor(SimpleSpanProcessor(exporter))
@@ -79,7 +79,7 @@ class Tracing:
 
         tracing = cls(service, None)
         tracing._provider = TracerProvider(resource=Resource.create({
-            "service.name": f"medclave-{service}"}))
+            SERVICE_NAME: f"medclave-{service}"}))
         tracing._provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(
             endpoint=endpoint)))
         tracing._tracer = tracing._provider.get_tracer("medclave")
