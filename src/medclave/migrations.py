@@ -105,12 +105,11 @@ def migrate(db: sqlite3.Connection, *, store: str, migrations: Sequence[Migratio
         try:
             found = check_version(db, store=store, migrations=migrations, legacy=legacy)
             pending = [m for m in migrations if m.version > found]
-            if pending:
+            if VERSION_TABLE not in tables(db):
+                # First opened by a release that records versions: from now on it is versioned.
                 db.execute(_CREATE_VERSION_TABLE)
-                if found > 0 and not db.execute(
-                        f"SELECT 1 FROM {VERSION_TABLE} WHERE version = ?",  # noqa: S608
-                        (found,)).fetchone():
-                    _record(db, found, "recorded: written before versions were")
+                if found > 0:
+                    _record(db, found, "found: written before versions were recorded")
             for migration in pending:
                 migration.apply(db)
                 _record(db, migration.version, migration.description)
