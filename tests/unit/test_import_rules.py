@@ -53,6 +53,7 @@ LAYERS: dict[str, float] = {
     "kbs": 4,
     "client": 4,
     "fl": 4,
+    "monitor": 4,
     "apps": 5,
     "cli": 6,
     "demo": 6,

@@ -24,6 +24,7 @@ SUBCOMMANDS: tuple[tuple[str, str], ...] = (
     ("auth", "auth"),
     ("idp", "idp"),
     ("config", "config"),
+    ("monitor", "monitor"),
 )
 
 for _name, _module in SUBCOMMANDS:
