@@ -15,7 +15,7 @@ here, not Synthea's (its encounter times are not shift times).
 
 Misuse, injected in the test days and labelled by scenario instance: snooping on a VIP, on a
 coworker (a patient who works in the user's department), on a namesake; bulk export (well over
-a hundred records within an hour); after-hours browsing; break-glass overuse.
+a hundred records within an hour, or every patient of a smaller hospital); after-hours browsing; break-glass overuse.
 """
 
 from __future__ import annotations
@@ -190,7 +190,7 @@ def _misuse(h: Hospital, kind: str, user: str, day: datetime, rng: random.Random
         directory.patients[patient] = Person(me.surname, directory.patients[patient].department)
         return [(_event(h, user, patient, "department", noon), tag)]
     if kind == "bulk_export":
-        chosen = rng.sample(list(h.care_teams), 150)
+        chosen = rng.sample(list(h.care_teams), min(150, len(h.care_teams)))
         return [(_event(h, user, p, "care_team" if user in h.care_teams[p] else "department",
                         noon + timedelta(seconds=20 * i)), tag) for i, p in enumerate(chosen)]
     if kind == "after_hours":
