@@ -151,7 +151,7 @@ def test_each_misuse_pattern_is_found_and_explained(scorer: Scorer, event: Acces
     score = scorer.score(event)
     found = {f.kind: f for f in score.findings}
     assert kind in found
-    assert found[kind].points > 0 and ALICE in found[kind].why or kind in (
+    assert (found[kind].points > 0 and ALICE in found[kind].why) or kind in (
         "vip", "unexplained")
 
 

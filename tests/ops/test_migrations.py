@@ -17,9 +17,8 @@ import pytest
 from medclave import migrations
 from medclave.audit import AuditLog, verify_log
 from medclave.audit.note import NoteSigner
-from medclave.audit.store import MemoryStore
+from medclave.audit.store import MemoryStore, node_id
 from medclave.audit.store import SqliteStore as AuditStore
-from medclave.audit.store import node_id
 from medclave.auth.replay import SqliteReplayCache
 from medclave.client.apikeys import ApiKeyStore
 from medclave.errors import MedclaveError
@@ -181,7 +180,7 @@ def test_api_keys_from_the_last_release_still_authenticate(tmp_path: Path) -> No
     folder = tmp_path / "proxy"
     folder.mkdir(mode=0o700)
     store = ApiKeyStore(folder)  # make a key with this release, then rebuild the old file
-    key, record = store.add(subject="dr-bob", roles=["clinician"], tenant="st-marys")
+    key, _record = store.add(subject="dr-bob", roles=["clinician"], tenant="st-marys")
     store.close()
     db = sqlite3.connect(folder / "apikeys.db")
     rows = db.execute("SELECT * FROM api_keys").fetchall()

@@ -77,6 +77,10 @@ def _legacy_version(db: sqlite3.Connection) -> int:
     return 1 if "replay" in migrations.tables(db) else 0
 
 
+def _wal(db: sqlite3.Connection) -> None:
+    db.execute("PRAGMA journal_mode=WAL")
+
+
 class SqliteReplayCache:
     """A replay cache in a SQLite file (WAL), shared by the processes of one machine."""
 
@@ -87,7 +91,7 @@ class SqliteReplayCache:
             # Versioned (medclave.migrations): checked before the pragma or any DDL.
             migrations.migrate(self._conn, store="replay cache", migrations=_MIGRATIONS,
                                legacy=_legacy_version,
-                               after_check=lambda db: db.execute("PRAGMA journal_mode=WAL"))
+                               after_check=_wal)
 
     def close(self) -> None:
         self._conn.close()

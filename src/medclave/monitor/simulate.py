@@ -15,7 +15,8 @@ here, not Synthea's (its encounter times are not shift times).
 
 Misuse, injected in the test days and labelled by scenario instance: snooping on a VIP, on a
 coworker (a patient who works in the user's department), on a namesake; bulk export (well over
-a hundred records within an hour, or every patient of a smaller hospital); after-hours browsing; break-glass overuse.
+a hundred records within an hour, or every patient of a smaller hospital); after-hours
+browsing; break-glass overuse.
 """
 
 from __future__ import annotations
