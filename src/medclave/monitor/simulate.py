@@ -24,7 +24,7 @@ from __future__ import annotations
 import json
 import random
 from collections import Counter, defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Final
@@ -178,17 +178,15 @@ def _misuse(h: Hospital, kind: str, user: str, day: datetime, rng: random.Random
     if kind == "vip":
         patient = rng.choice([p for p in strangers if directory.patients[p].department == dept]
                              or strangers)
-        directory.patients[patient] = Person(directory.patients[patient].surname,
-                                             directory.patients[patient].department, vip=True)
+        directory.patients[patient] = replace(directory.patients[patient], vip=True)
         return [(_event(h, user, patient, "department", noon), tag)]
     if kind == "coworker":
         patient = rng.choice(strangers)
-        p = directory.patients[patient]
-        directory.patients[patient] = Person(p.surname, p.department, employee_of=dept)
+        directory.patients[patient] = replace(directory.patients[patient], employee_of=dept)
         return [(_event(h, user, patient, "department", noon), tag)]
     if kind == "same_surname":
         patient = rng.choice(strangers)
-        directory.patients[patient] = Person(me.surname, directory.patients[patient].department)
+        directory.patients[patient] = replace(directory.patients[patient], surname=me.surname)
         return [(_event(h, user, patient, "department", noon), tag)]
     if kind == "bulk_export":
         chosen = rng.sample(list(h.care_teams), min(150, len(h.care_teams)))

@@ -8,6 +8,11 @@ Every label value comes from an allow-list fixed when the service starts, never 
 tenant, prompt or free text can reach a label, whatever a caller sends; the test scrapes every
 metric after an end-to-end flow and checks each value against the lists.
 
+Series every service exports: ``medclave_requests_total``, ``medclave_refusals_total``,
+``medclave_request_duration_seconds`` (histogram), ``medclave_requests_in_flight``,
+``medclave_ready``; the broker also ``medclave_key_releases_total``; the enclave also
+``medclave_engine_tokens_total`` and the gauges it registers (``enclave/observe.py``).
+
 Values a service knows only when asked (queue depth, audit log size, attestation age) are read
 at scrape time through callbacks (:meth:`ServiceMetrics.gauge`, :meth:`ServiceMetrics.counter`).
 """
@@ -17,7 +22,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
-from typing import Final
+from typing import Any, Final
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -91,20 +96,30 @@ class ServiceMetrics:
                                 ["service"], registry=reg)
         self._ready = Gauge("medclave_ready", "1 when /readyz answers ready", ["service"],
                             registry=reg)
+        self._in_flight_child = self._in_flight.labels(service)
+        self._children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
         self._releases: Counter | None = None
         self._lock = threading.Lock()
 
     def request(self, route: str, method: str, status: int, seconds: float) -> None:
-        route = allowed(route, self.routes)
-        self._requests.labels(self.service, route, allowed(method, METHODS),
-                              status_label(status)).inc()
-        self._latency.labels(self.service, route).observe(seconds)
+        key = (route, method, status)
+        children = self._children.get(key)
+        if children is None:
+            # The label lookups cost more than the counting: keep each combination's children
+            # (bounded: routes x methods x statuses, all from allow-lists).
+            label = allowed(route, self.routes)
+            children = (self._requests.labels(self.service, label, allowed(method, METHODS),
+                                              status_label(status)),
+                        self._latency.labels(self.service, label))
+            self._children[key] = children
+        children[0].inc()
+        children[1].observe(seconds)
 
     def refusal(self, code: str) -> None:
         self._refusals.labels(self.service, allowed(code, CATALOGUE)).inc()
 
     def in_flight(self, step: int) -> None:
-        self._in_flight.labels(self.service).inc(step)
+        self._in_flight_child.inc(step)
 
     def set_ready(self, ready: bool) -> None:
         self._ready.labels(self.service).set(1.0 if ready else 0.0)
