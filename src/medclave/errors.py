@@ -279,6 +279,13 @@ CATALOGUE: dict[str, ErrorSpec] = {
     ),
     "client.busy": ErrorSpec(429, "The proxy is serving as many requests as it allows; retry."),
     "service.start_failed": ErrorSpec(503, "The service did not start; check its log."),
+    "service.alert_undelivered": ErrorSpec(
+        503, "An access alert could not be delivered; check the alert sink (webhook or file)."
+    ),
+    "service.schema_newer": ErrorSpec(
+        503, "The database was written by a newer Medclave release; run that release or restore "
+        "the backup taken before upgrading (docs/operations.md)."
+    ),
     "internal": ErrorSpec(500, "Internal error."),
 }
 

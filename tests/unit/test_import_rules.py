@@ -47,10 +47,13 @@ LAYERS: dict[str, float] = {
     "audit": 3,
     "auth": 3,
     "serving": 3.5,
+    "ops": 3.6,
+    "migrations": 0.5,
     "enclave": 4,
     "kbs": 4,
     "client": 4,
     "fl": 4,
+    "monitor": 4,
     "apps": 5,
     "cli": 6,
     "demo": 6,
@@ -81,6 +84,13 @@ ALLOWED_IMPORTS: dict[tuple[str, str], str] = {
     # (tokens, authn, authorizer, ...) never imports it.
     ("medclave.auth.idp_server", "medclave.serving"):
         "the dev IdP server (medclave idp serve) uses the shared service helpers",
+    ("medclave.auth.idp_server", "medclave.ops.lifecycle"):
+        "the dev IdP is served like every service: SIGTERM drains",
+    ("medclave.auth.idp_server", "medclave.ops.health"): "its /readyz checks",
+    ("medclave.auth.idp_server", "medclave.ops.http"): "its /healthz, /readyz and metrics",
+    ("medclave.auth.idp_server", "medclave.ops.logs"): "its JSON logs",
+    ("medclave.auth.idp_server", "medclave.ops.settings"): "its operations settings",
+    ("medclave.auth.idp_server", "medclave.ops.tracing"): "its traces",
 }
 
 PURE_LIBRARIES = frozenset({"attestation", "audit", "crypto", "protocol"})

@@ -6,14 +6,13 @@ Exit 0: done; 1: refused at boot (attestation, key broker, model); 2: unusable c
 from __future__ import annotations
 
 import json
-import logging
 import sys
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
-from medclave.cli.options import TrustedProxy, bad_settings
+from medclave.cli.options import ConfigFile, TrustedProxy
 from medclave.errors import MedclaveError
 
 app = typer.Typer(help="The in-TEE inference server.", no_args_is_help=True)
@@ -76,10 +75,12 @@ def serve_cmd(
         "--sealing-root-file", help="sim only: the sealing root (a 0600 file of 64 hex "
         "digits); otherwise each tenant's root comes from --kbs")] = None,
     trusted_proxy: TrustedProxy = None,
+    config: ConfigFile = None,
 ) -> None:
     """Boot (evidence, keys, model key from the broker, unseal, load) and serve until stopped."""
     from medclave.enclave.server import serve
     from medclave.enclave.settings import EnclaveSettings
+    from medclave.ops.config import load_settings
 
     overrides: dict[str, Any] = {
         "host": host, "port": port, "data_dir": data, "platform": platform,
@@ -97,11 +98,10 @@ def serve_cmd(
         "sealing_root_file": sealing_root_file,
         "trusted_proxies": tuple(trusted_proxy) if trusted_proxy else None,
     }
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     try:
-        settings = EnclaveSettings(**{k: v for k, v in overrides.items() if v is not None})
-    except ValueError as exc:
-        raise bad_settings(exc) from None
+        settings = load_settings(EnclaveSettings, config_file=config, overrides=overrides)
+    except MedclaveError as exc:  # config.invalid: a bad flag, variable or file entry
+        raise _fail(exc) from None
     if settings.platform == "sim":
         typer.secho("WARNING: platform sim is NOT a TEE and protects nothing.", err=True,
                     fg=typer.colors.RED, bold=True)

@@ -20,7 +20,7 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 
-from medclave.cli.options import TrustedProxy, bad_settings
+from medclave.cli.options import ConfigFile, TrustedProxy
 from medclave.errors import MedclaveError
 from medclave.kbs.client import OwnerClient
 from medclave.kbs.factory import ensure_data_dir, open_signer, open_store
@@ -94,19 +94,18 @@ def serve_cmd(
     tls_key: Annotated[Path | None, typer.Option(
         "--tls-key", help="the certificate's private key (PEM)")] = None,
     trusted_proxy: TrustedProxy = None,
+    config: ConfigFile = None,
 ) -> None:
-    """Serve the broker (FastAPI + uvicorn) until interrupted."""
+    """Serve the broker (FastAPI + uvicorn) until stopped (SIGTERM drains)."""
     from medclave.kbs.server import serve
+    from medclave.ops.config import load_settings
 
     overrides: dict[str, Any] = {"host": host, "port": port, "data_dir": data, "store": store,
                                  "sim_roots": tuple(sim_root) if sim_root else None,
                                  "tls_cert_file": tls_cert, "tls_key_file": tls_key,
                                  "trusted_proxies": tuple(trusted_proxy) if trusted_proxy else None}
-    try:
-        settings = _run(lambda: KbsSettings(**{k: v for k, v in overrides.items()
-                                               if v is not None}))
-    except ValueError as exc:  # pydantic's ValidationError: a bad flag or environment value
-        raise bad_settings(exc) from None
+    # config.invalid (exit 2) for a bad flag, variable or file entry.
+    settings = _run(lambda: load_settings(KbsSettings, config_file=config, overrides=overrides))
     if settings.sim_roots:
         typer.echo("WARNING: sim evidence accepted from configured roots: sim protects nothing.",
                    err=True)

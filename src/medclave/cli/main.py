@@ -24,6 +24,8 @@ SUBCOMMANDS: tuple[tuple[str, str], ...] = (
     ("release", "release"),
     ("auth", "auth"),
     ("idp", "idp"),
+    ("config", "config"),
+    ("monitor", "monitor"),
 )
 
 for _name, _module in SUBCOMMANDS:

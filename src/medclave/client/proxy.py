@@ -66,6 +66,13 @@ from medclave.client.session import (
 )
 from medclave.crypto.canonical import load_json
 from medclave.errors import ClientError, InputError, MedclaveError
+from medclave.ops import lifecycle
+from medclave.ops.health import Health
+from medclave.ops.http import instrument, note_refusal
+from medclave.ops.logs import configure_logging
+from medclave.ops.metrics import ServiceMetrics
+from medclave.ops.settings import OpsSettings
+from medclave.ops.tracing import Tracing
 from medclave.protocol import inference as proto
 from medclave.serving import (
     ClosingStreamingResponse,
@@ -73,7 +80,6 @@ from medclave.serving import (
     StreamEnd,
     install_error_handlers,
     read_limited_body,
-    run_server,
     run_sync_until_gone,
 )
 
@@ -91,8 +97,9 @@ _PEER = "medclave.peer"  # the ASGI scope key holding the TCP peer (see _RecordP
 _CHALLENGE = 'Bearer realm="medclave"'
 
 
-class ProxySettings(BaseSettings, ServingSettings):
-    """Network settings (trusted proxies, read deadlines) are :class:`ServingSettings`'."""
+class ProxySettings(BaseSettings, ServingSettings, OpsSettings):
+    """Network settings (trusted proxies, read deadlines) are :class:`ServingSettings`';
+    metrics, logs, drain and tracing :class:`~medclave.ops.settings.OpsSettings`'."""
 
     model_config = SettingsConfigDict(env_prefix="MEDCLAVE_PROXY_", extra="forbid", frozen=True)
 
@@ -395,6 +402,7 @@ def _error(exc: MedclaveError, *, headers: dict[str, str] | None = None) -> JSON
 
 
 def _log_refusal(request: Request, exc: MedclaveError) -> None:
+    note_refusal(request, exc.code)
     log.warning("refused %s %s: %s", request.method, request.url.path, exc.code)
 
 
@@ -439,8 +447,8 @@ class _RecordPeer:
 
 def create_proxy_app(session: EnclaveSession, admission: ProxyAdmission | None = None, *,
                      callers: Callers | None = None, trusted_proxies: tuple[str, ...] = (),
-                     max_in_flight: int = 256, triage_signin_url: str | None = None
-                     ) -> FastAPI:
+                     max_in_flight: int = 256, triage_signin_url: str | None = None,
+                     tracing: Tracing | None = None) -> FastAPI:
     """The proxy app; ``admission`` None lets every local app through to the enclave's check;
     ``callers`` None forwards each app's own token (no IdP client). ``trusted_proxies``: as
     :class:`ServingSettings`' (serve the app with none given to uvicorn itself)."""
@@ -458,6 +466,7 @@ def create_proxy_app(session: EnclaveSession, admission: ProxyAdmission | None =
     install_error_handlers(app, render=_error, log_refusal=_log_refusal,
                            route_error=_route_error, log_unexpected=_log_unexpected)
     app.add_exception_handler(StarletteHTTPException, _http_error)
+    _instrument(app, session, tracing)
     if trusted_proxies:
         # uvicorn's own handling, inside the app (added first: it runs after _RecordPeer).
         app.add_middleware(ProxyHeadersMiddleware, trusted_hosts=list(trusted_proxies))
@@ -465,7 +474,25 @@ def create_proxy_app(session: EnclaveSession, admission: ProxyAdmission | None =
     return app
 
 
+def _instrument(app: FastAPI, session: EnclaveSession, tracing: Tracing | None) -> None:
+    """/healthz, /readyz (the upstream enclave attested within the re-attestation interval,
+    attesting anew when not), metrics (attestation age, slots in use)."""
+    metrics = ServiceMetrics("proxy")
+
+    def attestation_age() -> float | None:
+        enclave = session.enclave
+        return None if enclave is None else (system_clock() - enclave.verified_at
+                                             ).total_seconds()
+
+    metrics.gauge("medclave_attestation_age_seconds",
+                  "Seconds since the upstream enclave's evidence was last verified",
+                  attestation_age)
+    instrument(app, service="proxy", metrics=metrics, tracing=tracing,
+               health=Health({"attestation": lambda: session.current() is not None}))
+
+
 def serve(settings: ProxySettings) -> None:
+    configure_logging("proxy", level=settings.log_level, fmt=settings.log_format)
     admission = admission_for(settings)
     if admission is None:
         log.warning("proxy admission is off: every local app's request goes to the enclave, "
@@ -475,12 +502,14 @@ def serve(settings: ProxySettings) -> None:
     watch = watch_for(settings, session)
     watch.start()
     try:
-        run_server(create_proxy_app(session, admission, callers=callers,
-                                    trusted_proxies=settings.trusted_proxies,
-                                    max_in_flight=settings.max_in_flight,
-                                    triage_signin_url=settings.triage_signin_url),
-                   settings.serving(), host=settings.host, port=settings.port,
-                   log_level="info")
+        app = create_proxy_app(session, admission, callers=callers,
+                               trusted_proxies=settings.trusted_proxies,
+                               max_in_flight=settings.max_in_flight,
+                               triage_signin_url=settings.triage_signin_url,
+                               tracing=Tracing.of("proxy", settings.tracing,
+                                                  settings.otlp_endpoint))
+        lifecycle.serve(app, settings.serving(), settings, host=settings.host,
+                        port=settings.port)
     finally:
         watch.stop()
         session.close()

@@ -36,6 +36,7 @@ from medclave.crypto import bhttp
 from medclave.crypto.ohttp import encapsulate_request
 from medclave.crypto.ohttp_chunked import ChunkedRequestEncoder
 from medclave.errors import AuditError, ClientError, CryptoError, MedclaveError
+from medclave.ops.logs import outgoing_headers
 from medclave.protocol import inference as proto
 from medclave.protocol.bhttp_stream import ResponseStreamDecoder
 
@@ -350,6 +351,11 @@ class EnclaveSession:
                 return {"state": "verified", "verified_at": self._enclave.verified_at.isoformat()}
             return {"state": "unverified"}
 
+    def current(self) -> VerifiedEnclave:
+        """The pinned enclave, attested anew when none is or it is older than the re-attestation
+        interval (the proxy's readiness check)."""
+        return self._current()
+
     def _current(self, *, force: bool = False) -> VerifiedEnclave:
         with self._lock:
             failure = self._failure
@@ -386,7 +392,10 @@ class EnclaveSession:
               ) -> InnerResponse:
         wire, context = encapsulate_request(enclave.key_config, inner)
         url = f"{self._url}{proto.OHTTP_PATH}"
-        headers = {"content-type": proto.OHTTP_REQUEST}
+        # The request id (and trace context) of the proxy request being served, if any, so
+        # the enclave's log lines and spans join it; outside the encapsulation, like the
+        # content type: a random id, nothing of the request.
+        headers = {"content-type": proto.OHTTP_REQUEST, **outgoing_headers()}
         try:
             if abort is not None and self._own_http:
                 # A connection of its own, so that dropping it drops this request only (a
@@ -429,7 +438,8 @@ class EnclaveSession:
         # shared pool's thread may already hold (a self-deadlock). A private pool is never busy.
         http = _client(self._timeout, self._tls) if self._own_http else self._http
         request = http.build_request("POST", f"{self._url}{proto.OHTTP_PATH}", content=wire,
-                                     headers={"content-type": proto.CHUNKED_REQUEST})
+                                     headers={"content-type": proto.CHUNKED_REQUEST,
+                                              **outgoing_headers()})
         try:
             response = http.send(request, stream=True)
         except httpx.HTTPError as exc:

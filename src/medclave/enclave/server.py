@@ -8,16 +8,20 @@ from medclave.enclave.app import create_app
 from medclave.enclave.boot import boot
 from medclave.enclave.inner_apps import AppFactory
 from medclave.enclave.settings import EnclaveSettings
-from medclave.serving import BackgroundServer, run_server
+from medclave.ops import lifecycle
+from medclave.ops.logs import configure_logging
+from medclave.serving import BackgroundServer
 
 __all__ = ["BackgroundServer", "serve"]
 
 
 def serve(settings: EnclaveSettings, apps: tuple[AppFactory, ...] = ()) -> None:
-    """Boot, then serve until interrupted; release the model and keys on the way out."""
+    """Boot, then serve until stopped (SIGTERM drains: :mod:`medclave.ops.lifecycle`);
+    release the model and keys, and close the audit log, on the way out."""
+    configure_logging("enclave", level=settings.log_level, fmt=settings.log_format)
     booted = boot(settings, apps=apps)
     try:
-        run_server(create_app(booted.service, settings), settings, host=settings.host,
-                   port=settings.port, log_level="info", access_log=False)
+        lifecycle.serve(create_app(booted.service, settings), settings, settings,
+                        host=settings.host, port=settings.port)
     finally:
         booted.close()

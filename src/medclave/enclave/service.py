@@ -67,6 +67,7 @@ from medclave.enclave.replay import ReplayGuard
 from medclave.enclave.response_store import ResponseStore
 from medclave.enclave.streaming import AnswerStream, Shaper, StreamedAnswer, ending_of
 from medclave.errors import EnclaveError, InputError, MedclaveError
+from medclave.ops.tracing import span
 from medclave.protocol import inference as proto
 from medclave.protocol.evidence import EvidenceBundle
 
@@ -160,6 +161,10 @@ class InferenceService:
         self.responses = response_store or ResponseStore(ttl=3600, per_user=64,
                                                          max_bytes=64 * 1024 * 1024)
         self.started = int(clock().timestamp())
+        # For operations (medclave.ops): when evidence was last produced, and who counts
+        # refusals inside the encapsulation (their codes are not visible outside it).
+        self.last_attested: float | None = None
+        self.on_refusal: Callable[[str], None] | None = None
         self.replay = ReplayGuard(keys)  # encapsulated requests run once
         self.apps = apps  # applications inside the encapsulation (medclave.enclave.inner_apps)
         # Continuous trust (docs/continuous-trust.md): once a broker says this enclave is
@@ -215,7 +220,9 @@ class InferenceService:
 
     def attest(self, nonce: bytes) -> EvidenceBundle:
         self._refuse_if_revoked()
-        return self.platform.attester(nonce, self.runtime())
+        bundle = self.platform.attester(nonce, self.runtime())
+        self.last_attested = time.time()
+        return bundle
 
     # --- the OHTTP door --------------------------------------------------------------------------
 
@@ -358,6 +365,8 @@ class InferenceService:
                 slot.release()  # a streamed answer releases it when it ends, however it ends
             return answer
         except MedclaveError as exc:
+            if self.on_refusal is not None:
+                self.on_refusal(exc.code)
             return _error_answer(rid, exc)
         except Exception as exc:  # never let content-bearing detail reach a log line
             log.error("request %s failed: %s", rid, type(exc).__name__)
@@ -436,7 +445,7 @@ class InferenceService:
             try:
                 # The engine refuses what it cannot serve (a prompt too long for its context)
                 # here, before the stream starts: the caller gets a plain error answer.
-                with generation_scope(generation):
+                with generation_scope(generation), span("engine generate"):
                     deltas = stream()
             except Busy:
                 raise  # the engine's queue is full: refused before the engine ran
@@ -448,7 +457,7 @@ class InferenceService:
             return _Answer(200, [("content-type", "text/event-stream"),
                                  (proto.REQUEST_ID_HEADER, rid)], streamed=streamed)
         try:
-            with generation_scope(generation):
+            with generation_scope(generation), span("engine generate"):
                 completion = whole()
         except GenerationCancelled:
             completion = None
@@ -472,7 +481,8 @@ class InferenceService:
 
     def _record(self, record: InferenceRecord) -> bytes | None:
         try:
-            return self.audit.record(record)
+            with span("audit log append"):
+                return self.audit.record(record)
         except MedclaveError as exc:
             # No answer leaves unrecorded; the caller sees a server error, the log the code.
             log.error("request %s audit failed: %s", record.request_id, exc.code)

@@ -15,11 +15,13 @@ from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from medclave.enclave.model import DEFAULT_MODEL_ID
+from medclave.ops.settings import OpsSettings
 from medclave.serving import ServingSettings
 
 
-class EnclaveSettings(BaseSettings, ServingSettings):
-    """Network settings (trusted proxies, read deadlines) are :class:`ServingSettings`'."""
+class EnclaveSettings(BaseSettings, ServingSettings, OpsSettings):
+    """Network settings (trusted proxies, read deadlines) are :class:`ServingSettings`';
+    metrics, logs, drain and tracing are :class:`~medclave.ops.settings.OpsSettings`'."""
 
     model_config = SettingsConfigDict(env_prefix="MEDCLAVE_ENCLAVE_", extra="forbid",
                                       frozen=True)

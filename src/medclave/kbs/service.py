@@ -123,6 +123,11 @@ class KeyBroker:
         self._ttl = nonce_ttl
         self._clock = clock
         self._on_decision = on_decision
+        self._listeners: list[Callable[[Decision], None]] = []
+
+    def add_decision_listener(self, listener: Callable[[Decision], None]) -> None:
+        """Also call ``listener`` with every decision once it is recorded (the metrics)."""
+        self._listeners.append(listener)
 
     # --- release protocol ------------------------------------------------------------------
 
@@ -479,4 +484,6 @@ class KeyBroker:
         self.store.record_decision(decision)
         if self._on_decision is not None:
             self._on_decision(decision)
+        for listener in self._listeners:
+            listener(decision)
 
