@@ -48,7 +48,7 @@ def _is_sim(site: Site) -> bool:
     return site.meta.get("platform") == "sim"
 
 
-class SiteClient(NumPyClient):  # type: ignore[misc]
+class SiteClient(NumPyClient):
     def __init__(self, context: Context) -> None:
         self.context = context
         self.site = _site(context)

@@ -18,6 +18,7 @@ its process group (:class:`Proc`), so a run leaves nothing behind.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import ipaddress
 import json
@@ -35,7 +36,7 @@ from typing import IO, Any
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from medclave.errors import FederationError
 
@@ -83,7 +84,7 @@ def make_tls(folder: Path) -> tuple[Path, Path, Path]:
             .add_extension(x509.SubjectAlternativeName([
                 x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
                 critical=False)
-            .add_extension(x509.ExtendedKeyUsage([x509.ExtendedKeyUsageOID.SERVER_AUTH]),
+            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]),
                            critical=False)
             .sign(ca_key, hashes.SHA384()))
     paths = (folder / "ca.pem", folder / "server.pem", folder / "server.key")
@@ -146,22 +147,23 @@ class Proc:
         return self.popen.poll() is None
 
     def stop(self, grace: float = 5.0) -> None:
-        if self.popen.poll() is None:
+        """Stop the process and everything it started. Flower detaches its helpers (SuperExec,
+        then the ServerApp or ClientApp processes) into sessions of their own, so the tree is
+        collected from /proc first and each of its processes signalled by id."""
+        tree = [self.popen.pid, *descendants(self.popen.pid)]
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            for pid in tree:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, sig)
             try:
-                os.killpg(self.popen.pid, signal.SIGTERM)
                 self.popen.wait(grace)
-            except (ProcessLookupError, subprocess.TimeoutExpired):
-                try:
-                    os.killpg(self.popen.pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-                self.popen.wait(grace)
-        else:
-            # The leader is gone; children it spawned (SuperExec, app processes) may not be.
-            try:
-                os.killpg(self.popen.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+            except subprocess.TimeoutExpired:
+                continue
+            deadline = time.monotonic() + grace
+            while any(_alive(p) for p in tree[1:]) and time.monotonic() < deadline:
+                time.sleep(0.1)
+            if not any(_alive(p) for p in tree[1:]):
+                break
         if self._log_file is not None:
             self._log_file.close()
 
@@ -170,6 +172,35 @@ class Proc:
             return self.log.read_text(errors="replace")[-chars:]
         except OSError:
             return ""
+
+
+def descendants(pid: int) -> list[int]:
+    """Every process below ``pid`` (Linux /proc), children first found first."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        children.setdefault(ppid, []).append(int(entry.name))
+    found: list[int] = []
+    todo = [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
 def spawn(name: str, argv: Sequence[str], *, log: Path, env: Mapping[str, str]) -> Proc:
@@ -254,12 +285,19 @@ def run_status(home: Path, run_id: int, *, timeout: float = 60.0) -> str:
     return str(runs[0].get("status", "")) if runs else ""
 
 
-def wait_run(home: Path, run_id: int, *, timeout: float, poll: float = 3.0) -> str:
-    """Poll ``flwr list`` until the run finishes; its final status (``finished:completed``)."""
+def wait_run(home: Path, run_id: int, *, timeout: float, done: Path | None = None,
+             poll: float = 0.5, check_every: float = 30.0) -> str:
+    """Wait for the run to finish; its final status (``finished:completed``). ``done`` is a
+    file the run writes last (the ServerApp's result): watched cheaply, while ``flwr list``
+    (a whole CLI process, seconds of CPU) is asked only every ``check_every`` seconds."""
     deadline = time.monotonic() + timeout
+    next_check = time.monotonic() + (check_every if done is not None else 0.0)
     while time.monotonic() < deadline:
-        status = run_status(home, run_id)
-        if status.startswith("finished"):
-            return status
-        time.sleep(poll)
+        ready = done is not None and done.exists()
+        if ready or time.monotonic() >= next_check:
+            status = run_status(home, run_id)
+            if status.startswith("finished"):
+                return status
+            next_check = time.monotonic() + (check_every if done is not None else poll)
+        time.sleep(2.0 if ready else poll)
     raise FederationError("fl.run_failed", f"run {run_id} did not finish in {timeout:.0f}s")

@@ -153,7 +153,8 @@ class LocalFederation:
         settings = {**deploy.APP_CONFIG, "federation-dir": str(self.fed_dir),
                     "run-dir": str(run_dir), **{k.replace("_", "-"): v for k, v in config.items()}}
         run_id = deploy.run_app(self.cli_home, self.fed_dir / "app", settings, timeout=120)
-        status = deploy.wait_run(self.cli_home, run_id, timeout=timeout)
+        status = deploy.wait_run(self.cli_home, run_id, timeout=timeout,
+                                 done=run_dir / "result.json")
         result = read_json(run_dir / "result.json", None)
         if not status.endswith("completed") or not isinstance(result, dict):
             raise FederationError("fl.run_failed", f"run {run_id} ended {status}")

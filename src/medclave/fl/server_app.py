@@ -14,7 +14,6 @@ Run configuration (``flwr run -c``; defaults in the app's pyproject.toml, deploy
 from __future__ import annotations
 
 import inspect
-import json
 import tempfile
 import time
 from pathlib import Path
@@ -58,7 +57,7 @@ def _weighted(metrics: list[tuple[int, dict[str, Scalar]]]) -> dict[str, Scalar]
             if all(k in m for _, m in metrics)}
 
 
-class Recorder(Strategy):  # type: ignore[misc]
+class Recorder(Strategy):
     """Delegates to ``inner`` and writes each stage to the trail: round configurations,
     aggregates (after the DP noise), the ε spent so far and the final evaluation."""
 
@@ -76,8 +75,20 @@ class Recorder(Strategy):  # type: ignore[misc]
     def initialize_parameters(self, client_manager: ClientManager) -> Parameters | None:
         return self.inner.initialize_parameters(client_manager)
 
+    def _enough(self, server_round: int, client_manager: ClientManager) -> bool:
+        """Fewer verified sites than ``min-sites`` left: skip the stage rather than wait for
+        sites that were excluded (Flower's sampler would wait a day for them)."""
+        available = client_manager.num_available()
+        if available >= int(self.settings["min-sites"]):
+            return True
+        self.trail.append("halted", round=server_round, available=available,
+                          code="fl.too_few_sites")
+        return False
+
     def configure_fit(self, server_round: int, parameters: Parameters,
                       client_manager: ClientManager) -> list[tuple[ClientProxy, FitIns]]:
+        if not self._enough(server_round, client_manager):
+            return []
         out: list[tuple[ClientProxy, FitIns]] = self.inner.configure_fit(
             server_round, parameters, client_manager)
         config = dict(out[0][1].config) if out else {}
@@ -106,6 +117,8 @@ class Recorder(Strategy):  # type: ignore[misc]
                            client_manager: ClientManager) -> list[tuple[ClientProxy, EvaluateIns]]:
         if server_round < int(self.settings["rounds"]):
             return []  # evaluate the final model only: each stage is a round trip per site
+        if not self._enough(server_round, client_manager):
+            return []
         out: list[tuple[ClientProxy, EvaluateIns]] = self.inner.configure_evaluate(
             server_round, parameters, client_manager)
         return out
@@ -217,7 +230,7 @@ def _seal_final(fed: Federation, run_dir: Path, arrays: list[Any]) -> str:
     """Seal the final model (sealed-model format, key sealed to the federation's owner key);
     returns the plaintext SHA-256, the digest inference policies name."""
     with tempfile.TemporaryDirectory(dir=run_dir) as tmp:
-        plain = Path(tmp) / "model.npz"
+        plain = Path(tmp) / "final-model"
         with plain.open("wb") as f:
             np.savez(f, w=arrays[0], b=arrays[1])
         result = seal_model(plain, run_dir / "model", owner=fed.id,

@@ -92,9 +92,13 @@ class Site:
                             node_key=self.node_key(), appraiser=self.appraiser(),
                             attest=for_round)
 
-    def load_data(self) -> dict[str, NDArray[np.float64]]:
+    def data_key(self) -> bytes:
+        """The site data key (development: the 0600 file beside the sealed data)."""
+        return _read_secret(self.root / "data.key")
+
+    def load_data(self, *, key: bytes | None = None) -> dict[str, NDArray[np.float64]]:
         """The sealed data, opened into memory: ``x``, ``y`` (training), ``x_test``, ``y_test``."""
-        key = _read_secret(self.root / "data.key")
+        key = self.data_key() if key is None else key
         fd, _ = sealed.open_to_memfd(self.root / "data", key, name="medclave-fl-data")
         with os.fdopen(fd, "rb") as f:
             blob = f.read()
@@ -127,7 +131,7 @@ def seal_data(site: Site, arrays: dict[str, NDArray[np.float64]]) -> str:
     """Seal the site's rows (:data:`DATA_ARRAYS`) under a fresh data key; returns the plaintext
     SHA-256 (what admission binds and the ingest audit entry records)."""
     buf = io.BytesIO()
-    np.savez(buf, **{k: arrays[k] for k in DATA_ARRAYS})
+    np.savez(buf, x=arrays["x"], y=arrays["y"], x_test=arrays["x_test"], y_test=arrays["y_test"])
     plain = site.root / ".data.npz"
     _write_private(plain, buf.getvalue())
     try:

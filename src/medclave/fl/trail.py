@@ -33,7 +33,7 @@ from medclave.crypto.canonical import canonical_json
 from medclave.fl.evidence import utc_now
 
 LOG_FILE = "audit.sqlite3"
-KEY_FILE = "audit.seed"
+KEY_FILE = "log-key.seed"
 
 
 def origin_for(federation: str) -> str:
