@@ -43,7 +43,7 @@ from medclave.errors import FederationError
 APP_NAME = "medclave-fl"
 APP_CONFIG: dict[str, Any] = {
     "federation-dir": "", "run-dir": "", "rounds": 3, "local-steps": 40, "gate": True,
-    "secagg": True, "dp": False, "noise-multiplier": 0.5, "clipping-norm": 2.0,
+    "secagg": True, "dp": False, "noise-multiplier": 0.5, "clipping-norm": 1.0,
     "delta": 1e-5, "min-sites": 3, "wait-seconds": 60.0,
 }
 

@@ -29,6 +29,9 @@ from typing import Any
 
 from flwr.app import ConfigRecord, Context, Error, Message, RecordDict
 from flwr.clientapp.typing import ClientAppCallable
+from flwr.common import GetPropertiesIns
+from flwr.common.constant import MessageTypeLegacy
+from flwr.compat.common.recorddict_compat import getpropertiesins_to_recorddict
 from flwr.serverapp import Grid
 from flwr.supercore.run import Run
 
@@ -62,6 +65,7 @@ class Verdict:
     code: str = ""
     evidence_digest: str = ""
     update: str = ""
+    message_type: str = ""
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -111,6 +115,17 @@ class GatedGrid(Grid):
         raise MedclaveError("internal", "the gated grid sends only through send_and_receive")
 
     # --- the gate -----------------------------------------------------------------------------
+    def roll_call(self, round_: int, *, timeout: float | None) -> set[int]:
+        """Before a round's first stage: every site answers with fresh evidence for this round
+        (a ``get_properties`` message, which touches no data). A site that fails is excluded
+        before the round samples anyone, so SecAgg+ never counts on it: its workflow tolerates
+        sites lost after key sharing, not sites lost while it is being set up."""
+        content = getpropertiesins_to_recorddict(GetPropertiesIns({}))
+        messages = [Message(content=RecordDict(dict(content.items())), dst_node_id=node,
+                            message_type=MessageTypeLegacy.GET_PROPERTIES, group_id=str(round_))
+                    for node in self.get_node_ids()]
+        return {r.metadata.src_node_id for r in self.send_and_receive(messages, timeout=timeout)}
+
     def send_and_receive(self, messages: Iterable[Message], *,
                          timeout: float | None = None) -> Iterable[Message]:
         sent: dict[int, bytes] = {}
@@ -148,7 +163,8 @@ class GatedGrid(Grid):
         if reply.has_error():
             code = ("fl.aggregator_refused" if reply.error.code == REFUSED_BY_SITE
                     else "fl.run_failed")
-            self._on_verdict(Verdict(round_, site, node, False, code))
+            self._on_verdict(Verdict(round_, site, node, False, code,
+                                     message_type=reply.metadata.message_type))
             return False
         try:
             record = reply.content.config_records[ATTEST_RECORD]
@@ -164,13 +180,15 @@ class GatedGrid(Grid):
                 "site_nonce": site_nonce,
             })
         except KeyError:
-            return self._exclude(Verdict(round_, site, node, False, "fl.update_unbound"))
+            return self._exclude(Verdict(round_, site, node, False, "fl.update_unbound",
+                                         message_type=reply.metadata.message_type))
         except MedclaveError as exc:
-            return self._exclude(Verdict(round_, site, node, False, exc.code))
+            return self._exclude(Verdict(round_, site, node, False, exc.code,
+                                         message_type=reply.metadata.message_type))
         self._site_nonce[node] = site_nonce
         del reply.content[ATTEST_RECORD]
         self._on_verdict(Verdict(round_, site, node, True, "", verification.evidence_digest,
-                                 update))
+                                 update, reply.metadata.message_type))
         return True
 
     def _exclude(self, verdict: Verdict) -> bool:

@@ -74,7 +74,7 @@ def trace_final_model(entries: list[dict[str, Any]], run: str, model_sha256: str
         if agg is None or agg.get("kind") != "aggregation" or agg.get("run") != run:
             raise AuditError("audit.entry_invalid", f"round leaf {leaf} is not in the log")
         updates = [e for e in entries if e.get("kind") == "update" and e.get("run") == run
-                   and e.get("round") == agg["round"]]
+                   and e.get("round") == agg["round"] and e.get("message_type") == "train"]
         rounds.append({"round": agg["round"], "params": agg["params"],
                        "sites": sorted(u["site"] for u in updates)})
     ingested = {e["site"]: e["data"] for e in entries if e.get("kind") == "ingest"}

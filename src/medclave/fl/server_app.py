@@ -16,6 +16,7 @@ from __future__ import annotations
 import inspect
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -71,6 +72,7 @@ class Recorder(Strategy):
         self.rounds: list[dict[str, Any]] = []
         self.aggregation_leaves: list[str] = []
         self.evaluation: dict[str, Any] = {}
+        self.before_round: Callable[[int], object] = lambda _round: None
 
     def initialize_parameters(self, client_manager: ClientManager) -> Parameters | None:
         return self.inner.initialize_parameters(client_manager)
@@ -87,6 +89,7 @@ class Recorder(Strategy):
 
     def configure_fit(self, server_round: int, parameters: Parameters,
                       client_manager: ClientManager) -> list[tuple[ClientProxy, FitIns]]:
+        self.before_round(server_round)
         if not self._enough(server_round, client_manager):
             return []
         out: list[tuple[ClientProxy, FitIns]] = self.inner.configure_fit(
@@ -163,9 +166,10 @@ def main(grid: Grid, context: Context) -> None:
             verdicts.append(v.as_dict())
             if v.accepted:
                 trail.append("update", round=v.round, site=v.site, update=v.update,
-                             evidence=v.evidence_digest)
+                             evidence=v.evidence_digest, message_type=v.message_type)
             else:
-                trail.append("dropped", round=v.round, site=v.site, code=v.code)
+                trail.append("dropped", round=v.round, site=v.site, code=v.code,
+                             message_type=v.message_type)
 
         def attest(nonce: bytes, runtime: dict[str, Any]) -> EvidenceBundle:
             return sim.make_bundle(authority, nonce=nonce, runtime=runtime)
@@ -190,6 +194,9 @@ def main(grid: Grid, context: Context) -> None:
             strategy = DifferentialPrivacyClientSideFixedClipping(
                 base, float(settings["noise-multiplier"]), float(settings["clipping-norm"]), n)
         recorder = Recorder(strategy, trail, settings, n)
+        if settings["gate"]:
+            recorder.before_round = lambda r: gated.roll_call(
+                r, timeout=float(settings["wait-seconds"]))
         legacy = LegacyContext(context=context, config=ServerConfig(
             num_rounds=int(settings["rounds"])), strategy=recorder)
         # max_weight: the largest site's row count must fit SecAgg+'s quantised weight range.
