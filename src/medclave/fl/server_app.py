@@ -73,6 +73,7 @@ class Recorder(Strategy):
         self.aggregation_leaves: list[str] = []
         self.evaluation: dict[str, Any] = {}
         self.before_round: Callable[[int], object] = lambda _round: None
+        self._started = time.perf_counter()
 
     def initialize_parameters(self, client_manager: ClientManager) -> Parameters | None:
         return self.inner.initialize_parameters(client_manager)
@@ -89,6 +90,7 @@ class Recorder(Strategy):
 
     def configure_fit(self, server_round: int, parameters: Parameters,
                       client_manager: ClientManager) -> list[tuple[ClientProxy, FitIns]]:
+        self._started = time.perf_counter()
         self.before_round(server_round)
         if not self._enough(server_round, client_manager):
             return []
@@ -113,7 +115,8 @@ class Recorder(Strategy):
                                  delta=self.settings["delta"] if eps is not None else None)
         self.aggregation_leaves.append(leaf["leaf"])
         self.rounds.append({"round": server_round, "counted": len(results), "params": digest,
-                            "epsilon": eps})
+                            "epsilon": eps,
+                            "seconds": round(time.perf_counter() - self._started, 3)})
         return params, metrics
 
     def configure_evaluate(self, server_round: int, parameters: Parameters,
