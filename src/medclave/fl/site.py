@@ -7,7 +7,12 @@ The site's folder (``medclave fl site init``)::
     node.pub         its public half, what admission binds and the SuperLink learns
     policy.toml      the site's own appraisal policy for the aggregator
     data/            the training data, sealed (crypto/sealed.py format, ``npz`` inside)
-    data.key         development only: the data key, mode 0600 (a broker releases it otherwise)
+    data.key         development only: the data key, mode 0600
+
+With a broker named in site.json (:func:`use_broker`), the data key lives only in the site's own
+key broker and is released, per use, to the SuperNode's evidence under the site's release
+policy (``kbs/client.py``: challenge, evidence over an ephemeral key, signed answer, HPKE),
+exactly as the enclave's commitment keys are.
 
 The site's data never leaves this folder in the clear: it is sealed at rest under the site data
 key, and opened only inside the ClientApp's process, into memory (``open_to_memfd``).
@@ -35,6 +40,8 @@ from medclave.errors import FederationError, InputError
 from medclave.fl.evidence import Appraiser, node_key_fingerprint
 from medclave.fl.federation import read_json, write_json
 from medclave.fl.gate import Attester, SiteIdentity
+from medclave.kbs.client import KbsClient, OwnerClient
+from medclave.kbs.signing import TrustedBrokers
 from medclave.protocol.evidence import EvidenceBundle
 
 DATA_ARRAYS = ("x", "y", "x_test", "y_test")
@@ -92,9 +99,18 @@ class Site:
                             node_key=self.node_key(), appraiser=self.appraiser(),
                             attest=for_round)
 
-    def data_key(self) -> bytes:
-        """The site data key (development: the 0600 file beside the sealed data)."""
-        return _read_secret(self.root / "data.key")
+    def data_key(self, *, attester: Attester | None = None) -> bytes:
+        """The site data key: released by the site's own broker to this node's evidence when
+        the site names one (``broker`` in site.json: url, resource, trusted broker keys, CA),
+        else, in development, the 0600 file beside the sealed data."""
+        broker = self.meta.get("broker")
+        if not isinstance(broker, dict):
+            return _read_secret(self.root / "data.key")
+        verify: str | bool = str(broker["ca"]) if broker.get("ca") else True
+        with KbsClient(str(broker["url"]), attester or self.attester(),
+                       trusted=TrustedBrokers.of(list(broker["keys"])), verify=verify,
+                       runtime={"site": self.name, "node_key": self.node_key()}) as kbs:
+            return kbs.fetch(str(broker["resource"]))
 
     def load_data(self, *, key: bytes | None = None) -> dict[str, NDArray[np.float64]]:
         """The sealed data, opened into memory: ``x``, ``y`` (training), ``x_test``, ``y_test``."""
@@ -127,9 +143,20 @@ def init_site(root: Path, *, site: str, federation: str, sim_dir: Path,
     return Site(root)
 
 
-def seal_data(site: Site, arrays: dict[str, NDArray[np.float64]]) -> str:
+def use_broker(site: Site, *, url: str, resource: str, keys: list[str],
+               ca: str | None = None) -> None:
+    """Name the site's broker in site.json: the data key comes from it from now on."""
+    meta = site.meta
+    meta["broker"] = {"url": url, "resource": resource, "keys": keys, "ca": ca}
+    write_json(site.root / "site.json", meta)
+
+
+def seal_data(site: Site, arrays: dict[str, NDArray[np.float64]], *,
+              owner: OwnerClient | None = None) -> str:
     """Seal the site's rows (:data:`DATA_ARRAYS`) under a fresh data key; returns the plaintext
-    SHA-256 (what admission binds and the ingest audit entry records)."""
+    SHA-256 (what admission binds and the ingest audit entry records). With ``owner`` (the
+    site's owner client of its broker) the key goes to the broker, at the resource site.json
+    names, and is never written here; else to the development key file."""
     buf = io.BytesIO()
     np.savez(buf, x=arrays["x"], y=arrays["y"], x_test=arrays["x_test"], y_test=arrays["y_test"])
     plain = site.root / ".data.npz"
@@ -139,7 +166,10 @@ def seal_data(site: Site, arrays: dict[str, NDArray[np.float64]]) -> str:
                                          model_format="npz")
     finally:
         plain.unlink(missing_ok=True)
-    _write_private(site.root / "data.key", key)
+    if owner is not None:
+        owner.put(str(site.meta["broker"]["resource"]), key)
+    else:
+        _write_private(site.root / "data.key", key)
     return manifest.plaintext_sha256
 
 
