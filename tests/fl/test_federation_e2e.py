@@ -122,13 +122,12 @@ def test_a_changed_log_entry_fails_verification(federation: dict[str, Any],
     copy = tmp_path / "fed"
     shutil.copytree(lf.fed_dir, copy, ignore=shutil.ignore_patterns("*-home", "app", "logs"))
     with sqlite3.connect(copy / LOG_FILE) as db:
-        table = next(r[0] for r in db.execute("select name from sqlite_master where type='table'")
-                     if "entr" in r[0] or "leaf" in r[0])
-        cols = [r[1] for r in db.execute(f"pragma table_info({table})")]
-        data_col = next(c for c in cols if c in ("data", "entry", "value"))
-        row = db.execute(f"select rowid, {data_col} from {table} limit 1 offset 3").fetchone()
-        changed = bytes(row[1]).replace(b'"kind"', b'"kinD"')
-        db.execute(f"update {table} set {data_col}=? where rowid=?", (changed, row[0]))
+        # Whoever holds the file can drop the append-only guards; verification must catch it.
+        for (name,) in db.execute("select name from sqlite_master where type='trigger'").fetchall():
+            db.execute(f"drop trigger {name}")
+        idx, data = db.execute("select idx, data from entries where idx = 3").fetchone()
+        db.execute("update entries set data = ? where idx = ?",
+                   (bytes(data).replace(b'"kind"', b'"kinD"'), idx))
     with pytest.raises(AuditError):
         audit_entries(Federation(copy))
 
