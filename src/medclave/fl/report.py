@@ -76,7 +76,7 @@ def trace_final_model(entries: list[dict[str, Any]], run: str, model_sha256: str
         updates = [e for e in entries if e.get("kind") == "update" and e.get("run") == run
                    and e.get("round") == agg["round"] and e.get("message_type") == "train"]
         rounds.append({"round": agg["round"], "params": agg["params"],
-                       "sites": sorted(u["site"] for u in updates)})
+                       "sites": sorted({u["site"] for u in updates})})
     ingested = {e["site"]: e["data"] for e in entries if e.get("kind") == "ingest"}
     return {"model": model_sha256, "rounds": rounds, "ingest": ingested}
 
