@@ -286,6 +286,27 @@ CATALOGUE: dict[str, ErrorSpec] = {
         503, "The database was written by a newer Medclave release; run that release or restore "
         "the backup taken before upgrading (docs/operations.md)."
     ),
+    # --- federated learning ----------------------------------------------------------------
+    "fl.node_key_mismatch": ErrorSpec(
+        403, "The evidence binds another node key than the one presented; no admission."
+    ),
+    "fl.nonce_unknown": ErrorSpec(
+        400, "The federation nonce is unknown, expired or already used; request a new one."
+    ),
+    "fl.site_unknown": ErrorSpec(404, "The site is not a member of this federation."),
+    "fl.update_unbound": ErrorSpec(
+        403, "The evidence does not bind this round's nonce and this update's digest."
+    ),
+    "fl.site_excluded": ErrorSpec(
+        403, "The site was excluded from the federation after failing verification."
+    ),
+    "fl.aggregator_refused": ErrorSpec(
+        502, "The aggregator's attestation was refused; the site did not train."
+    ),
+    "fl.run_failed": ErrorSpec(500, "The federated run failed; check the run's log."),
+    "fl.too_few_sites": ErrorSpec(
+        409, "Too few verified sites remain for secure aggregation to proceed."
+    ),
     "internal": ErrorSpec(500, "Internal error."),
 }
 
@@ -389,3 +410,7 @@ class ClientError(MedclaveError):
 
 class ServiceError(MedclaveError):
     family = ("service",)
+
+
+class FederationError(MedclaveError):
+    family = ("fl",)

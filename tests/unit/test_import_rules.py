@@ -79,6 +79,14 @@ ALLOWED_IMPORTS: dict[tuple[str, str], str] = {
         "TrustedBrokers: the broker keys whose signed release answers the enclave accepts",
     ("medclave.enclave", "medclave.kbs.sealed_models"):
         "load_sealed_model: the model key fetched from the broker, weights opened into a memfd",
+    # Federated learning (layer 4) seals the final model in the sealed-model format and reads
+    # the federation owner's key with kbs's helpers; nothing else of kbs.
+    ("medclave.fl", "medclave.kbs.sealed_models"):
+        "seal_model/read_key_file/write_owner_keypair: the final model, sealed for the members",
+    ("medclave.fl", "medclave.kbs.client"):
+        "KbsClient: the site data key released by the site's broker to its attested SuperNode",
+    ("medclave.fl", "medclave.kbs.signing"):
+        "TrustedBrokers: the broker keys whose signed release answers a site accepts",
     # The development IdP's HTTP face sits in auth beside the issuer logic it serves
     # (auth/__init__.py says so); it is the one service below layer 4. auth's library core
     # (tokens, authn, authorizer, ...) never imports it.

@@ -26,6 +26,7 @@ SUBCOMMANDS: tuple[tuple[str, str], ...] = (
     ("idp", "idp"),
     ("config", "config"),
     ("monitor", "monitor"),
+    ("fl", "fl"),
 )
 
 for _name, _module in SUBCOMMANDS:
