@@ -26,8 +26,6 @@ from medclave.attestation.verifier import parse_bundle
 from medclave.errors import MedclaveError
 from medclave.fl import deploy
 from medclave.fl.federation import Federation, admission_runtime, read_json
-from medclave.fl.local import LocalFederation, demo_policy
-from medclave.fl.site import Site, init_site
 from medclave.kbs.sealed_models import write_owner_keypair
 
 app = typer.Typer(help="Confidential federated learning on Flower: attested sites, sealed "
@@ -69,6 +67,8 @@ def create(
     """A federation folder: policy, TLS (CA and SuperLink certificate), owner key, Flower App."""
     def go() -> dict[str, Any]:
         authority = sim.SimAuthority.load_or_create(folder / "sim")
+        from medclave.fl.local import demo_policy  # Flower loads only where it is used
+
         text = policy.read_text() if policy else demo_policy(sim.code_measurement())
         fed = Federation.create(folder, federation_id=federation_id, policy_text=text,
                                 sim_roots=[authority.root_fingerprint], superlink="")
@@ -170,6 +170,8 @@ def site_init(
     sim_dir: Annotated[Path, typer.Option("--sim-dir", help="sim authority folder (sim only)")],
 ) -> None:
     """A site folder: a fresh P-384 node key and the site's policy."""
+    from medclave.fl.site import init_site  # Flower loads only where it is used
+
     s = _run(lambda: init_site(folder, site=site, federation=federation, sim_dir=sim_dir,
                                policy_text=policy.read_text()))
     _emit({"site": s.name, "node_key": s.node_key()})
@@ -183,6 +185,8 @@ def site_attest(
 ) -> None:
     """Admission evidence: binds the node key, the sealed data's digest and NONCE."""
     def go() -> dict[str, Any]:
+        from medclave.fl.site import Site
+
         site = Site(folder)
         data = str(read_json(folder / "data" / "manifest.json", {}).get("plaintext_sha256", ""))
         bundle = site.attester()(bytes.fromhex(nonce), admission_runtime(
@@ -222,4 +226,6 @@ def demo(
     from medclave.fl.report import run_demo
 
     _terminate_on_sigterm()
+    from medclave.fl.local import LocalFederation
+
     _emit(_run(lambda: run_demo(LocalFederation.create(out), rounds=rounds)))
