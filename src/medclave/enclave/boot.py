@@ -48,17 +48,22 @@ from medclave.enclave.keys import KeyRing
 from medclave.enclave.model import DEFAULT_MODEL_SHA256, default_model_path, verify_model_file
 from medclave.enclave.model import sha256_file as file_sha256
 from medclave.enclave.response_store import ResponseStore
+from medclave.enclave.routes import Route
 from medclave.enclave.service import SERVICE, EnclaveIdentity, InferenceService
 from medclave.enclave.settings import EnclaveSettings
+from medclave.enclave.speech import Transcriber
 from medclave.errors import InputError
 from medclave.kbs.client import KbsClient
 from medclave.kbs.signing import TrustedBrokers
+from medclave.protocol import inference as proto
 from medclave.protocol.evidence import EvidenceBundle
 
 log = logging.getLogger("medclave.enclave")
 
 Clock = Callable[[], datetime]
 EngineFactory = Callable[[str, EnclaveSettings], Engine]
+# Routes served beside the OpenAI API by a layer above (the clinical apps), by inner path.
+RoutesFactory = Callable[[EnclaveSettings], Mapping[str, Route]]
 
 
 def system_clock() -> datetime:
@@ -224,9 +229,54 @@ def _open_model(settings: EnclaveSettings, attester: Attester, base_runtime: dic
     return str(default_model_path()), DEFAULT_MODEL_SHA256
 
 
+def _open_speech(settings: EnclaveSettings, attester: Attester, base_runtime: dict[str, Any],
+                 closers: list[Callable[[], None]]) -> Transcriber | None:
+    """The Whisper worker, or None without ``speech``; the model checked as the chat model is
+    (sealed: the broker's key, decrypted into memory; plain: its pinned digest)."""
+    if not settings.speech:
+        return None
+    from medclave.enclave.audio import AudioLimits
+    from medclave.enclave.speech import bundled_model, files_from_tar, load_folder
+
+    model_id = settings.speech_model_id
+    if settings.speech_sealed_model is not None:
+        from medclave.crypto import sealed
+        from medclave.kbs.sealed_models import load_sealed_model
+
+        if not settings.kbs_url:
+            raise InputError("config.invalid", "a sealed speech model needs kbs_url")
+        manifest = sealed.load_manifest(settings.speech_sealed_model)
+        runtime = {**base_runtime, "model_digest": manifest.plaintext_sha256}
+        if settings.requester:
+            runtime["requester"] = settings.requester
+        with broker_client(settings, attester)(runtime) as kbs:
+            fd, _, manifest = load_sealed_model(kbs, settings.speech_sealed_model)
+        try:
+            with os.fdopen(os.dup(fd), "rb") as memory:
+                model = files_from_tar(memory.read(), model_id=model_id,
+                                       expected=settings.speech_model_sha256)
+        finally:
+            os.close(fd)
+    elif settings.speech_model_path is not None:
+        log.warning("speech model loaded from a plain folder (%s): not sealed",
+                    settings.speech_model_path.name)
+        model = load_folder(settings.speech_model_path, model_id=model_id,
+                            expected=settings.speech_model_sha256)
+    else:
+        model = bundled_model()
+    speech = Transcriber(model, threads=settings.speech_threads, sandbox=settings.speech_sandbox,
+                         limits=AudioLimits(max_bytes=settings.speech_max_bytes,
+                                            max_seconds=settings.speech_max_seconds))
+    closers.append(speech.close)
+    log.info("speech ready: %s %s, sandbox %s", model.model_id, model.digest,
+             speech.sandbox.mechanism)
+    return speech
+
+
 def boot(settings: EnclaveSettings, *, clock: Clock = system_clock,
          engine_factory: EngineFactory = default_engine,
-         authorization: AuthorizationHook | None = None) -> Booted:
+         authorization: AuthorizationHook | None = None,
+         routes: RoutesFactory | None = None) -> Booted:
     """Run the boot sequence; anything that fails stops the boot (fail closed)."""
     sim_measurement = bytes.fromhex(settings.sim_measurement) if settings.sim_measurement else None
     platform = select_platform(settings.platform, settings.data_dir,
@@ -266,6 +316,14 @@ def boot(settings: EnclaveSettings, *, clock: Clock = system_clock,
         model_path, model_digest = _open_model(settings, attester, base_runtime, closers)
         engine = engine_factory(model_path, settings)
         closers.append(engine.close)
+        speech = _open_speech(settings, attester, base_runtime, closers)
+        served_routes: dict[str, Route] = {}
+        if speech is not None:
+            from medclave.enclave.audio_api import transcriptions
+
+            served_routes[proto.TRANSCRIPTIONS_PATH] = transcriptions
+        if routes is not None:
+            served_routes.update(routes(settings))
         if attester.evidence_digest is None:  # no broker asked: attest once at boot anyway
             attester(os.urandom(32), base_runtime)
         assert attester.evidence_digest is not None
@@ -288,7 +346,8 @@ def boot(settings: EnclaveSettings, *, clock: Clock = system_clock,
                                    response_store=ResponseStore(
                                        ttl=settings.responses_ttl_seconds,
                                        per_user=settings.responses_per_user,
-                                       max_bytes=settings.responses_max_bytes))
+                                       max_bytes=settings.responses_max_bytes),
+                                   speech=speech, routes=served_routes)
         served.append(service)
     except BaseException:
         for close in reversed(closers):
