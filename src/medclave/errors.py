@@ -115,6 +115,9 @@ CATALOGUE: dict[str, ErrorSpec] = {
     "policy.kbs_key_not_allowed": ErrorSpec(
         403, "The enclave trusts a key broker the policy does not name."
     ),
+    "policy.speech_not_allowed": ErrorSpec(
+        403, "The enclave's speech model, audio retention or sandbox is not what the policy requires."
+    ),
     "policy.smt_forbidden": ErrorSpec(403, "The policy forbids SMT on the platform."),
     "policy.migration_agent_forbidden": ErrorSpec(
         403, "The policy forbids guests that allow a migration agent."

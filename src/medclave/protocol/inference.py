@@ -136,6 +136,14 @@ class EnclaveRuntime(BaseModel):
     kbs_keys: tuple[str, ...] = Field(default=(), max_length=16)
     # Whose tokens the enclave accepts ({"issuer", "jwks"}); empty: it checks no token.
     token_issuers: tuple[dict[str, str], ...] = Field(default=(), max_length=16)
+    # Speech (issue 14), all None where the enclave takes no audio: the Whisper model and its
+    # runtime, what is kept of the audio ("none": nothing outlives the request) and the
+    # transcription worker's write-forbidding sandbox ("landlock", or "none").
+    speech_model_id: str | None = Field(default=None, max_length=128)
+    speech_model_digest: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
+    speech_engine_build: str | None = Field(default=None, max_length=128)
+    audio_retention: str | None = Field(default=None, max_length=32)
+    speech_sandbox: str | None = Field(default=None, max_length=32)
 
     @classmethod
     def from_runtime(cls, runtime: dict[str, Any]) -> EnclaveRuntime:
