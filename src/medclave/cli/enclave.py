@@ -71,6 +71,19 @@ def serve_cmd(
     key_rotation: Annotated[int | None, typer.Option(
         "--key-rotation", help="rotate the OHTTP key every N seconds")] = None,
     trusted_proxy: TrustedProxy = None,
+    speech: Annotated[bool, typer.Option(
+        "--speech", help="serve /v1/audio/transcriptions (Whisper, in a sandboxed worker)")
+    ] = False,
+    scribe: Annotated[bool, typer.Option(
+        "--scribe", help="serve the clinical scribe /v1/medclave/scribe (implies --speech)")
+    ] = False,
+    speech_sealed_model: Annotated[Path | None, typer.Option(
+        "--speech-sealed-model", help="a sealed tar of a CTranslate2 Whisper folder; key from "
+        "--kbs (default: the bundled tiny.en)")] = None,
+    speech_model: Annotated[Path | None, typer.Option(
+        "--speech-model", help="a plain CTranslate2 Whisper folder (development)")] = None,
+    speech_model_sha256: Annotated[str | None, typer.Option(
+        "--speech-model-sha256", help="the speech model's manifest digest")] = None,
 ) -> None:
     """Boot (evidence, keys, model key from the broker, unseal, load) and serve until stopped."""
     from medclave.enclave.server import serve
@@ -90,6 +103,8 @@ def serve_cmd(
         "audit_key_resource": audit_key_resource, "audit_origin": audit_origin,
         "key_rotation_seconds": key_rotation,
         "trusted_proxies": tuple(trusted_proxy) if trusted_proxy else None,
+        "speech": (speech or scribe) or None, "speech_sealed_model": speech_sealed_model,
+        "speech_model_path": speech_model, "speech_model_sha256": speech_model_sha256,
     }
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     try:
@@ -99,8 +114,14 @@ def serve_cmd(
     if settings.platform == "sim":
         typer.secho("WARNING: platform sim is NOT a TEE and protects nothing.", err=True,
                     fg=typer.colors.RED, bold=True)
+    routes = None
+    if scribe:
+        from medclave.apps.scribe.route import routes as scribe_routes
+
+        def routes(s: EnclaveSettings) -> dict[str, Any]:
+            return dict(scribe_routes(s.model_id))
     try:
-        serve(settings)
+        serve(settings, routes=routes)
     except MedclaveError as exc:
         raise _fail(exc) from None
 

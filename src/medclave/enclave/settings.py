@@ -58,11 +58,11 @@ class EnclaveSettings(BaseSettings, ServingSettings):
 
     # --- speech and the clinical scribe (issue 14) -----------------------------------------
     # speech: Whisper in a write-forbidden worker, serving /v1/audio/transcriptions; the
-    # scribe (/v1/medclave/scribe) is added by `medclave enclave serve --scribe`. Which Whisper:
+    # scribe (/v1/medclave/scribe, a clinical app one layer up) is added by `medclave enclave
+    # serve --scribe`, which also turns speech on. Which Whisper:
     # speech_sealed_model (a tar of a CTranslate2 folder, sealed; key from kbs_url), else
     # speech_model_path (a plain folder, development), else the bundled tiny.en (pinned).
     speech: bool = False
-    scribe: bool = False
     speech_sealed_model: Path | None = None
     speech_model_path: Path | None = None
     speech_model_sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
