@@ -50,6 +50,7 @@ SPEECH_MODEL_SHA256: Final = "2a4410629ba32953df4bbf64d2d866fb507e316f81671859db
 MODEL_FILES: Final = frozenset({"config.json", "model.bin", "tokenizer.json", "vocabulary.txt",
                                 "vocabulary.json", "preprocessor_config.json"})
 MAX_MODEL_BYTES: Final = 4 * 1024 * 1024 * 1024
+PAUSE_SECONDS: Final = 0.5  # a silence this long inside a segment may be a change of speaker
 
 
 def manifest_digest(files: Mapping[str, bytes]) -> str:
@@ -163,6 +164,23 @@ def _pitch(samples: Any) -> float:
     return float(np.median(estimates)) if estimates else 0.0
 
 
+def _split_at_pauses(piece: Any) -> list[tuple[float, float, str]]:
+    """A Whisper segment cut where its words pause for :data:`PAUSE_SECONDS` or more: a
+    segment may run across a change of speaker, a pause is where turns change."""
+    words = list(piece.words or ())
+    if not words:
+        return [(piece.start, piece.end, piece.text.strip())] if piece.text.strip() else []
+    out: list[tuple[float, float, str]] = []
+    current = [words[0]]
+    for word in words[1:]:
+        if word.start - current[-1].end >= PAUSE_SECONDS:
+            out.append((current[0].start, current[-1].end, "".join(w.word for w in current)))
+            current = []
+        current.append(word)
+    out.append((current[0].start, current[-1].end, "".join(w.word for w in current)))
+    return [(start, end, text.strip()) for start, end, text in out if text.strip()]
+
+
 def _serve(conn: Connection, threads: int, sandbox: bool) -> None:
     """The worker's loop (in the child process)."""
     import gc
@@ -190,15 +208,16 @@ def _serve(conn: Connection, threads: int, sandbox: bool) -> None:
             pcm = audio.decode(data, limits)
             del data, message
             pieces, info = model.transcribe(
-                pcm, language="en", beam_size=options.get("beam_size", 1),
+                pcm, language="en", beam_size=options.get("beam_size", 5),
                 temperature=options.get("temperature", 0.0),
                 initial_prompt=options.get("prompt"), vad_filter=False,
-                condition_on_previous_text=False)
+                condition_on_previous_text=False, word_timestamps=True)
             segments = []
             for piece in pieces:
-                span = pcm[int(piece.start * SAMPLE_RATE): int(piece.end * SAMPLE_RATE)]
-                segments.append(Segment(round(piece.start, 2), round(piece.end, 2),
-                                        piece.text.strip(), round(_pitch(span), 1)))
+                for start, end, said in _split_at_pauses(piece):
+                    span = pcm[int(start * SAMPLE_RATE): int(end * SAMPLE_RATE)]
+                    segments.append(Segment(round(start, 2), round(end, 2), said,
+                                            round(_pitch(span), 1)))
             text = " ".join(s.text for s in segments if s.text)
             answer: tuple[Any, ...] = ("ok", Transcript(text, round(info.duration, 3),
                                                         info.language, tuple(segments)))
@@ -264,13 +283,13 @@ class Transcriber:
         return state
 
     def transcribe(self, audio: bytes, *, prompt: str | None = None,
-                   temperature: float = 0.0) -> Transcript:
+                   temperature: float = 0.0, beam_size: int = 5) -> Transcript:
         """``input.audio_*`` for audio refused; ``enclave.engine_failed`` if the worker fails."""
         if len(audio) > self.limits.max_bytes:  # refused before it crosses the pipe
             raise InputError("input.audio_too_large",
                              f"the audio is {len(audio)} bytes; the limit is "
                              f"{self.limits.max_bytes}")
-        options = {"prompt": prompt, "temperature": temperature}
+        options = {"prompt": prompt, "temperature": temperature, "beam_size": beam_size}
         with self._lock:
             if self._conn is None or not self._process.is_alive():
                 self.sandbox = self._start()

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import re
 import threading
+from functools import lru_cache
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Final
@@ -37,6 +38,7 @@ _CONTEXT: Final = {"O": frozenset({"pregnancy", "pregnant", "delivery", "postpar
                    "P": frozenset({"newborn", "neonatal", "perinatal", "neonate"})}
 
 
+@lru_cache(maxsize=65536)
 def _stem(word: str) -> str:
     for suffix in ("ing", "ed", "es", "s"):
         if len(word) > len(suffix) + 3 and word.endswith(suffix) and not word.endswith("ss"):

@@ -37,6 +37,8 @@ from medclave.errors import EnclaveError, InputError
 ICD10CM: Final = "http://hl7.org/fhir/sid/icd-10-cm"
 MAX_TRANSCRIPT: Final = 200_000
 MAX_CONTEXT: Final = 8 * 1024
+# Whisper's initial prompt: the kind of speech to expect (it improves clinical words).
+VISIT_PROMPT: Final = "A clinical visit between a doctor and a patient."
 
 
 class ScribeRoute:
@@ -55,7 +57,7 @@ class ScribeRoute:
             if call.speech is None:
                 raise EnclaveError("enclave.speech_unavailable", "no speech model here")
             digest = hashlib.sha256(audio).hexdigest()
-            heard = call.speech.transcribe(audio)
+            heard = call.speech.transcribe(audio, prompt=VISIT_PROMPT)
             audio = None  # the bytes go now, not at the end of the request
             transcript = turns.from_segments(heard.segments)
             audio_info = {"sha256": digest, "duration": heard.duration, "retained": False}

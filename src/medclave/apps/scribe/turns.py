@@ -33,9 +33,11 @@ _LABEL = re.compile(r"^\s*(doctor|dr|clinician|physician|nurse|provider|patient|
                     re.IGNORECASE)
 # A sentence ends at . ! or ? followed by space or the end (not inside "150.5" or "Dr. X").
 _SENTENCE = re.compile(r"[^.!?]+(?:[.!?]+(?=\s|$)|$)")
-_CLINICIAN_CUES: Final = ("?", "exam", "prescrib", "blood pressure", "diagnos", "i think",
+_CLINICIAN_CUES: Final = ("exam", "prescrib", "blood pressure", "diagnos", "i think",
                           "recommend", "follow up", "follow-up", "let's", "let me", "i'll",
-                          "we will", "your ")
+                          "i will", "we will", "this is", "looks like", "sounds like", "test")
+_SECOND_PERSON = re.compile(r"\b(you|your|you're|you've)\b")
+_FIRST_PERSON = re.compile(r"\b(i|my|me|i'm|i've)\b")
 
 
 @dataclass(frozen=True)
@@ -134,8 +136,12 @@ def _voices(pitches: Sequence[float]) -> float | None:
 
 
 def _clinician_score(texts: Sequence[str]) -> float:
+    """Per word: clinical cues and "you" count for the clinician, "I" and "my" against."""
     joined = " ".join(texts).lower()
-    return sum(joined.count(cue) for cue in _CLINICIAN_CUES) / max(1, len(texts))
+    count = max(1, len(joined.split()))
+    cues = sum(joined.count(cue) for cue in _CLINICIAN_CUES)
+    return (2 * cues + len(_SECOND_PERSON.findall(joined))
+            - len(_FIRST_PERSON.findall(joined))) / count
 
 
 def from_segments(segments: Sequence[Segment]) -> Transcript:
