@@ -276,8 +276,11 @@ def _open_speech(settings: EnclaveSettings, attester: Attester, base_runtime: di
 def boot(settings: EnclaveSettings, *, clock: Clock = system_clock,
          engine_factory: EngineFactory = default_engine,
          authorization: AuthorizationHook | None = None,
-         routes: RoutesFactory | None = None) -> Booted:
-    """Run the boot sequence; anything that fails stops the boot (fail closed)."""
+         routes: RoutesFactory | None = None,
+         speech: Transcriber | None = None) -> Booted:
+    """Run the boot sequence; anything that fails stops the boot (fail closed). ``routes``:
+    the clinical apps' inner routes; ``speech``: a Whisper worker already running (tests and
+    benchmarks share one; the caller closes it), else one is started when ``settings.speech``."""
     sim_measurement = bytes.fromhex(settings.sim_measurement) if settings.sim_measurement else None
     platform = select_platform(settings.platform, settings.data_dir,
                                sim_measurement=sim_measurement)
@@ -316,7 +319,8 @@ def boot(settings: EnclaveSettings, *, clock: Clock = system_clock,
         model_path, model_digest = _open_model(settings, attester, base_runtime, closers)
         engine = engine_factory(model_path, settings)
         closers.append(engine.close)
-        speech = _open_speech(settings, attester, base_runtime, closers)
+        if speech is None:
+            speech = _open_speech(settings, attester, base_runtime, closers)
         served_routes: dict[str, Route] = {}
         if speech is not None:
             from medclave.enclave.audio_api import transcriptions
