@@ -115,7 +115,7 @@ VISITS: tuple[Visit, ...] = (
     ), ("back pain",), ("M54.50", "M54.59", "S39.012A")),
     Visit("cholesterol", (
         ("D", "I have your blood test results."),
-        ("P", "Is my cholesterol still high?"),
+        ("P", "I have been eating less fat, but my father had a heart attack at fifty."),
         ("D", "Your LDL cholesterol is 190."),
         ("D", "You have hyperlipidemia."),
         ("D", "I will start atorvastatin 20 milligrams at night."),
