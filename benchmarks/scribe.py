@@ -105,7 +105,6 @@ class Direct:
 def main() -> None:
     import httpx
     import openai
-
     from tests.e2e.helpers import FakeEngine, llama_engine
     from tests.scribe.conftest import start_stack
     from tests.scribe.visits import VISITS, espeak, synthesize
@@ -209,8 +208,8 @@ def _evaluate(report: Report, client: Any, stack: Any, direct: Direct,
         totals["dx_typed"] += dx_t
         totals["code_typed"] += code_t
         totals["equal"] += via == alone
-        lines.append(f"{visit.name:<15} {w_enclave:>11.3f} {w_direct:>11.3f}  {str(via == alone):<5}  "
-                     f"{str(dx):<9}  {str(code):<13}  {str(dx_t):<9}  {code_t}")
+        lines.append(f"{visit.name:<15} {w_enclave:>11.3f} {w_direct:>11.3f}  {via == alone!s:<5}  "
+                     f"{dx!s:<9}  {code!s:<13}  {dx_t!s:<9}  {code_t}")
     n = len(visits)
     lines.append(f"mean WER {sum(wers) / n:.3f}; enclave text == direct text {totals['equal']}/{n}; "
                  f"diagnosis in Assessment {totals['dx']}/{n} (audio), {totals['dx_typed']}/{n} "

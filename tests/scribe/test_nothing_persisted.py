@@ -23,7 +23,7 @@ from medclave.enclave.speech import Transcriber
 from medclave.protocol import inference as proto
 from tests.scribe.conftest import start_stack
 
-SHARED = (Path("/tmp"), Path("/dev/shm"))  # noqa: S108  # watched, not written
+SHARED = (Path("/tmp"), Path("/dev/shm"))  # watched, not written
 MAX_SCAN = 64 * 1024 * 1024
 
 
