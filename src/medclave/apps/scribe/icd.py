@@ -9,7 +9,11 @@ category (``J02`` "acute sore throat" for ``J02.9``), with TF-IDF over words and
 A suggestion's score mixes two things, each in [0, 1]: the cosine similarity of the statement
 and the code's indexed text, and how much of the code's *own description* the statement covers
 (its content words, less those that only say "unspecified", "initial encounter" and the like),
-so "sprain of right ankle" beats a code that merely shares "right ankle". Codes that need a
+so "sprain of right ankle" beats a code that merely shares "right ankle". The best
+:data:`RERANK` candidates are then reranked by embedding: their score is mixed
+(:data:`EMBEDDING_WEIGHT`) with the cosine similarity of the statement's and the description's
+MiniLM embeddings (:mod:`medclave.apps.scribe.embed`), which finds the intended code where the
+words differ ("migraine without horror", as Whisper may hear "aura"). Codes that need a
 context the statement does not give are not offered: pregnancy chapter (O) without a word of
 pregnancy, perinatal (P) without a newborn, and injury codes for a later encounter or a
 sequela (7th character D or S). The confidence reported is that score; the supporting span is
@@ -27,6 +31,8 @@ from functools import lru_cache
 from typing import Any, Final
 
 MAX_CANDIDATES: Final = 300
+RERANK: Final = 30  # lexical candidates the embedding model reranks
+EMBEDDING_WEIGHT: Final = 0.6
 _WORD = re.compile(r"[a-z0-9]+")
 _NEUTRAL: Final = frozenset([
     "unspecified", "nos", "specified", "site", "without", "initial", "encounter", "primary",
@@ -89,7 +95,8 @@ class CodeIndex:
                                            stop_words="english")
         self._matrix: Any = self._vectorizer.fit_transform(documents)
 
-    def rank(self, text: str, k: int = 3) -> list[tuple[str, str, float]]:
+    def rank(self, text: str, k: int = 3, *, embedding_weight: float = EMBEDDING_WEIGHT
+             ) -> list[tuple[str, str, float]]:
         """The ``k`` best ``(code, description, score)`` for one statement."""
         import numpy as np
 
@@ -110,6 +117,16 @@ class CodeIndex:
             cover = len(own & query) / max(1, len(own))
             ranked.append((0.5 * float(dense[i]) + 0.5 * cover, code, self.display[i]))
         ranked.sort(key=lambda r: (-r[0], r[1]))
+        ranked = ranked[:RERANK]
+        if embedding_weight > 0 and ranked:
+            from medclave.apps.scribe.embed import embedder
+
+            vectors = embedder().embed([text, *(display for _, _, display in ranked)])
+            similarity = vectors[1:] @ vectors[0]
+            ranked = [((1 - embedding_weight) * score
+                       + embedding_weight * max(0.0, float(cos)), code, display)
+                      for (score, code, display), cos in zip(ranked, similarity, strict=True)]
+            ranked.sort(key=lambda r: (-r[0], r[1]))
         return [(code, display, round(score, 3)) for score, code, display in ranked[:k]]
 
 
