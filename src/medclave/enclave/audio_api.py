@@ -4,7 +4,9 @@ The body is ``multipart/form-data`` as the ``openai`` package's
 ``client.audio.transcriptions.create(file=..., model=...)`` sends it: a ``file`` part (the
 audio), ``model``, and optionally ``language``, ``prompt``, ``response_format`` (``json``,
 ``text`` or ``verbose_json``; ``srt`` and ``vtt`` are refused) and ``temperature``. The form is
-parsed by ``python-multipart`` (Starlette's parser) in memory, bounded in parts and header sizes.
+parsed by ``python-multipart`` (Starlette's parser) in memory, bounded in parts and header sizes:
+its low-level ``MultipartParser`` with callbacks into ``bytearray`` s, never its ``FormParser``,
+which spools large parts to temporary files.
 
 The audit entry (``action`` ``transcribe``) commits to the SHA-256 of the audio (the prompt
 commitment: the hospital, holding the recording, can show which audio this was) and to the
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -31,6 +34,9 @@ MAX_PARTS: Final = 16
 MAX_FIELD_BYTES: Final = 16 * 1024  # every part but the file
 WHISPER_MAX_TOKENS: Final = 448  # Whisper's decoder length, the entry's max_tokens
 FORMATS: Final = ("json", "text", "verbose_json")
+# python-multipart logs what it did not expect, quoting bytes of the body (a form's content is
+# PHI here): nothing of it may reach the operator's log.
+logging.getLogger("python_multipart").setLevel(logging.CRITICAL + 1)
 
 
 @dataclass
@@ -46,6 +52,8 @@ def parse_form(body: bytes, content_type: str | None) -> dict[str, _Part]:
     boundary = options.get(b"boundary")
     if media != b"multipart/form-data" or not boundary or len(boundary) > 200:
         raise InputError("input.malformed", "send multipart/form-data with a boundary")
+    if not body:  # (the parser takes no empty body: found by the fuzz test)
+        raise InputError("input.malformed", "the form is empty")
     parts: list[_Part] = []
     header: dict[str, bytearray] = {"field": bytearray(), "value": bytearray()}
     headers: dict[bytes, bytes] = {}
