@@ -150,15 +150,18 @@ def main() -> None:
             _evaluate(report, client, stack, direct, spoken, VISITS, httpx)
         finally:
             stack.stop()
+        report.emit()
+        report = Report("scribe_visit", "A visit of at least 2 minutes, upload to note")
         # The 2-minute visit, with the real chat model drafting the note.
-        real = start_stack(Path(folder) / "real", speech, engine=llama_engine())
+        real = start_stack(Path(folder) / "real", speech, engine=llama_engine(), timeout=3600)
         try:
             visit = _join([spoken[v.name] for v in VISITS] * 2, 120.0)
             start = time.perf_counter()
-            response = httpx.post(f"{real.proxy_url}/v1/medclave/scribe", timeout=1800,
+            response = httpx.post(f"{real.proxy_url}/v1/medclave/scribe", timeout=3600,
                                   files={"file": ("visit.wav", visit)})
             took = time.perf_counter() - start
             body = response.json()
+            assert response.status_code == 200, body
             drafted = [s for sec in body["note"]["sections"].values() for s in sec]
             by_model = sum(s["drafted_by"] == "model" for s in drafted)
             report.row(f"upload to note, {_seconds(visit):.0f} s visit (llama.cpp drafts)",

@@ -76,7 +76,8 @@ class Stack:
 
 
 def start_stack(folder: Path, speech: Transcriber | None, *, engine: Any = None,
-                scribe: bool = True, policy: Any = None, **overrides: Any) -> Stack:
+                scribe: bool = True, policy: Any = None, timeout: float = 300.0,
+                **overrides: Any) -> Stack:
     """A sim enclave (speech and the scribe on), and the proxy to it."""
     the_engine = engine if engine is not None else FakeEngine()
     values: dict[str, Any] = {
@@ -91,7 +92,8 @@ def start_stack(folder: Path, speech: Transcriber | None, *, engine: Any = None,
     enclave = BackgroundServer(create_app(booted.service, settings), name="scribe-enclave").start()
     root = booted.platform.sim_root
     assert root is not None
-    session = EnclaveSession(enclave.url, policy or sim_policy(), sim_roots=frozenset({root}))
+    session = EnclaveSession(enclave.url, policy or sim_policy(), sim_roots=frozenset({root}),
+                             timeout=timeout)
     proxy = BackgroundServer(create_proxy_app(session), name="scribe-proxy").start()
     return Stack(booted, enclave, proxy, session, settings, the_engine)
 

@@ -156,23 +156,26 @@ def draft_one(engine: Engine, section: Section, source: str, generation: Generat
 
 def draft_note(transcript: Transcript, engine: Engine | None, generation: Generation
                ) -> tuple[Statement, ...]:
-    """Every statement of the note, in transcript order within each section."""
+    """Every statement of the note, in transcript order within each section. Drafted section
+    by section, so that consecutive prompts share their few-shot prefix (llama.cpp reuses the
+    evaluated prefix of the previous prompt)."""
+    placed = [(section, sentence) for sentence in transcript.sentences
+              if (section := section_of(sentence, transcript)) is not None]
     out: list[Statement] = []
     drafted = 0
-    for sentence in transcript.sentences:
-        section = section_of(sentence, transcript)
-        if section is None:
-            continue
-        text, by = sentence.text, "transcript"
-        if engine is not None and drafted < MAX_DRAFTED and generation.wanted():
-            drafted += 1
-            draft = draft_one(engine, section, sentence.text, generation)
-            if faithful(draft, sentence.text, section):
-                text, by = draft, "model"
-        out.append(Statement(section, text, sentence.id, sentence.start, sentence.end,
-                             "model" if by == "model" else "transcript"))
-    order = {name: i for i, name in enumerate(SECTIONS)}
-    return tuple(sorted(out, key=lambda s: order[s.section]))  # stable: transcript order kept
+    for name in SECTIONS:
+        for section, sentence in placed:
+            if section != name:
+                continue
+            text, by = sentence.text, "transcript"
+            if engine is not None and drafted < MAX_DRAFTED and generation.wanted():
+                drafted += 1
+                draft = draft_one(engine, section, sentence.text, generation)
+                if faithful(draft, sentence.text, section):
+                    text, by = draft, "model"
+            out.append(Statement(section, text, sentence.id, sentence.start, sentence.end,
+                                 "model" if by == "model" else "transcript"))
+    return tuple(out)
 
 
 def render(statements: Sequence[Statement]) -> str:
