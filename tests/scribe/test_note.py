@@ -162,3 +162,18 @@ def test_a_misheard_assessment_still_finds_its_code_by_embedding() -> None:
     reranked = [c for c, _, _ in icd.index().rank(heard, 3)]
     expected = set(by_name("migraine").codes)
     assert not set(lexical) & expected and set(reranked) & expected
+
+
+def test_the_real_chat_model_words_statements_and_only_faithful_ones_are_kept() -> None:
+    from tests.e2e.helpers import llama_engine
+
+    visit = by_name("hypertension")
+    transcript = turns.from_text(visit.typed)
+    note = soap.draft_note(transcript, llama_engine(), Generation("t", "u"))
+    worded = [s for s in note if s.drafted_by == "model"]
+    assert worded, [s.text for s in note]  # SmolLM2 follows the few-shot examples
+    for statement in note:
+        source = transcript.sentence(statement.sentence).text
+        assert soap.faithful(statement.text, source, statement.section) or (
+            statement.drafted_by == "transcript" and statement.text == source)
+    assert "hypertension" in " ".join(s.text for s in note if s.section == "assessment").lower()
