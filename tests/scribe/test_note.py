@@ -167,8 +167,10 @@ def test_a_misheard_assessment_still_finds_its_code_by_embedding() -> None:
 def test_the_real_chat_model_words_statements_and_only_faithful_ones_are_kept() -> None:
     from tests.e2e.helpers import llama_engine
 
-    visit = by_name("hypertension")
-    transcript = turns.from_text(visit.typed)
+    # Two sentences, so two short generations (the full visits run in benchmarks/scribe.py).
+    transcript = turns.from_text("Patient: I have been taking the tablets every day.\n"
+                                 "Doctor: I think this is essential hypertension that is not "
+                                 "controlled yet.")
     note = soap.draft_note(transcript, llama_engine(), Generation("t", "u"))
     worded = [s for s in note if s.drafted_by == "model"]
     assert worded, [s.text for s in note]  # SmolLM2 follows the few-shot examples
@@ -177,3 +179,11 @@ def test_the_real_chat_model_words_statements_and_only_faithful_ones_are_kept() 
         assert soap.faithful(statement.text, source, statement.section) or (
             statement.drafted_by == "transcript" and statement.text == source)
     assert "hypertension" in " ".join(s.text for s in note if s.section == "assessment").lower()
+
+
+def test_with_no_voices_told_apart_sections_come_from_the_words() -> None:
+    transcript = turns.from_text("I have had a cough for a week.\nI think this is acute bronchitis."
+                                 "\nI will prescribe rest and fluids.")
+    assert not transcript.speakers_known
+    sections = [soap.section_of(s, transcript) for s in transcript.sentences]
+    assert sections == ["subjective", "assessment", "plan"]

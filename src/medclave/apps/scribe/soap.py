@@ -7,7 +7,7 @@ Two steps, so that a small model cannot put words in a patient's mouth:
    finding's meaning (``I think this is``, ``consistent with``, ``you have``), to Plan when it
    orders, prescribes or schedules, to Objective when it reports an examination or a
    measurement; questions, greetings and bare yes/no answers go nowhere. With no speakers
-   known, first-person sentences count as the patient's.
+   known, first-person sentences count as the patient's, unless they assess or prescribe.
 2. **The wording** of each statement is drafted by the enclave's chat model, one sentence at a
    time, with a section-specific few-shot prompt (the bundled SmolLM2-135M follows examples far
    better than instructions) at temperature 0. A draft is kept only if it is *faithful*: every
@@ -102,8 +102,11 @@ def section_of(sentence: Sentence, transcript: Transcript) -> Section | None:
         return None
     speaker = transcript.speaker_of(sentence)
     if speaker is None:
+        # No voices told apart: an assessment or a prescription is the clinician's ("I think
+        # this is ..."), other first-person statements the patient's.
+        clinical = _has(lower, _ASSESSMENT) or _has(lower, _PLAN[:4])
         speaker = "patient" if (_FIRST_PERSON.search(lower) and not text.endswith("?")
-                                and not _has(lower, _PLAN[:4])) else "clinician"
+                                and not clinical) else "clinician"
     if speaker == "patient":
         return None if text.endswith("?") else "subjective"
     if text.endswith("?"):
