@@ -33,6 +33,12 @@ CATALOGUE: dict[str, ErrorSpec] = {
     "input.incomplete": ErrorSpec(
         400, "The request ended before its body was complete; send it again whole."
     ),
+    # --- audio (the scribe: decoded in enclave memory only) ----------------------------------
+    "input.audio_too_large": ErrorSpec(413, "The audio file exceeds the size limit."),
+    "input.audio_too_long": ErrorSpec(413, "The audio is longer than the duration limit."),
+    "input.audio_unreadable": ErrorSpec(
+        400, "The audio could not be decoded; send WAV, FLAC, MP3, Ogg/Opus or WebM/Opus."
+    ),
     "config.invalid": ErrorSpec(500, "The service configuration is invalid; check its settings."),
     # --- crypto / protocol -----------------------------------------------------------------
     "crypto.decrypt_failed": ErrorSpec(400, "The message could not be decrypted or authenticated."),
@@ -114,6 +120,9 @@ CATALOGUE: dict[str, ErrorSpec] = {
     ),
     "policy.kbs_key_not_allowed": ErrorSpec(
         403, "The enclave trusts a key broker the policy does not name."
+    ),
+    "policy.speech_not_allowed": ErrorSpec(
+        403, "The enclave's speech model, audio retention or sandbox is not what the policy requires."
     ),
     "policy.smt_forbidden": ErrorSpec(403, "The policy forbids SMT on the platform."),
     "policy.release_not_logged": ErrorSpec(
@@ -238,6 +247,9 @@ CATALOGUE: dict[str, ErrorSpec] = {
     "enclave.model_not_found": ErrorSpec(404, "The model does not exist here."),
     "enclave.no_route": ErrorSpec(404, "The enclave serves no such path."),
     "enclave.method_not_allowed": ErrorSpec(405, "The path does not take this method."),
+    "enclave.speech_unavailable": ErrorSpec(
+        503, "Speech recognition is not enabled in this enclave."
+    ),
     "enclave.busy": ErrorSpec(
         429, "Too many inferences are in progress; retry after the Retry-After interval."
     ),

@@ -9,6 +9,8 @@ rules read the same over every platform's claims::
     allow_debug = false
     model_digests = ["b179c952…"]
     kbs_keys = ["3f0c…"]               # the key brokers the enclave may take keys from
+    audio_retention = "none"           # an enclave that takes audio must keep none of it
+    speech_sandbox = "landlock"        # ... and transcribe in a worker that cannot write files
 
     [tcb]
     refuse = ["OutOfDate", "OutOfDateConfigurationNeeded", "Revoked", "NoMatch"]
@@ -52,7 +54,7 @@ import tomllib
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -122,6 +124,9 @@ class ReleaseLogRule(BaseModel):
         return self
 
 
+_LATER_FIELDS = ("release_log", "audio_retention", "speech_sandbox", "speech_model_digests")
+
+
 class AppraisalPolicy(BaseModel):
     """Reference values. Construct with :func:`load_policy` or :func:`default_policy`."""
 
@@ -135,6 +140,11 @@ class AppraisalPolicy(BaseModel):
     token_issuers: tuple[TokenIssuer, ...] = ()
     max_evidence_age_seconds: int | None = Field(default=None, gt=0)
     require_gpu: bool = False
+    # Speech (issue 14): what an enclave that takes audio must state in its runtime. Checked by
+    # the client (medclave.client.verify) on every attestation; unset: no requirement.
+    audio_retention: Literal["none"] | None = None
+    speech_sandbox: Literal["landlock"] | None = None
+    speech_model_digests: tuple[str, ...] = ()
     tcb: TcbRules = Field(default_factory=TcbRules)
     platform: dict[str, PlatformRules] = Field(default_factory=dict)
     release_log: ReleaseLogRule | None = None
@@ -178,8 +188,10 @@ class AppraisalPolicy(BaseModel):
 
     def digest(self) -> str:
         body = self.model_dump(mode="json")
-        if body.get("release_log") is None:
-            body.pop("release_log", None)  # policies without the rule keep their digest
+        # Fields added later are left out while unset, so existing policies keep their digest.
+        for name in _LATER_FIELDS:
+            if body.get(name) in (None, []):
+                body.pop(name, None)
         return canonical_sha256(body).hex()
 
     @property

@@ -76,6 +76,19 @@ def serve_cmd(
         "digits); otherwise each tenant's root comes from --kbs")] = None,
     trusted_proxy: TrustedProxy = None,
     config: ConfigFile = None,
+    speech: Annotated[bool, typer.Option(
+        "--speech", help="serve /v1/audio/transcriptions (Whisper, in a sandboxed worker)")
+    ] = False,
+    scribe: Annotated[bool, typer.Option(
+        "--scribe", help="serve the clinical scribe /v1/medclave/scribe (implies --speech)")
+    ] = False,
+    speech_sealed_model: Annotated[Path | None, typer.Option(
+        "--speech-sealed-model", help="a sealed tar of a CTranslate2 Whisper folder; key from "
+        "--kbs (default: the bundled tiny.en)")] = None,
+    speech_model: Annotated[Path | None, typer.Option(
+        "--speech-model", help="a plain CTranslate2 Whisper folder (development)")] = None,
+    speech_model_sha256: Annotated[str | None, typer.Option(
+        "--speech-model-sha256", help="the speech model's manifest digest")] = None,
 ) -> None:
     """Boot (evidence, keys, model key from the broker, unseal, load) and serve until stopped."""
     from medclave.enclave.server import serve
@@ -97,6 +110,8 @@ def serve_cmd(
         "key_rotation_seconds": key_rotation, "triage": triage or None,
         "sealing_root_file": sealing_root_file,
         "trusted_proxies": tuple(trusted_proxy) if trusted_proxy else None,
+        "speech": (speech or scribe) or None, "speech_sealed_model": speech_sealed_model,
+        "speech_model_path": speech_model, "speech_model_sha256": speech_model_sha256,
     }
     try:
         settings = load_settings(EnclaveSettings, config_file=config, overrides=overrides)
@@ -110,8 +125,14 @@ def serve_cmd(
         from medclave.apps.triage.app import TriageApp
 
         apps = (TriageApp.from_context,)
+    routes = None
+    if scribe:
+        from medclave.apps.scribe.route import routes as scribe_routes
+
+        def routes(s: EnclaveSettings) -> dict[str, Any]:
+            return dict(scribe_routes(s.model_id))
     try:
-        serve(settings, apps)
+        serve(settings, apps, routes=routes)
     except MedclaveError as exc:
         raise _fail(exc) from None
 

@@ -56,6 +56,7 @@ from medclave.client.apikeys import ApiKeyStore
 from medclave.client.callers import Callers, Upstream
 from medclave.client.continuous import TrustWatch
 from medclave.client.credentials import Credentials, IdpClientConfig
+from medclave.client.scribe_page import mount_scribe_page
 from medclave.client.session import (
     Abort,
     EnclaveSession,
@@ -227,6 +228,13 @@ async def read_body(request: Request) -> bytes:
 BodyDep = Annotated[bytes, Depends(read_body)]
 
 
+async def read_audio_body(request: Request) -> bytes:
+    return await read_limited_body(request, proto.MAX_AUDIO_BODY)
+
+
+AudioBodyDep = Annotated[bytes, Depends(read_audio_body)]
+
+
 class _Slots:
     """At most ``limit`` requests in flight (a stream holds its slot until it ends)."""
 
@@ -356,6 +364,40 @@ async def responses(request: Request, session: SessionDep, body: BodyDep) -> Res
     return await _send(request, session, "POST", proto.RESPONSES_PATH, body)
 
 
+async def _upload(request: Request, session: EnclaveSession, path: str, body: bytes) -> Response:
+    """A large body (audio, or a scribe request that may carry it) in chunked OHTTP, to an
+    enclave whose verified runtime states ``audio_retention: none`` (EnclaveSession.upload)."""
+    content_type = request.headers.get("content-type", "")
+    if not content_type.startswith(("multipart/form-data", "application/json")):
+        raise InputError("input.malformed", "send multipart/form-data or application/json")
+    slots: _Slots = request.app.state.slots
+    slots.take()
+    try:
+        # Admission reads the model a JSON body names; a form names none (Cedar sees it as
+        # unnamed, as it would any request that does not say).
+        upstream = await _upstream(request, "POST", path,
+                                   body if content_type.startswith("application/json") else b"")
+        answer = await run_in_threadpool(session.upload, path, body=body,
+                                         content_type=content_type,
+                                         authorization=upstream.authorization,
+                                         dpop=upstream.dpop, audio=True)
+    finally:
+        slots.give()
+    return Response(answer.body, status_code=answer.status,
+                    media_type=answer.header("content-type") or "application/json",
+                    headers=_answer_headers(answer.headers, answer.status))
+
+
+@router.post(proto.TRANSCRIPTIONS_PATH)
+async def transcriptions(request: Request, session: SessionDep, body: AudioBodyDep) -> Response:
+    return await _upload(request, session, proto.TRANSCRIPTIONS_PATH, body)
+
+
+@router.post(proto.SCRIBE_PATH)
+async def scribe(request: Request, session: SessionDep, body: AudioBodyDep) -> Response:
+    return await _upload(request, session, proto.SCRIBE_PATH, body)
+
+
 @router.get(proto.MODELS_PATH)
 async def models(request: Request, session: SessionDep) -> Response:
     return await _send(request, session, "GET", proto.MODELS_PATH)
@@ -463,6 +505,7 @@ def create_proxy_app(session: EnclaveSession, admission: ProxyAdmission | None =
     from medclave.client import triage_page  # its routes use this module's _send
 
     app.include_router(triage_page.router)
+    mount_scribe_page(app)
     install_error_handlers(app, render=_error, log_refusal=_log_refusal,
                            route_error=_route_error, log_unexpected=_log_unexpected)
     app.add_exception_handler(StarletteHTTPException, _http_error)

@@ -180,8 +180,12 @@ class StreamedResponse:
             while not self._ended:
                 yield from self._pull()
             failed = self._message.trailer("medclave-error") is not None
+            # A stream carries its receipt in the trailer; a whole answer sent in chunked OHTTP
+            # (an upload's, see EnclaveSession.upload) in its header section.
+            receipt = (self._message.trailer(proto.RECEIPT_HEADER)
+                       or self._message.header(proto.RECEIPT_HEADER))
             self.receipt = self._session.check_receipt(
-                self._enclave, self._message.trailer(proto.RECEIPT_HEADER),
+                self._enclave, receipt,
                 self._message.header(proto.REQUEST_ID_HEADER),
                 required=self.status == 200 and not failed)
         finally:
@@ -430,6 +434,29 @@ class EnclaveSession:
                 raise
         return self._open_stream(self._current(force=True), inner)
 
+    def upload(self, path: str, *, body: bytes, content_type: str,
+               authorization: str | None = None, dpop: str | None = None,
+               audio: bool = False) -> InnerResponse:
+        """``POST`` a large body (audio) in chunked OHTTP and read the whole answer. ``audio``:
+        refuse (``client.attestation_refused``) unless the verified runtime states that the
+        enclave keeps none of it (``audio_retention: none``), before a byte is sent."""
+        inner = _inner("POST", path, body, authorization, dpop, content_type=content_type)
+        for attempt in (0, 1):
+            enclave = self._current(force=attempt == 1)
+            if audio and enclave.runtime.audio_retention != "none":
+                raise ClientError("client.attestation_refused", "the enclave does not state "
+                                  "audio_retention: none; no audio was sent")
+            try:
+                stream = self._open_stream(enclave, inner)
+            except CryptoError as exc:
+                if exc.code != "crypto.key_unknown" or attempt == 1:
+                    raise
+                continue
+            with stream:
+                content = b"".join(stream.iter_content())
+            return InnerResponse(stream.status, stream.headers, content, stream.receipt)
+        raise AssertionError("unreachable")
+
     def _open_stream(self, enclave: VerifiedEnclave, inner: bytes) -> StreamedResponse:
         encoder = ChunkedRequestEncoder(enclave.key_config)
         wire = encoder.final(inner)
@@ -492,10 +519,11 @@ class EnclaveSession:
 
 
 def _inner(method: str, path: str, body: bytes, authorization: str | None,
-           dpop: str | None, headers: tuple[tuple[str, str], ...] = ()) -> bytes:
+           dpop: str | None, headers: tuple[tuple[str, str], ...] = (),
+           content_type: str = "application/json") -> bytes:
     extra = ((("dpop", dpop),) if dpop is not None else ()) + headers
     return proto.encode_inner_request(method, path, body=body, authorization=authorization,
-                                      extra_headers=extra)
+                                      extra_headers=extra, content_type=content_type)
 
 
 def _needs_receipt(inner: bytes) -> bool:

@@ -28,7 +28,7 @@ from medclave.attestation.verifier import verify_bundle
 from medclave.audit.note import ALG_ED25519, NoteVerifier
 from medclave.audit.release import check_release
 from medclave.crypto.ohttp import KeyConfig
-from medclave.errors import AttestationError
+from medclave.errors import AttestationError, PolicyError
 from medclave.protocol.evidence import MAX_BUNDLE_BYTES, EvidenceBundle
 from medclave.protocol.inference import EnclaveRuntime
 
@@ -86,6 +86,12 @@ class VerifiedEnclave:
             "appraisal_policy": {"name": self.policy_name, "digest": self.policy_digest},
             "verified_at": self.verified_at.isoformat(),
         }
+        if self.runtime.speech_model_digest is not None:
+            out["speech"] = {"model_id": self.runtime.speech_model_id,
+                             "model_digest": self.runtime.speech_model_digest,
+                             "engine_build": self.runtime.speech_engine_build,
+                             "audio_retention": self.runtime.audio_retention,
+                             "sandbox": self.runtime.speech_sandbox}
         if self.gpus:
             out["gpus"] = [dict(g) for g in self.gpus]
         if self.release is not None:
@@ -143,6 +149,7 @@ def verify_enclave(data: bytes, *, nonce: bytes, policy: AppraisalPolicy, now: d
                          evidence_time=nonce_issued, kbs_keys=list(runtime.kbs_keys),
                          token_issuers=[dict(t) for t in runtime.token_issuers],
                          release_proven=release is not None)
+    check_speech(policy, runtime)
     if not verification.secure:
         log.warning(SIM_WARNING)
     return VerifiedEnclave(
@@ -160,6 +167,21 @@ def verify_enclave(data: bytes, *, nonce: bytes, policy: AppraisalPolicy, now: d
         gpus=tuple(_gpu_summary(g) for g in gpu_claims(verification)),
         release=release,
     )
+
+
+def check_speech(policy: AppraisalPolicy, runtime: EnclaveRuntime) -> None:
+    """The policy's speech requirements (issue 14) against what the runtime states: each set
+    requirement must be stated exactly, so an enclave that states nothing is refused."""
+    wrong: list[str] = []
+    if policy.audio_retention is not None and runtime.audio_retention != policy.audio_retention:
+        wrong.append(f"audio_retention is {runtime.audio_retention!r}")
+    if policy.speech_sandbox is not None and runtime.speech_sandbox != policy.speech_sandbox:
+        wrong.append(f"speech_sandbox is {runtime.speech_sandbox!r}")
+    if policy.speech_model_digests and (runtime.speech_model_digest
+                                        not in policy.speech_model_digests):
+        wrong.append(f"speech model {runtime.speech_model_digest!r} is not allowed")
+    if wrong:
+        raise PolicyError("policy.speech_not_allowed", "; ".join(wrong))
 
 
 def _gpu_summary(claims: Mapping[str, Any]) -> dict[str, Any]:

@@ -60,19 +60,24 @@ from medclave.enclave.sealing.roots import (
 )
 from medclave.enclave.sealing.roots import broker_fetcher as sealing_fetcher
 from medclave.enclave.sealing.store import MemorySealedStore, SealedStore, SqliteSealedStore
+from medclave.enclave.routes import Route
 from medclave.enclave.service import SERVICE, EnclaveIdentity, InferenceService
 from medclave.enclave.settings import EnclaveSettings
+from medclave.enclave.speech import Transcriber
 from medclave.enclave.standing import StandingCheck, StandingMonitor
 from medclave.errors import InputError, KbsError
 from medclave.kbs.client import KbsClient
 from medclave.kbs.sealed_models import ShareRef
 from medclave.kbs.signing import TrustedBrokers
+from medclave.protocol import inference as proto
 from medclave.protocol.evidence import EvidenceBundle
 
 log = logging.getLogger("medclave.enclave")
 
 Clock = Callable[[], datetime]
 EngineFactory = Callable[[str, EnclaveSettings], Engine]
+# Routes served beside the OpenAI API by a layer above (the clinical apps), by inner path.
+RoutesFactory = Callable[[EnclaveSettings], Mapping[str, Route]]
 
 
 def system_clock() -> datetime:
@@ -329,13 +334,61 @@ def _open_model(settings: EnclaveSettings, attester: Attester, base_runtime: dic
     return str(default_model_path()), DEFAULT_MODEL_SHA256
 
 
+def _open_speech(settings: EnclaveSettings, attester: Attester, base_runtime: dict[str, Any],
+                 closers: list[Callable[[], None]]) -> Transcriber | None:
+    """The Whisper worker, or None without ``speech``; the model checked as the chat model is
+    (sealed: the broker's key, decrypted into memory; plain: its pinned digest)."""
+    if not settings.speech:
+        return None
+    from medclave.enclave.audio import AudioLimits
+    from medclave.enclave.speech import bundled_model, files_from_tar, load_folder
+
+    model_id = settings.speech_model_id
+    if settings.speech_sealed_model is not None:
+        from medclave.crypto import sealed
+        from medclave.kbs.sealed_models import load_sealed_model
+
+        if not settings.kbs_url:
+            raise InputError("config.invalid", "a sealed speech model needs kbs_url")
+        manifest = sealed.load_manifest(settings.speech_sealed_model)
+        runtime = {**base_runtime, "model_digest": manifest.plaintext_sha256}
+        if settings.requester:
+            runtime["requester"] = settings.requester
+        with broker_client(settings, attester)(runtime) as kbs:
+            fd, _, manifest = load_sealed_model(kbs, settings.speech_sealed_model)
+        try:
+            with os.fdopen(os.dup(fd), "rb") as memory:
+                model = files_from_tar(memory.read(), model_id=model_id,
+                                       expected=settings.speech_model_sha256)
+        finally:
+            os.close(fd)
+    elif settings.speech_model_path is not None:
+        log.warning("speech model loaded from a plain folder (%s): not sealed",
+                    settings.speech_model_path.name)
+        model = load_folder(settings.speech_model_path, model_id=model_id,
+                            expected=settings.speech_model_sha256)
+    else:
+        model = bundled_model()
+    speech = Transcriber(model, threads=settings.speech_threads, sandbox=settings.speech_sandbox,
+                         limits=AudioLimits(max_bytes=settings.speech_max_bytes,
+                                            max_seconds=settings.speech_max_seconds))
+    closers.append(speech.close)
+    log.info("speech ready: %s %s, sandbox %s", model.model_id, model.digest,
+             speech.sandbox.mechanism)
+    return speech
+
+
 def boot(settings: EnclaveSettings, *, clock: Clock = system_clock,
          engine_factory: EngineFactory = default_engine,
          authorization: AuthorizationHook | None = None,
-         apps: tuple[AppFactory, ...] = ()) -> Booted:
+         apps: tuple[AppFactory, ...] = (),
+         routes: RoutesFactory | None = None,
+         speech: Transcriber | None = None) -> Booted:
     """Run the boot sequence; anything that fails stops the boot (fail closed). ``apps``:
     applications served inside the encapsulation (:mod:`medclave.enclave.inner_apps`); sealed
-    state is opened only for them."""
+    state is opened only for them. ``routes``: the clinical apps' inner routes; ``speech``: a
+    Whisper worker already running (tests and benchmarks share one; the caller closes it), else
+    one is started when ``settings.speech``."""
     sim_measurement = bytes.fromhex(settings.sim_measurement) if settings.sim_measurement else None
     platform = select_platform(settings.platform, settings.data_dir,
                                sim_measurement=sim_measurement)
@@ -381,6 +434,15 @@ def boot(settings: EnclaveSettings, *, clock: Clock = system_clock,
         engine = engine_factory(model_path, settings)
         close_engine = _once(engine.close)  # at shutdown, or earlier on revocation
         closers.append(close_engine)
+        if speech is None:
+            speech = _open_speech(settings, attester, base_runtime, closers)
+        served_routes: dict[str, Route] = {}
+        if speech is not None:
+            from medclave.enclave.audio_api import transcriptions
+
+            served_routes[proto.TRANSCRIPTIONS_PATH] = transcriptions
+        if routes is not None:
+            served_routes.update(routes(settings))
         if attester.evidence_digest is None:  # no broker asked: attest once at boot anyway
             attester(os.urandom(32), base_runtime)
         assert attester.evidence_digest is not None
@@ -410,7 +472,7 @@ def boot(settings: EnclaveSettings, *, clock: Clock = system_clock,
                                        ttl=settings.responses_ttl_seconds,
                                        per_user=settings.responses_per_user,
                                        max_bytes=settings.responses_max_bytes),
-                                   apps=served_apps)
+                                   apps=served_apps, speech=speech, routes=served_routes)
         served.append(service)
         if isinstance(commit_keys, BrokerCommitKeys):
             service.on_revoke(commit_keys.drop)

@@ -219,6 +219,11 @@ class InferenceRecord:
     params: SamplingParams
     ended: Ending
     completion_tokens: int
+    # Other inner routes (medclave.enclave.routes): the entry's action, documents committed
+    # under the ``document`` label, and the patient the request concerns (pseudonymised).
+    action: str = "infer"
+    documents: tuple[bytes, ...] = ()
+    patient: str | None = None
 
 
 class AuditSink(Protocol):
@@ -291,11 +296,14 @@ class AuditLogSink:
             request_id=record.request_id,
             tenant=principal.tenant,
             user=pseudonym(key, "user", principal.subject),
-            action="infer",
+            patient=None if record.patient is None else pseudonym(key, "patient",
+                                                                   record.patient),
+            action=record.action,
             model_digest=self._facts.model_digest,
             engine_build=self._facts.engine_build,
             evidence_digest=self._facts.evidence_digest,
             attestation=self._attestation(),
+            documents=tuple(commit(key, "document", salt, d) for d in record.documents),
             params=Params(temperature=float(params.temperature), top_p=float(params.top_p),
                           max_tokens=params.max_tokens, seed=params.seed),
             salt=salt,

@@ -5,7 +5,7 @@ benchmarks and the demo, in a background thread on a socket it binds itself (por
 from __future__ import annotations
 
 from medclave.enclave.app import create_app
-from medclave.enclave.boot import boot
+from medclave.enclave.boot import RoutesFactory, boot
 from medclave.enclave.inner_apps import AppFactory
 from medclave.enclave.settings import EnclaveSettings
 from medclave.ops import lifecycle
@@ -15,11 +15,14 @@ from medclave.serving import BackgroundServer
 __all__ = ["BackgroundServer", "serve"]
 
 
-def serve(settings: EnclaveSettings, apps: tuple[AppFactory, ...] = ()) -> None:
+def serve(settings: EnclaveSettings, apps: tuple[AppFactory, ...] = (), *,
+          routes: RoutesFactory | None = None) -> None:
     """Boot, then serve until stopped (SIGTERM drains: :mod:`medclave.ops.lifecycle`);
-    release the model and keys, and close the audit log, on the way out."""
+    release the model and keys, and close the audit log, on the way out. ``apps``: applications
+    inside the encapsulation (medclave.enclave.inner_apps); ``routes``: inner routes of the
+    clinical apps (medclave.enclave.routes)."""
     configure_logging("enclave", level=settings.log_level, fmt=settings.log_format)
-    booted = boot(settings, apps=apps)
+    booted = boot(settings, apps=apps, routes=routes)
     try:
         lifecycle.serve(create_app(booted.service, settings), settings, settings,
                         host=settings.host, port=settings.port)

@@ -30,7 +30,7 @@ import json
 import logging
 import secrets
 import time
-from collections.abc import Callable, Generator
+from collections.abc import Callable, Generator, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from functools import partial
@@ -65,6 +65,8 @@ from medclave.enclave.keys import KeyRing
 from medclave.enclave.limits import Busy, Slot, Slots
 from medclave.enclave.replay import ReplayGuard
 from medclave.enclave.response_store import ResponseStore
+from medclave.enclave.routes import Route, RouteCall
+from medclave.enclave.speech import Transcriber
 from medclave.enclave.streaming import AnswerStream, Shaper, StreamedAnswer, ending_of
 from medclave.errors import EnclaveError, InputError, MedclaveError
 from medclave.ops.tracing import span
@@ -147,8 +149,12 @@ class InferenceService:
                  identity: EnclaveIdentity, authorization: AuthorizationHook, audit: AuditSink,
                  clock: Clock, max_tokens_limit: int = 1024, max_concurrent_per_tenant: int = 8,
                  retry_after: int = 1, response_store: ResponseStore | None = None,
-                 apps: tuple[InnerApp, ...] = ()) -> None:
+                 apps: tuple[InnerApp, ...] = (),
+                 speech: Transcriber | None = None,
+                 routes: Mapping[str, Route] | None = None) -> None:
         self.engine = engine
+        self.speech = speech
+        self.routes: Mapping[str, Route] = dict(routes or {})
         self.keys = keys
         self.platform = platform
         self.identity = identity
@@ -216,6 +222,14 @@ class InferenceService:
         runtime["token_issuers"] = [dict(i) for i in ident.token_issuers]
         if ident.release_proof is not None:
             runtime["release_proof"] = ident.release_proof
+        if self.speech is not None:
+            # Issue 14: what handles audio, and that none of it is kept (a hospital's policy
+            # can require both; medclave.attestation.policy ``audio_retention``).
+            runtime["speech_model_id"] = self.speech.model_id
+            runtime["speech_model_digest"] = self.speech.digest
+            runtime["speech_engine_build"] = self.speech.build_id
+            runtime["audio_retention"] = "none"
+            runtime["speech_sandbox"] = self.speech.sandbox.mechanism
         return runtime
 
     def attest(self, nonce: bytes) -> EvidenceBundle:
@@ -323,6 +337,12 @@ class InferenceService:
                 raise
             if proto.is_models_path(request.path):
                 return self._json(rid, self._models(proto.model_id_of(request.path)))
+            route = self.routes.get(request.path)
+            if route is not None:
+                return self._route(rid, request, principal, route, cancel or Cancel())
+            if request.path in proto.AUDIO_PATHS:
+                raise EnclaveError("enclave.speech_unavailable",
+                                   f"{request.path} is not served by this enclave")
             conversation: ChatTurn | None = None
             if app is not None:
                 outcome = app.handle(request, principal)
@@ -371,6 +391,33 @@ class InferenceService:
         except Exception as exc:  # never let content-bearing detail reach a log line
             log.error("request %s failed: %s", rid, type(exc).__name__)
             return _error_answer(rid, EnclaveError("internal"))
+
+    def _route(self, rid: str, request: proto.InnerRequest, principal: Principal, route: Route,
+               cancel: Cancel) -> _Answer:
+        """An inner route beside the OpenAI API (medclave.enclave.routes): the same slot and
+        audit as an inference; what failed before an answer existed is not recorded (as a
+        request that does not parse)."""
+        self.audit.check(principal.tenant)
+        slot = self.tenant_slots.take(principal.tenant)
+        if slot is None:
+            raise Busy(detail=f"tenant {principal.tenant!r} has "
+                       f"{self.tenant_slots.limit} inferences in progress; retry later",
+                       retry_after=self._retry_after)
+        try:
+            result = route(RouteCall(rid, request, principal,
+                                     Generation(principal.tenant, principal.subject, cancel),
+                                     self.engine, self.speech,
+                                     int(self._clock().timestamp())))
+        finally:
+            slot.release()
+        receipt = self._record(InferenceRecord(
+            rid, self._clock(), principal, result.prompt, result.answer, result.params, "stop",
+            result.completion_tokens, action=result.action, documents=result.documents,
+            patient=result.patient))
+        headers = [("content-type", result.content_type), (proto.REQUEST_ID_HEADER, rid)]
+        if receipt is not None:
+            headers.append((proto.RECEIPT_HEADER, proto.encode_receipt_header(receipt)))
+        return _Answer(200, headers, result.body, tokens=result.completion_tokens)
 
     def _models(self, model_id: str | None) -> dict[str, Any]:
         """``GET /v1/models`` (``model_id`` None) or ``GET /v1/models/{id}``."""

@@ -66,6 +66,24 @@ class EnclaveSettings(BaseSettings, ServingSettings, OpsSettings):
     seed: int = Field(default=0, ge=0, le=2**31 - 1)
     max_tokens_limit: int = Field(default=1024, ge=1, le=131072)
 
+    # --- speech and the clinical scribe (issue 14) -----------------------------------------
+    # speech: Whisper in a write-forbidden worker, serving /v1/audio/transcriptions; the
+    # scribe (/v1/medclave/scribe, a clinical app one layer up) is added by `medclave enclave
+    # serve --scribe`, which also turns speech on. Which Whisper:
+    # speech_sealed_model (a tar of a CTranslate2 folder, sealed; key from kbs_url), else
+    # speech_model_path (a plain folder, development), else the bundled tiny.en (pinned).
+    speech: bool = False
+    speech_sealed_model: Path | None = None
+    speech_model_path: Path | None = None
+    speech_model_sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
+    speech_model_id: str = Field(default="whisper-tiny.en",
+                                 pattern=r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}$")
+    speech_threads: int = Field(default=2, ge=1, le=256)
+    speech_max_seconds: float = Field(default=20 * 60.0, gt=0, le=4 * 3600)
+    speech_max_bytes: int = Field(default=25 * 1024 * 1024, ge=1024, le=25 * 1024 * 1024)
+    # Landlock for the worker where the kernel has it; the runtime states whether it is active.
+    speech_sandbox: bool = True
+
     # --- OHTTP keys -----------------------------------------------------------------------
     key_rotation_seconds: int | None = Field(default=None, ge=60)
     key_grace_seconds: int = Field(default=300, ge=0, le=86400)
@@ -95,7 +113,8 @@ class EnclaveSettings(BaseSettings, ServingSettings, OpsSettings):
     commitment_key_file: Path | None = None
     commitment_key_retry_seconds: int = Field(default=30, ge=1, le=3600)
 
-    max_request_bytes: int = Field(default=2 * 1024 * 1024, ge=1024)
+    # Room for a transcription upload (25 MB of audio, proto.MAX_AUDIO_BODY) in chunked OHTTP.
+    max_request_bytes: int = Field(default=40 * 1024 * 1024, ge=1024)
 
     # --- concurrency (issue 9 §6) -----------------------------------------------------------
     # Inference runs under limits of its own, so attestation never waits behind it: at most
