@@ -51,6 +51,7 @@ from medclave.enclave.keys import KeyRing
 from medclave.enclave.model import DEFAULT_MODEL_SHA256, default_model_path, verify_model_file
 from medclave.enclave.model import sha256_file as file_sha256
 from medclave.enclave.response_store import ResponseStore
+from medclave.enclave.routes import Route
 from medclave.enclave.sealing.conversations import SealedConversations
 from medclave.enclave.sealing.roots import (
     BrokerSealingRoots,
@@ -60,7 +61,6 @@ from medclave.enclave.sealing.roots import (
 )
 from medclave.enclave.sealing.roots import broker_fetcher as sealing_fetcher
 from medclave.enclave.sealing.store import MemorySealedStore, SealedStore, SqliteSealedStore
-from medclave.enclave.routes import Route
 from medclave.enclave.service import SERVICE, EnclaveIdentity, InferenceService
 from medclave.enclave.settings import EnclaveSettings
 from medclave.enclave.speech import Transcriber
