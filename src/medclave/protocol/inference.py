@@ -43,14 +43,17 @@ __all__ = [
     "ATTESTATION_PATH",
     "CHUNKED_REQUEST",
     "CHUNKED_RESPONSE",
+    "EMBEDDINGS_PATH",
     "INNER_PATHS",
     "OHTTP_PATH",
     "OHTTP_REQUEST",
     "OHTTP_RESPONSE",
     "OPENAI_CODES",
     "RECEIPT_HEADER",
+    "RECORDS_PATH",
     "REQUEST_ID_HEADER",
     "RESPONSES_PATH",
+    "SEARCH_PATH",
     "EnclaveRuntime",
     "InnerRequest",
     "catalogue_code",
@@ -78,8 +81,12 @@ CHAT_PATH: Final = "/v1/chat/completions"
 COMPLETIONS_PATH: Final = "/v1/completions"
 MODELS_PATH: Final = "/v1/models"
 RESPONSES_PATH: Final = "/v1/responses"
+EMBEDDINGS_PATH: Final = "/v1/embeddings"
+RECORDS_PATH: Final = "/v1/medclave/records"
+SEARCH_PATH: Final = "/v1/medclave/search"
 INNER_PATHS: Final = {CHAT_PATH: "POST", COMPLETIONS_PATH: "POST", MODELS_PATH: "GET",
-                      RESPONSES_PATH: "POST"}
+                      RESPONSES_PATH: "POST", EMBEDDINGS_PATH: "POST", RECORDS_PATH: "POST",
+                      SEARCH_PATH: "POST"}
 MAX_MODEL_ID: Final = 256
 
 # Medclave codes answered with OpenAI's own ``code``, which OpenAI clients act on (they trim
