@@ -20,6 +20,7 @@ DOCUMENTED = [
     ["audit", "export"], ["audit", "witness"],
     ["auth", "token", "issue"], ["auth", "token", "verify"], ["auth", "decide"],
     ["idp", "serve"], ["idp", "add-client"], ["idp", "add-user"],
+    ["records", "ingest"], ["records", "search"],
 ]
 
 

@@ -47,6 +47,9 @@ LAYERS: dict[str, float] = {
     "audit": 3,
     "auth": 3,
     "serving": 3.5,
+    # Records retrieval (FHIR ingest, sealed store, index, Cedar filtering) sits on auth and is
+    # what the enclave serves: between the libraries and the services.
+    "records": 3.6,
     "enclave": 4,
     "kbs": 4,
     "client": 4,

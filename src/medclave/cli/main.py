@@ -23,6 +23,7 @@ SUBCOMMANDS: tuple[tuple[str, str], ...] = (
     ("audit", "audit"),
     ("auth", "auth"),
     ("idp", "idp"),
+    ("records", "records"),
 )
 
 for _name, _module in SUBCOMMANDS:
