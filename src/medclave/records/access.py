@@ -87,8 +87,12 @@ class ResourceMeta:
     @classmethod
     def of(cls, res: FhirResource) -> ResourceMeta:
         assert res.patient is not None
+        consent = None
+        if res.type == "Consent":
+            # Its patient as resolved at ingest (a transaction says urn:uuid:...).
+            consent = {**res.body, "patient": {"reference": res.patient}}
         return cls(res.reference, res.type, res.patient, res.category, res.security,
-                   res.members, dict(res.body) if res.type == "Consent" else None)
+                   res.members, consent)
 
 
 def load_links(path: Path | None) -> dict[str, str]:
@@ -124,6 +128,9 @@ class TenantAccess:
         for m in metas:
             self.meta[m.reference] = m
         self._store = None
+
+    def patients(self) -> set[str]:
+        return {m.patient for m in self.meta.values()}
 
     def entities(self, authorizer: Authorizer) -> EntityStore:
         if self._store is not None:

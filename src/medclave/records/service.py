@@ -250,5 +250,18 @@ class RecordsService:
                 return hits[:k]
             n *= 4
 
+    def grant_break_glass(self, caller: Caller, patient: str, reason: str) -> str:
+        """A time-boxed break-glass grant for ``patient`` (Cedar ``break_glass`` decides who
+        may ask: clinicians, never researchers); its every use raises an alert."""
+        t = self._tenant(caller.tenant, create=False)
+        if t is None or patient not in t.access.patients():
+            raise InputError("input.malformed", "no such patient")  # as for a forbidden one
+        user = t.access.user(caller, self.authorizer)
+        with self._trail.collect():
+            grant = self.authorizer.grant_break_glass(
+                user, patient.removeprefix("Patient/"), reason=reason,
+                entities=t.access.entities(self.authorizer), now=self._clock())
+        return grant.id
+
     def close(self) -> None:
         self.store.close()
