@@ -455,3 +455,30 @@ def test_openai_embeddings_through_the_proxy(stack: Stack) -> None:
 def test_a_server_is_ready_for_the_next_module(stack: Stack) -> None:
     assert isinstance(stack.enclave.server, BackgroundServer)
     assert Path(stack.enclave.settings.data_dir, "records", "records.sqlite3").is_file()
+
+
+def test_llama_answers_from_the_records_after_a_reboot(stack: Stack) -> None:
+    """A second enclave boots on the same sealed store (the index rebuilt from it) and the real
+    model answers a retrieval-augmented question through the openai client."""
+    settings = stack.enclave.settings
+    enclave = start_enclave(
+        Path(settings.data_dir), stack.idp, engine=None, records_enabled=True,
+        records_key_file=settings.records_key_file, records_users_file=settings.records_users_file,
+        auth_roles=("clinician", "patient", "researcher"), auth_tenants=(TENANT, OTHER_TENANT))
+    server, session = proxy_to(enclave)
+    try:
+        client = openai.OpenAI(base_url=f"{server.url}/v1", max_retries=0, timeout=600,
+                               api_key=stack.token("dr-cecelia"))
+        answer = client.chat.completions.create(
+            model=enclave.settings.model_id, max_tokens=40, temperature=0, seed=3,
+            messages=[{"role": "user", "content": "What was the HIV viral load in July 2019?"}],
+            extra_body={"medclave": {"retrieval": {"patient": C, "k": 3}}})
+        text = answer.choices[0].message.content or ""
+        cites = (answer.model_extra or {})["medclave"]["citations"]
+        assert text.strip() and "http" not in text
+        assert len(cites) == 3 and {stack.owners[c["reference"]] for c in cites} == {C}
+        assert "Observation/163c6f76-eb8a-e906-b4cd-93ca2f0b5e71" in {c["reference"] for c in cites}
+    finally:
+        server.stop()
+        session.close()
+        enclave.stop()

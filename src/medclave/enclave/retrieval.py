@@ -48,8 +48,9 @@ _IMAGE = re.compile(r"!\[[^\]]{0,1000}\]\([^)]{0,4000}\)")
 _LINK = re.compile(r"\[([^\]]{0,1000})\]\(([^)]{0,4000})\)")
 _REF_LINK = re.compile(r"^\s*\[[^\]]{1,200}\]:\s*\S+.*$", re.MULTILINE)
 _AUTOLINK = re.compile(r"<((?:https?|ftp|data|javascript|mailto):[^>\s]{0,4000})>", re.I)
-_URL = re.compile(r"\b(?:(?:https?|ftp|wss?)://|www\.)[^\s<>()\"']{1,4000}|"
-                  r"\b(?:data|javascript):[^\s<>\"']{1,4000}", re.I)
+# No word boundary before the scheme: "seehttps://host" is still a link to many renderers.
+_URL = re.compile(r"(?:(?:https?|ftp|wss?)://|www\.)[^\s<>()\"']{1,4000}|"
+                  r"(?:data|javascript):[^\s<>\"']{1,4000}", re.I)
 _HTML_TAG = re.compile(r"<\s*(?:img|a|iframe|script|link|object|embed)\b[^>]{0,4000}>", re.I)
 
 
@@ -111,8 +112,9 @@ def egress_filter(text: str, allow: frozenset[str] = frozenset()) -> str:
     text = _LINK.sub(lambda m: m.group(1) if not host_allowed(m.group(2), allow)
                      else m.group(0), text)
     text = _AUTOLINK.sub(lambda m: m.group(0) if host_allowed(m.group(1), allow) else "", text)
-    return _URL.sub(lambda m: m.group(0) if host_allowed(m.group(0), allow) else "[link removed]",
+    text = _URL.sub(lambda m: m.group(0) if host_allowed(m.group(0), allow) else "[link removed]",
                     text)
+    return text.replace("![", "[")  # what is left of an unclosed image cannot start one
 
 
 def spotlight(hits: Sequence[Hit]) -> str:
