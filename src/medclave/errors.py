@@ -249,7 +249,6 @@ CATALOGUE: dict[str, ErrorSpec] = {
     "records.key_unavailable": ErrorSpec(
         503, "The tenant's records data key was not released; retry later."
     ),
-    "records.disabled": ErrorSpec(404, "Records retrieval is not enabled here."),
     "service.start_failed": ErrorSpec(503, "The service did not start; check its log."),
     "internal": ErrorSpec(500, "Internal error."),
 }

@@ -482,3 +482,31 @@ def test_llama_answers_from_the_records_after_a_reboot(stack: Stack) -> None:
         server.stop()
         session.close()
         enclave.stop()
+
+
+def test_the_cli_ingests_and_searches_through_the_proxy(stack: Stack, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from medclave.cli.main import app
+
+    runner = CliRunner()
+    single = tmp_path / "obs.json"
+    single.write_text(json.dumps({
+        "resourceType": "Observation", "id": "cli-obs", "status": "final",
+        "code": {"text": "Hemoglobin A1c"}, "subject": {"reference": P["levi"]},
+        "effectiveDateTime": "2021-03-04", "valueQuantity": {"value": 6.1, "unit": "%"}}))
+    loaded = runner.invoke(app, ["records", "ingest", str(single), "--proxy", stack.proxy,
+                                 "--token", stack.token("loader", ("admin",))])
+    assert loaded.exit_code == 0, loaded.output
+    assert json.loads(loaded.output)["results"][0]["ingested"]["resources"] == 1
+    found = runner.invoke(app, ["records", "search", "hemoglobin A1c", "--patient",
+                                P["levi"].split("/")[1], "--k", "2", "--json", "--proxy",
+                                stack.proxy, "--token", stack.token("pt-levi", ("patient",))])
+    assert found.exit_code == 0, found.output
+    results = json.loads(found.output)["results"]
+    assert results[0]["reference"] == "Observation/cli-obs"
+    assert results[0]["text"] == ("Observation 2021-03-04 (March 2021): Hemoglobin A1c: 6.1 % "
+                                  "(category Observation)")
+    refused = runner.invoke(app, ["records", "search", "A1c", "--json", "--proxy", stack.proxy,
+                                  "--token", "not-a-token"])
+    assert refused.exit_code == 1

@@ -75,7 +75,7 @@ from medclave.enclave.retrieval import (
     retrieval_spec,
 )
 from medclave.enclave.streaming import AnswerStream, Shaper, StreamedAnswer, ending_of
-from medclave.errors import EnclaveError, InputError, MedclaveError, RecordsError
+from medclave.errors import EnclaveError, InputError, MedclaveError
 from medclave.protocol import inference as proto
 from medclave.protocol.evidence import EvidenceBundle
 
@@ -473,7 +473,8 @@ class InferenceService:
     def _augment(self, principal: Principal, spec: Any, parsed: api.ChatRequest | api.
                  CompletionRequest) -> Augmented:
         if self.records is None:
-            raise RecordsError("records.disabled")
+            raise EnclaveError("enclave.bad_request", "records retrieval is not enabled here",
+                               param="medclave")
         if not isinstance(parsed, api.ChatRequest):
             raise EnclaveError("enclave.bad_request", "retrieval is for chat completions")
         if parsed.stream:
@@ -485,8 +486,8 @@ class InferenceService:
 
     def _records_route(self, rid: str, principal: Principal, request: proto.InnerRequest
                        ) -> _Answer:
-        if self.records is None:
-            raise RecordsError("records.disabled")
+        if self.records is None:  # as any path not served
+            raise EnclaveError("enclave.no_route", f"no route {request.path}")
         self.audit.check(principal.tenant)
         body = request.json()
         documents: tuple[bytes, ...] = ()

@@ -23,7 +23,7 @@ from typing import Any, Final
 import numpy as np
 
 from medclave.auth.authorizer import Authorizer, DecisionRecord
-from medclave.errors import InputError, RecordsError
+from medclave.errors import InputError, MedclaveError, RecordsError
 from medclave.records import access
 from medclave.records.access import Allowed, Caller, ResourceMeta, TenantAccess
 from medclave.records.chunks import chunks_of
@@ -71,7 +71,7 @@ class _Trail:
     def __call__(self, record: DecisionRecord) -> None:
         bucket = getattr(self._local, "bucket", None)
         if bucket is None:
-            raise RecordsError("records.disabled", "a records decision outside a search")
+            raise MedclaveError("internal", "a records decision outside a search")
         bucket.append(record)
 
     @contextmanager
