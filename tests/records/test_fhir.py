@@ -146,3 +146,17 @@ def test_parse_refuses_arbitrary_json_with_a_code(doc: Any, kind: str) -> None:
         parse(doc)
     except (MedclaveError, InputError) as exc:
         assert exc.code.split(".")[0] in ("records", "input")
+
+
+def test_a_consent_the_policies_cannot_read_is_refused_at_ingest(embedder: Embedder) -> None:
+    consent = {"resourceType": "Consent", "id": "c1", "status": "active",
+               "scope": {"coding": [{"code": "patient-privacy"}]},
+               "category": [{"coding": [{"code": "59284-0"}]}],
+               "patient": {"reference": "Patient/p1"},
+               "provision": {"type": "deny", "securityLabel": [{"system": "urn:x"}]}}
+    service = make_service(embedder)
+    with pytest.raises(RecordsError) as err:
+        service.ingest(TENANT, {"resourceType": "Bundle", "type": "collection", "entry": [
+            {"resource": dict(PATIENT)}, {"resource": consent}]})
+    assert err.value.code == "records.invalid_resource" and "Consent/c1" in err.value.detail
+    assert list(service.store.rows(TENANT)) == []

@@ -23,6 +23,7 @@ from typing import Any, Final
 import numpy as np
 
 from medclave.auth.authorizer import Authorizer, DecisionRecord
+from medclave.auth.consent import consent_from_fhir
 from medclave.errors import InputError, MedclaveError, RecordsError
 from medclave.records import access
 from medclave.records.access import Allowed, Caller, ResourceMeta, TenantAccess
@@ -60,6 +61,15 @@ class Hit:
         return {"reference": self.reference, "patient": self.patient,
                 "score": round(self.score, 6), "text": self.text,
                 "why": {"reason": self.why.reason, "policies": list(self.why.policies)}}
+
+
+def _check_consent(tenant: str, meta: ResourceMeta) -> None:
+    assert meta.consent is not None
+    try:
+        consent_from_fhir([meta.consent], tenant=tenant, patient=meta.patient.split("/", 1)[1])
+    except InputError as exc:
+        raise RecordsError("records.invalid_resource", f"{meta.reference}: {exc.detail}",
+                           path=meta.reference) from None
 
 
 class _Trail:
@@ -178,6 +188,9 @@ class RecordsService:
         kept = [r for r in parsed.resources if r.patient is not None]
         if not kept:
             raise InputError("input.missing", "no resource about a patient to ingest")
+        for r in kept:
+            if r.type == "Consent":  # refused now, not at every later search of the tenant
+                _check_consent(tenant, ResourceMeta.of(r))
         chunked = [(r, chunks_of(r)) for r in kept]
         texts = [c.text for _, cs in chunked for c in cs]
         vectors = self.embedder.embed(texts) if texts else np.zeros((0, DIM), dtype=np.float32)
