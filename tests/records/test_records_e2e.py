@@ -40,6 +40,11 @@ from tests.e2e.helpers import (
 )
 from tests.records.conftest import questions
 
+# The module's stack ingests the five Synthea bundles once (about 1,900 chunks embedded): a few
+# tens of seconds on an idle machine, several minutes on a shared one; the default 300 s limit
+# applies to the first test, which pays for it.
+pytestmark = pytest.mark.timeout(1200)
+
 OTHER_TENANT = "general-hospital"
 NPI = "Practitioner?identifier=http://hl7.org/fhir/sid/us-npi|"
 P = {name: ref for name, ref in questions()["patients"].items()}
