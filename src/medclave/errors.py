@@ -77,6 +77,9 @@ CATALOGUE: dict[str, ErrorSpec] = {
         403, "The evidence does not bind the expected nonce and runtime."
     ),
     "attestation.nonce_mismatch": ErrorSpec(403, "The evidence does not carry the expected nonce."),
+    "attestation.evidence_expired": ErrorSpec(
+        403, "The evidence is not valid at the verification time."
+    ),
     "attestation.pcr_mismatch": ErrorSpec(
         403, "The PCR values do not match the digest signed in the TPM quote."
     ),

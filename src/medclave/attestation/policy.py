@@ -61,8 +61,11 @@ from medclave.attestation.core import Verification, Violation
 from medclave.crypto.canonical import canonical_sha256
 from medclave.errors import InputError, PolicyError
 
-REAL_PLATFORMS: tuple[str, ...] = ("sev-snp", "tdx", "nvidia", "az-snp-vtpm", "az-tdx-vtpm", "tpm")
-KNOWN_PLATFORMS: tuple[str, ...] = (*REAL_PLATFORMS, "sim")
+REAL_PLATFORMS: tuple[str, ...] = ("sev-snp", "tdx", "nvidia", "az-snp-vtpm", "az-tdx-vtpm", "tpm",
+                                   "nitro", "sgx", "gcp-cs", "cca")
+# Named only by a policy that chooses them: a GCE vTPM quote is the hypervisor's word.
+OPT_IN_PLATFORMS: tuple[str, ...] = ("gce-tpm",)
+KNOWN_PLATFORMS: tuple[str, ...] = (*REAL_PLATFORMS, *OPT_IN_PLATFORMS, "sim")
 DEFAULT_REFUSED_TCB: tuple[str, ...] = (
     "OutOfDate",
     "OutOfDateConfigurationNeeded",

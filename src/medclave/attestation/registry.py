@@ -33,13 +33,22 @@ _BY_NAME: dict[str, str] = {
     "az-tdx-vtpm": "medclave.attestation.vtpm",
     "tpm": "medclave.attestation.vtpm",
     "sim": "medclave.attestation.sim",
+    "nitro": "medclave.attestation.nitro",
+    "sgx": "medclave.attestation.sgx",
+    "gcp-cs": "medclave.attestation.gcp",
+    "gce-tpm": "medclave.attestation.gcp",
+    "cca": "medclave.attestation.cca",
 }
 
 # Most specific formats first: a sim report is in the SNP layout, so sim is asked before SNP.
 _DETECTION_ORDER: tuple[str, ...] = (
+    "medclave.attestation.nitro",
+    "medclave.attestation.gcp",
+    "medclave.attestation.cca",
     "medclave.attestation.vtpm",
     "medclave.attestation.nvidia",
     "medclave.attestation.tdx",
+    "medclave.attestation.sgx",
     "medclave.attestation.sim",
     "medclave.attestation.sevsnp",
 )
