@@ -78,7 +78,10 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     with BackgroundServer(create_kbs_app(settings, broker=broker)) as server:
         with OwnerClient(server.url, broker.issue_owner_token(TENANT)) as hospital:
             for resource, secret in ((commitment_resource(TENANT), generate_commitment_key()),
-                                     (data_key_resource(TENANT), os.urandom(32))):
+                                     # Raw bytes, a whitespace byte at each end: nothing may
+                                     # strip them (a commitment key's parsing would).
+                                     (data_key_resource(TENANT),
+                                      b" " + os.urandom(30) + b"\n")):
                 hospital.put(resource, secret)
                 hospital.set_policy(resource, policy)
         yield World(folder, server.url, make_idp(folder), decisions,

@@ -67,7 +67,7 @@ def data_keys(settings: EnclaveSettings, platform: Platform,
 
     # The commitment keys' cache: one attested fetch per tenant, refusals remembered a while.
     cache = BrokerCommitKeys(fetch, clock=clock, retry_after=timedelta(
-        seconds=settings.commitment_key_retry_seconds))
+        seconds=settings.commitment_key_retry_seconds), parse=bytes, what="records data key")
     return lambda tenant: cache.key_for(tenant).key
 
 
