@@ -290,6 +290,20 @@ CATALOGUE: dict[str, ErrorSpec] = {
         502, "The proxy could not obtain a token from the identity provider; retry later."
     ),
     "client.busy": ErrorSpec(429, "The proxy is serving as many requests as it allows; retry."),
+    # --- confidential retrieval over FHIR records ----------------------------------------------
+    "records.invalid_resource": ErrorSpec(
+        400, "A FHIR resource is invalid (its path is in the detail); nothing of the request "
+        "was stored."
+    ),
+    "records.reference_unresolved": ErrorSpec(
+        400, "A FHIR reference cannot be resolved; nothing of the request was stored."
+    ),
+    "records.store_tampered": ErrorSpec(
+        500, "The encrypted records store failed authentication; it was not loaded."
+    ),
+    "records.key_unavailable": ErrorSpec(
+        503, "The tenant's records data key was not released; retry later."
+    ),
     "service.start_failed": ErrorSpec(503, "The service did not start; check its log."),
     "service.alert_undelivered": ErrorSpec(
         503, "An access alert could not be delivered; check the alert sink (webhook or file)."
@@ -418,6 +432,10 @@ class SealingError(MedclaveError):
 
 class ClientError(MedclaveError):
     family = ("client",)
+
+
+class RecordsError(MedclaveError):
+    family = ("records",)
 
 
 class ServiceError(MedclaveError):

@@ -23,6 +23,7 @@ DOCUMENTED = [
     ["fl", "create"], ["fl", "serve"], ["fl", "challenge"], ["fl", "admit"], ["fl", "run"],
     ["fl", "status"], ["fl", "demo"], ["fl", "site", "init"], ["fl", "site", "attest"],
     ["fl", "site", "serve"],
+    ["records", "ingest"], ["records", "search"],
 ]
 
 

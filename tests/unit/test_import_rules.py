@@ -49,6 +49,9 @@ LAYERS: dict[str, float] = {
     "serving": 3.5,
     "ops": 3.6,
     "migrations": 0.5,
+    # Records retrieval (FHIR ingest, sealed store, index, Cedar filtering) sits on auth and is
+    # what the enclave serves: between the libraries and the services.
+    "records": 3.6,
     "enclave": 4,
     "kbs": 4,
     "client": 4,

@@ -27,6 +27,7 @@ SUBCOMMANDS: tuple[tuple[str, str], ...] = (
     ("config", "config"),
     ("monitor", "monitor"),
     ("fl", "fl"),
+    ("records", "records"),
 )
 
 # (command name, module, function): commands that stand alone rather than as a group.

@@ -398,6 +398,22 @@ async def scribe(request: Request, session: SessionDep, body: AudioBodyDep) -> R
     return await _upload(request, session, proto.SCRIBE_PATH, body)
 
 
+@router.post(proto.EMBEDDINGS_PATH)
+async def embeddings(request: Request, session: SessionDep, body: BodyDep) -> Response:
+    return await _send(request, session, "POST", proto.EMBEDDINGS_PATH, body)
+
+
+@router.post(proto.RECORDS_PATH)
+async def records(request: Request, session: SessionDep, body: BodyDep) -> Response:
+    """FHIR records to ingest, encapsulated like every request (docs/retrieval.md)."""
+    return await _send(request, session, "POST", proto.RECORDS_PATH, body)
+
+
+@router.post(proto.SEARCH_PATH)
+async def search(request: Request, session: SessionDep, body: BodyDep) -> Response:
+    return await _send(request, session, "POST", proto.SEARCH_PATH, body)
+
+
 @router.get(proto.MODELS_PATH)
 async def models(request: Request, session: SessionDep) -> Response:
     return await _send(request, session, "GET", proto.MODELS_PATH)

@@ -50,7 +50,9 @@ from medclave.enclave.inner_apps import AppContext, AppFactory, InnerApp
 from medclave.enclave.keys import KeyRing
 from medclave.enclave.model import DEFAULT_MODEL_SHA256, default_model_path, verify_model_file
 from medclave.enclave.model import sha256_file as file_sha256
+from medclave.enclave.records_boot import build_records, data_keys
 from medclave.enclave.response_store import ResponseStore
+from medclave.enclave.retrieval import RetrievalApi
 from medclave.enclave.routes import Route
 from medclave.enclave.sealing.conversations import SealedConversations
 from medclave.enclave.sealing.roots import (
@@ -71,6 +73,7 @@ from medclave.kbs.sealed_models import ShareRef
 from medclave.kbs.signing import TrustedBrokers
 from medclave.protocol import inference as proto
 from medclave.protocol.evidence import EvidenceBundle
+from medclave.records.access import load_links
 
 log = logging.getLogger("medclave.enclave")
 
@@ -165,6 +168,7 @@ def build_authorization(settings: EnclaveSettings, platform: Platform, clock: Cl
     return TokenAuthorization(authenticator, authorizer, model_id=settings.model_id,
                               roles=settings.auth_roles, tenants=tenants or frozenset(),
                               clock=clock, trail=trail,
+                              fhir_users=load_links(settings.records_users_file),
                               token_issuers=({"issuer": settings.auth_issuer, "jwks": source},))
 
 
@@ -486,6 +490,13 @@ def boot(settings: EnclaveSettings, *, clock: Clock = system_clock,
         if settings.standing_check_seconds:
             monitor.start()
             closers.append(monitor.stop)
+        if settings.records_enabled:
+            client = broker_client(settings, platform.attester) if settings.kbs_url else None
+            records = build_records(settings, data_keys(settings, platform, client,
+                                                        broker_runtime, clock), clock)
+            closers.append(records.close)
+            service.records = RetrievalApi(records, url_allowlist=frozenset(
+                h.lower() for h in settings.records_url_allowlist))
     except BaseException:
         for close in reversed(closers):
             close()

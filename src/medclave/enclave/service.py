@@ -31,7 +31,7 @@ import logging
 import secrets
 import time
 from collections.abc import Callable, Generator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from functools import partial
 from typing import Any
@@ -59,12 +59,22 @@ from medclave.enclave.hooks import (
     InferenceRecord,
     Principal,
     Refused,
+    policy_code,
 )
 from medclave.enclave.inner_apps import AppAnswer, ChatTurn, InnerApp
 from medclave.enclave.keys import KeyRing
 from medclave.enclave.limits import Busy, Slot, Slots
 from medclave.enclave.replay import ReplayGuard
 from medclave.enclave.response_store import ResponseStore
+from medclave.enclave.retrieval import (
+    Augmented,
+    RetrievalApi,
+    document_commitments,
+    egress_filter,
+    encode,
+    hit_policies,
+    retrieval_spec,
+)
 from medclave.enclave.routes import Route, RouteCall
 from medclave.enclave.speech import Transcriber
 from medclave.enclave.streaming import AnswerStream, Shaper, StreamedAnswer, ending_of
@@ -124,6 +134,15 @@ class _Answer:
         return self.streamed.completion_tokens if self.streamed is not None else self.tokens
 
 
+_RECORDS_ROUTES = frozenset({proto.RECORDS_PATH, proto.SEARCH_PATH, proto.EMBEDDINGS_PATH})
+
+
+def _filtered(completion: Completion, allow: frozenset[str]) -> Completion:
+    """The answer with links, images and URLs off the allow-list removed (every choice)."""
+    choices = tuple(replace(c, text=egress_filter(c.text, allow)) for c in completion.all_choices)
+    return replace(completion, text=choices[0].text, choices=choices)
+
+
 _ERROR_TYPES = {401: "authentication_error", 403: "permission_error", 429: "rate_limit_error"}
 
 
@@ -151,10 +170,12 @@ class InferenceService:
                  retry_after: int = 1, response_store: ResponseStore | None = None,
                  apps: tuple[InnerApp, ...] = (),
                  speech: Transcriber | None = None,
-                 routes: Mapping[str, Route] | None = None) -> None:
+                 routes: Mapping[str, Route] | None = None,
+                 records: RetrievalApi | None = None) -> None:
         self.engine = engine
         self.speech = speech
         self.routes: Mapping[str, Route] = dict(routes or {})
+        self.records = records
         self.keys = keys
         self.platform = platform
         self.identity = identity
@@ -337,6 +358,8 @@ class InferenceService:
                 raise
             if proto.is_models_path(request.path):
                 return self._json(rid, self._models(proto.model_id_of(request.path)))
+            if request.path in _RECORDS_ROUTES:
+                return self._records_route(rid, principal, request)
             route = self.routes.get(request.path)
             if route is not None:
                 return self._route(rid, request, principal, route, cancel or Cancel())
@@ -344,6 +367,7 @@ class InferenceService:
                 raise EnclaveError("enclave.speech_unavailable",
                                    f"{request.path} is not served by this enclave")
             conversation: ChatTurn | None = None
+            augmented: Augmented | None = None
             if app is not None:
                 outcome = app.handle(request, principal)
                 if isinstance(outcome, AppAnswer):
@@ -357,8 +381,12 @@ class InferenceService:
                 parsed = api.parse_request(api.ChatRequest, conversation.chat_body())
             else:
                 chat = request.path == proto.CHAT_PATH
+                raw = request.json()
+                spec = retrieval_spec(raw) if chat else None
                 parsed = api.parse_request(api.ChatRequest if chat else api.CompletionRequest,
-                                           request.json())
+                                           raw)
+                if spec is not None:
+                    augmented = self._augment(principal, spec, parsed)
             if parsed.model not in (None, self.identity.model_id):
                 raise self._no_model(parsed.model or "")
             params = api.sampling(parsed, limit=self._limit,
@@ -377,7 +405,7 @@ class InferenceService:
             try:
                 answer = self._infer(rid, principal, parsed, params, slot,
                                      Generation(principal.tenant, principal.subject,
-                                                cancel or Cancel()), conversation)
+                                                cancel or Cancel()), conversation, augmented)
             except BaseException:
                 slot.release()
                 raise
@@ -443,13 +471,22 @@ class InferenceService:
     def _infer(self, rid: str, principal: Principal,
                parsed: api.ChatRequest | api.CompletionRequest, params: SamplingParams,
                slot: Slot, generation: Generation,
-               conversation: ChatTurn | None) -> _Answer:
+               conversation: ChatTurn | None,
+               augmented: Augmented | None = None) -> _Answer:
         created = int(self._clock().timestamp())
         model = self.identity.model_id
         chat = isinstance(parsed, api.ChatRequest)
         shape: Callable[[str, int, str, Completion], dict[str, Any]]
+        documents: tuple[bytes, ...] = ()
+        if augmented is not None:
+            # The chunks' policies join the entry's; each chunk is committed, never written.
+            principal = replace(principal, policies=tuple(sorted(
+                {*principal.policies, *map(policy_code, hit_policies(augmented.hits))}))[:64])
+            documents = document_commitments(augmented.hits)
         if isinstance(parsed, api.ChatRequest):
             messages = api.messages_of(parsed)
+            if augmented is not None:
+                messages = augmented.messages(messages)
             prompt = api.commitment_input(messages, params)
             stream = partial(self.engine.chat_stream, messages, params)
             whole = partial(self.engine.chat, messages, params)
@@ -471,7 +508,8 @@ class InferenceService:
 
         def record(answer: str | None, ended: Ending, tokens: int) -> bytes | None:
             receipt = self._record(InferenceRecord(rid, self._clock(), principal, prompt,
-                                                   answer, params, ended, tokens))
+                                                   answer, params, ended, tokens,
+                                                   documents=documents))
             if conversation is not None and left and ended in _CONTINUABLE:
                 conversation.remember(rid, left[-1])  # kept only once it is recorded
             return receipt
@@ -520,11 +558,56 @@ class InferenceService:
             # Nothing left the enclave: the client had gone before the answer was ready.
             record(nothing, "client_gone", 0)
             raise EnclaveError("enclave.client_gone")
+        if augmented is not None and self.records is not None:
+            completion = _filtered(completion, self.records.allow)
         body = shape(rid, created, model, completion)
+        if augmented is not None:
+            body["medclave"] = {"citations": augmented.citations(completion.text)}
         left.append(completion.all_choices[0])
         receipt = record(api.committed_answer(params, completion.all_choices),
                          ending_of(completion.finish_reason), completion.completion_tokens)
         return self._json(rid, body, receipt=receipt, tokens=completion.completion_tokens)
+
+    # --- records (medclave.enclave.retrieval) ------------------------------------------------
+
+    def _augment(self, principal: Principal, spec: Any, parsed: api.ChatRequest | api.
+                 CompletionRequest) -> Augmented:
+        if self.records is None:
+            raise EnclaveError("enclave.bad_request", "records retrieval is not enabled here",
+                               param="medclave")
+        if not isinstance(parsed, api.ChatRequest):
+            raise EnclaveError("enclave.bad_request", "retrieval is for chat completions")
+        if parsed.stream:
+            # The egress filter reads the whole answer: a URL split across stream chunks
+            # would slip through a chunk-by-chunk filter.
+            raise EnclaveError("enclave.bad_request", "retrieval answers are not streamed",
+                               param="stream")
+        return self.records.augment(principal, spec, api.messages_of(parsed))
+
+    def _records_route(self, rid: str, principal: Principal, request: proto.InnerRequest
+                       ) -> _Answer:
+        if self.records is None:  # as any path not served
+            raise EnclaveError("enclave.no_route", f"no route {request.path}")
+        self.audit.check(principal.tenant)
+        body = request.json()
+        documents: tuple[bytes, ...] = ()
+        if request.path == proto.RECORDS_PATH:
+            action, answer = "ingest", self.records.ingest(principal, body)
+        elif request.path == proto.SEARCH_PATH:
+            action, (answer, hits) = "retrieve", self.records.search(principal, body)
+            documents = document_commitments(hits)
+            principal = replace(principal, policies=tuple(sorted(
+                {*principal.policies, *map(policy_code, hit_policies(hits))}))[:64])
+        else:
+            action, answer = "embed", self.records.embeddings(body)
+        # Recorded like an inference: commitments to what was asked and what left (the
+        # request body as received, the answer as sent); no sampling happened (params zero).
+        text = encode(answer)
+        receipt = self._record(InferenceRecord(
+            rid, self._clock(), principal, request.body, text.decode(),
+            SamplingParams(max_tokens=1, temperature=0.0), "stop", 0, action=action,
+            documents=documents))
+        return self._json(rid, answer, receipt=receipt)
 
     def _record(self, record: InferenceRecord) -> bytes | None:
         try:

@@ -116,6 +116,20 @@ class EnclaveSettings(BaseSettings, ServingSettings, OpsSettings):
     # Room for a transcription upload (25 MB of audio, proto.MAX_AUDIO_BODY) in chunked OHTTP.
     max_request_bytes: int = Field(default=40 * 1024 * 1024, ge=1024)
 
+    # --- records retrieval (docs/retrieval.md) --------------------------------------------
+    # FHIR records ingested, sealed at rest under each tenant's data key (from the broker at
+    # kbs_url: kbs:///TENANT/data-key/records; on sim, one local 0600 key file for development),
+    # searched in enclave memory, every candidate authorized by Cedar before the model sees it.
+    records_enabled: bool = False
+    records_store: Literal["sqlite", "memory"] = "sqlite"
+    records_key_file: Path | None = None
+    # {"SUBJECT": "Patient/ID" | "Practitioner/ID" | "Practitioner?identifier=SYS|VALUE"}: whose
+    # records a token's subject is (a token's own fhirUser claim wins).
+    records_users_file: Path | None = None
+    # Hosts whose URLs may stay in retrieval answers (all others are removed).
+    records_url_allowlist: tuple[str, ...] = Field(default=(), max_length=64)
+    embedding_threads: int = Field(default=2, ge=1, le=64)
+
     # --- concurrency (issue 9 §6) -----------------------------------------------------------
     # Inference runs under limits of its own, so attestation never waits behind it: at most
     # max_concurrent_inferences in progress over all callers (more: 429 outside the

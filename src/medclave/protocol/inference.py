@@ -43,16 +43,19 @@ __all__ = [
     "ATTESTATION_PATH",
     "CHUNKED_REQUEST",
     "CHUNKED_RESPONSE",
+    "EMBEDDINGS_PATH",
     "INNER_PATHS",
     "OHTTP_PATH",
     "OHTTP_REQUEST",
     "OHTTP_RESPONSE",
     "OPENAI_CODES",
     "RECEIPT_HEADER",
+    "RECORDS_PATH",
     "REQUEST_ID_HEADER",
     "RESPONSES_PATH",
     "SCRIBE_PATH",
     "TRANSCRIPTIONS_PATH",
+    "SEARCH_PATH",
     "EnclaveRuntime",
     "InnerRequest",
     "catalogue_code",
@@ -93,8 +96,12 @@ SHARE_HEADER: Final = "medclave-share"
 # Speech (issue 14): OpenAI's transcription API (multipart) and the clinical scribe (JSON).
 TRANSCRIPTIONS_PATH: Final = "/v1/audio/transcriptions"
 SCRIBE_PATH: Final = "/v1/medclave/scribe"
+EMBEDDINGS_PATH: Final = "/v1/embeddings"
+RECORDS_PATH: Final = "/v1/medclave/records"
+SEARCH_PATH: Final = "/v1/medclave/search"
 INNER_PATHS: Final = {CHAT_PATH: "POST", COMPLETIONS_PATH: "POST", MODELS_PATH: "GET",
-                      RESPONSES_PATH: "POST", TRANSCRIPTIONS_PATH: "POST", SCRIBE_PATH: "POST"}
+                      RESPONSES_PATH: "POST", TRANSCRIPTIONS_PATH: "POST", SCRIBE_PATH: "POST",
+                      EMBEDDINGS_PATH: "POST", RECORDS_PATH: "POST", SEARCH_PATH: "POST"}
 # Audio rides only these paths, in chunked OHTTP; every other inner body keeps the small bound.
 AUDIO_PATHS: Final = frozenset({TRANSCRIPTIONS_PATH, SCRIBE_PATH})
 MAX_MODEL_ID: Final = 256
