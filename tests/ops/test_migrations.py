@@ -64,7 +64,7 @@ def _digest(path: Path) -> str:
 
 def test_a_new_broker_store_records_every_version(tmp_path: Path) -> None:
     KbsStore(tmp_path / "kbs.db").close()
-    assert _versions(tmp_path / "kbs.db") == [1, 2]
+    assert _versions(tmp_path / "kbs.db") == [1, 2, 3]
 
 
 def test_a_schema_2_broker_store_from_the_last_release_opens_with_its_data(tmp_path: Path
@@ -81,7 +81,7 @@ def test_a_schema_2_broker_store_from_the_last_release_opens_with_its_data(tmp_p
         assert [d.actor for d in store.decisions(owner="vendor")] == ["vendor"]
     finally:
         store.close()
-    assert _versions(path) == [2]  # recorded as it was found: nothing to migrate
+    assert _versions(path) == [2, 3]  # recorded as it was found, then the revocation lists
 
 
 def test_a_schema_1_broker_store_before_the_actor_column_is_migrated(tmp_path: Path) -> None:
@@ -95,17 +95,18 @@ def test_a_schema_1_broker_store_before_the_actor_column_is_migrated(tmp_path: P
         assert [(d.action, d.actor, d.count) for d in old] == [("release", "", 1)]
     finally:
         store.close()
-    assert _versions(path) == [1, 2]
+    assert _versions(path) == [1, 2, 3]
     db = sqlite3.connect(path)
     try:
-        assert db.execute("SELECT value FROM meta WHERE key='schema'").fetchone() == ("2",)
+        assert db.execute("SELECT value FROM meta WHERE key='schema'").fetchone() == ("3",)
     finally:
         db.close()
 
 
 def _newer(path: Path) -> str:
     db = sqlite3.connect(path)
-    db.execute("INSERT INTO schema_version VALUES (3, '2030-01-01', 'from a newer release')")
+    db.execute("INSERT INTO schema_version SELECT MAX(version) + 1, '2030-01-01', "
+               "'from a newer release' FROM schema_version")
     db.commit()
     db.close()
     return _digest(path)
@@ -124,7 +125,7 @@ def test_a_newer_broker_store_is_refused_untouched(tmp_path: Path) -> None:
     KbsStore(path).close()
     _newer(path)
     _refused_untouched(path, lambda: KbsStore(path))
-    assert _versions(path) == [1, 2, 3]
+    assert _versions(path) == [1, 2, 3, 4]
 
 
 # --- the audit log --------------------------------------------------------------------------

@@ -140,16 +140,11 @@ def test_a_patient_reference_that_is_not_a_fhir_id_is_refused(bad: str) -> None:
 
 def test_the_embedding_model_is_pinned_and_ranks_by_meaning() -> None:
     import hashlib
-    import importlib.util
-    from pathlib import Path
 
-    from medclave.apps.scribe import embed
+    from medclave.records import embed
 
-    spec = importlib.util.find_spec(embed.MODEL_PACKAGE)
-    assert spec is not None and spec.submodule_search_locations
-    onnx = Path(next(iter(spec.submodule_search_locations))) / "model.onnx"
-    assert hashlib.sha256(onnx.read_bytes()).hexdigest() == embed.MODEL_SHA256
-    vectors = embed.embedder().embed(["migraine headache", "Migraine, unspecified",
+    assert hashlib.sha256(embed.model_file().read_bytes()).hexdigest() == embed.expected_sha256()
+    vectors = embed.shared().embed(["migraine headache", "Migraine, unspecified",
                                       "Sprain of right ankle"])
     assert abs(float((vectors[0] ** 2).sum()) - 1.0) < 1e-4
     assert float(vectors[0] @ vectors[1]) > float(vectors[0] @ vectors[2]) + 0.2

@@ -225,7 +225,7 @@ def test_every_service_serves_with_the_shared_configuration(
         instrument(app, service="enclave")
         return app
 
-    monkeypatch.setattr(enclave_server, "boot", lambda settings: Booted())
+    monkeypatch.setattr(enclave_server, "boot", lambda settings, **_: Booted())
     monkeypatch.setattr(enclave_server, "create_app", bare_app)
     enclave_server.serve(EnclaveSettings(data_dir=tmp_path / "enclave"))
     policy = tmp_path / "policy.toml"

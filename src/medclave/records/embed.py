@@ -113,3 +113,17 @@ class Embedder:
         norms = np.linalg.norm(pooled, axis=1, keepdims=True)
         result: Vectors = (pooled / np.clip(norms, 1e-12, None)).astype(np.float32)
         return result
+
+
+_SHARED: Embedder | None = None
+_SHARED_LOCK = threading.Lock()
+
+
+def shared() -> Embedder:
+    """The process's one embedder of the pinned model (the scribe's ICD-10-CM reranking uses it
+    too, so the model is loaded, and checked, once)."""
+    global _SHARED
+    with _SHARED_LOCK:
+        if _SHARED is None:
+            _SHARED = Embedder()
+        return _SHARED

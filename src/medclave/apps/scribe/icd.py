@@ -12,7 +12,7 @@ and the code's indexed text, and how much of the code's *own description* the st
 so "sprain of right ankle" beats a code that merely shares "right ankle". The best
 :data:`RERANK` candidates are then reranked by embedding: their score is mixed
 (:data:`EMBEDDING_WEIGHT`) with the cosine similarity of the statement's and the description's
-MiniLM embeddings (:mod:`medclave.apps.scribe.embed`), which finds the intended code where the
+MiniLM embeddings (:mod:`medclave.records.embed`), which finds the intended code where the
 words differ ("migraine without horror", as Whisper may hear "aura"). Codes that need a
 context the statement does not give are not offered: pregnancy chapter (O) without a word of
 pregnancy, perinatal (P) without a newborn, and injury codes for a later encounter or a
@@ -119,7 +119,7 @@ class CodeIndex:
         ranked.sort(key=lambda r: (-r[0], r[1]))
         ranked = ranked[:RERANK]
         if embedding_weight > 0 and ranked:
-            from medclave.apps.scribe.embed import embedder
+            from medclave.records.embed import shared as embedder
 
             vectors = embedder().embed([text, *(display for _, _, display in ranked)])
             similarity = vectors[1:] @ vectors[0]
