@@ -41,6 +41,7 @@ ROOT = "medclave"
 LAYERS: dict[str, float] = {
     ROOT: 0,
     "errors": 0,
+    "util": 0.5,  # shared helpers: on errors, under everything else
     "crypto": 1,
     "protocol": 1,
     "attestation": 2,

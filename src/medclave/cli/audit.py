@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import importlib
 import json
-import os
 import sys
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
@@ -42,6 +41,7 @@ from medclave.audit.store import SqliteStore
 from medclave.audit.verify import inspect_log, open_trusted
 from medclave.audit.witness import load_state, witness_checkpoint
 from medclave.errors import AuditError, EnclaveError, InputError, MedclaveError
+from medclave.util.files import create_secret_file
 
 app = typer.Typer(
     help="Tamper-evident audit log: verify, prove, receipts, replay, FHIR export, witness.",
@@ -366,12 +366,10 @@ def keygen_cmd(
     """Make an Ed25519 note key; print its verifier key."""
     try:
         signer = NoteSigner.generate(name, ALG_COSIGNATURE_V1 if cosigner else ALG_ED25519)
-        fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        create_secret_file(out, (signer.skey() + "\n").encode())
     except FileExistsError:
         raise _fail(InputError("input.malformed", f"{out} exists; not overwriting a key")) from None
     except MedclaveError as exc:
         raise _fail(exc) from None
-    with os.fdopen(fd, "w") as fh:
-        fh.write(signer.skey() + "\n")
     _emit({"ok": True, "vkey": signer.verifier.vkey()})
 
