@@ -30,11 +30,12 @@ from medclave.client.admission import (
     requested_model,
 )
 from medclave.client.proxy import ProxySettings, create_proxy_app
-from medclave.client.session import EnclaveSession, system_clock
+from medclave.client.session import EnclaveSession
 from medclave.enclave.model import DEFAULT_MODEL_ID
 from medclave.errors import AuthError, InputError
 from medclave.protocol import inference as proto
 from medclave.serving import BackgroundServer
+from medclave.util.clock import system_clock
 from tests.e2e.helpers import (
     FAKE_ANSWER,
     TENANT,

@@ -29,11 +29,12 @@ from medclave.client.apikeys import ApiKeyStore
 from medclave.client.callers import Callers
 from medclave.client.credentials import Credentials, IdpClientConfig
 from medclave.client.proxy import create_proxy_app
-from medclave.client.session import EnclaveSession, system_clock
+from medclave.client.session import EnclaveSession
 from medclave.crypto.jose import jwk_thumbprint
 from medclave.enclave.engines.base import ChatMessage, Delta, SamplingParams
 from medclave.enclave.model import DEFAULT_MODEL_ID
 from medclave.serving import BackgroundServer
+from medclave.util.clock import system_clock
 from tests.e2e.helpers import (
     FAKE_ANSWER,
     TENANT,

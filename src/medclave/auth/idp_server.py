@@ -22,7 +22,6 @@ from urllib.parse import parse_qsl, unquote_plus
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
-from medclave.auth.authn import Clock, system_clock
 from medclave.auth.issuer import (
     DEFAULT_AUDIENCE,
     Directory,
@@ -33,6 +32,7 @@ from medclave.auth.issuer import (
 )
 from medclave.errors import InputError, MedclaveError
 from medclave.serving import BackgroundServer, ServingSettings, read_limited_body, run_server
+from medclave.util.clock import Clock, system_clock
 
 log = logging.getLogger("medclave.idp")
 MAX_FORM_BYTES: Final = 8 * 1024

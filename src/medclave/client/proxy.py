@@ -54,14 +54,7 @@ from medclave.client.admission import AdmissionConfig, ProxyAdmission, build_adm
 from medclave.client.apikeys import ApiKeyStore
 from medclave.client.callers import Callers, Upstream
 from medclave.client.credentials import Credentials, IdpClientConfig
-from medclave.client.session import (
-    Abort,
-    EnclaveSession,
-    InnerResponse,
-    StreamedResponse,
-    summary,
-    system_clock,
-)
+from medclave.client.session import Abort, EnclaveSession, InnerResponse, StreamedResponse, summary
 from medclave.crypto.canonical import load_json
 from medclave.errors import ClientError, InputError, MedclaveError
 from medclave.protocol import inference as proto
@@ -74,6 +67,7 @@ from medclave.serving import (
     run_server,
     run_sync_until_gone,
 )
+from medclave.util.clock import system_clock
 
 log = logging.getLogger("medclave.proxy")
 

@@ -21,7 +21,7 @@ import ssl
 import threading
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from types import TracebackType
 from typing import Any
 
@@ -37,17 +37,13 @@ from medclave.crypto.ohttp_chunked import ChunkedRequestEncoder
 from medclave.errors import AuditError, ClientError, CryptoError, MedclaveError
 from medclave.protocol import inference as proto
 from medclave.protocol.bhttp_stream import ResponseStreamDecoder
+from medclave.util.clock import Clock, system_clock
 
 log = logging.getLogger("medclave.client")
 
-Clock = Callable[[], datetime]
 MAX_RESPONSE_BYTES = 16 * 1024 * 1024
 MAX_ERROR_BYTES = 64 * 1024
 NONCE_BYTES = 32
-
-
-def system_clock() -> datetime:
-    return datetime.now(UTC)
 
 
 def error_from_body(status: int, body: bytes) -> MedclaveError:

@@ -16,7 +16,7 @@ import os
 import secrets
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -54,15 +54,11 @@ from medclave.errors import InputError
 from medclave.kbs.client import KbsClient
 from medclave.kbs.signing import TrustedBrokers
 from medclave.protocol.evidence import EvidenceBundle
+from medclave.util.clock import Clock, system_clock
 
 log = logging.getLogger("medclave.enclave")
 
-Clock = Callable[[], datetime]
 EngineFactory = Callable[[str, EnclaveSettings], Engine]
-
-
-def system_clock() -> datetime:
-    return datetime.now(UTC)
 
 
 @dataclass

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from medclave.audit.entry import MAX_KEY_BYTES, parse_commitment_key
 from medclave.errors import AuditError, InputError, MedclaveError
 from medclave.kbs.names import ResourceName
+from medclave.util.clock import Clock
 from medclave.util.files import read_secret_file
 
 if TYPE_CHECKING:
@@ -30,7 +31,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("medclave.enclave")
 
-Clock = Callable[[], datetime]
 RESOURCE_TYPE = "commitment-key"
 RESOURCE_NAME = "audit"
 MAX_REMEMBERED_FAILURES = 1024

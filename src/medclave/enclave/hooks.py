@@ -19,7 +19,7 @@ from __future__ import annotations
 import contextvars
 import hashlib
 import logging
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
@@ -41,10 +41,10 @@ from medclave.enclave.commitkeys import CommitKeys
 from medclave.enclave.engines.base import SamplingParams
 from medclave.errors import AuthError, MedclaveError
 from medclave.protocol.inference import INNER_AUTHORITY, InnerRequest, is_models_path
+from medclave.util.clock import Clock
 
 log = logging.getLogger("medclave.enclave")
 
-Clock = Callable[[], datetime]
 MAX_POLICIES = 64
 
 

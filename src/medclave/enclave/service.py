@@ -32,7 +32,6 @@ import secrets
 import time
 from collections.abc import Callable, Generator
 from dataclasses import dataclass
-from datetime import datetime
 from functools import partial
 from typing import Any
 
@@ -68,10 +67,10 @@ from medclave.enclave.streaming import AnswerStream, Shaper, StreamedAnswer, end
 from medclave.errors import EnclaveError, InputError, MedclaveError
 from medclave.protocol import inference as proto
 from medclave.protocol.evidence import EvidenceBundle
+from medclave.util.clock import Clock
 
 log = logging.getLogger("medclave.enclave")
 
-Clock = Callable[[], datetime]
 SERVICE = "medclave-inference/1"
 # Endings after which a Responses answer may be continued (previous_response_id).
 _CONTINUABLE: frozenset[Ending] = frozenset({"stop", "length", "tool_calls"})

@@ -21,7 +21,7 @@ import binascii
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any, Literal, TypeVar
 
 from medclave.attestation.core import Check, Verification, Violation
@@ -37,15 +37,12 @@ from medclave.kbs.names import ResourceName, valid_owner
 from medclave.kbs.signing import BrokerSigner, bundle_digest, release_statement
 from medclave.kbs.store import Decision, KbsStore, NonceState, PolicyVersion, ResourceInfo
 from medclave.protocol.evidence import EvidenceBundle
+from medclave.util.clock import system_clock
 
 NONCE_BYTES = 32
 DEFAULT_NONCE_TTL = timedelta(seconds=60)
 GENERATED_SECRET_BYTES = 32
 T = TypeVar("T")
-
-
-def utcnow() -> datetime:
-    return datetime.now(UTC)
 
 
 def wrap_aad(resource: ResourceName, version: int) -> bytes:
@@ -94,7 +91,7 @@ class KeyBroker:
         sim_roots: frozenset[str] = frozenset(),
         trusted_roots: frozenset[str] | None = None,
         nonce_ttl: timedelta = DEFAULT_NONCE_TTL,
-        clock: Callable[[], datetime] = utcnow,
+        clock: Callable[[], datetime] = system_clock,
         on_decision: Callable[[Decision], None] | None = None,
     ) -> None:
         if nonce_ttl <= timedelta(0):
