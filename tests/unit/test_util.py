@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from medclave.errors import InputError
+from medclave.util.b64 import Padding, b64decode, b64encode
 from medclave.util.files import (
     check_secret_file,
     create_file,
@@ -81,3 +85,49 @@ def test_secret_files_are_read_only_when_owner_only(tmp_path: Path) -> None:
     with pytest.raises(InputError) as e:
         check_secret_file(tmp_path / "absent", "test key")
     assert e.value.code == "config.invalid"
+
+
+# --- base64: one text per value -------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("text", "url", "padding", "data"), [
+    ("aGk=", False, "required", b"hi"),        # RFC 4648 §10 style: "hi"
+    ("Zm9vYg==", False, "required", b"foob"),  # RFC 4648 §10 test vector
+    ("Zm9vYg", True, "forbidden", b"foob"),
+    ("Zm9vYg", False, "optional", b"foob"),
+    ("Zm9vYg==", True, "optional", b"foob"),
+    ("+/8=", False, "required", b"\xfb\xff"),
+    ("-_8", True, "forbidden", b"\xfb\xff"),
+    ("", True, "forbidden", b""),
+])
+def test_b64_known_answers(text: str, url: bool, padding: Padding, data: bytes) -> None:
+    assert b64decode(text, url=url, padding=padding) == data
+    assert b64encode(data, url=url, pad=padding != "forbidden") == (
+        text if padding != "optional" or "=" in text else text + "=" * (-len(text) % 4))
+
+
+@pytest.mark.parametrize(("text", "url", "padding"), [
+    ("aGk", False, "required"),      # padding missing
+    ("aGk=", True, "forbidden"),     # padding present
+    ("aGl=", False, "required"),     # pad bits set: another text for b"hi"
+    ("aGk==", False, "optional"),    # too much padding
+    ("a", False, "optional"),        # 1 mod 4: no whole byte
+    ("a+b/", True, "optional"),      # standard characters in base64url
+    ("a_b-", False, "optional"),     # url characters in standard base64
+    ("aG k=", False, "required"),    # whitespace is not skipped
+    ("aGk=\n", False, "required"),
+])
+def test_b64_refuses_every_other_text(text: str, url: bool, padding: Padding) -> None:
+    with pytest.raises(ValueError):
+        b64decode(text, url=url, padding=padding)
+
+
+@given(st.binary(max_size=64), st.booleans())
+def test_b64_round_trips_and_is_one_to_one(data: bytes, url: bool) -> None:
+    text = b64encode(data, url=url, pad=False)
+    assert b64decode(text, url=url, padding="forbidden") == data
+    assert b64decode(b64encode(data, url=url), url=url) == data
+    if text and text[-1] not in "AQgw":  # the last character carries pad bits: flip one
+        bad = text[:-1] + chr(ord(text[-1]) ^ 1)
+        with contextlib.suppress(ValueError):
+            assert b64decode(bad, url=url, padding="forbidden") != data
