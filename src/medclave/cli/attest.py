@@ -5,8 +5,6 @@ Exit 0: verified and the policy holds; 1: refused (a check or the policy failed)
 
 from __future__ import annotations
 
-import json
-import sys
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
@@ -18,17 +16,10 @@ from rich.table import Table
 from medclave.attestation.core import Verification
 from medclave.attestation.policy import AppraisalPolicy, default_policy, evaluate, load_policy
 from medclave.attestation.verifier import BUNDLE, detect, parse_bundle, verify_bundle, verify_raw
+from medclave.cli.output import emit, error_object, exit_code
 from medclave.errors import AttestationError, InputError, MedclaveError
 
 app = typer.Typer(help="Verify and appraise attestation evidence.", no_args_is_help=True)
-
-# Codes that mean "this input can't be used", as opposed to "this evidence is refused".
-UNUSABLE = frozenset({
-    "attestation.malformed", "attestation.unsupported_version", "attestation.unknown_platform",
-    "attestation.certificate_missing", "attestation.reserved_nonzero", "input.unrecognized",
-    "input.malformed", "input.too_large", "input.missing", "policy.invalid", "policy.empty",
-})
-
 
 def _parse_time(text: str | None) -> datetime:
     if text is None:
@@ -93,8 +84,8 @@ def run_verify(
                                 online=online)
     except MedclaveError as exc:
         out["checks"] = [c.to_dict() for c in getattr(exc, "checks", ())]
-        out["error"] = exc.to_dict()
-        return (2 if exc.code in UNUSABLE else 1), out
+        out.update(error_object(exc))
+        return exit_code(exc), out
 
     out.update({k: v for k, v in result.to_dict().items() if k in ("platform", "verified", "checks",
                                                                      "claims", "tcb_status", "secure")})
@@ -168,7 +159,7 @@ def verify_cmd(
         if provider is not None:
             provider.close()
     if as_json:
-        sys.stdout.write(json.dumps(out, indent=2, sort_keys=True, default=str) + "\n")
+        emit(out)
     else:
         render(out, Console())
     raise typer.Exit(code)

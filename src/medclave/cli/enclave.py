@@ -14,17 +14,10 @@ from typing import Annotated, Any
 import typer
 
 from medclave.cli.options import TrustedProxy, bad_settings
+from medclave.cli.output import fail
 from medclave.errors import MedclaveError
 
 app = typer.Typer(help="The in-TEE inference server.", no_args_is_help=True)
-UNUSABLE_PREFIXES = ("input.", "config.")
-
-
-def _fail(exc: MedclaveError) -> typer.Exit:
-    sys.stdout.write(json.dumps({"error": exc.to_dict()}, indent=2) + "\n")
-    return typer.Exit(2 if exc.code.startswith(UNUSABLE_PREFIXES) else 1)
-
-
 @app.command("serve")
 def serve_cmd(
     host: Annotated[str | None, typer.Option(help="bind address (default 127.0.0.1)")] = None,
@@ -102,7 +95,7 @@ def serve_cmd(
     try:
         serve(settings)
     except MedclaveError as exc:
-        raise _fail(exc) from None
+        raise fail(exc) from None
 
 
 @app.command("measurement")
@@ -123,6 +116,6 @@ def sim_root_cmd(data: Annotated[Path, typer.Option("--data", help="the enclave'
     try:
         authority = SimAuthority.load_or_create(data)
     except MedclaveError as exc:
-        raise _fail(exc) from None
+        raise fail(exc) from None
     sys.stdout.write(json.dumps({"sim_root": authority.root_fingerprint,
                                  "warning": "sim protects nothing"}) + "\n")

@@ -5,23 +5,22 @@ administrator's commands, run where the broker runs). ``resource`` and ``policy`
 running broker over its owner API with an owner token (``--url``/``MEDCLAVE_KBS_URL``,
 ``--token``/``MEDCLAVE_KBS_TOKEN``), so an owner never needs the broker's disk or its KEK.
 
-Output is one JSON object (or list). Exit 0: done; 1: refused; 2: unusable input.
+Output is one JSON object (or list); errors and exit statuses as in :mod:`medclave.cli.output`
+(0 done, 1 refused, 2 unusable input).
 """
 
 from __future__ import annotations
 
 import base64
-import json
 import sys
-from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any
 
 import typer
 
 from medclave.cli.options import TrustedProxy, bad_settings
-from medclave.errors import MedclaveError
+from medclave.cli.output import emit, run
 from medclave.kbs.client import OwnerClient
 from medclave.kbs.factory import ensure_data_dir, open_signer, open_store
 from medclave.kbs.models import MAX_SECRET_BYTES, parse_release_policy
@@ -41,27 +40,12 @@ key_app = typer.Typer(help="The broker's signing key (on the broker's data folde
 app.add_typer(owner_app, name="owner")
 app.add_typer(key_app, name="key")
 
-UNUSABLE_PREFIXES = ("input.", "config.", "policy.invalid", "policy.empty")
-T = TypeVar("T")
 
 Url = Annotated[str, typer.Option("--url", envvar="MEDCLAVE_KBS_URL", help="broker base URL")]
 Token = Annotated[str, typer.Option("--token", envvar="MEDCLAVE_KBS_TOKEN", show_default=False,
                                     help="owner token (mkt1.OWNER.SECRET)")]
 Resource = Annotated[str, typer.Argument(help="kbs:///OWNER/TYPE/NAME")]
 DEFAULT_URL = "http://127.0.0.1:8450"
-
-
-def _emit(value: Any) -> None:
-    sys.stdout.write(json.dumps(value, indent=2, sort_keys=True, default=str) + "\n")
-
-
-def _run(action: Callable[[], T]) -> T:
-    """Run ``action``; a refusal prints its code and exits 1 (2 when the input is unusable)."""
-    try:
-        return action()
-    except MedclaveError as exc:
-        _emit({"error": exc.to_dict()})
-        raise typer.Exit(2 if exc.code.startswith(UNUSABLE_PREFIXES) else 1) from None
 
 
 def _read_secret(path: Path | None) -> bytes | None:
@@ -95,14 +79,14 @@ def serve_cmd(
                                  "tls_cert_file": tls_cert, "tls_key_file": tls_key,
                                  "trusted_proxies": tuple(trusted_proxy) if trusted_proxy else None}
     try:
-        settings = _run(lambda: KbsSettings(**{k: v for k, v in overrides.items()
+        settings = run(lambda: KbsSettings(**{k: v for k, v in overrides.items()
                                                if v is not None}))
     except ValueError as exc:  # pydantic's ValidationError: a bad flag or environment value
         raise bad_settings(exc) from None
     if settings.sim_roots:
         typer.echo("WARNING: sim evidence accepted from configured roots: sim protects nothing.",
                    err=True)
-    _run(lambda: serve(settings))
+    run(lambda: serve(settings))
 
 
 @key_app.command("show")
@@ -115,7 +99,7 @@ def key_show(
         signer = open_signer(KbsSettings(data_dir=data))
         return {"key_id": signer.key_id,
                 "public_key": base64.b64encode(signer.public_key).decode()}
-    _emit(_run(show))
+    emit(run(show))
 
 
 @owner_app.command("add")
@@ -132,7 +116,7 @@ def owner_add(
             return issue_owner_token(store, owner, now=datetime.now(UTC))
         finally:
             store.close()
-    _emit({"owner": owner, "token": _run(issue)})
+    emit({"owner": owner, "token": run(issue)})
 
 
 def _client(url: str, token: str) -> OwnerClient:
@@ -149,7 +133,7 @@ def resource_put(
     """Create RESOURCE (version 1)."""
     secret = _read_secret(secret_file)
     with _client(url, token) as c:
-        _emit({"resource": resource, "version": _run(lambda: c.put(resource, secret))})
+        emit({"resource": resource, "version": run(lambda: c.put(resource, secret))})
 
 
 @resource_app.command("rotate")
@@ -162,15 +146,15 @@ def resource_rotate(
     """A new current version of RESOURCE; the previous one stays until retired."""
     secret = _read_secret(secret_file)
     with _client(url, token) as c:
-        version = _run(lambda: c.rotate(resource, secret, expected_version=expected_version))
-        _emit({"resource": resource, "version": version})
+        version = run(lambda: c.rotate(resource, secret, expected_version=expected_version))
+        emit({"resource": resource, "version": version})
 
 
 @resource_app.command("list")
 def resource_list(token: Token, url: Url = DEFAULT_URL) -> None:
     """Your resources and their versions (never their secrets)."""
     with _client(url, token) as c:
-        _emit(_run(c.list_resources))
+        emit(run(c.list_resources))
 
 
 @resource_app.command("retire")
@@ -180,16 +164,16 @@ def resource_retire(
 ) -> None:
     """Retire an old VERSION of RESOURCE (the current one cannot be)."""
     with _client(url, token) as c:
-        _run(lambda: c.retire(resource, version))
-        _emit({"resource": resource, "retired": version})
+        run(lambda: c.retire(resource, version))
+        emit({"resource": resource, "retired": version})
 
 
 @resource_app.command("delete")
 def resource_delete(resource: Resource, token: Token, url: Url = DEFAULT_URL) -> None:
     """Delete RESOURCE, every version and its policies."""
     with _client(url, token) as c:
-        _run(lambda: c.delete(resource))
-        _emit({"resource": resource, "deleted": True})
+        run(lambda: c.delete(resource))
+        emit({"resource": resource, "deleted": True})
 
 
 @policy_app.command("set")
@@ -206,9 +190,9 @@ def policy_set(
         except OSError as exc:
             raise typer.BadParameter(f"cannot read {policy_file}: {exc.strerror}") from exc
         return parse_release_policy(data, fmt="json" if policy_file.suffix == ".json" else None)
-    policy = _run(load)
+    policy = run(load)
     with _client(url, token) as c:
-        _emit(_run(lambda: c.set_policy(resource, policy, expected_version=expected_version)))
+        emit(run(lambda: c.set_policy(resource, policy, expected_version=expected_version)))
 
 
 @policy_app.command("show")
@@ -218,7 +202,7 @@ def policy_show(
 ) -> None:
     """Show RESOURCE's release policy (current, or --version)."""
     with _client(url, token) as c:
-        _emit(_run(lambda: c.get_policy(resource, version)))
+        emit(run(lambda: c.get_policy(resource, version)))
 
 
 @policy_app.command("retire")
@@ -228,8 +212,8 @@ def policy_retire(
 ) -> None:
     """Retire an old policy VERSION."""
     with _client(url, token) as c:
-        _run(lambda: c.retire_policy(resource, version))
-        _emit({"resource": resource, "retired_policy": version})
+        run(lambda: c.retire_policy(resource, version))
+        emit({"resource": resource, "retired_policy": version})
 
 
 @app.command("decisions")
@@ -240,4 +224,4 @@ def decisions_cmd(
 ) -> None:
     """Recorded decisions about your resources and by your token, newest first."""
     with _client(url, token) as c:
-        _emit(_run(lambda: c.decisions(resource, limit)))
+        emit(run(lambda: c.decisions(resource, limit)))
