@@ -29,7 +29,7 @@ from medclave.kbs.keywrap import AesGcmKek
 from medclave.kbs.models import ReleasePolicy
 from medclave.kbs.sealed_models import seal_model
 from medclave.kbs.settings import KbsSettings
-from medclave.kbs.store import MemoryStore
+from medclave.kbs.store import MemoryKbsStore
 from tests.e2e.helpers import MEASUREMENT, sim_policy
 
 VENDOR = "test-vendor"
@@ -44,7 +44,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, str,
     root = SimAuthority.load_or_create(folder / "enclave").root_fingerprint
     settings = KbsSettings(data_dir=folder / "kbs", store="memory", sim_roots=(root,),
                            rate_per_second=1000.0, rate_burst=1000)
-    broker = build_broker(settings, store=MemoryStore(), wrapper=AesGcmKek(os.urandom(32)))
+    broker = build_broker(settings, store=MemoryKbsStore(), wrapper=AesGcmKek(os.urandom(32)))
     with BackgroundServer(create_app(settings, broker=broker)) as server:
         with OwnerClient(server.url, broker.issue_owner_token(VENDOR)) as owner:
             result = seal_model(default_model_path(), folder / "sealed", owner=VENDOR,

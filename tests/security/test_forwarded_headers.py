@@ -31,7 +31,7 @@ from medclave.enclave.settings import EnclaveSettings
 from medclave.kbs import server as kbs_server
 from medclave.kbs.client import OwnerClient
 from medclave.kbs.settings import KbsSettings
-from medclave.kbs.store import MemoryStore
+from medclave.kbs.store import MemoryKbsStore
 from medclave.serving import (
     BackgroundServer,
     GuardedH11Protocol,
@@ -148,7 +148,7 @@ def test_the_broker_keys_rate_and_log_on_the_forwarded_client_behind_a_trusted_p
         tmp_path: Path) -> None:
     settings = make_settings(tmp_path, trusted_proxies=("127.0.0.2",), rate_per_second=0.001,
                              rate_burst=2)
-    server, live = serve_broker(settings, store=MemoryStore(), clock=Clock())
+    server, live = serve_broker(settings, store=MemoryKbsStore(), clock=Clock())
     with server:
         _releases_through_a_proxy(server.url, live)
 

@@ -82,7 +82,7 @@ def _missing(what: str) -> AuditError:
 
 
 @dataclass
-class MemoryStore:
+class MemoryLogStore:
     """For tests and short-lived tools; the same contract as SQLite, minus durability."""
 
     meta: dict[str, str] = field(default_factory=dict)
@@ -167,7 +167,7 @@ _GUARDS = "".join(
 Synchronous = Literal["FULL", "NORMAL"]
 
 
-class SqliteStore:
+class SqliteLogStore:
     """SQLite in WAL mode; one transaction per batch.
 
     ``synchronous="FULL"`` (the default) fsyncs the WAL at every commit, so an acknowledged

@@ -14,7 +14,7 @@ from rich.console import Console
 from rich.table import Table
 
 from medclave.attestation.core import Verification
-from medclave.attestation.policy import AppraisalPolicy, default_policy, evaluate, load_policy
+from medclave.attestation.policy import AppraisalPolicy, appraisal_of, default_policy, load_policy
 from medclave.attestation.verifier import BUNDLE, detect, parse_bundle, verify_bundle, verify_raw
 from medclave.cli.output import emit, error_object, exit_code
 from medclave.errors import AttestationError, InputError, MedclaveError
@@ -91,7 +91,7 @@ def run_verify(
                                                                      "claims", "tcb_status", "secure")})
     runtime = result.claims.get("runtime")
     model = runtime.get("model_digest") if isinstance(runtime, dict) else None
-    appraisal = evaluate(result, policy, now=at, model_digest=model)
+    appraisal = appraisal_of(result, policy, now=at, model_digest=model)
     out["policy"] = {"name": policy.name, "digest": appraisal.policy_digest,
                      "accepted": appraisal.accepted, "violations": list(appraisal.violations)}
     if not appraisal.accepted:

@@ -36,7 +36,7 @@ from medclave.audit.note import (
 )
 from medclave.audit.receipt import decode_proof, verify_receipt
 from medclave.audit.replay import ReplayEngine, replay
-from medclave.audit.store import SqliteStore
+from medclave.audit.store import SqliteLogStore
 from medclave.audit.verify import inspect_log, open_trusted
 from medclave.audit.witness import load_state, witness_checkpoint
 from medclave.cli.output import emit, fail
@@ -96,7 +96,7 @@ def _log_path(log: Path | None, data: Path) -> Path:
 
 
 def _open(log: Path | None, data: Path) -> AuditLog:
-    store = SqliteStore(_log_path(log, data), readonly=True)
+    store = SqliteLogStore(_log_path(log, data), readonly=True)
     origin = store.get_meta("origin")
     if origin is None:
         raise InputError("input.malformed", "the file is not a Medclave audit log")
@@ -140,7 +140,7 @@ def verify_cmd(
         verifier = _verifier(key)
         witnesses = [_verifier(w, ALG_COSIGNATURE_V1) for w in witness or []]
         trusted = [_trusted(path, verifier, witnesses, quorum) for path in checkpoint or []]
-        store = SqliteStore(_log_path(log_file or log, data), readonly=True)
+        store = SqliteLogStore(_log_path(log_file or log, data), readonly=True)
         try:
             report = inspect_log(store, verifier, parse_entries=not no_parse,
                                  trusted=[t.checkpoint for t in trusted])

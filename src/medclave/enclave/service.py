@@ -41,7 +41,7 @@ from medclave.crypto.ohttp import decapsulate_request
 from medclave.crypto.ohttp_chunked import ChunkedRequestDecoder, ChunkedResponseEncoder
 from medclave.enclave import openai_api as api
 from medclave.enclave import responses
-from medclave.enclave.attester import Platform
+from medclave.enclave.attester import HostPlatform
 from medclave.enclave.engines.base import (
     Cancel,
     Choice,
@@ -137,7 +137,7 @@ def _error_answer(rid: str, exc: MedclaveError) -> _Answer:
 
 
 class InferenceService:
-    def __init__(self, *, engine: Engine, keys: KeyRing, platform: Platform,
+    def __init__(self, *, engine: Engine, keys: KeyRing, platform: HostPlatform,
                  identity: EnclaveIdentity, authorization: AuthorizationHook, audit: AuditSink,
                  clock: Clock, max_tokens_limit: int = 1024, max_concurrent_per_tenant: int = 8,
                  retry_after: int = 1, response_store: ResponseStore | None = None) -> None:

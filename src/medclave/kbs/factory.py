@@ -11,8 +11,8 @@ from medclave.kbs.keywrap import EnvKek, FileKek, KeyWrapper
 from medclave.kbs.service import KeyBroker
 from medclave.kbs.settings import KbsSettings
 from medclave.kbs.signing import BrokerSigner
-from medclave.kbs.sqlite_store import SqliteStore
-from medclave.kbs.store import Decision, KbsStore, MemoryStore
+from medclave.kbs.sqlite_store import SqliteKbsStore
+from medclave.kbs.store import Decision, KbsStore, MemoryKbsStore
 from medclave.util.clock import system_clock
 
 
@@ -25,9 +25,9 @@ def ensure_data_dir(settings: KbsSettings) -> None:
 
 def open_store(settings: KbsSettings) -> KbsStore:
     if settings.store == "memory":
-        return MemoryStore()
+        return MemoryKbsStore()
     ensure_data_dir(settings)
-    return SqliteStore(settings.db_path)
+    return SqliteKbsStore(settings.db_path)
 
 
 def open_wrapper(settings: KbsSettings, *, create: bool = True) -> KeyWrapper:

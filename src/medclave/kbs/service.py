@@ -25,7 +25,7 @@ from datetime import datetime, timedelta
 from typing import Any, Literal, TypeVar
 
 from medclave.attestation.core import Check, Verification, Violation
-from medclave.attestation.policy import evaluate, raise_refusal
+from medclave.attestation.policy import appraisal_of, raise_refusal
 from medclave.attestation.verifier import verify_bundle
 from medclave.crypto import hpke
 from medclave.crypto.canonical import canonical_json
@@ -437,7 +437,7 @@ def _appraise(
     """Every rule of the appraisal policy plus the broker's own (model digests, requesters)."""
     model = runtime.get("model_digest")
     model_digest = model.lower() if isinstance(model, str) else None
-    result = evaluate(verification, policy.appraisal, now=now, model_digest=model_digest,
+    result = appraisal_of(verification, policy.appraisal, now=now, model_digest=model_digest,
                       evidence_time=evidence_time, kbs_keys=runtime.get("kbs_keys"),
                       token_issuers=runtime.get("token_issuers"))
     violations = list(result.violations)

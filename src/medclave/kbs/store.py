@@ -194,7 +194,7 @@ class _Versions:
     items: dict[int, Any] = field(default_factory=dict)
 
 
-class MemoryStore:
+class MemoryKbsStore:
     """A :class:`KbsStore` in process memory: for tests and throwaway brokers."""
 
     def __init__(self, *, max_aggregated: int = MAX_AGGREGATED_DECISIONS) -> None:

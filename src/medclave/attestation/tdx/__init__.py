@@ -2,7 +2,7 @@
 
 ``abi`` turns bytes into structures, ``verify`` checks signatures, the PCK chain and the
 collateral, ``collateral`` parses Intel PCS documents and the dcap-qvl bundle, ``tcb`` matches
-TCB levels and ``validate`` applies TDX-specific appraisal rules. The vTPM flow (Azure TDX CVMs
+TCB levels and ``rules.appraise`` applies TDX-specific appraisal rules. The vTPM flow (Azure TDX CVMs
 wrap a TD quote) reaches this module through the registry or :func:`verify_quote`.
 """
 
