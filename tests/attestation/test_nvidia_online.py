@@ -22,12 +22,10 @@ from signxml.algorithms import CanonicalizationMethod, DigestAlgorithm, Signatur
 
 from medclave.attestation.core import CheckLog
 from medclave.attestation.nvidia import abi, rim
-from medclave.attestation.nvidia.online import (
-    HttpxOcspProvider,
-    check_chain_online,
-)
 from medclave.attestation.nvidia.rules import NvidiaPolicy, appraise
 from medclave.attestation.nvidia.verify import verify_report
+from medclave.attestation.online.ocsp import HttpxOcspProvider
+from medclave.attestation.providers import check_chain_online
 from medclave.attestation.x509chain import fingerprint
 from medclave.errors import AttestationError
 from tests.attestation._nvidia_helpers import RIM_VALID_AT, Nvidia, load

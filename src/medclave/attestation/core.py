@@ -125,7 +125,9 @@ class VerifyOptions:
     # Fingerprints of local sim roots this relying party accepts; empty: sim never verifies.
     sim_roots: frozenset[str] = frozenset()
     expected_nonce: bytes | None = None
-    online: Any = None  # an explicit endorsement provider; never set in tests
+    # An explicit endorsement provider (attestation.providers: SnpEndorsementSource, OcspSource
+    # or both); None keeps verification offline.
+    online: Any = None
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -10,7 +10,8 @@ Registry entry points (see ``attestation.registry.PlatformVerifier``):
   VBIOS RIM SWID tags, as raw bytes, in ``options.endorsements.collateral``.
 
 Modules: ``abi`` (parsing), ``verify`` (chain, signature, nonce, FWID), ``rim`` (reference
-manifests), ``rules`` (NVIDIA policy rules, ``appraise``), ``online`` (explicit OCSP provider).
+manifests), ``rules`` (NVIDIA policy rules, ``appraise``); OCSP only through a provider
+(``attestation.providers``).
 """
 
 from __future__ import annotations
