@@ -235,17 +235,6 @@ class AuditSink(Protocol):
         ...
 
 
-class NoAudit:
-    def check(self, tenant: str) -> None:
-        pass
-
-    def record(self, record: InferenceRecord) -> bytes | None:
-        return None
-
-    def record_refusal(self, request_id: str, time: datetime, principal: Principal) -> None:
-        pass
-
-
 @dataclass(frozen=True)
 class EnclaveFacts:
     """What every entry states about the enclave that served it."""

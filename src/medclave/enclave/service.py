@@ -235,7 +235,8 @@ class InferenceService:
                 yield out
             if streamed.closed:
                 return  # the client has gone, or the server is stopping: no end to send
-            out = encoder.final(bhttp.response_end(tuple(streamed.trailers)))
+            outcome = streamed.outcome  # ended: the iteration above ran to the answer's end
+            out = encoder.final(bhttp.response_end(outcome.trailers if outcome else ()))
             sent += len(out)
             yield out
         except GeneratorExit:

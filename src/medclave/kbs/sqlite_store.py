@@ -361,7 +361,7 @@ class SqliteKbsStore:
                     _ts(d.at),
                     d.action,
                     d.resource,
-                    d.owner,
+                    d.owner or "",  # the column's "no owner": the resource is not a name
                     d.outcome,
                     d.client,
                     d.code,
