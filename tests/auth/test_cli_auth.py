@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from medclave.auth.idp_server import build_service, running
+from medclave.auth.idp_server import build_service
+from medclave.background import running
 from medclave.cli import auth as auth_cli
 from medclave.cli import idp as idp_cli
 

@@ -13,13 +13,13 @@ import pytest
 from medclave.attestation.policy import AppraisalPolicy
 from medclave.attestation.sim import SimAuthority
 from medclave.audit import open_commitment, parse_entry
+from medclave.background import BackgroundServer
 from medclave.client import MedclaveClient
 from medclave.enclave.app import create_app as create_enclave_app
 from medclave.enclave.boot import boot
 from medclave.enclave.commitkeys import commitment_resource
 from medclave.enclave.model import DEFAULT_MODEL_ID, DEFAULT_MODEL_SHA256, default_model_path
 from medclave.enclave.openai_api import commitment_input
-from medclave.enclave.server import BackgroundServer
 from medclave.enclave.settings import EnclaveSettings
 from medclave.errors import MedclaveError
 from medclave.kbs.app import create_app

@@ -22,13 +22,13 @@ from medclave.attestation.policy import AppraisalPolicy
 from medclave.attestation.sim import SimAuthority
 from medclave.audit.note import ALG_ED25519, NoteVerifier
 from medclave.audit.receipt import VerifiedReceipt
+from medclave.background import BackgroundServer
 from medclave.cli.audit import app as audit_cli
 from medclave.client.session import EnclaveSession
 from medclave.enclave import boot as boot_module
 from medclave.enclave.attester import HostPlatform
 from medclave.enclave.boot import boot
 from medclave.enclave.hooks import InsecureNoAuthorization
-from medclave.enclave.server import BackgroundServer
 from medclave.enclave.settings import EnclaveSettings
 from medclave.errors import MedclaveError
 from medclave.kbs.app import create_app as create_kbs_app

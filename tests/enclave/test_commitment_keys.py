@@ -21,6 +21,7 @@ from fastapi import FastAPI, Request, Response
 from medclave.attestation.policy import AppraisalPolicy
 from medclave.attestation.sim import SimAuthority
 from medclave.audit import generate_commitment_key, open_commitment, parse_entry
+from medclave.background import BackgroundServer
 from medclave.client.session import EnclaveSession
 from medclave.crypto import hpke
 from medclave.enclave.app import create_app as create_enclave_app
@@ -29,7 +30,6 @@ from medclave.enclave.commitkeys import BrokerCommitKeys, CommitKey, commitment_
 from medclave.enclave.hooks import AuditLogSink
 from medclave.enclave.model import DEFAULT_MODEL_SHA256
 from medclave.enclave.openai_api import commitment_input
-from medclave.enclave.server import BackgroundServer
 from medclave.enclave.settings import EnclaveSettings
 from medclave.errors import InputError, KbsError, MedclaveError
 from medclave.kbs.app import create_app as create_kbs_app

@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 
 from medclave.attestation.sim import SimAuthority
+from medclave.background import BackgroundServer
 from medclave.kbs.app import create_app
 from medclave.kbs.factory import build_broker
 from medclave.kbs.keywrap import AesGcmKek
-from medclave.kbs.server import BackgroundServer
 from medclave.kbs.service import KeyBroker
 from medclave.kbs.settings import KbsSettings
 from medclave.kbs.sqlite_store import SqliteKbsStore

@@ -24,6 +24,7 @@ from fastapi import FastAPI, Request
 from typer.testing import CliRunner
 
 from medclave.auth import idp_server
+from medclave.background import BackgroundServer
 from medclave.cli import kbs as kbs_cli
 from medclave.client import proxy as proxy_module
 from medclave.enclave import server as enclave_server
@@ -32,12 +33,7 @@ from medclave.kbs import server as kbs_server
 from medclave.kbs.client import OwnerClient
 from medclave.kbs.settings import KbsSettings
 from medclave.kbs.store import MemoryKbsStore
-from medclave.serving import (
-    BackgroundServer,
-    GuardedH11Protocol,
-    ServingSettings,
-    server_config,
-)
+from medclave.serving import GuardedH11Protocol, ServingSettings, server_config
 from tests.kbs.conftest import Clock, Live, make_settings, serve_broker
 
 RESOURCE = "kbs:///acme/model-key/m"

@@ -30,6 +30,7 @@ from medclave.attestation import sim
 from medclave.attestation.policy import parse_policy
 from medclave.auth.idp_server import build_service
 from medclave.auth.idp_server import create_app as create_idp_app
+from medclave.background import BackgroundServer
 from medclave.cli.main import app as cli
 from medclave.client.proxy import create_proxy_app
 from medclave.client.session import EnclaveSession
@@ -39,7 +40,7 @@ from medclave.errors import InputError, MedclaveError, PolicyError
 from medclave.kbs.client import KbsClient
 from medclave.kbs.store import MemoryKbsStore
 from medclave.protocol import inference as proto
-from medclave.serving import BackgroundServer, ServingSettings, read_limited_body
+from medclave.serving import ServingSettings, read_limited_body
 from tests.e2e.helpers import FakeEngine, start_enclave
 from tests.e2e.helpers import sim_policy as enclave_policy
 from tests.kbs.conftest import Clock, Live, make_settings, serve_broker

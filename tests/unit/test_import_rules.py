@@ -55,6 +55,8 @@ LAYERS: dict[str, float] = {
     "apps": 5,
     "cli": 6,
     "demo": 6,
+    "background": 5.5,  # background servers for the demo, tests and benchmarks: no library
+    # module imports it (it sits above every part of the library, under the demo)
 }
 
 # Two parts share layer 1, in order: protocol is built on crypto (the wire formats use its

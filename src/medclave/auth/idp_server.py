@@ -12,8 +12,6 @@ from __future__ import annotations
 import base64
 import binascii
 import logging
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import timedelta
 from pathlib import Path
 from typing import Any, Final
@@ -31,7 +29,7 @@ from medclave.auth.issuer import (
     load_or_create_signing_key,
 )
 from medclave.errors import InputError, MedclaveError
-from medclave.serving import BackgroundServer, ServingSettings, read_limited_body, run_server
+from medclave.serving import ServingSettings, read_limited_body, run_server
 from medclave.util.clock import Clock, system_clock
 
 log = logging.getLogger("medclave.idp")
@@ -144,22 +142,3 @@ def serve(service: TokenService, *, host: str = "127.0.0.1", port: int = 8800,
     """Run until interrupted (trusted proxies and read deadlines: ``serving``)."""
     run_server(create_app(service), serving or ServingSettings(), host=host, port=port,
                log_level="info")
-
-
-@contextmanager
-def running(
-    service_factory: Any, *, host: str = "127.0.0.1", clock: Clock = system_clock
-) -> Iterator[tuple[str, TokenService]]:
-    """Serve in a background thread on a free port; yields (base URL, service); stops after.
-
-    ``service_factory(issuer_url)`` builds the service once the URL is known. For tests and
-    local demos only.
-    """
-    built: list[TokenService] = []
-
-    def make_app(url: str) -> FastAPI:
-        built.append(service_factory(url))
-        return create_app(built[0], clock=clock)
-
-    with BackgroundServer(make_app, host=host, name="medclave-idp") as server:
-        yield server.url, built[0]

@@ -13,8 +13,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from medclave.attestation.core import Verification
-from medclave.attestation.policy import AppraisalPolicy, appraisal_of, default_policy, load_policy
+from medclave.attestation import AppraisalPolicy, Verification, appraisal_of, default_policy, load_policy
 from medclave.attestation.verifier import BUNDLE, detect, parse_bundle, verify_bundle, verify_raw
 from medclave.cli.output import emit, error_object, exit_code
 from medclave.errors import AttestationError, InputError, MedclaveError

@@ -101,7 +101,7 @@ def proxy(
         raise typer.BadParameter("serving needs --upstream and --policy")
     from pydantic import SecretStr
 
-    from medclave.attestation.policy import load_policy
+    from medclave.attestation import load_policy
     from medclave.client.proxy import ProxySettings, admission_for, callers_for, serve
 
     text = _secret(idp_client_secret_file)

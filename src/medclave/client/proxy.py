@@ -49,7 +49,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Receive, Scope, Send
 from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
-from medclave.attestation.policy import load_policy
+from medclave.attestation import load_policy
 from medclave.client.admission import AdmissionConfig, ProxyAdmission, build_admission
 from medclave.client.apikeys import ApiKeyStore
 from medclave.client.callers import Callers, Upstream

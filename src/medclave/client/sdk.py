@@ -23,7 +23,7 @@ import httpx
 from openai.types import Completion, Model
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
 
-from medclave.attestation.policy import AppraisalPolicy, load_policy
+from medclave.attestation import AppraisalPolicy, load_policy
 from medclave.audit.receipt import VerifiedReceipt
 from medclave.client.session import EnclaveSession, InnerResponse, StreamedResponse, error_from_body
 from medclave.client.verify import VerifiedEnclave

@@ -28,7 +28,7 @@ from typing import Any
 import httpx
 
 from medclave import errors
-from medclave.attestation.policy import AppraisalPolicy
+from medclave.attestation import AppraisalPolicy
 from medclave.audit.receipt import VerifiedReceipt, verify_receipt
 from medclave.client.verify import VerifiedEnclave, verify_enclave
 from medclave.crypto import bhttp

@@ -21,9 +21,8 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from medclave.attestation.core import Verification
+from medclave.attestation import Verification, verify_bundle
 from medclave.attestation.policy import AppraisalPolicy, appraise, gpu_claims
-from medclave.attestation.verifier import verify_bundle
 from medclave.audit.note import ALG_ED25519, NoteVerifier
 from medclave.crypto.ohttp import KeyConfig
 from medclave.errors import AttestationError

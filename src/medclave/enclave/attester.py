@@ -18,8 +18,7 @@ from typing import Any
 
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from medclave.attestation import gather, sim
-from medclave.attestation.binding import gpu_nonce_for, report_data_for
+from medclave.attestation import gather, gpu_nonce_for, report_data_for, sim
 from medclave.attestation.x509chain import load_certificates
 from medclave.errors import AttestationError
 from medclave.protocol.evidence import EvidenceBundle, GpuEvidence

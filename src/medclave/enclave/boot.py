@@ -20,7 +20,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from medclave.attestation.registry import evidence_digest
+from medclave.attestation import evidence_digest
 from medclave.audit import AuditLog, MemoryLogStore, NoteSigner
 from medclave.audit.store import SqliteLogStore
 from medclave.auth.authn import Authenticator

@@ -1,5 +1,5 @@
-"""Serving the enclave with uvicorn: in the foreground (``medclave enclave serve``) or, for tests,
-benchmarks and the demo, in a background thread on a socket it binds itself (port 0: any).
+"""Serving the enclave with uvicorn: in the foreground (``medclave enclave serve``) (for tests,
+benchmarks and the demo in a background thread: :mod:`medclave.background`).
 """
 
 from __future__ import annotations
@@ -7,9 +7,9 @@ from __future__ import annotations
 from medclave.enclave.app import create_app
 from medclave.enclave.boot import boot
 from medclave.enclave.settings import EnclaveSettings
-from medclave.serving import BackgroundServer, run_server
+from medclave.serving import run_server
 
-__all__ = ["BackgroundServer", "serve"]
+__all__ = ["serve"]
 
 
 def serve(settings: EnclaveSettings) -> None:

@@ -1,5 +1,5 @@
-"""Serving the broker with uvicorn: in the foreground (``medclave kbs serve``) or, for tests and
-benchmarks, in a background thread on a socket it binds itself (port 0: the OS picks one).
+"""Serving the broker with uvicorn: in the foreground (``medclave kbs serve``) (for tests and
+benchmarks in a background thread: :mod:`medclave.background`).
 """
 
 from __future__ import annotations
@@ -7,9 +7,9 @@ from __future__ import annotations
 from medclave.errors import InputError
 from medclave.kbs.app import create_app
 from medclave.kbs.settings import KbsSettings
-from medclave.serving import BackgroundServer, run_server
+from medclave.serving import run_server
 
-__all__ = ["BackgroundServer", "serve"]
+__all__ = ["serve"]
 
 
 def serve(settings: KbsSettings) -> None:

@@ -24,9 +24,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Literal, TypeVar
 
-from medclave.attestation.core import Check, Verification, Violation
+from medclave.attestation import Check, Verification, Violation, verify_bundle
 from medclave.attestation.policy import appraisal_of, raise_refusal
-from medclave.attestation.verifier import verify_bundle
 from medclave.crypto import hpke
 from medclave.crypto.canonical import canonical_json
 from medclave.errors import AttestationError, CryptoError, InputError, KbsError, MedclaveError
