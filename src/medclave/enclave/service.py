@@ -363,18 +363,8 @@ class InferenceService:
         if conversation is not None:
             shape = conversation.answer
 
-        left: list[Choice] = []  # the answer that left, once it has
-
-        def commit(choice: Choice) -> str:
-            left.append(choice)
-            return api.committed_answer(params, (choice,))
-
-        def record(answer: str | None, ended: Ending, tokens: int) -> bytes | None:
-            receipt = self._record(InferenceRecord(rid, self._clock(), principal, prompt,
-                                                   answer, params, ended, tokens))
-            if conversation is not None and left and ended in _CONTINUABLE:
-                conversation.remember(rid, left[-1])  # kept only once it is recorded
-            return receipt
+        recording = _Recording(self, rid, principal, prompt, params, conversation)
+        commit, record = recording.commit, recording.record
 
         # What an answer of which nothing left commits to (as a stream closed at once does).
         nothing = api.committed_answer(params, (Choice("", "stop"),))
@@ -421,7 +411,7 @@ class InferenceService:
             record(nothing, "client_gone", 0)
             raise EnclaveError("enclave.client_gone")
         body = shape(rid, created, model, completion)
-        left.append(completion.all_choices[0])
+        recording.left = completion.all_choices[0]
         receipt = record(api.committed_answer(params, completion.all_choices),
                          ending_of(completion.finish_reason), completion.completion_tokens)
         return self._json(rid, body, receipt=receipt, tokens=completion.completion_tokens)
@@ -440,3 +430,32 @@ class InferenceService:
         except MedclaveError as exc:
             # Refused all the same; the operator's log says the record is missing, and why.
             log.error("request %s refusal not recorded: %s", rid, exc.code)
+
+
+class _Recording:
+    """How one inference is recorded: the choice that left the enclave (``left``, set by
+    :meth:`commit` when a stream commits it, or by the caller for a whole answer) and the one
+    record of it. A continuable conversation remembers the choice only once it is recorded."""
+
+    def __init__(self, service: InferenceService, rid: str, principal: Principal, prompt: bytes,
+                 params: SamplingParams, conversation: responses.Conversation | None) -> None:
+        self._service = service
+        self._rid = rid
+        self._principal = principal
+        self._prompt = prompt
+        self._params = params
+        self._conversation = conversation
+        self.left: Choice | None = None
+
+    def commit(self, choice: Choice) -> str:
+        """What the record commits to for ``choice``, which has left."""
+        self.left = choice
+        return api.committed_answer(self._params, (choice,))
+
+    def record(self, answer: str | None, ended: Ending, tokens: int) -> bytes | None:
+        receipt = self._service._record(InferenceRecord(
+            self._rid, self._service._clock(), self._principal, self._prompt, answer,
+            self._params, ended, tokens))
+        if self._conversation is not None and self.left is not None and ended in _CONTINUABLE:
+            self._conversation.remember(self._rid, self.left)
+        return receipt
