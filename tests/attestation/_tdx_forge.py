@@ -9,6 +9,7 @@ fingerprint as ``trusted_roots``, so the production pin is never touched.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import struct
 from dataclasses import dataclass, field
@@ -21,8 +22,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 from cryptography.x509.oid import NameOID
 
+from medclave.attestation.dcap.pck import SGX_EXTENSION_OID
 from medclave.attestation.tdx import abi
-from medclave.attestation.tdx.pck import SGX_EXTENSION_OID
 from medclave.attestation.x509chain import fingerprint
 
 _FROM = datetime(2020, 1, 1, tzinfo=UTC)
@@ -124,3 +125,36 @@ class ForgePki:
 
     def signer_pem(self) -> bytes:
         return self.signer.public_bytes(serialization.Encoding.PEM)
+
+    def reissue_sgx(self, quote: bytes, *, body: bytes | None = None, version: int = 3) -> bytes:
+        """An SGX v3 ``quote`` with its PCK chain replaced by this PKI's. With ``body`` (a new
+        enclave report) or ``version`` 4 (the v4 layout: QE data inside certification data of
+        type 6), the attestation key is replaced too and the quote re-signed by it."""
+        from medclave.attestation.sgx import abi as sgx_abi
+
+        q = sgx_abi.parse_quote(quote)
+        real_leaf = x509.load_pem_x509_certificates(q.pck_chain_pem.rstrip(b"\x00"))[0]
+        ext = real_leaf.extensions.get_extension_for_oid(SGX_EXTENSION_OID).value
+        assert isinstance(ext, x509.UnrecognizedExtension)
+        leaf = _cert("Test SGX PCK Certificate", self.leaf_key, "Test SGX PCK Platform CA",
+                     self.ca_key, ca=False, extension=ext.value)
+        pem = b"".join(c.public_bytes(serialization.Encoding.PEM)
+                       for c in (leaf, self.ca, self.root))
+        signed, signature, att_key, report = q.signed, q.signature, q.attestation_key, q.qe_report.raw
+        if body is None and version == 4:
+            body = q.body.raw
+        if body is not None:
+            ak = ec.generate_private_key(ec.SECP256R1())
+            att_key = ak.public_key().public_bytes(
+                serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint)[1:]
+            report = (report[:320] + hashlib.sha256(att_key + q.qe_auth_data).digest()
+                      + bytes(32))
+            signed = struct.pack("<H", version) + q.signed[2:48] + body
+            signature = raw_signature(ak, signed)
+        qe_part = (report + raw_signature(self.leaf_key, report)
+                   + struct.pack("<H", len(q.qe_auth_data)) + q.qe_auth_data
+                   + struct.pack("<HI", abi.CERT_TYPE_PCK_CHAIN, len(pem)) + pem)
+        if version == 4:
+            qe_part = struct.pack("<HI", abi.CERT_TYPE_QE_REPORT, len(qe_part)) + qe_part
+        sig_data = signature + att_key + qe_part
+        return signed + struct.pack("<I", len(sig_data)) + sig_data

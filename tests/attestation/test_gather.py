@@ -57,6 +57,12 @@ def test_configfs_tsm_tdx_provider(root: Path, vectors: Path) -> None:
     assert RecordedTsm(root, quote, provider="tdx_guest").report(bytes(64)).platform == "tdx"
 
 
+def test_configfs_tsm_cca_provider(root: Path, vectors: Path) -> None:
+    token = (vectors / "cca/trustee/cca-example-token.cbor").read_bytes()
+    got = RecordedTsm(root, token, provider="arm_cca_guest").report(bytes(64))
+    assert got.platform == "cca" and got.evidence == token
+
+
 def test_configfs_tsm_detects_a_racing_writer(root: Path) -> None:
     with pytest.raises(AttestationError, match="raced"):
         RecordedTsm(root, b"x", bump=2).report(bytes(64))
@@ -64,7 +70,7 @@ def test_configfs_tsm_detects_a_racing_writer(root: Path) -> None:
 
 def test_configfs_tsm_refuses_unknown_provider(root: Path) -> None:
     with pytest.raises(AttestationError) as info:
-        RecordedTsm(root, b"x", provider="arm_cca_guest").report(bytes(64))
+        RecordedTsm(root, b"x", provider="some_future_guest").report(bytes(64))
     assert info.value.code == "attestation.unknown_platform"
 
 

@@ -120,7 +120,7 @@ def test_policy_refuses_to_be_empty(text: bytes) -> None:
     assert info.value.code == "policy.empty"
 
 
-@pytest.mark.parametrize("text", [b'platforms = ["sgx"]', b'platforms = ["tdx"]\nsurprise = 1',
+@pytest.mark.parametrize("text", [b'platforms = ["sev-snp-x"]', b'platforms = ["tdx"]\nsurprise = 1',
                                   b"\xff\xfe", b"[[[", b'{"platforms": "tdx"}'])
 def test_invalid_policies_are_refused_with_a_code(text: bytes) -> None:
     with pytest.raises(PolicyError) as info:

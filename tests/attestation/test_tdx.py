@@ -15,7 +15,8 @@ from cryptography import x509
 
 from medclave.attestation import registry, tdx
 from medclave.attestation.core import Endorsements, Verification, VerifyOptions
-from medclave.attestation.tdx import abi, collateral, pck, pcs
+from medclave.attestation.dcap import collateral, pck, pcs
+from medclave.attestation.tdx import abi
 from medclave.attestation.tdx.rules import TdxRules, appraise
 from medclave.attestation.x509chain import fingerprint
 from medclave.errors import AttestationError, InputError, MedclaveError

@@ -15,7 +15,8 @@ from hypothesis import strategies as st
 
 from medclave.attestation import tdx
 from medclave.attestation.core import Endorsements, VerifyOptions
-from medclave.attestation.tdx import abi, collateral, pck
+from medclave.attestation.dcap import collateral, pck
+from medclave.attestation.tdx import abi
 from medclave.attestation.x509chain import fingerprint
 from medclave.errors import MedclaveError
 from tests.conftest import at, need

@@ -46,8 +46,8 @@ def test_openai_client_plain_and_streamed_only_ciphertext_on_the_wire(
 
 
 def test_proxy_status_shows_the_last_verified_evidence(proxy: str, idp: Idp) -> None:
-    assert httpx.get(f"{proxy}/medclave/status").json() == {"upstream_verified": False,
-                                                            "enclave": {}}
+    assert httpx.get(f"{proxy}/medclave/status").json() == {
+        "upstream_verified": False, "enclave": {}, "trust": {"state": "unverified"}}
     models = _app(proxy, idp.token()).models.list()
     assert [m.id for m in models.data] == [DEFAULT_MODEL_ID]
     status = httpx.get(f"{proxy}/medclave/status").json()
@@ -59,6 +59,7 @@ def test_proxy_status_shows_the_last_verified_evidence(proxy: str, idp: Idp) -> 
     assert enclave["model_digest"] == DEFAULT_MODEL_SHA256
     assert enclave["engine_build"].startswith("llama-cpp-python/0.3.36@sysinfo-")
     assert enclave["verified_at"]
+    assert status["trust"] == {"state": "verified", "verified_at": enclave["verified_at"]}
 
 
 def test_text_completion_through_the_proxy(proxy: str, idp: Idp) -> None:

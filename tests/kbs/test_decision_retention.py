@@ -191,6 +191,7 @@ def test_a_schema_1_store_is_migrated_forward(tmp_path: Path) -> None:
         assert [d.count for d in rows] == [reopen + 1, 1, 1]
     check = sqlite3.connect(db)
     try:
-        assert check.execute("SELECT value FROM meta WHERE key='schema'").fetchone() == ("2",)
+        # Migration 2 (retention), then 3 (revocation lists).
+        assert check.execute("SELECT value FROM meta WHERE key='schema'").fetchone() == ("3",)
     finally:
         check.close()

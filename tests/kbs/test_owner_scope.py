@@ -15,13 +15,13 @@ import httpx
 import pytest
 
 from medclave.errors import KbsError
-from medclave.kbs import sqlite_store
 from medclave.kbs.client import OwnerClient
 from medclave.kbs.names import ResourceName
 from medclave.kbs.sqlite_store import SqliteKbsStore
 from medclave.kbs.store import Decision, KbsStore, MemoryKbsStore
 from tests.kbs.conftest import Live
 from tests.kbs.helpers import RESOURCE, error_code, sim_policy
+from tests.ops.old_schemas import KBS_SCHEMA_1_BEFORE_ACTOR
 
 LiveFactory = Callable[..., Live]
 BASE = "/kbs/v1/owner"
@@ -171,8 +171,7 @@ def test_the_decision_log_shows_an_attempt_to_both_owners_and_to_nobody_else(liv
 def test_a_store_from_before_the_actor_column_is_upgraded(tmp_path: Path) -> None:
     db = tmp_path / "old.db"
     old = sqlite3.connect(db)
-    old.executescript(sqlite_store._SCHEMA.replace(", actor TEXT NOT NULL DEFAULT ''", ""))
-    old.execute("INSERT INTO meta VALUES ('schema', ?)", (sqlite_store.SCHEMA_VERSION,))
+    old.executescript(KBS_SCHEMA_1_BEFORE_ACTOR)
     old.execute("INSERT INTO decisions (at, action, resource, owner, outcome, client, detail,"
                 " policy_digest, evidence_sha256, checks) VALUES (?, 'release', ?, 'vendor',"
                 " 'allowed', 'ip:1', '', '', '', '[]')",

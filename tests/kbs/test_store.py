@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from medclave.errors import KbsError
+from medclave.errors import KbsError, MedclaveError
 from medclave.kbs.names import ResourceName
 from medclave.kbs.sqlite_store import SqliteKbsStore
 from medclave.kbs.store import NONCE_MEMORY, Decision, KbsStore, NonceState
@@ -175,12 +175,14 @@ def test_sqlite_refuses_a_foreign_schema(tmp_path: Path) -> None:
     import sqlite3
 
     db = sqlite3.connect(path)
-    db.execute("UPDATE meta SET value='99' WHERE key='schema'")
+    db.execute("INSERT INTO schema_version VALUES (99, '2030-01-01', 'from a newer release')")
     db.commit()
     db.close()
-    with pytest.raises(KbsError) as e:
+    before = path.read_bytes()
+    with pytest.raises(MedclaveError) as e:
         SqliteKbsStore(path)
-    assert code_of(e) == "kbs.unavailable"
+    assert code_of(e) == "service.schema_newer"
+    assert path.read_bytes() == before  # refused untouched
 
 
 def test_sqlite_files_are_owner_only(tmp_path: Path) -> None:

@@ -32,7 +32,9 @@ from medclave.enclave.settings import EnclaveSettings
 from medclave.kbs import server as kbs_server
 from medclave.kbs.client import OwnerClient
 from medclave.kbs.settings import KbsSettings
+from medclave.background import BackgroundServer
 from medclave.kbs.store import MemoryKbsStore
+from medclave.ops.http import instrument
 from medclave.serving import GuardedH11Protocol, ServingSettings, server_config
 from tests.kbs.conftest import Clock, Live, make_settings, serve_broker
 
@@ -197,14 +199,16 @@ def test_every_service_serves_with_the_shared_configuration(
     """kbs, enclave, proxy and IdP: no forwarded headers, read deadlines, the guarded protocol."""
     configs: list[Any] = []
 
-    class Captured:  # uvicorn.Server, recording the configuration it was given
-        def __init__(self, config: Any) -> None:
+    class Captured:  # the uvicorn server every service runs, recording its configuration
+        def __init__(self, config: Any, *args: Any) -> None:
             self.config, self.started = config, True
 
         def run(self) -> None:
             configs.append(self.config)
 
-    monkeypatch.setattr("medclave.serving.uvicorn.Server", Captured)
+    # Every service serves through medclave.ops.lifecycle (graceful drain on SIGTERM), whose
+    # server is uvicorn's with the drain added.
+    monkeypatch.setattr("medclave.ops.lifecycle.DrainingServer", Captured)
     kbs_server.serve(KbsSettings(data_dir=tmp_path / "kbs", store="memory"))
 
     class Booted:
@@ -213,14 +217,20 @@ def test_every_service_serves_with_the_shared_configuration(
         def close(self) -> None:
             return None
 
-    monkeypatch.setattr(enclave_server, "boot", lambda settings: Booted())
-    monkeypatch.setattr(enclave_server, "create_app", lambda service, settings: FastAPI())
+    def bare_app(service: object, settings: object) -> FastAPI:
+        app = FastAPI()
+        instrument(app, service="enclave")
+        return app
+
+    monkeypatch.setattr(enclave_server, "boot", lambda settings, **_: Booted())
+    monkeypatch.setattr(enclave_server, "create_app", bare_app)
     enclave_server.serve(EnclaveSettings(data_dir=tmp_path / "enclave"))
     policy = tmp_path / "policy.toml"
     policy.write_text('platforms = ["sim"]\n')
     proxy_module.serve(proxy_module.ProxySettings(upstream="http://127.0.0.1:9",
                                                   policy_file=policy))
-    idp_server.serve(idp_server.build_service(tmp_path / "idp", issuer="http://127.0.0.1:8800"))
+    idp_server.serve(idp_server.build_service(tmp_path / "idp", issuer="http://127.0.0.1:8800"),
+                     idp_server.IdpSettings())
     assert len(configs) == 4
     for config in configs:
         assert config.proxy_headers is False and config.forwarded_allow_ips == []

@@ -24,11 +24,11 @@ from cryptography.x509.oid import NameOID
 
 from medclave.attestation import nvidia, tdx
 from medclave.attestation.core import CheckLog, Endorsements, Verification, VerifyOptions
+from medclave.attestation.dcap.pck import SGX_EXTENSION_OID
 from medclave.attestation.nvidia import abi as nv_abi
 from medclave.attestation.nvidia.verify import OID_TCG_DICE_TCBINFO
 from medclave.attestation.policy import appraisal_of, appraise, default_policy, parse_policy
 from medclave.attestation.tdx import abi as tdx_abi
-from medclave.attestation.tdx.pck import SGX_EXTENSION_OID
 from medclave.attestation.x509chain import fingerprint, verify_chain
 from medclave.errors import AttestationError, PolicyError
 from tests.attestation._nvidia_helpers import RIM_VALID_AT

@@ -20,6 +20,10 @@ DOCUMENTED = [
     ["audit", "export"], ["audit", "witness"],
     ["auth", "token", "issue"], ["auth", "token", "verify"], ["auth", "decide"],
     ["idp", "serve"], ["idp", "add-client"], ["idp", "add-user"],
+    ["fl", "create"], ["fl", "serve"], ["fl", "challenge"], ["fl", "admit"], ["fl", "run"],
+    ["fl", "status"], ["fl", "demo"], ["fl", "site", "init"], ["fl", "site", "attest"],
+    ["fl", "site", "serve"],
+    ["records", "ingest"], ["records", "search"],
 ]
 
 

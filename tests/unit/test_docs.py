@@ -21,6 +21,7 @@ import pytest
 import typer
 from pydantic_settings import BaseSettings
 
+from medclave.auth.idp_server import IdpSettings
 from medclave.cli.main import app
 from medclave.client.proxy import ProxySettings
 from medclave.enclave.settings import EnclaveSettings
@@ -33,7 +34,7 @@ PACKAGE = REPO / "src" / "medclave"
 PAGES = sorted(DOCS.glob("*.md"))
 FAMILIES = {code.split(".", 1)[0] for code in CATALOGUE}
 SETTINGS: dict[str, type[BaseSettings]] = {"MEDCLAVE_ENCLAVE_": EnclaveSettings, "MEDCLAVE_KBS_": KbsSettings,
-            "MEDCLAVE_PROXY_": ProxySettings}
+            "MEDCLAVE_PROXY_": ProxySettings, "MEDCLAVE_IDP_": IdpSettings}
 
 _FENCE = re.compile(r"^```.*?^```", re.S | re.M)
 _CODE = re.compile(r"`([^`]+)`")  # a code span may wrap onto the next line

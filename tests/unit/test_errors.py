@@ -14,7 +14,8 @@ SRC = Path(__file__).resolve().parents[2] / "src" / "medclave"
 FAMILIES = sorted({code.split(".")[0] for code in CATALOGUE})
 CODE = re.compile(rf"^({'|'.join(FAMILIES)})\.[a-z0-9_]+$")
 # File names that happen to look like codes ("kbs.sqlite3", "model.sealed").
-FILE_SUFFIXES = (".sqlite3", ".sealed", ".json", ".toml", ".pem", ".key", ".db", ".log", ".bin")
+FILE_SUFFIXES = (".sqlite3", ".sealed", ".json", ".toml", ".pem", ".key", ".db", ".log", ".bin",
+                 ".onnx")
 
 
 def _codes_in_source() -> set[tuple[str, str]]:

@@ -48,10 +48,16 @@ LAYERS: dict[str, float] = {
     "audit": 3,
     "auth": 3,
     "serving": 3.5,
+    "ops": 3.6,
+    "migrations": 0.5,
+    # Records retrieval (FHIR ingest, sealed store, index, Cedar filtering) sits on auth and is
+    # what the enclave serves: between the libraries and the services.
+    "records": 3.6,
     "enclave": 4,
     "kbs": 4,
     "client": 4,
     "fl": 4,
+    "monitor": 4,
     "apps": 5,
     "cli": 6,
     "demo": 6,
@@ -79,11 +85,26 @@ ALLOWED_IMPORTS: dict[tuple[str, str], str] = {
         "TrustedBrokers: the broker keys whose signed release answers the enclave accepts",
     ("medclave.enclave", "medclave.kbs.sealed_models"):
         "load_sealed_model: the model key fetched from the broker, weights opened into a memfd",
+    # Federated learning (layer 4) seals the final model in the sealed-model format and reads
+    # the federation owner's key with kbs's helpers; nothing else of kbs.
+    ("medclave.fl", "medclave.kbs.sealed_models"):
+        "seal_model/read_key_file/write_owner_keypair: the final model, sealed for the members",
+    ("medclave.fl", "medclave.kbs.client"):
+        "KbsClient: the site data key released by the site's broker to its attested SuperNode",
+    ("medclave.fl", "medclave.kbs.signing"):
+        "TrustedBrokers: the broker keys whose signed release answers a site accepts",
     # The development IdP's HTTP face sits in auth beside the issuer logic it serves
     # (auth/__init__.py says so); it is the one service below layer 4. auth's library core
     # (tokens, authn, authorizer, ...) never imports it.
     ("medclave.auth.idp_server", "medclave.serving"):
         "the dev IdP server (medclave idp serve) uses the shared service helpers",
+    ("medclave.auth.idp_server", "medclave.ops.lifecycle"):
+        "the dev IdP is served like every service: SIGTERM drains",
+    ("medclave.auth.idp_server", "medclave.ops.health"): "its /readyz checks",
+    ("medclave.auth.idp_server", "medclave.ops.http"): "its /healthz, /readyz and metrics",
+    ("medclave.auth.idp_server", "medclave.ops.logs"): "its JSON logs",
+    ("medclave.auth.idp_server", "medclave.ops.settings"): "its operations settings",
+    ("medclave.auth.idp_server", "medclave.ops.tracing"): "its traces",
 }
 
 PURE_LIBRARIES = frozenset({"attestation", "audit", "crypto", "protocol"})

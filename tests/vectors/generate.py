@@ -24,7 +24,14 @@ import argparse
 import json
 import sys
 
-from tests.vectors import kat_attestation, kat_audit, kat_sealed  # noqa: F401  (they register)
+from tests.vectors import (  # noqa: F401  (they register)
+    kat_attestation,
+    kat_audit,
+    kat_sealed,
+    kat_sealing,
+    kat_threshold,
+    kat_trust,
+)
 from tests.vectors._kat import HERE, VECTORS, Vector
 
 __all__ = ["VECTORS", "main", "render"]

@@ -103,11 +103,16 @@ class Endorsements:
     """What the caller supplies besides the evidence: certificates and raw collateral files.
 
     ``collateral`` holds raw bytes (PCS JSON responses, CRLs in DER or PEM, the dcap-qvl bundle,
-    RIM SWID tags); each platform picks out what it understands.
+    RIM SWID tags); each platform picks out what it understands. ``keys`` holds trust anchors
+    that are not certificates (a JWKS, a PEM public key, a Confidential Containers
+    ``tastore.json``): the relying party's own configuration, never evidence-supplied (an
+    evidence bundle's endorsements cannot add to it), since whoever supplies such a key is
+    trusted with it outright.
     """
 
     certificates: tuple[x509.Certificate, ...] = ()
     collateral: tuple[bytes, ...] = ()
+    keys: tuple[bytes, ...] = ()
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -146,12 +151,15 @@ class Verification:
     secure: bool = True
     evidence_sha256: str = ""
     evidence_digest: str = ""
+    # Why evidence that verified is still no protection (a public test key signed it).
+    warnings: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "platform": self.platform,
             "verified": True,
             "secure": self.secure,
+            "warnings": list(self.warnings),
             "checks": [c.to_dict() for c in self.checks],
             "claims": dict(self.claims),
             "tcb_status": self.tcb_status,

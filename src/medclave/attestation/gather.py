@@ -2,9 +2,10 @@
 
 Order of preference, as the Linux kernel documents them:
 1. configfs-tsm (``/sys/kernel/config/tsm/report``, Documentation/ABI/testing/configfs-tsm):
-   one interface for SNP and TDX. Write 64 bytes to ``inblob``, read ``outblob`` (the SNP report
-   or the TD quote), ``auxblob`` (SNP: the certificate table) and ``provider``; ``generation``
-   must have advanced by exactly one write, or another process raced us.
+   one interface for SNP, TDX and Arm CCA realms. Write 64 bytes to ``inblob``, read ``outblob``
+   (the SNP report, the TD quote, or the CCA token whose realm challenge is ``inblob``:
+   drivers/virt/coco/arm-cca-guest), ``auxblob`` (SNP: the certificate table) and ``provider``;
+   ``generation`` must have advanced by exactly one write, or another process raced us.
 2. ``/dev/sev-guest`` (SNP_GET_REPORT / SNP_GET_EXT_REPORT ioctl, include/uapi/linux/sev-guest.h).
 3. ``/dev/tdx_guest`` gives only a TDREPORT, not a quote; without configfs-tsm a TDX guest needs
    its quote generation service, which Medclave does not speak: we refuse rather than guess.
@@ -31,7 +32,7 @@ from medclave.errors import AttestationError
 TSM_REPORT = Path("sys/kernel/config/tsm/report")
 SEV_GUEST = Path("dev/sev-guest")
 TDX_GUEST = Path("dev/tdx_guest")
-PROVIDERS = {"sev_guest": "sev-snp", "tdx_guest": "tdx"}
+PROVIDERS = {"sev_guest": "sev-snp", "tdx_guest": "tdx", "arm_cca_guest": "cca"}
 MAX_OUTBLOB = 64 * 1024
 
 # include/uapi/linux/sev-guest.h: struct snp_report_req { u8 user_data[64]; u32 vmpl; u8 rsvd[28]; }

@@ -9,6 +9,8 @@ rules read the same over every platform's claims::
     allow_debug = false
     model_digests = ["b179c952…"]
     kbs_keys = ["3f0c…"]               # the key brokers the enclave may take keys from
+    audio_retention = "none"           # an enclave that takes audio must keep none of it
+    speech_sandbox = "landlock"        # ... and transcribe in a worker that cannot write files
 
     [tcb]
     refuse = ["OutOfDate", "OutOfDateConfigurationNeeded", "Revoked", "NoMatch"]
@@ -52,7 +54,7 @@ import tomllib
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -61,8 +63,11 @@ from medclave.attestation.core import Verification, Violation
 from medclave.crypto.canonical import canonical_sha256
 from medclave.errors import InputError, PolicyError
 
-REAL_PLATFORMS: tuple[str, ...] = ("sev-snp", "tdx", "nvidia", "az-snp-vtpm", "az-tdx-vtpm", "tpm")
-KNOWN_PLATFORMS: tuple[str, ...] = (*REAL_PLATFORMS, "sim")
+REAL_PLATFORMS: tuple[str, ...] = ("sev-snp", "tdx", "nvidia", "az-snp-vtpm", "az-tdx-vtpm", "tpm",
+                                   "nitro", "sgx", "gcp-cs", "cca")
+# Named only by a policy that chooses them: a GCE vTPM quote is the hypervisor's word.
+OPT_IN_PLATFORMS: tuple[str, ...] = ("gce-tpm",)
+KNOWN_PLATFORMS: tuple[str, ...] = (*REAL_PLATFORMS, *OPT_IN_PLATFORMS, "sim")
 DEFAULT_REFUSED_TCB: tuple[str, ...] = (
     "OutOfDate",
     "OutOfDateConfigurationNeeded",
@@ -99,6 +104,29 @@ class TokenIssuer(BaseModel):
     jwks: str = Field(min_length=1, max_length=2048)
 
 
+class ReleaseLogRule(BaseModel):
+    """``[release_log]``: accept a measurement published in this release log (audit/release.py)
+    with at least ``quorum`` of ``witnesses``' cosignatures, signed by one of ``signers`` (note
+    verifier keys). Enforced by the callers that read the runtime's release proof (the client,
+    the key broker); every other caller refuses such a policy (``policy.release_not_logged``)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    log_key: str = Field(min_length=1, max_length=512)
+    witnesses: tuple[str, ...] = Field(default=(), max_length=32)
+    quorum: int = Field(default=0, ge=0, le=32)
+    signers: tuple[str, ...] = Field(default=(), max_length=16)
+
+    @model_validator(mode="after")
+    def _quorum_reachable(self) -> ReleaseLogRule:
+        if self.quorum > len(self.witnesses):
+            raise ValueError("release_log quorum exceeds the witnesses listed")
+        return self
+
+
+_LATER_FIELDS = ("release_log", "audio_retention", "speech_sandbox", "speech_model_digests")
+
+
 class AppraisalPolicy(BaseModel):
     """Reference values. Construct with :func:`load_policy` or :func:`default_policy`."""
 
@@ -112,8 +140,14 @@ class AppraisalPolicy(BaseModel):
     token_issuers: tuple[TokenIssuer, ...] = ()
     max_evidence_age_seconds: int | None = Field(default=None, gt=0)
     require_gpu: bool = False
+    # Speech (issue 14): what an enclave that takes audio must state in its runtime. Checked by
+    # the client (medclave.client.verify) on every attestation; unset: no requirement.
+    audio_retention: Literal["none"] | None = None
+    speech_sandbox: Literal["landlock"] | None = None
+    speech_model_digests: tuple[str, ...] = ()
     tcb: TcbRules = Field(default_factory=TcbRules)
     platform: dict[str, PlatformRules] = Field(default_factory=dict)
+    release_log: ReleaseLogRule | None = None
 
     @field_validator("kbs_keys")
     @classmethod
@@ -153,7 +187,12 @@ class AppraisalPolicy(BaseModel):
         return self
 
     def digest(self) -> str:
-        return canonical_sha256(self.model_dump(mode="json")).hex()
+        body = self.model_dump(mode="json")
+        # Fields added later are left out while unset, so existing policies keep their digest.
+        for name in _LATER_FIELDS:
+            if body.get(name) in (None, []):
+                body.pop(name, None)
+        return canonical_sha256(body).hex()
 
     @property
     def allows_sim(self) -> bool:
@@ -245,8 +284,12 @@ def appraisal_of(
     model_digest: str | None = None,
     kbs_keys: object = None,
     token_issuers: object = None,
+    release_proven: bool = False,
 ) -> Appraisal:
     """Every rule of ``policy`` against ``verification``; never raises for a refusal.
+
+    ``release_proven``: the caller checked the policy's ``release_log`` rule against the
+    runtime's release proof (audit/release.py); a caller that did not is refused.
 
     ``model_digest`` and ``kbs_keys`` are what the attested runtime states (read by the caller,
     which knows the runtime's shape); ``kbs_keys`` as found there, validated here."""
@@ -272,6 +315,10 @@ def appraisal_of(
                                "the GPU evidence does not chain to NVIDIA's device root: "
                                "not a genuine GPU"))
     status["hardware"] = "affirming" if verification.secure else "contraindicated"
+
+    if policy.release_log is not None and not release_proven:
+        v.append(Violation("policy.release_not_logged", "release_proof",
+                           "the policy requires a published release and it was not checked"))
 
     debug = _debug_of(claims)
     if debug and not policy.allow_debug:
@@ -420,10 +467,12 @@ def appraise(
     model_digest: str | None = None,
     kbs_keys: object = None,
     token_issuers: object = None,
+    release_proven: bool = False,
 ) -> Appraisal:
     """Like :func:`appraisal_of`, but raises :class:`PolicyError` listing every violation."""
     result = appraisal_of(verification, policy, now=now, evidence_time=evidence_time,
-                      model_digest=model_digest, kbs_keys=kbs_keys, token_issuers=token_issuers)
+                      model_digest=model_digest, kbs_keys=kbs_keys, token_issuers=token_issuers,
+                      release_proven=release_proven)
     if result.violations:
         raise_refusal(result.violations)
     return result

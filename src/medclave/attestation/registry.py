@@ -29,9 +29,13 @@ class PlatformVerifier(Protocol):
 # The one table: each platform module and the names it serves, in detection order (most specific
 # formats first: a sim report is in the SNP layout, so sim is asked before SNP).
 _PLATFORMS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("medclave.attestation.nitro", ("nitro",)),
+    ("medclave.attestation.gcp", ("gcp-cs", "gce-tpm")),
+    ("medclave.attestation.cca", ("cca",)),
     ("medclave.attestation.vtpm", ("az-snp-vtpm", "az-tdx-vtpm", "tpm")),
     ("medclave.attestation.nvidia", ("nvidia",)),
     ("medclave.attestation.tdx", ("tdx",)),
+    ("medclave.attestation.sgx", ("sgx",)),
     ("medclave.attestation.sim", ("sim",)),
     ("medclave.attestation.sevsnp", ("sev-snp",)),
 )

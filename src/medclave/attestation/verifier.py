@@ -57,6 +57,22 @@ def parse_bundle(data: bytes) -> EvidenceBundle:
         raise AttestationError("attestation.malformed", f"evidence bundle: {exc.errors()[0]['msg']}") from exc
 
 
+def split_trust_files(blobs: Sequence[bytes]) -> tuple[list[bytes], list[bytes]]:
+    """The caller's ``--cert`` files as (certificates, keys): JSON (a JWKS, a ``tastore.json``)
+    and PEM public keys are trust-anchor keys (``Endorsements.keys``), anything else must be
+    an X.509 certificate. Only for files the relying party itself names, never for evidence."""
+    certs: list[bytes] = []
+    keys: list[bytes] = []
+    for blob in blobs:
+        head = blob.lstrip()[:1]
+        if b"CERTIFICATE-----" not in blob and (head in (b"{", b"[")
+                                                 or b"-----BEGIN PUBLIC KEY-----" in blob):
+            keys.append(blob)
+        else:
+            certs.append(blob)
+    return certs, keys
+
+
 def verify_raw(
     data: bytes,
     *,
@@ -64,13 +80,15 @@ def verify_raw(
     platform: str | None = None,
     certificates: Sequence[bytes] = (),
     collateral: Sequence[bytes] = (),
+    keys: Sequence[bytes] = (),
     nonce: bytes | None = None,
     trusted_roots: frozenset[str] | None = None,
     sim_roots: frozenset[str] = frozenset(),
     online: Any = None,
 ) -> Verification:
     """Verify raw hardware evidence. ``nonce`` is checked by the platform where it carries one
-    (NVIDIA, TPM); for SNP and TDX it must equal report_data (zero-padded to 64 bytes)."""
+    (NVIDIA, TPM, GCE vTPM, Nitro, CCA, Confidential Space); for SNP, TDX and SGX it must equal
+    report_data (zero-padded to 64 bytes)."""
     if nonce is not None and not 1 <= len(nonce) <= 64:
         # An empty nonce would "match" any all-zero report_data: freshness must be claimed, not implied.
         raise AttestationError("attestation.nonce_mismatch", "a nonce is 1 to 64 bytes")
@@ -78,14 +96,23 @@ def verify_raw(
     certs = tuple(c for blob in certificates for c in load_certificates(blob))
     options = VerifyOptions(
         now=now,
-        endorsements=Endorsements(certificates=certs, collateral=tuple(collateral)),
+        endorsements=Endorsements(certificates=certs, collateral=tuple(collateral),
+                                  keys=tuple(keys)),
         trusted_roots=trusted_roots,
         sim_roots=sim_roots,
         expected_nonce=nonce,
         online=online,
     )
     result = registry.get(name).verify(data, options)
-    if nonce is not None and "report_data" in result.claims and name in ("sev-snp", "tdx", "sim"):
+    if result.platform != name:
+        # A module serves several platforms (vtpm, gcp) and reads the evidence for what it is:
+        # evidence declared as one platform (a bundle's "platform") is never accepted as another.
+        raise AttestationError("attestation.unknown_platform",
+                               f"the evidence is {result.platform}, not {name}",
+                               checks=(*result.checks, Check("platform", False,
+                                                             f"declared {name}")))
+    if nonce is not None and "report_data" in result.claims and name in ("sev-snp", "tdx", "sgx",
+                                                                          "sim"):
         expected = nonce.ljust(64, b"\0")
         if not hmac.compare_digest(bytes.fromhex(result.claims["report_data"]), expected):
             raise AttestationError(
@@ -103,6 +130,7 @@ def verify_bundle(
     expected_nonce: bytes | None,
     certificates: Sequence[bytes] = (),
     collateral: Sequence[bytes] = (),
+    keys: Sequence[bytes] = (),
     trusted_roots: frozenset[str] | None = None,
     sim_roots: frozenset[str] = frozenset(),
     online: Any = None,
@@ -125,8 +153,11 @@ def verify_bundle(
     except (binascii.Error, ValueError) as exc:
         raise AttestationError("attestation.malformed", "bundle field is not valid base64/hex") from exc
     certs = [*certificates, *(c.encode() for c in bundle.endorsements.certificates)]
+    # ``keys`` are the caller's alone: the bundle's certificates stay X.509 (verify_raw refuses
+    # anything else), so an enclave cannot hand in the key its own evidence is checked against.
     result = verify_raw(raw, now=now, platform=bundle.platform, certificates=certs, collateral=coll,
-                        trusted_roots=trusted_roots, sim_roots=sim_roots, online=online)
+                        keys=keys, trusted_roots=trusted_roots, sim_roots=sim_roots,
+                        online=online)
     checks = list(result.checks)
     if expected_nonce is not None and not hmac.compare_digest(expected_nonce, bundle_nonce):
         checks.append(Check("nonce", False, "bundle nonce differs from the one issued"))

@@ -8,6 +8,7 @@ against its issuer, the root pinned by SHA-256 fingerprint, and CRLs when given.
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import warnings
 from collections.abc import Iterable, Sequence
@@ -18,6 +19,7 @@ from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.hashes import SHA256
 
+from medclave.attestation.cache import Lru, VerdictCache
 from medclave.attestation.core import CheckLog
 from medclave.errors import AttestationError
 
@@ -197,3 +199,49 @@ def verify_chain(
                     f"{cert.subject.rfc4514_string()} (serial {cert.serial_number:x}) is revoked",
                 )
     log.ok(name, " -> ".join(c.subject.rfc4514_string() for c in chain))
+
+
+# --- memoised chains (no CRLs): Nitro, GCE vTPM ------------------------------------------------
+
+_PARSED: Lru[str, x509.Certificate] = Lru(512)
+_CHAIN_VERDICTS: VerdictCache[tuple[str, ...], bool] = VerdictCache(256)
+
+
+def clear_chain_cache() -> None:
+    """Forget parsed certificates and chain verdicts (benchmarks time the cold path with it)."""
+    _PARSED.clear()
+    _CHAIN_VERDICTS.clear()
+
+
+def load_der_cached(der: bytes) -> x509.Certificate:
+    """One DER certificate, parsed and fully decoded once per distinct encoding."""
+    key = hashlib.sha256(der).hexdigest()
+    cert = _PARSED.get(key)
+    if cert is None:
+        certs = load_certificates(der)
+        if len(certs) != 1 or b"-----BEGIN" in der:
+            raise AttestationError("attestation.malformed", "expected one DER certificate")
+        cert = certs[0]
+        _PARSED.put(key, cert)
+    return cert
+
+
+def verify_chain_cached(
+    chain: Sequence[x509.Certificate],
+    *,
+    trusted_roots: Iterable[str],
+    now: datetime,
+    log: CheckLog,
+    name: str = "certificate chain",
+) -> None:
+    """:func:`verify_chain` without CRLs, its verdict kept for the chain's validity window (the
+    intersection of its certificates' periods, see :mod:`.cache`): a hit at a ``now`` inside the
+    window decides as the full walk would, since nothing else it checks depends on the time."""
+    roots = frozenset(trusted_roots)
+    key = (*(fingerprint(c) for c in chain), "|", *sorted(roots))
+    if _CHAIN_VERDICTS.get(key, now):
+        log.ok(name, " -> ".join(c.subject.rfc4514_string() for c in chain) + " (cached verdict)")
+        return
+    verify_chain(chain, trusted_roots=roots, now=now, log=log, name=name)
+    _CHAIN_VERDICTS.put(key, True, valid_from=max(c.not_valid_before_utc for c in chain),
+                        valid_until=min(c.not_valid_after_utc for c in chain))

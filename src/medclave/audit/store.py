@@ -5,6 +5,10 @@ proof for any size is O(log n) lookups, see ``merkle.NodeSource``) and the signe
 It is trusted for nothing: :func:`medclave.audit.verify.verify_log` recomputes all of it. What
 a store must give is atomicity: :meth:`LogStore.commit` writes a whole batch (entries, nodes and
 its checkpoint) or nothing, so a crash never leaves a torn entry or a tree that outruns its data.
+
+The SQLite store's schema is versioned (:mod:`medclave.migrations`): version 1 is the tables and
+the append-only triggers; a log written before versions were recorded is version 1; a newer
+version is refused, read-only opening included, before anything is written.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Protocol
 
+from medclave import migrations
 from medclave.audit.merkle import NodeKey
 from medclave.errors import AuditError
 
@@ -164,6 +169,14 @@ _GUARDS = "".join(
     for op in ("update", "delete")
 )
 
+MIGRATIONS = (migrations.Migration(1, "audit log tables and append-only triggers",
+                                   migrations.script(_SCHEMA + _GUARDS)),)
+
+
+def _legacy_version(db: sqlite3.Connection) -> int:
+    return 1 if "entries" in migrations.tables(db) else 0
+
+
 Synchronous = Literal["FULL", "NORMAL"]
 
 
@@ -187,11 +200,18 @@ class SqliteLogStore:
                     raise AuditError("audit.entry_missing", f"no log at {self.path.name}")
                 uri = f"{self.path.resolve().as_uri()}?mode=ro"
                 self._db = sqlite3.connect(uri, uri=True, check_same_thread=False)
+                migrations.check_version(self._db, store="audit", migrations=MIGRATIONS,
+                                         legacy=_legacy_version)
             else:
-                self._db = sqlite3.connect(self.path, check_same_thread=False)
-                self._db.execute("PRAGMA journal_mode=WAL")
-                self._db.execute(f"PRAGMA synchronous={synchronous}")
-                self._db.executescript(_SCHEMA + _GUARDS)
+                self._db = sqlite3.connect(self.path, check_same_thread=False,
+                                           isolation_level=None)
+
+                def pragmas(db: sqlite3.Connection) -> None:
+                    db.execute("PRAGMA journal_mode=WAL")
+                    db.execute(f"PRAGMA synchronous={synchronous}")
+
+                migrations.migrate(self._db, store="audit", migrations=MIGRATIONS,
+                                   legacy=_legacy_version, after_check=pragmas)
             self._db.isolation_level = None  # explicit BEGIN/COMMIT below
         except sqlite3.DatabaseError as exc:
             raise AuditError("audit.entry_missing", f"cannot open log: {exc}") from exc

@@ -3,7 +3,8 @@
 A grant is for one user and one patient, expires after at most ``max_ttl``, and is refused with
 ``auth.break_glass_expired`` afterwards. Granting it and every use of it produce a
 :class:`BreakGlassEvent` that goes to the ``alert`` callback (page the privacy officer, write the
-audit log) and to the ``medclave.auth.breakglass`` logger at WARNING, under a stable event name.
+audit log); the ``medclave.auth.breakglass`` logger gets a WARNING with the stable event name and
+the grant id only (no patient, no reason: those are PHI, for the alert channel).
 Authorization itself stays in Cedar (``policies/break_glass.cedar``): the grant only puts
 ``context.break_glass`` into requests, after this store has checked it.
 """
@@ -103,16 +104,9 @@ class BreakGlass:
 
     def _emit(self, event: BreakGlassEvent) -> None:
         self._events.append(event)
-        logger.warning(
-            "%s grant=%s user=%s patient=%s action=%s resource=%s reason=%r",
-            event.event,
-            event.grant_id,
-            event.user,
-            event.patient,
-            event.action,
-            event.resource,
-            event.reason,
-        )
+        # The log line names the event and its random grant id only: the patient and the
+        # free-text reason are PHI and go to the alert channel (``alert``), not the log.
+        logger.warning("%s grant=%s", event.event, event.grant_id)
         if self._alert is not None:
             self._alert(event)
 

@@ -14,14 +14,17 @@ import binascii
 import logging
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, Literal
 from urllib.parse import parse_qsl, unquote_plus
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from medclave.auth.issuer import (
     DEFAULT_AUDIENCE,
+    DEFAULT_DATA_DIR,
     Directory,
     SigningAlg,
     TokenIssuer,
@@ -29,7 +32,13 @@ from medclave.auth.issuer import (
     load_or_create_signing_key,
 )
 from medclave.errors import InputError, MedclaveError
-from medclave.serving import ServingSettings, read_limited_body, run_server
+from medclave.ops import lifecycle
+from medclave.ops.health import Health
+from medclave.ops.http import instrument, note_refusal
+from medclave.ops.logs import configure_logging
+from medclave.ops.settings import OpsSettings
+from medclave.ops.tracing import Tracing
+from medclave.serving import ServingSettings, read_limited_body
 from medclave.util.clock import Clock, system_clock
 
 log = logging.getLogger("medclave.idp")
@@ -45,6 +54,21 @@ _OAUTH_ERRORS: Final = {
     "auth.scope_exceeded": "invalid_scope",
     # RFC 8693 §2.2.2: an unacceptable subject_token is invalid_request (the default).
 }
+
+
+class IdpSettings(BaseSettings, ServingSettings, OpsSettings):
+    """``medclave idp serve``'s configuration, ``MEDCLAVE_IDP_*`` (and ``--config``, flags)."""
+
+    model_config = SettingsConfigDict(env_prefix="MEDCLAVE_IDP_", extra="forbid", frozen=True)
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=8800, ge=0, le=65535)
+    data_dir: Path = DEFAULT_DATA_DIR
+    issuer: str | None = None  # default http://HOST:PORT
+    audience: str = DEFAULT_AUDIENCE
+    alg: Literal["EdDSA", "ES256"] = "EdDSA"
+    token_ttl_seconds: int = Field(default=300, ge=30, le=86400)
+    dev_password: bool = False
 
 
 def _oauth_error(exc: MedclaveError, *, password_grant: bool) -> JSONResponse:
@@ -76,7 +100,8 @@ def _basic(value: str | None) -> tuple[str, str] | None:
     return (unquote_plus(user), unquote_plus(secret)) if sep else ("", "")
 
 
-def create_app(service: TokenService, *, clock: Clock = system_clock) -> FastAPI:
+def create_app(service: TokenService, *, clock: Clock = system_clock,
+               tracing: Tracing | None = None) -> FastAPI:
     app = FastAPI(title="Medclave dev IdP", docs_url=None, redoc_url=None, openapi_url=None)
 
     @app.get("/.well-known/openid-configuration")
@@ -114,12 +139,17 @@ def create_app(service: TokenService, *, clock: Clock = system_clock) -> FastAPI
             )
         except MedclaveError as exc:
             log.info("idp refused POST /token: %s", exc.code)
+            note_refusal(request, exc.code)
             return _oauth_error(exc, password_grant=password_grant)
         except (UnicodeDecodeError, ValueError):
             log.info("idp refused POST /token: input.malformed")
+            note_refusal(request, "input.malformed")
             return _oauth_error(InputError("input.malformed"), password_grant=password_grant)
         return JSONResponse(answer, headers=_NO_STORE)
 
+    instrument(app, service="idp", tracing=tracing, health=Health({
+        "signing_key": lambda: bool(service.issuer.jwks().get("keys")),
+    }))
     return app
 
 
@@ -137,8 +167,10 @@ def build_service(
     return TokenService(token_issuer, Directory(data_dir), audiences=(audience,), dev_password=dev_password)
 
 
-def serve(service: TokenService, *, host: str = "127.0.0.1", port: int = 8800,
-          serving: ServingSettings | None = None) -> None:
-    """Run until interrupted (trusted proxies and read deadlines: ``serving``)."""
-    run_server(create_app(service), serving or ServingSettings(), host=host, port=port,
-               log_level="info")
+def serve(service: TokenService, settings: IdpSettings) -> None:
+    """Run until stopped (SIGTERM drains: :mod:`medclave.ops.lifecycle`)."""
+    configure_logging("idp", level=settings.log_level, fmt=settings.log_format)
+    app = create_app(service, tracing=Tracing.of("idp", settings.tracing,
+                                                 settings.otlp_endpoint))
+    lifecycle.serve(app, settings, settings, host=settings.host, port=settings.port)
+

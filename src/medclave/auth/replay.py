@@ -16,6 +16,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Protocol
 
+from medclave import migrations
 from medclave.errors import AuthError, InputError
 
 
@@ -68,6 +69,18 @@ class MemoryReplayCache:
             return True
 
 
+_MIGRATIONS = (migrations.Migration(1, "replay table", migrations.script(
+    "CREATE TABLE replay (key TEXT PRIMARY KEY, expires_at REAL NOT NULL)")),)
+
+
+def _legacy_version(db: sqlite3.Connection) -> int:
+    return 1 if "replay" in migrations.tables(db) else 0
+
+
+def _wal(db: sqlite3.Connection) -> None:
+    db.execute("PRAGMA journal_mode=WAL")
+
+
 class SqliteReplayCache:
     """A replay cache in a SQLite file (WAL), shared by the processes of one machine."""
 
@@ -75,10 +88,10 @@ class SqliteReplayCache:
         self._conn = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
         self._lock = threading.Lock()
         with self._lock:
-            self._conn.execute("PRAGMA journal_mode=WAL")
-            self._conn.execute(
-                "CREATE TABLE IF NOT EXISTS replay (key TEXT PRIMARY KEY, expires_at REAL NOT NULL)"
-            )
+            # Versioned (medclave.migrations): checked before the pragma or any DDL.
+            migrations.migrate(self._conn, store="replay cache", migrations=_MIGRATIONS,
+                               legacy=_legacy_version,
+                               after_check=_wal)
 
     def close(self) -> None:
         self._conn.close()

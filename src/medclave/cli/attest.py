@@ -13,8 +13,21 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from medclave.attestation import AppraisalPolicy, Verification, appraisal_of, default_policy, load_policy
-from medclave.attestation.verifier import BUNDLE, detect, parse_bundle, verify_bundle, verify_raw
+from medclave.attestation import (
+    AppraisalPolicy,
+    Verification,
+    appraisal_of,
+    default_policy,
+    load_policy,
+)
+from medclave.attestation.verifier import (
+    BUNDLE,
+    detect,
+    parse_bundle,
+    split_trust_files,
+    verify_bundle,
+    verify_raw,
+)
 from medclave.cli.output import emit, error_object, exit_code
 from medclave.errors import AttestationError, InputError, MedclaveError
 
@@ -67,19 +80,20 @@ def run_verify(
         nonce_bytes = _nonce(nonce)
         data = _read(evidence)
         kind = detect(data)
-        cert_blobs = [_read(p) for p in certs]
+        cert_blobs, key_blobs = split_trust_files([_read(p) for p in certs])
         coll_blobs = [_read(p) for p in collateral]
         result: Verification
         if kind == BUNDLE:
             bundle = parse_bundle(data)
             out["platform"] = bundle.platform
             result = verify_bundle(bundle, now=at, expected_nonce=nonce_bytes,
-                                   certificates=cert_blobs, collateral=coll_blobs,
+                                   certificates=cert_blobs, collateral=coll_blobs, keys=key_blobs,
                                    sim_roots=sim_roots, online=online)
         else:
             out["platform"] = kind
             result = verify_raw(data, now=at, platform=kind, certificates=cert_blobs,
-                                collateral=coll_blobs, nonce=nonce_bytes, sim_roots=sim_roots,
+                                collateral=coll_blobs, keys=key_blobs, nonce=nonce_bytes,
+                                sim_roots=sim_roots,
                                 online=online)
     except MedclaveError as exc:
         out["checks"] = [c.to_dict() for c in getattr(exc, "checks", ())]
@@ -87,7 +101,8 @@ def run_verify(
         return exit_code(exc), out
 
     out.update({k: v for k, v in result.to_dict().items() if k in ("platform", "verified", "checks",
-                                                                     "claims", "tcb_status", "secure")})
+                                                                     "claims", "tcb_status", "secure",
+                                                                     "warnings")})
     runtime = result.claims.get("runtime")
     model = runtime.get("model_digest") if isinstance(runtime, dict) else None
     appraisal = appraisal_of(result, policy, now=at, model_digest=model)
@@ -102,8 +117,10 @@ def run_verify(
 
 
 def render(out: dict[str, Any], console: Console) -> None:
-    if out.get("secure") is False:
+    if out.get("secure") is False and out.get("platform") == "sim":
         console.print("[bold red]SIM: a software TEE for development. It protects nothing.[/]")
+    for warning in out.get("warnings") or ():
+        console.print(f"[bold red]WARNING[/] {warning}")
     table = Table(title=f"{out['platform'] or 'unknown'} evidence", show_lines=False)
     table.add_column("check")
     table.add_column("ok")
@@ -129,7 +146,8 @@ def verify_cmd(
     evidence: Annotated[Path, typer.Argument(
         help="SNP report, TDX quote, NVIDIA hex, CoCo vTPM JSON or evidence bundle")],
     cert: Annotated[list[Path] | None, typer.Option(
-        "--cert", help="PEM or DER certificate file(s)")] = None,
+        "--cert", help="PEM or DER certificate file(s); a JWKS, PEM public key or "
+                       "tastore.json as a trust anchor (gcp-cs, cca)")] = None,
     collateral: Annotated[list[Path] | None, typer.Option(
         "--collateral", help="PCS JSON, CRL, dcap-qvl bundle, RIM")] = None,
     nonce: Annotated[str | None, typer.Option(help="expected nonce, hex")] = None,
@@ -139,13 +157,14 @@ def verify_cmd(
     sim_root: Annotated[list[str] | None, typer.Option(
         "--sim-root", help="accept sim evidence under this root fingerprint (development only)")] = None,
     online: Annotated[bool, typer.Option(
-        "--online", help="fetch missing SNP endorsements from AMD KDS and check NVIDIA OCSP")] = False,
+        "--online", help="fetch missing SNP endorsements from AMD KDS, check NVIDIA OCSP, "
+                         "fetch Google's Confidential Space JWKS")] = False,
     cache: Annotated[Path, typer.Option(help="cache folder for --online")] = Path(".medclave/kds"),
 ) -> None:
     """Verify EVIDENCE against the pinned roots and appraise it against a policy.
 
-    Offline unless --online is given: then, and only then, AMD's key distribution service and
-    NVIDIA's OCSP responder are contacted."""
+    Offline unless --online is given: then, and only then, AMD's key distribution service,
+    NVIDIA's OCSP responder and Google's Confidential Space JWKS are contacted."""
     provider = None
     if online:
         from medclave.attestation.online import OnlineEndorsements

@@ -6,14 +6,13 @@ Exit 0: done; 1: refused at boot (attestation, key broker, model); 2: unusable c
 from __future__ import annotations
 
 import json
-import logging
 import sys
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
-from medclave.cli.options import TrustedProxy, bad_settings
+from medclave.cli.options import ConfigFile, TrustedProxy
 from medclave.cli.output import fail
 from medclave.errors import MedclaveError
 
@@ -63,11 +62,31 @@ def serve_cmd(
         "file); otherwise each tenant's key comes from --kbs")] = None,
     key_rotation: Annotated[int | None, typer.Option(
         "--key-rotation", help="rotate the OHTTP key every N seconds")] = None,
+    triage: Annotated[bool, typer.Option(
+        "--triage", help="serve the crisis-triage chat (/v1/medclave/conversations)")] = False,
+    sealing_root_file: Annotated[Path | None, typer.Option(
+        "--sealing-root-file", help="sim only: the sealing root (a 0600 file of 64 hex "
+        "digits); otherwise each tenant's root comes from --kbs")] = None,
     trusted_proxy: TrustedProxy = None,
+    config: ConfigFile = None,
+    speech: Annotated[bool, typer.Option(
+        "--speech", help="serve /v1/audio/transcriptions (Whisper, in a sandboxed worker)")
+    ] = False,
+    scribe: Annotated[bool, typer.Option(
+        "--scribe", help="serve the clinical scribe /v1/medclave/scribe (implies --speech)")
+    ] = False,
+    speech_sealed_model: Annotated[Path | None, typer.Option(
+        "--speech-sealed-model", help="a sealed tar of a CTranslate2 Whisper folder; key from "
+        "--kbs (default: the bundled tiny.en)")] = None,
+    speech_model: Annotated[Path | None, typer.Option(
+        "--speech-model", help="a plain CTranslate2 Whisper folder (development)")] = None,
+    speech_model_sha256: Annotated[str | None, typer.Option(
+        "--speech-model-sha256", help="the speech model's manifest digest")] = None,
 ) -> None:
     """Boot (evidence, keys, model key from the broker, unseal, load) and serve until stopped."""
     from medclave.enclave.server import serve
     from medclave.enclave.settings import EnclaveSettings
+    from medclave.ops.config import load_settings
 
     overrides: dict[str, Any] = {
         "host": host, "port": port, "data_dir": data, "platform": platform,
@@ -81,19 +100,32 @@ def serve_cmd(
         "insecure_no_auth": insecure_no_auth or None, "audit_store": audit_store,
         "commitment_key_file": commitment_key_file,
         "audit_key_resource": audit_key_resource, "audit_origin": audit_origin,
-        "key_rotation_seconds": key_rotation,
+        "key_rotation_seconds": key_rotation, "triage": triage or None,
+        "sealing_root_file": sealing_root_file,
         "trusted_proxies": tuple(trusted_proxy) if trusted_proxy else None,
+        "speech": (speech or scribe) or None, "speech_sealed_model": speech_sealed_model,
+        "speech_model_path": speech_model, "speech_model_sha256": speech_model_sha256,
     }
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     try:
-        settings = EnclaveSettings(**{k: v for k, v in overrides.items() if v is not None})
-    except ValueError as exc:
-        raise bad_settings(exc) from None
+        settings = load_settings(EnclaveSettings, config_file=config, overrides=overrides)
+    except MedclaveError as exc:  # config.invalid: a bad flag, variable or file entry
+        raise fail(exc) from None
     if settings.platform == "sim":
         typer.secho("WARNING: platform sim is NOT a TEE and protects nothing.", err=True,
                     fg=typer.colors.RED, bold=True)
+    apps: tuple[Any, ...] = ()
+    if settings.triage:
+        from medclave.apps.triage.app import TriageApp
+
+        apps = (TriageApp.from_context,)
+    routes = None
+    if scribe:
+        from medclave.apps.scribe.route import routes as scribe_routes
+
+        def routes(s: EnclaveSettings) -> dict[str, Any]:
+            return dict(scribe_routes(s.model_id))
     try:
-        serve(settings)
+        serve(settings, apps, routes=routes)
     except MedclaveError as exc:
         raise fail(exc) from None
 

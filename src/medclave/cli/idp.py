@@ -10,9 +10,10 @@ from typing import Annotated
 
 import typer
 
-from medclave.auth.issuer import DEFAULT_AUDIENCE, DEFAULT_DATA_DIR, Directory, SigningAlg
-from medclave.cli.options import TrustedProxy, bad_settings, split_roles
+from medclave.auth.issuer import DEFAULT_AUDIENCE, DEFAULT_DATA_DIR, Directory
+from medclave.cli.options import ConfigFile, TrustedProxy, split_roles
 from medclave.cli.output import refusals
+from medclave.errors import MedclaveError
 
 app = typer.Typer(help="A small OpenID-style token issuer for development.", no_args_is_help=True)
 
@@ -22,40 +23,45 @@ app = typer.Typer(help="A small OpenID-style token issuer for development.", no_
 
 @app.command("serve")
 def serve(
-    data: Annotated[Path, typer.Option(help="Data folder (key, clients, users).")] = DEFAULT_DATA_DIR,
-    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="Port.")] = 8800,
+    data: Annotated[Path | None, typer.Option(
+        help=f"Data folder (key, clients, users; default {DEFAULT_DATA_DIR}).")] = None,
+    host: Annotated[str | None, typer.Option(help="Address to listen on (127.0.0.1).")] = None,
+    port: Annotated[int | None, typer.Option(help="Port (8800).")] = None,
     issuer: Annotated[str | None, typer.Option(help="Issuer URL (default http://HOST:PORT).")] = None,
-    audience: Annotated[str, typer.Option(help="Audience of issued tokens.")] = DEFAULT_AUDIENCE,
-    alg: Annotated[str, typer.Option(help="Key type if one is created: EdDSA or ES256.")] = "EdDSA",
+    audience: Annotated[str | None, typer.Option(
+        help=f"Audience of issued tokens ({DEFAULT_AUDIENCE}).")] = None,
+    alg: Annotated[str | None, typer.Option(
+        help="Key type if one is created: EdDSA (default) or ES256.")] = None,
     dev_password: Annotated[
         bool, typer.Option("--dev-password", help="Enable the password grant (development only).")
     ] = False,
     trusted_proxy: TrustedProxy = None,
+    config: ConfigFile = None,
 ) -> None:
     """Serve JWKS, discovery metadata and the token endpoint."""
-    from medclave.auth.idp_server import build_service
-    from medclave.auth.idp_server import serve as run_server
-    from medclave.serving import ServingSettings
+    from datetime import timedelta
 
-    if alg not in ("EdDSA", "ES256"):
-        raise typer.BadParameter("--alg is EdDSA or ES256")
-    try:
-        serving = ServingSettings(trusted_proxies=tuple(trusted_proxy or ()))
-    except ValueError as exc:  # pydantic's ValidationError
-        raise bad_settings(exc) from None
-    signing_alg: SigningAlg = "EdDSA" if alg == "EdDSA" else "ES256"
+    from medclave.auth.idp_server import IdpSettings, build_service
+    from medclave.auth.idp_server import serve as run_server
+    from medclave.ops.config import load_settings
+
     with refusals(as_json=False):
+        settings = load_settings(IdpSettings, config_file=config, overrides={
+            "data_dir": data, "host": host, "port": port, "issuer": issuer,
+            "audience": audience, "alg": alg, "dev_password": dev_password or None,
+            "trusted_proxies": tuple(trusted_proxy) if trusted_proxy else None})
         service = build_service(
-            data,
-            issuer=issuer or f"http://{host}:{port}",
-            alg=signing_alg,
-            audience=audience,
-            dev_password=dev_password,
+            settings.data_dir,
+            issuer=settings.issuer or f"http://{settings.host}:{settings.port}",
+            alg=settings.alg,
+            audience=settings.audience,
+            ttl=timedelta(seconds=settings.token_ttl_seconds),
+            dev_password=settings.dev_password,
         )
-    if dev_password:
+    if settings.dev_password:
         typer.echo("WARNING: the password grant is enabled; never do this in production.", err=True)
-    run_server(service, host=host, port=port, serving=serving)
+    with refusals(as_json=False):
+        run_server(service, settings)
 
 
 @app.command("add-client")

@@ -19,8 +19,9 @@ from typing import Annotated, Any
 
 import typer
 
-from medclave.cli.options import TrustedProxy, bad_settings
+from medclave.cli.options import ConfigFile, TrustedProxy
 from medclave.cli.output import emit, run
+from medclave.errors import MedclaveError
 from medclave.kbs.client import OwnerClient
 from medclave.kbs.factory import ensure_data_dir, open_signer, open_store
 from medclave.kbs.models import MAX_SECRET_BYTES, parse_release_policy
@@ -39,6 +40,14 @@ key_app = typer.Typer(help="The broker's signing key (on the broker's data folde
                       no_args_is_help=True)
 app.add_typer(owner_app, name="owner")
 app.add_typer(key_app, name="key")
+threshold_app = typer.Typer(help="Split a secret k-of-n across independent brokers.",
+                            no_args_is_help=True)
+app.add_typer(threshold_app, name="threshold")
+revocation_app = typer.Typer(help="Your revocation list: enclaves that get none of your keys.",
+                             no_args_is_help=True)
+app.add_typer(revocation_app, name="revocation")
+Kind = Annotated[str, typer.Argument(help="measurement | chip_id | tcb | gpu_serial")]
+Value = Annotated[str, typer.Argument(help="the identity, hex (as the evidence's claims show)")]
 
 
 Url = Annotated[str, typer.Option("--url", envvar="MEDCLAVE_KBS_URL", help="broker base URL")]
@@ -70,19 +79,18 @@ def serve_cmd(
     tls_key: Annotated[Path | None, typer.Option(
         "--tls-key", help="the certificate's private key (PEM)")] = None,
     trusted_proxy: TrustedProxy = None,
+    config: ConfigFile = None,
 ) -> None:
-    """Serve the broker (FastAPI + uvicorn) until interrupted."""
+    """Serve the broker (FastAPI + uvicorn) until stopped (SIGTERM drains)."""
     from medclave.kbs.server import serve
+    from medclave.ops.config import load_settings
 
     overrides: dict[str, Any] = {"host": host, "port": port, "data_dir": data, "store": store,
                                  "sim_roots": tuple(sim_root) if sim_root else None,
                                  "tls_cert_file": tls_cert, "tls_key_file": tls_key,
                                  "trusted_proxies": tuple(trusted_proxy) if trusted_proxy else None}
-    try:
-        settings = run(lambda: KbsSettings(**{k: v for k, v in overrides.items()
-                                               if v is not None}))
-    except ValueError as exc:  # pydantic's ValidationError: a bad flag or environment value
-        raise bad_settings(exc) from None
+    # config.invalid (exit 2) for a bad flag, variable or file entry.
+    settings = run(lambda: load_settings(KbsSettings, config_file=config, overrides=overrides))
     if settings.sim_roots:
         typer.echo("WARNING: sim evidence accepted from configured roots: sim protects nothing.",
                    err=True)
@@ -225,3 +233,64 @@ def decisions_cmd(
     """Recorded decisions about your resources and by your token, newest first."""
     with _client(url, token) as c:
         emit(run(lambda: c.decisions(resource, limit)))
+
+
+@threshold_app.command("split")
+def threshold_split(
+    resource: Resource,
+    threshold: Annotated[int, typer.Option("--threshold", "-k", help="shares needed (k)")],
+    brokers: Annotated[Path, typer.Option(
+        "--brokers", help='JSON {"brokers": [{"url", "token", "key"}]} (mode 0600)')],
+    secret_file: Annotated[Path | None, typer.Option(
+        "--secret-file", help="the secret ('-': stdin); default: 256 fresh random bits")] = None,
+    rotate: Annotated[bool, typer.Option(help="a new version of existing shares")] = False,
+    out: Annotated[Path | None, typer.Option(
+        "--out", help="write the descriptor (not secret) here too")] = None,
+) -> None:
+    """Split a secret k-of-n: one Shamir share per broker under RESOURCE, each released only
+    under that broker's own policy. Prints the descriptor the enclave needs."""
+    import os
+
+    from medclave.kbs.threshold import BrokerTarget, load_brokers_file, split_to_brokers
+
+    secret = _read_secret(secret_file) or os.urandom(32)
+
+    def split() -> dict[str, Any]:
+        targets = [BrokerTarget(url, OwnerClient(url, token), key)
+                   for url, token, key in load_brokers_file(brokers)]
+        try:
+            ref = split_to_brokers(secret, threshold, targets, resource, rotate=rotate)
+        finally:
+            for t in targets:
+                t.owner.close()
+        body = ref.model_dump(mode="json")
+        if out is not None:
+            out.write_text(json.dumps(body, indent=2) + "\n")
+        return body
+
+    emit(run(split))
+
+
+@revocation_app.command("add")
+def revocation_add(kind: Kind, value: Value, token: Token, url: Url = DEFAULT_URL,
+                   reason: Annotated[str, typer.Option(help="why (kept with the entry)")] = ""
+                   ) -> None:
+    """Revoke an enclave identity: no further release of your resources to it, and enclaves
+    holding your keys learn it at their next standing check and stop serving."""
+    with _client(url, token) as c:
+        emit(run(lambda: c.revoke(kind, value, reason)))
+
+
+@revocation_app.command("remove")
+def revocation_remove(kind: Kind, value: Value, token: Token, url: Url = DEFAULT_URL) -> None:
+    """Take an entry off your revocation list."""
+    with _client(url, token) as c:
+        run(lambda: c.unrevoke(kind, value))
+        emit({"removed": {"kind": kind, "value": value}})
+
+
+@revocation_app.command("list")
+def revocation_list(token: Token, url: Url = DEFAULT_URL) -> None:
+    """Your revocation list."""
+    with _client(url, token) as c:
+        emit(run(c.revocations))

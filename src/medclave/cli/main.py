@@ -21,12 +21,24 @@ SUBCOMMANDS: tuple[tuple[str, str], ...] = (
     ("enclave", "enclave"),
     ("proxy", "proxy"),
     ("audit", "audit"),
+    ("release", "release"),
     ("auth", "auth"),
     ("idp", "idp"),
+    ("config", "config"),
+    ("monitor", "monitor"),
+    ("fl", "fl"),
+    ("records", "records"),
+)
+
+# (command name, module, function): commands that stand alone rather than as a group.
+COMMANDS: tuple[tuple[str, str, str], ...] = (
+    ("scribe", "scribe", "scribe_cmd"),
 )
 
 for _name, _module in SUBCOMMANDS:
     app.add_typer(importlib.import_module(f"medclave.cli.{_module}").app, name=_name)
+for _name, _module, _function in COMMANDS:
+    app.command(_name)(getattr(importlib.import_module(f"medclave.cli.{_module}"), _function))
 
 if __name__ == "__main__":
     app()

@@ -15,12 +15,15 @@ from medclave.cli.output import emit, run
 from medclave.crypto import sealed
 from medclave.kbs.client import OwnerClient
 from medclave.kbs.sealed_models import (
+    BrokerTarget,
+    ThresholdPlan,
     read_key_file,
     read_key_ref,
     seal_model,
     unseal_for_owner,
     write_owner_keypair,
 )
+from medclave.kbs.threshold import load_brokers_file
 
 app = typer.Typer(help="Sealed models: weights that open only inside an attested enclave.",
                   no_args_is_help=True)
@@ -51,27 +54,44 @@ def seal_cmd(
         "--owner-key", help="owner public key file (from `keygen`): key sealed to it")] = None,
     model_format: Annotated[str, typer.Option("--format")] = "gguf",
     chunk_size: Annotated[int, typer.Option(help="bytes per chunk")] = sealed.DEFAULT_CHUNK_SIZE,
+    threshold: Annotated[int | None, typer.Option(
+        "--threshold", help="split the key k-of-n across --brokers (threshold release)")] = None,
+    brokers: Annotated[Path | None, typer.Option(
+        "--brokers", help='with --threshold: JSON {"brokers": [{"url", "token", "key"}]}')] = None,
 ) -> None:
     """Seal MODEL_FILE under a fresh 256-bit key (AES-256-GCM, 4 MiB chunks).
 
-    The key goes to the broker (--kbs) and/or into a file sealed to the owner (--owner-key); one
-    of the two is required. It is never written in plain.
+    The key goes to the broker (--kbs), is split k-of-n across brokers (--threshold with
+    --brokers), and/or goes into a file sealed to the owner (--owner-key); one is required.
+    It is never written in plain.
     """
     if kbs is not None and not token:
         raise typer.BadParameter("--kbs needs an owner --token (or MEDCLAVE_KBS_TOKEN)")
+    if (threshold is None) != (brokers is None):
+        raise typer.BadParameter("--threshold and --brokers go together")
 
     def action() -> dict[str, Any]:
         public = read_key_file(owner_key, private=False) if owner_key else None
         client = OwnerClient(kbs, token or "") if kbs is not None else None
+        plan = None
+        if threshold is not None and brokers is not None:
+            plan = ThresholdPlan(threshold, tuple(
+                BrokerTarget(url, OwnerClient(url, tok), key)
+                for url, tok, key in load_brokers_file(brokers)))
         try:
             result = seal_model(model_file, out, owner=owner, broker=client, kbs_url=kbs,
                                 resource=resource, rotate=rotate, owner_public_key=public,
-                                model_format=model_format, chunk_size=chunk_size)
+                                model_format=model_format, chunk_size=chunk_size,
+                                threshold=plan)
         finally:
             if client is not None:
                 client.close()
+            for target in plan.targets if plan else ():
+                target.owner.close()
         return {"manifest": result.manifest.to_json(),
                 "key": result.key_ref.model_dump() if result.key_ref else None,
+                "threshold": (result.threshold_ref.model_dump(mode="json")
+                              if result.threshold_ref else None),
                 "owner_key_file": str(result.owner_key_file) if result.owner_key_file else None}
     emit(run(action))
 

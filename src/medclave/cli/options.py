@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -12,6 +13,12 @@ TrustedProxy = Annotated[list[str] | None, typer.Option(
     "--trusted-proxy",
     help="a proxy (IP or CIDR) whose X-Forwarded-For/-Proto this service believes; repeat. "
          "Default: none, the TCP peer is the client")]
+
+
+# medclave.ops.config: the service's TOML configuration (flags > MEDCLAVE_* > file > defaults).
+ConfigFile = Annotated[Path | None, typer.Option(
+    "--config", help="TOML configuration file (the settings' fields at top level); flags and "
+    "MEDCLAVE_* variables override it", exists=False, dir_okay=False)]
 
 
 def bad_settings(exc: ValueError) -> typer.BadParameter:

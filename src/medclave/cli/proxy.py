@@ -20,16 +20,15 @@ client setup) or a refused key command.
 from __future__ import annotations
 
 import json
-import logging
 import os
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from medclave.cli.options import TrustedProxy, bad_settings, split_roles
+from medclave.cli.options import ConfigFile, TrustedProxy, bad_settings, split_roles
 from medclave.cli.output import fail, refusals
-from medclave.errors import InputError, MedclaveError
+from medclave.errors import MedclaveError
 
 app = typer.Typer(help="The local OpenAI-compatible proxy to an attested enclave.")
 keys_app = typer.Typer(help="Local API keys for the apps behind the proxy.",
@@ -58,11 +57,16 @@ def proxy(
                         ] = None,
     policy: Annotated[Path | None, typer.Option("--policy", help="appraisal policy (TOML or JSON)")
                       ] = None,
-    port: Annotated[int, typer.Option(help="local port")] = 8080,
-    host: Annotated[str, typer.Option(help="bind address; keep it loopback")] = "127.0.0.1",
+    port: Annotated[int | None, typer.Option(help="local port (default 8080)")] = None,
+    host: Annotated[str | None, typer.Option(
+        help="bind address; keep it loopback (default 127.0.0.1)")] = None,
     sim_root: Annotated[list[str] | None, typer.Option(
         "--sim-root", help="accept sim evidence from this root (NOT SECURE)")] = None,
-    reattest_seconds: Annotated[int, typer.Option(help="re-attest at least this often")] = 300,
+    reattest_seconds: Annotated[int | None, typer.Option(
+        help="re-attest at least this often (default 300)")] = None,
+    collateral: Annotated[Path | None, typer.Option(
+        "--collateral", help="verifier collateral (JSON: snp_tcb_baseline, "
+        "revoked_measurements); re-read while running, a change re-attests at once")] = None,
     data: DataDir = _DEFAULT_DATA,
     idp_token_url: Annotated[str | None, typer.Option(
         "--idp-token-url", help="credentials: the IdP's token endpoint (https, or http to "
@@ -84,42 +88,47 @@ def proxy(
                     ] = None,
     jwks_url: Annotated[str | None, typer.Option(
         "--jwks-url", help="admission: the IdP's JWKS URL (https, or http to loopback)")] = None,
-    audience: Annotated[str, typer.Option("--audience", help="admission: accepted audience")
-                        ] = "medclave",
+    audience: Annotated[str | None, typer.Option(
+        "--audience", help="admission: accepted audience (default medclave)")] = None,
     tenant: Annotated[str | None, typer.Option(
         "--tenant", help="admission: the tenant this proxy serves (default: the token's)")] = None,
     role: Annotated[list[str] | None, typer.Option(
         "--role", help="admission: a role allowed to call the model (repeat)")] = None,
     authz_policies: Annotated[Path | None, typer.Option(
         "--authz-policies", help="admission: folder of Cedar policies (default: bundled)")] = None,
+    triage_signin_url: Annotated[str | None, typer.Option(
+        "--triage-signin-url", help="the triage page's development sign-in: the dev IdP's "
+        "token endpoint (password grant)")] = None,
     trusted_proxy: TrustedProxy = None,
+    config: ConfigFile = None,
 ) -> None:
-    """Serve until interrupted."""
+    """Serve until stopped (SIGTERM drains)."""
     if ctx.invoked_subcommand is not None:
         return
-    if upstream is None or policy is None:
-        raise typer.BadParameter("serving needs --upstream and --policy")
+    if config is None and (upstream is None or policy is None):
+        raise typer.BadParameter("serving needs --upstream and --policy (or --config)")
     from pydantic import SecretStr
 
     from medclave.attestation import load_policy
     from medclave.client.proxy import ProxySettings, admission_for, callers_for, serve
+    from medclave.ops.config import load_settings
 
     text = _secret(idp_client_secret_file)
     secret = SecretStr(text) if text is not None else None
     try:
-        load_policy(policy)  # refuse a bad policy before listening
-        settings = ProxySettings(upstream=upstream, policy_file=policy, host=host, port=port,
-                                 sim_roots=tuple(sim_root or ()),
-                                 reattest_seconds=reattest_seconds, data_dir=data,
-                                 idp_token_url=idp_token_url, idp_client_id=idp_client_id,
-                                 idp_client_secret=secret, identity_header=identity_header,
-                                 identity_roles=tuple(identity_role or ()),
-                                 auth_issuer=issuer,
-                                 auth_jwks_file=jwks, auth_jwks_url=jwks_url,
-                                 auth_audience=audience, auth_tenant=tenant,
-                                 auth_roles=tuple(role or ("clinician",)),
-                                 auth_policies_dir=authz_policies,
-                                 trusted_proxies=tuple(trusted_proxy or ()))
+        settings = load_settings(ProxySettings, config_file=config, overrides=dict(
+            upstream=upstream, policy_file=policy, host=host, port=port,
+            sim_roots=tuple(sim_root) if sim_root else None,
+            reattest_seconds=reattest_seconds, data_dir=None if data == _DEFAULT_DATA else data,
+            collateral_file=collateral, triage_signin_url=triage_signin_url,
+            idp_token_url=idp_token_url, idp_client_id=idp_client_id,
+            idp_client_secret=secret, identity_header=identity_header,
+            identity_roles=tuple(identity_role) if identity_role else None,
+            auth_issuer=issuer, auth_jwks_file=jwks, auth_jwks_url=jwks_url,
+            auth_audience=audience, auth_tenant=tenant,
+            auth_roles=tuple(role) if role else None, auth_policies_dir=authz_policies,
+            trusted_proxies=tuple(trusted_proxy) if trusted_proxy else None))
+        load_policy(settings.policy_file)  # refuse a bad policy before listening
         admission = admission_for(settings)  # refuse a bad JWKS or policy folder before listening
         if admission is not None:
             admission.close()
@@ -128,13 +137,12 @@ def proxy(
         raise fail(exc) from None
     except ValueError as exc:  # pydantic's ValidationError: a bad flag or environment value
         raise bad_settings(exc) from None
-    if host not in ("127.0.0.1", "::1", "localhost"):
-        typer.secho(f"WARNING: listening on {host}: apps reach the proxy in plain HTTP.",
+    if settings.host not in ("127.0.0.1", "::1", "localhost"):
+        typer.secho(f"WARNING: listening on {settings.host}: apps reach the proxy in plain HTTP.",
                     err=True, fg=typer.colors.YELLOW)
     if settings.sim_roots:
         typer.secho("WARNING: sim evidence accepted: sim is NOT a TEE and protects nothing.",
                     err=True, fg=typer.colors.RED, bold=True)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     serve(settings)
 
 

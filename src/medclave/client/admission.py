@@ -30,7 +30,7 @@ from medclave.auth.replay import MemoryReplayCache
 from medclave.auth.tokens import Identity, IssuerConfig, TokenOptions, is_valid_name
 from medclave.crypto.canonical import load_json
 from medclave.errors import AuthError, InputError
-from medclave.protocol.inference import INNER_AUTHORITY, is_models_path
+from medclave.protocol.inference import INNER_AUTHORITY, RECORDS_PATH, is_models_path
 from medclave.util.clock import Clock
 
 log = logging.getLogger("medclave.proxy.admission")
@@ -97,8 +97,9 @@ class ProxyAdmission:
         # The URL the enclave checks a DPoP proof against, so that one proof fits both checks.
         identity = self._authn.require_identity(headers, method=method,
                                                 url=f"https://{INNER_AUTHORITY}{path}", now=now)
-        if is_models_path(path):
-            # Listing models is no inference: a token of this proxy's tenant is enough.
+        if is_models_path(path) or path == RECORDS_PATH:
+            # Listing models is no inference: a token of this proxy's tenant is enough. Writing
+            # records is no inference either; the enclave decides it (Cedar admin on the tenant).
             if self._tenant is not None and identity.tenant != self._tenant:
                 raise AuthError("auth.forbidden", f"tenant {identity.tenant!r} is not served here")
             return identity

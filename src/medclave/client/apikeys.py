@@ -28,6 +28,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Final
 
+from medclave import migrations
 from medclave.auth.tokens import MAX_ROLES, is_valid_name
 from medclave.errors import InputError
 from medclave.util.files import check_secret_file
@@ -47,6 +48,14 @@ CREATE TABLE IF NOT EXISTS api_keys (
     revoked TEXT
 );
 """
+
+
+# Versioned (medclave.migrations): a file from before versions is version 1.
+MIGRATIONS: Final = (migrations.Migration(1, "api_keys table", migrations.script(_SCHEMA)),)
+
+
+def _legacy_version(db: sqlite3.Connection) -> int:
+    return 1 if "api_keys" in migrations.tables(db) else 0
 
 
 def looks_like_api_key(token: str) -> bool:
@@ -86,7 +95,8 @@ class ApiKeyStore:
         try:
             self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False,
                                        timeout=10.0)
-            self._db.executescript(_SCHEMA)
+            migrations.migrate(self._db, store="api keys", migrations=MIGRATIONS,
+                               legacy=_legacy_version)
         except sqlite3.Error as exc:
             raise InputError("config.invalid", f"cannot open {FILE}: {exc}") from exc
 

@@ -50,13 +50,23 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from medclave.attestation import load_policy
+from medclave.attestation.collateral import load_collateral
 from medclave.client.admission import AdmissionConfig, ProxyAdmission, build_admission
 from medclave.client.apikeys import ApiKeyStore
 from medclave.client.callers import Callers, Upstream
+from medclave.client.continuous import TrustWatch
 from medclave.client.credentials import Credentials, IdpClientConfig
+from medclave.client.scribe_page import mount_scribe_page
 from medclave.client.session import Abort, EnclaveSession, InnerResponse, StreamedResponse, summary
 from medclave.crypto.canonical import load_json
 from medclave.errors import ClientError, InputError, MedclaveError
+from medclave.ops import lifecycle
+from medclave.ops.health import Health
+from medclave.ops.http import instrument, note_refusal
+from medclave.ops.logs import configure_logging
+from medclave.ops.metrics import ServiceMetrics
+from medclave.ops.settings import OpsSettings
+from medclave.ops.tracing import Tracing
 from medclave.protocol import inference as proto
 from medclave.serving import (
     ClosingStreamingResponse,
@@ -64,7 +74,6 @@ from medclave.serving import (
     StreamEnd,
     install_error_handlers,
     read_limited_body,
-    run_server,
     run_sync_until_gone,
 )
 from medclave.util.clock import system_clock
@@ -83,8 +92,9 @@ _PEER = "medclave.peer"  # the ASGI scope key holding the TCP peer (see _RecordP
 _CHALLENGE = 'Bearer realm="medclave"'
 
 
-class ProxySettings(BaseSettings, ServingSettings):
-    """Network settings (trusted proxies, read deadlines) are :class:`ServingSettings`'."""
+class ProxySettings(BaseSettings, ServingSettings, OpsSettings):
+    """Network settings (trusted proxies, read deadlines) are :class:`ServingSettings`';
+    metrics, logs, drain and tracing :class:`~medclave.ops.settings.OpsSettings`'."""
 
     model_config = SettingsConfigDict(env_prefix="MEDCLAVE_PROXY_", extra="forbid", frozen=True)
 
@@ -94,6 +104,13 @@ class ProxySettings(BaseSettings, ServingSettings):
     port: int = Field(default=8080, ge=0, le=65535)
     sim_roots: tuple[str, ...] = ()
     reattest_seconds: int = Field(default=300, ge=1)
+    # Continuous trust (client/continuous.py): the relying party's collateral (TCB baseline,
+    # revoked measurements); it and policy_file are re-read every trust_poll_seconds and a
+    # change re-attests at once. A failed re-attestation is retried every
+    # reattest_retry_seconds; until one passes, requests are refused.
+    collateral_file: Path | None = None
+    trust_poll_seconds: float = Field(default=2.0, gt=0, le=3600)
+    reattest_retry_seconds: int = Field(default=30, ge=1)
     timeout_seconds: float = Field(default=300.0, gt=0)
     max_in_flight: int = Field(default=256, ge=1, le=100_000)
     data_dir: Path = DEFAULT_DATA_DIR  # API keys (apikeys.db)
@@ -113,6 +130,8 @@ class ProxySettings(BaseSettings, ServingSettings):
     auth_tenant: str | None = None  # the hospital this proxy serves (None: the token's own)
     auth_roles: tuple[str, ...] = ("clinician",)  # roles that may call the model
     auth_policies_dir: Path | None = None  # Cedar policies (default: the bundled ones)
+    # The triage page's development sign-in: the IdP token endpoint its password grant goes to.
+    triage_signin_url: str | None = None
 
     def admission(self) -> AdmissionConfig | None:
         """The admission configuration, or None when admission is off; ``config.invalid`` for
@@ -156,10 +175,18 @@ def get_settings() -> ProxySettings:
 
 
 def session_for(settings: ProxySettings) -> EnclaveSession:
+    collateral = (load_collateral(settings.collateral_file) if settings.collateral_file
+                  else None)
     return EnclaveSession(settings.upstream, load_policy(settings.policy_file),
                           sim_roots=frozenset(settings.sim_roots),
                           reattest_after=timedelta(seconds=settings.reattest_seconds),
-                          timeout=settings.timeout_seconds)
+                          retry_failed_after=timedelta(seconds=settings.reattest_retry_seconds),
+                          timeout=settings.timeout_seconds, collateral=collateral)
+
+
+def watch_for(settings: ProxySettings, session: EnclaveSession) -> TrustWatch:
+    return TrustWatch(session, policy_file=settings.policy_file,
+                      collateral_file=settings.collateral_file, poll=settings.trust_poll_seconds)
 
 
 def admission_for(settings: ProxySettings) -> ProxyAdmission | None:
@@ -193,6 +220,13 @@ async def read_body(request: Request) -> bytes:
 
 
 BodyDep = Annotated[bytes, Depends(read_body)]
+
+
+async def read_audio_body(request: Request) -> bytes:
+    return await read_limited_body(request, proto.MAX_AUDIO_BODY)
+
+
+AudioBodyDep = Annotated[bytes, Depends(read_audio_body)]
 
 
 class _Slots:
@@ -255,7 +289,9 @@ def _answer_headers(pairs: Any, status: int) -> dict[str, str]:
 
 
 async def _send(request: Request, session: EnclaveSession, method: str, path: str,
-                body: bytes = b"") -> Response:
+                body: bytes = b"", headers: tuple[tuple[str, str], ...] = ()) -> Response:
+    """One request forwarded encapsulated; ``headers``: more inner headers (a sealed
+    conversation's share), which exist only inside the encapsulation upstream."""
     slots: _Slots = request.app.state.slots
     slots.take()
     handed_over = False
@@ -264,7 +300,7 @@ async def _send(request: Request, session: EnclaveSession, method: str, path: st
         if method == "POST" and _wants_stream(body):
             stream = await run_in_threadpool(session.stream, method, path, body=body,
                                              authorization=upstream.authorization,
-                                             dpop=upstream.dpop)
+                                             dpop=upstream.dpop, headers=headers)
 
             def content() -> Iterator[bytes]:
                 # Each piece leaves as soon as it arrives (no look-ahead: a held piece would
@@ -297,7 +333,7 @@ async def _send(request: Request, session: EnclaveSession, method: str, path: st
         answers: list[InnerResponse] = []
         await run_sync_until_gone(request, lambda: answers.append(session.request(
             method, path, body=body, authorization=upstream.authorization, dpop=upstream.dpop,
-            abort=abort)), on_gone=abort)
+            abort=abort, headers=headers)), on_gone=abort)
         answer = answers[0]
         return Response(answer.body, status_code=answer.status,
                         media_type=answer.header("content-type") or "application/json",
@@ -322,6 +358,56 @@ async def responses(request: Request, session: SessionDep, body: BodyDep) -> Res
     return await _send(request, session, "POST", proto.RESPONSES_PATH, body)
 
 
+async def _upload(request: Request, session: EnclaveSession, path: str, body: bytes) -> Response:
+    """A large body (audio, or a scribe request that may carry it) in chunked OHTTP, to an
+    enclave whose verified runtime states ``audio_retention: none`` (EnclaveSession.upload)."""
+    content_type = request.headers.get("content-type", "")
+    if not content_type.startswith(("multipart/form-data", "application/json")):
+        raise InputError("input.malformed", "send multipart/form-data or application/json")
+    slots: _Slots = request.app.state.slots
+    slots.take()
+    try:
+        # Admission reads the model a JSON body names; a form names none (Cedar sees it as
+        # unnamed, as it would any request that does not say).
+        upstream = await _upstream(request, "POST", path,
+                                   body if content_type.startswith("application/json") else b"")
+        answer = await run_in_threadpool(session.upload, path, body=body,
+                                         content_type=content_type,
+                                         authorization=upstream.authorization,
+                                         dpop=upstream.dpop, audio=True)
+    finally:
+        slots.give()
+    return Response(answer.body, status_code=answer.status,
+                    media_type=answer.header("content-type") or "application/json",
+                    headers=_answer_headers(answer.headers, answer.status))
+
+
+@router.post(proto.TRANSCRIPTIONS_PATH)
+async def transcriptions(request: Request, session: SessionDep, body: AudioBodyDep) -> Response:
+    return await _upload(request, session, proto.TRANSCRIPTIONS_PATH, body)
+
+
+@router.post(proto.SCRIBE_PATH)
+async def scribe(request: Request, session: SessionDep, body: AudioBodyDep) -> Response:
+    return await _upload(request, session, proto.SCRIBE_PATH, body)
+
+
+@router.post(proto.EMBEDDINGS_PATH)
+async def embeddings(request: Request, session: SessionDep, body: BodyDep) -> Response:
+    return await _send(request, session, "POST", proto.EMBEDDINGS_PATH, body)
+
+
+@router.post(proto.RECORDS_PATH)
+async def records(request: Request, session: SessionDep, body: BodyDep) -> Response:
+    """FHIR records to ingest, encapsulated like every request (docs/retrieval.md)."""
+    return await _send(request, session, "POST", proto.RECORDS_PATH, body)
+
+
+@router.post(proto.SEARCH_PATH)
+async def search(request: Request, session: SessionDep, body: BodyDep) -> Response:
+    return await _send(request, session, "POST", proto.SEARCH_PATH, body)
+
+
 @router.get(proto.MODELS_PATH)
 async def models(request: Request, session: SessionDep) -> Response:
     return await _send(request, session, "GET", proto.MODELS_PATH)
@@ -334,9 +420,11 @@ async def model(request: Request, session: SessionDep, model_id: str) -> Respons
 
 @router.get("/medclave/status")
 async def status(session: SessionDep) -> dict[str, Any]:
-    """The last verified evidence: platform, measurement, model digest, when."""
+    """The last verified evidence: platform, measurement, model digest, when; and ``trust``:
+    whether the latest (re-)attestation passed, and if not, its code and why."""
     enclave = session.enclave
-    return {"upstream_verified": enclave is not None, "enclave": dict(summary(enclave))}
+    return {"upstream_verified": enclave is not None, "enclave": dict(summary(enclave)),
+            "trust": session.trust_state()}
 
 
 def _kind(code: str, status: int) -> str:
@@ -366,6 +454,7 @@ def _error(exc: MedclaveError, *, headers: dict[str, str] | None = None) -> JSON
 
 
 def _log_refusal(request: Request, exc: MedclaveError) -> None:
+    note_refusal(request, exc.code)
     log.warning("refused %s %s: %s", request.method, request.url.path, exc.code)
 
 
@@ -410,7 +499,8 @@ class _RecordPeer:
 
 def create_proxy_app(session: EnclaveSession, admission: ProxyAdmission | None = None, *,
                      callers: Callers | None = None, trusted_proxies: tuple[str, ...] = (),
-                     max_in_flight: int = 256) -> FastAPI:
+                     max_in_flight: int = 256, triage_signin_url: str | None = None,
+                     tracing: Tracing | None = None) -> FastAPI:
     """The proxy app; ``admission`` None lets every local app through to the enclave's check;
     ``callers`` None forwards each app's own token (no IdP client). ``trusted_proxies``: as
     :class:`ServingSettings`' (serve the app with none given to uvicorn itself)."""
@@ -420,10 +510,16 @@ def create_proxy_app(session: EnclaveSession, admission: ProxyAdmission | None =
     app.state.admission = admission
     app.state.callers = callers or Callers(credentials=None, keys=None)
     app.state.slots = _Slots(max_in_flight)
+    app.state.triage_signin_url = triage_signin_url  # the triage page (client/triage_page.py)
     app.include_router(router)
+    from medclave.client import triage_page  # its routes use this module's _send
+
+    app.include_router(triage_page.router)
+    mount_scribe_page(app)
     install_error_handlers(app, render=_error, log_refusal=_log_refusal,
                            route_error=_route_error, log_unexpected=_log_unexpected)
     app.add_exception_handler(StarletteHTTPException, _http_error)
+    _instrument(app, session, tracing)
     if trusted_proxies:
         # uvicorn's own handling, inside the app (added first: it runs after _RecordPeer).
         app.add_middleware(ProxyHeadersMiddleware, trusted_hosts=list(trusted_proxies))
@@ -431,20 +527,44 @@ def create_proxy_app(session: EnclaveSession, admission: ProxyAdmission | None =
     return app
 
 
+def _instrument(app: FastAPI, session: EnclaveSession, tracing: Tracing | None) -> None:
+    """/healthz, /readyz (the upstream enclave attested within the re-attestation interval,
+    attesting anew when not), metrics (attestation age, slots in use)."""
+    metrics = ServiceMetrics("proxy")
+
+    def attestation_age() -> float | None:
+        enclave = session.enclave
+        return None if enclave is None else (system_clock() - enclave.verified_at
+                                             ).total_seconds()
+
+    metrics.gauge("medclave_attestation_age_seconds",
+                  "Seconds since the upstream enclave's evidence was last verified",
+                  attestation_age)
+    instrument(app, service="proxy", metrics=metrics, tracing=tracing,
+               health=Health({"attestation": lambda: session.current() is not None}))
+
+
 def serve(settings: ProxySettings) -> None:
+    configure_logging("proxy", level=settings.log_level, fmt=settings.log_format)
     admission = admission_for(settings)
     if admission is None:
         log.warning("proxy admission is off: every local app's request goes to the enclave, "
                     "which still authenticates and authorizes it")
     callers = callers_for(settings)
     session = session_for(settings)
+    watch = watch_for(settings, session)
+    watch.start()
     try:
-        run_server(create_proxy_app(session, admission, callers=callers,
-                                    trusted_proxies=settings.trusted_proxies,
-                                    max_in_flight=settings.max_in_flight),
-                   settings.serving(), host=settings.host, port=settings.port,
-                   log_level="info")
+        app = create_proxy_app(session, admission, callers=callers,
+                               trusted_proxies=settings.trusted_proxies,
+                               max_in_flight=settings.max_in_flight,
+                               triage_signin_url=settings.triage_signin_url,
+                               tracing=Tracing.of("proxy", settings.tracing,
+                                                  settings.otlp_endpoint))
+        lifecycle.serve(app, settings.serving(), settings, host=settings.host,
+                        port=settings.port)
     finally:
+        watch.stop()
         session.close()
         callers.close()
         if admission is not None:

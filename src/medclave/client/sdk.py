@@ -25,6 +25,7 @@ from openai.types.chat import ChatCompletion, ChatCompletionChunk
 
 from medclave.attestation import AppraisalPolicy, load_policy
 from medclave.audit.receipt import VerifiedReceipt
+from medclave.client.conversations import Conversations
 from medclave.client.session import EnclaveSession, InnerResponse, StreamedResponse, error_from_body
 from medclave.client.verify import VerifiedEnclave
 from medclave.errors import ClientError
@@ -142,6 +143,7 @@ class MedclaveClient:
         self.chat = _Chat(self)
         self.completions = _Completions(self)
         self.models = _Models(self)
+        self.conversations = Conversations(self)  # sealed conversations (docs/triage.md)
 
     @property
     def attestation(self) -> VerifiedEnclave:

@@ -29,12 +29,14 @@ import httpx
 
 from medclave import errors
 from medclave.attestation import AppraisalPolicy
+from medclave.attestation.collateral import Collateral
 from medclave.audit.receipt import VerifiedReceipt, verify_receipt
 from medclave.client.verify import VerifiedEnclave, verify_enclave
 from medclave.crypto import bhttp
 from medclave.crypto.ohttp import encapsulate_request
 from medclave.crypto.ohttp_chunked import ChunkedRequestEncoder
 from medclave.errors import AuditError, ClientError, CryptoError, MedclaveError
+from medclave.ops.logs import outgoing_headers
 from medclave.protocol import inference as proto
 from medclave.protocol.bhttp_stream import ResponseStreamDecoder
 from medclave.util.clock import Clock, system_clock
@@ -174,8 +176,12 @@ class StreamedResponse:
             while not self._ended:
                 yield from self._pull()
             failed = self._message.trailer("medclave-error") is not None
+            # A stream carries its receipt in the trailer; a whole answer sent in chunked OHTTP
+            # (an upload's, see EnclaveSession.upload) in its header section.
+            receipt = (self._message.trailer(proto.RECEIPT_HEADER)
+                       or self._message.header(proto.RECEIPT_HEADER))
             self.receipt = self._session.check_receipt(
-                self._enclave, self._message.trailer(proto.RECEIPT_HEADER),
+                self._enclave, receipt,
                 self._message.header(proto.REQUEST_ID_HEADER),
                 required=self.status == 200 and not failed)
         finally:
@@ -230,9 +236,15 @@ class EnclaveSession:
                  reattest_after: timedelta = timedelta(minutes=5),
                  require_receipts: bool = True,
                  clock: Clock = system_clock, timeout: float = 300.0,
-                 http: httpx.Client | None = None) -> None:
+                 http: httpx.Client | None = None, collateral: Collateral | None = None,
+                 retry_failed_after: timedelta = timedelta(seconds=30)) -> None:
         self._url = url.rstrip("/")
         self._policy = policy
+        self._collateral = collateral
+        self._retry_failed_after = retry_failed_after
+        # A failed re-attestation (continuous trust): (code, detail, when). While set, no
+        # request goes to the enclave (client.reattestation_failed) until one passes again.
+        self._failure: tuple[str, str, datetime] | None = None
         self._sim_roots = frozenset(r.lower().replace(":", "") for r in sim_roots)
         self._trusted_roots = trusted_roots
         self._reattest_after = reattest_after
@@ -259,6 +271,26 @@ class EnclaveSession:
             return self._attest_locked()
 
     def _attest_locked(self) -> VerifiedEnclave:
+        """Attest; a failure after an enclave was once verified stops every request to it
+        at once (fail closed: ``client.reattestation_failed``, until an attestation passes
+        again) and is kept for ``/medclave/status``."""
+        again = self._enclave is not None or self._failure is not None
+        try:
+            enclave = self._attest_once()
+        except MedclaveError as exc:
+            if not again:
+                raise
+            self._enclave = None
+            self._failure = (exc.code, exc.detail, self._clock())
+            log.error("re-attestation of %s failed: %s; requests to it are refused until it "
+                      "passes again", self._url, exc.code)
+            raise  # this caller learns the cause; later ones client.reattestation_failed
+        if self._failure is not None:
+            log.warning("re-attestation of %s passes again", self._url)
+        self._failure = None
+        return enclave
+
+    def _attest_once(self) -> VerifiedEnclave:
         nonce = os.urandom(NONCE_BYTES)
         issued = self._clock()
         try:
@@ -270,7 +302,8 @@ class EnclaveSession:
             raise error_from_body(response.status_code, response.content)
         enclave = verify_enclave(response.content, nonce=nonce, policy=self._policy,
                                  now=self._clock(), nonce_issued=issued,
-                                 sim_roots=self._sim_roots, trusted_roots=self._trusted_roots)
+                                 sim_roots=self._sim_roots, trusted_roots=self._trusted_roots,
+                                 collateral=self._collateral)
         previous = self._enclave
         if previous is not None and previous.key_config != enclave.key_config:
             log.info("enclave key changed (id %d -> %d); taken from a verified attestation",
@@ -278,8 +311,57 @@ class EnclaveSession:
         self._enclave = enclave
         return enclave
 
+    def update_trust(self, *, policy: AppraisalPolicy | None = None,
+                     collateral: Collateral | None = None) -> VerifiedEnclave:
+        """New verifier inputs (a changed policy or collateral) take effect now: the enclave is
+        attested again under them, and refused at once if it no longer passes."""
+        with self._lock:
+            if policy is not None:
+                self._policy = policy
+            if collateral is not None:
+                self._collateral = collateral
+            return self._attest_locked()
+
+    def fail(self, code: str, detail: str) -> None:
+        """Stop requests now (e.g. the relying party's own inputs no longer load)."""
+        with self._lock:
+            self._enclave = None
+            self._failure = (code, detail, self._clock())
+
+    def reattest_if_due(self) -> VerifiedEnclave | None:
+        """The scheduled re-attestation: attest when the last one is ``reattest_after`` old
+        (a failed one: ``retry_failed_after``); never the first attestation (that is lazy)."""
+        with self._lock:
+            now = self._clock()
+            if self._enclave is not None:
+                if now - self._enclave.verified_at < self._reattest_after:
+                    return self._enclave
+            elif self._failure is None or now - self._failure[2] < self._retry_failed_after:
+                return None
+            return self._attest_locked()
+
+    def trust_state(self) -> dict[str, Any]:
+        """What ``/medclave/status`` says about trust: verified, failed (and why) or not yet."""
+        with self._lock:
+            if self._failure is not None:
+                code, detail, at = self._failure
+                return {"state": "failed", "code": code, "detail": detail,
+                        "since": at.isoformat()}
+            if self._enclave is not None:
+                return {"state": "verified", "verified_at": self._enclave.verified_at.isoformat()}
+            return {"state": "unverified"}
+
+    def current(self) -> VerifiedEnclave:
+        """The pinned enclave, attested anew when none is or it is older than the re-attestation
+        interval (the proxy's readiness check)."""
+        return self._current()
+
     def _current(self, *, force: bool = False) -> VerifiedEnclave:
         with self._lock:
+            failure = self._failure
+            if (failure is not None and not force
+                    and self._clock() - failure[2] < self._retry_failed_after):
+                raise ClientError("client.reattestation_failed", f"{failure[0]}: {failure[1]}")
             enclave = self._enclave
             stale = enclave is None or self._clock() - enclave.verified_at >= self._reattest_after
             if force or stale:
@@ -291,11 +373,13 @@ class EnclaveSession:
 
     def request(self, method: str, path: str, *, body: bytes = b"",
                 authorization: str | None = None, dpop: str | None = None,
-                abort: Abort | None = None) -> InnerResponse:
+                abort: Abort | None = None, headers: tuple[tuple[str, str], ...] = ()
+                ) -> InnerResponse:
         """One encapsulated request and its decapsulated answer (not streamed); ``dpop``: a
         proof for the inner URL, for a DPoP-bound token (RFC 9449 §7.1); ``abort``: lets another
-        thread drop the request while the enclave works on it."""
-        inner = _inner(method, path, body, authorization, dpop)
+        thread drop the request while the enclave works on it; ``headers``: more inner headers
+        (a sealed conversation's share), encapsulated like the rest."""
+        inner = _inner(method, path, body, authorization, dpop, headers)
         enclave = self._current()
         try:
             return self._send(enclave, inner, abort)
@@ -308,7 +392,10 @@ class EnclaveSession:
               ) -> InnerResponse:
         wire, context = encapsulate_request(enclave.key_config, inner)
         url = f"{self._url}{proto.OHTTP_PATH}"
-        headers = {"content-type": proto.OHTTP_REQUEST}
+        # The request id (and trace context) of the proxy request being served, if any, so
+        # the enclave's log lines and spans join it; outside the encapsulation, like the
+        # content type: a random id, nothing of the request.
+        headers = {"content-type": proto.OHTTP_REQUEST, **outgoing_headers()}
         try:
             if abort is not None and self._own_http:
                 # A connection of its own, so that dropping it drops this request only (a
@@ -332,15 +419,39 @@ class EnclaveSession:
         return InnerResponse(answer.status, answer.headers, answer.content, receipt)
 
     def stream(self, method: str, path: str, *, body: bytes = b"",
-               authorization: str | None = None, dpop: str | None = None) -> StreamedResponse:
+               authorization: str | None = None, dpop: str | None = None,
+               headers: tuple[tuple[str, str], ...] = ()) -> StreamedResponse:
         """A chunked-OHTTP request; the answer streams back as it is generated."""
-        inner = _inner(method, path, body, authorization, dpop)
+        inner = _inner(method, path, body, authorization, dpop, headers)
         try:
             return self._open_stream(self._current(), inner)
         except CryptoError as exc:
             if exc.code != "crypto.key_unknown":
                 raise
         return self._open_stream(self._current(force=True), inner)
+
+    def upload(self, path: str, *, body: bytes, content_type: str,
+               authorization: str | None = None, dpop: str | None = None,
+               audio: bool = False) -> InnerResponse:
+        """``POST`` a large body (audio) in chunked OHTTP and read the whole answer. ``audio``:
+        refuse (``client.attestation_refused``) unless the verified runtime states that the
+        enclave keeps none of it (``audio_retention: none``), before a byte is sent."""
+        inner = _inner("POST", path, body, authorization, dpop, content_type=content_type)
+        for attempt in (0, 1):
+            enclave = self._current(force=attempt == 1)
+            if audio and enclave.runtime.audio_retention != "none":
+                raise ClientError("client.attestation_refused", "the enclave does not state "
+                                  "audio_retention: none; no audio was sent")
+            try:
+                stream = self._open_stream(enclave, inner)
+            except CryptoError as exc:
+                if exc.code != "crypto.key_unknown" or attempt == 1:
+                    raise
+                continue
+            with stream:
+                content = b"".join(stream.iter_content())
+            return InnerResponse(stream.status, stream.headers, content, stream.receipt)
+        raise AssertionError("unreachable")
 
     def _open_stream(self, enclave: VerifiedEnclave, inner: bytes) -> StreamedResponse:
         encoder = ChunkedRequestEncoder(enclave.key_config)
@@ -350,7 +461,8 @@ class EnclaveSession:
         # shared pool's thread may already hold (a self-deadlock). A private pool is never busy.
         http = _client(self._timeout, self._tls) if self._own_http else self._http
         request = http.build_request("POST", f"{self._url}{proto.OHTTP_PATH}", content=wire,
-                                     headers={"content-type": proto.CHUNKED_REQUEST})
+                                     headers={"content-type": proto.CHUNKED_REQUEST,
+                                              **outgoing_headers()})
         try:
             response = http.send(request, stream=True)
         except httpx.HTTPError as exc:
@@ -403,18 +515,20 @@ class EnclaveSession:
 
 
 def _inner(method: str, path: str, body: bytes, authorization: str | None,
-           dpop: str | None) -> bytes:
-    extra = (("dpop", dpop),) if dpop is not None else ()
+           dpop: str | None, headers: tuple[tuple[str, str], ...] = (),
+           content_type: str = "application/json") -> bytes:
+    extra = ((("dpop", dpop),) if dpop is not None else ()) + headers
     return proto.encode_inner_request(method, path, body=body, authorization=authorization,
-                                      extra_headers=extra)
+                                      extra_headers=extra, content_type=content_type)
 
 
 def _needs_receipt(inner: bytes) -> bool:
-    """Inferences carry receipts; listing models does not."""
+    """Inferences carry receipts; listing models and managing conversations do not."""
     try:
-        return not proto.is_models_path(bhttp.decode_request(inner).path)
+        request = bhttp.decode_request(inner)
     except MedclaveError:
         return True
+    return proto.needs_receipt(request.method.upper(), request.path.split("?", 1)[0])
 
 
 def summary(enclave: VerifiedEnclave | None) -> Mapping[str, Any]:

@@ -22,10 +22,12 @@ from typing import Any
 from pydantic import ValidationError
 
 from medclave.attestation import Verification, verify_bundle
+from medclave.attestation.collateral import Collateral, apply_collateral
 from medclave.attestation.policy import AppraisalPolicy, appraise, gpu_claims
 from medclave.audit.note import ALG_ED25519, NoteVerifier
+from medclave.audit.release import check_release
 from medclave.crypto.ohttp import KeyConfig
-from medclave.errors import AttestationError
+from medclave.errors import AttestationError, PolicyError
 from medclave.protocol.evidence import MAX_BUNDLE_BYTES, EvidenceBundle
 from medclave.protocol.inference import EnclaveRuntime
 
@@ -54,6 +56,7 @@ class VerifiedEnclave:
     policy_digest: str
     # One summary per GPU verified beside the CPU report, bound to it (verifier.verify_bundle).
     gpus: tuple[dict[str, Any], ...] = ()
+    release: str | None = None  # the published release the build was found in, if asked
 
     @property
     def model_digest(self) -> str:
@@ -82,8 +85,16 @@ class VerifiedEnclave:
             "appraisal_policy": {"name": self.policy_name, "digest": self.policy_digest},
             "verified_at": self.verified_at.isoformat(),
         }
+        if self.runtime.speech_model_digest is not None:
+            out["speech"] = {"model_id": self.runtime.speech_model_id,
+                             "model_digest": self.runtime.speech_model_digest,
+                             "engine_build": self.runtime.speech_engine_build,
+                             "audio_retention": self.runtime.audio_retention,
+                             "sandbox": self.runtime.speech_sandbox}
         if self.gpus:
             out["gpus"] = [dict(g) for g in self.gpus]
+        if self.release is not None:
+            out["release"] = self.release
         if not self.secure:
             out["warning"] = SIM_WARNING
         return out
@@ -113,7 +124,8 @@ def _measurement(verification: Verification) -> str | None:
 def verify_enclave(data: bytes, *, nonce: bytes, policy: AppraisalPolicy, now: datetime,
                    nonce_issued: datetime | None = None,
                    sim_roots: frozenset[str] = frozenset(),
-                   trusted_roots: frozenset[str] | None = None) -> VerifiedEnclave:
+                   trusted_roots: frozenset[str] | None = None,
+                   collateral: Collateral | None = None) -> VerifiedEnclave:
     """Verify and appraise; raises ``attestation.*`` or ``policy.*``, never returns a refusal.
 
     The evidence answers ``nonce``, so it is no older than ``nonce_issued``: that is the time a
@@ -121,12 +133,22 @@ def verify_enclave(data: bytes, *, nonce: bytes, policy: AppraisalPolicy, now: d
     bundle = parse_attestation(data)
     verification = verify_bundle(bundle, now=now, expected_nonce=nonce, sim_roots=sim_roots,
                                  trusted_roots=trusted_roots)
+    # The relying party's own, changing view (TCB baseline, revoked measurements).
+    verification = apply_collateral(verification, collateral)
     runtime = EnclaveRuntime.from_runtime(dict(bundle.runtime))
     key_config = runtime.key_config()
     runtime.audit_key()
+    release = None
+    if policy.release_log is not None:
+        # The release log replaces a list of measurements: the build must be published.
+        release = check_release(policy.release_log, platform=verification.platform,
+                                measurement=_measurement(verification),
+                                runtime=dict(bundle.runtime)).release
     appraisal = appraise(verification, policy, now=now, model_digest=runtime.model_digest,
                          evidence_time=nonce_issued, kbs_keys=list(runtime.kbs_keys),
-                         token_issuers=[dict(t) for t in runtime.token_issuers])
+                         token_issuers=[dict(t) for t in runtime.token_issuers],
+                         release_proven=release is not None)
+    check_speech(policy, runtime)
     if not verification.secure:
         log.warning(SIM_WARNING)
     return VerifiedEnclave(
@@ -142,7 +164,23 @@ def verify_enclave(data: bytes, *, nonce: bytes, policy: AppraisalPolicy, now: d
         policy_name=appraisal.policy_name,
         policy_digest=appraisal.policy_digest,
         gpus=tuple(_gpu_summary(g) for g in gpu_claims(verification)),
+        release=release,
     )
+
+
+def check_speech(policy: AppraisalPolicy, runtime: EnclaveRuntime) -> None:
+    """The policy's speech requirements (issue 14) against what the runtime states: each set
+    requirement must be stated exactly, so an enclave that states nothing is refused."""
+    wrong: list[str] = []
+    if policy.audio_retention is not None and runtime.audio_retention != policy.audio_retention:
+        wrong.append(f"audio_retention is {runtime.audio_retention!r}")
+    if policy.speech_sandbox is not None and runtime.speech_sandbox != policy.speech_sandbox:
+        wrong.append(f"speech_sandbox is {runtime.speech_sandbox!r}")
+    if policy.speech_model_digests and (runtime.speech_model_digest
+                                        not in policy.speech_model_digests):
+        wrong.append(f"speech model {runtime.speech_model_digest!r} is not allowed")
+    if wrong:
+        raise PolicyError("policy.speech_not_allowed", "; ".join(wrong))
 
 
 def _gpu_summary(claims: Mapping[str, Any]) -> dict[str, Any]:

@@ -31,10 +31,12 @@ from fastapi.responses import JSONResponse, Response
 from medclave.audit.entry import Ending
 from medclave.enclave.engines.base import Cancel
 from medclave.enclave.limits import Busy, Slot, Slots
+from medclave.enclave.observe import instrument_enclave
 from medclave.enclave.service import InferenceService, OuterResponse
 from medclave.enclave.settings import EnclaveSettings, get_settings
 from medclave.enclave.streaming import AnswerStream
 from medclave.errors import MedclaveError
+from medclave.ops.http import note_refusal
 from medclave.protocol import inference as proto
 from medclave.serving import (
     ClosingStreamingResponse,
@@ -112,6 +114,7 @@ async def ohttp(request: Request, service: ServiceDep, limits: LimitsDep, body: 
         busy = Busy(detail=f"{limits.inferences.limit} inferences in progress",
                     retry_after=limits.retry_after)
         log.info("refused POST %s: %s", proto.OHTTP_PATH, busy.code)
+        note_refusal(request, busy.code)
         return JSONResponse(busy.to_public(), status_code=busy.status,
                             headers=dict(busy.headers()))
     done: list[OuterResponse] = []
@@ -170,6 +173,7 @@ async def _close(stream: AnswerStream, ending: Ending, threads: anyio.CapacityLi
 
 def _log_refusal(request: Request, exc: MedclaveError) -> None:
     log.info("refused %s %s: %s", request.method, request.url.path, exc.code)
+    note_refusal(request, exc.code)
 
 
 def _route_error(status: int) -> JSONResponse:
@@ -193,4 +197,5 @@ def create_app(service: InferenceService, settings: EnclaveSettings | None = Non
     app.include_router(router)
     install_error_handlers(app, log_refusal=_log_refusal, route_error=_route_error,
                            log_unexpected=_log_unexpected)
+    instrument_enclave(app, service, settings or get_settings())  # /healthz, /readyz, metrics
     return app

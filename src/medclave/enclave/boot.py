@@ -14,6 +14,8 @@ import hashlib
 import logging
 import os
 import secrets
+import ssl
+import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -44,21 +46,41 @@ from medclave.enclave.hooks import (
     InsecureNoAuthorization,
     TokenAuthorization,
 )
+from medclave.enclave.inner_apps import AppContext, AppFactory, InnerApp
 from medclave.enclave.keys import KeyRing
 from medclave.enclave.model import DEFAULT_MODEL_SHA256, default_model_path, verify_model_file
 from medclave.enclave.model import sha256_file as file_sha256
+from medclave.enclave.records_boot import build_records, data_keys
 from medclave.enclave.response_store import ResponseStore
+from medclave.enclave.retrieval import RetrievalApi
+from medclave.enclave.routes import Route
+from medclave.enclave.sealing.conversations import SealedConversations
+from medclave.enclave.sealing.roots import (
+    BrokerSealingRoots,
+    FileSealingRoots,
+    NoSealingRoots,
+    SealingRoots,
+)
+from medclave.enclave.sealing.roots import broker_fetcher as sealing_fetcher
+from medclave.enclave.sealing.store import MemorySealedStore, SealedStore, SqliteSealedStore
 from medclave.enclave.service import SERVICE, EnclaveIdentity, InferenceService
 from medclave.enclave.settings import EnclaveSettings
-from medclave.errors import InputError
+from medclave.enclave.speech import Transcriber
+from medclave.enclave.standing import StandingCheck, StandingMonitor
+from medclave.errors import InputError, KbsError
 from medclave.kbs.client import KbsClient
+from medclave.kbs.sealed_models import ShareRef
 from medclave.kbs.signing import TrustedBrokers
+from medclave.protocol import inference as proto
 from medclave.protocol.evidence import EvidenceBundle
 from medclave.util.clock import Clock, system_clock
+from medclave.records.access import load_links
 
 log = logging.getLogger("medclave.enclave")
 
 EngineFactory = Callable[[str, EnclaveSettings], Engine]
+# Routes served beside the OpenAI API by a layer above (the clinical apps), by inner path.
+RoutesFactory = Callable[[EnclaveSettings], Mapping[str, Route]]
 
 
 @dataclass
@@ -69,6 +91,7 @@ class Booted:
     platform: HostPlatform
     model_digest: str
     _closers: list[Callable[[], None]] = field(default_factory=list)
+    standing: StandingMonitor | None = None
 
     def close(self) -> None:
         while self._closers:
@@ -141,6 +164,7 @@ def build_authorization(settings: EnclaveSettings, platform: HostPlatform, clock
     return TokenAuthorization(authenticator, authorizer, model_id=settings.model_id,
                               roles=settings.auth_roles, tenants=tenants or frozenset(),
                               clock=clock, trail=trail,
+                              fhir_users=load_links(settings.records_users_file),
                               token_issuers=({"issuer": settings.auth_issuer, "jwks": source},))
 
 
@@ -170,6 +194,58 @@ def broker_client(settings: EnclaveSettings, attester: Attester
     return open_client
 
 
+def share_clients(settings: EnclaveSettings, attester: Attester, runtime: Mapping[str, Any]
+                  ) -> Callable[[ShareRef], KbsClient]:
+    """Clients for a threshold release: one per share, each pinned to the key of the broker
+    that holds that share (a key among ``kbs_keys``; the URL comes from the untrusted key.json
+    and is trusted for nothing)."""
+    if not settings.kbs_keys:
+        raise InputError("config.invalid", "a threshold-released model needs kbs_keys: the "
+                         "public keys of the brokers holding its shares")
+    pinned = TrustedBrokers.of(settings.kbs_keys)
+    # One TLS context for every share's client: loading a CA store costs tens of ms.
+    verify = (ssl.create_default_context(cafile=str(settings.kbs_ca_file))
+              if settings.kbs_ca_file else ssl.create_default_context())
+
+    def open_client(share: ShareRef) -> KbsClient:
+        if share.broker_key not in pinned.fingerprints():
+            raise KbsError("kbs.answer_unauthenticated",
+                           "a share is held by a broker this enclave does not trust")
+        return KbsClient(share.kbs, attester, trusted=pinned, runtime=runtime, verify=verify,
+                         signer=share.broker_key)
+
+    return open_client
+
+
+def standing_checks(settings: EnclaveSettings, attester: Attester,
+                    runtime: Callable[[], dict[str, Any]]) -> list[StandingCheck]:
+    """One standing question per (broker, key resource) this enclave holds a key from."""
+    from medclave.kbs.sealed_models import read_key_ref, read_threshold_ref
+
+    checks: list[StandingCheck] = []
+
+    def single(resource: str) -> StandingCheck:
+        def ask() -> str:
+            with broker_client(settings, attester)(runtime()) as kbs:
+                return kbs.standing(resource)
+        return StandingCheck(resource, ask)
+
+    if settings.kbs_url and settings.audit_key_resource:
+        checks.append(single(settings.audit_key_resource))
+    if settings.sealed_model is not None:
+        split = read_threshold_ref(settings.sealed_model)
+        ref = read_key_ref(settings.sealed_model)
+        if split is not None:
+            for share in split.shares:
+                def ask_share(share: ShareRef = share) -> str:
+                    with share_clients(settings, attester, runtime())(share) as kbs:
+                        return kbs.standing(share.resource)
+                checks.append(StandingCheck(f"{share.resource}#{share.index}", ask_share))
+        elif ref is not None and settings.kbs_url:
+            checks.append(single(ref.resource))
+    return checks
+
+
 def build_commit_keys(settings: EnclaveSettings, platform: HostPlatform,
                       runtime: Callable[[], dict[str, Any]], clock: Clock) -> CommitKeys:
     """The tenants' commitment keys: a local file on sim (development), else the broker; with
@@ -192,22 +268,60 @@ def build_commit_keys(settings: EnclaveSettings, platform: HostPlatform,
     return NoCommitKeys()
 
 
+def build_sealing_roots(settings: EnclaveSettings, platform: Platform,
+                       runtime: Callable[[], dict[str, Any]], clock: Clock) -> SealingRoots:
+    """Tenants' sealing roots: a local file on sim (development), else the broker; with neither,
+    sealed state is refused (``sealing.root_unavailable``)."""
+    if settings.sealing_root_file is not None:
+        if platform.secure:
+            raise InputError("config.invalid", "sealing_root_file is for development on sim; "
+                             "on a TEE the tenant's sealing root comes from the key broker")
+        log.warning("sealed conversations use the development root file %s",
+                    settings.sealing_root_file.name)
+        return FileSealingRoots(settings.sealing_root_file)
+    if settings.kbs_url:
+        return BrokerSealingRoots(sealing_fetcher(broker_client(settings, platform.attester),
+                                                  runtime), clock=clock)
+    return NoSealingRoots()
+
+
+def _sealed(settings: EnclaveSettings, platform: Platform,
+            runtime: Callable[[], dict[str, Any]], clock: Clock,
+            closers: list[Callable[[], None]]) -> SealedConversations:
+    store: SealedStore
+    if settings.sealing_store == "memory":
+        store = MemorySealedStore()
+    else:
+        store = SqliteSealedStore(Path(settings.data_dir) / "sealed" / "conversations.sqlite3")
+    closers.append(store.close)
+    return SealedConversations(build_sealing_roots(settings, platform, runtime, clock), store,
+                               clock=clock)
+
+
 def _open_model(settings: EnclaveSettings, attester: Attester, base_runtime: dict[str, Any],
                 closers: list[Callable[[], None]]) -> tuple[str, str]:
     """``(path for the engine, SHA-256 of the plaintext weights)``."""
     if settings.sealed_model is not None:
         from medclave.crypto import sealed
-        from medclave.kbs.sealed_models import load_sealed_model
+        from medclave.kbs.sealed_models import (
+            load_sealed_model,
+            load_sealed_model_threshold,
+            read_threshold_ref,
+        )
 
-        if not settings.kbs_url:
-            raise InputError("config.invalid", "a sealed model needs kbs_url")
         manifest = sealed.load_manifest(settings.sealed_model)
         runtime = {**base_runtime, "model_digest": manifest.plaintext_sha256}
         if settings.requester:
             runtime["requester"] = settings.requester
-        with broker_client(settings, attester)(runtime) as kbs:
-            fd, path, manifest = load_sealed_model(kbs, settings.sealed_model)
-        closers.append(lambda: os.close(fd))
+        if read_threshold_ref(settings.sealed_model) is not None:
+            fd, path, manifest = load_sealed_model_threshold(
+                share_clients(settings, attester, runtime), settings.sealed_model)
+        else:
+            if not settings.kbs_url:
+                raise InputError("config.invalid", "a sealed model needs kbs_url")
+            with broker_client(settings, attester)(runtime) as kbs:
+                fd, path, manifest = load_sealed_model(kbs, settings.sealed_model)
+        closers.append(_once(lambda: os.close(fd)))
         log.info("model unsealed into memory: %s (%d bytes)", manifest.plaintext_sha256,
                  manifest.size)
         return path, manifest.plaintext_sha256
@@ -220,10 +334,61 @@ def _open_model(settings: EnclaveSettings, attester: Attester, base_runtime: dic
     return str(default_model_path()), DEFAULT_MODEL_SHA256
 
 
+def _open_speech(settings: EnclaveSettings, attester: Attester, base_runtime: dict[str, Any],
+                 closers: list[Callable[[], None]]) -> Transcriber | None:
+    """The Whisper worker, or None without ``speech``; the model checked as the chat model is
+    (sealed: the broker's key, decrypted into memory; plain: its pinned digest)."""
+    if not settings.speech:
+        return None
+    from medclave.enclave.audio import AudioLimits
+    from medclave.enclave.speech import bundled_model, files_from_tar, load_folder
+
+    model_id = settings.speech_model_id
+    if settings.speech_sealed_model is not None:
+        from medclave.crypto import sealed
+        from medclave.kbs.sealed_models import load_sealed_model
+
+        if not settings.kbs_url:
+            raise InputError("config.invalid", "a sealed speech model needs kbs_url")
+        manifest = sealed.load_manifest(settings.speech_sealed_model)
+        runtime = {**base_runtime, "model_digest": manifest.plaintext_sha256}
+        if settings.requester:
+            runtime["requester"] = settings.requester
+        with broker_client(settings, attester)(runtime) as kbs:
+            fd, _, manifest = load_sealed_model(kbs, settings.speech_sealed_model)
+        try:
+            with os.fdopen(os.dup(fd), "rb") as memory:
+                model = files_from_tar(memory.read(), model_id=model_id,
+                                       expected=settings.speech_model_sha256)
+        finally:
+            os.close(fd)
+    elif settings.speech_model_path is not None:
+        log.warning("speech model loaded from a plain folder (%s): not sealed",
+                    settings.speech_model_path.name)
+        model = load_folder(settings.speech_model_path, model_id=model_id,
+                            expected=settings.speech_model_sha256)
+    else:
+        model = bundled_model()
+    speech = Transcriber(model, threads=settings.speech_threads, sandbox=settings.speech_sandbox,
+                         limits=AudioLimits(max_bytes=settings.speech_max_bytes,
+                                            max_seconds=settings.speech_max_seconds))
+    closers.append(speech.close)
+    log.info("speech ready: %s %s, sandbox %s", model.model_id, model.digest,
+             speech.sandbox.mechanism)
+    return speech
+
+
 def boot(settings: EnclaveSettings, *, clock: Clock = system_clock,
          engine_factory: EngineFactory = default_engine,
-         authorization: AuthorizationHook | None = None) -> Booted:
-    """Run the boot sequence; anything that fails stops the boot (fail closed)."""
+         authorization: AuthorizationHook | None = None,
+         apps: tuple[AppFactory, ...] = (),
+         routes: RoutesFactory | None = None,
+         speech: Transcriber | None = None) -> Booted:
+    """Run the boot sequence; anything that fails stops the boot (fail closed). ``apps``:
+    applications served inside the encapsulation (:mod:`medclave.enclave.inner_apps`); sealed
+    state is opened only for them. ``routes``: the clinical apps' inner routes; ``speech``: a
+    Whisper worker already running (tests and benchmarks share one; the caller closes it), else
+    one is started when ``settings.speech``."""
     sim_measurement = bytes.fromhex(settings.sim_measurement) if settings.sim_measurement else None
     platform = select_platform(settings.platform, settings.data_dir,
                                sim_measurement=sim_measurement)
@@ -253,15 +418,31 @@ def boot(settings: EnclaveSettings, *, clock: Clock = system_clock,
             "ohttp_key_config": base64.b64encode(keys.config.encode()).decode(),
             "audit_origin": origin,
         }
-        brokers = trusted_brokers(settings)
+        release_proof = _release_proof(settings)
+        if release_proof is not None:
+            base_runtime["release_proof"] = release_proof
+        brokers = trusted_brokers(settings) or (
+            TrustedBrokers.of(settings.kbs_keys) if settings.kbs_keys else None)
         if brokers is not None:
             base_runtime["kbs_keys"] = brokers.fingerprints()
         signer = _audit_signer(settings, platform, origin, base_runtime)
         audit_public = signer.verifier.public_key
         base_runtime["audit_public_key"] = base64.b64encode(audit_public).decode()
+        before = len(closers)
         model_path, model_digest = _open_model(settings, attester, base_runtime, closers)
+        model_release = closers[before:]  # the unsealed weights' memory file
         engine = engine_factory(model_path, settings)
-        closers.append(engine.close)
+        close_engine = _once(engine.close)  # at shutdown, or earlier on revocation
+        closers.append(close_engine)
+        if speech is None:
+            speech = _open_speech(settings, attester, base_runtime, closers)
+        served_routes: dict[str, Route] = {}
+        if speech is not None:
+            from medclave.enclave.audio_api import transcriptions
+
+            served_routes[proto.TRANSCRIPTIONS_PATH] = transcriptions
+        if routes is not None:
+            served_routes.update(routes(settings))
         if attester.evidence_digest is None:  # no broker asked: attest once at boot anyway
             attester(os.urandom(32), base_runtime)
         assert attester.evidence_digest is not None
@@ -275,7 +456,13 @@ def boot(settings: EnclaveSettings, *, clock: Clock = system_clock,
                                    audit_public_key=audit_public, audit_origin=origin,
                                    policy_digest=hook.policy_digest,
                                    kbs_keys=tuple(base_runtime.get("kbs_keys", ())),
-                                   token_issuers=hook.token_issuers)
+                                   token_issuers=hook.token_issuers,
+                                   release_proof=release_proof)
+        served_apps: tuple[InnerApp, ...] = ()
+        if apps:
+            context = AppContext(settings, _sealed(settings, platform, broker_runtime, clock,
+                                                   closers), clock)
+            served_apps = tuple(factory(context) for factory in apps)
         service = InferenceService(engine=engine, keys=keys, platform=platform,
                                    identity=identity, authorization=hook, audit=sink,
                                    clock=clock, max_tokens_limit=settings.max_tokens_limit,
@@ -284,15 +471,63 @@ def boot(settings: EnclaveSettings, *, clock: Clock = system_clock,
                                    response_store=ResponseStore(
                                        ttl=settings.responses_ttl_seconds,
                                        per_user=settings.responses_per_user,
-                                       max_bytes=settings.responses_max_bytes))
+                                       max_bytes=settings.responses_max_bytes),
+                                   apps=served_apps, speech=speech, routes=served_routes)
         served.append(service)
+        if isinstance(commit_keys, BrokerCommitKeys):
+            service.on_revoke(commit_keys.drop)
+        service.on_revoke(close_engine)
+        for release in model_release:  # after the engine: it maps the weights
+            service.on_revoke(release)
+        monitor = StandingMonitor(
+            standing_checks(settings, platform.attester, broker_runtime),
+            service.revoke, interval=settings.standing_check_seconds,
+            max_age=settings.standing_max_age_seconds)
+        if settings.standing_check_seconds:
+            monitor.start()
+            closers.append(monitor.stop)
+        if settings.records_enabled:
+            client = broker_client(settings, platform.attester) if settings.kbs_url else None
+            records = build_records(settings, data_keys(settings, platform, client,
+                                                        broker_runtime, clock), clock)
+            closers.append(records.close)
+            service.records = RetrievalApi(records, url_allowlist=frozenset(
+                h.lower() for h in settings.records_url_allowlist))
     except BaseException:
         for close in reversed(closers):
             close()
         raise
     log.info("enclave ready: platform=%s model=%s engine=%s", platform.name, model_digest,
              engine.build_id)
-    return Booted(service, platform, model_digest, closers)
+    return Booted(service, platform, model_digest, closers, monitor)
+
+
+def _release_proof(settings: EnclaveSettings) -> dict[str, Any] | None:
+    """The release proof file, read once (bounded); its content is checked by relying parties,
+    not here: the enclave only serves it."""
+    path = settings.release_proof_file
+    if path is None:
+        return None
+    import json
+
+    try:
+        with path.open("rb") as fh:
+            raw = fh.read(256 * 1024 + 1)
+        value = json.loads(raw) if len(raw) <= 256 * 1024 else None
+    except (OSError, ValueError) as exc:
+        raise InputError("config.invalid", f"cannot read the release proof {path.name}") from exc
+    if not isinstance(value, dict):
+        raise InputError("config.invalid", f"{path.name} is not a release proof")
+    return value
+
+
+def _once(action: Callable[[], None]) -> Callable[[], None]:
+    done = threading.Lock()
+
+    def run() -> None:
+        if done.acquire(blocking=False):
+            action()
+    return run
 
 
 def _audit_signer(settings: EnclaveSettings, platform: HostPlatform, origin: str,

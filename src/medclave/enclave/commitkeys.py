@@ -112,17 +112,26 @@ class BrokerCommitKeys:
     """
 
     def __init__(self, fetch: Callable[[str], CommitKey], *, clock: Clock,
-                 retry_after: timedelta = timedelta(seconds=30)) -> None:
+                 retry_after: timedelta = timedelta(seconds=30),
+                 parse: Callable[[bytes], bytes] = parse_commitment_key,
+                 what: str = "commitment key") -> None:
+        # ``parse``/``what``: the records data keys (enclave/records_boot.py) are raw bytes,
+        # which a commitment key's whitespace stripping would corrupt.
         self._fetch = fetch
+        self._parse = parse
+        self._what = what
         self._clock = clock
         self._retry_after = retry_after
         self._keys: dict[str, CommitKey] = {}
         self._failed: dict[str, tuple[datetime, str]] = {}
         self._tenant_locks: dict[str, threading.Lock] = {}
         self._lock = threading.Lock()
+        self._dropped = False
 
     def key_for(self, tenant: str) -> CommitKey:
         with self._lock:
+            if self._dropped:
+                raise _unavailable("enclave.revoked")
             key = self._cached(tenant)
             if key is not None:
                 return key
@@ -134,18 +143,26 @@ class BrokerCommitKeys:
                     return key
             try:
                 fetched = self._fetch(tenant)
-                key = CommitKey(parse_commitment_key(fetched.key), fetched.version)
+                key = CommitKey(self._parse(fetched.key), fetched.version)
             except MedclaveError as exc:
                 self._remember_failure(tenant, exc.code)
                 # Nothing is served for this tenant until a fetch succeeds; the operator's log
                 # says why (an unauthenticated broker answer reads kbs.answer_unauthenticated).
-                log.warning("commitment key for tenant %s refused: %s; its requests are refused",
-                            tenant, exc.code)
+                log.warning("%s for tenant %s refused: %s; its requests are refused",
+                            self._what, tenant, exc.code)
                 raise _unavailable(exc.code) from None
             with self._lock:
+                if self._dropped:
+                    raise _unavailable("enclave.revoked")
                 self._keys[tenant] = key
                 self._failed.pop(tenant, None)
             return key
+
+    def drop(self) -> None:
+        """Forget every tenant's key (revocation); each later request is refused."""
+        with self._lock:
+            self._keys.clear()
+            self._dropped = True
 
     def _cached(self, tenant: str) -> CommitKey | None:
         key = self._keys.get(tenant)

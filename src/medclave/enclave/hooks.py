@@ -19,7 +19,7 @@ from __future__ import annotations
 import contextvars
 import hashlib
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
@@ -36,11 +36,16 @@ from medclave.audit.entry import (
 )
 from medclave.auth.authn import Authenticator
 from medclave.auth.authorizer import Authorizer, DecisionRecord
-from medclave.auth.entities import Model
+from medclave.auth.entities import Model, Tenant
 from medclave.enclave.commitkeys import CommitKeys
 from medclave.enclave.engines.base import SamplingParams
 from medclave.errors import AuthError, MedclaveError
-from medclave.protocol.inference import INNER_AUTHORITY, InnerRequest, is_models_path
+from medclave.protocol.inference import (
+    INNER_AUTHORITY,
+    RECORDS_PATH,
+    InnerRequest,
+    is_models_path,
+)
 from medclave.util.clock import Clock
 
 log = logging.getLogger("medclave.enclave")
@@ -56,6 +61,9 @@ class Principal:
     reason: str  # the policy id that allowed (or refused) the request
     policies: tuple[str, ...] = ()  # every policy id the request's decisions cited
     break_glass: bool = False  # a break-glass grant decided it
+    # The caller's FHIR identity (SMART's ``fhirUser`` claim: Patient/ID or a Practitioner
+    # reference), which records retrieval links to care relationships; None without one.
+    fhir_user: str | None = None
 
 
 class Refused(AuthError):
@@ -136,8 +144,10 @@ class TokenAuthorization:
 
     def __init__(self, authenticator: Authenticator, authorizer: Authorizer, *, model_id: str,
                  roles: tuple[str, ...], tenants: frozenset[str], clock: Clock,
-                 trail: DecisionTrail, token_issuers: tuple[dict[str, str], ...] = ()) -> None:
+                 trail: DecisionTrail, token_issuers: tuple[dict[str, str], ...] = (),
+                 fhir_users: Mapping[str, str] | None = None) -> None:
         self._authn = authenticator
+        self._links = dict(fhir_users or {})
         self.token_issuers = token_issuers
         self._authz = authorizer
         self._model_id = model_id
@@ -160,17 +170,24 @@ class TokenAuthorization:
         if is_models_path(request.path):
             return Principal(identity.subject, identity.tenant, identity.roles, "authenticated")
         # The model as deployed for the caller's tenant; Cedar's tenant isolation and
-        # role rules (policies/models.cedar) decide.
-        model = Model(id=self._model_id, tenant=identity.tenant, allowed_roles=self._roles)
+        # role rules (policies/models.cedar) decide. Writing records is administration of
+        # the tenant (policies/admin.cedar), not inference.
+        resource: Model | Tenant = Model(id=self._model_id, tenant=identity.tenant,
+                                         allowed_roles=self._roles)
+        action = "infer"
+        if request.path == RECORDS_PATH:
+            resource, action = Tenant(id=identity.tenant), "admin"
         with self._trail.collect() as records:
-            decision = self._authz.decide(identity, "infer", model, now=now)
+            decision = self._authz.decide(identity, action, resource, now=now)
         if not records or records[-1].decision != decision.decision:
             raise MedclaveError("internal", "the authorizer's decision did not reach the audit "
                                 "trail")
         enforced = records[-1]
+        fhir_user = identity.claims.get("fhirUser") or self._links.get(identity.subject)
         principal = Principal(identity.subject, identity.tenant, identity.roles,
                               _reason(enforced), _policies(records),
-                              any(r.break_glass_grant and r.decision == "allow" for r in records))
+                              any(r.break_glass_grant and r.decision == "allow" for r in records),
+                              fhir_user=fhir_user if isinstance(fhir_user, str) else None)
         if not decision.allowed:
             raise Refused(detail=f"denied by {list(decision.reasons) or 'default deny'}",
                           principal=principal)
@@ -219,6 +236,13 @@ class InferenceRecord:
     params: SamplingParams
     ended: Ending
     completion_tokens: int
+    # Other inner routes (medclave.enclave.routes, the records routes): the entry's action
+    # (infer, retrieve, ingest, embed, transcribe, scribe), documents committed under the
+    # ``document`` label (for retrieval: why each chunk that reached the model was allowed,
+    # never its text), and the patient the request concerns (pseudonymised).
+    action: str = "infer"
+    documents: tuple[bytes, ...] = ()
+    patient: str | None = None
 
 
 class AuditSink(Protocol):
@@ -280,11 +304,14 @@ class AuditLogSink:
             request_id=record.request_id,
             tenant=principal.tenant,
             user=pseudonym(key, "user", principal.subject),
-            action="infer",
+            patient=None if record.patient is None else pseudonym(key, "patient",
+                                                                   record.patient),
+            action=record.action,
             model_digest=self._facts.model_digest,
             engine_build=self._facts.engine_build,
             evidence_digest=self._facts.evidence_digest,
             attestation=self._attestation(),
+            documents=tuple(commit(key, "document", salt, d) for d in record.documents),
             params=Params(temperature=float(params.temperature), top_p=float(params.top_p),
                           max_tokens=params.max_tokens, seed=params.seed),
             salt=salt,

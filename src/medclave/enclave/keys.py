@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from medclave.crypto.ohttp import KeyConfig, OhttpKeyPair
+from medclave.errors import EnclaveError
 from medclave.util.clock import Clock
 
 
@@ -33,10 +34,22 @@ class KeyRing:
         self._current = OhttpKeyPair.generate(first_key_id & 0xFF)
         self._created = clock()
         self._retired: list[_Retired] = []
+        self._dropped = False
+
+    def drop(self) -> None:
+        """Forget every private key (revocation): no request opens from now on. Python cannot
+        wipe the bytes it held; dropping the last reference is what it can do."""
+        with self._lock:
+            self._dropped = True
+            self._retired = []
+            # Replace the served key by one nobody was given, so no reference to it remains.
+            self._current = OhttpKeyPair.generate(self._current.key_id)
 
     @property
     def current(self) -> OhttpKeyPair:
         self._maybe_rotate()
+        if self._dropped:
+            raise EnclaveError("enclave.revoked", "the OHTTP keys were dropped")
         return self._current
 
     @property
@@ -65,10 +78,12 @@ class KeyRing:
         self._maybe_rotate()
         now = self._clock()
         with self._lock:
+            if self._dropped:
+                return []
             return [self._current, *(r.pair for r in self._retired if r.until > now)]
 
     def _maybe_rotate(self) -> None:
-        if self._rotation is None:
+        if self._rotation is None or self._dropped:
             return
         with self._lock:  # checked under the lock: two threads never rotate twice
             if self._clock() - self._created >= self._rotation:

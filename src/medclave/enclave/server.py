@@ -5,18 +5,25 @@ benchmarks and the demo in a background thread: :mod:`medclave.background`).
 from __future__ import annotations
 
 from medclave.enclave.app import create_app
-from medclave.enclave.boot import boot
+from medclave.enclave.boot import RoutesFactory, boot
+from medclave.enclave.inner_apps import AppFactory
 from medclave.enclave.settings import EnclaveSettings
-from medclave.serving import run_server
+from medclave.ops import lifecycle
+from medclave.ops.logs import configure_logging
 
 __all__ = ["serve"]
 
 
-def serve(settings: EnclaveSettings) -> None:
-    """Boot, then serve until interrupted; release the model and keys on the way out."""
-    booted = boot(settings)
+def serve(settings: EnclaveSettings, apps: tuple[AppFactory, ...] = (), *,
+          routes: RoutesFactory | None = None) -> None:
+    """Boot, then serve until stopped (SIGTERM drains: :mod:`medclave.ops.lifecycle`);
+    release the model and keys, and close the audit log, on the way out. ``apps``: applications
+    inside the encapsulation (medclave.enclave.inner_apps); ``routes``: inner routes of the
+    clinical apps (medclave.enclave.routes)."""
+    configure_logging("enclave", level=settings.log_level, fmt=settings.log_format)
+    booted = boot(settings, apps=apps, routes=routes)
     try:
-        run_server(create_app(booted.service, settings), settings, host=settings.host,
-                   port=settings.port, log_level="info", access_log=False)
+        lifecycle.serve(create_app(booted.service, settings), settings, settings,
+                        host=settings.host, port=settings.port)
     finally:
         booted.close()

@@ -15,11 +15,13 @@ from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from medclave.enclave.model import DEFAULT_MODEL_ID
+from medclave.ops.settings import OpsSettings
 from medclave.serving import ServingSettings
 
 
-class EnclaveSettings(BaseSettings, ServingSettings):
-    """Network settings (trusted proxies, read deadlines) are :class:`ServingSettings`'."""
+class EnclaveSettings(BaseSettings, ServingSettings, OpsSettings):
+    """Network settings (trusted proxies, read deadlines) are :class:`ServingSettings`';
+    metrics, logs, drain and tracing are :class:`~medclave.ops.settings.OpsSettings`'."""
 
     model_config = SettingsConfigDict(env_prefix="MEDCLAVE_ENCLAVE_", extra="forbid",
                                       frozen=True)
@@ -45,6 +47,14 @@ class EnclaveSettings(BaseSettings, ServingSettings):
     # HTTPS to the broker: pin this CA (or the broker's self-signed certificate) file.
     kbs_ca_file: Path | None = None
     requester: str | None = Field(default=None, max_length=256)  # runtime["requester"] for KBS
+    # Continuous trust (enclave/standing.py): re-check standing with the brokers that released
+    # this enclave's keys every standing_check_seconds (0: never); with no good answer for
+    # standing_max_age_seconds, stop serving as if revoked (fail closed).
+    # Release transparency (audit/release.py): the proof that this build is a published
+    # release (`medclave release publish`), served in the runtime of every attestation.
+    release_proof_file: Path | None = None
+    standing_check_seconds: int = Field(default=300, ge=0, le=86400)
+    standing_max_age_seconds: int = Field(default=1800, ge=1, le=7 * 86400)
     model_path: Path | None = None
     model_sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
     model_id: str = Field(default=DEFAULT_MODEL_ID, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}$")
@@ -55,6 +65,24 @@ class EnclaveSettings(BaseSettings, ServingSettings):
     n_threads: int = Field(default=2, ge=1, le=256)
     seed: int = Field(default=0, ge=0, le=2**31 - 1)
     max_tokens_limit: int = Field(default=1024, ge=1, le=131072)
+
+    # --- speech and the clinical scribe (issue 14) -----------------------------------------
+    # speech: Whisper in a write-forbidden worker, serving /v1/audio/transcriptions; the
+    # scribe (/v1/medclave/scribe, a clinical app one layer up) is added by `medclave enclave
+    # serve --scribe`, which also turns speech on. Which Whisper:
+    # speech_sealed_model (a tar of a CTranslate2 folder, sealed; key from kbs_url), else
+    # speech_model_path (a plain folder, development), else the bundled tiny.en (pinned).
+    speech: bool = False
+    speech_sealed_model: Path | None = None
+    speech_model_path: Path | None = None
+    speech_model_sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
+    speech_model_id: str = Field(default="whisper-tiny.en",
+                                 pattern=r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}$")
+    speech_threads: int = Field(default=2, ge=1, le=256)
+    speech_max_seconds: float = Field(default=20 * 60.0, gt=0, le=4 * 3600)
+    speech_max_bytes: int = Field(default=25 * 1024 * 1024, ge=1024, le=25 * 1024 * 1024)
+    # Landlock for the worker where the kernel has it; the runtime states whether it is active.
+    speech_sandbox: bool = True
 
     # --- OHTTP keys -----------------------------------------------------------------------
     key_rotation_seconds: int | None = Field(default=None, ge=60)
@@ -85,7 +113,22 @@ class EnclaveSettings(BaseSettings, ServingSettings):
     commitment_key_file: Path | None = None
     commitment_key_retry_seconds: int = Field(default=30, ge=1, le=3600)
 
-    max_request_bytes: int = Field(default=2 * 1024 * 1024, ge=1024)
+    # Room for a transcription upload (25 MB of audio, proto.MAX_AUDIO_BODY) in chunked OHTTP.
+    max_request_bytes: int = Field(default=40 * 1024 * 1024, ge=1024)
+
+    # --- records retrieval (docs/retrieval.md) --------------------------------------------
+    # FHIR records ingested, sealed at rest under each tenant's data key (from the broker at
+    # kbs_url: kbs:///TENANT/data-key/records; on sim, one local 0600 key file for development),
+    # searched in enclave memory, every candidate authorized by Cedar before the model sees it.
+    records_enabled: bool = False
+    records_store: Literal["sqlite", "memory"] = "sqlite"
+    records_key_file: Path | None = None
+    # {"SUBJECT": "Patient/ID" | "Practitioner/ID" | "Practitioner?identifier=SYS|VALUE"}: whose
+    # records a token's subject is (a token's own fhirUser claim wins).
+    records_users_file: Path | None = None
+    # Hosts whose URLs may stay in retrieval answers (all others are removed).
+    records_url_allowlist: tuple[str, ...] = Field(default=(), max_length=64)
+    embedding_threads: int = Field(default=2, ge=1, le=64)
 
     # --- concurrency (issue 9 §6) -----------------------------------------------------------
     # Inference runs under limits of its own, so attestation never waits behind it: at most
@@ -104,6 +147,19 @@ class EnclaveSettings(BaseSettings, ServingSettings):
     # with Retry-After, inside the encapsulation). Below max_concurrent_inferences, so that
     # the line at the engine is bounded before the admission limit is reached.
     max_queued_generations: int = Field(default=16, ge=0, le=4096)
+
+    # --- sealed state and the triage chat (docs/triage.md) ------------------------------------
+    # Sealed conversations rest here (data_dir/sealed/conversations.sqlite3), ciphertext only.
+    sealing_store: Literal["sqlite", "memory"] = "sqlite"
+    # Tenants' sealing roots come from the broker at kbs_url (kbs:///TENANT/sealing-root/
+    # conversations); development on sim may derive them from one local key file (mode 0600).
+    sealing_root_file: Path | None = None
+    triage: bool = False  # serve /v1/medclave/conversations (wired by `medclave enclave serve`)
+    triage_lexicon_file: Path | None = None  # default: the bundled apps/triage/lexicon.toml
+    triage_crisis_file: Path | None = None  # default: the bundled US responses (988, 911)
+    triage_prompt_file: Path | None = None  # default: the bundled safe-messaging prompt
+    triage_patient_roles: tuple[str, ...] = ("patient",)
+    triage_staff_roles: tuple[str, ...] = ("clinician", "admin")
 
     # --- Responses API state (previous_response_id) ------------------------------------------
     # Kept in the enclave's memory only (never on disk, never outside), per tenant and user,

@@ -26,9 +26,12 @@ from medclave.kbs.models import (
     ResourceOut,
     ResourceVersionOut,
     SecretBody,
+    StandingRequest,
+    StandingResponse,
     release_policy_from_obj,
 )
 from medclave.kbs.names import ResourceName
+from medclave.kbs.revocation import RevocationIn
 
 release_router = APIRouter(prefix="/kbs/v1", dependencies=[Depends(rate_limit)])
 owner_router = APIRouter(prefix="/kbs/v1/owner", dependencies=[Depends(rate_limit)])
@@ -85,6 +88,19 @@ def release(broker: BrokerDep, client: ClientDep, body: BodyDep) -> ReleaseRespo
     return ReleaseResponse(sealed=base64.b64encode(result.sealed).decode(), version=result.version,
                            key_id=result.key_id,
                            signature=base64.b64encode(result.signature).decode())
+
+
+@release_router.post("/standing")
+def standing(broker: BrokerDep, client: ClientDep, body: BodyDep) -> StandingResponse:
+    try:
+        request = _json_model(StandingRequest, body)
+    except MedclaveError as exc:
+        broker.record_refusal("standing", "", client, exc)
+        raise
+    result = broker.standing(request.resource, request.nonce, request.evidence, client)
+    return StandingResponse(resource=result.resource, standing=result.standing,
+                            key_id=result.key_id,
+                            signature=base64.b64encode(result.signature).decode())
 
 
 @release_router.get("/keys")
@@ -198,6 +214,25 @@ def retire_policy_version(
     path: PathDep, version: int, broker: BrokerDep, owner: OwnerDep, client: ClientDep
 ) -> Response:
     broker.retire_policy_version(owner, path.resource, version, client_id=client)
+    return Response(status_code=204)
+
+
+@owner_router.get("/revocations")
+def list_revocations(broker: BrokerDep, owner: OwnerDep, client: ClientDep
+                     ) -> list[dict[str, Any]]:
+    return [r.to_dict() for r in broker.revocations(owner, client_id=client)]
+
+
+@owner_router.post("/revocations", status_code=201)
+def add_revocation(broker: BrokerDep, owner: OwnerDep, client: ClientDep, body: BodyDep
+                   ) -> dict[str, Any]:
+    return broker.revoke(owner, _json_model(RevocationIn, body), client_id=client).to_dict()
+
+
+@owner_router.delete("/revocations/{kind}/{value}", status_code=204)
+def remove_revocation(kind: str, value: str, broker: BrokerDep, owner: OwnerDep,
+                      client: ClientDep) -> Response:
+    broker.unrevoke(owner, kind, value, client_id=client)
     return Response(status_code=204)
 
 

@@ -24,6 +24,10 @@ from medclave.kbs.ratelimit import RateLimiter
 from medclave.kbs.service import KeyBroker
 from medclave.kbs.settings import KbsSettings, get_settings
 from medclave.kbs.store import Decision
+from medclave.ops.health import Health
+from medclave.ops.http import instrument, note_refusal
+from medclave.ops.metrics import ServiceMetrics
+from medclave.ops.tracing import Tracing
 from medclave.serving import install_error_handlers, public_response
 from medclave.util.clock import system_clock
 
@@ -37,6 +41,7 @@ def error_response(exc: MedclaveError) -> JSONResponse:
 
 
 def _log_refusal(request: Request, exc: MedclaveError) -> None:
+    note_refusal(request, exc.code)  # the real code: the body may mask it (kbs.not_found)
     if exc.status >= 500:
         log.error("kbs %s %s: %s", request.method, request.url.path, exc)
     else:
@@ -90,4 +95,23 @@ def create_app(
     app.include_router(owner_router)
     install_error_handlers(app, render=error_response, log_refusal=_log_refusal,
                            route_error=_route_error, log_unexpected=_log_unexpected)
+    _instrument(app, the_broker, cfg)
     return app
+
+
+def _instrument(app: FastAPI, broker: KeyBroker, cfg: KbsSettings) -> None:
+    """/healthz, /readyz (store answers, signing key loaded), metrics (key releases by
+    outcome, refusals by their real code)."""
+    metrics = ServiceMetrics("kbs")
+
+    def decided(decision: Decision) -> None:
+        if decision.action == "release":
+            metrics.key_release(decision.outcome)
+
+    broker.add_decision_listener(decided)
+    health = Health({
+        "store": lambda: broker.store.owner_token_hashes("") is not None,
+        "signing_key": lambda: bool(broker.signer.key_id),
+    })
+    instrument(app, service="kbs", health=health, metrics=metrics,
+               tracing=Tracing.of("kbs", cfg.tracing, cfg.otlp_endpoint))

@@ -29,7 +29,12 @@ from medclave.crypto import hpke
 from medclave.errors import InputError, KbsError, MedclaveError
 from medclave.kbs.models import RELEASE_INFO, ReleasePolicy, release_aad
 from medclave.kbs.names import ResourceName
-from medclave.kbs.signing import TrustedBrokers, bundle_digest, release_statement
+from medclave.kbs.signing import (
+    TrustedBrokers,
+    bundle_digest,
+    release_statement,
+    standing_statement,
+)
 from medclave.protocol.evidence import EvidenceBundle
 
 # Builds evidence whose report_data binds (nonce, runtime): sim.make_bundle, or real hardware.
@@ -145,10 +150,16 @@ class KbsClient(_Http):
         timeout: float = 10.0,
         http: httpx.Client | None = None,
         verify: ssl.SSLContext | str | bool = True,
+        signer: str | None = None,
     ) -> None:
         super().__init__(base_url, timeout=timeout, http=http, verify=verify)
         self._attester = attester
         self._trusted = trusted
+        # Threshold release (kbs/threshold.py): each share must come from its own broker, so an
+        # answer signed by another trusted broker is refused, not counted as this one's share.
+        if signer is not None and signer not in trusted.fingerprints():
+            raise InputError("config.invalid", "the expected broker key is not a trusted one")
+        self._signer = signer
         self._runtime = dict(runtime or {})
         fingerprints = trusted.fingerprints()
         stated = self._runtime.setdefault("kbs_keys", fingerprints)
@@ -198,6 +209,9 @@ class KbsClient(_Http):
                                       sealed=sealed)
         try:
             self._trusted.verify(key_id, signature, statement)
+            if self._signer is not None and key_id != self._signer:
+                raise KbsError("kbs.answer_unauthenticated",
+                               "the answer is signed by another broker than the one asked")
         except KbsError as exc:
             # The operator's log says why nothing is served (no content: names and codes only).
             log.error("release of %s refused: %s (%s)", name, exc.code, exc.detail)
@@ -205,6 +219,33 @@ class KbsClient(_Http):
         # The AAD names what we asked for: an answer for another resource or nonce won't open.
         secret = hpke.open(private, sealed, RELEASE_INFO, release_aad(name, got_version, nonce))
         return Released(got_version, secret)
+
+    def standing(self, resource: str) -> str:
+        """``"good"`` or ``"revoked"``: whether the broker still stands by this enclave for
+        ``resource``'s owner (kbs/revocation.py). Fresh evidence over a broker nonce; the answer
+        must be signed by a trusted broker over this nonce, resource and evidence, or it is
+        refused (``kbs.answer_unauthenticated``): nobody on the path can say "good"."""
+        name = str(ResourceName.parse(resource))
+        body = _json_dict(self._call("POST", "/kbs/v1/challenge"))
+        nonce_hex = body.get("nonce")
+        if not isinstance(nonce_hex, str) or not _NONCE.fullmatch(nonce_hex):
+            raise KbsError("kbs.unavailable", "broker challenge is not a 32-byte hex nonce")
+        nonce = bytes.fromhex(nonce_hex)
+        bundle = self._attester(nonce, dict(self._runtime))
+        answer = _json_dict(self._call("POST", "/kbs/v1/standing", json={
+            "resource": name, "nonce": nonce_hex, "evidence": bundle.model_dump(mode="json")}))
+        standing = answer.get("standing")
+        if standing not in ("good", "revoked") or answer.get("resource") != name:
+            raise KbsError("kbs.unavailable", "broker standing answer is malformed")
+        assert isinstance(standing, str)
+        statement = standing_statement(resource=name, nonce=nonce, evidence=bundle_digest(bundle),
+                                       standing=standing)
+        key_id = answer.get("key_id")
+        self._trusted.verify(key_id, answer.get("signature"), statement)
+        if self._signer is not None and key_id != self._signer:
+            raise KbsError("kbs.answer_unauthenticated",
+                           "the answer is signed by another broker than the one asked")
+        return standing
 
     def __enter__(self) -> KbsClient:
         return self
@@ -292,6 +333,17 @@ class OwnerClient(_Http):
 
     def retire_policy(self, resource: str, version: int) -> None:
         self._call("DELETE", f"/kbs/v1/owner/policies/{self._path(resource)}/versions/{version}")
+
+    def revoke(self, kind: str, value: str, reason: str = "") -> dict[str, Any]:
+        return _json_dict(self._call("POST", "/kbs/v1/owner/revocations",
+                                     json={"kind": kind, "value": value, "reason": reason}))
+
+    def unrevoke(self, kind: str, value: str) -> None:
+        self._call("DELETE", f"/kbs/v1/owner/revocations/{kind}/{value}")
+
+    def revocations(self) -> list[dict[str, Any]]:
+        body = self._call("GET", "/kbs/v1/owner/revocations").json()
+        return list(body) if isinstance(body, list) else []
 
     def decisions(self, resource: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
         params: dict[str, Any] = {"limit": limit}

@@ -21,7 +21,7 @@ from __future__ import annotations
 import json
 import re
 import tomllib
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -133,6 +133,25 @@ class ReleaseResponse(BaseModel):
     version: int
     key_id: str  # fingerprint of the signing broker key (signing.fingerprint)
     signature: str  # base64 Ed25519 signature over signing.release_statement(...)
+
+
+class StandingRequest(BaseModel):
+    """An enclave asks whether it is still in good standing with ``resource``'s owner."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    resource: str = Field(max_length=400)
+    nonce: str = Field(pattern=r"^[0-9a-f]{64}$")
+    evidence: EvidenceBundle
+
+
+class StandingResponse(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    resource: str
+    standing: Literal["good", "revoked"]
+    key_id: str
+    signature: str  # base64 Ed25519 over signing.standing_statement(...)
 
 
 class BrokerKeyOut(BaseModel):

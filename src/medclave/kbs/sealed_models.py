@@ -5,6 +5,8 @@ key goes. Beside ``manifest.json`` and ``model.sealed`` a sealed directory may h
 
 * ``key.json``: where the broker keeps the key: ``{"kbs", "resource", "version", "key_id"}``.
   Not secret; the enclave reads it to ask for the right resource and version.
+  Or, for a key split k-of-n across brokers (``kbs/threshold.py``), a ``ThresholdRef``:
+  ``{"format": "medclave-threshold-v1", "threshold", "split_id", "secret_digest", "shares"}``.
 * ``owner-key.sealed``: the key HPKE-sealed to the owner's X25519 key, so the owner (and only the
   owner) can unseal without a broker.
 
@@ -27,6 +29,19 @@ from medclave.errors import InputError, MedclaveError, ModelError
 from medclave.kbs.client import KbsClient, OwnerClient
 from medclave.kbs.names import MODEL_KEY, ResourceName
 from medclave.util.files import create_file, create_secret_file, read_secret_file
+from medclave.kbs.threshold import (
+    BrokerTarget,
+    ClientFor,
+    ShareRef,
+    ThresholdRef,
+    fetch_threshold,
+    split_to_brokers,
+)
+
+__all__ = ["BrokerTarget", "ClientFor", "KeyRef", "SealResult", "ShareRef", "ThresholdPlan",
+           "ThresholdRef",
+           "fetch_model_key", "fetch_model_key_threshold", "load_sealed_model",
+           "load_sealed_model_threshold", "read_key_ref", "read_threshold_ref", "seal_model"]
 
 KEY_REF_NAME = "key.json"
 OWNER_KEY_NAME = "owner-key.sealed"
@@ -48,6 +63,15 @@ class SealResult:
     manifest: sealed.Manifest
     key_ref: KeyRef | None
     owner_key_file: Path | None
+    threshold_ref: ThresholdRef | None = None
+
+
+@dataclass(frozen=True)
+class ThresholdPlan:
+    """Split the model key k-of-n across these brokers (``kbs/threshold.py``)."""
+
+    threshold: int
+    targets: tuple[BrokerTarget, ...]
 
 
 def default_resource(owner: str, model_file: Path) -> str:
@@ -68,16 +92,19 @@ def seal_model(
     owner_public_key: bytes | None = None,
     model_format: str = "gguf",
     chunk_size: int = sealed.DEFAULT_CHUNK_SIZE,
+    threshold: ThresholdPlan | None = None,
 ) -> SealResult:
     """Seal ``model_file`` under a fresh 256-bit key and hand the key to the broker and/or owner.
 
     Fails before writing anything when the key would have nowhere to go. If the broker refuses
     the key, the sealed files just written are removed: a model nobody can open helps no one.
     """
-    if broker is None and owner_public_key is None:
+    if broker is None and owner_public_key is None and threshold is None:
         raise InputError("input.missing", "the key needs a home: a broker (--kbs) or --owner-key")
+    if broker is not None and threshold is not None:
+        raise InputError("input.malformed", "one broker or a threshold split, not both")
     name = None
-    if broker is not None:
+    if broker is not None or threshold is not None:
         name = (
             str(ResourceName.parse(resource)) if resource else default_resource(owner, model_file)
         )
@@ -96,26 +123,52 @@ def seal_model(
             version = broker.rotate(name, key) if rotate else broker.put(name, key)
             ref = KeyRef(kbs=kbs_url or "", resource=name, version=version, key_id=manifest.key_id)
             create_file(out_dir / KEY_REF_NAME, json.dumps(ref.model_dump(), indent=2).encode())
+        split = None
+        if threshold is not None and name is not None:
+            split = split_to_brokers(key, threshold.threshold, threshold.targets, name,
+                                     rotate=rotate)
+            create_file(out_dir / KEY_REF_NAME,
+                        json.dumps(split.model_dump(mode="json"), indent=2).encode())
     except BaseException:
         for leftover in (sealed.MANIFEST_NAME, sealed.PAYLOAD_NAME, OWNER_KEY_NAME, KEY_REF_NAME):
             (out_dir / leftover).unlink(missing_ok=True)
         raise
-    return SealResult(manifest, ref, owner_file)
+    return SealResult(manifest, ref, owner_file, split)
 
 
-
-
-def read_key_ref(sealed_dir: Path) -> KeyRef | None:
+def _read_ref_bytes(sealed_dir: Path) -> bytes | None:
     path = sealed_dir / KEY_REF_NAME
     if not path.exists():
         return None
     try:
         with path.open("rb") as fh:
             raw = fh.read(MAX_KEY_REF_BYTES + 1)
-        if len(raw) > MAX_KEY_REF_BYTES:
-            raise ModelError("model.manifest_invalid", f"{KEY_REF_NAME} too large")
+    except OSError as exc:
+        raise ModelError("model.manifest_invalid", f"{KEY_REF_NAME} is unreadable") from exc
+    if len(raw) > MAX_KEY_REF_BYTES:
+        raise ModelError("model.manifest_invalid", f"{KEY_REF_NAME} too large")
+    return raw
+
+
+def read_key_ref(sealed_dir: Path) -> KeyRef | None:
+    """The single-broker reference, or None (no key.json, or a threshold one)."""
+    raw = _read_ref_bytes(sealed_dir)
+    if raw is None or b'"threshold"' in raw:
+        return None
+    try:
         return KeyRef.model_validate_json(raw)
-    except (OSError, ValidationError) as exc:
+    except ValidationError as exc:
+        raise ModelError("model.manifest_invalid", f"{KEY_REF_NAME} is invalid") from exc
+
+
+def read_threshold_ref(sealed_dir: Path) -> ThresholdRef | None:
+    """The k-of-n descriptor, or None when the key is not split."""
+    raw = _read_ref_bytes(sealed_dir)
+    if raw is None or b'"threshold"' not in raw:
+        return None
+    try:
+        return ThresholdRef.model_validate_json(raw).check()
+    except (ValidationError, InputError) as exc:
         raise ModelError("model.manifest_invalid", f"{KEY_REF_NAME} is invalid") from exc
 
 
@@ -133,6 +186,26 @@ def fetch_model_key(client: KbsClient, sealed_dir: Path) -> bytes:
     if len(key) != sealed.KEY_SIZE or sealed.key_id_for(key) != manifest.key_id:
         raise ModelError("model.key_invalid", "the broker released a key for another model")
     return key
+
+
+def fetch_model_key_threshold(open_client: ClientFor, sealed_dir: Path) -> bytes:
+    """The model key combined from k brokers' shares, checked against the manifest."""
+    manifest = sealed.load_manifest(sealed_dir)
+    ref = read_threshold_ref(sealed_dir)
+    if ref is None:
+        raise ModelError("model.manifest_invalid", f"{KEY_REF_NAME} names no threshold split")
+    key = fetch_threshold(ref, open_client)
+    if len(key) != sealed.KEY_SIZE or sealed.key_id_for(key) != manifest.key_id:
+        raise ModelError("model.key_invalid", "the shares combine into a key for another model")
+    return key
+
+
+def load_sealed_model_threshold(open_client: ClientFor, sealed_dir: Path
+                                ) -> tuple[int, str, sealed.Manifest]:
+    """Like :func:`load_sealed_model`, with the key released k-of-n."""
+    key = fetch_model_key_threshold(open_client, sealed_dir)
+    fd, path = sealed.open_to_memfd(sealed_dir, key)
+    return fd, path, sealed.load_manifest(sealed_dir)
 
 
 def load_sealed_model(client: KbsClient, sealed_dir: Path) -> tuple[int, str, sealed.Manifest]:

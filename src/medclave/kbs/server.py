@@ -7,7 +7,8 @@ from __future__ import annotations
 from medclave.errors import InputError
 from medclave.kbs.app import create_app
 from medclave.kbs.settings import KbsSettings
-from medclave.serving import run_server
+from medclave.ops import lifecycle
+from medclave.ops.logs import configure_logging
 
 __all__ = ["serve"]
 
@@ -17,6 +18,9 @@ def serve(settings: KbsSettings) -> None:
     :func:`medclave.serving.run_server` configures every service."""
     if (settings.tls_cert_file is None) != (settings.tls_key_file is None):
         raise InputError("config.invalid", "TLS needs both tls_cert_file and tls_key_file")
-    run_server(create_app(settings), settings, host=settings.host, port=settings.port,
-               log_level="info", ssl_certfile=settings.tls_cert_file,
-               ssl_keyfile=settings.tls_key_file)
+    # JSON lines at the configured level: under uvicorn's own defaults the broker's INFO lines
+    # (its refusals) had no handler and were dropped.
+    configure_logging("kbs", level=settings.log_level, fmt=settings.log_format)
+    lifecycle.serve(create_app(settings), settings, settings, host=settings.host,
+                    port=settings.port, ssl_certfile=settings.tls_cert_file,
+                    ssl_keyfile=settings.tls_key_file)

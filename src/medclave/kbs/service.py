@@ -16,31 +16,39 @@ masked as ``kbs.not_found``), so a credential cannot probe which names other own
 
 from __future__ import annotations
 
-import base64
-import binascii
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
-from typing import Any, Literal, TypeVar
+from datetime import UTC, datetime, timedelta
+from typing import Literal, TypeVar
 
-from medclave.attestation import Check, Verification, Violation, verify_bundle
-from medclave.attestation.policy import appraisal_of, raise_refusal
+from pydantic import ValidationError
+
+from medclave.attestation import Check, Verification, verify_bundle
 from medclave.crypto import hpke
 from medclave.crypto.canonical import canonical_json
-from medclave.errors import AttestationError, CryptoError, InputError, KbsError, MedclaveError
+from medclave.errors import AttestationError, InputError, KbsError, MedclaveError
 from medclave.kbs import tokens
+from medclave.kbs.checks import NONCE_BYTES
+from medclave.kbs.checks import appraise as _appraise
+from medclave.kbs.checks import ephemeral_key as _ephemeral_key
+from medclave.kbs.checks import new_secret as _secret
+from medclave.kbs.checks import nonce_bytes as _nonce
 from medclave.kbs.keywrap import KeyWrapper
-from medclave.kbs.models import MAX_SECRET_BYTES, RELEASE_INFO, ReleasePolicy, release_aad
+from medclave.kbs.models import RELEASE_INFO, ReleasePolicy, release_aad
 from medclave.kbs.names import ResourceName, valid_owner
-from medclave.kbs.signing import BrokerSigner, bundle_digest, release_statement
+from medclave.kbs.revocation import Revocation, RevocationIn, first_match, identities
+from medclave.kbs.signing import (
+    BrokerSigner,
+    bundle_digest,
+    release_statement,
+    standing_statement,
+)
 from medclave.kbs.store import Decision, KbsStore, NonceState, PolicyVersion, ResourceInfo
 from medclave.protocol.evidence import EvidenceBundle
 from medclave.util.clock import system_clock
 
-NONCE_BYTES = 32
 DEFAULT_NONCE_TTL = timedelta(seconds=60)
-GENERATED_SECRET_BYTES = 32
 T = TypeVar("T")
 
 
@@ -62,6 +70,14 @@ class Release:
     sealed: bytes  # HPKE enc || ciphertext of the secret
     key_id: str  # fingerprint of the broker key that signed the answer
     signature: bytes  # Ed25519 over signing.release_statement(...)
+
+
+@dataclass(frozen=True)
+class Standing:
+    resource: str
+    standing: Literal["good", "revoked"]
+    key_id: str
+    signature: bytes  # Ed25519 over signing.standing_statement(...)
 
 
 @dataclass
@@ -103,6 +119,11 @@ class KeyBroker:
         self._ttl = nonce_ttl
         self._clock = clock
         self._on_decision = on_decision
+        self._listeners: list[Callable[[Decision], None]] = []
+
+    def add_decision_listener(self, listener: Callable[[Decision], None]) -> None:
+        """Also call ``listener`` with every decision once it is recorded (the metrics)."""
+        self._listeners.append(listener)
 
     # --- release protocol ------------------------------------------------------------------
 
@@ -142,6 +163,7 @@ class KeyBroker:
                 raise
             trace.checks = verification.checks
             trace.evidence_sha256 = verification.evidence_digest  # its signed bytes (ECDSA is malleable)
+            self._refuse_revoked(name.owner, verification, bundle)
             ephemeral = _ephemeral_key(bundle.runtime)
             secret = self.store.secret_version(name, version)
             trace.version = secret.version
@@ -168,6 +190,49 @@ class KeyBroker:
             raise KbsError("kbs.unavailable", "internal error during release") from exc
         self._decide(trace, now, "allowed", None, "released")
         return Release(str(name), secret.version, sealed, self.signer.key_id, signature)
+
+    def standing(self, resource: str, nonce: str | bytes, bundle: EvidenceBundle,
+                 client_id: str) -> Standing:
+        """Whether the enclave that sent ``bundle`` is still in good standing with the owner of
+        ``resource`` (not on its revocation list): a signed answer either way, so the enclave
+        can act on "revoked" and nobody can forge "good". Same nonce rules as a release."""
+        now = self._clock()
+        trace = _Trace("standing", resource if isinstance(resource, str) else "", client_id)
+        try:
+            name = ResourceName.parse(resource)
+            nonce_bytes = _nonce(nonce)
+            self._spend(nonce_bytes, now)
+            try:
+                verification = verify_bundle(bundle, now=now, expected_nonce=nonce_bytes,
+                                             sim_roots=self._sim_roots,
+                                             trusted_roots=self._trusted_roots)
+            except AttestationError as exc:
+                trace.checks = tuple(exc.checks)
+                raise
+            trace.checks = verification.checks
+            trace.evidence_sha256 = verification.evidence_digest
+            if self.store.resource_info(name) is None:
+                raise KbsError("kbs.not_found", f"no resource {name}")
+            hit = first_match(self.store.revocations(name.owner),
+                              identities(verification, bundle))
+            result: Literal["good", "revoked"] = "good" if hit is None else "revoked"
+            signature = self.signer.sign(standing_statement(
+                resource=str(name), nonce=nonce_bytes, evidence=bundle_digest(bundle),
+                standing=result))
+        except MedclaveError as exc:
+            self._decide(trace, now, "refused", exc.code, exc.detail)
+            raise
+        if hit is None:
+            self._decide(trace, now, "allowed", None, "good standing")
+        else:
+            self._decide(trace, now, "refused", "kbs.revoked", f"revoked: {hit.kind}")
+        return Standing(str(name), result, self.signer.key_id, signature)
+
+    def _refuse_revoked(self, owner: str, verification: Verification,
+                        bundle: EvidenceBundle) -> None:
+        hit = first_match(self.store.revocations(owner), identities(verification, bundle))
+        if hit is not None:
+            raise KbsError("kbs.revoked", f"{hit.kind} {hit.value[:24]} revoked: {hit.reason}")
 
     def _spend(self, nonce: bytes, now: datetime) -> None:
         state = self.store.spend_nonce(nonce, now)
@@ -307,6 +372,31 @@ class KeyBroker:
                                            limit=limit),
         )
 
+    def revoke(self, owner: str, entry: RevocationIn, *, client_id: str) -> Revocation:
+        """Put one identity on ``owner``'s revocation list (every release of the owner's
+        resources to it is refused from now on, and its standing checks answer revoked)."""
+        revocation = Revocation(valid_owner(owner), entry.kind, entry.normalized(),
+                                entry.reason, self._clock())
+        self._owner_read("revoke", owner, None, client_id,
+                         lambda _: self.store.put_revocation(revocation))
+        return revocation
+
+    def unrevoke(self, owner: str, kind: str, value: str, *, client_id: str) -> None:
+        def op(_: ResourceName | None) -> None:
+            try:
+                entry = RevocationIn.model_validate({"kind": kind, "value": value})
+            except ValidationError as exc:
+                raise InputError("input.malformed", "not a revocation kind and hex value") from exc
+            if not self.store.delete_revocation(valid_owner(owner), entry.kind,
+                                                entry.normalized()):
+                raise KbsError("kbs.not_found", "no such revocation")
+
+        self._owner_read("unrevoke", owner, None, client_id, op)
+
+    def revocations(self, owner: str, *, client_id: str = "") -> list[Revocation]:
+        return self._owner_read("revocations_read", owner, None, client_id,
+                                lambda _: self.store.revocations(valid_owner(owner)))
+
     def record_refusal(
         self, action: str, resource: str, client_id: str, error: MedclaveError, *,
         actor: str = "",
@@ -390,68 +480,6 @@ class KeyBroker:
         self.store.record_decision(decision)
         if self._on_decision is not None:
             self._on_decision(decision)
+        for listener in self._listeners:
+            listener(decision)
 
-
-def _nonce(value: str | bytes) -> bytes:
-    if isinstance(value, bytes):
-        raw = value
-    else:
-        try:
-            raw = bytes.fromhex(value)
-        except ValueError as exc:
-            raise InputError("input.malformed", "nonce is not hex") from exc
-    if len(raw) != NONCE_BYTES:
-        raise KbsError("kbs.nonce_unknown", f"a broker nonce is {NONCE_BYTES} bytes")
-    return raw
-
-
-def _ephemeral_key(runtime: Mapping[str, Any]) -> bytes:
-    value = runtime.get("ephemeral_key")
-    if not isinstance(value, str) or not value:
-        raise KbsError("kbs.ephemeral_key_missing")
-    try:
-        raw = base64.b64decode(value, validate=True)
-    except (binascii.Error, ValueError) as exc:
-        raise CryptoError("crypto.bad_key", "ephemeral_key is not base64") from exc
-    if len(raw) != hpke.NPK:
-        raise CryptoError("crypto.bad_key", f"ephemeral_key is not a {hpke.NPK}-byte X25519 key")
-    return raw
-
-
-def _secret(value: bytes | None) -> bytes:
-    if value is None:
-        return os.urandom(GENERATED_SECRET_BYTES)
-    if not 1 <= len(value) <= MAX_SECRET_BYTES:
-        raise InputError(
-            "input.too_large" if value else "input.missing",
-            f"a secret is 1 to {MAX_SECRET_BYTES} bytes",
-        )
-    return value
-
-
-def _appraise(
-    verification: Verification, policy: ReleasePolicy, runtime: Mapping[str, Any], now: datetime,
-    *, evidence_time: datetime,
-) -> None:
-    """Every rule of the appraisal policy plus the broker's own (model digests, requesters)."""
-    model = runtime.get("model_digest")
-    model_digest = model.lower() if isinstance(model, str) else None
-    result = appraisal_of(verification, policy.appraisal, now=now, model_digest=model_digest,
-                      evidence_time=evidence_time, kbs_keys=runtime.get("kbs_keys"),
-                      token_issuers=runtime.get("token_issuers"))
-    violations = list(result.violations)
-    if policy.model_digests and model_digest not in policy.model_digests:
-        violations.append(
-            Violation(
-                "policy.model_not_allowed",
-                "model_digest",
-                f"model {model_digest or '(none)'} is not released this key",
-            ).to_dict()
-        )
-    if violations:
-        raise_refusal(violations)
-    requester = runtime.get("requester")
-    if policy.requesters and requester not in policy.requesters:
-        raise KbsError(
-            "kbs.requester_not_allowed", f"requester {requester!r} is not in the release policy"
-        )

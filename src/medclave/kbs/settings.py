@@ -18,10 +18,11 @@ from typing import Literal
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from medclave.ops.settings import OpsSettings
 from medclave.serving import ServingSettings
 
 
-class KbsSettings(BaseSettings, ServingSettings):
+class KbsSettings(BaseSettings, ServingSettings, OpsSettings):
     model_config = SettingsConfigDict(env_prefix="MEDCLAVE_KBS_", extra="forbid", frozen=True)
 
     host: str = "127.0.0.1"

@@ -71,6 +71,16 @@ def release_statement(*, resource: str, version: int, nonce: bytes, ephemeral_ke
     })
 
 
+STANDING_TYPE = "medclave-kbs-standing/v1"
+
+
+def standing_statement(*, resource: str, nonce: bytes, evidence: str, standing: str) -> bytes:
+    """The bytes a broker signs for a standing answer: whether the enclave that sent this
+    evidence (``evidence``: bundle_digest) for this nonce is revoked for ``resource``'s owner."""
+    return canonical_json({"type": STANDING_TYPE, "resource": resource, "nonce": nonce.hex(),
+                           "evidence": evidence, "standing": standing})
+
+
 class BrokerSigner:
     """The broker's Ed25519 signing key (in memory; :meth:`load_or_create` keeps it in a 0600
     file beside the KEK)."""

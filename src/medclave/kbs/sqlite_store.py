@@ -5,9 +5,20 @@ database at the old version or the new one, never between (SQLite's atomic commi
 "Atomic Commit In SQLite"). ``synchronous=FULL``: a committed key survives power loss as well.
 One connection, serialised by a lock: the broker's write rate is tiny and this keeps it simple.
 
-Schema 2 (decision-log retention, :mod:`medclave.kbs.store`): ``decisions`` gained ``count`` and
-``bucket`` (the aggregate key's minute; NULL for a permanent row). A schema-1 store is migrated
-forward on open, in one transaction: its rows become permanent rows with a count of one.
+Schema versions (:mod:`medclave.migrations`: checked before any write, a newer one refused
+untouched, forward migrations in one transaction, recorded in ``schema_version``):
+
+1. the tables (owner tokens, resources and versions, policies and versions, nonces, decisions);
+2. decision-log retention (:mod:`medclave.kbs.store`): ``decisions`` gained ``count`` and
+   ``bucket`` (the aggregate key's minute; NULL for a permanent row); schema-1 rows become
+   permanent rows with a count of one;
+3. revocation lists (:mod:`medclave.kbs.revocation`): the ``revocations`` table.
+
+Stores written before ``schema_version`` kept their version in ``meta`` (``schema`` = "1" or
+"2"); that is read as their version. Some schema-1 stores predate the ``actor`` column; migration
+2 adds it where it is missing (the one column check left, for that known history). ``meta``
+still says the version, so a release before this one opens a store it can read and refuses one
+it cannot.
 """
 
 from __future__ import annotations
@@ -22,8 +33,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from medclave import migrations
 from medclave.errors import KbsError
 from medclave.kbs.names import ResourceName
+from medclave.kbs.revocation import MAX_REVOCATIONS_PER_OWNER, Revocation
 from medclave.kbs.store import (
     MAX_AGGREGATED_DECISIONS,
     NONCE_MEMORY,
@@ -37,46 +50,75 @@ from medclave.kbs.store import (
 )
 
 SCHEMA_VERSION = "2"
-_MIGRATES_FROM = ("1",)
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS owner_tokens (
+# Schema 1 as it was released (decisions with actor; no count, no bucket).
+_SCHEMA_1 = """
+CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE owner_tokens (
     token_hash BLOB PRIMARY KEY, owner TEXT NOT NULL, created TEXT NOT NULL);
-CREATE INDEX IF NOT EXISTS owner_tokens_owner ON owner_tokens (owner);
-CREATE TABLE IF NOT EXISTS resources (
+CREATE INDEX owner_tokens_owner ON owner_tokens (owner);
+CREATE TABLE resources (
     name TEXT PRIMARY KEY, owner TEXT NOT NULL, current INTEGER NOT NULL);
-CREATE TABLE IF NOT EXISTS secret_versions (
+CREATE TABLE secret_versions (
     name TEXT NOT NULL, version INTEGER NOT NULL, wrapped BLOB NOT NULL, created TEXT NOT NULL,
     PRIMARY KEY (name, version));
-CREATE TABLE IF NOT EXISTS policies (
+CREATE TABLE policies (
     name TEXT PRIMARY KEY, owner TEXT NOT NULL, current INTEGER NOT NULL);
-CREATE TABLE IF NOT EXISTS policy_versions (
+CREATE TABLE policy_versions (
     name TEXT NOT NULL, version INTEGER NOT NULL, document TEXT NOT NULL, digest TEXT NOT NULL,
     created TEXT NOT NULL, PRIMARY KEY (name, version));
-CREATE TABLE IF NOT EXISTS nonces (
+CREATE TABLE nonces (
     nonce BLOB PRIMARY KEY, expires_at REAL NOT NULL, used INTEGER NOT NULL DEFAULT 0);
-CREATE INDEX IF NOT EXISTS nonces_expiry ON nonces (expires_at);
-CREATE TABLE IF NOT EXISTS decisions (
+CREATE INDEX nonces_expiry ON nonces (expires_at);
+CREATE TABLE decisions (
     id INTEGER PRIMARY KEY AUTOINCREMENT, at TEXT NOT NULL, action TEXT NOT NULL,
     resource TEXT NOT NULL, owner TEXT NOT NULL, outcome TEXT NOT NULL, client TEXT NOT NULL,
     code TEXT, version INTEGER, detail TEXT NOT NULL, policy_digest TEXT NOT NULL,
-    evidence_sha256 TEXT NOT NULL, checks TEXT NOT NULL, actor TEXT NOT NULL DEFAULT '',
-    count INTEGER NOT NULL DEFAULT 1, bucket TEXT);
-CREATE INDEX IF NOT EXISTS decisions_owner ON decisions (owner, id);
+    evidence_sha256 TEXT NOT NULL, checks TEXT NOT NULL, actor TEXT NOT NULL DEFAULT '');
+CREATE INDEX decisions_owner ON decisions (owner, id);
+INSERT INTO meta VALUES ('schema', '1');
 """
-# Columns older stores lack, added in place (old rows: no actor, permanent, a count of one).
-_ADDED_COLUMNS = {
-    "actor": "ALTER TABLE decisions ADD COLUMN actor TEXT NOT NULL DEFAULT ''",
-    "count": "ALTER TABLE decisions ADD COLUMN count INTEGER NOT NULL DEFAULT 1",
-    "bucket": "ALTER TABLE decisions ADD COLUMN bucket TEXT",
-}
-_INDEXES = (
-    "CREATE INDEX IF NOT EXISTS decisions_actor ON decisions (actor, id)",
-    # One aggregate row per key; permanent rows (bucket NULL) are outside both indexes.
-    "CREATE UNIQUE INDEX IF NOT EXISTS decisions_aggregate"
-    " ON decisions (bucket, action, resource, code, client) WHERE bucket IS NOT NULL",
-    "CREATE INDEX IF NOT EXISTS decisions_aggregated ON decisions (id) WHERE bucket IS NOT NULL",
+_SCHEMA_2 = """
+ALTER TABLE decisions ADD COLUMN count INTEGER NOT NULL DEFAULT 1;
+ALTER TABLE decisions ADD COLUMN bucket TEXT;
+CREATE INDEX decisions_actor ON decisions (actor, id);
+CREATE UNIQUE INDEX decisions_aggregate
+    ON decisions (bucket, action, resource, code, client) WHERE bucket IS NOT NULL;
+CREATE INDEX decisions_aggregated ON decisions (id) WHERE bucket IS NOT NULL;
+UPDATE meta SET value = '2' WHERE key = 'schema';
+"""
+_ACTOR = "ALTER TABLE decisions ADD COLUMN actor TEXT NOT NULL DEFAULT ''"
+_RETENTION = migrations.script(_SCHEMA_2)
+
+
+def _retention(db: sqlite3.Connection) -> None:
+    if "actor" not in {r[1] for r in db.execute("PRAGMA table_info(decisions)")}:
+        db.execute(_ACTOR)  # a schema-1 store from before the actor column
+    _RETENTION(db)
+
+
+_SCHEMA_3 = """
+CREATE TABLE revocations (
+    owner TEXT NOT NULL, kind TEXT NOT NULL, value TEXT NOT NULL, reason TEXT NOT NULL,
+    created TEXT NOT NULL, PRIMARY KEY (owner, kind, value));
+UPDATE meta SET value = '3' WHERE key = 'schema';
+"""
+
+MIGRATIONS = (
+    migrations.Migration(1, "broker tables", migrations.script(_SCHEMA_1)),
+    migrations.Migration(2, "decision-log retention: count and bucket", _retention),
+    migrations.Migration(3, "revocation lists (continuous trust)", migrations.script(_SCHEMA_3)),
 )
+
+
+def _legacy_version(db: sqlite3.Connection) -> int:
+    """A store from before ``schema_version``: its ``meta`` row (empty database: 0)."""
+    if "meta" not in migrations.tables(db):
+        return 0
+    row = db.execute("SELECT value FROM meta WHERE key='schema'").fetchone()
+    if row is None or not str(row[0]).isdigit():
+        # Tables without a version: not a store this code wrote; never guess.
+        raise KbsError("kbs.unavailable", "store has no schema version")
+    return int(row[0])
 
 
 def _ts(value: datetime) -> str:
@@ -108,28 +150,22 @@ class SqliteKbsStore:
             self._db = sqlite3.connect(
                 path, isolation_level=None, check_same_thread=False, timeout=10.0
             )
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=FULL")
-            self._db.executescript(_SCHEMA)
-            with self._tx() as db:
-                self._migrate(db)
         except sqlite3.Error as exc:
             raise KbsError("kbs.unavailable", f"cannot open store {path.name}: {exc}") from exc
 
-    @staticmethod
-    def _migrate(db: sqlite3.Connection) -> None:
-        """Bring the store to :data:`SCHEMA_VERSION` (inside the caller's transaction, so a crash
-        leaves it as it was); refuse a schema this code does not know."""
-        row = db.execute("SELECT value FROM meta WHERE key='schema'").fetchone()
-        if row is not None and row[0] != SCHEMA_VERSION and row[0] not in _MIGRATES_FROM:
-            raise KbsError("kbs.unavailable", f"store schema {row[0]}, expected {SCHEMA_VERSION}")
-        columns = {r[1] for r in db.execute("PRAGMA table_info(decisions)")}
-        for column, ddl in _ADDED_COLUMNS.items():
-            if column not in columns:
-                db.execute(ddl)
-        for ddl in _INDEXES:
-            db.execute(ddl)
-        db.execute("INSERT OR REPLACE INTO meta VALUES ('schema', ?)", (SCHEMA_VERSION,))
+        def pragmas(db: sqlite3.Connection) -> None:
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=FULL")
+
+        try:
+            # The version is read before anything is written; a newer one is refused as it is.
+            migrations.migrate(self._db, store="broker", migrations=MIGRATIONS,
+                               legacy=_legacy_version, after_check=pragmas,
+                               on_error=lambda exc: KbsError(
+                                   "kbs.unavailable", f"cannot open store {path.name}: {exc}"))
+        except BaseException:
+            self._db.close()
+            raise
 
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
@@ -340,6 +376,29 @@ class SqliteKbsStore:
                 return NonceState.USED
             db.execute("UPDATE nonces SET used=1 WHERE nonce=?", (nonce,))
             return NonceState.EXPIRED if now.timestamp() >= row[0] else NonceState.FRESH
+
+    # revocation lists
+    def put_revocation(self, entry: Revocation) -> None:
+        with self._tx() as db:
+            (count,) = db.execute("SELECT COUNT(*) FROM revocations WHERE owner=?",
+                                  (entry.owner,)).fetchone()
+            exists = db.execute("SELECT 1 FROM revocations WHERE owner=? AND kind=? AND value=?",
+                                (entry.owner, entry.kind, entry.value)).fetchone()
+            if exists is None and count >= MAX_REVOCATIONS_PER_OWNER:
+                raise KbsError("kbs.conflict", "the revocation list is full")
+            db.execute("INSERT OR REPLACE INTO revocations VALUES (?, ?, ?, ?, ?)",
+                       (entry.owner, entry.kind, entry.value, entry.reason, _ts(entry.created)))
+
+    def delete_revocation(self, owner: str, kind: str, value: str) -> bool:
+        with self._tx() as db:
+            cur = db.execute("DELETE FROM revocations WHERE owner=? AND kind=? AND value=?",
+                             (owner, kind, value))
+            return cur.rowcount > 0
+
+    def revocations(self, owner: str) -> list[Revocation]:
+        rows = self._read("SELECT owner, kind, value, reason, created FROM revocations "
+                          "WHERE owner=? ORDER BY created, kind, value", (owner,))
+        return [Revocation(r[0], r[1], r[2], r[3], _dt(r[4])) for r in rows]
 
     # decisions
     def record_decision(self, decision: Decision) -> None:

@@ -27,6 +27,7 @@ from typing import Any, Literal, Protocol
 
 from medclave.errors import InputError, KbsError
 from medclave.kbs.names import ResourceName
+from medclave.kbs.revocation import MAX_REVOCATIONS_PER_OWNER, Revocation
 
 # A spent or expired nonce is remembered this long past its expiry, so a replay is reported as
 # a replay rather than as an unknown nonce (both are refused either way).
@@ -177,6 +178,13 @@ class KbsStore(Protocol):
     def add_nonce(self, nonce: bytes, expires_at: datetime, now: datetime) -> None: ...
     def spend_nonce(self, nonce: bytes, now: datetime) -> NonceState: ...
 
+    # revocation lists (kbs/revocation.py), one per owner
+    def put_revocation(self, entry: Revocation) -> None:
+        """Add (or re-state) an entry; ``kbs.conflict`` past the per-owner bound."""
+        ...
+    def delete_revocation(self, owner: str, kind: str, value: str) -> bool: ...
+    def revocations(self, owner: str) -> list[Revocation]: ...
+
     # decisions
     def record_decision(self, decision: Decision) -> None:
         """Keep ``decision``, or count it in its aggregate row (:func:`is_aggregated`)."""
@@ -203,6 +211,7 @@ class MemoryKbsStore:
 
     def __init__(self, *, max_aggregated: int = MAX_AGGREGATED_DECISIONS) -> None:
         self._lock = threading.Lock()
+        self._revocations: dict[str, dict[tuple[str, str], Revocation]] = {}
         self._tokens: dict[str, list[bytes]] = {}
         self._secrets: dict[str, _Versions] = {}
         self._policies: dict[str, _Versions] = {}
@@ -357,6 +366,22 @@ class MemoryKbsStore:
             return NonceState.EXPIRED if now >= expires_at else NonceState.FRESH
 
     # decisions
+    def put_revocation(self, entry: Revocation) -> None:
+        with self._lock:
+            mine = self._revocations.setdefault(entry.owner, {})
+            key = (entry.kind, entry.value)
+            if key not in mine and len(mine) >= MAX_REVOCATIONS_PER_OWNER:
+                raise KbsError("kbs.conflict", "the revocation list is full")
+            mine[key] = entry
+
+    def delete_revocation(self, owner: str, kind: str, value: str) -> bool:
+        with self._lock:
+            return self._revocations.get(owner, {}).pop((kind, value), None) is not None
+
+    def revocations(self, owner: str) -> list[Revocation]:
+        with self._lock:
+            return list(self._revocations.get(owner, {}).values())
+
     def record_decision(self, decision: Decision) -> None:
         with self._lock:
             key = aggregate_key(decision) if is_aggregated(decision) else None

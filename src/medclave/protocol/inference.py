@@ -43,14 +43,19 @@ __all__ = [
     "ATTESTATION_PATH",
     "CHUNKED_REQUEST",
     "CHUNKED_RESPONSE",
+    "EMBEDDINGS_PATH",
     "INNER_PATHS",
     "OHTTP_PATH",
     "OHTTP_REQUEST",
     "OHTTP_RESPONSE",
     "OPENAI_CODES",
     "RECEIPT_HEADER",
+    "RECORDS_PATH",
     "REQUEST_ID_HEADER",
     "RESPONSES_PATH",
+    "SCRIBE_PATH",
+    "SEARCH_PATH",
+    "TRANSCRIPTIONS_PATH",
     "EnclaveRuntime",
     "InnerRequest",
     "catalogue_code",
@@ -60,8 +65,10 @@ __all__ = [
     "encode_receipt_header",
     "inner_method",
     "is_models_path",
+    "max_body",
     "model_id_of",
     "model_path",
+    "needs_receipt",
     "openai_error",
 ]
 
@@ -78,8 +85,25 @@ CHAT_PATH: Final = "/v1/chat/completions"
 COMPLETIONS_PATH: Final = "/v1/completions"
 MODELS_PATH: Final = "/v1/models"
 RESPONSES_PATH: Final = "/v1/responses"
+# Medclave's own applications inside the encapsulation (enclave/inner_apps.py): sealed
+# conversations (POST create, GET list; GET export and DELETE on /{id}; POST /{id}/turns, an
+# inference) and the provider's triage alerts. The client share of a sealed conversation
+# travels in SHARE_HEADER, inside the encapsulation only.
+MEDCLAVE_PREFIX: Final = "/v1/medclave/"
+CONVERSATIONS_PATH: Final = "/v1/medclave/conversations"
+TRIAGE_ALERTS_PATH: Final = "/v1/medclave/triage/alerts"
+SHARE_HEADER: Final = "medclave-share"
+# Speech (issue 14): OpenAI's transcription API (multipart) and the clinical scribe (JSON).
+TRANSCRIPTIONS_PATH: Final = "/v1/audio/transcriptions"
+SCRIBE_PATH: Final = "/v1/medclave/scribe"
+EMBEDDINGS_PATH: Final = "/v1/embeddings"
+RECORDS_PATH: Final = "/v1/medclave/records"
+SEARCH_PATH: Final = "/v1/medclave/search"
 INNER_PATHS: Final = {CHAT_PATH: "POST", COMPLETIONS_PATH: "POST", MODELS_PATH: "GET",
-                      RESPONSES_PATH: "POST"}
+                      RESPONSES_PATH: "POST", TRANSCRIPTIONS_PATH: "POST", SCRIBE_PATH: "POST",
+                      EMBEDDINGS_PATH: "POST", RECORDS_PATH: "POST", SEARCH_PATH: "POST"}
+# Audio rides only these paths, in chunked OHTTP; every other inner body keeps the small bound.
+AUDIO_PATHS: Final = frozenset({TRANSCRIPTIONS_PATH, SCRIBE_PATH})
 MAX_MODEL_ID: Final = 256
 
 # Medclave codes answered with OpenAI's own ``code``, which OpenAI clients act on (they trim
@@ -95,10 +119,16 @@ MAX_NONCE_BYTES: Final = 64
 MIN_NONCE_BYTES: Final = 16
 MAX_INNER_BODY: Final = 1024 * 1024
 MAX_OUTER_REQUEST: Final = MAX_INNER_BODY + 64 * 1024
+# OpenAI's transcription upload limit (25 MB), plus room for the multipart or JSON framing
+# (base64 in JSON grows audio by a third).
+MAX_AUDIO_BODY: Final = 36 * 1024 * 1024
+MAX_OUTER_AUDIO_REQUEST: Final = MAX_AUDIO_BODY + 64 * 1024
 # Inner requests carry a handful of headers; a tight bound keeps a hostile request small.
 INNER_LIMITS: Final = bhttp.Limits(max_message=MAX_OUTER_REQUEST, max_fields=64,
                                    max_field_section=16 * 1024)
-_FORWARDED_HEADERS: Final = ("authorization", "content-type", "dpop", "accept")
+AUDIO_LIMITS: Final = bhttp.Limits(max_message=MAX_OUTER_AUDIO_REQUEST, max_fields=64,
+                                   max_field_section=16 * 1024)
+_FORWARDED_HEADERS: Final = ("authorization", "content-type", "dpop", "accept", SHARE_HEADER)
 
 
 class EnclaveRuntime(BaseModel):
@@ -122,6 +152,14 @@ class EnclaveRuntime(BaseModel):
     kbs_keys: tuple[str, ...] = Field(default=(), max_length=16)
     # Whose tokens the enclave accepts ({"issuer", "jwks"}); empty: it checks no token.
     token_issuers: tuple[dict[str, str], ...] = Field(default=(), max_length=16)
+    # Speech (issue 14), all None where the enclave takes no audio: the Whisper model and its
+    # runtime, what is kept of the audio ("none": nothing outlives the request) and the
+    # transcription worker's write-forbidding sandbox ("landlock", or "none").
+    speech_model_id: str | None = Field(default=None, max_length=128)
+    speech_model_digest: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
+    speech_engine_build: str | None = Field(default=None, max_length=128)
+    audio_retention: str | None = Field(default=None, max_length=32)
+    speech_sandbox: str | None = Field(default=None, max_length=32)
 
     @classmethod
     def from_runtime(cls, runtime: dict[str, Any]) -> EnclaveRuntime:
@@ -204,15 +242,18 @@ def encode_inner_request(
     body: bytes = b"",
     authorization: str | None = None,
     extra_headers: tuple[tuple[str, str], ...] = (),
+    content_type: str = "application/json",
 ) -> bytes:
-    """The Binary HTTP request the client encapsulates."""
-    if len(body) > MAX_INNER_BODY:
-        raise InputError("input.too_large", f"request body over {MAX_INNER_BODY} bytes")
+    """The Binary HTTP request the client encapsulates (``content_type``: the body's; the
+    transcription API's is ``multipart/form-data; boundary=...``)."""
+    limit = max_body(path)
+    if len(body) > limit:
+        raise InputError("input.too_large", f"request body over {limit} bytes")
     headers: list[tuple[str, str]] = []
     if authorization:
         headers.append(("authorization", authorization))
     if body:
-        headers.append(("content-type", "application/json"))
+        headers.append(("content-type", content_type))
     headers.extend((k.lower(), v) for k, v in extra_headers)
     request = bhttp.Request(method, INNER_SCHEME, INNER_AUTHORITY, path, tuple(headers), body)
     return request.encode()
@@ -224,12 +265,21 @@ def decode_inner_request(data: bytes) -> InnerRequest:
     Raises ``protocol.bad_message`` (framing) or ``input.too_large``. Whether the path and
     method are served is the server's decision (answered inside the encapsulation).
     """
-    request = bhttp.decode_request(data, INNER_LIMITS)
-    if len(request.content) > MAX_INNER_BODY:
-        raise InputError("input.too_large", f"request body over {MAX_INNER_BODY} bytes")
+    # Framing is parsed under the audio bound (the path is inside), then the body is held to
+    # its path's own bound.
+    request = bhttp.decode_request(data, AUDIO_LIMITS if len(data) > MAX_OUTER_REQUEST
+                                   else INNER_LIMITS)
     path = request.path.split("?", 1)[0]
+    limit = max_body(path)
+    if len(request.content) > limit or len(data) > limit + 64 * 1024:
+        raise InputError("input.too_large", f"request body over {limit} bytes")
     headers = tuple((k, v) for k, v in request.headers if k in _FORWARDED_HEADERS)
     return InnerRequest(request.method.upper(), path, headers, request.content)
+
+
+def max_body(path: str) -> int:
+    """How large an inner body ``path`` takes: audio paths more, every other the small bound."""
+    return MAX_AUDIO_BODY if path.split("?", 1)[0] in AUDIO_PATHS else MAX_INNER_BODY
 
 
 def model_path(model_id: str) -> str:
@@ -252,6 +302,17 @@ def model_id_of(path: str) -> str | None:
 def is_models_path(path: str) -> bool:
     """Listing the models or reading one: no inference, so no inference authorization."""
     return path == MODELS_PATH or model_id_of(path) is not None
+
+
+def needs_receipt(method: str, path: str) -> bool:
+    """Whether a successful answer must carry an audit receipt: every inference does; listing
+    models and managing sealed conversations (no inference) do not. Appending a conversation
+    turn (``POST .../turns``) is an inference."""
+    if is_models_path(path):
+        return False
+    if path.startswith(MEDCLAVE_PREFIX):
+        return method == "POST" and path.endswith("/turns")
+    return True
 
 
 def inner_method(path: str) -> str | None:

@@ -6,7 +6,9 @@ NVIDIA's responder, and :class:`OnlineEndorsements` both, behind ``medclave atte
 
 Verification is offline unless the caller hands one of these in ``VerifyOptions.online``. One
 object serves every platform: AMD's key distribution service for SNP endorsements (VCEK, chain,
-CRL; cached on disk) and NVIDIA's OCSP responder for the GPU device chain.
+CRL; cached on disk), NVIDIA's OCSP responder for the GPU device chain, and Google's
+Confidential Space signing keys (JWKS, over TLS: a JWKS has no chain, so TLS to Google is what
+authenticates it).
 """
 
 from __future__ import annotations
@@ -26,6 +28,10 @@ from medclave.attestation.sevsnp.chain import Kind
 from medclave.errors import AttestationError
 
 PRODUCTS: tuple[Product, ...] = ("Milan", "Genoa", "Turin")
+# The jwks_uri of https://confidentialcomputing.googleapis.com/.well-known/openid-configuration.
+CONFIDENTIAL_SPACE_JWKS = ("https://www.googleapis.com/service_accounts/v1/metadata/jwk/"
+                           "signer@confidentialspace-sign.iam.gserviceaccount.com")
+MAX_JWKS_BYTES = 64 * 1024
 
 
 class OnlineEndorsements:
@@ -63,6 +69,19 @@ class OnlineEndorsements:
         self, cert: x509.Certificate, issuer: x509.Certificate, *, now: datetime
     ) -> CertStatus:
         return self._ocsp.certificate_status(cert, issuer, now=now)
+
+    def confidential_space_jwks(self) -> bytes:
+        """Google's Confidential Space token signing keys, fetched now (never cached: they
+        rotate, and a stale set fails closed anyway)."""
+        try:
+            response = self._client.get(CONFIDENTIAL_SPACE_JWKS)
+        except httpx.HTTPError as exc:
+            raise AttestationError("attestation.provider_offline",
+                                   f"Confidential Space JWKS: {type(exc).__name__}") from exc
+        if response.status_code != 200 or len(response.content) > MAX_JWKS_BYTES:
+            raise AttestationError("attestation.provider_offline",
+                                   f"Confidential Space JWKS: HTTP {response.status_code}")
+        return response.content
 
     def close(self) -> None:
         self._client.close()

@@ -1,8 +1,8 @@
 """Intel TDX: DCAP quotes v4 and v5 (the registry's ``tdx`` platform).
 
-``abi`` turns bytes into structures, ``verify`` checks signatures, the PCK chain and the
-collateral, ``collateral`` parses Intel PCS documents and the dcap-qvl bundle, ``tcb`` matches
-TCB levels and ``rules.appraise`` applies TDX-specific appraisal rules. The vTPM flow (Azure TDX CVMs
+``abi`` turns bytes into structures, ``verify`` is the TDX profile of the DCAP verifier shared
+with SGX (``attestation/dcap/``: the PCK chain, PCS collateral and the dcap-qvl bundle, TCB level
+matching) and ``rules.appraise`` applies TDX-specific appraisal rules. The vTPM flow (Azure TDX CVMs
 wrap a TD quote) reaches this module through the registry or :func:`verify_quote`.
 """
 

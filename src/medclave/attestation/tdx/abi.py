@@ -17,6 +17,8 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 
+from medclave.attestation.dcap.report import REPORT_BODY_SIZE, parse_report_body
+from medclave.attestation.dcap.report import EnclaveReport as QeReport
 from medclave.errors import AttestationError
 
 MAX_QUOTE_BYTES = 128 * 1024
@@ -24,7 +26,7 @@ HEADER_SIZE = 48
 BODY_DESCRIPTOR_SIZE = 6  # v5: u16 body type, u32 body size (A.4.2)
 TD_REPORT10_SIZE = 584
 TD_REPORT15_SIZE = 648
-QE_REPORT_SIZE = 384
+QE_REPORT_SIZE = REPORT_BODY_SIZE
 ECDSA_SIG_SIZE = 64
 ATTESTATION_KEY_SIZE = 64
 MAX_CERT_DATA_SIZE = 64 * 1024
@@ -76,21 +78,6 @@ class TdReport:
     report_data: bytes
     tee_tcb_svn2: bytes | None = None
     mr_servicetd: bytes | None = None
-
-
-@dataclass(frozen=True)
-class QeReport:
-    """SGX enclave report body of the Quoting Enclave (A.3.10)."""
-
-    raw: bytes
-    cpu_svn: bytes
-    miscselect: int
-    attributes: bytes
-    mr_enclave: bytes
-    mr_signer: bytes
-    isv_prod_id: int
-    isv_svn: int
-    report_data: bytes
 
 
 @dataclass(frozen=True)
@@ -188,19 +175,7 @@ def _parse_td_report(raw: bytes, body_type: int) -> TdReport:
 
 
 def parse_qe_report(raw: bytes) -> QeReport:
-    if len(raw) != QE_REPORT_SIZE:
-        raise _malformed(f"QE report is {len(raw)} bytes, expected {QE_REPORT_SIZE}")
-    return QeReport(
-        raw=raw,
-        cpu_svn=raw[0:16],
-        miscselect=int(struct.unpack_from("<I", raw, 16)[0]),
-        attributes=raw[48:64],
-        mr_enclave=raw[64:96],
-        mr_signer=raw[128:160],
-        isv_prod_id=int(struct.unpack_from("<H", raw, 256)[0]),
-        isv_svn=int(struct.unpack_from("<H", raw, 258)[0]),
-        report_data=raw[320:384],
-    )
+    return parse_report_body(raw, "QE report")
 
 
 def _cert_data_header(r: _Reader, what: str) -> tuple[int, int]:

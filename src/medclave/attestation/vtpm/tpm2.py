@@ -422,3 +422,62 @@ def verify_quote(
         raise log.fail("PCR digest", exc.code, exc.detail) from exc
     check_nonce(attest, expected_nonce, log=log)
     return VerifiedQuote(attest, banks, key_fingerprint(key))
+
+
+# --- TPMT_PUBLIC (Part 2 §12.2.4): the AK's public area, as go-tpm-tools carries it -----------
+
+TPM_ALG_RSA = 0x0001
+TPM_ALG_ECC = 0x0023
+# TPMA_OBJECT (Part 2 §8.3): an AK is a restricted signing key bound to its TPM, so it signs
+# only TPM-generated structures (a quote) and never arbitrary data shaped like one.
+TPMA_FIXED_TPM, TPMA_RESTRICTED, TPMA_SIGN = 1 << 1, 1 << 16, 1 << 18
+_ECC_CURVES: Mapping[int, ec.EllipticCurve] = {0x0003: ec.SECP256R1(), 0x0004: ec.SECP384R1(),
+                                              0x0005: ec.SECP521R1()}
+MAX_PUBLIC_BYTES = 1024
+
+
+@dataclass(frozen=True)
+class TpmPublic:
+    key: rsa.RSAPublicKey | ec.EllipticCurvePublicKey
+    name_alg: int
+    attributes: int
+
+    @property
+    def restricted_signing(self) -> bool:
+        need = TPMA_FIXED_TPM | TPMA_RESTRICTED | TPMA_SIGN
+        return self.attributes & need == need
+
+
+def parse_public(data: bytes) -> TpmPublic:
+    """A marshalled TPMT_PUBLIC of an RSA or ECC signing key. No cryptography."""
+    if len(data) > MAX_PUBLIC_BYTES:
+        raise _malformed(f"TPMT_PUBLIC is {len(data)} bytes, over {MAX_PUBLIC_BYTES}")
+    r = _Reader(data, "TPMT_PUBLIC")
+    kind, name_alg, attributes = r.u16(), r.u16(), r.u32()
+    r.tpm2b(MAX_DIGEST_BYTES, "authPolicy")
+    if r.u16() != TPM_ALG_NULL:  # a signing key has no symmetric algorithm (§12.2.3.5)
+        raise _malformed("TPMT_PUBLIC of a signing key names a symmetric algorithm")
+    scheme = r.u16()
+    if scheme != TPM_ALG_NULL:
+        r.u16()  # the scheme's hash
+    try:
+        if kind == TPM_ALG_RSA:
+            bits, exponent = r.u16(), r.u32() or 65537  # §12.2.3.5: 0 means 2^16 + 1
+            modulus = r.tpm2b(512, "unique.rsa")
+            if len(modulus) * 8 != bits:
+                raise _malformed(f"RSA modulus of {len(modulus)} bytes for {bits} key bits")
+            key: rsa.RSAPublicKey | ec.EllipticCurvePublicKey = rsa.RSAPublicNumbers(
+                exponent, int.from_bytes(modulus, "big")).public_key()
+        elif kind == TPM_ALG_ECC:
+            curve, kdf = r.u16(), r.u16()
+            if kdf != TPM_ALG_NULL or curve not in _ECC_CURVES:
+                raise _malformed(f"ECC curve 0x{curve:04x} / KDF is not supported")
+            x, y = r.tpm2b(66, "unique.x"), r.tpm2b(66, "unique.y")
+            key = ec.EllipticCurvePublicNumbers(int.from_bytes(x, "big"), int.from_bytes(y, "big"),
+                                                _ECC_CURVES[curve]).public_key()
+        else:
+            raise _malformed(f"TPMT_PUBLIC type 0x{kind:04x} is not RSA or ECC")
+    except ValueError as exc:
+        raise _malformed(f"TPMT_PUBLIC holds no valid key: {exc}") from exc
+    r.end()
+    return TpmPublic(key, name_alg, attributes)

@@ -1,11 +1,13 @@
-"""TCB level matching for TDX quotes against verified TCB Info v3 and QE identity collateral.
+"""TCB level matching for DCAP quotes (SGX and TDX) against verified TCB Info v3 and QE identity
+collateral.
 
 Follows Intel's Quote Verification Library (SGX-TDX-DCAP-QuoteVerificationLibrary,
 ``TcbLevelCheck.cpp`` and ``TdxModuleCheck.cpp``; the step numbers 4.1.2.4.17.x are those of
 Intel's "ECDSA Quote Library API" verification algorithm):
 
 * 4.1.2.4.17.1-2: walk ``tcbLevels`` in document order (the PCS sorts them highest first) and
-  take the first level whose 16 SGX components and PCESVN are each <= the PCK certificate's;
+  take the first level whose 16 SGX components and PCESVN are each <= the PCK certificate's
+  (for an SGX quote, that level's status is the platform's: :func:`match_sgx`);
 * 4.1.2.4.17.3: for TDX, from that level on take the first whose 16 TDX components are <= the
   quote's ``tee_tcb_svn``, skipping indexes 0 and 1 when ``tee_tcb_svn[1]`` (the TDX module
   major version) is non-zero, because the module is then appraised by its own identity;
@@ -24,9 +26,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from medclave.attestation.tdx.abi import QeReport, TdReport
-from medclave.attestation.tdx.pck import PckTcb
-from medclave.attestation.tdx.pcs import (
+from medclave.attestation.dcap.pck import PckTcb
+from medclave.attestation.dcap.pcs import (
     EnclaveIdentity,
     IsvLevel,
     TcbInfo,
@@ -34,6 +35,8 @@ from medclave.attestation.tdx.pcs import (
     TdxModule,
     invalid,
 )
+from medclave.attestation.dcap.report import EnclaveReport
+from medclave.attestation.tdx.abi import TdReport
 from medclave.errors import AttestationError
 
 NO_MATCH = "NoMatch"
@@ -67,15 +70,18 @@ def _isv_level(levels: tuple[IsvLevel, ...], isv_svn: int) -> IsvLevel | None:
     return next((level for level in levels if isv_svn >= level.isv_svn), None)
 
 
+def _sgx_ok(level: TcbLevel, pck: PckTcb) -> bool:
+    pairs = zip(pck.sgx_tcb_components, level.sgx_components, strict=True)
+    return all(have >= need for have, need in pairs) and pck.pce_svn >= level.pce_svn
+
+
 def _platform_level(
     info: TcbInfo, pck: PckTcb, tee_tcb_svn: bytes
 ) -> tuple[TcbLevel | None, TcbLevel | None]:
     start = 2 if tee_tcb_svn[1] > 0 else 0
     sgx_level: TcbLevel | None = None
     for level in info.levels:
-        pairs = zip(pck.sgx_tcb_components, level.sgx_components, strict=True)
-        sgx_ok = all(have >= need for have, need in pairs)
-        if not (sgx_ok and pck.pce_svn >= level.pce_svn):
+        if not _sgx_ok(level, pck):
             continue
         if sgx_level is None:
             sgx_level = level
@@ -92,6 +98,16 @@ def _check_module(module: TdxModule, body: TdReport) -> None:
             "attestation.measurement_mismatch",
             f"TDX module: mr_signer_seam / SEAM attributes differ from the collateral's {name}",
         )
+
+
+def match_sgx(info: TcbInfo, pck: PckTcb) -> TcbMatch:
+    """The platform status of an SGX quote: its first level by SGX components and PCESVN."""
+    level = next((lv for lv in info.levels if _sgx_ok(lv, pck)), None)
+    if level is None:
+        return TcbMatch(NO_MATCH, None, "", NO_MATCH, (),
+                        "no TCB level matches the SGX components / PCESVN")
+    return TcbMatch(level.status, level, "", "", level.advisory_ids,
+                    f"level {level.tcb_date} {level.status}")
 
 
 def match_tdx(info: TcbInfo, pck: PckTcb, body: TdReport) -> TcbMatch:
@@ -127,7 +143,7 @@ def match_tdx(info: TcbInfo, pck: PckTcb, body: TdReport) -> TcbMatch:
     )
 
 
-def match_qe(identity: EnclaveIdentity, qe: QeReport) -> IsvLevel | None:
+def match_qe(identity: EnclaveIdentity, qe: EnclaveReport) -> IsvLevel | None:
     """The QE identity level of ``qe``, None when its ISVSVN is below every level."""
     masked_attributes = bytes(
         a & m for a, m in zip(qe.attributes, identity.attributes_mask, strict=True)
@@ -145,6 +161,6 @@ def match_qe(identity: EnclaveIdentity, qe: QeReport) -> IsvLevel | None:
     if mismatches:
         raise AttestationError(
             "attestation.qe_identity_mismatch",
-            f"the QE report differs from the TD_QE identity in {', '.join(mismatches)}",
+            f"the QE report differs from the {identity.id} identity in {', '.join(mismatches)}",
         )
     return _isv_level(identity.levels, qe.isv_svn)

@@ -1,4 +1,5 @@
-"""Intel PCS documents: TDX TCB Info v3 and the TDX QE identity (Enclave Identity v2).
+"""Intel PCS documents: SGX and TDX TCB Info v3, and the SGX and TDX QE identities (Enclave
+Identity v2), shared by the ``sgx`` and ``tdx`` platforms.
 
 Parsing only; signatures are checked in ``verify`` and TCB levels matched in ``tcb``.
 Sources: Intel "Provisioning Certification Service for ECDSA Attestation" API (v4),
@@ -205,6 +206,7 @@ class TdxModule:
 
 @dataclass(frozen=True)
 class TcbInfo:
+    id: str  # "SGX" or "TDX": which platform's quotes it appraises
     version: int
     issue_date: datetime
     next_update: datetime
@@ -218,6 +220,7 @@ class TcbInfo:
 
 @dataclass(frozen=True)
 class EnclaveIdentity:
+    id: str  # "QE" (the SGX Quoting Enclave) or "TD_QE" (the TDX one)
     version: int
     issue_date: datetime
     next_update: datetime
@@ -267,11 +270,13 @@ def _module(obj: Mapping[str, Any], where: str, *, with_levels: bool) -> TdxModu
 
 
 def parse_tcb_info(value: Any) -> TcbInfo:
-    """The parsed ``tcbInfo`` member; only TDX TCB Info v3 is accepted for TDX quotes."""
+    """The parsed ``tcbInfo`` member: TCB Info v3 with id "SGX" or "TDX" (only TDX levels carry
+    ``tdxtcbcomponents``). Which id a quote accepts is the verifier's check."""
     info = _obj(value, "tcbInfo")
     where = "tcbInfo"
-    if info.get("id") != "TDX" or info.get("version") != 3:
-        raise invalid("tcbInfo is not TDX TCB Info version 3 (id 'TDX')")
+    kind = info.get("id")
+    if kind not in ("SGX", "TDX") or info.get("version") != 3:
+        raise invalid("tcbInfo is not TCB Info version 3 with id 'SGX' or 'TDX'")
     levels: list[TcbLevel] = []
     for n, item in enumerate(_list(info, "tcbLevels", where, MAX_TCB_LEVELS)):
         at = f"tcbInfo tcbLevels[{n}]"
@@ -281,7 +286,8 @@ def parse_tcb_info(value: Any) -> TcbInfo:
             TcbLevel(
                 sgx_components=_components(tcb, "sgxtcbcomponents", at),
                 pce_svn=_svn(_get(tcb, "pcesvn", int, at), at),
-                tdx_components=_components(tcb, "tdxtcbcomponents", at),
+                tdx_components=(_components(tcb, "tdxtcbcomponents", at) if kind == "TDX"
+                                else ()),
                 status=_status(level, at),
                 tcb_date=str(_get(level, "tcbDate", str, at))[:40],
                 advisory_ids=_advisories(level, at),
@@ -294,6 +300,7 @@ def parse_tcb_info(value: Any) -> TcbInfo:
     if not isinstance(identities, list) or len(identities) > MAX_TCB_LEVELS:
         raise invalid("tcbInfo: tdxModuleIdentities is not a short list")
     return TcbInfo(
+        id=str(kind),
         version=3,
         issue_date=_time(info, "issueDate", where),
         next_update=_time(info, "nextUpdate", where),
@@ -312,12 +319,15 @@ def parse_tcb_info(value: Any) -> TcbInfo:
 
 
 def parse_enclave_identity(value: Any) -> EnclaveIdentity:
-    """The parsed ``enclaveIdentity`` member; only the TDX QE identity (``TD_QE``) is accepted."""
+    """The parsed ``enclaveIdentity`` member: the SGX (``QE``) or TDX (``TD_QE``) Quoting
+    Enclave identity, version 2. Which id a quote accepts is the verifier's check."""
     ident = _obj(value, "enclaveIdentity")
     where = "enclaveIdentity"
-    if ident.get("id") != "TD_QE" or ident.get("version") != 2:
-        raise invalid("enclaveIdentity is not the TDX QE identity version 2 (id 'TD_QE')")
+    kind = ident.get("id")
+    if kind not in ("QE", "TD_QE") or ident.get("version") != 2:
+        raise invalid("enclaveIdentity is not a QE identity version 2 (id 'QE' or 'TD_QE')")
     return EnclaveIdentity(
+        id=str(kind),
         version=2,
         issue_date=_time(ident, "issueDate", where),
         next_update=_time(ident, "nextUpdate", where),

@@ -1,4 +1,4 @@
-"""TDX collateral as it arrives: raw blobs classified into PCS documents, CRLs and chains.
+"""DCAP collateral (SGX and TDX) as it arrives: raw blobs classified into PCS documents, CRLs and chains.
 
 Every blob arrives as raw bytes in ``Endorsements.collateral``; each is classified by content:
 Intel PCS tcbInfo / enclaveIdentity responses (parsed in ``pcs``), CRLs in DER or PEM, PEM
@@ -22,7 +22,7 @@ from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
 
 from medclave.attestation import x509chain
-from medclave.attestation.tdx.pcs import (
+from medclave.attestation.dcap.pcs import (
     MAX_COLLATERAL_BYTES,
     EnclaveIdentity,
     TcbInfo,

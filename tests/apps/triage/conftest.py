@@ -1,0 +1,67 @@
+"""A triage enclave on sim (sealed store on disk under the test's folder) behind the proxy."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from medclave.apps.triage.app import TriageApp
+from medclave.client.proxy import create_proxy_app
+from medclave.client.sdk import MedclaveClient
+from medclave.client.session import EnclaveSession
+from medclave.enclave.app import create_app
+from medclave.enclave.boot import boot
+from medclave.enclave.server import BackgroundServer
+from medclave.enclave.settings import EnclaveSettings
+from tests.e2e.helpers import (
+    ISSUER,
+    MEASUREMENT,
+    TENANT,
+    Enclave,
+    Idp,
+    make_idp,
+    sim_policy,
+    write_commitment_key,
+)
+
+
+def write_root(path: Path) -> Path:
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(os.urandom(32).hex() + "\n")
+    return path
+
+
+def start_triage(folder: Path, idp: Idp, engine: Any, **overrides: Any) -> Enclave:
+    settings = EnclaveSettings(**{
+        "data_dir": folder, "platform": "sim", "sim_measurement": MEASUREMENT,
+        "audit_store": "sqlite", "commitment_key_file": write_commitment_key(folder / "t.key"),
+        "auth_issuer": ISSUER, "auth_jwks_file": idp.jwks, "auth_tenants": (TENANT,),
+        "auth_roles": ("clinician", "patient"), "triage": True,
+        "sealing_root_file": write_root(folder / "sealing.key"), **overrides})
+    booted = boot(settings, engine_factory=lambda path, s: engine,
+                  apps=(TriageApp.from_context,))
+    server = BackgroundServer(create_app(booted.service, settings)).start()
+    return Enclave(booted, server, engine, settings)
+
+
+def sdk(enclave: Enclave, token: str | Callable[[], str]) -> MedclaveClient:
+    return MedclaveClient(enclave.url, policy=sim_policy(), api_key=token,
+                          sim_roots=[enclave.sim_root])
+
+
+@pytest.fixture(scope="module")
+def idp(tmp_path_factory: pytest.TempPathFactory) -> Idp:
+    return make_idp(tmp_path_factory.mktemp("triage-idp"))
+
+
+def proxy_for(enclave: Enclave, **kwargs: Any) -> tuple[BackgroundServer, EnclaveSession]:
+    session = EnclaveSession(enclave.url, sim_policy(), sim_roots=frozenset({enclave.sim_root}))
+    server = BackgroundServer(create_proxy_app(session, **kwargs), name="triage-proxy").start()
+    return server, session
