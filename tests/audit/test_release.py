@@ -25,7 +25,7 @@ from medclave.audit.release import (
     publish,
     verify_release_proof,
 )
-from medclave.audit.store import MemoryStore
+from medclave.audit.store import MemoryLogStore
 from medclave.audit.witness import witness_checkpoint
 from medclave.errors import AuditError, MedclaveError, PolicyError
 
@@ -51,7 +51,7 @@ class World:
         self.signer = NoteSigner.generate("release-signer")
         self.witnesses = [NoteSigner.generate(f"witness-{i}", ALG_COSIGNATURE_V1)
                           for i in range(3)]
-        self.log = AuditLog(MemoryStore(), origin=ORIGIN, signer=self.log_key)
+        self.log = AuditLog(MemoryLogStore(), origin=ORIGIN, signer=self.log_key)
         self.tmp = tmp
 
     def publish(self, statement: ReleaseStatement, cosigners: int = 2) -> dict[str, Any]:
@@ -178,7 +178,7 @@ def test_statement_rules() -> None:
 
 def test_a_checkpoint_of_another_log_gives_no_proof(world: World) -> None:
     world.publish(_statement())
-    other = AuditLog(MemoryStore(), origin=ORIGIN, signer=world.log_key)
+    other = AuditLog(MemoryLogStore(), origin=ORIGIN, signer=world.log_key)
     other.append(b'{"other":1}')
     _, note = other.latest_checkpoint()
     with pytest.raises(AuditError) as err:

@@ -32,7 +32,6 @@ from medclave.enclave.settings import EnclaveSettings
 from medclave.kbs import server as kbs_server
 from medclave.kbs.client import OwnerClient
 from medclave.kbs.settings import KbsSettings
-from medclave.background import BackgroundServer
 from medclave.kbs.store import MemoryKbsStore
 from medclave.ops.http import instrument
 from medclave.serving import GuardedH11Protocol, ServingSettings, server_config

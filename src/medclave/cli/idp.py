@@ -13,7 +13,6 @@ import typer
 from medclave.auth.issuer import DEFAULT_AUDIENCE, DEFAULT_DATA_DIR, Directory
 from medclave.cli.options import ConfigFile, TrustedProxy, split_roles
 from medclave.cli.output import refusals
-from medclave.errors import MedclaveError
 
 app = typer.Typer(help="A small OpenID-style token issuer for development.", no_args_is_help=True)
 

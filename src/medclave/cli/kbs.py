@@ -12,6 +12,7 @@ Output is one JSON object (or list); errors and exit statuses as in :mod:`medcla
 from __future__ import annotations
 
 import base64
+import json
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
@@ -21,7 +22,6 @@ import typer
 
 from medclave.cli.options import ConfigFile, TrustedProxy
 from medclave.cli.output import emit, run
-from medclave.errors import MedclaveError
 from medclave.kbs.client import OwnerClient
 from medclave.kbs.factory import ensure_data_dir, open_signer, open_store
 from medclave.kbs.models import MAX_SECRET_BYTES, parse_release_policy

@@ -28,7 +28,7 @@ import typer
 
 from medclave.cli.options import ConfigFile, TrustedProxy, bad_settings, split_roles
 from medclave.cli.output import fail, refusals
-from medclave.errors import MedclaveError
+from medclave.errors import InputError, MedclaveError
 
 app = typer.Typer(help="The local OpenAI-compatible proxy to an attested enclave.")
 keys_app = typer.Typer(help="Local API keys for the apps behind the proxy.",

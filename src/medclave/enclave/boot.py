@@ -73,8 +73,8 @@ from medclave.kbs.sealed_models import ShareRef
 from medclave.kbs.signing import TrustedBrokers
 from medclave.protocol import inference as proto
 from medclave.protocol.evidence import EvidenceBundle
-from medclave.util.clock import Clock, system_clock
 from medclave.records.access import load_links
+from medclave.util.clock import Clock, system_clock
 
 log = logging.getLogger("medclave.enclave")
 
@@ -268,7 +268,7 @@ def build_commit_keys(settings: EnclaveSettings, platform: HostPlatform,
     return NoCommitKeys()
 
 
-def build_sealing_roots(settings: EnclaveSettings, platform: Platform,
+def build_sealing_roots(settings: EnclaveSettings, platform: HostPlatform,
                        runtime: Callable[[], dict[str, Any]], clock: Clock) -> SealingRoots:
     """Tenants' sealing roots: a local file on sim (development), else the broker; with neither,
     sealed state is refused (``sealing.root_unavailable``)."""
@@ -285,7 +285,7 @@ def build_sealing_roots(settings: EnclaveSettings, platform: Platform,
     return NoSealingRoots()
 
 
-def _sealed(settings: EnclaveSettings, platform: Platform,
+def _sealed(settings: EnclaveSettings, platform: HostPlatform,
             runtime: Callable[[], dict[str, Any]], clock: Clock,
             closers: list[Callable[[], None]]) -> SealedConversations:
     store: SealedStore

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping
-from datetime import datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -29,10 +29,10 @@ from medclave.kbs.names import ResourceName
 from medclave.records.embed import Embedder
 from medclave.records.service import KeySource, RecordsService
 from medclave.records.store import MemoryRecordStore, RecordStore, SqliteRecordStore
+from medclave.util.clock import Clock
 
 log = logging.getLogger("medclave.enclave")
 
-Clock = Callable[[], datetime]
 RESOURCE_TYPE = "data-key"
 RESOURCE_NAME = "records"
 

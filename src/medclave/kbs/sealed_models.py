@@ -28,7 +28,6 @@ from medclave.crypto import hpke, sealed
 from medclave.errors import InputError, MedclaveError, ModelError
 from medclave.kbs.client import KbsClient, OwnerClient
 from medclave.kbs.names import MODEL_KEY, ResourceName
-from medclave.util.files import create_file, create_secret_file, read_secret_file
 from medclave.kbs.threshold import (
     BrokerTarget,
     ClientFor,
@@ -37,6 +36,7 @@ from medclave.kbs.threshold import (
     fetch_threshold,
     split_to_brokers,
 )
+from medclave.util.files import create_file, create_secret_file, read_secret_file
 
 __all__ = ["BrokerTarget", "ClientFor", "KeyRef", "SealResult", "ShareRef", "ThresholdPlan",
            "ThresholdRef",

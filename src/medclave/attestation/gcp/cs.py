@@ -35,7 +35,6 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
-from medclave.attestation.cache import Lru
 from medclave.attestation.core import (
     ATTESTATION_JOSE_ERRORS,
     CheckLog,
@@ -46,6 +45,7 @@ from medclave.attestation.core import (
 )
 from medclave.crypto import jose
 from medclave.errors import AttestationError
+from medclave.util.lru import Lru
 
 PLATFORM = "gcp-cs"
 ISSUER = "https://confidentialcomputing.googleapis.com"
