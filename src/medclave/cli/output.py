@@ -30,7 +30,7 @@ from typing import Any, TypeVar
 
 import typer
 
-from medclave.errors import MedclaveError
+from medclave.errors import CATALOGUE, MedclaveError
 
 T = TypeVar("T")
 
@@ -94,3 +94,16 @@ def refusals(*, as_json: bool = True) -> Iterator[None]:
         yield
     except MedclaveError as exc:
         raise fail(exc, as_json=as_json) from None
+
+
+def refused_answer(body: Any) -> typer.Exit:
+    """A service's error answer (``{"error": {"code", "message"}}``) printed in the one JSON
+    shape; the exit to raise follows its code (1 when the answer has none we know)."""
+    error = body.get("error") if isinstance(body, dict) else None
+    if not isinstance(error, dict):
+        error = {"code": "client.upstream_failed", "message": "the answer carries no error"}
+    emit({"ok": False, "error": error})
+    code = error.get("code")
+    if isinstance(code, str) and code in CATALOGUE:
+        return typer.Exit(exit_code(MedclaveError(code)))
+    return typer.Exit(1)
