@@ -20,7 +20,7 @@ from typing import Any
 
 from medclave.auth.authorizer import Authorizer, DecisionRecord
 from medclave.auth.breakglass import BreakGlass
-from medclave.enclave.attester import Platform
+from medclave.enclave.attester import HostPlatform
 from medclave.enclave.commitkeys import BrokerCommitKeys, CommitKey, read_key_file
 from medclave.enclave.settings import EnclaveSettings
 from medclave.errors import InputError, RecordsError
@@ -42,7 +42,7 @@ def data_key_resource(tenant: str) -> str:
     return str(ResourceName.of(tenant, RESOURCE_TYPE, RESOURCE_NAME))
 
 
-def data_keys(settings: EnclaveSettings, platform: Platform,
+def data_keys(settings: EnclaveSettings, platform: HostPlatform,
               client: Callable[[Mapping[str, Any]], KbsClient] | None,
               runtime: Callable[[], dict[str, Any]], clock: Clock) -> KeySource:
     if settings.records_key_file is not None:
