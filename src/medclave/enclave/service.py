@@ -622,7 +622,7 @@ class _Recording:
     record of it. A continuable conversation remembers the choice only once it is recorded."""
 
     def __init__(self, service: InferenceService, rid: str, principal: Principal, prompt: bytes,
-                 params: SamplingParams, conversation: responses.Conversation | None,
+                 params: SamplingParams, conversation: ChatTurn | None,
                  documents: tuple[bytes, ...] = ()) -> None:
         self._service = service
         self._rid = rid

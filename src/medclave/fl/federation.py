@@ -33,11 +33,11 @@ from medclave.errors import FederationError
 from medclave.fl.evidence import (
     PURPOSE_ADMISSION,
     Appraiser,
-    Clock,
     node_key_fingerprint,
     utc_now,
 )
 from medclave.protocol.evidence import EvidenceBundle
+from medclave.util.clock import Clock
 
 NONCE_TTL = timedelta(minutes=5)
 MAX_OUTSTANDING = 1024
