@@ -41,11 +41,11 @@ from medclave.audit.note import ALG_COSIGNATURE_V1, NoteSigner
 from medclave.audit.release import ReleaseStatement, proof_under, publish, verify_release_proof
 from medclave.audit.store import MemoryLogStore as LogMemory
 from medclave.audit.witness import witness_checkpoint
+from medclave.background import BackgroundServer
 from medclave.client.session import EnclaveSession
 from medclave.enclave.app import create_app as enclave_app
 from medclave.enclave.boot import boot
 from medclave.enclave.model import DEFAULT_MODEL_SHA256
-from medclave.enclave.server import BackgroundServer
 from medclave.enclave.settings import EnclaveSettings
 from medclave.kbs.app import create_app as kbs_app
 from medclave.kbs.client import KbsClient, OwnerClient

@@ -14,7 +14,7 @@ import pytest
 from typer.testing import CliRunner
 
 from medclave.attestation.core import Verification
-from medclave.attestation.policy import AppraisalPolicy, ReleaseLogRule, evaluate
+from medclave.attestation.policy import AppraisalPolicy, ReleaseLogRule, appraisal_of
 from medclave.audit.log import AuditLog
 from medclave.audit.note import ALG_COSIGNATURE_V1, NoteSigner
 from medclave.audit.release import (
@@ -154,10 +154,10 @@ _verification = Verification(platform="sev-snp", claims={"debug": False}, checks
 def test_a_policy_with_the_rule_fails_closed_where_it_is_not_checked(world: World) -> None:
     policy = AppraisalPolicy.model_validate({"platforms": ["sev-snp"],
                                              "release_log": world.rule().model_dump()})
-    result = evaluate(_verification, policy, now=NOW)
+    result = appraisal_of(_verification, policy, now=NOW)
     assert "policy.release_not_logged" in {v["code"] for v in result.violations}
     assert not any(v["code"] == "policy.release_not_logged"
-                   for v in evaluate(_verification, policy, now=NOW,
+                   for v in appraisal_of(_verification, policy, now=NOW,
                                      release_proven=True).violations)
     # The digest of a policy without the rule is what it always was.
     plain = AppraisalPolicy.model_validate({"platforms": ["sev-snp"]})

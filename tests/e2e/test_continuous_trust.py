@@ -26,11 +26,11 @@ import pytest
 
 from medclave.attestation.policy import AppraisalPolicy
 from medclave.attestation.sim import SimAuthority
+from medclave.background import BackgroundServer
 from medclave.client.continuous import TrustWatch
 from medclave.client.proxy import create_proxy_app
 from medclave.client.session import EnclaveSession
 from medclave.enclave.model import DEFAULT_MODEL_ID
-from medclave.enclave.server import BackgroundServer
 from medclave.errors import KbsError
 from medclave.kbs.app import create_app
 from medclave.kbs.client import KbsClient, OwnerClient

@@ -18,13 +18,13 @@ import pytest
 from medclave.attestation.policy import AppraisalPolicy
 from medclave.attestation.sim import SimAuthority
 from medclave.audit import generate_commitment_key
+from medclave.background import BackgroundServer
 from medclave.client.session import EnclaveSession
 from medclave.enclave.app import create_app as create_enclave_app
 from medclave.enclave.boot import Booted, boot
 from medclave.enclave.commitkeys import commitment_resource
 from medclave.enclave.model import DEFAULT_MODEL_SHA256
 from medclave.enclave.records_boot import data_key_resource
-from medclave.enclave.server import BackgroundServer
 from medclave.enclave.settings import EnclaveSettings
 from medclave.errors import RecordsError
 from medclave.kbs.app import create_app as create_kbs_app

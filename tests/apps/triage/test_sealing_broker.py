@@ -16,12 +16,12 @@ import pytest
 from medclave.apps.triage.app import TriageApp
 from medclave.attestation.policy import AppraisalPolicy
 from medclave.attestation.sim import SimAuthority
+from medclave.background import BackgroundServer
 from medclave.client.conversations import new_share
 from medclave.client.sdk import MedclaveClient
 from medclave.enclave.app import create_app
 from medclave.enclave.boot import Booted, boot
 from medclave.enclave.sealing.roots import sealing_resource
-from medclave.enclave.server import BackgroundServer
 from medclave.enclave.settings import EnclaveSettings
 from medclave.errors import MedclaveError
 from medclave.kbs.app import create_app as create_kbs_app
