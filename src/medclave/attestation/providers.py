@@ -2,7 +2,8 @@
 providers.
 
 Verification is offline by default. A caller who wants endorsements fetched (AMD KDS for SEV-SNP
-certificates and CRLs, NVIDIA's OCSP responder for the GPU chains) passes a provider in
+certificates and CRLs, NVIDIA's OCSP responder for the GPU chains, Google's Confidential Space
+JWKS) passes a provider in
 ``VerifyOptions.online``; the verifiers see only the protocols below and never import an HTTP
 client (``tests/unit/test_import_rules.py`` holds them to it). The providers that do reach the
 network live in :mod:`medclave.attestation.online` (``OnlineEndorsements``, the KDS client and the
@@ -54,8 +55,20 @@ class OcspSource(Protocol):
 
 
 @runtime_checkable
+class JwksSource(Protocol):
+    """Fetches Google's Confidential Space token signing keys (a JWKS document, bytes).
+
+    Raises :class:`AttestationError` (``attestation.provider_offline``) when unreachable. The
+    bytes are untrusted: the verifier parses them under its own bounds.
+    """
+
+    def confidential_space_jwks(self) -> bytes: ...
+
+
+@runtime_checkable
 class EndorsementProvider(SnpEndorsementSource, OcspSource, Protocol):
-    """Both: what ``VerifyOptions.online`` holds for evidence of any platform."""
+    """Both: what ``VerifyOptions.online`` holds for evidence of any platform (a provider may
+    also be a :class:`JwksSource`, as ``OnlineEndorsements`` is, for Confidential Space)."""
 
 
 def check_chain_online(
