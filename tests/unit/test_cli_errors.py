@@ -134,3 +134,59 @@ def test_proxy(tmp_path: Path, as_json: bool) -> None:
     else:
         result = invoke("proxy", "keys", "revoke", "nope", "--data", str(tmp_path))
         assert result.exit_code == 2 and text_error(result) == "input.missing"
+
+
+# --- the command groups that came later follow the same rules --------------------------------
+
+
+def test_config(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text("port = 'not a port'\n")
+    result = invoke("config", "show", "kbs", "--config", str(bad))
+    assert result.exit_code == 2 and json_error(result)["code"] == "config.invalid"
+
+
+def test_records(tmp_path: Path) -> None:
+    missing = invoke("records", "ingest", str(tmp_path / "absent.json"))
+    assert missing.exit_code == 2 and json_error(missing)["code"] == "input.missing"
+    junk = tmp_path / "junk.json"
+    junk.write_text("{not json")
+    malformed = invoke("records", "ingest", str(junk))
+    assert malformed.exit_code == 2 and json_error(malformed)["code"] == "input.malformed"
+    down = invoke("records", "search", "x", "--proxy", "http://127.0.0.1:9")
+    assert down.exit_code == 1 and json_error(down)["code"] == "client.upstream_failed"
+
+
+def test_scribe(tmp_path: Path) -> None:
+    result = invoke("scribe", str(tmp_path / "absent.wav"), "--proxy", "http://127.0.0.1:9")
+    assert result.exit_code == 2 and json_error(result)["code"] == "input.missing"
+    audio = tmp_path / "visit.wav"
+    audio.write_bytes(b"RIFF")
+    down = invoke("scribe", str(audio), "--proxy", "http://127.0.0.1:9")
+    assert down.exit_code == 1 and json_error(down)["code"] == "client.upstream_failed"
+
+
+def test_monitor(tmp_path: Path) -> None:
+    result = invoke("monitor", "learn", "--events", str(tmp_path / "absent.jsonl"),
+                    "--out", str(tmp_path / "b.json"))
+    assert result.exit_code == 2 and json_error(result)["code"] == "input.missing"
+
+
+def test_fl(tmp_path: Path) -> None:
+    result = invoke("fl", "challenge", str(tmp_path / "absent"), "--site", "site-a")
+    assert result.exit_code == 1 and json_error(result)["code"] == "fl.site_unknown"
+
+
+def test_release(tmp_path: Path) -> None:
+    proof = tmp_path / "proof.json"
+    proof.write_text("{not json")
+    result = invoke("release", "verify", str(proof), "--log-key", "log.example/r+00000000+AA")
+    assert result.exit_code == 2 and json_error(result)["code"] == "input.malformed"
+    absent = invoke("release", "verify", str(tmp_path / "absent.json"), "--log-key", "k")
+    assert absent.exit_code == 2 and json_error(absent)["code"] == "input.missing"
+
+
+def test_kbs_revocation() -> None:
+    down = invoke("kbs", "revocation", "list", "--url", "http://127.0.0.1:9",
+                  "--token", "mkt1.vendor.x")
+    assert down.exit_code == 1 and json_error(down)["code"] == "kbs.unavailable"

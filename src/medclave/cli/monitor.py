@@ -17,7 +17,7 @@ from typing import Annotated
 import typer
 
 from medclave.cli.output import fail
-from medclave.errors import MedclaveError
+from medclave.errors import InputError, MedclaveError
 
 app = typer.Typer(help="Access monitoring: baselines, scoring, alerts.", no_args_is_help=True)
 
@@ -35,6 +35,9 @@ def learn(
         baselines = Baselines.learn(read_events(events))
     except MedclaveError as exc:
         raise fail(exc) from None
+    except OSError as exc:
+        raise fail(InputError("input.missing", f"cannot read {events.name}: {exc.strerror}")
+                   ) from None
     out.write_text(json.dumps(baselines.to_dict()))
     sys.stdout.write(json.dumps({"users": len(baselines.users)}) + "\n")
 
@@ -77,8 +80,10 @@ def run(
             seen += 1
     except MedclaveError as exc:
         raise fail(exc) from None
+    except OSError as exc:
+        raise fail(InputError("input.missing", f"cannot read a file: {exc.strerror}")) from None
     except ValueError as exc:
-        raise fail(MedclaveError("input.malformed", str(exc)[:200])) from None
+        raise fail(InputError("input.malformed", str(exc)[:200])) from None
     finally:
         for close in closers:
             close()

@@ -60,7 +60,10 @@ def ingest_cmd(files: Annotated[list[Path], typer.Argument(help="FHIR Bundle or 
                 raise ValueError("larger than 1 MiB: split the bundle")
             body = path.read_bytes()
             json.loads(body)
-        except (OSError, ValueError) as exc:
+        except OSError as exc:
+            raise fail(InputError("input.missing",
+                                  f"cannot read {path.name}: {exc.strerror}")) from None
+        except ValueError as exc:
             raise fail(InputError("input.malformed", f"{path.name}: {exc}")) from None
         status, answer = _post(proxy, "/v1/medclave/records", body, token)
         failed = failed or status != 200

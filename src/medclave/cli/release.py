@@ -152,7 +152,13 @@ def verify_cmd(
                                   quorum=quorum, signers=tuple(signer or ()))
         except ValueError as exc:
             raise InputError("input.malformed", "quorum exceeds the witnesses given") from exc
-        data = json.loads(proof.read_bytes())
+        try:
+            data = json.loads(proof.read_bytes())
+        except OSError as exc:
+            raise InputError("input.missing", f"cannot read {proof.name}: {exc.strerror}"
+                             ) from None
+        except ValueError:
+            raise InputError("input.malformed", f"{proof.name} is not JSON") from None
         if measurement is not None:
             stated = check_release(rule, platform=platform or "", measurement=measurement,
                                    runtime={"release_proof": data})
