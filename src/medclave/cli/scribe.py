@@ -3,8 +3,9 @@
 The recording goes to the local proxy (``medclave proxy``), which verifies the enclave's
 attestation (and that it states ``audio_retention: none``) and encapsulates the audio to it;
 nothing is sent anywhere else and nothing is written here. Exit 0: the draft is printed
-(``--json``: the whole answer, see docs/scribe.md); 1: refused (the error as JSON); 2: the file
-cannot be read.
+(``--json``: the whole answer, see docs/scribe.md); 1: refused; 2: unusable input (a file that
+cannot be read, or audio the enclave cannot decode). Errors print as :mod:`medclave.cli.output`
+prints every command's.
 """
 
 from __future__ import annotations
