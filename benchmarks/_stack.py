@@ -224,9 +224,9 @@ def _enclave_process(folder: str, issuer: str, instant: bool, counters: EngineCo
     import logging
 
     logging.disable(logging.WARNING)
+    from medclave.background import BackgroundServer
     from medclave.enclave.app import create_app
     from medclave.enclave.boot import boot, default_engine
-    from medclave.enclave.server import BackgroundServer
 
     settings = _settings(folder, issuer)
     counted = False
@@ -254,10 +254,10 @@ def _proxy_process(upstream: str, sim_root: str, out: Any, stop: Any) -> None:
     logging.disable(logging.WARNING)
     from medclave.attestation.policy import AppraisalPolicy
     from medclave.attestation.sim import code_measurement
+    from medclave.background import BackgroundServer
     from medclave.client.proxy import create_proxy_app
     from medclave.client.session import EnclaveSession
     from medclave.enclave.model import DEFAULT_MODEL_SHA256
-    from medclave.enclave.server import BackgroundServer
 
     policy = AppraisalPolicy.model_validate({
         "platforms": ["sim"], "model_digests": [DEFAULT_MODEL_SHA256],

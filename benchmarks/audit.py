@@ -56,7 +56,7 @@ from medclave.audit.entry import (
 )
 from medclave.audit.log import AuditLog
 from medclave.audit.note import NoteSigner
-from medclave.audit.store import SqliteStore
+from medclave.audit.store import SqliteLogStore
 from medclave.audit.verify import inspect_log
 
 ORIGIN = "bench.medclave.example/audit"
@@ -239,7 +239,7 @@ def main(argv: list[str] | None = None) -> None:
             build += time.perf_counter() - began
 
         grow(0, verify_n)
-        store = SqliteStore(path, readonly=True)
+        store = SqliteLogStore(path, readonly=True)
         checkpoints: list[int] = []
 
         def scan() -> float:

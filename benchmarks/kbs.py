@@ -30,12 +30,12 @@ import httpx
 from benchmarks._common import Goal, Report, env_int, fmt, interleave, percentile, timings
 from medclave.attestation import sim
 from medclave.attestation.policy import AppraisalPolicy
+from medclave.background import BackgroundServer
 from medclave.crypto import hpke
 from medclave.kbs.app import create_app
 from medclave.kbs.client import KbsClient, OwnerClient
 from medclave.kbs.factory import build_broker
 from medclave.kbs.models import ReleasePolicy
-from medclave.kbs.server import BackgroundServer
 from medclave.kbs.settings import KbsSettings
 from medclave.kbs.signing import TrustedBrokers
 

@@ -39,13 +39,13 @@ from medclave.attestation.policy import AppraisalPolicy
 from medclave.audit.log import AuditLog
 from medclave.audit.note import ALG_COSIGNATURE_V1, NoteSigner
 from medclave.audit.release import ReleaseStatement, proof_under, publish, verify_release_proof
-from medclave.audit.store import MemoryStore as LogMemory
+from medclave.audit.store import MemoryLogStore as LogMemory
 from medclave.audit.witness import witness_checkpoint
+from medclave.background import BackgroundServer
 from medclave.client.session import EnclaveSession
 from medclave.enclave.app import create_app as enclave_app
 from medclave.enclave.boot import boot
 from medclave.enclave.model import DEFAULT_MODEL_SHA256
-from medclave.enclave.server import BackgroundServer
 from medclave.enclave.settings import EnclaveSettings
 from medclave.kbs.app import create_app as kbs_app
 from medclave.kbs.client import KbsClient, OwnerClient
@@ -53,7 +53,7 @@ from medclave.kbs.factory import build_broker
 from medclave.kbs.models import ReleasePolicy
 from medclave.kbs.settings import KbsSettings
 from medclave.kbs.signing import TrustedBrokers
-from medclave.kbs.store import MemoryStore
+from medclave.kbs.store import MemoryKbsStore
 from medclave.kbs.threshold import BrokerTarget, ShareRef, fetch_threshold, split_to_brokers
 
 MEASUREMENT = "ab" * 48
@@ -152,7 +152,7 @@ def threshold(folder: Path, n: int) -> None:
     for i in range(3):
         settings = KbsSettings(data_dir=folder / f"kbs{i}", sim_roots=(authority.root_fingerprint,),
                                rate_per_second=1e6, rate_burst=1_000_000, store="memory")
-        broker = build_broker(settings, store=MemoryStore())
+        broker = build_broker(settings, store=MemoryKbsStore())
         server = BackgroundServer(kbs_app(settings, broker=broker)).start()
         servers.append(server)
         brokers.append(broker)

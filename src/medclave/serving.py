@@ -1,6 +1,7 @@
 """What every HTTP service (key broker, enclave, proxy, IdP) shares: how it meets the network
 (:class:`ServingSettings`, :func:`run_server`), bounded request bodies, the error handlers that
-keep internal detail out of responses, and :class:`BackgroundServer`.
+keep internal detail out of responses. (Background servers for the demo, tests and benchmarks
+live in :mod:`medclave.background`, outside the library's import path.)
 
 For the services only: attestation, audit, crypto and protocol import no web framework, so they
 never import this module.
@@ -21,10 +22,6 @@ the whole request head must arrive within ``header_timeout_seconds`` of its firs
 connection), and a body may not stall for ``body_timeout_seconds`` between reads; past either the
 connection is closed. The head is also bounded in size (h11's 16 KiB incomplete-event limit).
 
-:class:`BackgroundServer` runs an app under uvicorn in a background thread, for tests, benchmarks
-and the demo: the socket is bound here (port 0 lets the OS pick), so the caller knows the URL
-before the first request. It serves with the same configuration as :func:`run_server`.
-
 :class:`ClosingStreamingResponse` streams a body from a blocking iterator and closes its source
 however the response ends, the client leaving included (the enclave records a streamed answer
 then; the proxy drops its upstream stream, so the enclave learns of it).
@@ -39,11 +36,7 @@ import asyncio
 import contextlib
 import ipaddress
 import logging
-import socket
-import threading
-import time
 from collections.abc import Callable, Iterator
-from types import TracebackType
 from typing import Any, Final, Literal
 
 import anyio
@@ -288,56 +281,6 @@ def run_server(app: FastAPI, serving: ServingSettings, **options: Any) -> None:
         server.run()
     if not server.started:
         raise ServiceError("service.start_failed", "the server did not start; see its log")
-
-
-class BackgroundServer:
-    """``with BackgroundServer(app) as server: httpx.get(server.url + ...)``."""
-
-    def __init__(self, app: FastAPI | Callable[[str], FastAPI], *, host: str = "127.0.0.1",
-                 port: int = 0, name: str = "medclave-server",
-                 serving: ServingSettings | None = None) -> None:
-        """``app`` may be a factory taking the server's URL, for apps that must know their own
-        address (an issuer's ``iss``). ``serving`` defaults to :class:`ServingSettings`' own."""
-        # proto=IPPROTO_TCP: asyncio sets TCP_NODELAY on accepted sockets only when the listening
-        # socket says it is TCP (proto 0 does not); without it every keep-alive response waits
-        # out a delayed ACK (~40 ms). NODELAY on the listener is inherited on Linux as well.
-        self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-        self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self._sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self._sock.bind((host, port))
-        self.host, self.port = self._sock.getsockname()[:2]
-        if not isinstance(app, FastAPI):
-            app = app(self.url)
-        config = server_config(app, serving or ServingSettings(), log_level="warning",
-                               lifespan="on", access_log=False)
-        self._server = uvicorn.Server(config)
-        self._thread = threading.Thread(target=self._server.run, kwargs={"sockets": [self._sock]},
-                                        name=name, daemon=True)
-
-    @property
-    def url(self) -> str:
-        return f"http://{self.host}:{self.port}"
-
-    def start(self, timeout: float = 15.0) -> BackgroundServer:
-        self._thread.start()
-        deadline = time.monotonic() + timeout
-        while not self._server.started:
-            if not self._thread.is_alive() or time.monotonic() > deadline:
-                raise ServiceError("service.start_failed", "the server did not start in time")
-            time.sleep(0.01)
-        return self
-
-    def stop(self) -> None:
-        self._server.should_exit = True
-        self._thread.join(timeout=10.0)
-        self._sock.close()
-
-    def __enter__(self) -> BackgroundServer:
-        return self.start()
-
-    def __exit__(self, et: type[BaseException] | None, ev: BaseException | None,
-                 tb: TracebackType | None) -> None:
-        self.stop()
 
 
 async def _until_disconnect(receive: Receive, on_gone: Callable[[], None]) -> None:

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from medclave.attestation.cache import Lru, VerdictCache
+from medclave.attestation.cache import VerdictCache
+from medclave.util.lru import Lru
 
 T0 = datetime(2025, 1, 1, tzinfo=UTC)
 

@@ -15,7 +15,7 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from medclave.attestation import cca, registry
 from medclave.attestation.binding import report_data_for
 from medclave.attestation.core import Endorsements, VerifyOptions
-from medclave.attestation.policy import default_policy, evaluate, parse_policy
+from medclave.attestation.policy import appraisal_of, default_policy, parse_policy
 from medclave.attestation.verifier import split_trust_files, verify_bundle, verify_raw
 from medclave.errors import AttestationError
 from medclave.protocol.evidence import EvidenceBundle
@@ -70,7 +70,7 @@ def test_c1_golden_token(c: dict[str, bytes], key: str) -> None:
     assert [x.name for x in v.checks][-2:] == ["4. platform-realm binding", "5. reference values"]
     # Arm's FVP key: verified, never secure, and the default policy refuses it.
     assert v.secure is False and "FVP test CPAK" in v.warnings[0] and v.claims["debug"] is False
-    assert [x["code"] for x in evaluate(v, default_policy(), now=NOW).violations] == [
+    assert [x["code"] for x in appraisal_of(v, default_policy(), now=NOW).violations] == [
         "policy.platform_not_allowed"]
 
 
@@ -82,8 +82,8 @@ def test_c1_reference_values_from_the_policy(c: dict[str, bytes]) -> None:
                         f'"platform.config" = ["cfcfcfcf"]\n'.encode())
     bad = parse_policy(b'platforms = ["cca"]\n[platform.cca.reference_values]\n'
                        b'"realm.initial_measurement" = ["' + b"00" * 64 + b'"]\n')
-    good_codes = [x["code"] for x in evaluate(v, good, now=NOW).violations]
-    bad_codes = [x["code"] for x in evaluate(v, bad, now=NOW).violations]
+    good_codes = [x["code"] for x in appraisal_of(v, good, now=NOW).violations]
+    bad_codes = [x["code"] for x in appraisal_of(v, bad, now=NOW).violations]
     assert "attestation.measurement_mismatch" not in good_codes
     assert "attestation.measurement_mismatch" in bad_codes
 
@@ -126,7 +126,7 @@ def test_token_under_a_new_cpak_is_secure_and_binds_a_bundle() -> None:
     nonce, runtime = b"\x09" * 32, {"engine": "realm"}
     token = cca_token(cpak, challenge=report_data_for(nonce, runtime))
     v = verify_raw(token, now=NOW, keys=[pem])
-    assert v.secure and not v.warnings and evaluate(v, default_policy(), now=NOW).accepted
+    assert v.secure and not v.warnings and appraisal_of(v, default_policy(), now=NOW).accepted
     bundle = EvidenceBundle(platform="cca", evidence=base64.b64encode(token).decode(),
                             nonce=nonce.hex(), runtime=runtime)
     assert verify_bundle(bundle, now=NOW, expected_nonce=nonce, keys=[pem])
@@ -144,7 +144,7 @@ def test_unbound_realm_and_debug_lifecycle() -> None:
     assert err.code == "attestation.binding_mismatch"
     debug = cca.verify(cca_token(cpak, lifecycle=0x4000), opts((pem,)))
     assert debug.claims["platform"]["lifecycle_state"] == "non-psa-rot-debug"
-    assert [x["code"] for x in evaluate(debug, default_policy(), now=NOW).violations] == [
+    assert [x["code"] for x in appraisal_of(debug, default_policy(), now=NOW).violations] == [
         "policy.debug_forbidden"]
 
 

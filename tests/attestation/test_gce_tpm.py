@@ -14,7 +14,7 @@ from medclave.attestation import registry
 from medclave.attestation.binding import report_data_for
 from medclave.attestation.core import Endorsements, VerifyOptions
 from medclave.attestation.gcp import tpm
-from medclave.attestation.policy import default_policy, evaluate, parse_policy
+from medclave.attestation.policy import appraisal_of, default_policy, parse_policy
 from medclave.attestation.verifier import verify_bundle, verify_raw
 from medclave.attestation.x509chain import fingerprint, load_certificates
 from medclave.errors import AttestationError
@@ -69,15 +69,15 @@ def test_g3_verifies_with_its_chain_and_nonce(g: dict[str, bytes]) -> None:
 
 def test_g3_policy(g: dict[str, bytes]) -> None:
     v = tpm.verify(g["pb"], opts(g, "root", "int2"))
-    assert [x["code"] for x in evaluate(v, default_policy(), now=NOW).violations] == [
+    assert [x["code"] for x in appraisal_of(v, default_policy(), now=NOW).violations] == [
         "policy.platform_not_allowed"]
     pcr7 = v.claims["pcrs"]["7"]
     named = parse_policy(f'platforms = ["gce-tpm"]\n[platform.gce-tpm.reference_values]\n'
                          f'"pcrs.7" = ["{pcr7}"]\n'.encode())
-    assert evaluate(v, named, now=NOW).accepted
+    assert appraisal_of(v, named, now=NOW).accepted
     wrong = parse_policy(b'platforms = ["gce-tpm"]\n[platform.gce-tpm.reference_values]\n'
                          b'"pcrs.7" = ["' + b"00" * 32 + b'"]\n')
-    assert not evaluate(v, wrong, now=NOW).accepted
+    assert not appraisal_of(v, wrong, now=NOW).accepted
 
 
 def test_g3_nonce_refusals(g: dict[str, bytes]) -> None:

@@ -15,7 +15,7 @@ from medclave.attestation import registry
 from medclave.attestation.binding import report_data_for
 from medclave.attestation.core import Endorsements, VerifyOptions
 from medclave.attestation.gcp import cs
-from medclave.attestation.policy import default_policy, evaluate, parse_policy
+from medclave.attestation.policy import appraisal_of, default_policy, parse_policy
 from medclave.attestation.verifier import split_trust_files, verify_bundle, verify_raw
 from medclave.crypto import jose
 from medclave.errors import AttestationError
@@ -65,13 +65,13 @@ def test_g1_production_token(g: dict[str, bytes]) -> None:
     assert c["restart_policy"] == "Never" and c["secboot"] is True and c["oemid"] == 11129
     assert c["eat_nonce"] == [NONCE] and c["gce"]["zone"] == "us-central1-c"
     assert v.tcb_status == "UpToDate"
-    assert evaluate(v, default_policy(), now=t(G1_AT)).accepted
+    assert appraisal_of(v, default_policy(), now=t(G1_AT)).accepted
     aud = parse_policy(b'platforms = ["gcp-cs"]\n[platform.gcp-cs.reference_values]\n'
                        b'aud = ["pca-attestation"]\nhwmodel = ["GCP_AMD_SEV", "GCP_INTEL_TDX"]\n')
-    assert evaluate(v, aud, now=t(G1_AT)).accepted
+    assert appraisal_of(v, aud, now=t(G1_AT)).accepted
     other = parse_policy(b'platforms = ["gcp-cs"]\n[platform.gcp-cs.reference_values]\n'
                          b'aud = ["someone-else"]\n')
-    assert not evaluate(v, other, now=t(G1_AT)).accepted
+    assert not appraisal_of(v, other, now=t(G1_AT)).accepted
 
 
 def test_g1_nonce(g: dict[str, bytes]) -> None:
@@ -84,7 +84,7 @@ def test_g2_debug_token_is_refused_by_the_default_policy(g: dict[str, bytes]) ->
     v = cs.verify(g["g2"], opts(G2_AT, g["jwks"]))
     assert v.claims["dbgstat"] == "enabled" and v.claims["debug"] is True
     assert v.claims["support_attributes"] == [] and v.tcb_status == "OutOfDate"
-    codes = {x["code"] for x in evaluate(v, default_policy(), now=t(G2_AT)).violations}
+    codes = {x["code"] for x in appraisal_of(v, default_policy(), now=t(G2_AT)).violations}
     assert "policy.debug_forbidden" in codes
 
 

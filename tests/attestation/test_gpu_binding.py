@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 from medclave.attestation import gather, sim, verifier
 from medclave.attestation.binding import gpu_nonce_for, report_data_for
 from medclave.attestation.core import Verification
-from medclave.attestation.policy import evaluate, parse_policy
+from medclave.attestation.policy import appraisal_of, parse_policy
 from medclave.attestation.verifier import verify_bundle
 from medclave.enclave.attester import hardware_attester, sim_attester
 from medclave.errors import AttestationError, MedclaveError
@@ -252,7 +252,7 @@ def _with_gpu(authority: sim.SimAuthority, gpu: SignedGpu) -> Verification:
 
 
 def _violations(v: Verification, policy: bytes) -> dict[str, str]:
-    return {x["claim"]: x["code"] for x in evaluate(v, parse_policy(policy), now=NOW).violations}
+    return {x["claim"]: x["code"] for x in appraisal_of(v, parse_policy(policy), now=NOW).violations}
 
 
 def test_require_gpu_refuses_a_bundle_without_gpu_evidence(authority: sim.SimAuthority) -> None:
@@ -287,7 +287,7 @@ def test_nvidia_rules_apply_to_each_gpu_entry(authority: sim.SimAuthority,
               b'require_rim = false\n'
     assert _violations(v, POLICY_HEAD + accepts) == {}
     refs = b'[platform.nvidia.reference_values]\nvbios_version = ["96.00.9f.00.02"]\n'
-    result = evaluate(v, parse_policy(POLICY_HEAD + refs), now=NOW)
+    result = appraisal_of(v, parse_policy(POLICY_HEAD + refs), now=NOW)
     assert [(x["claim"], x["code"]) for x in result.violations] == [
         ("gpu[0].vbios_version", "attestation.measurement_mismatch")]
     assert result.status["executables"] == "contraindicated"

@@ -18,7 +18,7 @@ from cryptography.x509.oid import NameOID
 from medclave.attestation import nitro, registry
 from medclave.attestation.binding import report_data_for
 from medclave.attestation.core import VerifyOptions
-from medclave.attestation.policy import default_policy, evaluate, parse_policy
+from medclave.attestation.policy import appraisal_of, default_policy, parse_policy
 from medclave.attestation.verifier import verify_bundle, verify_raw
 from medclave.attestation.x509chain import fingerprint
 from medclave.errors import AttestationError
@@ -81,7 +81,7 @@ def test_n1_debug_document_binds_a_tls_key(ev: dict[str, bytes]) -> None:
     spki = x509.load_der_x509_certificate(ev["n1_cert"]).public_key().public_bytes(
         Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
     assert len(spki) == 91 and c["user_data"] == spki.hex()
-    appraisal = evaluate(v, default_policy(), now=t(N1_AT))
+    appraisal = appraisal_of(v, default_policy(), now=t(N1_AT))
     assert [x["code"] for x in appraisal.violations] == ["policy.debug_forbidden"]
 
 
@@ -94,7 +94,7 @@ def test_n2_production_document_is_accepted(ev: dict[str, bytes]) -> None:
     assert c["pcrs"]["2"].startswith("d8f114da") and c["pcrs"]["8"].endswith("210201cb")
     assert c["nonce"].startswith("cb3dc2eb") and c["user_data"] is None and c["public_key"] is None
     assert c["debug"] is False
-    assert evaluate(v, default_policy(), now=t(N2_AT)).accepted
+    assert appraisal_of(v, default_policy(), now=t(N2_AT)).accepted
     assert [x.name for x in v.checks] == ["0. parse document", "1. certificate chain",
                                           "2. document signature"]
 
@@ -103,7 +103,7 @@ def test_n3_debug_document(ev: dict[str, bytes]) -> None:
     v = nitro.verify(ev["n3"], opts(N3_AT))
     assert v.claims["public_key"] == b"my super secret key".hex()
     assert v.claims["user_data"] == b"hello, world!".hex() and v.claims["nonce"] is None
-    assert not evaluate(v, default_policy(), now=t(N3_AT)).accepted
+    assert not appraisal_of(v, default_policy(), now=t(N3_AT)).accepted
 
 
 @pytest.mark.parametrize("form", ["n4_pem", "n4_der", "n4_doc"])
@@ -128,13 +128,13 @@ def test_n4_reference_values_match_only_the_right_pcrs(ev: dict[str, bytes]) -> 
     pcrs = v.claims["pcrs"]
     good = parse_policy(("platforms = ['nitro']\n[platform.nitro.reference_values]\n" + "".join(
         f'"pcrs.{i}" = ["{pcrs[str(i)]}"]\n' for i in (0, 1, 2, 8))).encode())
-    assert evaluate(v, good, now=t(N4_AT)).accepted
+    assert appraisal_of(v, good, now=t(N4_AT)).accepted
     only8 = parse_policy(f'platforms = ["nitro"]\n[platform.nitro.reference_values]\n'
                          f'"pcrs.8" = ["{pcrs["8"]}"]\n'.encode())
-    assert evaluate(v, only8, now=t(N4_AT)).accepted
+    assert appraisal_of(v, only8, now=t(N4_AT)).accepted
     zeros = parse_policy(('platforms = ["nitro"]\n[platform.nitro.reference_values]\n'
                           f'"pcrs.0" = ["{"00" * 48}"]\n').encode())
-    result = evaluate(v, zeros, now=t(N4_AT))
+    result = appraisal_of(v, zeros, now=t(N4_AT))
     assert [x["code"] for x in result.violations] == ["attestation.measurement_mismatch"]
 
 
@@ -211,7 +211,7 @@ def test_forged_document_under_a_test_root_and_its_bundle() -> None:
     roots = frozenset({fingerprint(pki.root)})
     v = verify_raw(doc, now=when, trusted_roots=roots, nonce=nonce)
     assert v.platform == "nitro" and v.secure is False
-    assert [x["code"] for x in evaluate(v, default_policy(), now=when).violations] == [
+    assert [x["code"] for x in appraisal_of(v, default_policy(), now=when).violations] == [
         "policy.platform_not_allowed"]
     bundle = EvidenceBundle(platform="nitro", evidence=base64.b64encode(doc).decode(),
                             nonce=nonce.hex(), runtime=runtime)

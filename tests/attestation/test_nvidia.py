@@ -13,7 +13,7 @@ from cryptography import x509
 
 from medclave.attestation import nvidia, registry
 from medclave.attestation.nvidia import abi, rim
-from medclave.attestation.nvidia.validate import NvidiaPolicy, enforce, validate
+from medclave.attestation.nvidia.rules import NvidiaPolicy, appraise, enforce
 from medclave.attestation.nvidia.verify import (
     DEVICE_ROOT_FINGERPRINTS,
     ChainCache,
@@ -432,16 +432,16 @@ def test_compare_measurements_rules(nv: Nvidia) -> None:
 
 def test_validate_policy(nv: Nvidia) -> None:
     claims = verify_report(nv.report_text, nv.options()).claims
-    assert [v.claim for v in validate(claims, NvidiaPolicy())] == ["rim_kinds"]
+    assert [v.claim for v in appraise(claims, NvidiaPolicy())] == ["rim_kinds"]
     relaxed = NvidiaPolicy(require_rim=False)
-    assert validate(claims, relaxed) == ()
+    assert appraise(claims, relaxed) == ()
     ok = NvidiaPolicy(require_rim=False, allowed_driver_versions=("550.90.07",),
                       allowed_vbios_versions=("96.00.9F.00.01",), min_driver_version="550.54.14",
                       min_vbios_version="96.00.9f.00.01")
-    assert validate(claims, ok) == ()
+    assert appraise(claims, ok) == ()
     strict = NvidiaPolicy(allowed_driver_versions=("555.42.02",), min_driver_version="550.100.1",
                           min_vbios_version="96.00.a0.00.01", require_revocation_check=True)
-    violations = validate(claims, strict)
+    violations = appraise(claims, strict)
     assert {(v.code, v.claim) for v in violations} == {
         ("policy.refused", "driver_version"),
         ("policy.tcb_too_low", "driver_version"),

@@ -22,12 +22,10 @@ from signxml.algorithms import CanonicalizationMethod, DigestAlgorithm, Signatur
 
 from medclave.attestation.core import CheckLog
 from medclave.attestation.nvidia import abi, rim
-from medclave.attestation.nvidia.online import (
-    HttpxOcspProvider,
-    check_chain_online,
-)
-from medclave.attestation.nvidia.validate import NvidiaPolicy, validate
+from medclave.attestation.nvidia.rules import NvidiaPolicy, appraise
 from medclave.attestation.nvidia.verify import verify_report
+from medclave.attestation.online.ocsp import HttpxOcspProvider
+from medclave.attestation.providers import check_chain_online
 from medclave.attestation.x509chain import fingerprint
 from medclave.errors import AttestationError
 from tests.attestation._nvidia_helpers import RIM_VALID_AT, Nvidia, load
@@ -136,7 +134,7 @@ def test_matching_rims_verify_end_to_end(nv: Nvidia, pki: Pki) -> None:
                            rim_roots=roots)
     assert result.claims["rim_kinds"] == ["driver", "vbios"]
     assert result.checks[-1].name == "5. measurements vs RIM" and result.checks[-1].ok
-    assert validate(result.claims, NvidiaPolicy()) == ()
+    assert appraise(result.claims, NvidiaPolicy()) == ()
 
 
 @pytest.mark.parametrize("block", [2, 30])
@@ -191,7 +189,7 @@ def test_online_provider_checks_device_chain_above_the_leaf(nv: Nvidia) -> None:
     assert result.claims["revocation_checked"] is True
     assert provider.asked == ["GH100 A01 GSP BROM", "NVIDIA GH100 Provisioner ICA 1",
                               "NVIDIA GH100 Identity"]
-    assert validate(result.claims, NvidiaPolicy(require_rim=False,
+    assert appraise(result.claims, NvidiaPolicy(require_rim=False,
                                                 require_revocation_check=True)) == ()
 
 

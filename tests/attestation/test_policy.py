@@ -15,9 +15,9 @@ from medclave.attestation.binding import report_data_for, verify_binding
 from medclave.attestation.core import Check, Verification
 from medclave.attestation.ear import issue_ear, verify_ear
 from medclave.attestation.policy import (
+    appraisal_of,
     appraise,
     default_policy,
-    evaluate,
     parse_policy,
 )
 from medclave.errors import AttestationError, MedclaveError, PolicyError
@@ -76,7 +76,7 @@ def test_sim_is_accepted_only_when_named() -> None:
     sim = Verification(platform="sim", claims={"debug": False}, checks=(), secure=False)
     policy = parse_policy(b'platforms = ["sim"]')
     assert appraise(sim, policy, now=NOW).accepted
-    assert evaluate(sim, policy, now=NOW).status["hardware"] == "contraindicated"
+    assert appraisal_of(sim, policy, now=NOW).status["hardware"] == "contraindicated"
 
 
 def test_strict_policy_accepts_matching_evidence() -> None:
@@ -86,7 +86,7 @@ def test_strict_policy_accepts_matching_evidence() -> None:
 def test_strict_policy_reports_every_violation() -> None:
     bad = snp(measurement="00" * 48, reported_tcb_parts={"snp": 7, "microcode": 115},
               policy_bits={"migrate_ma": True})
-    result = evaluate(bad, parse_policy(STRICT), now=NOW, model_digest="bb")
+    result = appraisal_of(bad, parse_policy(STRICT), now=NOW, model_digest="bb")
     claims = sorted(v["claim"] for v in result.violations)
     assert claims == ["measurement", "model_digest", "policy_bits.migrate_ma", "reported_tcb_parts.snp"]
     with pytest.raises(PolicyError):
@@ -174,7 +174,7 @@ def test_ear_round_trip_and_tamper() -> None:
 def test_ear_marks_refusals_contraindicated() -> None:
     key = ec.generate_private_key(ec.SECP256R1())
     v = Verification(platform="sim", claims={}, checks=(), secure=False)
-    appraisal = evaluate(v, default_policy(), now=NOW)
+    appraisal = appraisal_of(v, default_policy(), now=NOW)
     claims = verify_ear(issue_ear(v, appraisal, key=key, now=NOW), key=key.public_key(), now=NOW)
     sub = claims["submods"]["sim"]
     assert sub["ear.status"] == "contraindicated"

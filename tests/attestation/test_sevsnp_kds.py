@@ -11,8 +11,8 @@ from cryptography.hazmat.primitives import serialization
 
 from medclave.attestation import sevsnp
 from medclave.attestation.core import VerifyOptions
+from medclave.attestation.online.kds import KdsProvider
 from medclave.attestation.sevsnp.abi import parse_report
-from medclave.attestation.sevsnp.kds import KdsProvider
 from medclave.attestation.x509chain import cert_der
 from medclave.errors import AttestationError
 from tests.attestation.snp_synth import make_chain, make_crl, sign

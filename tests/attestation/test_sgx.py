@@ -15,7 +15,7 @@ import pytest
 from medclave.attestation import registry, sgx
 from medclave.attestation.binding import report_data_for
 from medclave.attestation.core import Endorsements, VerifyOptions
-from medclave.attestation.policy import default_policy, evaluate, parse_policy
+from medclave.attestation.policy import appraisal_of, default_policy, parse_policy
 from medclave.attestation.sgx import abi
 from medclave.attestation.verifier import verify_bundle
 from medclave.errors import AttestationError
@@ -81,7 +81,7 @@ def test_x1_dcap_qvl_bundle(v: dict[str, bytes]) -> None:
     assert c["qe_isvsvn"] == 10 and c["revocation_checked"] is True
     assert "5d. QE identity" in [x.name for x in r.checks]
     assert r.checks[-1].detail.endswith("UpToDate")
-    assert evaluate(r, default_policy(), now=t(X1_AT)).accepted
+    assert appraisal_of(r, default_policy(), now=t(X1_AT)).accepted
 
 
 def test_x2_intel_pcs_responses_and_the_2025_tcb_signing_chain(v: dict[str, bytes]) -> None:
@@ -110,7 +110,7 @@ def test_x3_debug_enclave_is_refused_by_the_default_policy(v: dict[str, bytes]) 
     assert c["mrsigner"].startswith("9affcfae") and c["mrsigner"].endswith("43d78d1a")
     assert c["report_data"][:64].endswith("03") and c["report_data"][64:72] == "c0d8928b"
     assert c["report_data"].endswith("275e0fff")
-    violations = evaluate(r, default_policy(), now=t(X1_AT)).violations
+    violations = appraisal_of(r, default_policy(), now=t(X1_AT)).violations
     assert [x["code"] for x in violations] == ["policy.debug_forbidden"]
 
 
@@ -161,7 +161,7 @@ def test_tdx_collateral_does_not_appraise_an_sgx_quote(v: dict[str, bytes]) -> N
 def test_without_collateral_the_sgx_qe_is_pinned(v: dict[str, bytes]) -> None:
     r = sgx.verify(v["x1"], opts(X1_AT))
     assert r.tcb_status == "unknown" and r.checks[-1].name == "3b. QE identity (pinned)"
-    assert not evaluate(r, parse_policy(b'platforms = ["sgx"]\n[tcb]\nrequire_known = true\n'),
+    assert not appraisal_of(r, parse_policy(b'platforms = ["sgx"]\n[tcb]\nrequire_known = true\n'),
                         now=t(X1_AT)).accepted
 
 
@@ -170,10 +170,10 @@ def test_sgx_reference_values(v: dict[str, bytes]) -> None:
     mr = r.claims["mrenclave"]
     policy = parse_policy(f'platforms = ["sgx"]\n[platform.sgx.reference_values]\n'
                           f'mrenclave = ["{mr}"]\n[platform.sgx.minimums]\nisvsvn = 0\n'.encode())
-    assert evaluate(r, policy, now=t(X1_AT)).accepted
+    assert appraisal_of(r, policy, now=t(X1_AT)).accepted
     other = parse_policy(b'platforms = ["sgx"]\n[platform.sgx.reference_values]\n'
                          b'mrenclave = ["' + b"00" * 32 + b'"]\n')
-    assert not evaluate(r, other, now=t(X1_AT)).accepted
+    assert not appraisal_of(r, other, now=t(X1_AT)).accepted
 
 
 @pytest.fixture(scope="module")
@@ -215,7 +215,7 @@ def test_tcb_level_statuses(v: dict[str, bytes], pki: ForgePki, status: str,
                                roots=pki.roots))
     assert r.tcb_status == expected and r.secure is False
     refused_by_default = expected in ("OutOfDate", "OutOfDateConfigurationNeeded", "Revoked")
-    codes = {x["code"] for x in evaluate(r, default_policy(), now=t(X1_AT)).violations}
+    codes = {x["code"] for x in appraisal_of(r, default_policy(), now=t(X1_AT)).violations}
     assert ("policy.tcb_too_low" in codes) == refused_by_default
 
 

@@ -17,7 +17,7 @@ from medclave.attestation import registry, tdx
 from medclave.attestation.core import Endorsements, Verification, VerifyOptions
 from medclave.attestation.dcap import collateral, pck, pcs
 from medclave.attestation.tdx import abi
-from medclave.attestation.tdx.validate import TdxRules, validate
+from medclave.attestation.tdx.rules import TdxRules, appraise
 from medclave.attestation.x509chain import fingerprint
 from medclave.errors import AttestationError, InputError, MedclaveError
 from tests.attestation._ecdsa import P256_N, raw_high_s
@@ -223,7 +223,7 @@ def test_t1_with_collateral_has_no_matching_level(tdx_dir: Path) -> None:
     details = {c.name: c.detail for c in v.checks}
     assert "UpToDate" in details["5d. QE identity"]
     assert v.claims["revocation_checked"] is True
-    violations = validate(v.claims, TdxRules(), tcb_status=v.tcb_status)
+    violations = appraise(v.claims, TdxRules(), tcb_status=v.tcb_status)
     assert [x.claim for x in violations] == ["tcb_status"]
 
 
@@ -252,7 +252,7 @@ def test_t4_up_to_date(tdx_dir: Path) -> None:
     v = tdx.verify(read(tdx_dir, T4), options(T4_TIME, gtg_collateral(tdx_dir)))
     assert v.tcb_status == "UpToDate"
     assert v.claims["mr_td"].startswith("705ee938")
-    violations = validate(v.claims, TdxRules(), tcb_status=v.tcb_status)
+    violations = appraise(v.claims, TdxRules(), tcb_status=v.tcb_status)
     assert [x.code for x in violations] == ["policy.debug_forbidden"]
 
 
@@ -270,7 +270,7 @@ def test_t7_everything_valid(tdx_dir: Path) -> None:
     assert {"5a. tcbInfo", "5b. QE identity", "5c. TCB level", "5d. QE identity"} <= set(names)
     assert all(c.ok for c in v.checks)
     strict = TdxRules(require_revocation_check=True)
-    assert validate(v.claims, strict, tcb_status=v.tcb_status) == []
+    assert appraise(v.claims, strict, tcb_status=v.tcb_status) == []
     assert v.to_dict()["verified"] is True
 
 
@@ -612,7 +612,7 @@ def test_collateral_bundle_parts(tdx_dir: Path) -> None:
     assert len(found.crls) == 2 and found.ignored == 0
 
 
-# --- validate ------------------------------------------------------------------------------------
+# --- appraise ------------------------------------------------------------------------------------
 
 
 @pytest.mark.vectors
@@ -627,13 +627,13 @@ def test_validate_rules(tdx_dir: Path) -> None:
         min_tee_tcb_svn=claims["tee_tcb_svn"], min_qe_isvsvn=6, min_pce_svn=11,
         td_attributes=frozenset({claims["td_attributes"]}), xfam=frozenset({claims["xfam"]}),
     )
-    assert validate(claims, ok, tcb_status=v.tcb_status) == []
+    assert appraise(claims, ok, tcb_status=v.tcb_status) == []
     bad = TdxRules(
         measurements={"mr_td": frozenset({"00" * 48}), "mr_bogus": frozenset({"00"})},
         report_data="00" * 64, min_tee_tcb_svn="07" + "00" * 15, min_qe_isvsvn=7,
         min_pce_svn=12, qe_vendor_ids=frozenset({"00" * 16}), xfam=frozenset({"00" * 8}),
     )
-    got = {(x.code, x.claim) for x in validate(claims, bad, tcb_status="OutOfDate")}
+    got = {(x.code, x.claim) for x in appraise(claims, bad, tcb_status="OutOfDate")}
     assert got == {
         ("attestation.measurement_mismatch", "mr_td"), ("policy.refused", "mr_bogus"),
         ("attestation.binding_mismatch", "report_data"), ("policy.tcb_too_low", "tee_tcb_svn"),
@@ -641,10 +641,10 @@ def test_validate_rules(tdx_dir: Path) -> None:
         ("policy.refused", "qe_vendor_id"), ("policy.refused", "xfam"),
         ("policy.tcb_too_low", "tcb_status"),
     }
-    missing = validate({}, TdxRules(min_qe_isvsvn=1, require_revocation_check=True))
+    missing = appraise({}, TdxRules(min_qe_isvsvn=1, require_revocation_check=True))
     assert {x.claim for x in missing} == {"debug", "qe_isvsvn", "qe_vendor_id", "tcb_status",
                                           "revocation_checked"}
-    assert validate(claims, TdxRules(allow_unknown_tcb=True), tcb_status="unknown") == []
+    assert appraise(claims, TdxRules(allow_unknown_tcb=True), tcb_status="unknown") == []
 
 
 @pytest.mark.vectors

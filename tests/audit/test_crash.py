@@ -11,7 +11,7 @@ from pathlib import Path
 
 from medclave.audit.entry import parse_entry
 from medclave.audit.note import NoteSigner
-from medclave.audit.store import SqliteStore
+from medclave.audit.store import SqliteLogStore
 from medclave.audit.verify import verify_log
 from tests.audit._builders import make_entry
 
@@ -48,7 +48,7 @@ def test_kill_9_during_bursts(tmp_path: Path, log_signer: NoteSigner) -> None:
     acked = 0
     for _ in range(5):
         acked = _run_until_killed(db, log_signer, rng)
-        store = SqliteStore(db, readonly=True)
+        store = SqliteLogStore(db, readonly=True)
         try:
             report = verify_log(store, log_signer.verifier)
             assert report.size >= acked  # every acknowledged entry is there

@@ -11,7 +11,7 @@ import pytest
 from medclave.audit import merkle
 from medclave.audit.log import AuditLog
 from medclave.audit.note import NoteSigner, verify_checkpoint
-from medclave.audit.store import Batch, LogStore, MemoryStore, SqliteStore
+from medclave.audit.store import Batch, LogStore, MemoryLogStore, SqliteLogStore
 from medclave.audit.verify import verify_log
 from medclave.errors import AuditError, MedclaveError
 from tests.audit._builders import ORIGIN, make_entry
@@ -19,7 +19,7 @@ from tests.audit._builders import ORIGIN, make_entry
 
 @pytest.fixture(params=["memory", "sqlite"])
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[LogStore]:
-    s: LogStore = MemoryStore() if request.param == "memory" else SqliteStore(tmp_path / "a.db")
+    s: LogStore = MemoryLogStore() if request.param == "memory" else SqliteLogStore(tmp_path / "a.db")
     yield s
     s.close()
 
@@ -87,11 +87,11 @@ def test_wrong_origin_or_key_name_refused(tmp_path: Path, log_signer: NoteSigner
     with pytest.raises(AuditError):
         AuditLog.open_sqlite(path, origin="other.example/log")
     with pytest.raises(AuditError):
-        AuditLog(MemoryStore(), origin=ORIGIN, signer=NoteSigner.generate("other.example/log"))
+        AuditLog(MemoryLogStore(), origin=ORIGIN, signer=NoteSigner.generate("other.example/log"))
 
 
 def test_checkpoint_and_unsigned_tail(log_signer: NoteSigner) -> None:
-    log = AuditLog(MemoryStore(), origin=ORIGIN, signer=log_signer)
+    log = AuditLog(MemoryLogStore(), origin=ORIGIN, signer=log_signer)
     log.append_batch([make_entry(i) for i in range(5)], checkpoint=False)
     with pytest.raises(AuditError):
         log.receipt(0)  # nothing is checkpointed yet
@@ -106,7 +106,7 @@ def test_checkpoint_and_unsigned_tail(log_signer: NoteSigner) -> None:
 
 
 def test_bad_batches_refused(log_signer: NoteSigner) -> None:
-    log = AuditLog(MemoryStore(), origin=ORIGIN, signer=log_signer)
+    log = AuditLog(MemoryLogStore(), origin=ORIGIN, signer=log_signer)
     for bad in ([], [b"x" * (16 * 1024 + 1)]):
         with pytest.raises(AuditError):
             log.append_batch(bad)
@@ -142,7 +142,7 @@ def test_concurrent_appends_share_batches(tmp_path: Path, log_signer: NoteSigner
 
 
 def test_a_failed_batch_fails_its_callers_only(log_signer: NoteSigner) -> None:
-    class FailsOnce(MemoryStore):
+    class FailsOnce(MemoryLogStore):
         failed = False
 
         def commit(self, batch: Batch) -> None:
@@ -165,7 +165,7 @@ def test_group_commit_when_the_queue_outgrows_a_batch(
     import medclave.audit.log as log_module
 
     monkeypatch.setattr(log_module, "MAX_BATCH", 3)
-    log = AuditLog(MemoryStore(), origin=ORIGIN, signer=log_signer)
+    log = AuditLog(MemoryLogStore(), origin=ORIGIN, signer=log_signer)
     data = [make_entry(i).to_bytes() for i in range(300)]
     with ThreadPoolExecutor(max_workers=32) as pool:
         indices = list(pool.map(log.append, data))

@@ -12,14 +12,14 @@ from hypothesis import strategies as st
 from medclave.audit.log import AuditLog
 from medclave.audit.note import NoteSigner
 from medclave.audit.receipt import Receipt, ReceiptKeeper, verify_receipt
-from medclave.audit.store import MemoryStore
+from medclave.audit.store import MemoryLogStore
 from medclave.errors import AuditError, MedclaveError
 from tests.audit._builders import ORIGIN, make_entry
 from tests.conftest import flip
 
 
 def _log(signer: NoteSigner, n: int, *, start: int = 0) -> AuditLog:
-    log = AuditLog(MemoryStore(), origin=ORIGIN, signer=signer)
+    log = AuditLog(MemoryLogStore(), origin=ORIGIN, signer=signer)
     for i in range(start, start + n, 4):
         log.append_batch([make_entry(j) for j in range(i, min(i + 4, start + n))])
     return log
@@ -100,7 +100,7 @@ def test_keeper_catches_a_split_view(log_signer: NoteSigner) -> None:
     """The operator (holding a copy of the key, or a compromised enclave) shows two clients
     two histories. Each receipt verifies alone; the keeper refuses the second history."""
     honest = _log(log_signer, 8)
-    forked = AuditLog(MemoryStore(), origin=ORIGIN, signer=log_signer)
+    forked = AuditLog(MemoryLogStore(), origin=ORIGIN, signer=log_signer)
     forked.append_batch([make_entry(i) for i in range(4)])
     forked.append_batch([make_entry(i, prompt="rewritten") for i in range(4, 8)])
     keeper = ReceiptKeeper(log_signer.verifier, fetch_consistency=honest.prove_consistency)

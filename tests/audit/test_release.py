@@ -14,7 +14,7 @@ import pytest
 from typer.testing import CliRunner
 
 from medclave.attestation.core import Verification
-from medclave.attestation.policy import AppraisalPolicy, ReleaseLogRule, evaluate
+from medclave.attestation.policy import AppraisalPolicy, ReleaseLogRule, appraisal_of
 from medclave.audit.log import AuditLog
 from medclave.audit.note import ALG_COSIGNATURE_V1, NoteSigner
 from medclave.audit.release import (
@@ -25,7 +25,7 @@ from medclave.audit.release import (
     publish,
     verify_release_proof,
 )
-from medclave.audit.store import MemoryStore
+from medclave.audit.store import MemoryLogStore
 from medclave.audit.witness import witness_checkpoint
 from medclave.errors import AuditError, MedclaveError, PolicyError
 
@@ -51,7 +51,7 @@ class World:
         self.signer = NoteSigner.generate("release-signer")
         self.witnesses = [NoteSigner.generate(f"witness-{i}", ALG_COSIGNATURE_V1)
                           for i in range(3)]
-        self.log = AuditLog(MemoryStore(), origin=ORIGIN, signer=self.log_key)
+        self.log = AuditLog(MemoryLogStore(), origin=ORIGIN, signer=self.log_key)
         self.tmp = tmp
 
     def publish(self, statement: ReleaseStatement, cosigners: int = 2) -> dict[str, Any]:
@@ -154,10 +154,10 @@ _verification = Verification(platform="sev-snp", claims={"debug": False}, checks
 def test_a_policy_with_the_rule_fails_closed_where_it_is_not_checked(world: World) -> None:
     policy = AppraisalPolicy.model_validate({"platforms": ["sev-snp"],
                                              "release_log": world.rule().model_dump()})
-    result = evaluate(_verification, policy, now=NOW)
+    result = appraisal_of(_verification, policy, now=NOW)
     assert "policy.release_not_logged" in {v["code"] for v in result.violations}
     assert not any(v["code"] == "policy.release_not_logged"
-                   for v in evaluate(_verification, policy, now=NOW,
+                   for v in appraisal_of(_verification, policy, now=NOW,
                                      release_proven=True).violations)
     # The digest of a policy without the rule is what it always was.
     plain = AppraisalPolicy.model_validate({"platforms": ["sev-snp"]})
@@ -178,7 +178,7 @@ def test_statement_rules() -> None:
 
 def test_a_checkpoint_of_another_log_gives_no_proof(world: World) -> None:
     world.publish(_statement())
-    other = AuditLog(MemoryStore(), origin=ORIGIN, signer=world.log_key)
+    other = AuditLog(MemoryLogStore(), origin=ORIGIN, signer=world.log_key)
     other.append(b'{"other":1}')
     _, note = other.latest_checkpoint()
     with pytest.raises(AuditError) as err:

@@ -13,13 +13,13 @@ from medclave.attestation.policy import ReleaseLogRule
 from medclave.audit.log import AuditLog
 from medclave.audit.note import NoteSigner
 from medclave.audit.release import ReleaseStatement, check_release, publish
-from medclave.audit.store import MemoryStore
+from medclave.audit.store import MemoryLogStore
 from medclave.errors import MedclaveError
 
 KEY = NoteSigner.generate("fuzz.example/log")
 SIGNER = NoteSigner.generate("release-signer")
 RULE = ReleaseLogRule(log_key=KEY.verifier.vkey(), signers=(SIGNER.verifier.vkey(),))
-_LOG = AuditLog(MemoryStore(), origin="fuzz.example/log", signer=KEY)
+_LOG = AuditLog(MemoryLogStore(), origin="fuzz.example/log", signer=KEY)
 GENUINE: dict[str, Any] = json.loads(publish(_LOG, ReleaseStatement(
     release="1", measurements={"sim": ("aa" * 48,)}), SIGNER).to_json())
 

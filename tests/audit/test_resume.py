@@ -10,7 +10,7 @@ import pytest
 
 from medclave.audit.log import AuditLog
 from medclave.audit.note import Note, NoteSigner, Signature, parse_note
-from medclave.audit.store import MemoryStore, SqliteStore, node_id
+from medclave.audit.store import MemoryLogStore, SqliteLogStore, node_id
 from medclave.audit.verify import verify_log
 from medclave.errors import AuditError
 from tests.audit._builders import ORIGIN, build_log, make_entry, truncate_log
@@ -30,7 +30,7 @@ def _edit(path: Path, *sql: tuple[str, tuple[object, ...]]) -> None:
 
 def _refused(path: Path, signer: NoteSigner) -> str:
     with pytest.raises(AuditError) as err:
-        AuditLog.resume(SqliteStore(path), origin=ORIGIN, signer=signer)
+        AuditLog.resume(SqliteLogStore(path), origin=ORIGIN, signer=signer)
     assert err.value.code == "audit.log_inconsistent"
     cause = err.value.context["cause"]
     assert isinstance(cause, str)
@@ -46,13 +46,13 @@ def log_file(tmp_path: Path, log_signer: NoteSigner) -> Path:
 
 def test_a_fresh_or_intact_log_resumes_and_stays_one_log(
         log_file: Path, log_signer: NoteSigner) -> None:
-    fresh = AuditLog.resume(MemoryStore(), origin=ORIGIN, signer=log_signer)
+    fresh = AuditLog.resume(MemoryLogStore(), origin=ORIGIN, signer=log_signer)
     assert fresh.verify_head() == 0
-    log = AuditLog.resume(SqliteStore(log_file), origin=ORIGIN, signer=log_signer)
+    log = AuditLog.resume(SqliteLogStore(log_file), origin=ORIGIN, signer=log_signer)
     assert log.verify_head() == 12
     log.append_batch([make_entry(i) for i in range(12, 16)])
     log.close()
-    store = SqliteStore(log_file, readonly=True)
+    store = SqliteLogStore(log_file, readonly=True)
     report = verify_log(store, log_signer.verifier)
     store.close()
     assert (report.size, report.checkpoints) == (16, 4)
@@ -102,6 +102,6 @@ def test_a_consistent_truncation_resumes(log_file: Path, log_signer: NoteSigner)
     shorter valid log, and the writer cannot tell. Receipts and witnesses catch it
     (test_rollback)."""
     truncate_log(log_file, 4)
-    log = AuditLog.resume(SqliteStore(log_file), origin=ORIGIN, signer=log_signer)
+    log = AuditLog.resume(SqliteLogStore(log_file), origin=ORIGIN, signer=log_signer)
     assert (log.size, log.verify_head()) == (4, 4)
     log.close()

@@ -24,7 +24,7 @@ from medclave.audit.note import (
     parse_checkpoint,
     parse_note,
 )
-from medclave.audit.store import MemoryStore, SqliteStore
+from medclave.audit.store import MemoryLogStore, SqliteLogStore
 from medclave.audit.verify import inspect_log, open_trusted, verify_log
 from medclave.audit.witness import witness_checkpoint
 from medclave.cli.audit import app
@@ -172,7 +172,7 @@ def test_a_log_copied_at_an_older_size_is_refused(
 def test_the_library_check_matches_rfc9162_proofs(log_signer: NoteSigner) -> None:
     """``trusted`` through the library: sizes 0 (every log extends the empty tree), equal, and
     smaller pass; a root that is not the log's at that size, or a larger size, does not."""
-    log = AuditLog(MemoryStore(), origin=ORIGIN, signer=log_signer)
+    log = AuditLog(MemoryLogStore(), origin=ORIGIN, signer=log_signer)
     notes = [log.append_batch([make_entry(i) for i in range(s, s + 3)]).checkpoint
              for s in range(0, 9, 3)]
     cps = [open_trusted(n or b"", log_signer.verifier).checkpoint for n in notes]
@@ -192,7 +192,7 @@ def test_the_library_check_matches_rfc9162_proofs(log_signer: NoteSigner) -> Non
 
 
 def test_open_trusted_takes_a_receipt_or_a_note(log_signer: NoteSigner) -> None:
-    log = AuditLog(MemoryStore(), origin=ORIGIN, signer=log_signer)
+    log = AuditLog(MemoryLogStore(), origin=ORIGIN, signer=log_signer)
     note = log.append_batch([make_entry(i) for i in range(5)]).checkpoint
     assert note is not None
     from_receipt = open_trusted(log.receipt(3).to_json(), log_signer.verifier)
@@ -211,7 +211,7 @@ def test_sqlite_store_truncation_helper_leaves_a_consistent_log(
     nodes (so the refusal above is the rollback check's, not a dangling node's)."""
     path, _ = world
     truncate_log(path, 4)
-    store = SqliteStore(path, readonly=True)
+    store = SqliteLogStore(path, readonly=True)
     try:
         assert store.size() == 4 and [s for s, _ in store.checkpoints()] == [4]
         assert [i for i, _ in store.level(1)] == [0, 1] and [i for i, _ in store.level(2)] == [0]

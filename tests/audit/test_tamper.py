@@ -15,7 +15,7 @@ from medclave.audit import merkle
 from medclave.audit.entry import AuditEntry
 from medclave.audit.log import AuditLog
 from medclave.audit.note import Checkpoint, NoteSigner, parse_note, sign_checkpoint
-from medclave.audit.store import SqliteStore, node_id
+from medclave.audit.store import SqliteLogStore, node_id
 from medclave.audit.verify import inspect_log, verify_log
 from medclave.errors import AuditError
 from tests.audit._builders import ORIGIN, make_entry
@@ -46,7 +46,7 @@ def _attack(path: Path, *sql: tuple[str, tuple[object, ...]]) -> None:
 
 
 def _first(path: Path, key: NoteSigner) -> tuple[str, str]:
-    store = SqliteStore(path, readonly=True)
+    store = SqliteLogStore(path, readonly=True)
     try:
         with pytest.raises(AuditError) as err:
             verify_log(store, key.verifier)
@@ -63,7 +63,7 @@ def _entry(path: Path, index: int) -> bytes:
 
 
 def test_untouched_log_verifies(log_file: Path, log_signer: NoteSigner) -> None:
-    store = SqliteStore(log_file, readonly=True)
+    store = SqliteLogStore(log_file, readonly=True)
     report = verify_log(store, log_signer.verifier)
     store.close()
     assert report.ok and report.size == N and report.checkpoints == N // 8
@@ -82,7 +82,7 @@ def test_changed_entry_with_consistent_leaf_and_parents(
     signed checkpoints still remember the old root."""
     entry = AuditEntry.model_validate_json(_entry(log_file, 5))
     forged = entry.model_copy(update={"break_glass": True}).to_bytes()
-    store = SqliteStore(log_file, readonly=True)
+    store = SqliteLogStore(log_file, readonly=True)
     leaves = [store.entry(i)[1] for i in range(N)]  # type: ignore[index]
     store.close()
     leaves[5] = merkle.leaf_hash(forged)
@@ -165,7 +165,7 @@ def test_report_lists_every_problem(log_file: Path, log_signer: NoteSigner) -> N
         ("UPDATE entries SET data = ? WHERE idx = 2", (flip(data, 100),)),
         ("UPDATE entries SET leaf = ? WHERE idx = 30", (bytes(32),)),
     )
-    store = SqliteStore(log_file, readonly=True)
+    store = SqliteLogStore(log_file, readonly=True)
     report = inspect_log(store, log_signer.verifier)
     store.close()
     wheres = {(f.code, f.where) for f in report.findings}

@@ -10,7 +10,7 @@ import pytest
 
 from medclave.audit.log import AuditLog
 from medclave.audit.note import NoteSigner, verify_checkpoint
-from medclave.audit.store import MemoryStore
+from medclave.audit.store import MemoryLogStore
 from medclave.audit.witness import load_state, witness_checkpoint
 from medclave.errors import AuditError
 from tests.audit._builders import ORIGIN, make_entry
@@ -26,7 +26,7 @@ def test_witness_follows_one_history(
     tmp_path: Path, log_signer: NoteSigner, witness_signer: NoteSigner
 ) -> None:
     state = tmp_path / "witness.json"
-    log = AuditLog(MemoryStore(), origin=ORIGIN, signer=log_signer)
+    log = AuditLog(MemoryLogStore(), origin=ORIGIN, signer=log_signer)
     first = log.append_batch([make_entry(i) for i in range(5)]).checkpoint
     assert first is not None
     cosigned = _cosign(first, log_signer, witness_signer, state, [])
@@ -53,8 +53,8 @@ def test_witness_refuses_a_fork(
     tmp_path: Path, log_signer: NoteSigner, witness_signer: NoteSigner
 ) -> None:
     state = tmp_path / "witness.json"
-    honest = AuditLog(MemoryStore(), origin=ORIGIN, signer=log_signer)
-    fork = AuditLog(MemoryStore(), origin=ORIGIN, signer=log_signer)
+    honest = AuditLog(MemoryLogStore(), origin=ORIGIN, signer=log_signer)
+    fork = AuditLog(MemoryLogStore(), origin=ORIGIN, signer=log_signer)
     note = honest.append_batch([make_entry(i) for i in range(6)]).checkpoint
     assert note is not None
     _cosign(note, log_signer, witness_signer, state, [])
@@ -73,7 +73,7 @@ def test_witness_checks_the_log_signature(
     tmp_path: Path, log_signer: NoteSigner, witness_signer: NoteSigner
 ) -> None:
     mallory = NoteSigner.generate(ORIGIN)
-    forged = AuditLog(MemoryStore(), origin=ORIGIN, signer=mallory).append_batch(
+    forged = AuditLog(MemoryLogStore(), origin=ORIGIN, signer=mallory).append_batch(
         [make_entry(0)]).checkpoint
     assert forged is not None
     with pytest.raises(AuditError) as err:

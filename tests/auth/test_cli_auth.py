@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from medclave.auth.idp_server import build_service, running
+from medclave.auth.idp_server import build_service
+from medclave.background import running
 from medclave.cli import auth as auth_cli
 from medclave.cli import idp as idp_cli
 
@@ -91,9 +92,11 @@ def test_verify_forged_and_missing_inputs(tmp_path: Path) -> None:
     result = run(auth_cli.app, "token", "verify", forged, "--jwks", str(keys), "--json")
     assert json.loads(result.stdout)["error"]["code"] in {"auth.key_unknown", "auth.signature_invalid"}
     assert result.exit_code == 1
-    missing = run(auth_cli.app, "token", "verify", forged, "--json")
-    assert json.loads(missing.stdout)["error"]["code"] == "input.missing"
-    assert missing.exit_code == 1
+    # No --issuer, no --jwks, and no local issuer key: unusable input, exit 2.
+    missing = run(auth_cli.app, "token", "verify", forged, "--json", "--data", str(tmp_path / "no"))
+    assert json.loads(missing.stdout) == {"ok": False, "error": {
+        "code": "input.missing", "message": json.loads(missing.stdout)["error"]["message"]}}
+    assert missing.exit_code == 2
     text = run(auth_cli.app, "token", "verify", "x.y.z", "--jwks", str(keys))
     assert text.exit_code == 1 and "auth.token_malformed" in text.output
 
@@ -113,8 +116,30 @@ def test_issue_refuses_long_lifetimes(tmp_path: Path) -> None:
     result = run(
         auth_cli.app, "token", "issue", "--sub", "a", "--tenant", "t", "--ttl", "16m", "--data", str(tmp_path)
     )
-    assert result.exit_code == 1
+    assert result.exit_code == 2  # unusable input, as everywhere (medclave.cli.output)
     assert "input.malformed" in result.output
+
+
+def test_verify_defaults_to_the_local_issuer_key(tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    # `token issue` signs with the local key by default; `token verify` checks with it.
+    monkeypatch.chdir(tmp_path)
+    token = run(auth_cli.app, "token", "issue", "--sub", "dr-alice", "--tenant", "st-mary",
+                "--roles", "clinician").stdout.strip()
+    result = run(auth_cli.app, "token", "verify", token, "--json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["sub"] == "dr-alice"
+    # The local key is the trust anchor: a token of another issuer key is refused, exit 1.
+    forged = issue(tmp_path / "other-idp")
+    refused = run(auth_cli.app, "token", "verify", forged, "--json")
+    assert refused.exit_code == 1
+    assert json.loads(refused.stdout)["error"]["code"] in {"auth.key_unknown",
+                                                          "auth.signature_invalid"}
+    # A token altered by one byte of its payload is refused too.
+    head, payload, sig = token.split(".")
+    flipped = payload[:-2] + ("A" if payload[-2] != "A" else "B") + payload[-1]
+    altered = run(auth_cli.app, "token", "verify", f"{head}.{flipped}.{sig}", "--json")
+    assert altered.exit_code == 1, altered.output
 
 
 def test_decide_exit_codes(tmp_path: Path) -> None:

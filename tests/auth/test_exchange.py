@@ -17,16 +17,18 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 from typer.testing import CliRunner
 
-from medclave.auth.authn import Authenticator, system_clock
+from medclave.auth.authn import Authenticator
 from medclave.auth.dpop import create_dpop_proof
 from medclave.auth.exchange import ACCESS_TOKEN_TYPE, GRANT_TYPE, JWT_TOKEN_TYPE
-from medclave.auth.idp_server import build_service, running
+from medclave.auth.idp_server import build_service
 from medclave.auth.issuer import Directory, TokenService
 from medclave.auth.jwks import HttpJwks
 from medclave.auth.tokens import Identity, IssuerConfig, TokenOptions, TokenVerifier
+from medclave.background import running
 from medclave.cli import idp as idp_cli
 from medclave.crypto.jose import jwk_thumbprint
 from medclave.errors import AuthError
+from medclave.util.clock import system_clock
 
 SECRET = "proxy client secret 2024"
 

@@ -13,14 +13,16 @@ import httpx
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from medclave.auth.authn import Authenticator, system_clock
+from medclave.auth.authn import Authenticator
 from medclave.auth.dpop import create_dpop_proof
-from medclave.auth.idp_server import build_service, running
+from medclave.auth.idp_server import build_service
 from medclave.auth.issuer import KEY_FILE, Directory, TokenService, load_or_create_signing_key
 from medclave.auth.jwks import HttpJwks
 from medclave.auth.tokens import IssuerConfig, TokenOptions
+from medclave.background import running
 from medclave.crypto.jose import jwk_thumbprint
 from medclave.errors import AuthError, InputError
+from medclave.util.clock import system_clock
 
 SECRET = "correct horse battery staple"
 

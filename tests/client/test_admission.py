@@ -18,8 +18,9 @@ import openai
 import pytest
 from typer.testing import CliRunner
 
-from medclave.auth.idp_server import build_service, running
+from medclave.auth.idp_server import build_service
 from medclave.auth.issuer import TokenIssuer, TokenService, load_or_create_signing_key
+from medclave.background import BackgroundServer, running
 from medclave.cli import proxy as proxy_cli
 from medclave.client import proxy as proxy_module
 from medclave.client.admission import (
@@ -30,11 +31,11 @@ from medclave.client.admission import (
     requested_model,
 )
 from medclave.client.proxy import ProxySettings, create_proxy_app
-from medclave.client.session import EnclaveSession, system_clock
+from medclave.client.session import EnclaveSession
 from medclave.enclave.model import DEFAULT_MODEL_ID
 from medclave.errors import AuthError, InputError
 from medclave.protocol import inference as proto
-from medclave.serving import BackgroundServer
+from medclave.util.clock import system_clock
 from tests.e2e.helpers import (
     FAKE_ANSWER,
     TENANT,

@@ -13,10 +13,11 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from medclave.auth.idp_server import build_service, running
+from medclave.auth.idp_server import build_service
 from medclave.auth.issuer import Directory, TokenService
 from medclave.auth.jwks import HttpJwks
 from medclave.auth.tokens import IssuerConfig, TokenOptions, TokenVerifier
+from medclave.background import running
 from medclave.cli.main import app
 from medclave.client.credentials import AccessToken, Credentials, IdpClientConfig, Refreshing
 from medclave.client.proxy import ProxySettings, callers_for

@@ -10,7 +10,6 @@ from hypothesis import strategies as st
 
 from medclave.crypto import bhttp
 from medclave.crypto.bhttp import InformationalResponse, Limits, Request, Response
-from medclave.crypto.bhttp_stream import ResponseStreamDecoder
 from medclave.crypto.varint import decode_varint, encode_varint
 from medclave.errors import MedclaveError
 
@@ -254,65 +253,3 @@ def test_random_input_raises_only_medclave_errors(raw: bytes) -> None:
     for decoder in (bhttp.decode, bhttp.decode_request, bhttp.decode_response):
         with contextlib.suppress(MedclaveError):
             decoder(raw)
-
-
-# --- incremental decoding of streamed responses --------------------------------------------
-
-
-def _stream(raw: bytes, step: int) -> tuple[Response, bytes]:
-    decoder = ResponseStreamDecoder()
-    content = bytearray()
-    for i in range(0, len(raw), step):
-        for piece in decoder.feed(raw[i:i + step]):
-            content += piece
-    head = decoder.close()
-    return head, bytes(content)
-
-
-@pytest.mark.parametrize("raw", [RFC_RESPONSE_INDETERMINATE, RFC_CHUNKED_KNOWN, h("0140c8"),
-                                 h("0340c800"), h("0140c80000"), h("0140c8000000000000")])
-def test_stream_decoder_matches_whole_message_decoder(raw: bytes) -> None:
-    whole = bhttp.decode_response(raw)
-    for step in (1, 3, 17, len(raw)):
-        head, content = _stream(raw, step)
-        assert head == Response(whole.status, whole.headers, b"", whole.informational,
-                                whole.trailers)
-        assert content == whole.content
-
-
-def test_stream_decoder_releases_content_before_the_end() -> None:
-    decoder = ResponseStreamDecoder()
-    assert decoder.feed(bhttp.response_head(200, (("content-type", "text/event-stream"),))) == []
-    assert decoder.head is not None and decoder.head.status == 200
-    assert decoder.feed(bhttp.content_chunk(b"data: hello\n\n")[:7]) == [b"data: "]
-    assert decoder.feed(bhttp.content_chunk(b"data: hello\n\n")[7:]) == [b"hello\n\n"]
-    assert decoder.feed(bhttp.response_end((("x-audit", "r1"),))) == []
-    assert decoder.complete
-    assert decoder.close().trailers == (("x-audit", "r1"),)
-
-
-@pytest.mark.parametrize("raw", [
-    "", "03", "0340", "0340c80161", "0340c80003616263", "0340c800000161",
-    "0140c8000561", "0140c80000026162", "0340c80000000001",
-])
-def test_stream_decoder_refuses_truncation_and_garbage(raw: str) -> None:
-    decoder = ResponseStreamDecoder()
-    with pytest.raises(MedclaveError):
-        decoder.feed(bytes.fromhex(raw))
-        decoder.close()
-
-
-@settings(max_examples=150, deadline=None)
-@given(message=_responses, indeterminate=st.booleans(), step=st.integers(1, 40))
-def test_stream_decoder_round_trip(message: Response, indeterminate: bool, step: int) -> None:
-    head, content = _stream(message.encode(indeterminate=indeterminate), step)
-    assert content == message.content
-    assert (head.status, head.headers, head.informational, head.trailers) == (
-        message.status, message.headers, message.informational, message.trailers)
-
-
-@settings(max_examples=200, deadline=None)
-@given(raw=st.binary(max_size=200), step=st.integers(1, 30))
-def test_stream_decoder_random_input_raises_only_medclave_errors(raw: bytes, step: int) -> None:
-    with contextlib.suppress(MedclaveError):
-        _stream(raw, step)

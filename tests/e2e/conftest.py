@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from medclave.background import BackgroundServer
 from medclave.client.proxy import create_proxy_app
 from medclave.client.session import EnclaveSession
-from medclave.enclave.server import BackgroundServer
 from tests.e2e.helpers import Enclave, Idp, Relay, make_idp, sim_policy, start_enclave
 
 

@@ -29,6 +29,7 @@ from medclave.audit import (
     parse_entry,
 )
 from medclave.auth.issuer import TokenIssuer, load_or_create_signing_key
+from medclave.background import BackgroundServer
 from medclave.client.proxy import create_proxy_app
 from medclave.client.session import EnclaveSession
 from medclave.enclave.app import create_app
@@ -47,7 +48,6 @@ from medclave.enclave.engines.base import (
 from medclave.enclave.engines.scheduler import EngineCounters, FairScheduler
 from medclave.enclave.hooks import AuditLogSink
 from medclave.enclave.model import DEFAULT_MODEL_SHA256, default_model_path
-from medclave.enclave.server import BackgroundServer
 from medclave.enclave.settings import EnclaveSettings
 
 MEASUREMENT = hashlib.sha384(b"medclave test enclave build").hexdigest()

@@ -26,11 +26,11 @@ import pytest
 
 from medclave.attestation.policy import AppraisalPolicy
 from medclave.attestation.sim import SimAuthority
+from medclave.background import BackgroundServer
 from medclave.client.continuous import TrustWatch
 from medclave.client.proxy import create_proxy_app
 from medclave.client.session import EnclaveSession
 from medclave.enclave.model import DEFAULT_MODEL_ID
-from medclave.enclave.server import BackgroundServer
 from medclave.errors import KbsError
 from medclave.kbs.app import create_app
 from medclave.kbs.client import KbsClient, OwnerClient
@@ -40,7 +40,7 @@ from medclave.kbs.models import ReleasePolicy
 from medclave.kbs.service import KeyBroker
 from medclave.kbs.settings import KbsSettings
 from medclave.kbs.signing import TrustedBrokers
-from medclave.kbs.store import MemoryStore
+from medclave.kbs.store import MemoryKbsStore
 from tests.e2e.helpers import FAKE_ANSWER, MEASUREMENT, Enclave, FakeEngine, sim_policy, start_enclave
 
 AUDIT_KEY = "kbs:///ops/audit-key/enclave-log"
@@ -62,7 +62,7 @@ def world(tmp_path: Path) -> Iterator[World]:
     root = SimAuthority.load_or_create(tmp_path / "enclave").root_fingerprint
     settings = KbsSettings(data_dir=tmp_path / "kbs", store="memory", sim_roots=(root,),
                            rate_per_second=1000.0, rate_burst=1000)
-    broker = build_broker(settings, store=MemoryStore(), wrapper=AesGcmKek(os.urandom(32)))
+    broker = build_broker(settings, store=MemoryKbsStore(), wrapper=AesGcmKek(os.urandom(32)))
     with BackgroundServer(create_app(settings, broker=broker)) as server:
         with OwnerClient(server.url, broker.issue_owner_token("ops")) as owner:
             owner.put(AUDIT_KEY, os.urandom(32))

@@ -19,12 +19,12 @@ from typing import Any
 import openai
 import pytest
 
+from medclave.background import BackgroundServer
 from medclave.client import MedclaveClient
 from medclave.client.proxy import create_proxy_app
 from medclave.client.session import EnclaveSession
 from medclave.enclave.engines.base import ChatMessage, Completion, Delta, SamplingParams
 from medclave.enclave.model import DEFAULT_MODEL_ID
-from medclave.enclave.server import BackgroundServer
 from medclave.errors import MedclaveError
 from tests.e2e.helpers import Enclave, Idp, llama_engine, sim_policy, start_enclave
 

@@ -92,9 +92,9 @@ def test_temperature_zero_with_a_seed_gives_the_same_answer_twice(
 
 def test_a_policy_refusal_reaches_the_app_before_its_question_leaves(
         relay: Relay, llama_enclave: Enclave, idp: Idp) -> None:
+    from medclave.background import BackgroundServer
     from medclave.client.proxy import create_proxy_app
     from medclave.client.session import EnclaveSession
-    from medclave.enclave.server import BackgroundServer
 
     session = EnclaveSession(relay.url, sim_policy(measurement="11" * 48),
                              sim_roots=frozenset({llama_enclave.sim_root}))

@@ -22,18 +22,19 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from medclave.auth.dpop import create_dpop_proof
 from medclave.auth.exchange import GRANT_TYPE
-from medclave.auth.idp_server import build_service, running
+from medclave.auth.idp_server import build_service
 from medclave.auth.issuer import Directory, TokenService
+from medclave.background import BackgroundServer, running
 from medclave.client.admission import AdmissionConfig, build_admission
 from medclave.client.apikeys import ApiKeyStore
 from medclave.client.callers import Callers
 from medclave.client.credentials import Credentials, IdpClientConfig
 from medclave.client.proxy import create_proxy_app
-from medclave.client.session import EnclaveSession, system_clock
+from medclave.client.session import EnclaveSession
 from medclave.crypto.jose import jwk_thumbprint
 from medclave.enclave.engines.base import ChatMessage, Delta, SamplingParams
 from medclave.enclave.model import DEFAULT_MODEL_ID
-from medclave.serving import BackgroundServer
+from medclave.util.clock import system_clock
 from tests.e2e.helpers import (
     FAKE_ANSWER,
     TENANT,

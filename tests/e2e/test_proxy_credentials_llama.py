@@ -18,15 +18,14 @@ import openai
 import pytest
 
 from medclave.auth.exchange import GRANT_TYPE
-from medclave.auth.idp_server import running
 from medclave.auth.issuer import Directory, TokenService
+from medclave.background import BackgroundServer, running
 from medclave.client.apikeys import ApiKeyStore
 from medclave.client.callers import Callers
 from medclave.client.credentials import Credentials, IdpClientConfig
 from medclave.client.proxy import create_proxy_app
 from medclave.client.session import EnclaveSession
 from medclave.enclave.model import DEFAULT_MODEL_ID
-from medclave.serving import BackgroundServer
 from tests.e2e.helpers import TENANT, Enclave, Idp, sim_policy
 
 SECRET = "proxy client secret 2024"

@@ -18,13 +18,13 @@ from medclave.attestation.sim import SimAuthority
 from medclave.audit.log import AuditLog
 from medclave.audit.note import ALG_COSIGNATURE_V1, NoteSigner
 from medclave.audit.release import ReleaseStatement, proof_under, publish
-from medclave.audit.store import MemoryStore
+from medclave.audit.store import MemoryLogStore
 from medclave.audit.witness import witness_checkpoint
 from medclave.client.session import EnclaveSession
 from medclave.enclave.model import DEFAULT_MODEL_SHA256
 from medclave.errors import MedclaveError
 from medclave.kbs.models import ReleasePolicy
-from medclave.kbs.store import MemoryStore as BrokerMemoryStore
+from medclave.kbs.store import MemoryKbsStore as BrokerMemoryStore
 from tests.e2e.helpers import FAKE_ANSWER, MEASUREMENT, FakeEngine, start_enclave
 
 ORIGIN = "releases.medclave.test/log"
@@ -36,7 +36,7 @@ class Releases:
         self.key = NoteSigner.generate(ORIGIN)
         self.signer = NoteSigner.generate("release-signer")
         self.witnesses = [NoteSigner.generate(f"w{i}", ALG_COSIGNATURE_V1) for i in range(2)]
-        self.log = AuditLog(MemoryStore(), origin=ORIGIN, signer=self.key)
+        self.log = AuditLog(MemoryLogStore(), origin=ORIGIN, signer=self.key)
         self.tmp = tmp
 
     def proof_file(self, measurement: str, cosigners: int) -> Path:

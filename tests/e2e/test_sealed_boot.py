@@ -13,13 +13,13 @@ import pytest
 from medclave.attestation.policy import AppraisalPolicy
 from medclave.attestation.sim import SimAuthority
 from medclave.audit import open_commitment, parse_entry
+from medclave.background import BackgroundServer
 from medclave.client import MedclaveClient
 from medclave.enclave.app import create_app as create_enclave_app
 from medclave.enclave.boot import boot
 from medclave.enclave.commitkeys import commitment_resource
 from medclave.enclave.model import DEFAULT_MODEL_ID, DEFAULT_MODEL_SHA256, default_model_path
 from medclave.enclave.openai_api import commitment_input
-from medclave.enclave.server import BackgroundServer
 from medclave.enclave.settings import EnclaveSettings
 from medclave.errors import MedclaveError
 from medclave.kbs.app import create_app
@@ -29,7 +29,7 @@ from medclave.kbs.keywrap import AesGcmKek
 from medclave.kbs.models import ReleasePolicy
 from medclave.kbs.sealed_models import seal_model
 from medclave.kbs.settings import KbsSettings
-from medclave.kbs.store import MemoryStore
+from medclave.kbs.store import MemoryKbsStore
 from tests.e2e.helpers import MEASUREMENT, sim_policy
 
 VENDOR = "test-vendor"
@@ -44,7 +44,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, str,
     root = SimAuthority.load_or_create(folder / "enclave").root_fingerprint
     settings = KbsSettings(data_dir=folder / "kbs", store="memory", sim_roots=(root,),
                            rate_per_second=1000.0, rate_burst=1000)
-    broker = build_broker(settings, store=MemoryStore(), wrapper=AesGcmKek(os.urandom(32)))
+    broker = build_broker(settings, store=MemoryKbsStore(), wrapper=AesGcmKek(os.urandom(32)))
     with BackgroundServer(create_app(settings, broker=broker)) as server:
         with OwnerClient(server.url, broker.issue_owner_token(VENDOR)) as owner:
             result = seal_model(default_model_path(), folder / "sealed", owner=VENDOR,

@@ -22,13 +22,13 @@ from medclave.attestation.policy import AppraisalPolicy
 from medclave.attestation.sim import SimAuthority
 from medclave.audit.note import ALG_ED25519, NoteVerifier
 from medclave.audit.receipt import VerifiedReceipt
+from medclave.background import BackgroundServer
 from medclave.cli.audit import app as audit_cli
 from medclave.client.session import EnclaveSession
 from medclave.enclave import boot as boot_module
-from medclave.enclave.attester import Platform
+from medclave.enclave.attester import HostPlatform
 from medclave.enclave.boot import boot
 from medclave.enclave.hooks import InsecureNoAuthorization
-from medclave.enclave.server import BackgroundServer
 from medclave.enclave.settings import EnclaveSettings
 from medclave.errors import MedclaveError
 from medclave.kbs.app import create_app as create_kbs_app
@@ -37,7 +37,7 @@ from medclave.kbs.factory import build_broker
 from medclave.kbs.keywrap import AesGcmKek
 from medclave.kbs.models import ReleasePolicy
 from medclave.kbs.settings import KbsSettings
-from medclave.kbs.store import Decision, MemoryStore
+from medclave.kbs.store import Decision, MemoryKbsStore
 from medclave.protocol import inference as proto
 from tests.audit._builders import truncate_log
 from tests.e2e.helpers import MEASUREMENT, Enclave, FakeEngine, sim_policy, start_enclave
@@ -75,7 +75,7 @@ def world(tmp_path: Path) -> Iterator[World]:
     decisions: list[Decision] = []
     settings = KbsSettings(data_dir=tmp_path / "kbs", store="memory", sim_roots=(root,),
                            rate_per_second=1000.0, rate_burst=1000)
-    broker = build_broker(settings, store=MemoryStore(), wrapper=AesGcmKek(os.urandom(32)),
+    broker = build_broker(settings, store=MemoryKbsStore(), wrapper=AesGcmKek(os.urandom(32)),
                           on_decision=decisions.append)
     seed = os.urandom(32)
     with BackgroundServer(create_kbs_app(settings, broker=broker)) as server:
@@ -209,7 +209,7 @@ def test_the_release_binds_the_boot_runtime_without_the_audit_key(
     seen: list[dict[str, Any]] = []
     real = boot_module.select_platform
 
-    def spying(*args: Any, **kw: Any) -> Platform:
+    def spying(*args: Any, **kw: Any) -> HostPlatform:
         platform = real(*args, **kw)
         inner = platform.attester
 
@@ -217,7 +217,7 @@ def test_the_release_binds_the_boot_runtime_without_the_audit_key(
             seen.append(dict(runtime))
             return inner(nonce, runtime)
 
-        return Platform(platform.name, attest, platform.secure, platform.sim_root)
+        return HostPlatform(platform.name, attest, platform.secure, platform.sim_root)
 
     monkeypatch.setattr(boot_module, "select_platform", spying)
     enclave = _start(world)
@@ -245,11 +245,11 @@ def test_configuration(world: World, caplog: pytest.LogCaptureFixture) -> None:
 def test_a_tee_with_a_broker_must_have_the_audit_key_from_it(
         world: World, monkeypatch: pytest.MonkeyPatch) -> None:
     """On a secure platform a key made at boot is refused when a broker is configured."""
-    def secure(*args: Any, **kw: Any) -> Platform:
+    def secure(*args: Any, **kw: Any) -> HostPlatform:
         raise AssertionError("the platform's attester must not be reached")
 
     monkeypatch.setattr(boot_module, "select_platform",
-                        lambda *a, **k: Platform("sevsnp", secure, True))
+                        lambda *a, **k: HostPlatform("sevsnp", secure, True))
     settings = EnclaveSettings(data_dir=world.folder / "tee", kbs_url=world.kbs,
                                kbs_keys=(world.broker_key,), audit_store="memory")
     with pytest.raises(MedclaveError) as err:

@@ -20,7 +20,7 @@ from medclave.auth.authorizer import Authorizer
 from medclave.auth.entities import Model
 from medclave.crypto import bhttp
 from medclave.crypto.ohttp import encapsulate_request
-from medclave.enclave.attester import Platform
+from medclave.enclave.attester import HostPlatform
 from medclave.enclave.boot import build_commit_keys
 from medclave.enclave.commitkeys import FileCommitKeys, read_key_file
 from medclave.enclave.engines.base import SamplingParams
@@ -221,7 +221,7 @@ def test_the_key_file_must_be_private_and_a_key(tmp_path: Path) -> None:
 def test_a_key_file_is_refused_on_a_real_tee(tmp_path: Path) -> None:
     settings_ = EnclaveSettings(data_dir=tmp_path, commitment_key_file=write_commitment_key(
         tmp_path / "k"), insecure_no_auth=True)
-    tee = Platform("sev-snp", lambda n, r: None, True)  # type: ignore[arg-type,return-value]
+    tee = HostPlatform("sev-snp", lambda n, r: None, True)  # type: ignore[arg-type,return-value]
     with pytest.raises(InputError) as err:
         build_commit_keys(settings_, tee, dict, now)
     assert err.value.code == "config.invalid"

@@ -52,7 +52,7 @@ def test_measurement_and_sim_root(tmp_path: Path) -> None:
 def test_serve_without_a_tee_refuses_to_boot(tmp_path: Path) -> None:
     result = runner.invoke(enclave_cli.app, ["serve", "--data", str(tmp_path),
                                              "--platform", "auto", "--insecure-no-auth"])
-    assert result.exit_code == 1
+    assert result.exit_code == 2  # no TEE to use: unusable configuration (use --platform sim)
     assert json.loads(result.stdout)["error"]["code"] == "attestation.unknown_platform"
 
 

@@ -21,6 +21,7 @@ from fastapi import FastAPI, Request, Response
 from medclave.attestation.policy import AppraisalPolicy
 from medclave.attestation.sim import SimAuthority
 from medclave.audit import generate_commitment_key, open_commitment, parse_entry
+from medclave.background import BackgroundServer
 from medclave.client.session import EnclaveSession
 from medclave.crypto import hpke
 from medclave.enclave.app import create_app as create_enclave_app
@@ -29,7 +30,6 @@ from medclave.enclave.commitkeys import BrokerCommitKeys, CommitKey, commitment_
 from medclave.enclave.hooks import AuditLogSink
 from medclave.enclave.model import DEFAULT_MODEL_SHA256
 from medclave.enclave.openai_api import commitment_input
-from medclave.enclave.server import BackgroundServer
 from medclave.enclave.settings import EnclaveSettings
 from medclave.errors import InputError, KbsError, MedclaveError
 from medclave.kbs.app import create_app as create_kbs_app
@@ -38,7 +38,7 @@ from medclave.kbs.factory import build_broker
 from medclave.kbs.keywrap import AesGcmKek
 from medclave.kbs.models import RELEASE_INFO, ReleasePolicy, release_aad
 from medclave.kbs.settings import KbsSettings
-from medclave.kbs.store import Decision, MemoryStore
+from medclave.kbs.store import Decision, MemoryKbsStore
 from medclave.protocol import inference as proto
 from tests.e2e.helpers import (
     FAKE_ANSWER,
@@ -79,7 +79,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     decisions: list[Decision] = []
     settings = KbsSettings(data_dir=folder / "kbs", store="memory", sim_roots=roots,
                            rate_per_second=1000.0, rate_burst=1000)
-    broker = build_broker(settings, store=MemoryStore(), wrapper=AesGcmKek(os.urandom(32)),
+    broker = build_broker(settings, store=MemoryKbsStore(), wrapper=AesGcmKek(os.urandom(32)),
                           on_decision=decisions.append)
     tenant_key = generate_commitment_key()
     with BackgroundServer(create_kbs_app(settings, broker=broker)) as server:

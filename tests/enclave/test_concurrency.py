@@ -19,11 +19,11 @@ import httpx
 import openai
 import pytest
 
+from medclave.background import BackgroundServer
 from medclave.client import MedclaveClient
 from medclave.client.proxy import create_proxy_app
 from medclave.client.session import EnclaveSession, InnerResponse
 from medclave.enclave.model import DEFAULT_MODEL_ID
-from medclave.enclave.server import BackgroundServer
 from medclave.errors import CATALOGUE, EnclaveError
 from medclave.protocol import inference as proto
 from tests.e2e.helpers import (

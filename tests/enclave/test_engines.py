@@ -13,6 +13,7 @@ import pytest
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
+from medclave.background import BackgroundServer
 from medclave.enclave.engines import Engine, SamplingParams, collect
 from medclave.enclave.engines.openai_compat import OpenAICompatEngine
 from medclave.enclave.model import (
@@ -21,7 +22,6 @@ from medclave.enclave.model import (
     sha256_file,
     verify_model_file,
 )
-from medclave.enclave.server import BackgroundServer
 from medclave.errors import EnclaveError, InputError, ModelError
 from tests.e2e.helpers import llama_engine
 

@@ -13,6 +13,7 @@ import pytest
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
+from medclave.background import BackgroundServer
 from medclave.enclave.engines import SamplingParams, collect
 from medclave.enclave.engines.base import (
     Choice,
@@ -23,7 +24,6 @@ from medclave.enclave.engines.base import (
     TopLogprob,
 )
 from medclave.enclave.engines.openai_compat import OpenAICompatEngine
-from medclave.enclave.server import BackgroundServer
 from medclave.errors import EnclaveError
 
 ASK = [{"role": "user", "content": "Weather in Paris?"},

@@ -72,7 +72,8 @@ def test_an_answer_that_ends_is_recorded_once_however_often_it_is_closed() -> No
     assert recorder.records == [("a b", "length", 2)] and recorder.released == 1
     assert answer.ended == "length"
     assert _events(pieces)[-1] == "[DONE]"
-    assert [name for name, _ in answer.trailers] == ["medclave-receipt"]
+    assert answer.outcome is not None
+    assert [name for name, _ in answer.outcome.trailers] == ["medclave-receipt"]
 
 
 def test_an_answer_closed_midway_records_what_left_and_closes_the_engine_stream() -> None:
@@ -148,7 +149,8 @@ def test_an_engine_failure_midway_is_recorded_and_reported() -> None:
     assert recorder.records == [("partial", "error", 1)]
     error = events[-1]
     assert isinstance(error, dict) and error["error"]["code"] == "enclave.engine_failed"
-    assert answer.trailers == [("medclave-error", "enclave.engine_failed")]
+    assert answer.outcome is not None
+    assert answer.outcome.trailers == (("medclave-error", "enclave.engine_failed"),)
 
 
 def test_an_engine_that_fails_at_once_commits_no_answer() -> None:
@@ -156,7 +158,8 @@ def test_an_engine_that_fails_at_once_commits_no_answer() -> None:
     answer = _answer(iter(()), recorder)  # ended without its final delta
     list(answer)
     assert recorder.records == [(None, "error", 0)]
-    assert answer.trailers == [("medclave-error", "enclave.engine_failed")]
+    assert answer.outcome is not None
+    assert answer.outcome.trailers == (("medclave-error", "enclave.engine_failed"),)
 
 
 def test_an_audit_failure_at_the_end_is_reported_not_receipted() -> None:
@@ -167,7 +170,8 @@ def test_an_audit_failure_at_the_end_is_reported_not_receipted() -> None:
     assert "[DONE]" not in events
     error = events[-1]
     assert isinstance(error, dict) and error["error"]["code"] == "audit.entry_invalid"
-    assert answer.trailers == [("medclave-error", "audit.entry_invalid")]
+    assert answer.outcome is not None
+    assert answer.outcome.trailers == (("medclave-error", "audit.entry_invalid"),)
 
 
 def test_only_openai_finish_reasons_are_normal_endings() -> None:

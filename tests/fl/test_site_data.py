@@ -16,7 +16,7 @@ from medclave.fl.local import demo_policy
 from medclave.fl.site import TAMPERED_MEASUREMENT, Site, init_site, seal_data, use_broker
 from medclave.kbs.client import OwnerClient
 from medclave.kbs.models import ReleasePolicy
-from medclave.kbs.store import MemoryStore
+from medclave.kbs.store import MemoryKbsStore
 from tests.kbs.conftest import Clock, Live, make_settings, serve_broker
 
 RESOURCE = "kbs:///site-a/fl-data/train"
@@ -26,7 +26,7 @@ RESOURCE = "kbs:///site-a/fl-data/train"
 def setup(tmp_path: Path) -> Iterator[tuple[Site, Live, dict[str, np.ndarray]]]:
     authority = sim.SimAuthority.load_or_create(tmp_path / "simdir")
     server, live = serve_broker(make_settings(tmp_path, sim_roots=(authority.root_fingerprint,)),
-                                store=MemoryStore(), clock=Clock())
+                                store=MemoryKbsStore(), clock=Clock())
     server.start()
     live.url = server.url
     try:

@@ -11,14 +11,14 @@ from pathlib import Path
 import pytest
 
 from medclave.attestation.sim import SimAuthority
+from medclave.background import BackgroundServer
 from medclave.kbs.app import create_app
 from medclave.kbs.factory import build_broker
 from medclave.kbs.keywrap import AesGcmKek
-from medclave.kbs.server import BackgroundServer
 from medclave.kbs.service import KeyBroker
 from medclave.kbs.settings import KbsSettings
-from medclave.kbs.sqlite_store import SqliteStore
-from medclave.kbs.store import Decision, KbsStore, MemoryStore
+from medclave.kbs.sqlite_store import SqliteKbsStore
+from medclave.kbs.store import Decision, KbsStore, MemoryKbsStore
 
 
 @dataclass
@@ -45,7 +45,7 @@ def authority(tmp_path_factory: pytest.TempPathFactory) -> SimAuthority:
 
 @pytest.fixture(params=["memory", "sqlite"])
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[KbsStore]:
-    s: KbsStore = MemoryStore() if request.param == "memory" else SqliteStore(tmp_path / "kbs.db")
+    s: KbsStore = MemoryKbsStore() if request.param == "memory" else SqliteKbsStore(tmp_path / "kbs.db")
     yield s
     s.close()
 
@@ -89,7 +89,7 @@ def live_factory(tmp_path: Path, clock: Clock) -> Iterator[object]:
     def make(*, sim_roots: tuple[str, ...] = (), store: KbsStore | None = None,
              trusted_roots: frozenset[str] | None = None, **kw: object) -> Live:
         settings = make_settings(tmp_path, sim_roots=sim_roots, **kw)
-        server, live = serve_broker(settings, store=store or MemoryStore(), clock=clock,
+        server, live = serve_broker(settings, store=store or MemoryKbsStore(), clock=clock,
                                     trusted_roots=trusted_roots)
         server.start()
         servers.append(server)

@@ -24,7 +24,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from medclave.attestation import sim
-from medclave.attestation.policy import AppraisalPolicy, evaluate
+from medclave.attestation.policy import AppraisalPolicy, appraisal_of
 from medclave.attestation.verifier import verify_bundle
 from medclave.enclave.boot import trusted_brokers
 from medclave.enclave.settings import EnclaveSettings
@@ -163,7 +163,7 @@ def test_a_policy_naming_brokers_refuses_enclaves_trusting_others(
         "platforms": ["sim"], "kbs_keys": ["aa" * 32],
         "platform": {"sim": {"reference_values": {"measurement": [MEASUREMENT.hex()]}}}})
     verification = _verification(authority, {"kbs_keys": stated})
-    result = evaluate(verification, policy, now=dt.datetime.now(dt.UTC),  # type: ignore[arg-type]
+    result = appraisal_of(verification, policy, now=dt.datetime.now(dt.UTC),  # type: ignore[arg-type]
                       kbs_keys=stated)
     found = [v for v in result.violations if v["code"] == "policy.kbs_key_not_allowed"]
     if violation is None:
@@ -197,7 +197,7 @@ def test_a_policy_naming_token_issuers_refuses_any_other(
         "platforms": ["sim"], "token_issuers": [IDP],
         "platform": {"sim": {"reference_values": {"measurement": [MEASUREMENT.hex()]}}}})
     verification = _verification(authority, {"token_issuers": stated})
-    result = evaluate(verification, policy, now=dt.datetime.now(dt.UTC),  # type: ignore[arg-type]
+    result = appraisal_of(verification, policy, now=dt.datetime.now(dt.UTC),  # type: ignore[arg-type]
                       token_issuers=stated)
     codes = [v["code"] for v in result.violations]
     assert codes.count("policy.token_issuer_not_allowed") == (1 if refused else 0)

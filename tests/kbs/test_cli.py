@@ -17,7 +17,7 @@ from medclave.cli import model as model_cli
 from medclave.kbs.client import KbsClient
 from medclave.kbs.sealed_models import load_sealed_model
 from medclave.kbs.settings import KbsSettings
-from medclave.kbs.sqlite_store import SqliteStore
+from medclave.kbs.sqlite_store import SqliteKbsStore
 from medclave.kbs.tokens import authenticate
 from tests.kbs.conftest import Live
 from tests.kbs.helpers import RESOURCE, sim_attester, sim_policy, trusting
@@ -89,7 +89,7 @@ def test_owner_add_on_the_data_folder(tmp_path: Path) -> None:
     out = run(kbs_cli.app, "owner", "add", "vendor", "--data", str(tmp_path / "kbs"))
     assert out["owner"] == "vendor"
     assert (tmp_path / "kbs").stat().st_mode & 0o777 == 0o700
-    store = SqliteStore(tmp_path / "kbs" / "kbs.sqlite3")
+    store = SqliteKbsStore(tmp_path / "kbs" / "kbs.sqlite3")
     try:
         assert authenticate(store, out["token"]) == "vendor"
     finally:

@@ -17,8 +17,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from medclave.kbs.sqlite_store import SqliteStore
-from medclave.kbs.store import Decision, KbsStore, MemoryStore
+from medclave.kbs.sqlite_store import SqliteKbsStore
+from medclave.kbs.store import Decision, KbsStore, MemoryKbsStore
 from tests.kbs.conftest import Live
 from tests.kbs.helpers import RESOURCE
 
@@ -32,8 +32,8 @@ def make_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store
     opened: list[KbsStore] = []
 
     def make(**kw: int) -> KbsStore:
-        store: KbsStore = (MemoryStore(**kw) if request.param == "memory"
-                           else SqliteStore(tmp_path / f"kbs{len(opened)}.db", **kw))
+        store: KbsStore = (MemoryKbsStore(**kw) if request.param == "memory"
+                           else SqliteKbsStore(tmp_path / f"kbs{len(opened)}.db", **kw))
         opened.append(store)
         return store
 
@@ -63,7 +63,7 @@ def release_body(nonce: str = "00" * 32) -> dict[str, object]:
 @pytest.mark.parametrize("kind", ["memory", "sqlite"])
 def test_300_refused_releases_add_a_bounded_number_of_rows(
         live_factory: LiveFactory, tmp_path: Path, kind: str) -> None:
-    store: KbsStore = MemoryStore() if kind == "memory" else SqliteStore(tmp_path / "kbs.db")
+    store: KbsStore = MemoryKbsStore() if kind == "memory" else SqliteKbsStore(tmp_path / "kbs.db")
     live = live_factory(store=store)
     with httpx.Client(base_url=live.url, timeout=10.0) as client:
         unknown = [client.post("/kbs/v1/release", json=release_body(f"{i:064x}")).status_code
@@ -181,7 +181,7 @@ def test_a_schema_1_store_is_migrated_forward(tmp_path: Path) -> None:
     old.commit()
     old.close()
     for reopen in range(2):  # the migration is idempotent
-        store = SqliteStore(db)
+        store = SqliteKbsStore(db)
         try:
             store.record_decision(refusal(client="ip:1"))
             rows = store.decisions(limit=100)

@@ -17,8 +17,8 @@ import pytest
 from medclave.errors import KbsError
 from medclave.kbs.client import OwnerClient
 from medclave.kbs.names import ResourceName
-from medclave.kbs.sqlite_store import SqliteStore
-from medclave.kbs.store import Decision, KbsStore, MemoryStore
+from medclave.kbs.sqlite_store import SqliteKbsStore
+from medclave.kbs.store import Decision, KbsStore, MemoryKbsStore
 from tests.kbs.conftest import Live
 from tests.kbs.helpers import RESOURCE, error_code, sim_policy
 from tests.ops.old_schemas import KBS_SCHEMA_1_BEFORE_ACTOR
@@ -32,8 +32,8 @@ SECRET = {"secret": base64.b64encode(b"m" * 32).decode()}
 @pytest.fixture(params=["memory", "sqlite"])
 def live(request: pytest.FixtureRequest, live_factory: LiveFactory, tmp_path: Path
          ) -> Iterator[Live]:
-    store: KbsStore = (MemoryStore() if request.param == "memory"
-                       else SqliteStore(tmp_path / "scope.db"))
+    store: KbsStore = (MemoryKbsStore() if request.param == "memory"
+                       else SqliteKbsStore(tmp_path / "scope.db"))
     yield live_factory(store=store)
     store.close()
 
@@ -179,7 +179,7 @@ def test_a_store_from_before_the_actor_column_is_upgraded(tmp_path: Path) -> Non
     old.commit()
     old.close()
     for _ in range(2):  # idempotent
-        store = SqliteStore(db)
+        store = SqliteKbsStore(db)
         try:
             store.record_decision(Decision(at=datetime(2025, 1, 2, tzinfo=UTC), action="read",
                                            resource=RESOURCE, outcome="allowed", client="ip:1",

@@ -16,7 +16,7 @@ from medclave.kbs.keywrap import AesGcmKek, EnvKek, FileKek, new_kek_b64
 from medclave.kbs.models import parse_release_policy
 from medclave.kbs.names import ResourceName
 from medclave.kbs.ratelimit import RateLimiter
-from medclave.kbs.store import MemoryStore
+from medclave.kbs.store import MemoryKbsStore
 from medclave.kbs.tokens import authenticate, issue_owner_token, token_hash
 
 T0 = datetime(2025, 7, 1, tzinfo=UTC)
@@ -149,7 +149,7 @@ def test_env_kek(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_owner_tokens_authenticate_and_are_stored_hashed() -> None:
-    store = MemoryStore()
+    store = MemoryKbsStore()
     token = issue_owner_token(store, "vendor", now=T0)
     assert token.startswith("mkt1.vendor.")
     assert authenticate(store, token) == "vendor"
@@ -165,7 +165,7 @@ def test_owner_tokens_authenticate_and_are_stored_hashed() -> None:
                                                     "auth.invalid_credentials"),
 ])
 def test_bad_tokens(bad: str | None, code: str) -> None:
-    store = MemoryStore()
+    store = MemoryKbsStore()
     issue_owner_token(store, "vendor", now=T0)
     with pytest.raises(AuthError) as e:
         authenticate(store, bad)
@@ -173,7 +173,7 @@ def test_bad_tokens(bad: str | None, code: str) -> None:
 
 
 def test_token_of_one_owner_with_another_owners_name_fails() -> None:
-    store = MemoryStore()
+    store = MemoryKbsStore()
     token = issue_owner_token(store, "vendor", now=T0)
     issue_owner_token(store, "hospital", now=T0)
     forged = token.replace("mkt1.vendor.", "mkt1.hospital.")

@@ -22,7 +22,7 @@ from medclave.kbs.client import KbsClient, OwnerClient
 from medclave.kbs.models import RELEASE_INFO, release_aad
 from medclave.kbs.sealed_models import load_sealed_model, seal_model
 from medclave.kbs.signing import BrokerSigner, TrustedBrokers
-from medclave.kbs.store import MemoryStore
+from medclave.kbs.store import MemoryKbsStore
 from tests.attestation._ecdsa import snp_high_s
 from tests.kbs.conftest import Clock, Live
 from tests.kbs.helpers import (
@@ -396,7 +396,7 @@ def test_broker_direct_refusal_types(authority: sim.SimAuthority, clock: Clock) 
     from medclave.kbs.keywrap import AesGcmKek
     from medclave.kbs.service import KeyBroker
 
-    broker = KeyBroker(MemoryStore(), AesGcmKek(os.urandom(32)), signer=BrokerSigner.generate(),
+    broker = KeyBroker(MemoryKbsStore(), AesGcmKek(os.urandom(32)), signer=BrokerSigner.generate(),
                        sim_roots=frozenset({authority.root_fingerprint}), clock=clock)
     token = broker.issue_owner_token("vendor")
     owner = broker.authenticate(token)

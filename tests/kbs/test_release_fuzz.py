@@ -19,7 +19,7 @@ from medclave.errors import MedclaveError
 from medclave.kbs.keywrap import AesGcmKek
 from medclave.kbs.service import KeyBroker
 from medclave.kbs.signing import BrokerSigner
-from medclave.kbs.store import MemoryStore
+from medclave.kbs.store import MemoryKbsStore
 from medclave.protocol.evidence import EvidenceBundle
 from tests.kbs.conftest import Clock, Live
 from tests.kbs.helpers import MEASUREMENT, RESOURCE, ephemeral_runtime, provision, sim_policy
@@ -31,7 +31,7 @@ FUZZ = settings(max_examples=120, deadline=None,
 
 @pytest.fixture
 def broker(authority: sim.SimAuthority, clock: Clock) -> KeyBroker:
-    b = KeyBroker(MemoryStore(), AesGcmKek(os.urandom(32)), signer=BrokerSigner.generate(),
+    b = KeyBroker(MemoryKbsStore(), AesGcmKek(os.urandom(32)), signer=BrokerSigner.generate(),
                   sim_roots=frozenset({authority.root_fingerprint}), clock=clock)
     owner = b.authenticate(b.issue_owner_token("vendor"))
     b.create_resource(owner, RESOURCE, b"s" * 32, client_id="t")

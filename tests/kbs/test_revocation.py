@@ -20,8 +20,8 @@ from medclave.errors import AttestationError, KbsError
 from medclave.kbs.client import KbsClient, OwnerClient
 from medclave.kbs.revocation import identities
 from medclave.kbs.signing import BrokerSigner, TrustedBrokers
-from medclave.kbs.sqlite_store import SqliteStore
-from medclave.kbs.store import MemoryStore
+from medclave.kbs.sqlite_store import SqliteKbsStore
+from medclave.kbs.store import MemoryKbsStore
 from medclave.protocol.evidence import EvidenceBundle
 from tests.conftest import flip
 from tests.kbs.conftest import Live
@@ -42,7 +42,7 @@ OTHER_RESOURCE = "kbs:///hospital/commitment-key/audit"
 @pytest.fixture(params=["memory", "sqlite"])
 def live(request: pytest.FixtureRequest, live_factory: LiveFactory, authority: sim.SimAuthority,
          tmp_path: Path) -> Live:
-    store = MemoryStore() if request.param == "memory" else SqliteStore(tmp_path / "kbs.db")
+    store = MemoryKbsStore() if request.param == "memory" else SqliteKbsStore(tmp_path / "kbs.db")
     live = live_factory(sim_roots=(authority.root_fingerprint,), store=store)
     provision(live.url, live.token("vendor"), policy=sim_policy())
     provision(live.url, live.token("hospital"), resource=OTHER_RESOURCE, policy=sim_policy())

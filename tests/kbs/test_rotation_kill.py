@@ -23,7 +23,7 @@ import pytest
 from medclave.kbs.keywrap import FileKek
 from medclave.kbs.names import ResourceName
 from medclave.kbs.service import wrap_aad
-from medclave.kbs.sqlite_store import SqliteStore
+from medclave.kbs.sqlite_store import SqliteKbsStore
 
 RESOURCE = "kbs:///vendor/model-key/llama"
 ROTATOR = textwrap.dedent("""
@@ -31,12 +31,12 @@ ROTATOR = textwrap.dedent("""
     from pathlib import Path
     from medclave.kbs.keywrap import FileKek
     from medclave.kbs.service import KeyBroker
-    from medclave.kbs.sqlite_store import SqliteStore
+    from medclave.kbs.sqlite_store import SqliteKbsStore
     from medclave.errors import KbsError
 
     data = Path(sys.argv[1])
     from medclave.kbs.signing import BrokerSigner
-    broker = KeyBroker(SqliteStore(data / "kbs.sqlite3"), FileKek.load(data / "kek.key"),
+    broker = KeyBroker(SqliteKbsStore(data / "kbs.sqlite3"), FileKek.load(data / "kek.key"),
                        signer=BrokerSigner.generate())
     resource = sys.argv[2]
     try:
@@ -92,7 +92,7 @@ def test_sigkill_mid_rotation_leaves_old_or_new_key(tmp_path: Path) -> None:
                 last_committed, pending = bytes.fromhex(value), None
         kills_mid_rotation += pending is not None
 
-        store = SqliteStore(data / "kbs.sqlite3")
+        store = SqliteKbsStore(data / "kbs.sqlite3")
         try:
             info = store.resource_info(name)
             assert info is not None

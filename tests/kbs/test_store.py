@@ -9,7 +9,7 @@ import pytest
 
 from medclave.errors import KbsError, MedclaveError
 from medclave.kbs.names import ResourceName
-from medclave.kbs.sqlite_store import SqliteStore
+from medclave.kbs.sqlite_store import SqliteKbsStore
 from medclave.kbs.store import NONCE_MEMORY, Decision, KbsStore, NonceState
 
 T0 = datetime(2025, 7, 1, 12, tzinfo=UTC)
@@ -156,11 +156,11 @@ def test_owner_tokens(store: KbsStore) -> None:
 
 def test_sqlite_survives_reopen_and_uses_wal(tmp_path: Path) -> None:
     path = tmp_path / "kbs.db"
-    s = SqliteStore(path)
+    s = SqliteKbsStore(path)
     s.create_secret(R, b"w1", T0)
     s.rotate_secret(R, b"w2", T0, 1)
     s.close()
-    s = SqliteStore(path)
+    s = SqliteKbsStore(path)
     try:
         assert s.secret_version(R).wrapped == b"w2"
         assert s.secret_version(R, 1).wrapped == b"w1"
@@ -171,7 +171,7 @@ def test_sqlite_survives_reopen_and_uses_wal(tmp_path: Path) -> None:
 
 def test_sqlite_refuses_a_foreign_schema(tmp_path: Path) -> None:
     path = tmp_path / "kbs.db"
-    SqliteStore(path).close()
+    SqliteKbsStore(path).close()
     import sqlite3
 
     db = sqlite3.connect(path)
@@ -180,13 +180,13 @@ def test_sqlite_refuses_a_foreign_schema(tmp_path: Path) -> None:
     db.close()
     before = path.read_bytes()
     with pytest.raises(MedclaveError) as e:
-        SqliteStore(path)
+        SqliteKbsStore(path)
     assert code_of(e) == "service.schema_newer"
     assert path.read_bytes() == before  # refused untouched
 
 
 def test_sqlite_files_are_owner_only(tmp_path: Path) -> None:
-    s = SqliteStore(tmp_path / "kbs.db")
+    s = SqliteKbsStore(tmp_path / "kbs.db")
     try:
         s.create_secret(R, b"w1", T0)
         for f in tmp_path.iterdir():

@@ -20,7 +20,7 @@ from medclave.errors import KbsError, MedclaveError
 from medclave.kbs.client import KbsClient, OwnerClient
 from medclave.kbs.sealed_models import ThresholdPlan, load_sealed_model_threshold, seal_model
 from medclave.kbs.signing import TrustedBrokers
-from medclave.kbs.store import MemoryStore
+from medclave.kbs.store import MemoryKbsStore
 from medclave.kbs.threshold import (
     BrokerTarget,
     ShareRef,
@@ -38,7 +38,7 @@ DEAD = "http://127.0.0.1:1"  # nothing listens on port 1: an unreachable broker
 @pytest.fixture
 def brokers(live_factory: LiveFactory, authority: sim.SimAuthority, tmp_path: Path) -> list[Live]:
     """Three independent brokers: own data folder (so own signing key), own store, own KEK."""
-    return [live_factory(sim_roots=(authority.root_fingerprint,), store=MemoryStore(),
+    return [live_factory(sim_roots=(authority.root_fingerprint,), store=MemoryKbsStore(),
                          data_dir=tmp_path / f"kbs{i}") for i in range(3)]
 
 

@@ -26,13 +26,13 @@ from medclave.auth.access import (
     read_events,
     reason_of,
 )
+from medclave.background import BackgroundServer
 from medclave.cli.main import app
 from medclave.errors import MedclaveError
 from medclave.monitor.alerts import FileSink, Monitor, WebhookSink
 from medclave.monitor.evaluate import evaluate
 from medclave.monitor.model import Baselines, Directory, Person, Scorer
 from medclave.monitor.simulate import simulate
-from medclave.serving import BackgroundServer
 
 DAY0 = datetime(2026, 3, 2, tzinfo=UTC)  # a Monday
 ALICE = "dr-alice"

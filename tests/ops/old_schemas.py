@@ -64,7 +64,7 @@ CREATE INDEX IF NOT EXISTS decisions_aggregated ON decisions (id) WHERE bucket I
 INSERT OR REPLACE INTO meta VALUES ('schema', '2');
 """
 
-# medclave.audit.store.SqliteStore before versions (no schema_version, no meta row for it).
+# medclave.audit.store.SqliteLogStore before versions (no schema_version, no meta row for it).
 AUDIT_SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS entries(idx INTEGER PRIMARY KEY, leaf BLOB NOT NULL, data BLOB NOT NULL);

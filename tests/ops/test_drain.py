@@ -15,7 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from medclave.audit.store import SqliteStore
+from medclave.audit.store import SqliteLogStore
 from medclave.client.session import EnclaveSession, InnerResponse
 from medclave.enclave.model import DEFAULT_MODEL_SHA256
 from medclave.protocol import inference as proto
@@ -76,7 +76,7 @@ def test_sigterm_drains_in_flight_requests_and_records_them(tmp_path: Path) -> N
             proc.wait()
     # The answer's audit entry is in the log on disk.
     (db,) = (tmp_path / "audit").glob("*.sqlite3")
-    store = SqliteStore(db, readonly=True)
+    store = SqliteLogStore(db, readonly=True)
     try:
         assert store.size() == 1
     finally:

@@ -17,13 +17,13 @@ import pytest
 from medclave import migrations
 from medclave.audit import AuditLog, verify_log
 from medclave.audit.note import NoteSigner
-from medclave.audit.store import MemoryStore, node_id
-from medclave.audit.store import SqliteStore as AuditStore
+from medclave.audit.store import MemoryLogStore, node_id
+from medclave.audit.store import SqliteLogStore as AuditStore
 from medclave.auth.replay import SqliteReplayCache
 from medclave.client.apikeys import ApiKeyStore
 from medclave.errors import MedclaveError
 from medclave.kbs.names import ResourceName
-from medclave.kbs.sqlite_store import SqliteStore as KbsStore
+from medclave.kbs.sqlite_store import SqliteKbsStore as KbsStore
 from medclave.kbs.store import Decision
 from tests.ops.old_schemas import (
     APIKEYS_SCHEMA,
@@ -134,11 +134,11 @@ def test_a_newer_broker_store_is_refused_untouched(tmp_path: Path) -> None:
 def _old_log(path: Path) -> tuple[NoteSigner, bytes]:
     """A log of three entries in the previous release's tables (no schema version)."""
     signer = NoteSigner.generate("medclave.test/old-log")
-    log = AuditLog(MemoryStore(), origin=signer.name, signer=signer)
+    log = AuditLog(MemoryLogStore(), origin=signer.name, signer=signer)
     for i in range(3):
         log.append(f"entry {i}".encode())
     mem = log.store
-    assert isinstance(mem, MemoryStore)
+    assert isinstance(mem, MemoryLogStore)
     db = sqlite3.connect(path)
     db.executescript(AUDIT_SCHEMA)
     db.executemany("INSERT INTO entries VALUES (?, ?, ?)",

@@ -25,6 +25,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from medclave.attestation import sim
 from medclave.auth.idp_server import build_service
 from medclave.auth.idp_server import create_app as idp_app
+from medclave.background import BackgroundServer
 from medclave.client.proxy import create_proxy_app
 from medclave.client.session import EnclaveSession
 from medclave.enclave.app import create_app as enclave_app
@@ -40,7 +41,6 @@ from medclave.ops.http import Operations
 from medclave.ops.logs import configure_logging
 from medclave.ops.metrics import MetricsServer
 from medclave.ops.tracing import Tracing
-from medclave.serving import BackgroundServer
 from tests.e2e.helpers import (
     ISSUER,
     MEASUREMENT,

@@ -18,13 +18,13 @@ import pytest
 from medclave.attestation.policy import AppraisalPolicy
 from medclave.attestation.sim import SimAuthority
 from medclave.audit import generate_commitment_key
+from medclave.background import BackgroundServer
 from medclave.client.session import EnclaveSession
 from medclave.enclave.app import create_app as create_enclave_app
 from medclave.enclave.boot import Booted, boot
 from medclave.enclave.commitkeys import commitment_resource
 from medclave.enclave.model import DEFAULT_MODEL_SHA256
 from medclave.enclave.records_boot import data_key_resource
-from medclave.enclave.server import BackgroundServer
 from medclave.enclave.settings import EnclaveSettings
 from medclave.errors import RecordsError
 from medclave.kbs.app import create_app as create_kbs_app
@@ -33,7 +33,7 @@ from medclave.kbs.factory import build_broker
 from medclave.kbs.keywrap import AesGcmKek
 from medclave.kbs.models import ReleasePolicy
 from medclave.kbs.settings import KbsSettings
-from medclave.kbs.store import Decision, MemoryStore
+from medclave.kbs.store import Decision, MemoryKbsStore
 from medclave.protocol import inference as proto
 from tests.e2e.helpers import ISSUER, MEASUREMENT, TENANT, FakeEngine, Idp, make_idp, sim_policy
 
@@ -69,7 +69,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     decisions: list[Decision] = []
     settings = KbsSettings(data_dir=folder / "kbs", store="memory", sim_roots=roots,
                            rate_per_second=1000.0, rate_burst=1000)
-    broker = build_broker(settings, store=MemoryStore(), wrapper=AesGcmKek(os.urandom(32)),
+    broker = build_broker(settings, store=MemoryKbsStore(), wrapper=AesGcmKek(os.urandom(32)),
                           on_decision=decisions.append)
     policy = ReleasePolicy(appraisal=AppraisalPolicy.model_validate({
         "name": "st-marys-records", "platforms": ["sim"],

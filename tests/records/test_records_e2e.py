@@ -24,9 +24,9 @@ import openai
 import pytest
 
 from medclave.audit import commit, parse_commitment_key
+from medclave.background import BackgroundServer
 from medclave.crypto.canonical import canonical_json
 from medclave.enclave.engines.base import ChatMessage, Completion, SamplingParams
-from medclave.enclave.server import BackgroundServer
 from tests.e2e.helpers import (
     TENANT,
     Enclave,

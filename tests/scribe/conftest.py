@@ -12,11 +12,11 @@ from typing import Any
 import pytest
 
 from medclave.apps.scribe.route import routes as scribe_routes
+from medclave.background import BackgroundServer
 from medclave.client.proxy import create_proxy_app
 from medclave.client.session import EnclaveSession
 from medclave.enclave.app import create_app
 from medclave.enclave.boot import Booted, boot
-from medclave.enclave.server import BackgroundServer
 from medclave.enclave.settings import EnclaveSettings
 from medclave.enclave.speech import Transcriber, bundled_model
 from tests.conftest import REQUIRE

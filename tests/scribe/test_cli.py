@@ -32,11 +32,14 @@ def test_scribe_command_refusals(stack: Stack, tmp_path: Path) -> None:
     missing = runner.invoke(app, ["scribe", str(tmp_path / "none.wav"), "--proxy",
                                   stack.proxy_url, "--json"])
     assert missing.exit_code == 2 and json.loads(missing.output)["error"]["code"] == "input.missing"
+    assert json.loads(missing.output)["ok"] is False
     junk = tmp_path / "junk.wav"
     junk.write_bytes(b"not audio at all")
     refused = runner.invoke(app, ["scribe", str(junk), "--proxy", stack.proxy_url, "--json"])
-    assert refused.exit_code == 1
-    assert json.loads(refused.output)["error"]["code"] == "input.audio_unreadable"
+    # The enclave's refusal, in the one error shape; exit 2: an input.* code is unusable input.
+    assert refused.exit_code == 2
+    body = json.loads(refused.output)
+    assert body["ok"] is False and body["error"]["code"] == "input.audio_unreadable"
     gone = runner.invoke(app, ["scribe", str(junk), "--proxy", "http://127.0.0.1:9", "--json"])
     assert gone.exit_code == 1
     assert json.loads(gone.output)["error"]["code"] == "client.upstream_failed"

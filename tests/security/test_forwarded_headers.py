@@ -24,6 +24,7 @@ from fastapi import FastAPI, Request
 from typer.testing import CliRunner
 
 from medclave.auth import idp_server
+from medclave.background import BackgroundServer
 from medclave.cli import kbs as kbs_cli
 from medclave.client import proxy as proxy_module
 from medclave.enclave import server as enclave_server
@@ -31,14 +32,9 @@ from medclave.enclave.settings import EnclaveSettings
 from medclave.kbs import server as kbs_server
 from medclave.kbs.client import OwnerClient
 from medclave.kbs.settings import KbsSettings
-from medclave.kbs.store import MemoryStore
+from medclave.kbs.store import MemoryKbsStore
 from medclave.ops.http import instrument
-from medclave.serving import (
-    BackgroundServer,
-    GuardedH11Protocol,
-    ServingSettings,
-    server_config,
-)
+from medclave.serving import GuardedH11Protocol, ServingSettings, server_config
 from tests.kbs.conftest import Clock, Live, make_settings, serve_broker
 
 RESOURCE = "kbs:///acme/model-key/m"
@@ -149,7 +145,7 @@ def test_the_broker_keys_rate_and_log_on_the_forwarded_client_behind_a_trusted_p
         tmp_path: Path) -> None:
     settings = make_settings(tmp_path, trusted_proxies=("127.0.0.2",), rate_per_second=0.001,
                              rate_burst=2)
-    server, live = serve_broker(settings, store=MemoryStore(), clock=Clock())
+    server, live = serve_broker(settings, store=MemoryKbsStore(), clock=Clock())
     with server:
         _releases_through_a_proxy(server.url, live)
 

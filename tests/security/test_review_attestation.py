@@ -27,7 +27,7 @@ from medclave.attestation.core import CheckLog, Endorsements, Verification, Veri
 from medclave.attestation.dcap.pck import SGX_EXTENSION_OID
 from medclave.attestation.nvidia import abi as nv_abi
 from medclave.attestation.nvidia.verify import OID_TCG_DICE_TCBINFO
-from medclave.attestation.policy import appraise, default_policy, evaluate, parse_policy
+from medclave.attestation.policy import appraisal_of, appraise, default_policy, parse_policy
 from medclave.attestation.tdx import abi as tdx_abi
 from medclave.attestation.x509chain import fingerprint, verify_chain
 from medclave.errors import AttestationError, PolicyError
@@ -251,11 +251,11 @@ def test_max_evidence_age_without_an_evidence_time_is_refused() -> None:
 
 def test_require_gpu_is_enforced() -> None:
     policy = parse_policy(b'platforms = ["sev-snp", "nvidia"]\nrequire_gpu = true')
-    result = evaluate(_snp(), policy, now=NOW)
+    result = appraisal_of(_snp(), policy, now=NOW)
     assert [v["code"] for v in result.violations] == ["policy.refused"]
     assert result.violations[0]["claim"] == "gpu"
     gpu = Verification(platform="nvidia", claims={}, checks=())
-    assert evaluate(gpu, policy, now=NOW).accepted
+    assert appraisal_of(gpu, policy, now=NOW).accepted
 
 
 @pytest.mark.parametrize("table", [
@@ -283,7 +283,7 @@ def test_well_typed_platform_rules_still_load_and_apply() -> None:
     claims: dict[str, Any] = {"debug": False, "policy_bits": {"migrate_ma": False}, "vmpl": 0,
               "platform_info_bits": {"smt_enabled": True}, "measurement": "aa",
               "reported_tcb_parts": {"snp": 8}}
-    result = evaluate(_snp(**claims), policy, now=NOW)
+    result = appraisal_of(_snp(**claims), policy, now=NOW)
     assert [v["code"] for v in result.violations] == ["policy.smt_forbidden"]
 
 

@@ -30,6 +30,7 @@ from medclave.attestation import sim
 from medclave.attestation.policy import parse_policy
 from medclave.auth.idp_server import build_service
 from medclave.auth.idp_server import create_app as create_idp_app
+from medclave.background import BackgroundServer
 from medclave.cli.main import app as cli
 from medclave.client.proxy import create_proxy_app
 from medclave.client.session import EnclaveSession
@@ -37,9 +38,9 @@ from medclave.client.verify import verify_enclave
 from medclave.crypto.canonical import canonical_json, load_json
 from medclave.errors import InputError, MedclaveError, PolicyError
 from medclave.kbs.client import KbsClient
-from medclave.kbs.store import MemoryStore
+from medclave.kbs.store import MemoryKbsStore
 from medclave.protocol import inference as proto
-from medclave.serving import BackgroundServer, ServingSettings, read_limited_body
+from medclave.serving import ServingSettings, read_limited_body
 from tests.e2e.helpers import FakeEngine, start_enclave
 from tests.e2e.helpers import sim_policy as enclave_policy
 from tests.kbs.conftest import Clock, Live, make_settings, serve_broker
@@ -58,7 +59,7 @@ def authority(tmp_path_factory: pytest.TempPathFactory) -> sim.SimAuthority:
 @pytest.fixture
 def broker(tmp_path: Path, authority: sim.SimAuthority) -> Iterator[Live]:
     settings = make_settings(tmp_path, sim_roots=(authority.root_fingerprint,))
-    server, live = serve_broker(settings, store=MemoryStore(), clock=Clock())
+    server, live = serve_broker(settings, store=MemoryKbsStore(), clock=Clock())
     with server:
         live.url = server.url
         yield live
@@ -317,7 +318,7 @@ def test_an_idle_keep_alive_connection_is_closed(echo: BackgroundServer) -> None
 
 def test_the_brokers_settings_bound_its_connections(tmp_path: Path) -> None:
     settings = make_settings(tmp_path, header_timeout_seconds=0.5)
-    server, _ = serve_broker(settings, store=MemoryStore(), clock=Clock())
+    server, _ = serve_broker(settings, store=MemoryKbsStore(), clock=Clock())
     with server, socket.create_connection((server.host, server.port)) as s:
         s.sendall(b"POST /kbs/v1/challenge HTTP/1.1\r\nHost: x\r\n")
         _closed_within(s, BOUND)

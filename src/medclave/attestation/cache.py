@@ -1,4 +1,5 @@
-"""Bounded memos for the verifiers: parse results by content digest, and verdicts by time window.
+"""Verdicts by time window, for the verifiers (parse results by content digest use
+:class:`medclave.util.lru.Lru` directly).
 
 Verification code reads no clock, so a cached verdict carries the window in which it holds (the
 intersection of its certificates' validity periods, narrowed by the CRLs that were checked) and a
@@ -9,42 +10,15 @@ the uncached one would at that time. Values are shared between threads, so only 
 
 from __future__ import annotations
 
-import threading
-from collections import OrderedDict
 from collections.abc import Hashable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Generic, TypeVar
 
+from medclave.util.lru import Lru
+
 K = TypeVar("K", bound=Hashable)
 V = TypeVar("V")
-
-
-class Lru(Generic[K, V]):
-    """A thread-safe LRU memo of at most ``size`` entries."""
-
-    def __init__(self, size: int) -> None:
-        self._size = size
-        self._items: OrderedDict[K, V] = OrderedDict()
-        self._lock = threading.Lock()
-
-    def get(self, key: K) -> V | None:
-        with self._lock:
-            value = self._items.get(key)
-            if value is not None:
-                self._items.move_to_end(key)
-            return value
-
-    def put(self, key: K, value: V) -> None:
-        with self._lock:
-            self._items[key] = value
-            self._items.move_to_end(key)
-            while len(self._items) > self._size:
-                self._items.popitem(last=False)
-
-    def clear(self) -> None:
-        with self._lock:
-            self._items.clear()
 
 
 @dataclass(frozen=True)

@@ -1,10 +1,11 @@
 """Types every platform verifier shares: options in, a typed verification out.
 
-A platform module exposes the same entry points (see ``registry.Platform``):
-``detect(data) -> bool`` (content sniffing), ``parse(data) -> Claims`` (bytes to claims, no
-cryptography) and ``verify(data, options) -> Verification`` (signatures, chains, collateral),
-which raises :class:`medclave.errors.AttestationError` on the first failed check and never
-returns a bool to ignore. Policy appraisal is a separate step (``policy.appraise``). A fourth,
+A platform module exposes the same entry points (see ``registry.PlatformVerifier``):
+``detect(data) -> str | None`` (content sniffing: the platform name it recognises, or None),
+``parse(data) -> Claims`` (bytes to claims, no cryptography) and ``verify(data, options) ->
+Verification`` (signatures, chains, collateral), which raises
+:class:`medclave.errors.AttestationError` on the first failed check and never returns a bool to
+ignore. Policy appraisal is a separate step (``policy.appraise``). A fourth,
 ``signed_bytes(data) -> bytes``, returns what the evidence's signature covers (no cryptography).
 
 Identifying evidence. Hardware signatures here are ECDSA (SEV-SNP and NVIDIA P-384, TDX P-256),
@@ -129,7 +130,9 @@ class VerifyOptions:
     # Fingerprints of local sim roots this relying party accepts; empty: sim never verifies.
     sim_roots: frozenset[str] = frozenset()
     expected_nonce: bytes | None = None
-    online: Any = None  # an explicit endorsement provider; never set in tests
+    # An explicit endorsement provider (attestation.providers: SnpEndorsementSource, OcspSource
+    # or both); None keeps verification offline.
+    online: Any = None
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -51,15 +51,15 @@ def _dataclass_rules(cls: Any, raw: Mapping[str, Any]) -> Any:
 def build(platform: str, raw: Mapping[str, Any]) -> Any:
     """The typed rule object; raises ValueError/TypeError for an invalid table."""
     if platform in ("sev-snp", "sim"):
-        from medclave.attestation.sevsnp.validate import SnpRules
+        from medclave.attestation.sevsnp.rules import SnpRules
 
         return _dataclass_rules(SnpRules, raw)
     if platform == "tdx":
-        from medclave.attestation.tdx.validate import TdxRules
+        from medclave.attestation.tdx.rules import TdxRules
 
         return _dataclass_rules(TdxRules, raw)
     if platform == "nvidia":
-        from medclave.attestation.nvidia.validate import NvidiaPolicy
+        from medclave.attestation.nvidia.rules import NvidiaPolicy
 
         return NvidiaPolicy.model_validate(dict(raw))
     raise ValueError(f"platform {platform!r} has no rule set; use reference_values")
@@ -69,13 +69,13 @@ def check(platform: str, raw: Mapping[str, Any], claims: Mapping[str, Any], *,
           tcb_status: str) -> list[Violation]:
     rules = build(platform, raw)
     if platform in ("sev-snp", "sim"):
-        from medclave.attestation.sevsnp.validate import validate as snp
+        from medclave.attestation.sevsnp.rules import appraise as snp
 
         return list(snp(claims, rules))
     if platform == "tdx":
-        from medclave.attestation.tdx.validate import validate as tdx
+        from medclave.attestation.tdx.rules import appraise as tdx
 
         return list(tdx(claims, rules, tcb_status=tcb_status))
-    from medclave.attestation.nvidia.validate import validate as nvidia
+    from medclave.attestation.nvidia.rules import appraise as nvidia
 
     return list(nvidia(claims, rules))

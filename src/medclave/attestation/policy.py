@@ -275,7 +275,7 @@ class Appraisal(BaseModel):
         return not self.violations
 
 
-def evaluate(
+def appraisal_of(
     verification: Verification,
     policy: AppraisalPolicy,
     *,
@@ -469,8 +469,8 @@ def appraise(
     token_issuers: object = None,
     release_proven: bool = False,
 ) -> Appraisal:
-    """Like :func:`evaluate`, but raises :class:`PolicyError` listing every violation."""
-    result = evaluate(verification, policy, now=now, evidence_time=evidence_time,
+    """Like :func:`appraisal_of`, but raises :class:`PolicyError` listing every violation."""
+    result = appraisal_of(verification, policy, now=now, evidence_time=evidence_time,
                       model_digest=model_digest, kbs_keys=kbs_keys, token_issuers=token_issuers,
                       release_proven=release_proven)
     if result.violations:

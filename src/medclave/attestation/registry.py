@@ -1,4 +1,5 @@
-"""Platforms by name. Adding a platform is one module in ``attestation/`` and one line here."""
+"""Platforms by name. Adding a platform is one package in ``attestation/`` (with the entry points
+of :class:`PlatformVerifier`) and one row in ``_PLATFORMS``."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from medclave.attestation.core import Claims, Verification, VerifyOptions, sha25
 from medclave.errors import AttestationError
 
 
-class Platform(Protocol):
+class PlatformVerifier(Protocol):
     """The entry points of every platform module.
 
     ``detect`` sniffs the content and returns the platform name it recognises (a module may
@@ -25,44 +26,31 @@ class Platform(Protocol):
     def signed_bytes(self, data: bytes) -> bytes: ...
 
 
-_BY_NAME: dict[str, str] = {
-    "sev-snp": "medclave.attestation.sevsnp",
-    "tdx": "medclave.attestation.tdx",
-    "nvidia": "medclave.attestation.nvidia",
-    "az-snp-vtpm": "medclave.attestation.vtpm",
-    "az-tdx-vtpm": "medclave.attestation.vtpm",
-    "tpm": "medclave.attestation.vtpm",
-    "sim": "medclave.attestation.sim",
-    "nitro": "medclave.attestation.nitro",
-    "sgx": "medclave.attestation.sgx",
-    "gcp-cs": "medclave.attestation.gcp",
-    "gce-tpm": "medclave.attestation.gcp",
-    "cca": "medclave.attestation.cca",
-}
-
-# Most specific formats first: a sim report is in the SNP layout, so sim is asked before SNP.
-_DETECTION_ORDER: tuple[str, ...] = (
-    "medclave.attestation.nitro",
-    "medclave.attestation.gcp",
-    "medclave.attestation.cca",
-    "medclave.attestation.vtpm",
-    "medclave.attestation.nvidia",
-    "medclave.attestation.tdx",
-    "medclave.attestation.sgx",
-    "medclave.attestation.sim",
-    "medclave.attestation.sevsnp",
+# The one table: each platform module and the names it serves, in detection order (most specific
+# formats first: a sim report is in the SNP layout, so sim is asked before SNP).
+_PLATFORMS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("medclave.attestation.nitro", ("nitro",)),
+    ("medclave.attestation.gcp", ("gcp-cs", "gce-tpm")),
+    ("medclave.attestation.cca", ("cca",)),
+    ("medclave.attestation.vtpm", ("az-snp-vtpm", "az-tdx-vtpm", "tpm")),
+    ("medclave.attestation.nvidia", ("nvidia",)),
+    ("medclave.attestation.tdx", ("tdx",)),
+    ("medclave.attestation.sgx", ("sgx",)),
+    ("medclave.attestation.sim", ("sim",)),
+    ("medclave.attestation.sevsnp", ("sev-snp",)),
 )
+_BY_NAME: dict[str, str] = {name: module for module, served in _PLATFORMS for name in served}
 
 
 def names() -> tuple[str, ...]:
     return tuple(_BY_NAME)
 
 
-def get(name: str) -> Platform:
+def get(name: str) -> PlatformVerifier:
     module = _BY_NAME.get(name)
     if module is None:
         raise AttestationError("attestation.unknown_platform", f"unknown platform {name!r}")
-    return cast(Platform, importlib.import_module(module))
+    return cast(PlatformVerifier, importlib.import_module(module))
 
 
 def evidence_digest(platform: str, data: bytes) -> str:
@@ -73,9 +61,10 @@ def evidence_digest(platform: str, data: bytes) -> str:
 
 
 def detect(data: bytes) -> str:
-    """Name of the platform whose evidence format ``data`` is in."""
-    for module in _DETECTION_ORDER:
-        name = cast(Platform, importlib.import_module(module)).detect(data)
+    """Name of the platform whose evidence format ``data`` is in (each module's ``detect``
+    answers a name or None); ``attestation.unknown_platform`` when none recognises it."""
+    for module, _ in _PLATFORMS:
+        name = cast(PlatformVerifier, importlib.import_module(module)).detect(data)
         if name is not None:
             return name
     raise AttestationError("attestation.unknown_platform", "evidence format not recognised")

@@ -19,9 +19,10 @@ from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.hashes import SHA256
 
-from medclave.attestation.cache import Lru, VerdictCache
+from medclave.attestation.cache import VerdictCache
 from medclave.attestation.core import CheckLog
 from medclave.errors import AttestationError
+from medclave.util.lru import Lru
 
 MAX_CERT_FILE_BYTES = 256 * 1024
 # What ``cryptography`` raises for undecodable X.509 beyond ValueError: a version other than

@@ -20,7 +20,7 @@ from medclave.audit.log import Appended, AuditLog
 from medclave.audit.merkle import verify_consistency, verify_inclusion
 from medclave.audit.note import Checkpoint, NoteSigner, NoteVerifier, verify_checkpoint
 from medclave.audit.receipt import Receipt, ReceiptKeeper, VerifiedReceipt, verify_receipt
-from medclave.audit.store import LogStore, MemoryStore, SqliteStore
+from medclave.audit.store import LogStore, MemoryLogStore, SqliteLogStore
 from medclave.audit.verify import LogReport, inspect_log, verify_log
 
 __all__ = [
@@ -32,13 +32,13 @@ __all__ = [
     "Checkpoint",
     "LogReport",
     "LogStore",
-    "MemoryStore",
+    "MemoryLogStore",
     "NoteSigner",
     "NoteVerifier",
     "Params",
     "Receipt",
     "ReceiptKeeper",
-    "SqliteStore",
+    "SqliteLogStore",
     "VerifiedReceipt",
     "commit",
     "generate_commitment_key",

@@ -24,7 +24,7 @@ from medclave.audit.note import (
     verify_checkpoint,
 )
 from medclave.audit.receipt import ConsistencyProof, Receipt, encode_proof
-from medclave.audit.store import MAX_LOG_SIZE, Batch, LogStore, SqliteStore, Synchronous
+from medclave.audit.store import MAX_LOG_SIZE, Batch, LogStore, SqliteLogStore, Synchronous
 from medclave.errors import AuditError, MedclaveError
 
 MAX_BATCH = 10_000
@@ -96,7 +96,7 @@ class AuditLog:
         signer: NoteSigner | None = None,
         synchronous: Synchronous = "FULL",
     ) -> AuditLog:
-        store = SqliteStore(path, readonly=signer is None, synchronous=synchronous)
+        store = SqliteLogStore(path, readonly=signer is None, synchronous=synchronous)
         return cls(store, origin=origin, signer=signer)
 
     @classmethod

@@ -26,6 +26,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 
 from medclave.audit.merkle import HASH_SIZE, MAX_TREE_SIZE
 from medclave.errors import AuditError, CryptoError
+from medclave.util.b64 import b64decode
 
 # Bounds: the spec asks verifiers to accept at least 16 signatures.
 MAX_NOTE_BYTES = 16 * 1024
@@ -53,19 +54,12 @@ def key_id(name: str, alg: int, public: bytes) -> bytes:
     return hashlib.sha256(name.encode() + b"\n" + bytes([alg]) + public).digest()[:4]
 
 
-def _b64(text: str) -> bytes:
-    """Strict standard base64: alphabet, padding, and no spare bits set (one text per value,
-    so a signature line cannot be altered without altering the signature)."""
-    raw = base64.b64decode(text.encode("ascii"), validate=True)
-    if base64.b64encode(raw).decode("ascii") != text:
-        raise ValueError("non-canonical base64")
-    return raw
-
-
 def _b64decode(text: str, what: str) -> bytes:
+    """Strict standard base64 (one text per value, so a signature line cannot be altered
+    without altering the signature)."""
     try:
-        return _b64(text)
-    except (binascii.Error, UnicodeEncodeError, ValueError) as exc:
+        return b64decode(text, padding="required")
+    except ValueError as exc:
         raise AuditError(_INVALID, f"{what} is not canonical base64") from exc
 
 
@@ -109,7 +103,7 @@ class NoteVerifier:
         if not _KEY_ID.fullmatch(hexid):
             raise CryptoError("crypto.bad_key", "a key ID is 8 lower-case hex digits")
         try:
-            raw = _b64(blob)
+            raw = b64decode(blob)
             want = bytes.fromhex(hexid)
         except (binascii.Error, UnicodeEncodeError, ValueError) as exc:
             raise CryptoError("crypto.bad_key", "verifier key is not well encoded") from exc
@@ -165,7 +159,7 @@ class NoteSigner:
         if not _KEY_ID.fullmatch(parts[3]):
             raise CryptoError("crypto.bad_key", "a key ID is 8 lower-case hex digits")
         try:
-            raw = _b64(parts[4])
+            raw = b64decode(parts[4])
             want = bytes.fromhex(parts[3])
         except (binascii.Error, UnicodeEncodeError, ValueError) as exc:
             raise CryptoError("crypto.bad_key", "signer key is not well encoded") from exc

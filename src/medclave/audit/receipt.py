@@ -21,7 +21,6 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from medclave.audit import merkle
-from medclave.audit._files import write_atomic
 from medclave.audit.entry import MAX_ENTRY_BYTES, AuditEntry, entry_bytes, parse_entry
 from medclave.audit.note import (
     MAX_NOTE_BYTES,
@@ -31,6 +30,7 @@ from medclave.audit.note import (
     verify_checkpoint,
 )
 from medclave.errors import AuditError
+from medclave.util.files import write_atomic
 
 MEDIA_TYPE = "application/vnd.medclave.audit-receipt+json"
 MAX_RECEIPT_BYTES = MAX_ENTRY_BYTES + MAX_NOTE_BYTES + 16 * 1024

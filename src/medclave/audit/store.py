@@ -87,7 +87,7 @@ def _missing(what: str) -> AuditError:
 
 
 @dataclass
-class MemoryStore:
+class MemoryLogStore:
     """For tests and short-lived tools; the same contract as SQLite, minus durability."""
 
     meta: dict[str, str] = field(default_factory=dict)
@@ -180,7 +180,7 @@ def _legacy_version(db: sqlite3.Connection) -> int:
 Synchronous = Literal["FULL", "NORMAL"]
 
 
-class SqliteStore:
+class SqliteLogStore:
     """SQLite in WAL mode; one transaction per batch.
 
     ``synchronous="FULL"`` (the default) fsyncs the WAL at every commit, so an acknowledged

@@ -19,9 +19,9 @@ from datetime import datetime
 from pathlib import Path
 
 from medclave.audit import merkle
-from medclave.audit._files import write_atomic
 from medclave.audit.note import NoteSigner, NoteVerifier, cosign, verify_checkpoint
 from medclave.errors import AuditError
+from medclave.util.files import write_atomic
 
 MAX_STATE_BYTES = 1 << 20
 

@@ -8,7 +8,7 @@ shared with attestation results), :mod:`.jwks` (key providers and the ``auth.*``
 (the dev IdP's logic). :mod:`.idp_server` is the dev IdP's HTTP face (FastAPI).
 """
 
-from medclave.auth.authn import Authenticator, parse_authorization, require_identity, system_clock
+from medclave.auth.authn import Authenticator, parse_authorization, require_identity
 from medclave.auth.authorizer import (
     Authorizer,
     Decision,
@@ -33,6 +33,7 @@ from medclave.auth.entities import (
 from medclave.auth.jwks import HttpJwks, StaticJwks
 from medclave.auth.replay import MemoryReplayCache, ReplayCache, SqliteReplayCache
 from medclave.auth.tokens import Identity, IssuerConfig, TokenOptions, TokenVerifier
+from medclave.util.clock import system_clock
 
 __all__ = [
     "Authenticator",

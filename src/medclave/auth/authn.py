@@ -7,23 +7,18 @@ framework they run on.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Final
 
 from medclave.auth.dpop import DpopOptions, verify_dpop_proof
 from medclave.auth.replay import MemoryReplayCache, ReplayCache
 from medclave.auth.tokens import Identity, IssuerConfig, TokenOptions, TokenVerifier
 from medclave.errors import AuthError
+from medclave.util.clock import Clock
 
-Clock = Callable[[], datetime]
 MAX_AUTHORIZATION_HEADER: Final = 8192 + 16
-
-
-def system_clock() -> datetime:
-    """The wall clock, for services; verification functions take ``now`` from their caller."""
-    return datetime.now(UTC)
 
 
 def _header(headers: Mapping[str, str], name: str) -> str | None:

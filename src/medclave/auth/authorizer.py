@@ -36,13 +36,13 @@ from medclave.auth.entities import (
 )
 from medclave.auth.tokens import Identity
 from medclave.errors import AuthError, InputError
+from medclave.util.clock import Clock
 
 MAX_POLICY_BYTES: Final = 1024 * 1024
 ACTIONS: Final = ("infer", "retrieve", "read_history", "break_glass", "admin")
 RESERVED_CONTEXT: Final = frozenset({"now", "break_glass"})
 _POLICY_REF = re.compile(r"\bpolicy(\d+)\b")
 
-Clock = Callable[[], datetime]
 Principal = Identity | User | EntityUid | str
 Entities = EntityStore | Sequence[Entity | Mapping[str, Any]]
 T = TypeVar("T")

@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import json
 import re
-import threading
-from collections import OrderedDict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +23,7 @@ import cedarpy
 
 from medclave.auth.tokens import Identity
 from medclave.errors import InputError
+from medclave.util.lru import Lru
 
 MAX_ENTITIES_BYTES: Final = 32 * 1024 * 1024
 _UID_TEXT = re.compile(r'([A-Za-z_][A-Za-z0-9_]*(?:::[A-Za-z_][A-Za-z0-9_]*)*)::"([^"\\]*)"\Z')
@@ -298,9 +297,9 @@ class EntityStore:
         # A directory of moderate size stays parsed: requests whose entities are all in it then
         # need no parsing at all. Larger ones are only ever sliced.
         self._full = full if len(self._docs) <= keep_parsed_limit else None
-        self._cache: OrderedDict[Any, cedarpy.Entities] = OrderedDict()
-        self._cache_size = cache_size
-        self._lock = threading.Lock()
+        # Single decisions repeat (the same user, the same record); batches rarely do.
+        self._slices: Lru[tuple[EntityUid | User, tuple[EntityUid, ...]], cedarpy.Entities] = (
+            Lru(cache_size))
 
     @classmethod
     def from_file(cls, path: Path, *, schema: cedarpy.Schema | None = None) -> EntityStore:
@@ -378,16 +377,26 @@ class EntityStore:
         replaces the directory's record); ``extra`` are entities not in the directory, such as
         documents retrieval just found (the directory wins where both have one).
         """
-        # Single decisions repeat (the same user, the same record); batches rarely do.
         if not extra and self._full is not None and self._in_directory(principal):
             return self._full
         key = (principal, tuple(resources)) if not extra and len(resources) <= 1 else None
         if key is not None:
-            with self._lock:
-                hit = self._cache.get(key)
-                if hit is not None:
-                    self._cache.move_to_end(key)
-                    return hit
+            hit = self._slices.get(key)
+            if hit is not None:
+                return hit
+        handle = self._parse(self._reachable(principal, resources, extra))
+        if key is not None:
+            self._slices.put(key, handle)
+        return handle
+
+    def _reachable(
+        self,
+        principal: EntityUid | User,
+        resources: Sequence[EntityUid],
+        extra: Sequence[Entity | Mapping[str, Any]],
+    ) -> list[str]:
+        """The graph walk: the Cedar JSON of every entity the principal and the resources reach
+        through attributes and parents, the request's own entities before the directory's."""
         local_json: dict[EntityUid, str] = {}
         local_refs: dict[EntityUid, tuple[EntityUid, ...]] = {}
         for entity in extra:
@@ -416,13 +425,11 @@ class EntityStore:
                 parts.append(self._json[uid])
                 start.extend(self._refs[uid])
             # Absent entities stay absent: a policy reading one errors, and errors deny.
+        return parts
+
+    def _parse(self, parts: list[str]) -> cedarpy.Entities:
+        """Cedar's entity set from the JSON of each entity, checked against the schema."""
         try:
-            handle = cedarpy.Entities.from_json_str("[" + ",".join(parts) + "]", self._schema)
+            return cedarpy.Entities.from_json_str("[" + ",".join(parts) + "]", self._schema)
         except ValueError as exc:
             raise InputError("input.malformed", f"request entities are invalid: {exc}") from exc
-        if key is not None:
-            with self._lock:
-                self._cache[key] = handle
-                if len(self._cache) > self._cache_size:
-                    self._cache.popitem(last=False)
-        return handle

@@ -12,8 +12,6 @@ from __future__ import annotations
 import base64
 import binascii
 import logging
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import timedelta
 from pathlib import Path
 from typing import Any, Final, Literal
@@ -24,7 +22,6 @@ from fastapi.responses import JSONResponse
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from medclave.auth.authn import Clock, system_clock
 from medclave.auth.issuer import (
     DEFAULT_AUDIENCE,
     DEFAULT_DATA_DIR,
@@ -41,7 +38,8 @@ from medclave.ops.http import instrument, note_refusal
 from medclave.ops.logs import configure_logging
 from medclave.ops.settings import OpsSettings
 from medclave.ops.tracing import Tracing
-from medclave.serving import BackgroundServer, ServingSettings, read_limited_body
+from medclave.serving import ServingSettings, read_limited_body
+from medclave.util.clock import Clock, system_clock
 
 log = logging.getLogger("medclave.idp")
 MAX_FORM_BYTES: Final = 8 * 1024
@@ -176,21 +174,3 @@ def serve(service: TokenService, settings: IdpSettings) -> None:
                                                  settings.otlp_endpoint))
     lifecycle.serve(app, settings, settings, host=settings.host, port=settings.port)
 
-
-@contextmanager
-def running(
-    service_factory: Any, *, host: str = "127.0.0.1", clock: Clock = system_clock
-) -> Iterator[tuple[str, TokenService]]:
-    """Serve in a background thread on a free port; yields (base URL, service); stops after.
-
-    ``service_factory(issuer_url)`` builds the service once the URL is known. For tests and
-    local demos only.
-    """
-    built: list[TokenService] = []
-
-    def make_app(url: str) -> FastAPI:
-        built.append(service_factory(url))
-        return create_app(built[0], clock=clock)
-
-    with BackgroundServer(make_app, host=host, name="medclave-idp") as server:
-        yield server.url, built[0]

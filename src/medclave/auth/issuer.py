@@ -20,9 +20,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-import os
 import secrets
-import stat
 import threading
 import uuid
 from collections import Counter
@@ -56,6 +54,7 @@ from medclave.crypto.jose import (
     sign_compact,
 )
 from medclave.errors import AuthError, CryptoError, InputError
+from medclave.util.files import check_secret_file, write_secret_file
 
 DEFAULT_DATA_DIR: Final = Path(".medclave/idp")
 KEY_FILE: Final = "signing-key.pem"
@@ -65,22 +64,6 @@ DEFAULT_AUDIENCE: Final = "medclave"
 SigningAlg = Literal["EdDSA", "ES256"]
 
 _SCRYPT: Final = {"n": 2**14, "r": 8, "p": 1}
-
-
-def _private_file(path: Path, data: bytes) -> None:
-    """Write ``data`` to a new 0600 file (never widening an existing file's mode)."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        os.fchmod(fd, 0o600)
-        os.write(fd, data)
-    finally:
-        os.close(fd)
-
-
-def _check_private(path: Path) -> None:
-    mode = path.stat().st_mode
-    if mode & (stat.S_IRWXG | stat.S_IRWXO):
-        raise InputError("config.invalid", f"{path.name} is accessible to other users; run chmod 600 on it")
 
 
 def _data_dir(path: Path) -> Path:
@@ -122,8 +105,8 @@ def load_or_create_signing_key(data_dir: Path, *, alg: SigningAlg = "EdDSA") -> 
             serialization.PrivateFormat.PKCS8,
             serialization.NoEncryption(),
         )
-        _private_file(path, pem)
-    _check_private(path)
+        write_secret_file(path, pem)
+    check_secret_file(path, "issuer")
     try:
         loaded = serialization.load_pem_private_key(path.read_bytes(), password=None)
     except (OSError, ValueError) as exc:
@@ -246,7 +229,7 @@ class Directory:
         path = self._dir / name
         if not path.exists():
             return {}
-        _check_private(path)
+        check_secret_file(path, "issuer")
         try:
             doc = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, ValueError) as exc:
@@ -270,7 +253,7 @@ class Directory:
         with self._lock:
             doc = self._load(name)
             doc[key] = record
-            _private_file(self._dir / name, json.dumps(doc, indent=2).encode("utf-8"))
+            write_secret_file(self._dir / name, json.dumps(doc, indent=2).encode("utf-8"))
 
     def add_client(self, client_id: str, secret: str, *, tenant: str, roles: Iterable[str],
                    act_for_users: bool = False) -> None:

@@ -5,8 +5,6 @@ Exit 0: verified and the policy holds; 1: refused (a check or the policy failed)
 
 from __future__ import annotations
 
-import json
-import sys
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
@@ -15,8 +13,13 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from medclave.attestation.core import Verification
-from medclave.attestation.policy import AppraisalPolicy, default_policy, evaluate, load_policy
+from medclave.attestation import (
+    AppraisalPolicy,
+    Verification,
+    appraisal_of,
+    default_policy,
+    load_policy,
+)
 from medclave.attestation.verifier import (
     BUNDLE,
     detect,
@@ -25,17 +28,10 @@ from medclave.attestation.verifier import (
     verify_bundle,
     verify_raw,
 )
+from medclave.cli.output import emit, error_object, exit_code
 from medclave.errors import AttestationError, InputError, MedclaveError
 
 app = typer.Typer(help="Verify and appraise attestation evidence.", no_args_is_help=True)
-
-# Codes that mean "this input can't be used", as opposed to "this evidence is refused".
-UNUSABLE = frozenset({
-    "attestation.malformed", "attestation.unsupported_version", "attestation.unknown_platform",
-    "attestation.certificate_missing", "attestation.reserved_nonzero", "input.unrecognized",
-    "input.malformed", "input.too_large", "input.missing", "policy.invalid", "policy.empty",
-})
-
 
 def _parse_time(text: str | None) -> datetime:
     if text is None:
@@ -101,15 +97,15 @@ def run_verify(
                                 online=online)
     except MedclaveError as exc:
         out["checks"] = [c.to_dict() for c in getattr(exc, "checks", ())]
-        out["error"] = exc.to_dict()
-        return (2 if exc.code in UNUSABLE else 1), out
+        out.update(error_object(exc))
+        return exit_code(exc), out
 
     out.update({k: v for k, v in result.to_dict().items() if k in ("platform", "verified", "checks",
                                                                      "claims", "tcb_status", "secure",
                                                                      "warnings")})
     runtime = result.claims.get("runtime")
     model = runtime.get("model_digest") if isinstance(runtime, dict) else None
-    appraisal = evaluate(result, policy, now=at, model_digest=model)
+    appraisal = appraisal_of(result, policy, now=at, model_digest=model)
     out["policy"] = {"name": policy.name, "digest": appraisal.policy_digest,
                      "accepted": appraisal.accepted, "violations": list(appraisal.violations)}
     if not appraisal.accepted:
@@ -181,7 +177,7 @@ def verify_cmd(
         if provider is not None:
             provider.close()
     if as_json:
-        sys.stdout.write(json.dumps(out, indent=2, sort_keys=True, default=str) + "\n")
+        emit(out)
     else:
         render(out, Console())
     raise typer.Exit(code)

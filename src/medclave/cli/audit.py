@@ -15,8 +15,6 @@ extends what the auditor already holds, which is what catches a truncated or rew
 from __future__ import annotations
 
 import importlib
-import json
-import os
 import sys
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
@@ -38,10 +36,12 @@ from medclave.audit.note import (
 )
 from medclave.audit.receipt import decode_proof, verify_receipt
 from medclave.audit.replay import ReplayEngine, replay
-from medclave.audit.store import SqliteStore
+from medclave.audit.store import SqliteLogStore
 from medclave.audit.verify import inspect_log, open_trusted
 from medclave.audit.witness import load_state, witness_checkpoint
+from medclave.cli.output import emit, fail
 from medclave.errors import AuditError, EnclaveError, InputError, MedclaveError
+from medclave.util.files import create_secret_file
 
 app = typer.Typer(
     help="Tamper-evident audit log: verify, prove, receipts, replay, FHIR export, witness.",
@@ -56,12 +56,6 @@ LOG_NAME = "audit.sqlite3"
 # can be plugged in with --engine; one that is missing says ``enclave.not_ready``).
 DEFAULT_ENGINE = "medclave.enclave.engines:replay_engine"
 
-UNUSABLE = frozenset({
-    "input.unrecognized", "input.malformed", "input.too_large", "input.missing",
-    "crypto.bad_key", "audit.index_out_of_range", "audit.receipt_invalid",
-    "enclave.not_ready", "enclave.engine_failed",
-})
-
 LogOpt = Annotated[Path | None, typer.Option("--log", help="The SQLite log file.")]
 DataOpt = Annotated[
     Path, typer.Option("--data", envvar="MEDCLAVE_DATA_DIR", help=f"Data folder with {LOG_NAME}.")
@@ -72,22 +66,6 @@ WitnessOpt = Annotated[
     list[str] | None, typer.Option("--witness", help="A witness verifier key (repeatable).")
 ]
 QuorumOpt = Annotated[int, typer.Option(help="Witness cosignatures required.")]
-
-
-def _emit(obj: Any, out: Path | None = None) -> None:
-    text = json.dumps(obj, indent=2, sort_keys=True) + "\n"
-    if out is None:
-        sys.stdout.write(text)
-    else:
-        out.write_text(text)
-
-
-def _fail(exc: MedclaveError) -> typer.Exit:
-    error: dict[str, Any] = exc.to_dict()
-    if "where" in exc.context:
-        error["where"] = exc.context["where"]
-    _emit({"ok": False, "error": error})
-    return typer.Exit(2 if exc.code in UNUSABLE else 1)
 
 
 def _text(value: str) -> str:
@@ -118,7 +96,7 @@ def _log_path(log: Path | None, data: Path) -> Path:
 
 
 def _open(log: Path | None, data: Path) -> AuditLog:
-    store = SqliteStore(_log_path(log, data), readonly=True)
+    store = SqliteLogStore(_log_path(log, data), readonly=True)
     origin = store.get_meta("origin")
     if origin is None:
         raise InputError("input.malformed", "the file is not a Medclave audit log")
@@ -129,8 +107,8 @@ def _guard(fn: Callable[[], dict[str, Any]], out: Path | None = None) -> None:
     try:
         result = fn()
     except MedclaveError as exc:
-        raise _fail(exc) from None
-    _emit({"ok": True, **result}, out)
+        raise fail(exc) from None
+    emit({"ok": True, **result}, out)
 
 
 @app.command("verify")
@@ -162,14 +140,14 @@ def verify_cmd(
         verifier = _verifier(key)
         witnesses = [_verifier(w, ALG_COSIGNATURE_V1) for w in witness or []]
         trusted = [_trusted(path, verifier, witnesses, quorum) for path in checkpoint or []]
-        store = SqliteStore(_log_path(log_file or log, data), readonly=True)
+        store = SqliteLogStore(_log_path(log_file or log, data), readonly=True)
         try:
             report = inspect_log(store, verifier, parse_entries=not no_parse,
                                  trusted=[t.checkpoint for t in trusted])
         finally:
             store.close()
     except MedclaveError as exc:
-        raise _fail(exc) from None
+        raise fail(exc) from None
     result = report.to_dict()
     if checkpoint:
         result["trusted"] = [
@@ -177,7 +155,7 @@ def verify_cmd(
              "cosigned_by": [c.name for c in t.cosignatures]}
             for path, t in zip(checkpoint, trusted, strict=True)
         ]
-    _emit(result)
+    emit(result)
     if not report.ok:
         raise typer.Exit(1)
 
@@ -207,7 +185,7 @@ def prove_cmd(
         receipt = audit.receipt(index, since=since)
         audit.close()
     except MedclaveError as exc:
-        raise _fail(exc) from None
+        raise fail(exc) from None
     text = receipt.to_json()
     if out is None:
         sys.stdout.write(text.decode() + "\n")
@@ -300,14 +278,14 @@ def export_cmd(
 ) -> None:
     """Export entries; ``--fhir`` is the only format so far (IHE BALP-shaped AuditEvents)."""
     if not fhir:
-        raise _fail(InputError("input.missing", "choose a format: --fhir"))
+        raise fail(InputError("input.missing", "choose a format: --fhir"))
     try:
         audit = _open(log, data)
         bundle = export_bundle(_entries(audit, start, stop), origin=audit.origin)
         audit.close()
     except MedclaveError as exc:
-        raise _fail(exc) from None
-    _emit(bundle, out)
+        raise fail(exc) from None
+    emit(bundle, out)
 
 
 @app.command("witness")
@@ -334,7 +312,7 @@ def witness_cmd(
             now=datetime.now(UTC),
         )
     except MedclaveError as exc:
-        raise _fail(exc) from None
+        raise fail(exc) from None
     if out is None:
         sys.stdout.write(cosigned.decode())
     else:
@@ -366,12 +344,10 @@ def keygen_cmd(
     """Make an Ed25519 note key; print its verifier key."""
     try:
         signer = NoteSigner.generate(name, ALG_COSIGNATURE_V1 if cosigner else ALG_ED25519)
-        fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        create_secret_file(out, (signer.skey() + "\n").encode())
     except FileExistsError:
-        raise _fail(InputError("input.malformed", f"{out} exists; not overwriting a key")) from None
+        raise fail(InputError("input.malformed", f"{out} exists; not overwriting a key")) from None
     except MedclaveError as exc:
-        raise _fail(exc) from None
-    with os.fdopen(fd, "w") as fh:
-        fh.write(signer.skey() + "\n")
-    _emit({"ok": True, "vkey": signer.verifier.vkey()})
+        raise fail(exc) from None
+    emit({"ok": True, "vkey": signer.verifier.vkey()})
 

@@ -1,7 +1,10 @@
 """``medclave auth``: issue and check tokens, and ask the policies for a decision.
 
-``token verify`` exits 0 with the checked claims, or 1 with ``{"error": {"code", "message"}}``.
-``decide`` exits 0 on allow, 1 on deny, 2 when its inputs cannot be used.
+``token issue`` signs with the local development issuer's key (``--data``), and ``token verify``
+checks against that same key unless ``--jwks`` or ``--issuer`` names another trust anchor.
+``token verify`` exits 0 with the checked claims, 1 when the token is refused, 2 when its
+inputs cannot be used; ``decide`` exits 0 on allow, 1 on deny, 2 when its inputs cannot be used.
+Errors as in :mod:`medclave.cli.output`.
 """
 
 from __future__ import annotations
@@ -20,12 +23,14 @@ from medclave.auth.entities import EntityStore
 from medclave.auth.issuer import (
     DEFAULT_AUDIENCE,
     DEFAULT_DATA_DIR,
+    KEY_FILE,
     SigningAlg,
     TokenIssuer,
     load_or_create_signing_key,
 )
 from medclave.auth.jwks import AUTH_JOSE_ERRORS, HttpJwks, JwksProvider, StaticJwks
 from medclave.auth.tokens import IssuerConfig, TokenOptions, TokenVerifier
+from medclave.cli.output import fail
 from medclave.crypto.jose import SUPPORTED_ALGORITHMS, parse_compact
 from medclave.errors import InputError, MedclaveError
 
@@ -55,14 +60,6 @@ def _duration(text: str) -> timedelta:
     return timedelta(seconds=int(value) * units[unit])
 
 
-def _fail(exc: MedclaveError, as_json: bool, code: int) -> typer.Exit:
-    if as_json:
-        typer.echo(json.dumps({"error": exc.to_dict()}))
-    else:
-        typer.echo(f"error: {exc.code}: {exc.detail}", err=True)
-    return typer.Exit(code)
-
-
 @token_app.command("issue")
 def issue(
     sub: Annotated[str, typer.Option(help="Subject (user or client id).")],
@@ -90,14 +87,24 @@ def issue(
             jkt=jkt,
         )
     except MedclaveError as exc:
-        raise _fail(exc, False, 1) from exc
+        raise fail(exc, as_json=False) from None
     typer.echo(token)
 
 
-def _keys(issuer: str | None, jwks: Path | None, client: httpx.Client) -> JwksProvider:
+def _local_keys(data: Path) -> StaticJwks:
+    """The public key of the local development issuer (the key ``token issue`` signs with)."""
+    if not (data / KEY_FILE).is_file():
+        raise InputError("input.missing", f"give --issuer URL or --jwks FILE: there is no local "
+                         f"issuer key in {data}/ (token issue --data makes one)")
+    return StaticJwks.from_document({"keys": [load_or_create_signing_key(data).public_jwk()]})
+
+
+def _keys(issuer: str | None, jwks: Path | None, data: Path, client: httpx.Client
+          ) -> JwksProvider:
     if jwks is not None:
         return StaticJwks.from_file(jwks)
-    assert issuer is not None
+    if issuer is None:
+        return _local_keys(data)
     return HttpJwks(issuer=issuer, client=client)
 
 
@@ -108,21 +115,23 @@ def run_verify(
     jwks: Path | None,
     audience: str,
     now: datetime,
+    data: Path = DEFAULT_DATA_DIR,
     client: httpx.Client | None = None,
 ) -> dict[str, Any]:
-    """The command as a function: the checked claims, or raise."""
-    if issuer is None and jwks is None:
-        raise InputError("input.missing", "give --issuer URL or --jwks FILE")
-    if issuer is None:
-        # Keys from a file the operator chose are the trust anchor; the issuer they sign for is
-        # read from the token and then checked like any other claim.
-        peek = parse_compact(token.strip(), algorithms=SUPPORTED_ALGORITHMS,
-                             errors=AUTH_JOSE_ERRORS).unverified_claims().get("iss")
-        issuer = peek if isinstance(peek, str) else ""
+    """The command as a function: the checked claims, or raise. Keys: ``jwks`` if given, else
+    discovery at ``issuer`` if given, else the local issuer key in ``data``."""
     own = client is None
     http = client or httpx.Client(timeout=5.0, follow_redirects=False)
     try:
-        config = IssuerConfig(issuer=issuer, keys=_keys(issuer, jwks, http))
+        keys = _keys(issuer, jwks, data, http)
+        if issuer is None:
+            # Keys from a file the operator chose (a JWKS file, or the local issuer's key) are
+            # the trust anchor; the issuer they sign for is read from the token and then
+            # checked like any other claim.
+            peek = parse_compact(token.strip(), algorithms=SUPPORTED_ALGORITHMS,
+                                 errors=AUTH_JOSE_ERRORS).unverified_claims().get("iss")
+            issuer = peek if isinstance(peek, str) else ""
+        config = IssuerConfig(issuer=issuer, keys=keys)
         verifier = TokenVerifier([config], TokenOptions(audiences=frozenset({audience})))
         return verifier.verify(token.strip(), now=now).to_dict()
     finally:
@@ -138,14 +147,19 @@ def verify(
     audience: Annotated[str, typer.Option(help="Expected audience.")] = DEFAULT_AUDIENCE,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
     at: Annotated[str | None, typer.Option(help="Verification time, ISO 8601 (default now).")] = None,
+    data: Annotated[Path, typer.Option(
+        help="IdP data folder: its key is used when neither --issuer nor --jwks is given.")
+    ] = DEFAULT_DATA_DIR,
 ) -> None:
-    """Verify a token and print its checked claims."""
+    """Verify a token and print its checked claims (keys: --jwks, --issuer's JWKS, or the local
+    issuer's key)."""
     from_stdin = token == "-"  # noqa: S105 - the conventional "read stdin" argument
     text = sys.stdin.read(16384) if from_stdin else token
     try:
-        claims = run_verify(text, issuer=issuer, jwks=jwks, audience=audience, now=_now(at))
+        claims = run_verify(text, issuer=issuer, jwks=jwks, audience=audience, now=_now(at),
+                            data=data)
     except MedclaveError as exc:
-        raise _fail(exc, as_json, 1) from exc
+        raise fail(exc, as_json=as_json) from None
     if as_json:
         typer.echo(json.dumps(claims, indent=2))
     else:
@@ -178,7 +192,7 @@ def decide(
         store = EntityStore.from_file(entities, schema=bundle.schema)
         decision = authorizer.evaluate(_read_json(request), store)
     except MedclaveError as exc:
-        raise _fail(exc, as_json, 2) from exc
+        raise fail(exc, as_json=as_json) from None
     if as_json:
         typer.echo(json.dumps(decision.to_dict()))
     else:

@@ -15,6 +15,7 @@ from typing import Annotated, Any
 import typer
 
 from medclave.cli.options import ConfigFile
+from medclave.cli.output import fail
 from medclave.errors import MedclaveError
 
 app = typer.Typer(help="Service configuration files.", no_args_is_help=True)
@@ -46,7 +47,6 @@ def show(
     try:
         settings = load_settings(settings_model(service), config_file=config)
     except MedclaveError as exc:
-        sys.stdout.write(json.dumps({"error": exc.to_dict()}, indent=2) + "\n")
-        raise typer.Exit(2) from None
+        raise fail(exc) from None
     sys.stdout.write(json.dumps({"service": service, "settings": effective(settings)},
                                 indent=2, sort_keys=True) + "\n")

@@ -13,17 +13,10 @@ from typing import Annotated, Any
 import typer
 
 from medclave.cli.options import ConfigFile, TrustedProxy
+from medclave.cli.output import fail
 from medclave.errors import MedclaveError
 
 app = typer.Typer(help="The in-TEE inference server.", no_args_is_help=True)
-UNUSABLE_PREFIXES = ("input.", "config.")
-
-
-def _fail(exc: MedclaveError) -> typer.Exit:
-    sys.stdout.write(json.dumps({"error": exc.to_dict()}, indent=2) + "\n")
-    return typer.Exit(2 if exc.code.startswith(UNUSABLE_PREFIXES) else 1)
-
-
 @app.command("serve")
 def serve_cmd(
     host: Annotated[str | None, typer.Option(help="bind address (default 127.0.0.1)")] = None,
@@ -116,7 +109,7 @@ def serve_cmd(
     try:
         settings = load_settings(EnclaveSettings, config_file=config, overrides=overrides)
     except MedclaveError as exc:  # config.invalid: a bad flag, variable or file entry
-        raise _fail(exc) from None
+        raise fail(exc) from None
     if settings.platform == "sim":
         typer.secho("WARNING: platform sim is NOT a TEE and protects nothing.", err=True,
                     fg=typer.colors.RED, bold=True)
@@ -134,7 +127,7 @@ def serve_cmd(
     try:
         serve(settings, apps, routes=routes)
     except MedclaveError as exc:
-        raise _fail(exc) from None
+        raise fail(exc) from None
 
 
 @app.command("measurement")
@@ -155,6 +148,6 @@ def sim_root_cmd(data: Annotated[Path, typer.Option("--data", help="the enclave'
     try:
         authority = SimAuthority.load_or_create(data)
     except MedclaveError as exc:
-        raise _fail(exc) from None
+        raise fail(exc) from None
     sys.stdout.write(json.dumps({"sim_root": authority.root_fingerprint,
                                  "warning": "sim protects nothing"}) + "\n")

@@ -11,19 +11,17 @@ Exit 0: done; 1: refused (evidence, policy, run failure); 2: unusable input.
 
 from __future__ import annotations
 
-import json
 import signal
-import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any
 
 import typer
 
 from medclave.attestation import sim
 from medclave.attestation.verifier import parse_bundle
-from medclave.errors import MedclaveError
+from medclave.cli import output
+from medclave.cli.output import emit
 from medclave.fl import deploy
 from medclave.fl.federation import Federation, admission_runtime, read_json
 from medclave.kbs.sealed_models import write_owner_keypair
@@ -33,20 +31,6 @@ app = typer.Typer(help="Confidential federated learning on Flower: attested site
 site_app = typer.Typer(help="A site (hospital): its SuperNode, node key and sealed data.",
                        no_args_is_help=True)
 app.add_typer(site_app, name="site")
-T = TypeVar("T")
-UNUSABLE_PREFIXES = ("input.", "config.", "policy.invalid", "policy.empty")
-
-
-def _emit(value: Any) -> None:
-    sys.stdout.write(json.dumps(value, indent=2, sort_keys=True, default=str) + "\n")
-
-
-def _run(action: Callable[[], T]) -> T:
-    try:
-        return action()
-    except MedclaveError as exc:
-        _emit({"error": exc.to_dict()})
-        raise typer.Exit(2 if exc.code.startswith(UNUSABLE_PREFIXES) else 1) from None
 
 
 def _terminate_on_sigterm() -> None:
@@ -77,7 +61,7 @@ def create(
         deploy.write_app(folder / "app")
         return {"federation": fed.id, "folder": str(folder),
                 "policy_digest": fed.policy().digest()}
-    _emit(_run(go))
+    emit(output.run(go))
 
 
 @app.command("serve")
@@ -89,7 +73,7 @@ def serve(
     _terminate_on_sigterm()
     deploy.write_cli_config(folder / "cli-home", f"127.0.0.1:{port}", folder / "tls" / "ca.pem")
     proc = deploy.start_superlink(folder, port)
-    _emit({"superlink": f"127.0.0.1:{port}", "log": str(proc.log)})
+    emit({"superlink": f"127.0.0.1:{port}", "log": str(proc.log)})
     try:
         while proc.alive():
             time.sleep(1)
@@ -105,7 +89,7 @@ def challenge(
     site: Annotated[str, typer.Option("--site")],
 ) -> None:
     """A one-time admission nonce for SITE (hex)."""
-    _emit({"site": site, "nonce": _run(lambda: Federation(folder).challenge(site)).hex()})
+    emit({"site": site, "nonce": output.run(lambda: Federation(folder).challenge(site)).hex()})
 
 
 @app.command("admit")
@@ -123,7 +107,7 @@ def admit(
         member = fed.admit(site, bundle, public_key.read_bytes(), register=lambda key, name:
                            deploy.register_node(folder / "cli-home", public_key, name=name))
         return {"admitted": member.__dict__, "seconds": round(time.perf_counter() - start, 3)}
-    _emit(_run(go))
+    emit(output.run(go))
 
 
 @app.command("run")
@@ -143,7 +127,7 @@ def run(
         status = deploy.wait_run(folder / "cli-home", run_id, timeout=timeout,
                                  done=run_dir / "result.json")
         return {"run": run_id, "status": status, "result": read_json(run_dir / "result.json", {})}
-    _emit(_run(go))
+    emit(output.run(go))
 
 
 @app.command("status")
@@ -158,7 +142,7 @@ def status(folder: Annotated[Path, typer.Argument(help="the federation folder")]
                                         ("rounds", "evaluation", "excluded", "model_sha256")}
         return {"federation": fed.id, "members": {k: v.__dict__ for k, v in fed.members().items()},
                 "runs": runs}
-    _emit(_run(go))
+    emit(output.run(go))
 
 
 @site_app.command("init")
@@ -172,9 +156,9 @@ def site_init(
     """A site folder: a fresh P-384 node key and the site's policy."""
     from medclave.fl.site import init_site  # Flower loads only where it is used
 
-    s = _run(lambda: init_site(folder, site=site, federation=federation, sim_dir=sim_dir,
+    s = output.run(lambda: init_site(folder, site=site, federation=federation, sim_dir=sim_dir,
                                policy_text=policy.read_text()))
-    _emit({"site": s.name, "node_key": s.node_key()})
+    emit({"site": s.name, "node_key": s.node_key()})
 
 
 @site_app.command("attest")
@@ -193,7 +177,7 @@ def site_attest(
             str(site.meta["federation"]), site.name, site.node_key(), data))
         out.write_text(bundle.model_dump_json())
         return {"evidence": str(out)}
-    _emit(_run(go))
+    emit(output.run(go))
 
 
 @site_app.command("serve")
@@ -206,7 +190,7 @@ def site_serve(
     """Run the site's SuperNode until interrupted."""
     _terminate_on_sigterm()
     proc = deploy.start_supernode(folder, superlink=superlink, ca=ca, port=port)
-    _emit({"supernode": folder.name, "log": str(proc.log)})
+    emit({"supernode": folder.name, "log": str(proc.log)})
     try:
         while proc.alive():
             time.sleep(1)
@@ -228,4 +212,4 @@ def demo(
     _terminate_on_sigterm()
     from medclave.fl.local import LocalFederation
 
-    _emit(_run(lambda: run_demo(LocalFederation.create(out), rounds=rounds)))
+    emit(output.run(lambda: run_demo(LocalFederation.create(out), rounds=rounds)))

@@ -5,8 +5,6 @@ Real deployments point Medclave at their own IdP; this one is for a laptop and C
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated
 
@@ -14,19 +12,12 @@ import typer
 
 from medclave.auth.issuer import DEFAULT_AUDIENCE, DEFAULT_DATA_DIR, Directory
 from medclave.cli.options import ConfigFile, TrustedProxy, split_roles
-from medclave.errors import MedclaveError
+from medclave.cli.output import refusals
 
 app = typer.Typer(help="A small OpenID-style token issuer for development.", no_args_is_help=True)
 
 
-@contextmanager
-def _refusals() -> Iterator[None]:
-    """A refusal ends the command: its code and detail on stderr, exit status 2."""
-    try:
-        yield
-    except MedclaveError as exc:
-        typer.echo(f"error: {exc.code}: {exc.detail}", err=True)
-        raise typer.Exit(2) from exc
+
 
 
 @app.command("serve")
@@ -53,7 +44,7 @@ def serve(
     from medclave.auth.idp_server import serve as run_server
     from medclave.ops.config import load_settings
 
-    with _refusals():
+    with refusals(as_json=False):
         settings = load_settings(IdpSettings, config_file=config, overrides={
             "data_dir": data, "host": host, "port": port, "issuer": issuer,
             "audience": audience, "alg": alg, "dev_password": dev_password or None,
@@ -68,7 +59,7 @@ def serve(
         )
     if settings.dev_password:
         typer.echo("WARNING: the password grant is enabled; never do this in production.", err=True)
-    with _refusals():
+    with refusals(as_json=False):
         run_server(service, settings)
 
 
@@ -87,7 +78,7 @@ def add_client(
         "hospital's proxy.")] = False,
 ) -> None:
     """Register a client for the client-credentials grant (secret stored as a scrypt hash)."""
-    with _refusals():
+    with refusals(as_json=False):
         Directory(data).add_client(client_id, secret, tenant=tenant, roles=split_roles(roles),
                                    act_for_users=act_for_users)
     typer.echo(f"client {client_id} added")
@@ -114,7 +105,7 @@ def add_user(
         raise typer.BadParameter("--no-password and --password exclude each other")
     if not no_password and password is None:
         password = typer.prompt("Password", hide_input=True)
-    with _refusals():
+    with refusals(as_json=False):
         Directory(data).add_user(username, None if no_password else password, tenant=tenant,
                                  roles=split_roles(roles))
     typer.echo(f"user {username} added")
@@ -129,6 +120,6 @@ def jwks(
 
     from medclave.auth.issuer import load_or_create_signing_key
 
-    with _refusals():
+    with refusals(as_json=False):
         key = load_or_create_signing_key(data)
     typer.echo(json.dumps({"keys": [key.public_jwk()]}, indent=2))

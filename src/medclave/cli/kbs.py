@@ -5,7 +5,8 @@ administrator's commands, run where the broker runs). ``resource`` and ``policy`
 running broker over its owner API with an owner token (``--url``/``MEDCLAVE_KBS_URL``,
 ``--token``/``MEDCLAVE_KBS_TOKEN``), so an owner never needs the broker's disk or its KEK.
 
-Output is one JSON object (or list). Exit 0: done; 1: refused; 2: unusable input.
+Output is one JSON object (or list); errors and exit statuses as in :mod:`medclave.cli.output`
+(0 done, 1 refused, 2 unusable input).
 """
 
 from __future__ import annotations
@@ -13,15 +14,14 @@ from __future__ import annotations
 import base64
 import json
 import sys
-from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any
 
 import typer
 
 from medclave.cli.options import ConfigFile, TrustedProxy
-from medclave.errors import MedclaveError
+from medclave.cli.output import emit, run
 from medclave.kbs.client import OwnerClient
 from medclave.kbs.factory import ensure_data_dir, open_signer, open_store
 from medclave.kbs.models import MAX_SECRET_BYTES, parse_release_policy
@@ -49,27 +49,12 @@ app.add_typer(revocation_app, name="revocation")
 Kind = Annotated[str, typer.Argument(help="measurement | chip_id | tcb | gpu_serial")]
 Value = Annotated[str, typer.Argument(help="the identity, hex (as the evidence's claims show)")]
 
-UNUSABLE_PREFIXES = ("input.", "config.", "policy.invalid", "policy.empty")
-T = TypeVar("T")
 
 Url = Annotated[str, typer.Option("--url", envvar="MEDCLAVE_KBS_URL", help="broker base URL")]
 Token = Annotated[str, typer.Option("--token", envvar="MEDCLAVE_KBS_TOKEN", show_default=False,
                                     help="owner token (mkt1.OWNER.SECRET)")]
 Resource = Annotated[str, typer.Argument(help="kbs:///OWNER/TYPE/NAME")]
 DEFAULT_URL = "http://127.0.0.1:8450"
-
-
-def _emit(value: Any) -> None:
-    sys.stdout.write(json.dumps(value, indent=2, sort_keys=True, default=str) + "\n")
-
-
-def _run(action: Callable[[], T]) -> T:
-    """Run ``action``; a refusal prints its code and exits 1 (2 when the input is unusable)."""
-    try:
-        return action()
-    except MedclaveError as exc:
-        _emit({"error": exc.to_dict()})
-        raise typer.Exit(2 if exc.code.startswith(UNUSABLE_PREFIXES) else 1) from None
 
 
 def _read_secret(path: Path | None) -> bytes | None:
@@ -105,11 +90,11 @@ def serve_cmd(
                                  "tls_cert_file": tls_cert, "tls_key_file": tls_key,
                                  "trusted_proxies": tuple(trusted_proxy) if trusted_proxy else None}
     # config.invalid (exit 2) for a bad flag, variable or file entry.
-    settings = _run(lambda: load_settings(KbsSettings, config_file=config, overrides=overrides))
+    settings = run(lambda: load_settings(KbsSettings, config_file=config, overrides=overrides))
     if settings.sim_roots:
         typer.echo("WARNING: sim evidence accepted from configured roots: sim protects nothing.",
                    err=True)
-    _run(lambda: serve(settings))
+    run(lambda: serve(settings))
 
 
 @key_app.command("show")
@@ -122,7 +107,7 @@ def key_show(
         signer = open_signer(KbsSettings(data_dir=data))
         return {"key_id": signer.key_id,
                 "public_key": base64.b64encode(signer.public_key).decode()}
-    _emit(_run(show))
+    emit(run(show))
 
 
 @owner_app.command("add")
@@ -139,7 +124,7 @@ def owner_add(
             return issue_owner_token(store, owner, now=datetime.now(UTC))
         finally:
             store.close()
-    _emit({"owner": owner, "token": _run(issue)})
+    emit({"owner": owner, "token": run(issue)})
 
 
 def _client(url: str, token: str) -> OwnerClient:
@@ -156,7 +141,7 @@ def resource_put(
     """Create RESOURCE (version 1)."""
     secret = _read_secret(secret_file)
     with _client(url, token) as c:
-        _emit({"resource": resource, "version": _run(lambda: c.put(resource, secret))})
+        emit({"resource": resource, "version": run(lambda: c.put(resource, secret))})
 
 
 @resource_app.command("rotate")
@@ -169,15 +154,15 @@ def resource_rotate(
     """A new current version of RESOURCE; the previous one stays until retired."""
     secret = _read_secret(secret_file)
     with _client(url, token) as c:
-        version = _run(lambda: c.rotate(resource, secret, expected_version=expected_version))
-        _emit({"resource": resource, "version": version})
+        version = run(lambda: c.rotate(resource, secret, expected_version=expected_version))
+        emit({"resource": resource, "version": version})
 
 
 @resource_app.command("list")
 def resource_list(token: Token, url: Url = DEFAULT_URL) -> None:
     """Your resources and their versions (never their secrets)."""
     with _client(url, token) as c:
-        _emit(_run(c.list_resources))
+        emit(run(c.list_resources))
 
 
 @resource_app.command("retire")
@@ -187,16 +172,16 @@ def resource_retire(
 ) -> None:
     """Retire an old VERSION of RESOURCE (the current one cannot be)."""
     with _client(url, token) as c:
-        _run(lambda: c.retire(resource, version))
-        _emit({"resource": resource, "retired": version})
+        run(lambda: c.retire(resource, version))
+        emit({"resource": resource, "retired": version})
 
 
 @resource_app.command("delete")
 def resource_delete(resource: Resource, token: Token, url: Url = DEFAULT_URL) -> None:
     """Delete RESOURCE, every version and its policies."""
     with _client(url, token) as c:
-        _run(lambda: c.delete(resource))
-        _emit({"resource": resource, "deleted": True})
+        run(lambda: c.delete(resource))
+        emit({"resource": resource, "deleted": True})
 
 
 @policy_app.command("set")
@@ -213,9 +198,9 @@ def policy_set(
         except OSError as exc:
             raise typer.BadParameter(f"cannot read {policy_file}: {exc.strerror}") from exc
         return parse_release_policy(data, fmt="json" if policy_file.suffix == ".json" else None)
-    policy = _run(load)
+    policy = run(load)
     with _client(url, token) as c:
-        _emit(_run(lambda: c.set_policy(resource, policy, expected_version=expected_version)))
+        emit(run(lambda: c.set_policy(resource, policy, expected_version=expected_version)))
 
 
 @policy_app.command("show")
@@ -225,7 +210,7 @@ def policy_show(
 ) -> None:
     """Show RESOURCE's release policy (current, or --version)."""
     with _client(url, token) as c:
-        _emit(_run(lambda: c.get_policy(resource, version)))
+        emit(run(lambda: c.get_policy(resource, version)))
 
 
 @policy_app.command("retire")
@@ -235,8 +220,8 @@ def policy_retire(
 ) -> None:
     """Retire an old policy VERSION."""
     with _client(url, token) as c:
-        _run(lambda: c.retire_policy(resource, version))
-        _emit({"resource": resource, "retired_policy": version})
+        run(lambda: c.retire_policy(resource, version))
+        emit({"resource": resource, "retired_policy": version})
 
 
 @app.command("decisions")
@@ -247,7 +232,7 @@ def decisions_cmd(
 ) -> None:
     """Recorded decisions about your resources and by your token, newest first."""
     with _client(url, token) as c:
-        _emit(_run(lambda: c.decisions(resource, limit)))
+        emit(run(lambda: c.decisions(resource, limit)))
 
 
 @threshold_app.command("split")
@@ -270,7 +255,7 @@ def threshold_split(
 
     secret = _read_secret(secret_file) or os.urandom(32)
 
-    def run() -> dict[str, Any]:
+    def split() -> dict[str, Any]:
         targets = [BrokerTarget(url, OwnerClient(url, token), key)
                    for url, token, key in load_brokers_file(brokers)]
         try:
@@ -283,7 +268,7 @@ def threshold_split(
             out.write_text(json.dumps(body, indent=2) + "\n")
         return body
 
-    _emit(_run(run))
+    emit(run(split))
 
 
 @revocation_app.command("add")
@@ -293,19 +278,19 @@ def revocation_add(kind: Kind, value: Value, token: Token, url: Url = DEFAULT_UR
     """Revoke an enclave identity: no further release of your resources to it, and enclaves
     holding your keys learn it at their next standing check and stop serving."""
     with _client(url, token) as c:
-        _emit(_run(lambda: c.revoke(kind, value, reason)))
+        emit(run(lambda: c.revoke(kind, value, reason)))
 
 
 @revocation_app.command("remove")
 def revocation_remove(kind: Kind, value: Value, token: Token, url: Url = DEFAULT_URL) -> None:
     """Take an entry off your revocation list."""
     with _client(url, token) as c:
-        _run(lambda: c.unrevoke(kind, value))
-        _emit({"removed": {"kind": kind, "value": value}})
+        run(lambda: c.unrevoke(kind, value))
+        emit({"removed": {"kind": kind, "value": value}})
 
 
 @revocation_app.command("list")
 def revocation_list(token: Token, url: Url = DEFAULT_URL) -> None:
     """Your revocation list."""
     with _client(url, token) as c:
-        _emit(_run(c.revocations))
+        emit(run(c.revocations))

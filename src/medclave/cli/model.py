@@ -1,20 +1,18 @@
 """``medclave model``: seal a model's weights, inspect a sealed model, unseal it (owner only).
 
-Exit 0: done; 1: refused (wrong key, altered chunks, broker refusal); 2: unusable input.
+Exit 0: done; 1: refused (wrong key, altered chunks, broker refusal); 2: unusable input
+(:mod:`medclave.cli.output`).
 """
 
 from __future__ import annotations
 
-import json
-import sys
-from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any
 
 import typer
 
+from medclave.cli.output import emit, run
 from medclave.crypto import sealed
-from medclave.errors import MedclaveError
 from medclave.kbs.client import OwnerClient
 from medclave.kbs.sealed_models import (
     BrokerTarget,
@@ -29,20 +27,6 @@ from medclave.kbs.threshold import load_brokers_file
 
 app = typer.Typer(help="Sealed models: weights that open only inside an attested enclave.",
                   no_args_is_help=True)
-T = TypeVar("T")
-UNUSABLE_PREFIXES = ("input.", "config.", "model.manifest_invalid")
-
-
-def _emit(value: Any) -> None:
-    sys.stdout.write(json.dumps(value, indent=2, sort_keys=True, default=str) + "\n")
-
-
-def _run(action: Callable[[], T]) -> T:
-    try:
-        return action()
-    except MedclaveError as exc:
-        _emit({"error": exc.to_dict()})
-        raise typer.Exit(2 if exc.code.startswith(UNUSABLE_PREFIXES) else 1) from None
 
 
 @app.command("keygen")
@@ -50,8 +34,8 @@ def keygen(
     out: Annotated[Path, typer.Option("--out", help="private key file to create (0600)")],
 ) -> None:
     """An owner X25519 key pair: OUT (private) and OUT.pub (public, give it to `seal`)."""
-    public = _run(lambda: write_owner_keypair(out))
-    _emit({"private_key_file": str(out), "public_key_file": str(out) + ".pub",
+    public = run(lambda: write_owner_keypair(out))
+    emit({"private_key_file": str(out), "public_key_file": str(out) + ".pub",
            "public_key": public.hex()})
 
 
@@ -86,7 +70,7 @@ def seal_cmd(
     if (threshold is None) != (brokers is None):
         raise typer.BadParameter("--threshold and --brokers go together")
 
-    def run() -> dict[str, Any]:
+    def action() -> dict[str, Any]:
         public = read_key_file(owner_key, private=False) if owner_key else None
         client = OwnerClient(kbs, token or "") if kbs is not None else None
         plan = None
@@ -109,18 +93,18 @@ def seal_cmd(
                 "threshold": (result.threshold_ref.model_dump(mode="json")
                               if result.threshold_ref else None),
                 "owner_key_file": str(result.owner_key_file) if result.owner_key_file else None}
-    _emit(_run(run))
+    emit(run(action))
 
 
 @app.command("inspect")
 def inspect_cmd(sealed_dir: Annotated[Path, typer.Argument(help="a sealed model folder")]) -> None:
     """Show the manifest (and where the key lives); checks the payload length."""
-    def run() -> dict[str, Any]:
+    def action() -> dict[str, Any]:
         manifest = sealed.inspect(sealed_dir)
         ref = read_key_ref(sealed_dir)
         return {"manifest": manifest.to_json(), "key": ref.model_dump() if ref else None,
                 "owner_sealed_key": (sealed_dir / "owner-key.sealed").exists()}
-    _emit(_run(run))
+    emit(run(action))
 
 
 @app.command("unseal")
@@ -130,7 +114,7 @@ def unseal_cmd(
     out: Annotated[Path, typer.Option("--out", help="plaintext file to create (0600)")],
 ) -> None:
     """For the key's owner only: decrypt to OUT with the owner's private key."""
-    def run() -> dict[str, Any]:
+    def action() -> dict[str, Any]:
         manifest = unseal_for_owner(sealed_dir, read_key_file(key, private=True), out)
         return {"out": str(out), "sha256": manifest.plaintext_sha256, "size": manifest.size}
-    _emit(_run(run))
+    emit(run(action))

@@ -16,14 +16,10 @@ from typing import Annotated
 
 import typer
 
-from medclave.errors import MedclaveError
+from medclave.cli.output import fail
+from medclave.errors import InputError, MedclaveError
 
 app = typer.Typer(help="Access monitoring: baselines, scoring, alerts.", no_args_is_help=True)
-
-
-def _fail(exc: MedclaveError) -> typer.Exit:
-    sys.stdout.write(json.dumps({"error": exc.to_dict()}, indent=2) + "\n")
-    return typer.Exit(2 if exc.code.startswith(("input.", "config.")) else 1)
 
 
 @app.command("learn")
@@ -38,7 +34,10 @@ def learn(
     try:
         baselines = Baselines.learn(read_events(events))
     except MedclaveError as exc:
-        raise _fail(exc) from None
+        raise fail(exc) from None
+    except OSError as exc:
+        raise fail(InputError("input.missing", f"cannot read {events.name}: {exc.strerror}")
+                   ) from None
     out.write_text(json.dumps(baselines.to_dict()))
     sys.stdout.write(json.dumps({"users": len(baselines.users)}) + "\n")
 
@@ -80,9 +79,11 @@ def run(
             monitor.observe(event)
             seen += 1
     except MedclaveError as exc:
-        raise _fail(exc) from None
+        raise fail(exc) from None
+    except OSError as exc:
+        raise fail(InputError("input.missing", f"cannot read a file: {exc.strerror}")) from None
     except ValueError as exc:
-        raise _fail(MedclaveError("input.malformed", str(exc)[:200])) from None
+        raise fail(InputError("input.malformed", str(exc)[:200])) from None
     finally:
         for close in closers:
             close()

@@ -21,16 +21,14 @@ from __future__ import annotations
 
 import json
 import os
-import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from medclave.cli.options import ConfigFile, TrustedProxy, bad_settings, split_roles
-from medclave.errors import MedclaveError
+from medclave.cli.output import fail, refusals
+from medclave.errors import InputError, MedclaveError
 
 app = typer.Typer(help="The local OpenAI-compatible proxy to an attested enclave.")
 keys_app = typer.Typer(help="Local API keys for the apps behind the proxy.",
@@ -39,16 +37,6 @@ app.add_typer(keys_app, name="keys")
 
 DataDir = Annotated[Path, typer.Option("--data", help="the proxy's data folder (API keys)")]
 _DEFAULT_DATA = Path(".medclave/proxy")
-
-
-@contextmanager
-def _refusals() -> Iterator[None]:
-    """A refusal ends the command: its code and detail as JSON on stdout, exit status 2."""
-    try:
-        yield
-    except MedclaveError as exc:
-        sys.stdout.write(json.dumps({"error": exc.to_dict()}, indent=2) + "\n")
-        raise typer.Exit(2) from None
 
 
 def _secret(path: Path | None) -> str | None:
@@ -121,7 +109,7 @@ def proxy(
         raise typer.BadParameter("serving needs --upstream and --policy (or --config)")
     from pydantic import SecretStr
 
-    from medclave.attestation.policy import load_policy
+    from medclave.attestation import load_policy
     from medclave.client.proxy import ProxySettings, admission_for, callers_for, serve
     from medclave.ops.config import load_settings
 
@@ -146,8 +134,7 @@ def proxy(
             admission.close()
         callers_for(settings).close()  # refuse half an IdP client or a bad key file, likewise
     except MedclaveError as exc:
-        sys.stdout.write(json.dumps({"error": exc.to_dict()}, indent=2) + "\n")
-        raise typer.Exit(2) from None
+        raise fail(exc) from None
     except ValueError as exc:  # pydantic's ValidationError: a bad flag or environment value
         raise bad_settings(exc) from None
     if settings.host not in ("127.0.0.1", "::1", "localhost"):
@@ -170,7 +157,7 @@ def keys_add(
     """Issue an API key: printed once, stored only as a SHA-256 hash."""
     from medclave.client.apikeys import ApiKeyStore
 
-    with _refusals():
+    with refusals():
         store = ApiKeyStore(data)
         try:
             key, record = store.add(subject=sub, roles=split_roles(roles), tenant=tenant)
@@ -188,7 +175,7 @@ def keys_list(data: DataDir = _DEFAULT_DATA,
     """The keys' ids, users, roles and states (never the keys)."""
     from medclave.client.apikeys import ApiKeyStore
 
-    with _refusals():
+    with refusals():
         store = ApiKeyStore(data)
         try:
             records = store.list()
@@ -212,13 +199,12 @@ def keys_revoke(key_id: Annotated[str, typer.Argument(help="the key's id (keys l
     """Revoke a key: the running proxy refuses it from its next request."""
     from medclave.client.apikeys import ApiKeyStore
 
-    with _refusals():
+    with refusals():
         store = ApiKeyStore(data)
         try:
             revoked = store.revoke(key_id)
         finally:
             store.close()
     if not revoked:
-        typer.echo(f"error: no active key {key_id!r}", err=True)
-        raise typer.Exit(2)
+        raise fail(InputError("input.missing", f"no active key {key_id!r}"), as_json=False)
     typer.echo(f"key {key_id} revoked")

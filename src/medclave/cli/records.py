@@ -18,6 +18,9 @@ from typing import Annotated, Any
 import httpx
 import typer
 
+from medclave.cli.output import fail, refused_answer
+from medclave.errors import ClientError, InputError
+
 app = typer.Typer(help="FHIR records: ingest and search, through the proxy.",
                   no_args_is_help=True)
 
@@ -37,9 +40,7 @@ def _post(proxy: str, path: str, body: bytes, token: str | None) -> tuple[int, A
         answer = httpx.post(proxy.rstrip("/") + path, content=body, headers=headers,
                             timeout=600.0)
     except httpx.HTTPError as exc:
-        typer.echo(json.dumps({"error": {"code": "client.upstream_failed",
-                                         "message": type(exc).__name__}}))
-        raise typer.Exit(1) from None
+        raise fail(ClientError("client.upstream_failed", type(exc).__name__)) from None
     try:
         return answer.status_code, answer.json()
     except ValueError:
@@ -59,10 +60,11 @@ def ingest_cmd(files: Annotated[list[Path], typer.Argument(help="FHIR Bundle or 
                 raise ValueError("larger than 1 MiB: split the bundle")
             body = path.read_bytes()
             json.loads(body)
-        except (OSError, ValueError) as exc:
-            typer.echo(json.dumps({"file": path.name, "error": {"code": "input.malformed",
-                                                                "message": str(exc)}}))
-            raise typer.Exit(2) from None
+        except OSError as exc:
+            raise fail(InputError("input.missing",
+                                  f"cannot read {path.name}: {exc.strerror}")) from None
+        except ValueError as exc:
+            raise fail(InputError("input.malformed", f"{path.name}: {exc}")) from None
         status, answer = _post(proxy, "/v1/medclave/records", body, token)
         failed = failed or status != 200
         results.append({"file": path.name, "status": status, **answer})
@@ -83,13 +85,13 @@ def search_cmd(query: Annotated[str, typer.Argument(help="What to look for")],
         patient = f"Patient/{patient}"
     body = json.dumps({"query": query, "patient": patient, "k": k}).encode()
     status, answer = _post(proxy, "/v1/medclave/search", body, token)
-    if as_json or status != 200:
+    if status != 200:
+        raise refused_answer(answer)
+    if as_json:
         typer.echo(json.dumps(answer, indent=2))
     else:
         for n, hit in enumerate(answer.get("results", []), 1):
             sys.stdout.write(f"[{n}] {hit['reference']} ({hit['why']['reason']}, "
                              f"{hit['score']:.4f})\n    {hit['text']}\n")
-    if status != 200:
-        raise typer.Exit(1)
 
 

@@ -14,10 +14,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-import sys
-from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any
 
 import typer
 
@@ -32,27 +30,14 @@ from medclave.audit.release import (
     publish,
     verify_release_proof,
 )
-from medclave.errors import InputError, MedclaveError
+from medclave.cli.output import emit, run
+from medclave.errors import InputError
 
 app = typer.Typer(help="Release transparency: reference values in an append-only log.",
                   no_args_is_help=True)
-T = TypeVar("T")
-UNUSABLE = ("input.", "config.")
 
 LogOpt = Annotated[Path, typer.Option("--log", help="the release log (SQLite)")]
 OriginOpt = Annotated[str, typer.Option("--origin", help="the release log's origin (its name)")]
-
-
-def _emit(value: Any) -> None:
-    sys.stdout.write(json.dumps(value, indent=2, sort_keys=True) + "\n")
-
-
-def _run(action: Callable[[], T]) -> T:
-    try:
-        return action()
-    except MedclaveError as exc:
-        _emit({"error": exc.to_dict()})
-        raise typer.Exit(2 if exc.code.startswith(UNUSABLE) else 1) from None
 
 
 def _sha256_file(path: Path) -> str:
@@ -85,7 +70,7 @@ def statement_cmd(
     out: Annotated[Path | None, typer.Option("--out")] = None,
 ) -> None:
     """Write a release statement with its in-toto/SLSA provenance."""
-    def run() -> dict[str, Any]:
+    def act() -> dict[str, Any]:
         by_platform: dict[str, list[str]] = {}
         for item in measurement:
             platform, _, value = item.partition("=")
@@ -102,7 +87,7 @@ def statement_cmd(
         if out is not None:
             out.write_text(json.dumps(body, indent=2) + "\n")
         return body
-    _emit(_run(run))
+    emit(run(act))
 
 
 @app.command("publish")
@@ -114,7 +99,7 @@ def publish_cmd(
     out: Annotated[Path | None, typer.Option("--out", help="write the proof here too")] = None,
 ) -> None:
     """Sign the statement and append it to the release log; print its proof."""
-    def run() -> dict[str, Any]:
+    def act() -> dict[str, Any]:
         parsed = ReleaseStatement.model_validate_json(statement.read_bytes()).check()
         release_log = AuditLog.open_sqlite(log, origin=origin, signer=_skey(log_key))
         try:
@@ -125,7 +110,7 @@ def publish_cmd(
         if out is not None:
             out.write_bytes(proof.to_json())
         return dict(body)
-    _emit(_run(run))
+    emit(run(act))
 
 
 @app.command("proof")
@@ -136,7 +121,7 @@ def proof_cmd(
     out: Annotated[Path | None, typer.Option("--out")] = None,
 ) -> None:
     """The proof of entry INDEX under a checkpoint witnesses cosigned (what enclaves serve)."""
-    def run() -> dict[str, Any]:
+    def act() -> dict[str, Any]:
         release_log = AuditLog.open_sqlite(log, origin=origin)
         try:
             proof = proof_under(release_log, index, checkpoint.read_bytes())
@@ -145,7 +130,7 @@ def proof_cmd(
         if out is not None:
             out.write_bytes(proof.to_json())
         return dict(json.loads(proof.to_json()))
-    _emit(_run(run))
+    emit(run(act))
 
 
 @app.command("verify")
@@ -161,17 +146,23 @@ def verify_cmd(
 ) -> None:
     """Check a release proof offline: signed checkpoint, quorum, inclusion, signer, and
     optionally that it names PLATFORM's MEASUREMENT."""
-    def run() -> dict[str, Any]:
+    def act() -> dict[str, Any]:
         try:
             rule = ReleaseLogRule(log_key=log_key, witnesses=tuple(witness or ()),
                                   quorum=quorum, signers=tuple(signer or ()))
         except ValueError as exc:
             raise InputError("input.malformed", "quorum exceeds the witnesses given") from exc
-        data = json.loads(proof.read_bytes())
+        try:
+            data = json.loads(proof.read_bytes())
+        except OSError as exc:
+            raise InputError("input.missing", f"cannot read {proof.name}: {exc.strerror}"
+                             ) from None
+        except ValueError:
+            raise InputError("input.malformed", f"{proof.name} is not JSON") from None
         if measurement is not None:
             stated = check_release(rule, platform=platform or "", measurement=measurement,
                                    runtime={"release_proof": data})
         else:
             stated = verify_release_proof(data, rule)
         return {"verified": True, "statement": stated.model_dump(mode="json")}
-    _emit(_run(run))
+    emit(run(act))

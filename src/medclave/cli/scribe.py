@@ -3,8 +3,9 @@
 The recording goes to the local proxy (``medclave proxy``), which verifies the enclave's
 attestation (and that it states ``audio_retention: none``) and encapsulates the audio to it;
 nothing is sent anywhere else and nothing is written here. Exit 0: the draft is printed
-(``--json``: the whole answer, see docs/scribe.md); 1: refused (the error as JSON); 2: the file
-cannot be read.
+(``--json``: the whole answer, see docs/scribe.md); 1: refused; 2: unusable input (a file that
+cannot be read, or audio the enclave cannot decode). Errors print as :mod:`medclave.cli.output`
+prints every command's.
 """
 
 from __future__ import annotations
@@ -15,6 +16,9 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+
+from medclave.cli.output import fail, refused_answer
+from medclave.errors import ClientError, InputError
 
 MAX_AUDIO_BYTES = 25 * 1024 * 1024
 
@@ -36,15 +40,11 @@ def scribe_cmd(
 
     try:
         if audio.stat().st_size > MAX_AUDIO_BYTES:
-            sys.stdout.write(json.dumps({"error": {"code": "input.audio_too_large",
-                                                   "message": "over 25 MB"}}) + "\n")
-            raise typer.Exit(2)
+            raise fail(InputError("input.audio_too_large", "over 25 MB"))
         data = audio.read_bytes()
     except OSError as exc:
-        sys.stdout.write(json.dumps({"error": {"code": "input.missing",
-                                               "message": f"cannot read {audio.name}: "
-                                               f"{exc.strerror}"}}) + "\n")
-        raise typer.Exit(2) from None
+        raise fail(InputError("input.missing",
+                              f"cannot read {audio.name}: {exc.strerror}")) from None
     form: dict[str, str] = {}
     if patient:
         form["patient"] = patient
@@ -56,18 +56,15 @@ def scribe_cmd(
                               files={"file": (audio.name, data)}, data=form, headers=headers,
                               timeout=timeout)
     except httpx.HTTPError as exc:
-        sys.stdout.write(json.dumps({"error": {"code": "client.upstream_failed",
-                                               "message": f"proxy unreachable: {exc!r}"}})
-                         + "\n")
-        raise typer.Exit(1) from None
+        raise fail(ClientError("client.upstream_failed",
+                               f"proxy unreachable: {exc!r}")) from None
     try:
         body = response.json()
     except ValueError:
         body = {"error": {"code": "client.upstream_failed",
                           "message": f"proxy answered HTTP {response.status_code}"}}
     if response.status_code != 200:
-        sys.stdout.write(json.dumps(body, indent=2) + "\n")
-        raise typer.Exit(1)
+        raise refused_answer(body)
     if as_json:
         sys.stdout.write(json.dumps(body, indent=2, ensure_ascii=False) + "\n")
         return

@@ -20,7 +20,6 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from datetime import datetime
 from pathlib import Path
 
 from medclave.auth.authn import Authenticator
@@ -32,10 +31,10 @@ from medclave.auth.tokens import Identity, IssuerConfig, TokenOptions, is_valid_
 from medclave.crypto.canonical import load_json
 from medclave.errors import AuthError, InputError
 from medclave.protocol.inference import INNER_AUTHORITY, RECORDS_PATH, is_models_path
+from medclave.util.clock import Clock
 
 log = logging.getLogger("medclave.proxy.admission")
 
-Clock = Callable[[], datetime]
 MAX_MODEL_ID = 128
 UNNAMED_MODEL = "unspecified"  # a body without a usable "model": the enclave answers it
 

@@ -21,7 +21,6 @@ import os
 import re
 import secrets
 import sqlite3
-import stat
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -32,6 +31,7 @@ from typing import Final
 from medclave import migrations
 from medclave.auth.tokens import MAX_ROLES, is_valid_name
 from medclave.errors import InputError
+from medclave.util.files import check_secret_file
 
 PREFIX: Final = "mck_"
 FILE: Final = "apikeys.db"
@@ -90,9 +90,7 @@ class ApiKeyStore:
             os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
         except OSError as exc:
             raise InputError("config.invalid", f"cannot create {FILE}: {exc}") from exc
-        if path.stat().st_mode & (stat.S_IRWXG | stat.S_IRWXO):
-            raise InputError("config.invalid", f"{FILE} is accessible to other users; run "
-                             "chmod 600 on it")
+        check_secret_file(path, "API key database")
         self._lock = threading.Lock()
         try:
             self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False,

@@ -17,7 +17,6 @@ from __future__ import annotations
 import base64
 import builtins
 import json
-import os
 import secrets
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 from medclave.client.session import error_from_body
 from medclave.errors import ClientError, InputError, SealingError
 from medclave.protocol import inference as proto
+from medclave.util.files import create_secret_file
 
 if TYPE_CHECKING:
     from medclave.client.sdk import MedclaveClient
@@ -45,16 +45,14 @@ def encode_share(share: bytes) -> str:
 
 def load_or_create_share(path: Path) -> bytes:
     """The share kept in ``path`` (made, mode 0600, if absent)."""
+    share = new_share()
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        create_secret_file(path, share)
     except FileExistsError:
         data = path.read_bytes()
         if len(data) != SHARE_BYTES:
             raise InputError("input.malformed", f"{path.name} is not a 32-byte share") from None
         return data
-    share = new_share()
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(share)
     return share
 
 

@@ -45,10 +45,10 @@ from medclave.auth.jwks import check_fetch_url
 from medclave.auth.tokens import MAX_LIFETIME
 from medclave.errors import AuthError, ClientError, InputError, MedclaveError
 from medclave.protocol.inference import INNER_AUTHORITY, INNER_SCHEME
+from medclave.util.clock import Clock, system_clock
 
 log = logging.getLogger("medclave.proxy.credentials")
 
-Clock = Callable[[], datetime]
 REFRESH_AT: Final = 0.8  # of a token's lifetime
 MAX_ANSWER_BYTES: Final = 64 * 1024
 MAX_TOKEN_CHARS: Final = 8192
@@ -58,10 +58,6 @@ BACKOFF_MAX: Final = 60.0
 # The IdP's own refusals of a user (not of the proxy): the app is told 403.
 _USER_REFUSALS: Final = frozenset({"invalid_scope", "invalid_request", "invalid_grant",
                                    "invalid_target"})
-
-
-def system_clock() -> datetime:
-    return datetime.now(UTC)
 
 
 @dataclass(frozen=True, kw_only=True)

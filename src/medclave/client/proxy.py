@@ -49,22 +49,15 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Receive, Scope, Send
 from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
+from medclave.attestation import load_policy
 from medclave.attestation.collateral import load_collateral
-from medclave.attestation.policy import load_policy
 from medclave.client.admission import AdmissionConfig, ProxyAdmission, build_admission
 from medclave.client.apikeys import ApiKeyStore
 from medclave.client.callers import Callers, Upstream
 from medclave.client.continuous import TrustWatch
 from medclave.client.credentials import Credentials, IdpClientConfig
 from medclave.client.scribe_page import mount_scribe_page
-from medclave.client.session import (
-    Abort,
-    EnclaveSession,
-    InnerResponse,
-    StreamedResponse,
-    summary,
-    system_clock,
-)
+from medclave.client.session import Abort, EnclaveSession, InnerResponse, StreamedResponse, summary
 from medclave.crypto.canonical import load_json
 from medclave.errors import ClientError, InputError, MedclaveError
 from medclave.ops import lifecycle
@@ -83,6 +76,7 @@ from medclave.serving import (
     read_limited_body,
     run_sync_until_gone,
 )
+from medclave.util.clock import system_clock
 
 log = logging.getLogger("medclave.proxy")
 

@@ -23,20 +23,14 @@ import httpx
 from openai.types import Completion, Model
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
 
-from medclave.attestation.policy import AppraisalPolicy, load_policy
+from medclave.attestation import AppraisalPolicy, load_policy
 from medclave.audit.receipt import VerifiedReceipt
 from medclave.client.conversations import Conversations
-from medclave.client.session import (
-    Clock,
-    EnclaveSession,
-    InnerResponse,
-    StreamedResponse,
-    error_from_body,
-    system_clock,
-)
+from medclave.client.session import EnclaveSession, InnerResponse, StreamedResponse, error_from_body
 from medclave.client.verify import VerifiedEnclave
 from medclave.errors import ClientError
 from medclave.protocol import inference as proto
+from medclave.util.clock import Clock, system_clock
 
 _OMIT = {"self", "extra_body"}
 

@@ -21,15 +21,15 @@ import ssl
 import threading
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from types import TracebackType
 from typing import Any
 
 import httpx
 
 from medclave import errors
+from medclave.attestation import AppraisalPolicy
 from medclave.attestation.collateral import Collateral
-from medclave.attestation.policy import AppraisalPolicy
 from medclave.audit.receipt import VerifiedReceipt, verify_receipt
 from medclave.client.verify import VerifiedEnclave, verify_enclave
 from medclave.crypto import bhttp
@@ -39,17 +39,13 @@ from medclave.errors import AuditError, ClientError, CryptoError, MedclaveError
 from medclave.ops.logs import outgoing_headers
 from medclave.protocol import inference as proto
 from medclave.protocol.bhttp_stream import ResponseStreamDecoder
+from medclave.util.clock import Clock, system_clock
 
 log = logging.getLogger("medclave.client")
 
-Clock = Callable[[], datetime]
 MAX_RESPONSE_BYTES = 16 * 1024 * 1024
 MAX_ERROR_BYTES = 64 * 1024
 NONCE_BYTES = 32
-
-
-def system_clock() -> datetime:
-    return datetime.now(UTC)
 
 
 def error_from_body(status: int, body: bytes) -> MedclaveError:

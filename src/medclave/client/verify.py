@@ -21,10 +21,9 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from medclave.attestation import Verification, verify_bundle
 from medclave.attestation.collateral import Collateral, apply_collateral
-from medclave.attestation.core import Verification
 from medclave.attestation.policy import AppraisalPolicy, appraise, gpu_claims
-from medclave.attestation.verifier import verify_bundle
 from medclave.audit.note import ALG_ED25519, NoteVerifier
 from medclave.audit.release import check_release
 from medclave.crypto.ohttp import KeyConfig

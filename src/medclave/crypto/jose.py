@@ -32,12 +32,9 @@ auth.*``, an attestation result's ``attestation.*``): each passes its :class:`Jo
 
 from __future__ import annotations
 
-import base64
-import binascii
 import hashlib
 import json
 import math
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Final, Literal
@@ -54,6 +51,7 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from medclave.crypto.canonical import canonical_json
 from medclave.errors import CryptoError, MedclaveError
+from medclave.util.b64 import b64decode, b64encode
 
 # The only algorithms Medclave implements; callers narrow this with their own allow-list.
 SUPPORTED_ALGORITHMS: Final[frozenset[str]] = frozenset({"ES256", "EdDSA", "RS256"})
@@ -69,7 +67,6 @@ MAX_RSA_BITS: Final = 8192
 # Members that make a JWK private (RFC 7518 §6.2.2, §6.3.2, §6.4; RFC 8037 §2).
 PRIVATE_MEMBERS: Final = frozenset({"d", "p", "q", "dp", "dq", "qi", "oth", "k"})
 
-_B64URL = re.compile(r"[A-Za-z0-9_-]*\Z")
 
 PublicKey = Ed25519PublicKey | ec.EllipticCurvePublicKey | rsa.RSAPublicKey
 PrivateKey = Ed25519PrivateKey | ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
@@ -114,24 +111,17 @@ CRYPTO_ERRORS: Final = JoseErrors(
 
 
 def b64url_encode(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+    return b64encode(data, url=True, pad=False)
 
 
 def b64url_decode(text: str, *, errors: JoseErrors = CRYPTO_ERRORS, kind: Failure = "malformed",
                   what: str = "value") -> bytes:
-    """Strict base64url without padding; only the canonical encoding of the bytes is accepted."""
-    # RFC 4648 §5 alphabet only; a length of 1 mod 4 encodes no whole byte (§4).
-    if not isinstance(text, str) or not _B64URL.match(text) or len(text) % 4 == 1:
-        raise errors(kind, f"{what} is not unpadded base64url")
+    """Strict base64url without padding (RFC 7515 §2); only the canonical encoding of the
+    bytes is accepted (:func:`medclave.util.b64.b64decode`)."""
     try:
-        data = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
-    except (binascii.Error, ValueError) as exc:  # pragma: no cover - the regex rules these out
-        raise errors(kind, f"{what} is not base64url") from exc
-    # RFC 4648 §3.5: the pad bits must be zero. Re-encoding is the whole check: any other text
-    # for the same bytes (non-zero trailing bits) differs from the canonical one.
-    if b64url_encode(data) != text:
-        raise errors(kind, f"{what} is not canonically encoded (non-zero padding bits)")
-    return data
+        return b64decode(text, url=True, padding="forbidden")
+    except ValueError as exc:
+        raise errors(kind, f"{what} is not unpadded canonical base64url: {exc}") from None
 
 
 def _reject_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:

@@ -38,7 +38,6 @@ import json
 import os
 import queue
 import re
-import tempfile
 import threading
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -54,6 +53,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from medclave.crypto import hpke
 from medclave.crypto.canonical import canonical_json
 from medclave.errors import InputError, ModelError
+from medclave.util.files import write_atomic
 
 FORMAT = "medclave-sealed-model-v1"
 CIPHER = "AES-256-GCM"
@@ -297,8 +297,8 @@ def seal_file(src: str | os.PathLike[str], out_dir: str | os.PathLike[str], *, o
                             chunk_count=chunk_count_for(size, chunk_size),
                             plaintext_sha256=_sha256_file(f, chunk_size))
         f.seek(0)
-        _write_atomic(out / PAYLOAD_NAME, lambda w: _encrypt_stream(manifest, key, f, w))
-    _write_atomic(out / MANIFEST_NAME, lambda w: w.write(manifest.canonical() + b"\n"))
+        write_atomic(out / PAYLOAD_NAME, lambda w: _encrypt_stream(manifest, key, f, w))
+    write_atomic(out / MANIFEST_NAME, lambda w: w.write(manifest.canonical() + b"\n"))
     return manifest, key
 
 
@@ -319,19 +319,6 @@ def _encrypt_stream(manifest: Manifest, key: bytes, f: io.FileIO, w: IO[bytes]) 
             w.write(out_view[:size + TAG_SIZE])
         if f.read(1) or hasher.hexdigest() != manifest.plaintext_sha256:
             raise changed
-
-
-def _write_atomic(path: Path, write: Any) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as w:
-            write(w)
-            w.flush()
-            os.fsync(w.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def seal_key_to_owner(key: bytes, owner_public_x25519: bytes) -> bytes:
@@ -471,16 +458,6 @@ def unseal_to(sealed_dir: str | os.PathLike[str], key: bytes,
     target = Path(out)
     if target.exists():
         raise InputError("input.malformed", f"{target} already exists")
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
-    try:
-        manifest = _decrypt_stream(sealed_dir, key, fd)
-        os.fsync(fd)
-        os.close(fd)
-        fd = -1
-        os.replace(tmp, target)
-    except BaseException:
-        if fd >= 0:
-            os.close(fd)
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return manifest
+    opened: list[Manifest] = []
+    write_atomic(target, lambda fh: opened.append(_decrypt_stream(sealed_dir, key, fh.fileno())))
+    return opened[0]

@@ -18,8 +18,7 @@ from typing import Any
 
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from medclave.attestation import gather, sim
-from medclave.attestation.binding import gpu_nonce_for, report_data_for
+from medclave.attestation import gather, gpu_nonce_for, report_data_for, sim
 from medclave.attestation.x509chain import load_certificates
 from medclave.errors import AttestationError
 from medclave.protocol.evidence import EvidenceBundle, GpuEvidence
@@ -35,7 +34,7 @@ SIM_WARNING = (
 
 
 @dataclass(frozen=True)
-class Platform:
+class HostPlatform:
     name: str
     attester: Attester
     secure: bool
@@ -76,13 +75,13 @@ def sim_attester(authority: sim.SimAuthority, *, measurement: bytes | None = Non
 
 
 def select_platform(choice: str, data_dir: Path, *, sim_measurement: bytes | None = None,
-                    root: Path = Path("/")) -> Platform:
+                    root: Path = Path("/")) -> HostPlatform:
     """``auto``: the TEE found here (refusing to guess when there is none); ``sim``: the
     software stand-in, announced loudly."""
     if choice == "sim":
         authority = sim.SimAuthority.load_or_create(data_dir)
         log.warning(SIM_WARNING)
-        return Platform("sim", sim_attester(authority, measurement=sim_measurement), False,
+        return HostPlatform("sim", sim_attester(authority, measurement=sim_measurement), False,
                         authority.root_fingerprint)
     if choice != "auto":
         raise AttestationError("attestation.unknown_platform", f"unknown platform {choice!r}")
@@ -90,4 +89,4 @@ def select_platform(choice: str, data_dir: Path, *, sim_measurement: bytes | Non
     if found == "none":
         raise AttestationError("attestation.unknown_platform",
                                "no TEE found on this machine: use --platform sim for development")
-    return Platform(found, hardware_attester(root), True)
+    return HostPlatform(found, hardware_attester(root), True)

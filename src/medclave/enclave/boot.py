@@ -18,18 +18,18 @@ import ssl
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from medclave.attestation.registry import evidence_digest
-from medclave.audit import AuditLog, MemoryStore, NoteSigner
-from medclave.audit.store import SqliteStore
+from medclave.attestation import evidence_digest
+from medclave.audit import AuditLog, MemoryLogStore, NoteSigner
+from medclave.audit.store import SqliteLogStore
 from medclave.auth.authn import Authenticator
 from medclave.auth.authorizer import Authorizer
 from medclave.auth.jwks import HttpJwks, JwksProvider, StaticJwks
 from medclave.auth.tokens import IssuerConfig, TokenOptions
-from medclave.enclave.attester import Attester, Platform, select_platform
+from medclave.enclave.attester import Attester, HostPlatform, select_platform
 from medclave.enclave.commitkeys import (
     BrokerCommitKeys,
     CommitKeys,
@@ -74,17 +74,13 @@ from medclave.kbs.signing import TrustedBrokers
 from medclave.protocol import inference as proto
 from medclave.protocol.evidence import EvidenceBundle
 from medclave.records.access import load_links
+from medclave.util.clock import Clock, system_clock
 
 log = logging.getLogger("medclave.enclave")
 
-Clock = Callable[[], datetime]
 EngineFactory = Callable[[str, EnclaveSettings], Engine]
 # Routes served beside the OpenAI API by a layer above (the clinical apps), by inner path.
 RoutesFactory = Callable[[EnclaveSettings], Mapping[str, Route]]
-
-
-def system_clock() -> datetime:
-    return datetime.now(UTC)
 
 
 @dataclass
@@ -92,7 +88,7 @@ class Booted:
     """A ready service and what to release when it stops."""
 
     service: InferenceService
-    platform: Platform
+    platform: HostPlatform
     model_digest: str
     _closers: list[Callable[[], None]] = field(default_factory=list)
     standing: StandingMonitor | None = None
@@ -136,7 +132,7 @@ def default_engine(model_path: str, settings: EnclaveSettings) -> Engine:
                           seed=settings.seed)
 
 
-def build_authorization(settings: EnclaveSettings, platform: Platform, clock: Clock
+def build_authorization(settings: EnclaveSettings, platform: HostPlatform, clock: Clock
                         ) -> AuthorizationHook:
     if settings.insecure_no_auth:
         if platform.secure:
@@ -250,7 +246,7 @@ def standing_checks(settings: EnclaveSettings, attester: Attester,
     return checks
 
 
-def build_commit_keys(settings: EnclaveSettings, platform: Platform,
+def build_commit_keys(settings: EnclaveSettings, platform: HostPlatform,
                       runtime: Callable[[], dict[str, Any]], clock: Clock) -> CommitKeys:
     """The tenants' commitment keys: a local file on sim (development), else the broker; with
     neither, every tenant is refused (``audit.commitment_key_unavailable``), never a made-up
@@ -272,7 +268,7 @@ def build_commit_keys(settings: EnclaveSettings, platform: Platform,
     return NoCommitKeys()
 
 
-def build_sealing_roots(settings: EnclaveSettings, platform: Platform,
+def build_sealing_roots(settings: EnclaveSettings, platform: HostPlatform,
                        runtime: Callable[[], dict[str, Any]], clock: Clock) -> SealingRoots:
     """Tenants' sealing roots: a local file on sim (development), else the broker; with neither,
     sealed state is refused (``sealing.root_unavailable``)."""
@@ -289,7 +285,7 @@ def build_sealing_roots(settings: EnclaveSettings, platform: Platform,
     return NoSealingRoots()
 
 
-def _sealed(settings: EnclaveSettings, platform: Platform,
+def _sealed(settings: EnclaveSettings, platform: HostPlatform,
             runtime: Callable[[], dict[str, Any]], clock: Clock,
             closers: list[Callable[[], None]]) -> SealedConversations:
     store: SealedStore
@@ -534,7 +530,7 @@ def _once(action: Callable[[], None]) -> Callable[[], None]:
     return run
 
 
-def _audit_signer(settings: EnclaveSettings, platform: Platform, origin: str,
+def _audit_signer(settings: EnclaveSettings, platform: HostPlatform, origin: str,
                  runtime: dict[str, Any]) -> NoteSigner:
     """The audit log's key. With ``audit_key_resource``: the seed the broker releases to this
     measured enclave, so one log (origin + key) continues across restarts and a restart cannot
@@ -565,10 +561,10 @@ def _audit_signer(settings: EnclaveSettings, platform: Platform, origin: str,
 
 def _open_audit(settings: EnclaveSettings, origin: str, signer: NoteSigner) -> AuditLog:
     if settings.audit_store == "memory":
-        return AuditLog(MemoryStore(), origin=origin, signer=signer)
+        return AuditLog(MemoryLogStore(), origin=origin, signer=signer)
     folder = Path(settings.data_dir) / "audit"
     folder.mkdir(parents=True, exist_ok=True, mode=0o700)
     # One file per (origin, key): a key released by the broker reopens its log on every boot
     # (checked against its own latest checkpoint first); a key made at boot starts a new one.
     name = hashlib.sha256(f"{origin}\n{signer.verifier.vkey()}".encode()).hexdigest()[:16]
-    return AuditLog.resume(SqliteStore(folder / f"{name}.sqlite3"), origin=origin, signer=signer)
+    return AuditLog.resume(SqliteLogStore(folder / f"{name}.sqlite3"), origin=origin, signer=signer)

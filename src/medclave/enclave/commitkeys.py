@@ -13,8 +13,6 @@ trail nobody can ever open.
 from __future__ import annotations
 
 import logging
-import os
-import stat
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -25,13 +23,14 @@ from typing import TYPE_CHECKING, Any, Protocol
 from medclave.audit.entry import MAX_KEY_BYTES, parse_commitment_key
 from medclave.errors import AuditError, InputError, MedclaveError
 from medclave.kbs.names import ResourceName
+from medclave.util.clock import Clock
+from medclave.util.files import read_secret_file
 
 if TYPE_CHECKING:
     from medclave.kbs.client import KbsClient
 
 log = logging.getLogger("medclave.enclave")
 
-Clock = Callable[[], datetime]
 RESOURCE_TYPE = "commitment-key"
 RESOURCE_NAME = "audit"
 MAX_REMEMBERED_FAILURES = 1024
@@ -63,21 +62,7 @@ def read_key_file(path: Path) -> bytes:
     ``config.invalid`` otherwise: a key others on the machine can read lets them open every
     commitment made under it.
     """
-    try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
-    except OSError as exc:
-        raise InputError("config.invalid", f"cannot open the commitment key file {path.name}: "
-                         f"{exc.strerror}") from exc
-    try:
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode):
-            raise InputError("config.invalid", f"{path.name} is not a regular file")
-        if info.st_mode & 0o077:
-            raise InputError("config.invalid", f"{path.name} is readable by others "
-                             f"(mode {stat.S_IMODE(info.st_mode):04o}); chmod 600 it")
-        data = os.read(fd, MAX_KEY_BYTES + 1)
-    finally:
-        os.close(fd)
+    data = read_secret_file(path, "commitment key", max_bytes=MAX_KEY_BYTES + 1)
     try:
         return parse_commitment_key(data)
     except InputError as exc:

@@ -19,7 +19,7 @@ from __future__ import annotations
 import contextvars
 import hashlib
 import logging
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
@@ -46,10 +46,10 @@ from medclave.protocol.inference import (
     InnerRequest,
     is_models_path,
 )
+from medclave.util.clock import Clock
 
 log = logging.getLogger("medclave.enclave")
 
-Clock = Callable[[], datetime]
 MAX_POLICIES = 64
 
 
@@ -257,17 +257,6 @@ class AuditSink(Protocol):
     def record_refusal(self, request_id: str, time: datetime, principal: Principal) -> None:
         """Append a refused request: who (pseudonymous), when, the policies; no content."""
         ...
-
-
-class NoAudit:
-    def check(self, tenant: str) -> None:
-        pass
-
-    def record(self, record: InferenceRecord) -> bytes | None:
-        return None
-
-    def record_refusal(self, request_id: str, time: datetime, principal: Principal) -> None:
-        pass
 
 
 @dataclass(frozen=True)

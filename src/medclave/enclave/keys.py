@@ -10,14 +10,12 @@ and retry.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from medclave.crypto.ohttp import KeyConfig, OhttpKeyPair
 from medclave.errors import EnclaveError
-
-Clock = Callable[[], datetime]
+from medclave.util.clock import Clock
 
 
 @dataclass(frozen=True)

@@ -14,13 +14,13 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping
-from datetime import datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 from medclave.auth.authorizer import Authorizer, DecisionRecord
 from medclave.auth.breakglass import BreakGlass
-from medclave.enclave.attester import Platform
+from medclave.enclave.attester import HostPlatform
 from medclave.enclave.commitkeys import BrokerCommitKeys, CommitKey, read_key_file
 from medclave.enclave.settings import EnclaveSettings
 from medclave.errors import InputError, RecordsError
@@ -29,10 +29,10 @@ from medclave.kbs.names import ResourceName
 from medclave.records.embed import Embedder
 from medclave.records.service import KeySource, RecordsService
 from medclave.records.store import MemoryRecordStore, RecordStore, SqliteRecordStore
+from medclave.util.clock import Clock
 
 log = logging.getLogger("medclave.enclave")
 
-Clock = Callable[[], datetime]
 RESOURCE_TYPE = "data-key"
 RESOURCE_NAME = "records"
 
@@ -42,7 +42,7 @@ def data_key_resource(tenant: str) -> str:
     return str(ResourceName.of(tenant, RESOURCE_TYPE, RESOURCE_NAME))
 
 
-def data_keys(settings: EnclaveSettings, platform: Platform,
+def data_keys(settings: EnclaveSettings, platform: HostPlatform,
               client: Callable[[Mapping[str, Any]], KbsClient] | None,
               runtime: Callable[[], dict[str, Any]], clock: Clock) -> KeySource:
     if settings.records_key_file is not None:

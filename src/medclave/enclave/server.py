@@ -1,5 +1,5 @@
-"""Serving the enclave with uvicorn: in the foreground (``medclave enclave serve``) or, for tests,
-benchmarks and the demo, in a background thread on a socket it binds itself (port 0: any).
+"""Serving the enclave with uvicorn: in the foreground (``medclave enclave serve``) (for tests,
+benchmarks and the demo in a background thread: :mod:`medclave.background`).
 """
 
 from __future__ import annotations
@@ -10,9 +10,8 @@ from medclave.enclave.inner_apps import AppFactory
 from medclave.enclave.settings import EnclaveSettings
 from medclave.ops import lifecycle
 from medclave.ops.logs import configure_logging
-from medclave.serving import BackgroundServer
 
-__all__ = ["BackgroundServer", "serve"]
+__all__ = ["serve"]
 
 
 def serve(settings: EnclaveSettings, apps: tuple[AppFactory, ...] = (), *,

@@ -32,7 +32,6 @@ import secrets
 import time
 from collections.abc import Callable, Generator, Mapping
 from dataclasses import dataclass, replace
-from datetime import datetime
 from functools import partial
 from typing import Any
 
@@ -42,7 +41,7 @@ from medclave.crypto.ohttp import decapsulate_request
 from medclave.crypto.ohttp_chunked import ChunkedRequestDecoder, ChunkedResponseEncoder
 from medclave.enclave import openai_api as api
 from medclave.enclave import responses
-from medclave.enclave.attester import Platform
+from medclave.enclave.attester import HostPlatform
 from medclave.enclave.engines.base import (
     Cancel,
     Choice,
@@ -82,10 +81,10 @@ from medclave.errors import EnclaveError, InputError, MedclaveError
 from medclave.ops.tracing import span
 from medclave.protocol import inference as proto
 from medclave.protocol.evidence import EvidenceBundle
+from medclave.util.clock import Clock
 
 log = logging.getLogger("medclave.enclave")
 
-Clock = Callable[[], datetime]
 SERVICE = "medclave-inference/1"
 # Endings after which a Responses answer may be continued (previous_response_id).
 _CONTINUABLE: frozenset[Ending] = frozenset({"stop", "length", "tool_calls"})
@@ -164,7 +163,7 @@ def _error_answer(rid: str, exc: MedclaveError) -> _Answer:
 
 
 class InferenceService:
-    def __init__(self, *, engine: Engine, keys: KeyRing, platform: Platform,
+    def __init__(self, *, engine: Engine, keys: KeyRing, platform: HostPlatform,
                  identity: EnclaveIdentity, authorization: AuthorizationHook, audit: AuditSink,
                  clock: Clock, max_tokens_limit: int = 1024, max_concurrent_per_tenant: int = 8,
                  retry_after: int = 1, response_store: ResponseStore | None = None,
@@ -315,7 +314,8 @@ class InferenceService:
                 yield out
             if streamed.closed:
                 return  # the client has gone, or the server is stopping: no end to send
-            out = encoder.final(bhttp.response_end(tuple(streamed.trailers)))
+            outcome = streamed.outcome  # ended: the iteration above ran to the answer's end
+            out = encoder.final(bhttp.response_end(outcome.trailers if outcome else ()))
             sent += len(out)
             yield out
         except GeneratorExit:
@@ -500,19 +500,9 @@ class InferenceService:
         if conversation is not None:
             shape = conversation.answer
 
-        left: list[Choice] = []  # the answer that left, once it has
-
-        def commit(choice: Choice) -> str:
-            left.append(choice)
-            return api.committed_answer(params, (choice,))
-
-        def record(answer: str | None, ended: Ending, tokens: int) -> bytes | None:
-            receipt = self._record(InferenceRecord(rid, self._clock(), principal, prompt,
-                                                   answer, params, ended, tokens,
-                                                   documents=documents))
-            if conversation is not None and left and ended in _CONTINUABLE:
-                conversation.remember(rid, left[-1])  # kept only once it is recorded
-            return receipt
+        recording = _Recording(self, rid, principal, prompt, params, conversation,
+                               documents)
+        commit, record = recording.commit, recording.record
 
         # What an answer of which nothing left commits to (as a stream closed at once does).
         nothing = api.committed_answer(params, (Choice("", "stop"),))
@@ -563,7 +553,7 @@ class InferenceService:
         body = shape(rid, created, model, completion)
         if augmented is not None:
             body["medclave"] = {"citations": augmented.citations(completion.text)}
-        left.append(completion.all_choices[0])
+        recording.left = completion.all_choices[0]
         receipt = record(api.committed_answer(params, completion.all_choices),
                          ending_of(completion.finish_reason), completion.completion_tokens)
         return self._json(rid, body, receipt=receipt, tokens=completion.completion_tokens)
@@ -624,3 +614,34 @@ class InferenceService:
         except MedclaveError as exc:
             # Refused all the same; the operator's log says the record is missing, and why.
             log.error("request %s refusal not recorded: %s", rid, exc.code)
+
+
+class _Recording:
+    """How one inference is recorded: the choice that left the enclave (``left``, set by
+    :meth:`commit` when a stream commits it, or by the caller for a whole answer) and the one
+    record of it. A continuable conversation remembers the choice only once it is recorded."""
+
+    def __init__(self, service: InferenceService, rid: str, principal: Principal, prompt: bytes,
+                 params: SamplingParams, conversation: ChatTurn | None,
+                 documents: tuple[bytes, ...] = ()) -> None:
+        self._service = service
+        self._rid = rid
+        self._principal = principal
+        self._prompt = prompt
+        self._params = params
+        self._conversation = conversation
+        self._documents = documents
+        self.left: Choice | None = None
+
+    def commit(self, choice: Choice) -> str:
+        """What the record commits to for ``choice``, which has left."""
+        self.left = choice
+        return api.committed_answer(self._params, (choice,))
+
+    def record(self, answer: str | None, ended: Ending, tokens: int) -> bytes | None:
+        receipt = self._service._record(InferenceRecord(
+            self._rid, self._service._clock(), self._principal, self._prompt, answer,
+            self._params, ended, tokens, documents=self._documents))
+        if self._conversation is not None and self.left is not None and ended in _CONTINUABLE:
+            self._conversation.remember(self._rid, self.left)
+        return receipt

@@ -21,6 +21,7 @@ import logging
 import threading
 from collections import deque
 from collections.abc import Callable, Generator, Iterator
+from dataclasses import dataclass
 from typing import Protocol
 
 from medclave.audit.entry import Ending
@@ -69,11 +70,31 @@ def _text(choice: Choice) -> str:
     return choice.text
 
 
+@dataclass(frozen=True)
+class StreamOutcome:
+    """How a streamed answer ended, once it has: the record's receipt, or the code of the error
+    the client was told (generation failed, or the audit log refused the record)."""
+
+    ended: Ending
+    receipt: bytes | None = None
+    error: str | None = None
+
+    @property
+    def trailers(self) -> tuple[tuple[str, str], ...]:
+        """The trailer section of the Binary HTTP message: the receipt, or the error code."""
+        if self.error is not None:
+            return (("medclave-error", self.error),)
+        if self.receipt is not None:
+            return ((proto.RECEIPT_HEADER, proto.encode_receipt_header(self.receipt)),)
+        return ()
+
+
 class StreamedAnswer(Iterator[bytes]):
     """The server-sent events of one streamed answer (one consumer thread at a time).
 
     ``release`` is called once the answer is recorded (it frees the tenant's slot); ``commit``
-    turns what left (text, tool calls) into the text the record commits to.
+    turns what left (text, tool calls) into the text the record commits to. What the stream
+    ends with is :attr:`outcome`, set once when the answer ends and never changed after.
     """
 
     def __init__(self, rid: str, deltas: Iterator[Delta], shaper: Shaper, record: Record,
@@ -94,13 +115,20 @@ class StreamedAnswer(Iterator[bytes]):
         first = shaper.first()
         if first:
             self._pending.append(first)
-        self.receipt: bytes | None = None
-        self.audit_failure: MedclaveError | None = None
-        self.trailers: list[tuple[str, str]] = []
+        self._receipt: bytes | None = None
+        self._audit_failure: MedclaveError | None = None
+        self._reported: str | None = None  # the error code the client was told
 
     @property
     def ended(self) -> Ending | None:
         return self._ended
+
+    @property
+    def outcome(self) -> StreamOutcome | None:
+        """How the answer ended (None until it has): what its trailer section carries."""
+        if self._ended is None:
+            return None
+        return StreamOutcome(self._ended, self._receipt, self._reported)
 
     @property
     def completion_tokens(self) -> int:
@@ -153,12 +181,9 @@ class StreamedAnswer(Iterator[bytes]):
         # The engine's own count for a whole answer (a delta may carry several tokens).
         if not self._finish(ending_of(delta.finish_reason), delta.completion_tokens):
             return
-        if self.audit_failure is not None:
-            self._report(self.audit_failure)
+        if self._audit_failure is not None:
+            self._report(self._audit_failure)
             return
-        if self.receipt is not None:
-            self.trailers.append((proto.RECEIPT_HEADER,
-                                  proto.encode_receipt_header(self.receipt)))
         done = self._shaper.done()
         if done:
             self._pending.append(done)
@@ -171,7 +196,7 @@ class StreamedAnswer(Iterator[bytes]):
 
     def _report(self, exc: MedclaveError) -> None:
         self._pending.append(self._shaper.error(exc.code, exc.public_message))
-        self.trailers.append(("medclave-error", exc.code))
+        self._reported = exc.code
 
     # --- recording, once ------------------------------------------------------------------------
 
@@ -186,12 +211,12 @@ class StreamedAnswer(Iterator[bytes]):
             answer = None if ending == "error" and not self._left.produced else \
                 self._commit(self._left.choice(ending))
         try:
-            self.receipt = self._record(answer, ending, count)
+            self._receipt = self._record(answer, ending, count)
         except MedclaveError as exc:
-            self.audit_failure = exc
+            self._audit_failure = exc
         except Exception as exc:  # fail closed, and say so without content
             log.error("request %s audit failed: %s", self._rid, type(exc).__name__)
-            self.audit_failure = EnclaveError("internal", "the audit log refused the record")
+            self._audit_failure = EnclaveError("internal", "the audit log refused the record")
         finally:
             self._release()
         return True

@@ -39,6 +39,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from medclave.errors import FederationError
+from medclave.util.files import write_secret_file
 
 APP_NAME = "medclave-fl"
 APP_CONFIG: dict[str, Any] = {
@@ -90,10 +91,9 @@ def make_tls(folder: Path) -> tuple[Path, Path, Path]:
     paths = (folder / "ca.pem", folder / "server.pem", folder / "server.key")
     paths[0].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
     paths[1].write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    fd = os.open(paths[2], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                  serialization.NoEncryption()))
+    write_secret_file(paths[2], key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption()))
     return paths
 
 

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -38,13 +38,13 @@ from medclave.attestation.verifier import verify_bundle
 from medclave.crypto.canonical import canonical_sha256
 from medclave.errors import AttestationError, FederationError, PolicyError
 from medclave.protocol.evidence import EvidenceBundle
+from medclave.util.clock import Clock
 
 PURPOSE_ADMISSION = "medclave-fl-admission-v1"
 PURPOSE_UPDATE = "medclave-fl-update-v1"
 PURPOSE_AGGREGATOR = "medclave-fl-aggregator-v1"
 MAX_EVIDENCE_BYTES = 256 * 1024
 
-Clock = Callable[[], datetime]
 
 
 def utc_now() -> datetime:

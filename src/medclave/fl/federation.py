@@ -19,9 +19,7 @@ authentication then refuses its connection.
 from __future__ import annotations
 
 import json
-import os
 import secrets
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -33,11 +31,12 @@ from medclave.errors import FederationError
 from medclave.fl.evidence import (
     PURPOSE_ADMISSION,
     Appraiser,
-    Clock,
     node_key_fingerprint,
     utc_now,
 )
 from medclave.protocol.evidence import EvidenceBundle
+from medclave.util.clock import Clock
+from medclave.util.files import write_atomic
 
 NONCE_TTL = timedelta(minutes=5)
 MAX_OUTSTANDING = 1024
@@ -47,10 +46,7 @@ Register = Callable[[bytes, str], int]  # (OpenSSH public key, site) -> Flower n
 
 def write_json(path: Path, value: Any) -> None:
     """Atomic replace: a reader sees the old file or the new one, never half of one."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        json.dump(value, f, indent=2, sort_keys=True)
-    os.replace(tmp, path)
+    write_atomic(path, json.dumps(value, indent=2, sort_keys=True).encode())
 
 
 def read_json(path: Path, default: Any) -> Any:

@@ -17,7 +17,7 @@ import numpy as np
 
 from medclave.attestation import sim
 from medclave.audit.note import NoteVerifier
-from medclave.audit.store import SqliteStore
+from medclave.audit.store import SqliteLogStore
 from medclave.audit.verify import verify_log
 from medclave.crypto import sealed
 from medclave.crypto.canonical import load_json
@@ -46,7 +46,7 @@ def audit_entries(fed: Federation) -> list[dict[str, Any]]:
     """Verify the federation's log (every leaf, the tree, the signed checkpoint) with its key,
     then return its entries; ``audit.*`` refusal on any finding."""
     verifier: NoteVerifier = log_signer(fed.root, fed.id).verifier
-    store = SqliteStore(fed.root / LOG_FILE, readonly=True)
+    store = SqliteLogStore(fed.root / LOG_FILE, readonly=True)
     try:
         verify_log(store, verifier, parse_entries=False)
         out = []

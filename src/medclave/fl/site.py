@@ -36,14 +36,16 @@ from numpy.typing import NDArray
 from medclave.attestation import sim
 from medclave.attestation.policy import load_policy
 from medclave.crypto import sealed
-from medclave.errors import FederationError, InputError
+from medclave.errors import FederationError
 from medclave.fl.evidence import Appraiser, node_key_fingerprint
 from medclave.fl.federation import read_json, write_json
 from medclave.fl.gate import Attester, SiteIdentity
 from medclave.kbs.client import KbsClient, OwnerClient
 from medclave.kbs.signing import TrustedBrokers
 from medclave.protocol.evidence import EvidenceBundle
+from medclave.util.files import read_secret_file, write_secret_file
 
+MAX_DATA_KEY_BYTES = 4096  # a model key is 32 bytes; read_secret_file reads at most this
 DATA_ARRAYS = ("x", "y", "x_test", "y_test")
 TAMPERED_MEASUREMENT = hashlib.sha384(b"medclave-fl-demo: training code changed").digest()
 
@@ -105,7 +107,8 @@ class Site:
         else, in development, the 0600 file beside the sealed data."""
         broker = self.meta.get("broker")
         if not isinstance(broker, dict):
-            return _read_secret(self.root / "data.key")
+            return read_secret_file(self.root / "data.key", "site data key",
+                                    max_bytes=MAX_DATA_KEY_BYTES)
         verify: str | bool = str(broker["ca"]) if broker.get("ca") else True
         with KbsClient(str(broker["url"]), attester or self.attester(),
                        trusted=TrustedBrokers.of(list(broker["keys"])), verify=verify,
@@ -132,7 +135,7 @@ def init_site(root: Path, *, site: str, federation: str, sim_dir: Path,
     """Create a site folder: a fresh P-384 node key, the site's policy."""
     root.mkdir(parents=True, exist_ok=True)
     key = ec.generate_private_key(ec.SECP384R1())
-    _write_private(root / "node.key", key.private_bytes(
+    write_secret_file(root / "node.key", key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH,
         serialization.NoEncryption()))
     (root / "node.pub").write_bytes(key.public_key().public_bytes(
@@ -160,7 +163,7 @@ def seal_data(site: Site, arrays: dict[str, NDArray[np.float64]], *,
     buf = io.BytesIO()
     np.savez(buf, x=arrays["x"], y=arrays["y"], x_test=arrays["x_test"], y_test=arrays["y_test"])
     plain = site.root / ".data.npz"
-    _write_private(plain, buf.getvalue())
+    write_secret_file(plain, buf.getvalue())
     try:
         manifest, key = sealed.seal_file(plain, site.root / "data", owner=site.name,
                                          model_format="npz")
@@ -169,18 +172,7 @@ def seal_data(site: Site, arrays: dict[str, NDArray[np.float64]], *,
     if owner is not None:
         owner.put(str(site.meta["broker"]["resource"]), key)
     else:
-        _write_private(site.root / "data.key", key)
+        write_secret_file(site.root / "data.key", key)
     return manifest.plaintext_sha256
 
 
-def _write_private(path: Path, data: bytes) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-
-
-def _read_secret(path: Path) -> bytes:
-    info = path.stat()
-    if info.st_mode & 0o077:
-        raise InputError("config.invalid", f"{path.name} is readable by others; chmod 600 it")
-    return path.read_bytes()

@@ -31,6 +31,7 @@ from medclave.audit.merkle import leaf_hash
 from medclave.audit.note import NoteSigner
 from medclave.crypto.canonical import canonical_json
 from medclave.fl.evidence import utc_now
+from medclave.util.files import create_secret_file
 
 LOG_FILE = "audit.sqlite3"
 KEY_FILE = "log-key.seed"
@@ -45,9 +46,7 @@ def log_signer(root: Path, federation: str) -> NoteSigner:
     deployment the aggregator's enclave holds it and its evidence binds the public half)."""
     path = root / KEY_FILE
     if not path.exists():
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "wb") as f:
-            f.write(os.urandom(32))
+        create_secret_file(path, os.urandom(32))
     return NoteSigner.from_seed(origin_for(federation), path.read_bytes())
 
 

@@ -21,7 +21,7 @@ from medclave.errors import InputError, KbsError, MedclaveError
 from medclave.kbs.api import owner_router, release_router
 from medclave.kbs.factory import build_broker
 from medclave.kbs.ratelimit import RateLimiter
-from medclave.kbs.service import KeyBroker, utcnow
+from medclave.kbs.service import KeyBroker
 from medclave.kbs.settings import KbsSettings, get_settings
 from medclave.kbs.store import Decision
 from medclave.ops.health import Health
@@ -29,6 +29,7 @@ from medclave.ops.http import instrument, note_refusal
 from medclave.ops.metrics import ServiceMetrics
 from medclave.ops.tracing import Tracing
 from medclave.serving import install_error_handlers, public_response
+from medclave.util.clock import system_clock
 
 log = logging.getLogger("medclave.kbs")
 
@@ -62,7 +63,7 @@ def create_app(
     settings: KbsSettings | None = None,
     *,
     broker: KeyBroker | None = None,
-    clock: Callable[[], datetime] = utcnow,
+    clock: Callable[[], datetime] = system_clock,
     on_decision: Callable[[Decision], None] | None = None,
     rate_clock: Callable[[], float] | None = None,
 ) -> FastAPI:

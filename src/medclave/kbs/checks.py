@@ -12,7 +12,7 @@ from datetime import datetime
 from typing import Any
 
 from medclave.attestation.core import Verification, Violation
-from medclave.attestation.policy import evaluate, raise_refusal
+from medclave.attestation.policy import appraisal_of, raise_refusal
 from medclave.audit.release import check_release
 from medclave.crypto import hpke
 from medclave.errors import CryptoError, InputError, KbsError
@@ -73,7 +73,7 @@ def appraise(
         check_release(rule, platform=verification.platform,
                       measurement=measurement if isinstance(measurement, str) else None,
                       runtime=runtime)
-    result = evaluate(verification, policy.appraisal, now=now, model_digest=model_digest,
+    result = appraisal_of(verification, policy.appraisal, now=now, model_digest=model_digest,
                       evidence_time=evidence_time, kbs_keys=runtime.get("kbs_keys"),
                       token_issuers=runtime.get("token_issuers"),
                       release_proven=rule is not None)

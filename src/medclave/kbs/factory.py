@@ -8,11 +8,12 @@ from datetime import datetime, timedelta
 
 from medclave.errors import InputError
 from medclave.kbs.keywrap import EnvKek, FileKek, KeyWrapper
-from medclave.kbs.service import KeyBroker, utcnow
+from medclave.kbs.service import KeyBroker
 from medclave.kbs.settings import KbsSettings
 from medclave.kbs.signing import BrokerSigner
-from medclave.kbs.sqlite_store import SqliteStore
-from medclave.kbs.store import Decision, KbsStore, MemoryStore
+from medclave.kbs.sqlite_store import SqliteKbsStore
+from medclave.kbs.store import Decision, KbsStore, MemoryKbsStore
+from medclave.util.clock import system_clock
 
 
 def ensure_data_dir(settings: KbsSettings) -> None:
@@ -24,9 +25,9 @@ def ensure_data_dir(settings: KbsSettings) -> None:
 
 def open_store(settings: KbsSettings) -> KbsStore:
     if settings.store == "memory":
-        return MemoryStore()
+        return MemoryKbsStore()
     ensure_data_dir(settings)
-    return SqliteStore(settings.db_path)
+    return SqliteKbsStore(settings.db_path)
 
 
 def open_wrapper(settings: KbsSettings, *, create: bool = True) -> KeyWrapper:
@@ -65,7 +66,7 @@ def build_broker(
     store: KbsStore | None = None,
     wrapper: KeyWrapper | None = None,
     signer: BrokerSigner | None = None,
-    clock: Callable[[], datetime] = utcnow,
+    clock: Callable[[], datetime] = system_clock,
     on_decision: Callable[[Decision], None] | None = None,
     trusted_roots: frozenset[str] | None = None,
 ) -> KeyBroker:

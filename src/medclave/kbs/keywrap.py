@@ -15,7 +15,6 @@ import base64
 import binascii
 import hashlib
 import os
-import stat
 from pathlib import Path
 from typing import Protocol
 
@@ -23,6 +22,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from medclave.errors import CryptoError, InputError
+from medclave.util.files import create_secret_file, read_secret_text
 
 MAGIC = b"MKW1"
 KEK_BYTES = 32
@@ -89,52 +89,18 @@ def _decode_key(text: str, where: str) -> bytes:
     return key
 
 
-def read_secret_file(path: Path, what: str, *, max_bytes: int = 256) -> str:
-    """The text of a key file only its owner can read (mode 0600 or stricter, a regular file
-    owned by this user, not a symlink); ``config.invalid`` otherwise: a key others on the
-    machine can read is theirs too."""
-    try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
-    except OSError as exc:
-        raise InputError(
-            "config.invalid", f"cannot open {what} file {path.name}: {exc.strerror}"
-        ) from exc
-    with os.fdopen(fd, "rb") as fh:
-        info = os.fstat(fh.fileno())
-        if not stat.S_ISREG(info.st_mode):
-            raise InputError("config.invalid", f"{what} file {path.name} is not a regular file")
-        if info.st_mode & 0o077:
-            raise InputError(
-                "config.invalid",
-                f"{what} file {path.name} has mode {stat.S_IMODE(info.st_mode):o}; chmod 600 it",
-            )
-        if info.st_uid != os.geteuid():
-            raise InputError("config.invalid", f"{what} file {path.name} belongs to another user")
-        data = fh.read(max_bytes)
-    return data.decode("ascii", "replace")
-
-
-def create_secret_file(path: Path, text: str) -> None:
-    """Write a new 0600 key file, durably; never overwrites an existing file."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(text.encode("ascii") + b"\n")
-        fh.flush()
-        os.fsync(fh.fileno())
-
-
 class FileKek(AesGcmKek):
     """A KEK in a file only its owner can read (mode 0600 or stricter): looser is refused."""
 
     @classmethod
     def load(cls, path: Path) -> FileKek:
-        return cls(_decode_key(read_secret_file(path, "KEK"), path.name))
+        return cls(_decode_key(read_secret_text(path, "KEK"), path.name))
 
     @classmethod
     def create(cls, path: Path) -> FileKek:
         """A fresh random KEK written 0600; never overwrites an existing file."""
         key = os.urandom(KEK_BYTES)
-        create_secret_file(path, base64.b64encode(key).decode())
+        create_secret_file(path, base64.b64encode(key) + b"\n")
         return cls(key)
 
     @classmethod

@@ -25,7 +25,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from medclave.attestation.policy import AppraisalPolicy
+from medclave.attestation import AppraisalPolicy
 from medclave.crypto.canonical import canonical_json, canonical_sha256
 from medclave.errors import PolicyError
 from medclave.protocol.evidence import EvidenceBundle

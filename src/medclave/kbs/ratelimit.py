@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import threading
 import time
-from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from medclave.errors import AuthError
+from medclave.util.lru import Lru
 
 MAX_CLIENTS = 100_000
 
@@ -39,25 +39,22 @@ class RateLimiter:
         self.rate = rate
         self.burst = burst
         self._clock = clock
-        self._max = max_clients
-        self._buckets: OrderedDict[str, _Bucket] = OrderedDict()
+        self._buckets: Lru[str, _Bucket] = Lru(max_clients)
         self._lock = threading.Lock()
 
     def check(self, client: str) -> None:
         """Take one token for ``client`` or raise ``auth.rate_limited``."""
         now = self._clock()
         with self._lock:
-            bucket = self._buckets.pop(client, None)
+            bucket = self._buckets.get(client)  # now the most recently seen
             if bucket is None:
                 bucket = _Bucket(float(self.burst), now)
+                self._buckets.put(client, bucket)  # drops the least recently seen beyond max
             else:
                 bucket.tokens = min(
                     float(self.burst), bucket.tokens + (now - bucket.updated) * self.rate
                 )
                 bucket.updated = now
-            self._buckets[client] = bucket
-            while len(self._buckets) > self._max:
-                self._buckets.popitem(last=False)
             if bucket.tokens < 1.0:
                 raise AuthError("auth.rate_limited", f"client {client} over {self.rate}/s")
             bucket.tokens -= 1.0

@@ -19,7 +19,6 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,6 +36,7 @@ from medclave.kbs.threshold import (
     fetch_threshold,
     split_to_brokers,
 )
+from medclave.util.files import create_file, create_secret_file, read_secret_file
 
 __all__ = ["BrokerTarget", "ClientFor", "KeyRef", "SealResult", "ShareRef", "ThresholdPlan",
            "ThresholdRef",
@@ -117,31 +117,23 @@ def seal_model(
         owner_file = None
         if owner_public_key is not None:
             owner_file = out_dir / OWNER_KEY_NAME
-            _write_new(owner_file, sealed.seal_key_to_owner(key, owner_public_key))
+            create_file(owner_file, sealed.seal_key_to_owner(key, owner_public_key))
         ref = None
         if broker is not None and name is not None:
             version = broker.rotate(name, key) if rotate else broker.put(name, key)
             ref = KeyRef(kbs=kbs_url or "", resource=name, version=version, key_id=manifest.key_id)
-            _write_new(out_dir / KEY_REF_NAME, json.dumps(ref.model_dump(), indent=2).encode())
+            create_file(out_dir / KEY_REF_NAME, json.dumps(ref.model_dump(), indent=2).encode())
         split = None
         if threshold is not None and name is not None:
             split = split_to_brokers(key, threshold.threshold, threshold.targets, name,
                                      rotate=rotate)
-            _write_new(out_dir / KEY_REF_NAME,
-                       json.dumps(split.model_dump(mode="json"), indent=2).encode())
+            create_file(out_dir / KEY_REF_NAME,
+                        json.dumps(split.model_dump(mode="json"), indent=2).encode())
     except BaseException:
         for leftover in (sealed.MANIFEST_NAME, sealed.PAYLOAD_NAME, OWNER_KEY_NAME, KEY_REF_NAME):
             (out_dir / leftover).unlink(missing_ok=True)
         raise
     return SealResult(manifest, ref, owner_file, split)
-
-
-def _write_new(path: Path, data: bytes) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
 
 
 def _read_ref_bytes(sealed_dir: Path) -> bytes | None:
@@ -229,21 +221,20 @@ def load_sealed_model(client: KbsClient, sealed_dir: Path) -> tuple[int, str, se
 def write_owner_keypair(private_path: Path) -> bytes:
     """A fresh X25519 owner key: private (base64) in ``private_path`` 0600, public in ``.pub``."""
     private, public = hpke.generate_keypair()
-    fd = os.open(private_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(base64.b64encode(hpke.private_key_bytes(private)) + b"\n")
+    create_secret_file(private_path, base64.b64encode(hpke.private_key_bytes(private)) + b"\n")
     pub_path = private_path.with_name(private_path.name + ".pub")
-    _write_new(pub_path, base64.b64encode(public) + b"\n")
+    create_file(pub_path, base64.b64encode(public) + b"\n")
     return public
 
 
 def read_key_file(path: Path, *, private: bool) -> bytes:
     """A base64 X25519 key file; a private one must not be readable by others."""
     try:
-        if private and path.stat().st_mode & 0o077:
-            raise InputError("config.invalid", f"{path.name} is readable by others; chmod 600 it")
-        with path.open("rb") as fh:
-            text = fh.read(256)
+        if private:
+            text = read_secret_file(path, "owner key", max_bytes=256)
+        else:
+            with path.open("rb") as fh:
+                text = fh.read(256)
         raw = base64.b64decode(text.strip(), validate=True)
     except OSError as exc:
         raise InputError("input.missing", f"cannot read {path.name}: {exc.strerror}") from exc

@@ -1,5 +1,5 @@
-"""Serving the broker with uvicorn: in the foreground (``medclave kbs serve``) or, for tests and
-benchmarks, in a background thread on a socket it binds itself (port 0: the OS picks one).
+"""Serving the broker with uvicorn: in the foreground (``medclave kbs serve``) (for tests and
+benchmarks in a background thread: :mod:`medclave.background`).
 """
 
 from __future__ import annotations
@@ -9,9 +9,8 @@ from medclave.kbs.app import create_app
 from medclave.kbs.settings import KbsSettings
 from medclave.ops import lifecycle
 from medclave.ops.logs import configure_logging
-from medclave.serving import BackgroundServer
 
-__all__ = ["BackgroundServer", "serve"]
+__all__ = ["serve"]
 
 
 def serve(settings: KbsSettings) -> None:

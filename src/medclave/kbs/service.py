@@ -19,13 +19,12 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Literal, TypeVar
 
 from pydantic import ValidationError
 
-from medclave.attestation.core import Check, Verification
-from medclave.attestation.verifier import verify_bundle
+from medclave.attestation import Check, Verification, verify_bundle
 from medclave.crypto import hpke
 from medclave.crypto.canonical import canonical_json
 from medclave.errors import AttestationError, InputError, KbsError, MedclaveError
@@ -47,13 +46,10 @@ from medclave.kbs.signing import (
 )
 from medclave.kbs.store import Decision, KbsStore, NonceState, PolicyVersion, ResourceInfo
 from medclave.protocol.evidence import EvidenceBundle
+from medclave.util.clock import system_clock
 
 DEFAULT_NONCE_TTL = timedelta(seconds=60)
 T = TypeVar("T")
-
-
-def utcnow() -> datetime:
-    return datetime.now(UTC)
 
 
 def wrap_aad(resource: ResourceName, version: int) -> bytes:
@@ -110,7 +106,7 @@ class KeyBroker:
         sim_roots: frozenset[str] = frozenset(),
         trusted_roots: frozenset[str] | None = None,
         nonce_ttl: timedelta = DEFAULT_NONCE_TTL,
-        clock: Callable[[], datetime] = utcnow,
+        clock: Callable[[], datetime] = system_clock,
         on_decision: Callable[[Decision], None] | None = None,
     ) -> None:
         if nonce_ttl <= timedelta(0):

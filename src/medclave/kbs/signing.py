@@ -38,8 +38,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 
 from medclave.crypto.canonical import canonical_json, canonical_sha256
 from medclave.errors import InputError, KbsError
-from medclave.kbs.keywrap import create_secret_file, read_secret_file
 from medclave.protocol.evidence import EvidenceBundle
+from medclave.util.files import create_secret_file, read_secret_text
 
 STATEMENT_TYPE = "medclave-kbs-release/v1"
 KEY_BYTES = 32
@@ -108,9 +108,9 @@ class BrokerSigner:
     @classmethod
     def load_or_create(cls, path: Path) -> BrokerSigner:
         if path.exists():
-            return cls.from_seed(read_secret_file(path, "signing key"), where=path.name)
+            return cls.from_seed(read_secret_text(path, "signing key"), where=path.name)
         seed = os.urandom(KEY_BYTES)
-        create_secret_file(path, base64.b64encode(seed).decode())
+        create_secret_file(path, base64.b64encode(seed) + b"\n")
         return cls(Ed25519PrivateKey.from_private_bytes(seed))
 
     def sign(self, statement: bytes) -> bytes:

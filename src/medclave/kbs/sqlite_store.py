@@ -133,7 +133,7 @@ def _not_found(resource: ResourceName, what: str = "resource") -> KbsError:
     return KbsError("kbs.not_found", f"no {what} {resource}")
 
 
-class SqliteStore:
+class SqliteKbsStore:
     """A :class:`~medclave.kbs.store.KbsStore` in one SQLite file (WAL journal)."""
 
     def __init__(self, path: Path, *, max_aggregated: int = MAX_AGGREGATED_DECISIONS) -> None:
@@ -420,7 +420,7 @@ class SqliteStore:
                     _ts(d.at),
                     d.action,
                     d.resource,
-                    d.owner,
+                    d.owner or "",  # the column's "no owner": the resource is not a name
                     d.outcome,
                     d.client,
                     d.code,

@@ -25,7 +25,7 @@ from datetime import UTC, datetime, timedelta
 from enum import Enum
 from typing import Any, Literal, Protocol
 
-from medclave.errors import KbsError
+from medclave.errors import InputError, KbsError
 from medclave.kbs.names import ResourceName
 from medclave.kbs.revocation import MAX_REVOCATIONS_PER_OWNER, Revocation
 
@@ -93,11 +93,15 @@ class Decision:
     count: int = 1  # requests this row stands for (more than one only when aggregated)
 
     @property
-    def owner(self) -> str:
+    def owner(self) -> str | None:
+        """The owner of ``resource``, or None when it is not a resource name (a refused request
+        may name anything; such a decision is visible to its actor and the administrator only).
+        Only the parser's own refusal (``input.malformed``) means "no owner"; any other error
+        propagates."""
         try:
             return ResourceName.parse(self.resource).owner
-        except Exception:  # a refused request may name garbage
-            return ""
+        except InputError:
+            return None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -202,7 +206,7 @@ class _Versions:
     items: dict[int, Any] = field(default_factory=dict)
 
 
-class MemoryStore:
+class MemoryKbsStore:
     """A :class:`KbsStore` in process memory: for tests and throwaway brokers."""
 
     def __init__(self, *, max_aggregated: int = MAX_AGGREGATED_DECISIONS) -> None:

@@ -130,6 +130,8 @@ class ResponseStreamDecoder:
     def _check_pending(self) -> None:
         # A part still arriving may not grow past what the decoder would accept once whole.
         bound = {
+            # An informational response (1xx) carries a header section too (RFC 9292 §3.5.1).
+            _State.STATUS: self._limits.max_field_section + 16,
             _State.HEADERS: self._limits.max_field_section + 16,
             _State.TRAILERS: self._limits.max_field_section + 16,
             _State.CONTENT: self._limits.max_message + 16,

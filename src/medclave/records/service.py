@@ -17,7 +17,6 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any, Final
 
 import numpy as np
@@ -39,10 +38,10 @@ from medclave.records.store import (
     SealedRow,
     manifest_digest,
 )
+from medclave.util.clock import Clock
 
 log = logging.getLogger("medclave.records")
 
-Clock = Callable[[], datetime]
 KeySource = Callable[[str], bytes]
 MAX_K: Final = 64
 MANIFEST_ROW: Final = "0" * 32

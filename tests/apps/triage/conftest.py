@@ -10,12 +10,12 @@ from typing import Any
 import pytest
 
 from medclave.apps.triage.app import TriageApp
+from medclave.background import BackgroundServer
 from medclave.client.proxy import create_proxy_app
 from medclave.client.sdk import MedclaveClient
 from medclave.client.session import EnclaveSession
 from medclave.enclave.app import create_app
 from medclave.enclave.boot import boot
-from medclave.enclave.server import BackgroundServer
 from medclave.enclave.settings import EnclaveSettings
 from tests.e2e.helpers import (
     ISSUER,

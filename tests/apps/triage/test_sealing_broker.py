@@ -16,12 +16,12 @@ import pytest
 from medclave.apps.triage.app import TriageApp
 from medclave.attestation.policy import AppraisalPolicy
 from medclave.attestation.sim import SimAuthority
+from medclave.background import BackgroundServer
 from medclave.client.conversations import new_share
 from medclave.client.sdk import MedclaveClient
 from medclave.enclave.app import create_app
 from medclave.enclave.boot import Booted, boot
 from medclave.enclave.sealing.roots import sealing_resource
-from medclave.enclave.server import BackgroundServer
 from medclave.enclave.settings import EnclaveSettings
 from medclave.errors import MedclaveError
 from medclave.kbs.app import create_app as create_kbs_app
@@ -30,7 +30,7 @@ from medclave.kbs.factory import build_broker
 from medclave.kbs.keywrap import AesGcmKek
 from medclave.kbs.models import ReleasePolicy
 from medclave.kbs.settings import KbsSettings
-from medclave.kbs.store import Decision, MemoryStore
+from medclave.kbs.store import Decision, MemoryKbsStore
 from tests.apps.triage.conftest import sdk
 from tests.e2e.helpers import (
     ISSUER,
@@ -64,7 +64,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     settings = KbsSettings(data_dir=folder / "kbs", store="memory", sim_roots=roots,
                            rate_per_second=1000.0, rate_burst=1000)
     decisions: list[Decision] = []
-    broker = build_broker(settings, store=MemoryStore(), wrapper=AesGcmKek(os.urandom(32)),
+    broker = build_broker(settings, store=MemoryKbsStore(), wrapper=AesGcmKek(os.urandom(32)),
                           on_decision=decisions.append)
     token = broker.issue_owner_token(TENANT)
     with BackgroundServer(create_kbs_app(settings, broker=broker)) as server:

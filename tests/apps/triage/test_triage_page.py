@@ -16,8 +16,9 @@ from typing import Any
 
 import pytest
 
-from medclave.auth.idp_server import build_service, running
+from medclave.auth.idp_server import build_service
 from medclave.auth.issuer import Directory
+from medclave.background import running
 from tests.apps.triage.conftest import proxy_for, start_triage
 from tests.e2e.helpers import TENANT, Enclave, Idp, llama_engine
 

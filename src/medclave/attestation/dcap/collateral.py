@@ -22,7 +22,6 @@ from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
 
 from medclave.attestation import x509chain
-from medclave.attestation.cache import Lru
 from medclave.attestation.dcap.pcs import (
     MAX_COLLATERAL_BYTES,
     EnclaveIdentity,
@@ -33,6 +32,7 @@ from medclave.attestation.dcap.pcs import (
     top_level_members,
 )
 from medclave.errors import AttestationError
+from medclave.util.lru import Lru
 
 MAX_COLLATERAL_ITEMS = 32
 SIGNATURE_SIZE = 64

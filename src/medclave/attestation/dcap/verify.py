@@ -39,7 +39,6 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
-from medclave.attestation.cache import Lru
 from medclave.attestation.core import CheckLog, VerifyOptions
 from medclave.attestation.dcap import collateral, tcb
 from medclave.attestation.dcap.collateral import CollateralSet, SignedDocument
@@ -48,6 +47,7 @@ from medclave.attestation.dcap.pcs import TcbInfo
 from medclave.attestation.dcap.report import ATTRIBUTE_DEBUG, EnclaveReport
 from medclave.attestation.x509chain import MAX_CHAIN_LENGTH, fingerprint, verify_chain
 from medclave.errors import AttestationError, InputError
+from medclave.util.lru import Lru
 
 # Intel SGX Root CA (P-256, valid 2018-05-21..2049-12-31): SHA-256 of its DER encoding, as
 # published in Intel's "Intel SGX PCK Certificate and CRL Profile" and go-tdx-guest.

@@ -35,7 +35,6 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
-from medclave.attestation.cache import Lru
 from medclave.attestation.core import (
     ATTESTATION_JOSE_ERRORS,
     CheckLog,
@@ -44,8 +43,10 @@ from medclave.attestation.core import (
     VerifyOptions,
     sha256_hex,
 )
+from medclave.attestation.providers import JwksSource
 from medclave.crypto import jose
 from medclave.errors import AttestationError
+from medclave.util.lru import Lru
 
 PLATFORM = "gcp-cs"
 ISSUER = "https://confidentialcomputing.googleapis.com"
@@ -198,9 +199,8 @@ def verify(data: bytes, options: VerifyOptions) -> Verification:
     log.ok("0. parse token", f"JWT RS256, kid {jws.kid[:16]}")
     try:
         keys = _keys(options)
-        fetch = getattr(options.online, "confidential_space_jwks", None)
-        if not keys and fetch is not None:
-            blob = fetch()
+        if not keys and isinstance(options.online, JwksSource):
+            blob = options.online.confidential_space_jwks()
             if not isinstance(blob, bytes) or len(blob) > MAX_JWKS_BYTES:
                 raise AttestationError("attestation.provider_offline", "no JWKS fetched")
             keys = _jwks(blob)

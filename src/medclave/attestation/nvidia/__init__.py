@@ -1,6 +1,6 @@
 """NVIDIA H100 confidential computing: SPDM 1.1 measurement evidence and reference manifests.
 
-Registry entry points (see ``attestation.registry.Platform``):
+Registry entry points (see ``attestation.registry.PlatformVerifier``):
 
 * ``detect(data)`` -> ``"nvidia"`` for nvtrust's hex text (or the raw bytes) of a
   GET_MEASUREMENTS request followed by its MEASUREMENTS response, else None;
@@ -10,7 +10,8 @@ Registry entry points (see ``attestation.registry.Platform``):
   VBIOS RIM SWID tags, as raw bytes, in ``options.endorsements.collateral``.
 
 Modules: ``abi`` (parsing), ``verify`` (chain, signature, nonce, FWID), ``rim`` (reference
-manifests), ``validate`` (NVIDIA policy rules), ``online`` (explicit OCSP provider).
+manifests), ``rules`` (NVIDIA policy rules, ``appraise``); OCSP only through a provider
+(``attestation.providers``).
 """
 
 from __future__ import annotations

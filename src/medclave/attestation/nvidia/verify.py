@@ -36,7 +36,7 @@ from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 from medclave.attestation.cache import VerdictCache
 from medclave.attestation.core import CheckLog, Verification, VerifyOptions, sha256_hex
 from medclave.attestation.nvidia import abi, rim
-from medclave.attestation.nvidia.online import check_chain_online
+from medclave.attestation.providers import check_chain_online
 from medclave.attestation.x509chain import fingerprint, verify_chain
 from medclave.errors import AttestationError
 

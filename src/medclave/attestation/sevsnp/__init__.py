@@ -1,4 +1,4 @@
-"""AMD SEV-SNP: the platform entry points (``registry.Platform``) over abi/certs/verify.
+"""AMD SEV-SNP: the platform entry points (``registry.PlatformVerifier``) over abi/certs/verify.
 
 Accepted evidence: the 1184-byte ATTESTATION_REPORT, the same as hex text, or an extended
 report (the report followed by its GHCB certificate table). Claims are lower-case hex for byte
@@ -45,7 +45,7 @@ from medclave.attestation.sevsnp.chain import (
     clear_chain_cache,
     verify_endorsements,
 )
-from medclave.attestation.sevsnp.validate import SnpRules, validate
+from medclave.attestation.sevsnp.rules import SnpRules, appraise
 from medclave.attestation.sevsnp.verify import SnpVerified, verify_report
 from medclave.errors import AttestationError
 
@@ -59,6 +59,7 @@ __all__ = [
     "SnpChain",
     "SnpRules",
     "SnpVerified",
+    "appraise",
     "claims_of",
     "clear_chain_cache",
     "detect",
@@ -68,7 +69,6 @@ __all__ = [
     "parse_report",
     "signed_bytes",
     "split_evidence",
-    "validate",
     "verify",
     "verify_endorsements",
     "verify_report",

@@ -20,7 +20,7 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 
-from medclave.attestation.cache import Lru, VerdictCache
+from medclave.attestation.cache import VerdictCache
 from medclave.attestation.core import CheckLog, VerifyOptions
 from medclave.attestation.sevsnp.abi import Product, Report
 from medclave.attestation.sevsnp.certs import (
@@ -37,6 +37,7 @@ from medclave.attestation.x509chain import (
     verify_chain,
 )
 from medclave.errors import AttestationError
+from medclave.util.lru import Lru
 
 # SHA-256 of the DER of AMD's root keys (from AMD KDS cert_chain / go-sev-guest verify/trust).
 PINNED_ARKS: Mapping[str, Product] = MappingProxyType({

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
-from typing import Protocol, runtime_checkable
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
@@ -20,10 +18,10 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
 from medclave.attestation.core import CheckLog, VerifyOptions
+from medclave.attestation.providers import SnpEndorsementSource
 from medclave.attestation.sevsnp.abi import Product, Report, decode_tcb
 from medclave.attestation.sevsnp.certs import common_name, product_of_name
 from medclave.attestation.sevsnp.chain import (
-    Kind,
     SnpChain,
     build_chain,
     crls_from_collateral,
@@ -44,16 +42,6 @@ class SnpVerified:
     def amd_root(self) -> bool:
         """True when the chain ends at one of AMD's pinned ARKs (False for sim/test roots)."""
         return self.chain.pinned_product is not None
-
-
-@runtime_checkable
-class SnpEndorsementSource(Protocol):
-    """An online provider (e.g. :class:`medclave.attestation.sevsnp.kds.KdsProvider`)."""
-
-    def snp_endorsements(
-        self, report: Report, *, product: Product | None, kind: Kind, now: datetime,
-        have: Sequence[x509.Certificate],
-    ) -> tuple[tuple[x509.Certificate, ...], tuple[x509.CertificateRevocationList, ...]]: ...
 
 
 # --- the report ----------------------------------------------------------------------------------

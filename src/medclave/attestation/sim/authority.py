@@ -9,7 +9,6 @@ unless its policy names ``sim`` and it was given this root's fingerprint.
 from __future__ import annotations
 
 import hashlib
-import os
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -30,6 +29,7 @@ from medclave.attestation.sevsnp.certs import (
 )
 from medclave.attestation.x509chain import fingerprint
 from medclave.errors import InputError
+from medclave.util.files import write_secret_file
 
 SIM_LABEL = "SIMULATED TEE - NOT SECURE"
 # family_id of every sim report: how detection tells sim from real SNP evidence.
@@ -143,6 +143,4 @@ class SimAuthority:
         key_pem = self.vcek_key.private_bytes(
             serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
         )
-        fd = os.open(folder / "vcek.key", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(key_pem)
+        write_secret_file(folder / "vcek.key", key_pem)

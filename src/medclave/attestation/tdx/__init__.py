@@ -2,7 +2,7 @@
 
 ``abi`` turns bytes into structures, ``verify`` is the TDX profile of the DCAP verifier shared
 with SGX (``attestation/dcap/``: the PCK chain, PCS collateral and the dcap-qvl bundle, TCB level
-matching) and ``validate`` applies TDX-specific appraisal rules. The vTPM flow (Azure TDX CVMs
+matching) and ``rules.appraise`` applies TDX-specific appraisal rules. The vTPM flow (Azure TDX CVMs
 wrap a TD quote) reaches this module through the registry or :func:`verify_quote`.
 """
 

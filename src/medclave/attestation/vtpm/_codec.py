@@ -8,18 +8,15 @@ refuses such input instead, with ``attestation.malformed``.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import re
 from typing import Any
 
 from medclave.attestation.core import ATTESTATION_JOSE_ERRORS
 from medclave.crypto.jose import strict_json as _strict_json
 from medclave.errors import AttestationError
+from medclave.util.b64 import b64decode
 
 _HEX = re.compile(r"[0-9a-fA-F]*")
-_B64 = re.compile(r"[A-Za-z0-9+/]*={0,2}")
-_B64URL = re.compile(r"[A-Za-z0-9_-]*={0,2}")
 
 
 def malformed(detail: str) -> AttestationError:
@@ -43,32 +40,27 @@ def hex_bytes(value: object, *, what: str, maximum: int) -> bytes:
     return bytes.fromhex(value)
 
 
-def _b64(value: object, *, what: str, maximum: int, alphabet: re.Pattern[str], url: bool) -> bytes:
+def _b64(value: object, *, what: str, maximum: int, url: bool) -> bytes:
     if not isinstance(value, str) or len(value) > (maximum * 4) // 3 + 4:
         raise malformed(f"{what} is not a base64 string of at most {maximum} bytes")
-    if not alphabet.fullmatch(value):
-        raise malformed(f"{what} is not base64{'url' if url else ''}")
-    body = value.rstrip("=")
-    if len(body) % 4 == 1:
-        raise malformed(f"{what} has an impossible base64 length")
-    padded = body + "=" * (-len(body) % 4)
     try:
-        out = (base64.urlsafe_b64decode if url else base64.b64decode)(padded)
-    except (binascii.Error, ValueError) as exc:
-        raise malformed(f"{what} is not base64: {exc}") from exc
+        out = b64decode(value, url=url, padding="optional")
+    except ValueError as exc:
+        raise malformed(f"{what} is not base64{'url' if url else ''}: {exc}") from None
     if len(out) > maximum:
         raise malformed(f"{what} is {len(out)} bytes, over {maximum}")
     return out
 
 
 def b64_bytes(value: object, *, what: str, maximum: int) -> bytes:
-    """Standard-alphabet base64 (RFC 4648 §4), padding optional."""
-    return _b64(value, what=what, maximum=maximum, alphabet=_B64, url=False)
+    """Standard-alphabet base64 (RFC 4648 §4), padding optional, canonical (pad bits zero)."""
+    return _b64(value, what=what, maximum=maximum, url=False)
 
 
 def b64url_bytes(value: object, *, what: str, maximum: int) -> bytes:
-    """URL-safe base64 (RFC 4648 §5), padding optional (JWK members omit it, serde keeps it)."""
-    return _b64(value, what=what, maximum=maximum, alphabet=_B64URL, url=True)
+    """URL-safe base64 (RFC 4648 §5), padding optional (JWK members omit it, serde keeps it),
+    canonical (pad bits zero)."""
+    return _b64(value, what=what, maximum=maximum, url=True)
 
 
 def byte_list(value: object, *, what: str, maximum: int) -> bytes:

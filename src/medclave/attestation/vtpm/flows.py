@@ -88,7 +88,7 @@ def _verify_hardware(
     return _Hardware(platform, result)
 
 
-def _platform(name: str) -> registry.Platform:
+def _platform(name: str) -> registry.PlatformVerifier:
     try:
         return registry.get(name)
     except ImportError as exc:  # fail closed: no verifier, no verification

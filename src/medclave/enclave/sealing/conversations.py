@@ -15,17 +15,15 @@ import base64
 import binascii
 import secrets
 import threading
-from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any
 
 from medclave.enclave.sealing import format as fmt
 from medclave.enclave.sealing.roots import SealingRoot, SealingRoots
 from medclave.enclave.sealing.store import SealedStore, StoredConversation
 from medclave.errors import SealingError
+from medclave.util.clock import Clock
 
-Clock = Callable[[], datetime]
 SHARE_HEADER = "medclave-share"
 
 

@@ -32,13 +32,13 @@ from medclave.enclave.commitkeys import read_key_file
 from medclave.enclave.sealing.format import LABEL, ROOT_BYTES, lp
 from medclave.errors import InputError, MedclaveError, SealingError
 from medclave.kbs.names import SEALING_ROOT, ResourceName
+from medclave.util.clock import Clock
 
 if TYPE_CHECKING:
     from medclave.kbs.client import KbsClient
 
 log = logging.getLogger("medclave.enclave")
 
-Clock = Callable[[], datetime]
 RESOURCE_NAME = "conversations"
 
 

@@ -5,7 +5,7 @@ whose signatures already verified: measurement allow-lists (MRTD, RTMRs, MRSEAM,
 report_data, no debug (TDATTRIBUTES.DEBUG lets the host read and write TD memory), TD attributes
 and XFAM, the QE vendor (Intel's QE), minimum TEE TCB SVN per component (compared as Intel's
 TCB level matching does), minimum QE ISVSVN and PCESVN, accepted TCB statuses, and whether the
-PCK revocation was checked. The generic policy module may call :func:`validate` with the claims
+PCK revocation was checked. The generic policy module may call :func:`appraise` with the claims
 of ``tdx.verify``; a claim that is missing violates every rule that reads it (fails closed).
 """
 
@@ -92,7 +92,7 @@ def _tee_tcb_svn(claims: Mapping[str, Any], minimum: str, out: list[Violation]) 
                              f"component(s) {low} of {have.hex()} below {need.hex()}"))
 
 
-def validate(
+def appraise(
     claims: Mapping[str, Any], rules: TdxRules, *, tcb_status: str = "unknown"
 ) -> list[Violation]:
     """Every rule of ``rules`` broken by ``claims``; an empty list means accepted."""

@@ -3,7 +3,7 @@
 These are the checks AMD's guidance and go-sev-guest's ``validate`` package make on a report
 whose signature already verified: minimum TCB per component, no debug, SMT, no migration
 agent, VMPL, measurement and HOST_DATA allow-lists, the signing key kind, the product.
-The generic policy module calls :func:`validate` with the claims of :func:`sevsnp.parse`
+The generic policy module calls :func:`appraise` with the claims of :func:`sevsnp.parse`
 or ``sevsnp.verify``; claim names in violations are the same dotted paths it uses.
 """
 
@@ -75,7 +75,7 @@ def _allow_list(
         out.append(Violation(code, claim, f"{actual!r} is not an accepted value"))
 
 
-def validate(claims: Mapping[str, Any], rules: SnpRules) -> list[Violation]:
+def appraise(claims: Mapping[str, Any], rules: SnpRules) -> list[Violation]:
     """Every rule of ``rules`` broken by ``claims``; an empty list means accepted.
 
     A claim that is missing counts as a violation of any rule that reads it (fails closed).

@@ -14,8 +14,6 @@ the pinned ARKs. URL forms follow the KDS interface specification (publication 5
 from __future__ import annotations
 
 import hashlib
-import os
-import tempfile
 from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
@@ -28,6 +26,7 @@ from medclave.attestation.sevsnp.certs import TURIN_HWID_SIZE, role_of
 from medclave.attestation.sevsnp.chain import Kind
 from medclave.attestation.x509chain import load_certificates, load_crl
 from medclave.errors import AttestationError
+from medclave.util.files import write_atomic
 
 KDS_BASE_URL = "https://kdsintf.amd.com"
 MAX_RESPONSE_BYTES = 256 * 1024
@@ -101,15 +100,9 @@ class KdsProvider:
         # then rename, so a concurrent reader never sees half a file.
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".kds-")
+            write_atomic(path, data)
         except OSError:
             return
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(data)
-            os.replace(tmp, path)
-        except OSError:
-            Path(tmp).unlink(missing_ok=True)
 
     def _get(self, url: str) -> bytes:
         try:

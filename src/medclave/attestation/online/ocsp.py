@@ -1,21 +1,19 @@
-"""Online revocation for the NVIDIA chains, only through a provider the caller passes explicitly.
+"""OCSP over HTTP for the NVIDIA chains: an :class:`~medclave.attestation.providers.OcspSource`.
 
 Verification is offline by default (``options.online`` is None): nothing here is called and the
-claims say ``revocation_checked: false``. A relying party that wants OCSP passes an object with
-``certificate_status(cert, issuer, now=...)``; :class:`HttpxOcspProvider` is the one for NVIDIA's
-responder (the ``authorityInfoAccess`` of the GH100 and RIM chains: ``http://ocsp.ndis.nvidia.com``).
-
-As nvtrust does (``CcAdminUtils.ocsp_certificate_chain_validation``), the device chain is checked
-from the certificate above the leaf (the GSP FMC LF key is derived on the GPU at boot, so no
-responder knows it) up to, not including, the root; a RIM chain from its signer up.
+claims say ``revocation_checked: false``. A relying party that wants OCSP passes a provider
+(:class:`medclave.attestation.online.OnlineEndorsements`, or :class:`HttpxOcspProvider` alone);
+:class:`HttpxOcspProvider` asks NVIDIA's responder (the ``authorityInfoAccess`` of the GH100 and
+RIM chains: ``http://ocsp.ndis.nvidia.com``) and :func:`verify_ocsp_response` checks what it
+answers. Which links of a chain are asked is decided by the verifier
+(:func:`medclave.attestation.providers.check_chain_online`).
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from datetime import datetime
-from typing import Literal, Protocol, runtime_checkable
 
 import httpx
 from cryptography import x509
@@ -25,56 +23,12 @@ from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.x509 import ocsp
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
-from medclave.attestation.core import CheckLog
+from medclave.attestation.providers import CertStatus
 from medclave.errors import AttestationError
-
-CertStatus = Literal["good", "revoked", "unknown"]
 
 NVIDIA_OCSP_URL = "https://ocsp.ndis.nvidia.com/"
 MAX_OCSP_RESPONSE_BYTES = 64 * 1024
 OCSP_NONCE_BYTES = 32
-
-
-@runtime_checkable
-class OnlineProvider(Protocol):
-    """Answers the revocation status of ``cert`` issued by ``issuer`` at ``now``.
-
-    Raises :class:`AttestationError` (``attestation.provider_offline`` when unreachable,
-    ``attestation.collateral_invalid`` for a response that does not verify).
-    """
-
-    def certificate_status(
-        self, cert: x509.Certificate, issuer: x509.Certificate, *, now: datetime
-    ) -> CertStatus: ...
-
-
-def check_chain_online(
-    provider: object,
-    chain: Sequence[x509.Certificate],
-    *,
-    now: datetime,
-    log: CheckLog,
-    name: str,
-    skip_leaf: bool,
-) -> None:
-    """Every link of ``chain`` (leaf first) except the root, and the leaf when ``skip_leaf``."""
-    if not isinstance(provider, OnlineProvider):
-        raise log.fail(name, "attestation.provider_offline",
-                       "options.online has no certificate_status(cert, issuer, now=...)")
-    start = 1 if skip_leaf else 0
-    links = list(zip(chain[start:-1], chain[start + 1:], strict=False))
-    for cert, issuer in links:
-        subject = cert.subject.rfc4514_string()
-        try:
-            status = provider.certificate_status(cert, issuer, now=now)
-        except AttestationError as exc:
-            raise log.fail(name, exc.code, f"{subject}: {exc.detail}") from exc
-        if status == "revoked":
-            raise log.fail(name, "attestation.certificate_revoked", f"{subject} is revoked (OCSP)")
-        if status != "good":
-            raise log.fail(name, "attestation.collateral_invalid",
-                           f"{subject}: OCSP status {status!r}, not good")
-    log.ok(name, f"{len(links)} certificates good")
 
 
 def _collateral(detail: str) -> AttestationError:

@@ -86,7 +86,7 @@ def _version_rules(
     return out
 
 
-def validate(claims: Mapping[str, Any], policy: NvidiaPolicy) -> tuple[Violation, ...]:
+def appraise(claims: Mapping[str, Any], policy: NvidiaPolicy) -> tuple[Violation, ...]:
     """Every rule of ``policy`` against verified NVIDIA ``claims``; never raises for a refusal."""
     v: list[Violation] = []
     v += _version_rules(claims, "driver_version", policy.allowed_driver_versions,
@@ -109,7 +109,7 @@ def validate(claims: Mapping[str, Any], policy: NvidiaPolicy) -> tuple[Violation
 
 def enforce(claims: Mapping[str, Any], policy: NvidiaPolicy) -> None:
     """Raise ``policy.refused`` carrying every violation, or return when there is none."""
-    violations = validate(claims, policy)
+    violations = appraise(claims, policy)
     if violations:
         raise PolicyError(
             "policy.refused",

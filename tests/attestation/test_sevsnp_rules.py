@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from medclave.attestation import sevsnp
-from medclave.attestation.sevsnp import SnpRules, validate
+from medclave.attestation.sevsnp import SnpRules, appraise
 from medclave.errors import CATALOGUE, PolicyError
 from tests.attestation.test_sevsnp import CASES, opts, read
 
@@ -34,9 +34,9 @@ def codes(violations: list[Any]) -> list[tuple[str, str]]:
 
 
 def test_default_rules_refuse_debug_only(s1: dict[str, Any], s4: dict[str, Any]) -> None:
-    assert codes(validate(s1, SnpRules())) == [("policy.debug_forbidden", "policy_bits.debug")]
-    assert validate(s4, SnpRules()) == []
-    assert validate(s1, SnpRules(allow_debug=True)) == []
+    assert codes(appraise(s1, SnpRules())) == [("policy.debug_forbidden", "policy_bits.debug")]
+    assert appraise(s4, SnpRules()) == []
+    assert appraise(s1, SnpRules(allow_debug=True)) == []
 
 
 def test_every_violation_at_once(s1: dict[str, Any]) -> None:
@@ -46,7 +46,7 @@ def test_every_violation_at_once(s1: dict[str, Any]) -> None:
         signing_keys=frozenset({"vlek"}), products=frozenset({"Genoa"}), min_guest_svn=1,
         require_single_socket=True,
     )
-    got = codes(validate(s1, rules))
+    got = codes(appraise(s1, rules))
     assert got == [
         ("policy.tcb_too_low", "reported_tcb_parts.snp"),
         ("policy.tcb_too_low", "reported_tcb_parts.ucode"),
@@ -73,21 +73,21 @@ def test_accepting_rules_on_the_vlek_report(s4: dict[str, Any]) -> None:
         host_data=frozenset({s4["host_data"]}), signing_keys=frozenset({"vcek", "vlek"}),
         products=frozenset({"Milan"}), id_key_digests=frozenset({s4["id_key_digest"]}),
     )
-    assert validate(s4, rules) == []
+    assert appraise(s4, rules) == []
 
 
 def test_min_tcb_by_product(s1: dict[str, Any], vectors: Path) -> None:
     genoa = claims(vectors, 4)
     rules = SnpRules(allow_debug=True, min_tcb_by_product={
         "Milan": {"ucode": 69}, "Genoa": {"snp": 23, "ucode": 25}})
-    assert codes(validate(s1, rules)) == [("policy.tcb_too_low", "reported_tcb_parts.ucode")]
-    assert validate(genoa, rules) == []
+    assert codes(appraise(s1, rules)) == [("policy.tcb_too_low", "reported_tcb_parts.ucode")]
+    assert appraise(genoa, rules) == []
     only_genoa = SnpRules(allow_debug=True, min_tcb_by_product={"Genoa": {"snp": 1}})
-    assert codes(validate(s1, only_genoa)) == [("policy.tcb_too_low", "product")]
+    assert codes(appraise(s1, only_genoa)) == [("policy.tcb_too_low", "product")]
 
 
 def test_turin_only_component_on_milan_fails_closed(s1: dict[str, Any]) -> None:
-    got = codes(validate(s1, SnpRules(allow_debug=True, min_tcb={"fmc": 0, "xyz": 1})))
+    got = codes(appraise(s1, SnpRules(allow_debug=True, min_tcb={"fmc": 0, "xyz": 1})))
     assert got == [("policy.tcb_too_low", "reported_tcb_parts.fmc"),
                    ("policy.tcb_too_low", "reported_tcb_parts.xyz")]
 
@@ -95,7 +95,7 @@ def test_turin_only_component_on_milan_fails_closed(s1: dict[str, Any]) -> None:
 def test_missing_claims_fail_closed() -> None:
     rules = SnpRules(min_tcb={"snp": 1}, allow_smt=False, vmpls=frozenset({0}),
                      measurements=frozenset({"aa"}), signing_keys=frozenset({"vcek"}))
-    got = {code for code, _ in codes(validate({}, rules))}
+    got = {code for code, _ in codes(appraise({}, rules))}
     assert got == {"policy.tcb_too_low", "policy.debug_forbidden",
                    "policy.migration_agent_forbidden", "policy.smt_forbidden",
                    "policy.vmpl_not_allowed", "attestation.measurement_mismatch",
@@ -104,13 +104,13 @@ def test_missing_claims_fail_closed() -> None:
 
 def test_migration_agent(s4: dict[str, Any]) -> None:
     with_ma = {**s4, "policy_bits": {**s4["policy_bits"], "migrate_ma": True}}
-    assert codes(validate(with_ma, SnpRules())) == [
+    assert codes(appraise(with_ma, SnpRules())) == [
         ("policy.migration_agent_forbidden", "policy_bits.migrate_ma")]
-    assert validate(with_ma, SnpRules(allow_migration_agent=True)) == []
+    assert appraise(with_ma, SnpRules(allow_migration_agent=True)) == []
 
 
 def test_violation_serialises(s1: dict[str, Any]) -> None:
-    (v,) = validate(s1, SnpRules())
+    (v,) = appraise(s1, SnpRules())
     # Every field pinned, the detail included: it is what an operator reads in a refusal.
     assert v.to_dict() == {
         "code": "policy.debug_forbidden",

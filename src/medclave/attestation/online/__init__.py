@@ -1,4 +1,8 @@
-"""The explicit online endorsement provider behind ``medclave attest verify --online``.
+"""The online endorsement providers: the only code in ``attestation`` that reaches the network.
+
+The verifiers never import this package; they see the protocols of
+:mod:`medclave.attestation.providers`. ``kds`` is the AMD KDS client, ``ocsp`` the OCSP client for
+NVIDIA's responder, and :class:`OnlineEndorsements` both, behind ``medclave attest verify --online``.
 
 Verification is offline unless the caller hands one of these in ``VerifyOptions.online``. One
 object serves every platform: AMD's key distribution service for SNP endorsements (VCEK, chain,
@@ -16,10 +20,11 @@ from pathlib import Path
 import httpx
 from cryptography import x509
 
-from medclave.attestation.nvidia.online import CertStatus, HttpxOcspProvider
+from medclave.attestation.online.kds import KdsProvider
+from medclave.attestation.online.ocsp import HttpxOcspProvider
+from medclave.attestation.providers import CertStatus
 from medclave.attestation.sevsnp.abi import Product, Report
 from medclave.attestation.sevsnp.chain import Kind
-from medclave.attestation.sevsnp.kds import KdsProvider
 from medclave.errors import AttestationError
 
 PRODUCTS: tuple[Product, ...] = ("Milan", "Genoa", "Turin")
@@ -30,7 +35,8 @@ MAX_JWKS_BYTES = 64 * 1024
 
 
 class OnlineEndorsements:
-    """Implements both ``SnpEndorsementSource`` and NVIDIA's ``OnlineProvider``."""
+    """An :class:`~medclave.attestation.providers.EndorsementProvider`: AMD KDS and NVIDIA OCSP
+    over one ``httpx.Client``."""
 
     def __init__(self, *, cache_dir: Path, client: httpx.Client | None = None) -> None:
         self._client = client or httpx.Client(timeout=10.0, follow_redirects=False)
