@@ -49,7 +49,6 @@ from medclave.kbs.store import (
     is_aggregated,
 )
 
-SCHEMA_VERSION = "2"
 # Schema 1 as it was released (decisions with actor; no count, no bucket).
 _SCHEMA_1 = """
 CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
