@@ -124,7 +124,9 @@ def b64url_decode(text: str, *, errors: JoseErrors = CRYPTO_ERRORS, kind: Failur
         raise errors(kind, f"{what} is not unpadded canonical base64url: {exc}") from None
 
 
-def _reject_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+def reject_duplicate_members(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """``object_pairs_hook`` for :func:`json.loads`: a repeated member is an error (RFC 8259 §4
+    leaves its meaning to the parser; two parsers must never read two different objects)."""
     out: dict[str, Any] = {}
     for key, value in pairs:
         if key in out:
@@ -151,7 +153,7 @@ def strict_json(data: bytes, *, errors: JoseErrors = CRYPTO_ERRORS, what: str = 
     try:
         return json.loads(
             data.decode("utf-8"),
-            object_pairs_hook=_reject_duplicates,
+            object_pairs_hook=reject_duplicate_members,
             parse_constant=_reject_constant,
             parse_float=_finite_float,
         )

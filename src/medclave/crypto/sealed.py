@@ -52,6 +52,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from medclave.crypto import hpke
 from medclave.crypto.canonical import canonical_json
+from medclave.crypto.jose import reject_duplicate_members
 from medclave.errors import InputError, ModelError
 from medclave.util.files import write_atomic
 
@@ -347,18 +348,11 @@ def load_manifest(sealed_dir: str | os.PathLike[str]) -> Manifest:
     if len(raw) > MAX_MANIFEST_BYTES:
         raise _bad_manifest("manifest too large")
     try:
-        value = json.loads(raw, object_pairs_hook=_no_duplicates, parse_float=_no_float,
+        value = json.loads(raw, object_pairs_hook=reject_duplicate_members, parse_float=_no_float,
                            parse_constant=_no_float)
     except (ValueError, RecursionError) as exc:
         raise _bad_manifest(f"manifest is not valid JSON: {exc}") from None
     return Manifest.from_json(value)
-
-
-def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    out = dict(pairs)
-    if len(out) != len(pairs):
-        raise ValueError("duplicate key")
-    return out
 
 
 def _no_float(text: str) -> Any:
