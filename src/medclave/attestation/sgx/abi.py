@@ -18,6 +18,7 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 
+from medclave.attestation.dcap.reader import QuoteReader
 from medclave.attestation.dcap.report import REPORT_BODY_SIZE, EnclaveReport, parse_report_body
 from medclave.attestation.tdx.abi import (
     ATT_KEY_TYPE_ECDSA_P256,
@@ -25,7 +26,6 @@ from medclave.attestation.tdx.abi import (
     CERT_TYPE_QE_REPORT,
     ECDSA_SIG_SIZE,
     HEADER_SIZE,
-    MAX_CERT_DATA_SIZE,
 )
 from medclave.errors import AttestationError
 
@@ -63,28 +63,8 @@ class Quote:
     trailing: int
 
 
-class _Reader:
-    def __init__(self, data: bytes, start: int, end: int) -> None:
-        self._data, self.pos, self.end = data, start, end
-
-    def take(self, n: int, what: str) -> bytes:
-        if n < 0 or n > self.end - self.pos:
-            raise _malformed(f"{what} needs {n} bytes, {self.end - self.pos} left")
-        out = self._data[self.pos : self.pos + n]
-        self.pos += n
-        return out
-
-    def u16(self, what: str) -> int:
-        return int(struct.unpack("<H", self.take(2, what))[0])
-
-    def u32(self, what: str) -> int:
-        return int(struct.unpack("<I", self.take(4, what))[0])
-
-    def cert_data(self, what: str) -> tuple[int, int]:
-        cert_type, size = self.u16(f"{what} type"), self.u32(f"{what} size")
-        if size > MAX_CERT_DATA_SIZE or size > self.end - self.pos:
-            raise _malformed(f"{what} size {size} exceeds the {self.end - self.pos} bytes left")
-        return cert_type, size
+def _reader(data: bytes, start: int, end: int) -> QuoteReader:
+    return QuoteReader(data, start, end, label="SGX quote")
 
 
 def looks_like_quote(data: bytes) -> bool:
@@ -96,7 +76,7 @@ def looks_like_quote(data: bytes) -> bool:
             and tee_type == TEE_TYPE_SGX)
 
 
-def _qe_part(r: _Reader, end: int) -> tuple[EnclaveReport, bytes, bytes, bytes]:
+def _qe_part(r: QuoteReader, end: int) -> tuple[EnclaveReport, bytes, bytes, bytes]:
     """QE report, its signature, the auth data and the PCK chain (type 5), ending at ``end``."""
     qe_report = parse_report_body(r.take(REPORT_BODY_SIZE, "QE report"))
     qe_sig = r.take(ECDSA_SIG_SIZE, "QE report signature")
@@ -128,14 +108,14 @@ def parse_quote(data: bytes) -> Quote:
     if tee_type != TEE_TYPE_SGX:
         raise _malformed(f"TEE type {tee_type:#x} is not SGX (0)")
     header = Header(version, att_key_type, qe_svn, pce_svn, data[12:28], data[28:48])
-    r = _Reader(data, HEADER_SIZE, len(data))
+    r = _reader(data, HEADER_SIZE, len(data))
     body = parse_report_body(r.take(REPORT_BODY_SIZE, "ISV enclave report"), "enclave report")
     signed = data[: r.pos]
     sig_len = r.u32("signature data length")
     if sig_len > r.end - r.pos:
         raise _malformed(f"signature data length {sig_len} exceeds the {r.end - r.pos} bytes left")
     sig_end = r.pos + sig_len
-    s = _Reader(data, r.pos, sig_end)
+    s = _reader(data, r.pos, sig_end)
     signature = s.take(ECDSA_SIG_SIZE, "quote signature")
     attestation_key = s.take(ATTESTATION_KEY_SIZE, "attestation key")
     if version == 3:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 
+from medclave.attestation.dcap.reader import QuoteReader
 from medclave.attestation.dcap.report import REPORT_BODY_SIZE, parse_report_body
 from medclave.attestation.dcap.report import EnclaveReport as QeReport
 from medclave.errors import AttestationError
@@ -29,7 +30,6 @@ TD_REPORT15_SIZE = 648
 QE_REPORT_SIZE = REPORT_BODY_SIZE
 ECDSA_SIG_SIZE = 64
 ATTESTATION_KEY_SIZE = 64
-MAX_CERT_DATA_SIZE = 64 * 1024
 
 QUOTE_VERSIONS = (4, 5)
 ATT_KEY_TYPE_ECDSA_P256 = 2
@@ -96,30 +96,12 @@ class Quote:
     trailing: int  # bytes after the declared signature data, ignored
 
 
-class _Reader:
-    """Bounded cursor: every read checks what is left, so no length can run past the buffer."""
-
-    def __init__(self, data: bytes, start: int = 0, end: int | None = None) -> None:
-        self._data = data
-        self.pos = start
-        self.end = len(data) if end is None else end
-
-    def take(self, n: int, what: str) -> bytes:
-        if n < 0 or n > self.end - self.pos:
-            raise _malformed(f"{what} needs {n} bytes, {self.end - self.pos} left")
-        out = self._data[self.pos : self.pos + n]
-        self.pos += n
-        return out
-
-    def u16(self, what: str) -> int:
-        return int(struct.unpack("<H", self.take(2, what))[0])
-
-    def u32(self, what: str) -> int:
-        return int(struct.unpack("<I", self.take(4, what))[0])
+def _reader(data: bytes, start: int = 0, end: int | None = None) -> QuoteReader:
+    return QuoteReader(data, start, end, label="TDX quote")
 
 
 def parse_header(data: bytes) -> Header:
-    r = _Reader(data)
+    r = _reader(data)
     raw = r.take(HEADER_SIZE, "header")
     version, att_key_type, tee_type, qe_svn, pce_svn = struct.unpack_from("<HHIHH", raw, 0)
     header = Header(version, att_key_type, tee_type, qe_svn, pce_svn, raw[12:28], raw[28:48])
@@ -178,14 +160,6 @@ def parse_qe_report(raw: bytes) -> QeReport:
     return parse_report_body(raw, "QE report")
 
 
-def _cert_data_header(r: _Reader, what: str) -> tuple[int, int]:
-    cert_type = r.u16(f"{what} type")
-    size = r.u32(f"{what} size")
-    if size > MAX_CERT_DATA_SIZE or size > r.end - r.pos:
-        raise _malformed(f"{what} size {size} exceeds the {r.end - r.pos} bytes that remain")
-    return cert_type, size
-
-
 def parse_quote(data: bytes) -> Quote:
     """Parse a v4 or v5 TDX quote; raise ``attestation.malformed`` on any inconsistency."""
     if len(data) > MAX_QUOTE_BYTES:
@@ -193,7 +167,7 @@ def parse_quote(data: bytes) -> Quote:
             "attestation.malformed", f"TDX quote is {len(data)} bytes, over {MAX_QUOTE_BYTES}"
         )
     header = parse_header(data)
-    r = _Reader(data, HEADER_SIZE)
+    r = _reader(data, HEADER_SIZE)
     if header.version == 4:
         body_type, body_size = BODY_TYPE_TD10, TD_REPORT10_SIZE
     else:
@@ -215,11 +189,11 @@ def parse_quote(data: bytes) -> Quote:
     if sig_len > r.end - r.pos:
         raise _malformed(f"signature data length {sig_len} exceeds the {r.end - r.pos} bytes left")
     sig_end = r.pos + sig_len
-    s = _Reader(data, r.pos, sig_end)
+    s = _reader(data, r.pos, sig_end)
     signature = s.take(ECDSA_SIG_SIZE, "quote signature")
     attestation_key = s.take(ATTESTATION_KEY_SIZE, "attestation key")
 
-    cert_type, size = _cert_data_header(s, "certification data")
+    cert_type, size = s.cert_data("certification data")
     if cert_type != CERT_TYPE_QE_REPORT:
         raise AttestationError(
             "attestation.unsupported_version",
@@ -227,12 +201,12 @@ def parse_quote(data: bytes) -> Quote:
         )
     if s.pos + size != sig_end:
         raise _malformed("certification data does not end where the signature data ends")
-    qe = _Reader(data, s.pos, sig_end)
+    qe = _reader(data, s.pos, sig_end)
     qe_report = parse_qe_report(qe.take(QE_REPORT_SIZE, "QE report"))
     qe_report_signature = qe.take(ECDSA_SIG_SIZE, "QE report signature")
     auth_len = qe.u16("QE auth data length")
     qe_auth_data = qe.take(auth_len, "QE auth data")
-    inner_type, inner_size = _cert_data_header(qe, "nested certification data")
+    inner_type, inner_size = qe.cert_data("nested certification data")
     if inner_type != CERT_TYPE_PCK_CHAIN:
         raise AttestationError(
             "attestation.certificate_missing",
