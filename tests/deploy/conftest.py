@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -119,18 +120,36 @@ REFUSED: dict[str, tuple[dict[str, Any], str]] = {
                             "proxy.appraisalPolicy is required"),
     "sim-roots": (merge(BASE, {"proxy": {"settings": {"sim_roots": ["ab"]}}}), "sim"),
 }
+# Refused by values.schema.json alone: a misspelt key would otherwise be ignored in silence.
+SCHEMA_REFUSED: dict[str, dict[str, Any]] = {
+    "misspelt key": merge(BASE, {"enclave": {"runtimeClasName": "kata-qemu-snp"}}),
+    "unknown setting": merge(BASE, {"enclave": {"settings": {"kbs_key": ["00"]}}}),
+    "limits without memory": merge(BASE, {"kbs": {"resources": {"limits": {"memory": None}}}}),
+    "unknown group": merge(BASE, {"ingress": {"enabled": True}}),
+}
+SCHEMA_ERROR = "don't meet the specifications of the schema"
 
 
 @pytest.fixture(scope="session")
-def rendered() -> dict[str, Any]:
-    request = {"chart": str(CHART), "release": RELEASE, "namespace": NAMESPACE,
-               "lint_values": VARIANTS["full"],
-               "variants": {**VARIANTS, **{f"refused:{k}": v for k, (v, _) in REFUSED.items()}}}
-    proc = subprocess.run([sys.executable, "-m", "tests.deploy.render"], cwd=ROOT,
-                          input=json.dumps(request), capture_output=True, text=True,
-                          timeout=120, env=os.environ.copy(), check=False)
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    out: dict[str, Any] = json.loads(proc.stdout)
+def rendered(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """Every variant with the chart as shipped, and the refused ones also with a copy of the
+    chart without its values schema, so the templates' own refusals are shown to hold alone."""
+    bare = tmp_path_factory.mktemp("chart") / "medclave"
+    shutil.copytree(CHART, bare)
+    (bare / "values.schema.json").unlink()
+    variants = {**VARIANTS, **{f"refused:{k}": v for k, (v, _) in REFUSED.items()},
+                **{f"schema:{k}": v for k, v in SCHEMA_REFUSED.items()}}
+    out: dict[str, Any] = {}
+    for name, chart, lint_values, these in (
+            ("shipped", CHART, VARIANTS["full"], variants),
+            ("bare", bare, None, {k: v for k, v in variants.items() if k.startswith("refused:")})):
+        request = {"chart": str(chart), "release": RELEASE, "namespace": NAMESPACE,
+                   "lint_values": lint_values, "variants": these}
+        proc = subprocess.run([sys.executable, "-m", "tests.deploy.render"], cwd=ROOT,
+                              input=json.dumps(request), capture_output=True, text=True,
+                              timeout=120, env=os.environ.copy(), check=False)
+        assert proc.returncode == 0, proc.stderr[-4000:]
+        out[name] = json.loads(proc.stdout)
     return out
 
 
@@ -147,7 +166,7 @@ def objects_of(files: dict[str, str]) -> list[dict[str, Any]]:
 def variants(rendered: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
     out = {}
     for name in VARIANTS:
-        result = rendered["variants"][name]
+        result = rendered["shipped"]["variants"][name]
         assert result["ok"], f"{name}: {result.get('error')}"
         out[name] = objects_of(result["files"])
     return out

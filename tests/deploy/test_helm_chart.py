@@ -9,6 +9,7 @@ that breaks it."""
 from __future__ import annotations
 
 import copy
+import json
 import os
 import re
 from collections.abc import Callable
@@ -27,10 +28,13 @@ from medclave.ops.config import load_settings
 from medclave.ops.http import HEALTH_PATH, READY_PATH
 from tests.deploy import k8s_checks as checks
 from tests.deploy.conftest import (
+    CHART,
     ENCLAVE_REPO,
     INITDATA,
     REFUSED,
     ROOT,
+    SCHEMA_ERROR,
+    SCHEMA_REFUSED,
     VARIANTS,
 )
 
@@ -70,7 +74,7 @@ def codes(findings: list[checks.Finding]) -> set[str]:
 # --- rendering and schemas --------------------------------------------------------------------
 
 def test_helm_lint_passes_strict(rendered: dict[str, Any]) -> None:
-    lint = rendered["lint"]
+    lint = rendered["shipped"]["lint"]
     assert lint["total_charts_linted"] == 1
     assert lint["errors"] == []
     # Severity 1 is information ("icon is recommended"); warnings (2) and errors fail.
@@ -98,9 +102,40 @@ def test_the_schema_validation_refuses_a_misspelt_field(variants: dict[str, Obje
 
 @pytest.mark.parametrize("case", sorted(REFUSED))
 def test_the_chart_refuses_to_render_unsafe_values(rendered: dict[str, Any], case: str) -> None:
-    result = rendered["variants"][f"refused:{case}"]
-    assert result["ok"] is False, f"{case} rendered"
-    assert REFUSED[case][1] in result["error"], result["error"]
+    shipped = rendered["shipped"]["variants"][f"refused:{case}"]
+    assert shipped["ok"] is False, f"{case} rendered"
+    # Without the values schema, the templates refuse on their own, for the stated reason.
+    bare = rendered["bare"]["variants"][f"refused:{case}"]
+    assert bare["ok"] is False, f"{case} rendered without the schema"
+    assert REFUSED[case][1] in bare["error"], bare["error"]
+
+
+@pytest.mark.parametrize("case", sorted(SCHEMA_REFUSED))
+def test_the_values_schema_refuses_what_the_templates_would_ignore(
+        rendered: dict[str, Any], case: str) -> None:
+    result = rendered["shipped"]["variants"][f"schema:{case}"]
+    assert result["ok"] is False and SCHEMA_ERROR in result["error"], result
+
+
+# Settings the chart sets itself or refuses (development only): not accepted in values.
+CHART_SETTINGS = {
+    "enclave": {"host", "port", "metrics_host", "metrics_port", "data_dir", "kbs_url", "engine",
+                "engine_url", "store", "platform", "sim_measurement", "insecure_no_auth",
+                "commitment_key_file", "records_key_file"},
+    "kbs": {"host", "port", "metrics_host", "metrics_port", "data_dir", "kek", "signing_key",
+            "store", "sim_roots"},
+    "proxy": {"host", "port", "metrics_host", "metrics_port", "data_dir", "upstream",
+              "policy_file", "sim_roots"},
+}
+
+
+@pytest.mark.parametrize("component", sorted(SERVICES))
+def test_the_values_schema_names_every_setting_of_the_code(component: str) -> None:
+    schema = json.loads((CHART / "values.schema.json").read_text())
+    accepted = set(schema["properties"][component]["properties"]["settings"]["propertyNames"][
+        "enum"])
+    model = SERVICES[component][0]
+    assert accepted == set(model.model_fields) - CHART_SETTINGS[component]
 
 
 # --- confidential runtime ---------------------------------------------------------------------
