@@ -126,6 +126,8 @@ SCHEMA_REFUSED: dict[str, dict[str, Any]] = {
     "unknown setting": merge(BASE, {"enclave": {"settings": {"kbs_key": ["00"]}}}),
     "limits without memory": merge(BASE, {"kbs": {"resources": {"limits": {"memory": None}}}}),
     "unknown group": merge(BASE, {"ingress": {"enabled": True}}),
+    "quote in the repository": merge(BASE, {"enclave": {"image": {
+        "repository": "registry.example/x') || true || ('"}}}),
 }
 SCHEMA_ERROR = "don't meet the specifications of the schema"
 

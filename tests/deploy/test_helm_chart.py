@@ -16,6 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import cel
 import kubernetes_validate
 import pytest
 from pydantic_settings import BaseSettings
@@ -40,7 +41,7 @@ from tests.deploy.conftest import (
 
 Objects = list[dict[str, Any]]
 # Oldest Kubernetes the chart declares (Chart.yaml kubeVersion) and the newest schemas bundled.
-KUBE_VERSIONS = ("1.29.0", kubernetes_validate.latest_version())
+KUBE_VERSIONS = ("1.30.0", kubernetes_validate.latest_version())
 # Each component: its settings model and the Dockerfile of its image.
 SERVICES: dict[str, tuple[type[BaseSettings], str]] = {
     "enclave": (EnclaveSettings, "enclave.Dockerfile"),
@@ -198,6 +199,71 @@ NOT_CONFIDENTIAL: dict[str, tuple[Callable[[Objects], Objects], str]] = {
 def test_the_confidential_check_flags(variants: dict[str, Objects], case: str) -> None:
     mutate, code = NOT_CONFIDENTIAL[case]
     assert code in codes(checks.confidential_findings(mutate(variants["snp"]), ENCLAVE_REPO))
+
+
+def admission(objects: Objects) -> Callable[[dict[str, Any]], bool]:
+    """The chart's ValidatingAdmissionPolicy, evaluated as the API server does: each variable in
+    order, then every validation (common-expression-language, a CEL implementation)."""
+    found = [o for o in objects if o["kind"] == "ValidatingAdmissionPolicy"]
+    assert len(found) == 1
+    spec = found[0]["spec"]
+    bindings = [o for o in objects if o["kind"] == "ValidatingAdmissionPolicyBinding"]
+    assert [b["spec"]["policyName"] for b in bindings] == [found[0]["metadata"]["name"]]
+    assert bindings[0]["spec"]["validationActions"] == ["Deny"]
+    assert spec["failurePolicy"] == "Fail"
+
+    def admit(obj: dict[str, Any]) -> bool:
+        variables: dict[str, Any] = {}
+        for var in spec["variables"]:
+            variables[var["name"]] = cel.evaluate(var["expression"],
+                                                  {"object": obj, "variables": variables})
+        return all(cel.evaluate(v["expression"], {"object": obj, "variables": variables}) is True
+                   for v in spec["validations"])
+    return admit
+
+
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+def test_the_admission_policy_admits_every_rendered_workload(
+        variants: dict[str, Objects], variant: str) -> None:
+    objects = variants[variant]
+    admit = admission(objects)
+    workloads = [o for o in objects if o["kind"] in checks.WORKLOADS]
+    assert len(workloads) >= 2 and all(admit(o) for o in workloads)
+    spec = next(o for o in objects if o["kind"] == "ValidatingAdmissionPolicy")["spec"]
+    covered = {r for rule in spec["matchConstraints"]["resourceRules"] for r in rule["resources"]}
+    plural = {"Pod": "pods", "Deployment": "deployments", "StatefulSet": "statefulsets",
+              "DaemonSet": "daemonsets", "ReplicaSet": "replicasets", "Job": "jobs",
+              "CronJob": "cronjobs", "ReplicationController": "replicationcontrollers"}
+    assert covered == {plural[k] for k in checks.WORKLOADS}
+
+
+def _cronjob(objects: Objects) -> Objects:
+    pod = copy.deepcopy(workload(objects, "enclave")["spec"]["template"])
+    pod["spec"]["runtimeClassName"] = "runc"
+    pod["spec"]["initContainers"] = [pod["spec"]["containers"].pop(0)]
+    pod["spec"]["containers"] = [{"name": "x", "image": "busybox@sha256:" + "a" * 64}]
+    return [{"apiVersion": "batch/v1", "kind": "CronJob", "metadata": {"name": "c"},
+             "spec": {"schedule": "@daily", "jobTemplate": {"spec": {"template": pod}}}}]
+
+
+@pytest.mark.parametrize("case", [*sorted(k for k, (_, code) in NOT_CONFIDENTIAL.items()
+                                          if code == "enclave.not_confidential"), "cronjob"])
+def test_the_admission_policy_denies_the_enclave_image_outside_coco(
+        variants: dict[str, Objects], case: str) -> None:
+    objects = variants["snp"]
+    admit = admission(objects)
+    bad = _cronjob(objects) if case == "cronjob" else NOT_CONFIDENTIAL[case][0](objects)
+    flagged = [o for o in bad if checks.confidential_findings([o], ENCLAVE_REPO)]
+    assert flagged and not any(admit(o) for o in flagged)
+
+
+def test_the_admission_policy_leaves_other_images_alone(variants: dict[str, Objects]) -> None:
+    admit = admission(variants["snp"])
+    for image in ("nginx@sha256:" + "b" * 64, ENCLAVE_REPO + "-tools:1",
+                  "other.example/medclave-enclave:1"):
+        pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p"},
+               "spec": {"containers": [{"name": "c", "image": image}]}}
+        assert admit(pod), image
 
 
 # --- hardening --------------------------------------------------------------------------------
