@@ -34,36 +34,37 @@ def digest(n: int) -> str:
     return "sha256:" + f"{n:x}" * 64
 
 
+KBS_KEY = "0" * 64
+IDP = {"ipBlock": {"cidr": "198.51.100.10/32"}}
 BASE: dict[str, Any] = {
     "enclave": {"image": {"digest": digest(1)},
-                "coco": {"initdata": initdata.annotation(INITDATA)}},
+                "coco": {"initdata": initdata.annotation(INITDATA)},
+                "settings": {"kbs_keys": [KBS_KEY], "audit_origin": "hospital.example/enclave",
+                             "audit_key_resource": "kbs:///ops/audit-key/enclave",
+                             "auth_issuer": "https://idp.hospital.example",
+                             "auth_jwks_url": "https://idp.hospital.example/jwks.json"}},
     "kbs": {"image": {"digest": digest(2)}},
     "proxy": {"image": {"digest": digest(3)},
               "appraisalPolicy": 'name = "coco"\nplatforms = ["sev-snp"]\n'},
+    "networkPolicy": {"idp": {"peers": [IDP]}},
 }
 
 GATEWAY = {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "gateway"}}}
 APPS = {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "hospital-apps"}},
         "podSelector": {"matchLabels": {"medclave-client": "true"}}}
 OWNERS = {"ipBlock": {"cidr": "192.0.2.0/28"}}
-IDP = {"ipBlock": {"cidr": "198.51.100.10/32"}}
 REGISTRY = {"ipBlock": {"cidr": "203.0.113.0/24"}}
-KBS_KEY = "0" * 64
 
 FULL: dict[str, Any] = {
     "enclave": {"replicas": 2,
-                "settings": {"kbs_keys": [KBS_KEY], "audit_origin": "hospital.example/enclave",
-                             "audit_key_resource": "kbs:///ops/audit-key/enclave",
-                             "auth_issuer": "https://idp.hospital.example",
-                             "auth_jwks_url": "https://idp.hospital.example/jwks.json",
-                             "auth_tenants": ["st-marys"], "log_format": "json"}},
+                "settings": {"auth_tenants": ["st-marys"], "log_format": "json"}},
     "kbs": {"replicas": 2, "existingSecret": "medclave-kbs-keys",
             "runtimeClassName": "kata-qemu-snp"},
     "proxy": {"settings": {"idp_token_url": "https://idp.hospital.example/token",
                            "idp_client_id": "medclave-proxy", "reattest_seconds": 300}},
     "postgresql": {"existingSecret": "medclave-postgres", "cidrs": ["10.20.0.0/24"]},
     "networkPolicy": {"enclaveClients": [GATEWAY], "proxyClients": [APPS],
-                      "brokerOwners": [OWNERS], "idp": {"peers": [IDP]},
+                      "brokerOwners": [OWNERS],
                       "imageRegistry": {"peers": [REGISTRY]}},
 }
 
@@ -111,6 +112,14 @@ REFUSED: dict[str, tuple[dict[str, Any], str]] = {
     "override-port": (merge(BASE, {"enclave": {"settings": {"port": 9999}}}),
                       "set by the chart"),
     "replicas-sqlite": (merge(BASE, {"enclave": {"replicas": 2}}), "needs PostgreSQL"),
+    "no-broker-key": (merge(BASE, {"enclave": {"settings": {"kbs_keys": None}}}),
+                      "enclave.settings.kbs_keys is required"),
+    "no-audit-key": (merge(BASE, {"enclave": {"settings": {"audit_key_resource": None}}}),
+                     "enclave.settings.audit_key_resource is required"),
+    "no-issuer": (merge(BASE, {"enclave": {"settings": {"auth_issuer": None}}}),
+                  "enclave.settings.auth_issuer is required"),
+    "no-idp-peers": (merge(BASE, {"networkPolicy": {"idp": {"peers": []}}}),
+                     "networkPolicy.idp.peers is required"),
     "pg-without-cidrs": (merge(BASE, {"postgresql": {"existingSecret": "pg"}}),
                          "postgresql.cidrs is required"),
     "vllm-without-gpu": (merge(BASE, {"enclave": {"vllm": {"enabled": True,

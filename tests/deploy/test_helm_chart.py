@@ -437,6 +437,7 @@ CORE_FLOWS = {
     (MONITORING, "pod:kbs", "TCP", 9450),
     (MONITORING, "pod:proxy", "TCP", 9080),
     *{(f"pod:{c}", DNS, proto, 53) for c in ("enclave", "kbs", "proxy") for proto in ("UDP", "TCP")},
+    ("pod:enclave", "cidr:198.51.100.10/32", "TCP", 443),                   # IdP JWKS
 }
 FULL_FLOWS = CORE_FLOWS | {
     ("ns:kubernetes.io/metadata.name=gateway", "pod:enclave", "TCP", 8443),  # operator's LB
@@ -445,7 +446,6 @@ FULL_FLOWS = CORE_FLOWS | {
     ("cidr:192.0.2.0/28", "pod:kbs", "TCP", 8450),                          # owners' API
     ("pod:enclave", "cidr:10.20.0.0/24", "TCP", 5432),                      # PostgreSQL
     ("pod:kbs", "cidr:10.20.0.0/24", "TCP", 5432),
-    ("pod:enclave", "cidr:198.51.100.10/32", "TCP", 443),                   # IdP JWKS
     ("pod:proxy", "cidr:198.51.100.10/32", "TCP", 443),                     # IdP tokens
     ("pod:enclave", "cidr:203.0.113.0/24", "TCP", 443),                     # CoCo guest pull
 }
