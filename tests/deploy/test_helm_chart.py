@@ -547,3 +547,20 @@ def test_postgresql_is_external_and_its_url_comes_from_a_secret(
     assert kbs_env["MEDCLAVE_KBS_KEK"]["valueFrom"]["secretKeyRef"]["name"] == "medclave-kbs-keys"
     without = {e["name"] for e in container(variants["snp"], "enclave")["env"]}
     assert "MEDCLAVE_ENCLAVE_STORE" not in without
+
+
+@pytest.mark.parametrize(("variant", "persistent"), [("snp", True), ("full", False)])
+def test_the_audit_log_outlives_the_pod_unless_postgresql_holds_it(
+        variants: dict[str, Objects], variant: str, persistent: bool) -> None:
+    objects = variants[variant]
+    deployment = workload(objects, "enclave")
+    data = {v["name"]: v for v in deployment["spec"]["template"]["spec"]["volumes"]}["data"]
+    claims = [o for o in objects if o["kind"] == "PersistentVolumeClaim"]
+    if persistent:
+        # One writer: the old pod stops before the new one opens the log.
+        assert deployment["spec"]["strategy"] == {"type": "Recreate"}
+        assert [c["metadata"]["name"] for c in claims] == [
+            data["persistentVolumeClaim"]["claimName"]]
+    else:
+        assert deployment["spec"]["strategy"]["type"] == "RollingUpdate"
+        assert "emptyDir" in data and claims == []
