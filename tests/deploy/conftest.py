@@ -120,6 +120,8 @@ REFUSED: dict[str, tuple[dict[str, Any], str]] = {
                   "enclave.settings.auth_issuer is required"),
     "no-idp-peers": (merge(BASE, {"networkPolicy": {"idp": {"peers": []}}}),
                      "networkPolicy.idp.peers is required"),
+    "brokers-without-shared-keys": (merge(BASE, FULL, {"kbs": {"existingSecret": ""}}),
+                                    "needs kbs.existingSecret"),
     "pg-without-cidrs": (merge(BASE, {"postgresql": {"existingSecret": "pg"}}),
                          "postgresql.cidrs is required"),
     "vllm-without-gpu": (merge(BASE, {"enclave": {"vllm": {"enabled": True,
