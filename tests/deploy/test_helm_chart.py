@@ -523,8 +523,9 @@ def test_the_gpu_variant_passes_the_gpu_and_keeps_vllm_on_loopback(
         variants: dict[str, Objects], monkeypatch: pytest.MonkeyPatch) -> None:
     objects = variants["gpu-snp"]
     enclave = container(objects, "enclave")
-    assert enclave["resources"]["limits"]["nvidia.com/pgpu"] == 1
     vllm = container(objects, "enclave", "vllm")
+    assert vllm["resources"]["limits"]["nvidia.com/pgpu"] == 1
+    assert "nvidia.com/pgpu" not in enclave["resources"]["limits"]
     assert "--host=127.0.0.1" in vllm["args"] and "ports" not in vllm
     s = settings_of(objects, "enclave", monkeypatch)
     assert isinstance(s, EnclaveSettings)
