@@ -565,3 +565,15 @@ def test_the_audit_log_outlives_the_pod_unless_postgresql_holds_it(
     else:
         assert deployment["spec"]["strategy"]["type"] == "RollingUpdate"
         assert "emptyDir" in data and claims == []
+
+
+@pytest.mark.parametrize("component", sorted(SERVICES))
+def test_each_image_runs_as_the_user_the_chart_names(
+        variants: dict[str, Objects], component: str) -> None:
+    text = (ROOT / "deploy" / SERVICES[component][1]).read_text()
+    assert len(re.findall(r"^FROM ", text, flags=re.M)) >= 2 and "COPY --from=builder" in text
+    user = re.search(r"^USER (\d+):(\d+)$", text, flags=re.M)
+    assert user is not None
+    sc = container(variants["full"], component)["securityContext"]
+    assert (sc["runAsUser"], sc["runAsGroup"]) == (int(user.group(1)), int(user.group(2)))
+    _config_file(SERVICES[component][1])  # starts from a configuration file in deploy/config
