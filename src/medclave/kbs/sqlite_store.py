@@ -29,6 +29,7 @@ import sqlite3
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -44,6 +45,7 @@ from medclave.kbs.store import (
     NonceState,
     PolicyVersion,
     ResourceInfo,
+    Rewrap,
     SecretVersion,
     aggregate_key,
     is_aggregated,
@@ -401,45 +403,71 @@ class SqliteKbsStore:
 
     # decisions
     def record_decision(self, decision: Decision) -> None:
+        with self._tx() as db:
+            self._record(db, decision)
+
+    def _record(self, db: sqlite3.Connection, decision: Decision) -> None:
         d = decision
         key = aggregate_key(d) if is_aggregated(d) else None
-        with self._tx() as db:
-            if key is not None:
-                counted = db.execute(
-                    "UPDATE decisions SET count = count + ? WHERE bucket=? AND action=?"
-                    " AND resource=? AND code=? AND client=?", (d.count, *key)
-                ).rowcount
-                if counted:
-                    return
+        if key is not None:
+            counted = db.execute(
+                "UPDATE decisions SET count = count + ? WHERE bucket=? AND action=?"
+                " AND resource=? AND code=? AND client=?", (d.count, *key)
+            ).rowcount
+            if counted:
+                return
+        db.execute(
+            "INSERT INTO decisions (at, action, resource, owner, outcome, client, code,"
+            " version, detail, policy_digest, evidence_sha256, checks, actor, count, bucket)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                _ts(d.at),
+                d.action,
+                d.resource,
+                d.owner or "",  # the column's "no owner": the resource is not a name
+                d.outcome,
+                d.client,
+                d.code,
+                d.version,
+                d.detail,
+                d.policy_digest,
+                d.evidence_sha256,
+                json.dumps(list(d.checks)),
+                d.actor,
+                d.count,
+                None if key is None else key[0],
+            ),
+        )
+        if key is not None:
+            # The retention bound: the newest aggregate rows stay, the oldest go.
             db.execute(
-                "INSERT INTO decisions (at, action, resource, owner, outcome, client, code,"
-                " version, detail, policy_digest, evidence_sha256, checks, actor, count, bucket)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    _ts(d.at),
-                    d.action,
-                    d.resource,
-                    d.owner or "",  # the column's "no owner": the resource is not a name
-                    d.outcome,
-                    d.client,
-                    d.code,
-                    d.version,
-                    d.detail,
-                    d.policy_digest,
-                    d.evidence_sha256,
-                    json.dumps(list(d.checks)),
-                    d.actor,
-                    d.count,
-                    None if key is None else key[0],
-                ),
+                "DELETE FROM decisions WHERE id IN (SELECT id FROM decisions"
+                " WHERE bucket IS NOT NULL ORDER BY id DESC LIMIT -1 OFFSET ?)",
+                (self._max_aggregated,),
             )
-            if key is not None:
-                # The retention bound: the newest aggregate rows stay, the oldest go.
+
+    # the KEK (kbs/rekey.py)
+    def rewrap_secrets(self, rewrap: Rewrap, *, kek_id: str, decision: Decision) -> int:
+        """Every stored secret version re-wrapped, the new KEK's id recorded and ``decision``
+        logged, in one transaction: any error (a secret the old KEK does not open, a crash)
+        leaves every row as it was (SQLite's atomic commit)."""
+        with self._tx() as db:
+            rows = db.execute(
+                "SELECT name, version, wrapped FROM secret_versions ORDER BY name, version"
+            ).fetchall()
+            for name, version, wrapped in rows:
                 db.execute(
-                    "DELETE FROM decisions WHERE id IN (SELECT id FROM decisions"
-                    " WHERE bucket IS NOT NULL ORDER BY id DESC LIMIT -1 OFFSET ?)",
-                    (self._max_aggregated,),
+                    "UPDATE secret_versions SET wrapped=? WHERE name=? AND version=?",
+                    (rewrap(str(name), int(version), bytes(wrapped)), name, version),
                 )
+            db.execute("INSERT OR REPLACE INTO meta VALUES ('kek_id', ?)", (kek_id,))
+            self._record(db, replace(decision, detail=f"{decision.detail}; {len(rows)} secret "
+                                     "versions re-wrapped"))
+        return len(rows)
+
+    def kek_id(self) -> str | None:
+        rows = self._read("SELECT value FROM meta WHERE key='kek_id'")
+        return str(rows[0][0]) if rows else None
 
     def decisions(
         self, *, owner: str | None = None, resource: str | None = None, limit: int = 100
