@@ -79,6 +79,22 @@ class Deduplicator:
         self._last[key] = at
         return True
 
+    def state(self) -> dict[str, Any]:
+        """The keys still inside the window (older ones can never suppress again)."""
+        newest = max(self._last.values(), default=None)
+        keep = {k: t for k, t in self._last.items()
+                if newest is None or newest - t < self.window}
+        return {"last": [[list(k), t.isoformat()] for k, t in keep.items()],
+                "suppressed": self.suppressed}
+
+    def restore(self, state: dict[str, Any]) -> None:
+        try:
+            self._last = {tuple(str(p) for p in k): datetime.fromisoformat(t)
+                          for k, t in state.get("last", [])}
+            self.suppressed = int(state.get("suppressed", 0))
+        except (TypeError, ValueError, AttributeError) as exc:
+            raise InputError("input.malformed", f"not a dedup state: {exc}") from None
+
 
 class FileSink:
     def __init__(self, path: Path) -> None:
@@ -129,6 +145,13 @@ class Monitor:
         self.threshold = threshold
         self.dedup = dedup or Deduplicator()
         self.raised: list[Alert] = []
+
+    def replay(self, event: Any) -> None:
+        """Score ``event`` and count it for deduplication, raising nothing (the follower
+        rebuilding its state up to an event whose alert failed)."""
+        score = self.scorer.score(event)
+        if score.total >= self.threshold and score.findings:
+            self.dedup.first(score)
 
     def observe(self, event: Any) -> Alert | None:
         score = self.scorer.score(event)
