@@ -22,7 +22,7 @@ from typer.testing import CliRunner
 from medclave.attestation import sim
 from medclave.background import BackgroundServer
 from medclave.cli import kbs as kbs_cli
-from medclave.errors import CryptoError, InputError
+from medclave.errors import CryptoError, InputError, KbsError
 from medclave.kbs.app import create_app
 from medclave.kbs.client import KbsClient
 from medclave.kbs.factory import build_broker
@@ -304,3 +304,25 @@ def test_the_memory_store_rewraps_all_or_nothing() -> None:
         resource = ResourceName.parse(name)
         assert new.unwrap(store.secret_version(resource).wrapped,
                           wrap_aad(resource, 1)) == secrets_of(i, 1)
+
+
+def test_rotation_is_refused_beside_a_running_broker_and_a_broker_waits_for_it(
+        tmp_path: Path) -> None:
+    settings, expected = make_broker_folder(tmp_path)
+    running = build_broker(settings)  # holds the store open, the old KEK in memory
+    try:
+        before = snapshot(settings.data_dir)
+        out = cli("kek", "rotate", "--data", str(settings.data_dir), code=1)
+        assert out["error"]["code"] == "kbs.unavailable"
+        assert snapshot(settings.data_dir) == before
+    finally:
+        running.store.close()
+    rotating = SqliteKbsStore(settings.db_path, exclusive=True)  # as the rotation holds it
+    try:
+        with pytest.raises(KbsError) as refused:
+            build_broker(settings)
+        assert refused.value.code == "kbs.unavailable"
+    finally:
+        rotating.close()
+    cli("kek", "rotate", "--data", str(settings.data_dir))
+    assert opened(settings, FileKek.load(settings.kek_path)) == expected

@@ -9,7 +9,8 @@ KEK does not open (a wrong old key, a row tampered with) or a crash rolls all of
 store stays byte for byte as it was, under the old KEK.
 
 :func:`rotate_configured_kek` is the administrator's procedure around it (``medclave kbs kek
-rotate``), on a stopped broker's data folder:
+rotate``), on a stopped broker's data folder (the store is opened with an exclusive lock: refused,
+``kbs.unavailable``, while a broker has it open, and a broker cannot start during a rotation):
 
 1. the new KEK: ``--new-kek-file``, or a fresh one written 0600 to ``KEK_FILE.new`` (kept there
    if a run stops before the commit, and reused by the next run);
@@ -33,11 +34,12 @@ from pathlib import Path
 from typing import Any
 
 from medclave.errors import CryptoError, InputError
-from medclave.kbs.factory import open_store, open_wrapper
+from medclave.kbs.factory import ensure_data_dir, open_wrapper
 from medclave.kbs.keywrap import FileKek, KeyWrapper
 from medclave.kbs.names import ResourceName
 from medclave.kbs.service import wrap_aad
 from medclave.kbs.settings import KbsSettings
+from medclave.kbs.sqlite_store import SqliteKbsStore
 from medclave.kbs.store import Decision, KbsStore
 from medclave.util.files import read_secret_text, write_atomic
 
@@ -90,6 +92,18 @@ def rotate_configured_kek(settings: KbsSettings, *, new_kek_file: Path | None, n
     if settings.store != "sqlite":
         raise InputError("config.invalid", "a memory store holds nothing to re-wrap")
     old = open_wrapper(settings, create=False)
+    ensure_data_dir(settings)
+    # Exclusive: refused while a broker (or another command) has the store open.
+    store = SqliteKbsStore(settings.db_path, exclusive=True)
+    try:
+        return _rotate_locked(settings, store, old, new_kek_file, now, rotate)
+    finally:
+        store.close()
+
+
+def _rotate_locked(settings: KbsSettings, store: KbsStore, old: KeyWrapper,
+                   new_kek_file: Path | None, now: datetime,
+                   rotate: Callable[..., KekRotation]) -> dict[str, Any]:
     pending = pending_path(settings)
     made = False
     if new_kek_file is not None:
@@ -99,15 +113,12 @@ def rotate_configured_kek(settings: KbsSettings, *, new_kek_file: Path | None, n
         source = pending
         made = not pending.exists()
         new = FileKek.create(pending) if made else FileKek.load(pending)
-    store = open_store(settings)
     try:
         result = rotate(store, old, new, now=now)
     except BaseException:
         if made:
             pending.unlink(missing_ok=True)  # never used: the store is under the old KEK
         raise
-    finally:
-        store.close()
     out: dict[str, Any] = {"old_kek_id": result.old_kek_id, "new_kek_id": result.new_kek_id,
                            "secret_versions": result.secret_versions,
                            "resumed": result.resumed}

@@ -23,6 +23,7 @@ it cannot.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import sqlite3
@@ -122,6 +123,22 @@ def _legacy_version(db: sqlite3.Connection) -> int:
     return int(row[0])
 
 
+def _hold(path: Path, *, exclusive: bool) -> int:
+    """An advisory lock beside the store (``flock(2)`` on ``NAME.lock``), held while it is open:
+    shared by every broker and command that opens it, exclusive for a KEK rotation
+    (:mod:`medclave.kbs.rekey`), so a rotation never runs beside a broker that would go on
+    wrapping new secrets under the old KEK, and a broker never starts during one."""
+    fd = os.open(path.with_name(path.name + ".lock"), os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise KbsError("kbs.unavailable", "the store is in use by a running broker or command; "
+                       "stop it first" if exclusive else "the store is locked by a KEK "
+                       "rotation; start when it is done") from None
+    return fd
+
+
 def _ts(value: datetime) -> str:
     return value.astimezone(UTC).isoformat()
 
@@ -137,7 +154,8 @@ def _not_found(resource: ResourceName, what: str = "resource") -> KbsError:
 class SqliteKbsStore:
     """A :class:`~medclave.kbs.store.KbsStore` in one SQLite file (WAL journal)."""
 
-    def __init__(self, path: Path, *, max_aggregated: int = MAX_AGGREGATED_DECISIONS) -> None:
+    def __init__(self, path: Path, *, max_aggregated: int = MAX_AGGREGATED_DECISIONS,
+                 exclusive: bool = False) -> None:
         self.path = path
         self._max_aggregated = max_aggregated
         self._lock = threading.Lock()
@@ -147,11 +165,13 @@ class SqliteKbsStore:
             os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
         except OSError as exc:
             raise KbsError("kbs.unavailable", f"cannot create store {path.name}: {exc}") from exc
+        self._flock = _hold(path, exclusive=exclusive)
         try:
             self._db = sqlite3.connect(
                 path, isolation_level=None, check_same_thread=False, timeout=10.0
             )
         except sqlite3.Error as exc:
+            os.close(self._flock)
             raise KbsError("kbs.unavailable", f"cannot open store {path.name}: {exc}") from exc
 
         def pragmas(db: sqlite3.Connection) -> None:
@@ -166,6 +186,7 @@ class SqliteKbsStore:
                                    "kbs.unavailable", f"cannot open store {path.name}: {exc}"))
         except BaseException:
             self._db.close()
+            os.close(self._flock)
             raise
 
     @contextmanager
@@ -501,3 +522,6 @@ class SqliteKbsStore:
     def close(self) -> None:
         with self._lock:
             self._db.close()
+            if self._flock >= 0:
+                os.close(self._flock)  # releases the lock
+                self._flock = -1
