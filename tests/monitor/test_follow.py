@@ -18,6 +18,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from medclave.auth.access import AccessEvent, JsonlAccessLog
 from medclave.errors import InputError, ServiceError
@@ -177,3 +179,54 @@ def test_a_replaced_file_is_read_from_its_start(tmp_path: Path) -> None:
     path.unlink()
     path.write_bytes(line(ev(MONDAY + timedelta(hours=10, minutes=5), "vip", "department")))
     assert f.poll() == 1 and [a.kind for a in got] == ["vip"]
+
+
+# --- bounded and fuzzed: whatever is appended, the follower scores it or refuses it with a code
+
+FIELDS = st.sampled_from(["at", "tenant", "user", "patient", "reason", "purpose", "department",
+                          "request_id", "extra"])
+VALUES = st.one_of(st.none(), st.integers(), st.floats(allow_nan=False), st.text(max_size=30),
+                   st.lists(st.integers(), max_size=3), st.just("2026-03-23T10:00:00+00:00"),
+                   st.just("care_team"), st.just("retrieval"))
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.one_of(
+    st.binary(max_size=200),
+    st.dictionaries(FIELDS, VALUES, max_size=9).map(lambda d: json.dumps(d).encode()),
+    st.builds(lambda e: json.dumps(e.to_dict()).encode(), st.just(ev(MONDAY, "vip", "other")))),
+    max_size=6))
+def test_arbitrary_appended_lines_are_scored_or_refused_with_a_code(chunks: list[bytes]
+                                                                    ) -> None:
+    import tempfile
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        (folder / "access.jsonl").write_bytes(b"\n".join(chunks) + b"\n")
+        f = follower(folder)
+        try:
+            while f.poll():
+                pass
+        except (InputError, ServiceError) as exc:
+            assert exc.code.startswith("input.")
+        # Whatever happened, the cursor reads back, and points at a line boundary.
+        again = follower(folder)
+        assert again.offset == 0 or (folder / "access.jsonl").read_bytes()[
+            again.offset - 1:again.offset] == b"\n"
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.one_of(st.binary(max_size=300), st.recursive(
+    st.one_of(st.none(), st.integers(), st.text(max_size=10)),
+    lambda inner: st.one_of(st.lists(inner, max_size=4),
+                            st.dictionaries(st.text(max_size=8), inner, max_size=4)),
+    max_leaves=20).map(lambda v: json.dumps(
+        {"format": "medclave-monitor-cursor/1", "offset": 0, "identity": None,
+         "scorer": v, "dedup": v}).encode())))
+def test_a_damaged_cursor_is_refused_with_a_code(blob: bytes) -> None:
+    import tempfile
+    with tempfile.TemporaryDirectory() as tmp:
+        (Path(tmp) / "cursor").write_bytes(blob)
+        try:
+            follower(Path(tmp))
+        except InputError as exc:
+            assert exc.code in ("input.malformed", "input.too_large")

@@ -87,7 +87,8 @@ def run(
             hook = WebhookSink(webhook)
             sinks.append(hook)
             closers.append(hook.close)
-        monitor = Monitor(Scorer(learned, people), *sinks, threshold=threshold)
+        monitor = Monitor(Scorer(learned, people), *sinks, threshold=threshold,
+                          keep=not follow)
         if follow:
             assert cursor is not None
             summary = _follow(events, cursor, monitor, poll_seconds)

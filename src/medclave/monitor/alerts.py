@@ -26,6 +26,7 @@ from medclave.monitor.model import Score, Scorer
 
 PER_USER_DAY: Final = frozenset({"volume", "burst", "break_glass"})
 DEFAULT_THRESHOLD: Final = 4.0
+PRUNE_AT: Final = 10_000  # dedup keys held before the expired ones are dropped
 
 
 @dataclass(frozen=True)
@@ -60,6 +61,7 @@ class Deduplicator:
     def __init__(self, window: timedelta = timedelta(days=1)) -> None:
         self.window = window
         self._last: dict[tuple[str, ...], datetime] = {}
+        self._prune_at = PRUNE_AT
         self.suppressed = 0
 
     def key(self, score: Score) -> tuple[str, ...]:
@@ -77,6 +79,11 @@ class Deduplicator:
             self.suppressed += 1
             return False
         self._last[key] = at
+        if len(self._last) > self._prune_at:
+            # A follower runs for months: forget keys whose window has passed, so memory
+            # follows the alerts of one window, not of all time.
+            self._last = {k: t for k, t in self._last.items() if at - t < self.window}
+            self._prune_at = max(PRUNE_AT, 2 * len(self._last))
         return True
 
     def state(self) -> dict[str, Any]:
@@ -139,12 +146,15 @@ class Monitor:
     the same key was raised within the dedup window."""
 
     def __init__(self, scorer: Scorer, *sinks: AlertSink, threshold: float = DEFAULT_THRESHOLD,
-                 dedup: Deduplicator | None = None) -> None:
+                 dedup: Deduplicator | None = None, keep: bool = True) -> None:
         self.scorer = scorer
         self.sinks = sinks
         self.threshold = threshold
         self.dedup = dedup or Deduplicator()
+        # Every alert raised, for a batch run's summary; a follower that runs for months keeps
+        # none (its sinks have them).
         self.raised: list[Alert] = []
+        self._keep = keep
 
     def replay(self, event: Any) -> None:
         """Score ``event`` and count it for deduplication, raising nothing (the follower
@@ -165,5 +175,6 @@ class Monitor:
                       summary=summary, reasons=reasons, request_id=event.request_id)
         for sink in self.sinks:
             sink(alert)
-        self.raised.append(alert)
+        if self._keep:
+            self.raised.append(alert)
         return alert

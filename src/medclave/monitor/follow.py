@@ -127,7 +127,10 @@ class Follower:
         done: list[AccessEvent] = []
         start = self.offset
         try:
-            for line in chunk[:end + 1].splitlines(keepends=True):
+            # Split on b"\n" only (bytes.splitlines would also split on \r and others, which
+            # JSON strings may hold escaped but a writer may also have put in raw).
+            for body in chunk[:end].split(b"\n"):
+                line = body + b"\n"
                 event = self._parse(line)
                 if event is not None:
                     if self.monitor.observe(event) is not None:
