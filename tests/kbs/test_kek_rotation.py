@@ -104,8 +104,9 @@ def test_rotation_rewraps_every_version_swaps_the_file_and_is_logged(tmp_path: P
     assert opened(settings, new) == expected
     with pytest.raises(InputError):  # the old KEK opens nothing any more
         opened(settings, old)
-    assert cli("kek", "show", "--data", str(settings.data_dir)) == {
-        "kek_id": new.key_id, "store_kek_id": new.key_id}
+    shown = cli("kek", "show", "--data", str(settings.data_dir))
+    assert shown["kek_id"] == shown["store_kek_id"] == new.key_id
+    assert len(shown["rotations"]) == 1 and new.key_id in shown["rotations"][0]["detail"]
     store = SqliteKbsStore(settings.db_path)
     try:
         logged = [d for d in store.decisions() if d.action == "kek_rotate"]

@@ -28,6 +28,7 @@ class ReceivedSpan:
     span_id: str
     parent_span_id: str
     attributes: dict[str, Any]
+    resource: dict[str, Any]  # the exporting service's resource attributes
 
 
 def _value(v: AnyValue) -> Any:
@@ -78,7 +79,7 @@ class OtlpReceiver:
                     got.append(ReceivedSpan(
                         str(resource.get("service.name", "")), span.name, span.trace_id.hex(),
                         span.span_id.hex(), span.parent_span_id.hex(),
-                        {a.key: _value(a.value) for a in span.attributes}))
+                        {a.key: _value(a.value) for a in span.attributes}, resource))
         with self._lock:
             self.requests += 1
             self.content_types.add(content_type)

@@ -2,7 +2,7 @@
 proxy send their spans over OTLP/HTTP to a real receiver on 127.0.0.1 that decodes each
 ``ExportTraceServiceRequest`` with ``opentelemetry-proto``. One request through the proxy makes
 one trace, proxy -> enclave -> engine -> audit, as the collector sees it, and no attribute (nor
-span or resource name) carries the prompt, the answer, the user or the tenant."""
+span name, nor the resource's attributes) carries the prompt, the answer, the user or the tenant."""
 
 from __future__ import annotations
 
@@ -119,7 +119,7 @@ def test_no_span_carries_the_prompt_the_answer_or_an_identity(
     assert received
     for span in received:
         assert set(span.attributes) <= SPAN_ATTRIBUTES, span.attributes
-        text = json.dumps(span.attributes) + span.name + span.service
+        text = json.dumps(span.attributes) + span.name + json.dumps(span.resource)
         assert not any(p in text for p in PHI), span
 
 

@@ -137,19 +137,25 @@ def kek_show(
     data: Annotated[Path | None, typer.Option("--data", help="the broker's data folder")] = None,
     config: ConfigFile = None,
 ) -> None:
-    """The configured KEK's id and the id the store records (they must match): check a
-    backup of the KEK against it. Never the key."""
+    """The configured KEK's id and the id the store records (they must match: check a
+    backup of the KEK against it), and the last rotations from the decision log. Never the
+    key."""
     from medclave.kbs.factory import open_wrapper
     from medclave.ops.config import load_settings
 
     settings = run(lambda: load_settings(KbsSettings, config_file=config,
                                          overrides={"data_dir": data}))
 
-    def show() -> dict[str, str | None]:
+    def show() -> dict[str, Any]:
+        from medclave.kbs.rekey import RESOURCE
+
         wrapper = open_wrapper(settings, create=False)
         store = open_store(settings)
         try:
-            return {"kek_id": wrapper.key_id, "store_kek_id": store.kek_id()}
+            rotations = [{"at": d.at.isoformat(), "detail": d.detail}
+                         for d in store.decisions(resource=RESOURCE, limit=20)]
+            return {"kek_id": wrapper.key_id, "store_kek_id": store.kek_id(),
+                    "rotations": rotations}
         finally:
             store.close()
     emit(run(show))
