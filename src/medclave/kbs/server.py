@@ -21,6 +21,11 @@ def serve(settings: KbsSettings) -> None:
     # JSON lines at the configured level: under uvicorn's own defaults the broker's INFO lines
     # (its refusals) had no handler and were dropped.
     configure_logging("kbs", level=settings.log_level, fmt=settings.log_format)
-    lifecycle.serve(create_app(settings), settings, settings, host=settings.host,
+    app = create_app(settings)
+    if app.state.mesh is not None:  # mutual TLS with the mesh's own certificates
+        lifecycle.serve(app, settings, settings, host=settings.host, port=settings.port,
+                        mesh=app.state.mesh.serving())
+        return
+    lifecycle.serve(app, settings, settings, host=settings.host,
                     port=settings.port, ssl_certfile=settings.tls_cert_file,
                     ssl_keyfile=settings.tls_key_file)
