@@ -68,9 +68,10 @@ class Mesh:
         return tls, renewer
 
 
-@pytest.fixture(scope="session")
-def authority(tmp_path_factory: pytest.TempPathFactory) -> SimAuthority:
-    return SimAuthority.load_or_create(tmp_path_factory.mktemp("sim"))
+@pytest.fixture
+def authority(tmp_path: Path) -> SimAuthority:
+    """Kept where an enclave booted with data_dir ``tmp_path/"enclave"`` finds it (sim)."""
+    return SimAuthority.load_or_create(tmp_path / "enclave")
 
 
 @pytest.fixture

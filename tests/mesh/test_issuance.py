@@ -95,7 +95,8 @@ def test_issuance_needs_verified_bound_evidence_and_the_role_policy(
         assert san.get_values_for_type(x509.UniformResourceIdentifier) == [ENCLAVE.uri]
         assert (cert.not_valid_after_utc - cert.not_valid_before_utc).total_seconds() == 3660
         claims_der = cert.extensions.get_extension_for_oid(CLAIMS_OID).value.value  # type: ignore[attr-defined]
-        assert json.loads(claims_der[claims_der.index(b"{"):])["measurement"] == [MEASUREMENTS["enclave"].hex()]
+        claims = json.loads(claims_der[claims_der.index(b"{"):])
+        assert claims["measurement"] == [MEASUREMENTS["enclave"].hex()]
         # another measurement than the role's policy lists
         r = _ask(server.url, _sim(authority, MEASUREMENTS["proxy"]))
         assert r.status_code == 403 and _code(r) == "attestation.measurement_mismatch"

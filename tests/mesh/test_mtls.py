@@ -18,7 +18,7 @@ from medclave.mesh.certs import MeshCA
 from medclave.mesh.policy import WorkloadId
 from medclave.mesh.tls import MeshTls
 from medclave.mesh.workload import request_certificate
-from tests.kbs.helpers import provision, sim_attester, sim_policy, trusting
+from tests.kbs.helpers import sim_attester, sim_policy, trusting
 from tests.mesh.conftest import MEASUREMENTS, TENANT, Mesh, start
 
 KEY = f"kbs:///{TENANT}/model-key/llama"
@@ -87,8 +87,9 @@ def test_a_role_the_policy_does_not_allow_is_refused(mesh: Mesh, serve: list) ->
 def _foreign(mesh: Mesh, *, now: datetime, lifetime: timedelta,
              ca: MeshCA | None = None) -> MeshTls:
     """A proxy holding a certificate from ``ca`` (default: another CA) made at ``now``."""
-    from medclave.mesh.certs import new_key
     from cryptography.hazmat.primitives.serialization import Encoding
+
+    from medclave.mesh.certs import new_key
     issuer = ca or MeshCA.generate(TENANT, now=now)
     identity = WorkloadId.of(TENANT, "proxy", "rogue")
     key = new_key()

@@ -10,6 +10,7 @@ from medclave.enclave.inner_apps import AppFactory
 from medclave.enclave.settings import EnclaveSettings
 from medclave.ops import lifecycle
 from medclave.ops.logs import configure_logging
+from medclave.serving import MeshServing
 
 __all__ = ["serve"]
 
@@ -23,7 +24,8 @@ def serve(settings: EnclaveSettings, apps: tuple[AppFactory, ...] = (), *,
     configure_logging("enclave", level=settings.log_level, fmt=settings.log_format)
     booted = boot(settings, apps=apps, routes=routes)
     try:
+        mesh = None if booted.mesh is None else MeshServing(booted.mesh.tls)
         lifecycle.serve(create_app(booted.service, settings), settings, settings,
-                        host=settings.host, port=settings.port)
+                        host=settings.host, port=settings.port, mesh=mesh)
     finally:
         booted.close()

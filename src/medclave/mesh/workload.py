@@ -14,21 +14,26 @@ certificate runs out (its peers then refuse it: fail closed).
 
 from __future__ import annotations
 
+import base64
 import logging
 import threading
+import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Final
+from pathlib import Path
+from typing import Any, Final, Literal
 
 import httpx
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from medclave.errors import CATALOGUE, MedclaveError, MeshError
+from medclave.attestation import gather, report_data_for, sim
+from medclave.errors import CATALOGUE, InputError, MedclaveError, MeshError
 from medclave.mesh.certs import make_csr, new_key, spki_sha256
-from medclave.mesh.policy import WorkloadId
-from medclave.mesh.tls import MeshTls, Revoked
+from medclave.mesh.policy import SegmentationPolicy, WorkloadId
+from medclave.mesh.tls import DenyList, MeshTls, Revoked
 from medclave.protocol.evidence import EvidenceBundle
 from medclave.util.clock import Clock, system_clock
 
@@ -169,3 +174,107 @@ class Renewer:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=5)
+
+
+class WorkloadConfig(BaseModel):
+    """A workload's ``mesh_file`` (TOML; paths relative to it)::
+
+        identity = "medclave://stmary/enclave/llama-1"
+        policy = "segmentation.toml"      # the deployment's segmentation policy
+        ca_file = "mesh-ca.pem"           # the mesh CA's certificate (the broker's DATA dir)
+        ca_url = "https://kbs.stmary.example:8450"   # the broker hosting the mesh CA
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    identity: str
+    policy: Path
+    ca_file: Path
+    ca_url: str = Field(pattern=r"^https://")
+    # Where a workload that is not an enclave (the proxy) takes its evidence from: the TEE it
+    # runs in ("auto": SEV-SNP or TDX, CPU evidence only) or the software "sim" (development;
+    # its authority in sim_dir, its measurement sim_measurement). The enclave uses its own.
+    platform: Literal["auto", "sim"] = "auto"
+    sim_dir: Path | None = None
+    sim_measurement: str | None = Field(default=None, pattern=r"^[0-9a-f]{96}$")
+    renew_fraction: float = Field(default=0.5, gt=0, lt=1)
+    denylist_seconds: float = Field(default=30.0, gt=0, le=3600)
+    denylist_max_age_seconds: float = Field(default=300.0, gt=0, le=86400)
+
+    @classmethod
+    def load(cls, path: Path) -> WorkloadConfig:
+        try:
+            doc = cls.model_validate(tomllib.loads(path.read_text(encoding="utf-8")))
+        except (OSError, tomllib.TOMLDecodeError, ValidationError) as exc:
+            raise InputError("config.invalid", f"mesh file {path.name}: {exc}") from exc
+        return doc.model_copy(update={
+            "policy": path.parent / doc.policy, "ca_file": path.parent / doc.ca_file,
+            "sim_dir": None if doc.sim_dir is None else path.parent / doc.sim_dir})
+
+    def attester(self) -> Attester:
+        """Evidence for a workload that is not an enclave (the ``platform`` field)."""
+        if self.platform == "sim":
+            if self.sim_dir is None:
+                raise InputError("config.invalid", "platform sim needs sim_dir")
+            log.warning("SIM PLATFORM: this workload's mesh evidence is simulated, NOT SECURE")
+            authority = sim.SimAuthority.load_or_create(self.sim_dir)
+            measurement = bytes.fromhex(self.sim_measurement) if self.sim_measurement else None
+
+            def simulated(nonce: bytes, runtime: dict[str, Any]) -> EvidenceBundle:
+                return sim.make_bundle(authority, nonce=nonce, runtime=runtime,
+                                       measurement=measurement)
+            return simulated
+        if gather.detect() == "none":
+            raise InputError("config.invalid", "no TEE on this machine for mesh evidence; "
+                                               "platform = \"sim\" for development")
+
+        def hardware(nonce: bytes, runtime: dict[str, Any]) -> EvidenceBundle:
+            got = gather.gather(report_data_for(nonce, runtime))
+            evidence = got.evidence + got.auxblob if got.platform == "sev-snp" else got.evidence
+            return EvidenceBundle(platform=got.platform, nonce=nonce.hex(), runtime=runtime,
+                                  evidence=base64.b64encode(evidence).decode())
+        return hardware
+
+
+class WorkloadMesh:
+    """A workload's whole mesh life: its first certificate at start (none: the start fails,
+    closed), renewal before expiry, the deny list kept current; :attr:`tls` for its server and
+    its clients."""
+
+    def __init__(self, config: WorkloadConfig, attester: Attester, *,
+                 clock: Clock = system_clock) -> None:
+        identity = WorkloadId.parse(config.identity)
+        try:
+            ca_pem = config.ca_file.read_bytes()
+        except OSError as exc:
+            raise InputError("config.invalid", f"mesh CA file unreadable: {exc}") from exc
+        self.tls = MeshTls(identity, ca_pem=ca_pem, policy=SegmentationPolicy.load(config.policy),
+                           clock=clock)
+        self._to_ca = httpx.Client(base_url=config.ca_url, timeout=10.0,
+                                   verify=self.tls.client_context(to_ca=True))
+        self.renewer = Renewer(self.tls, lambda: request_certificate(self._to_ca, identity,
+                                                                     attester),
+                               fraction=config.renew_fraction, clock=clock)
+        self._deny_http: httpx.Client | None = None
+        try:
+            self.renewer.renew_once()
+            # made after the first certificate, so that it presents it
+            self._deny_http = httpx.Client(base_url=config.ca_url, timeout=10.0,
+                                           verify=self.tls.client_context(to_ca=True))
+            self.tls.deny = DenyList(revocations_fetcher(self._deny_http, identity.tenant),
+                                     interval=config.denylist_seconds,
+                                     max_age=config.denylist_max_age_seconds)
+            self.tls.deny.refresh()
+        except BaseException:
+            self.close()
+            raise
+        self.renewer.start()
+        self.tls.deny.start()
+
+    def close(self) -> None:
+        self.renewer.stop()
+        if self.tls.deny is not None:
+            self.tls.deny.stop()
+        self._to_ca.close()
+        if self._deny_http is not None:
+            self._deny_http.close()

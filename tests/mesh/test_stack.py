@@ -1,0 +1,74 @@
+"""The real stack in a mesh: the openai client -> proxy -> enclave over mutual TLS, the enclave
+booted with ``mesh_file`` (its certificate on fresh sim evidence from the broker's mesh CA), the
+proxy's session holding the proxy's certificate; another role is refused by the enclave."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import httpx
+import openai
+
+from medclave.background import BackgroundServer
+from medclave.client.proxy import create_proxy_app
+from medclave.client.session import EnclaveSession
+from medclave.enclave.app import create_app
+from medclave.enclave.boot import boot
+from medclave.enclave.model import DEFAULT_MODEL_ID
+from medclave.enclave.settings import EnclaveSettings
+from medclave.mesh.workload import WorkloadConfig
+from medclave.serving import MeshServing
+from tests.e2e.helpers import FAKE_ANSWER, FakeEngine, sim_policy, write_commitment_key
+from tests.mesh.conftest import MEASUREMENTS, TENANT, Mesh
+
+
+def _mesh_file(tmp_path: Path, mesh: Mesh, role: str) -> Path:
+    (tmp_path / "mesh-ca.pem").write_bytes(mesh.ca_pem)
+    path = tmp_path / f"{role}-mesh.toml"
+    path.write_text(f'identity = "medclave://{TENANT}/{role}/{role}-1"\n'
+                    'policy = "segmentation.toml"\nca_file = "mesh-ca.pem"\n'
+                    f'ca_url = "{mesh.url}"\n')
+    return path
+
+
+def test_proxy_reaches_the_enclave_over_mutual_tls_and_nothing_else_does(
+        mesh: Mesh, tmp_path: Path) -> None:
+    folder = tmp_path / "enclave"
+    settings = EnclaveSettings(  # type: ignore[call-arg]
+        data_dir=folder, platform="sim", sim_measurement=MEASUREMENTS["enclave"].hex(),
+        audit_store="memory", commitment_key_file=write_commitment_key(folder / "tenant.key"),
+        insecure_no_auth=True, mesh_file=_mesh_file(tmp_path, mesh, "enclave"))
+    booted = boot(settings, engine_factory=lambda path, s: FakeEngine())
+    assert booted.mesh is not None and booted.mesh.tls.rotations == 1
+    enclave = BackgroundServer(create_app(booted.service, settings),
+                               mesh=MeshServing(booted.mesh.tls)).start()
+    proxy_tls, _ = mesh.workload("proxy")
+    session = EnclaveSession(enclave.url, sim_policy(measurement=MEASUREMENTS["enclave"].hex()),
+                             sim_roots=frozenset({mesh.authority.root_fingerprint}),
+                             tls=proxy_tls.client_context("enclave"))
+    proxy = BackgroundServer(create_proxy_app(session), name="test-proxy").start()
+    try:
+        assert enclave.url.startswith("https://")
+        client = openai.OpenAI(base_url=f"{proxy.url}/v1", api_key="unused", max_retries=0)
+        answer = client.chat.completions.create(
+            model=DEFAULT_MODEL_ID, messages=[{"role": "user", "content": "status?"}])
+        assert answer.choices[0].message.content == FAKE_ANSWER
+        # a plain client (no certificate) and a database workload are refused by the enclave
+        with httpx.Client(verify=False) as bare:  # noqa: S501 (reaching the handshake only)
+            try:
+                r = bare.get(enclave.url + "/medclave/attestation")
+                refused = r.status_code
+            except httpx.TransportError:
+                refused = -1  # the handshake itself refused it
+        assert refused == -1
+        database, _ = mesh.workload("database")
+        with httpx.Client(verify=database._current()[1]) as other:
+            r = other.get(enclave.url + "/medclave/attestation")
+        assert r.status_code == 403 and r.json()["error"]["code"] == "mesh.peer_not_allowed"
+        # the enclave's own mesh file alone configures it (what `medclave enclave serve` reads)
+        assert WorkloadConfig.load(settings.mesh_file).identity.endswith("/enclave/enclave-1")  # type: ignore[arg-type]
+    finally:
+        proxy.stop()
+        session.close()
+        enclave.stop()
+        booted.close()
