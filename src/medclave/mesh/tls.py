@@ -26,6 +26,7 @@ carries the peer certificate of the full handshake, which is checked again every
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import socket
@@ -45,6 +46,7 @@ from medclave.errors import MedclaveError, MeshError
 from medclave.mesh.certs import PeerCert
 from medclave.mesh.policy import SegmentationPolicy, WorkloadId
 from medclave.util.clock import Clock, system_clock
+from medclave.util.lru import Lru
 
 log = logging.getLogger("medclave.mesh")
 
@@ -167,6 +169,7 @@ class MeshTls:
         self._client: ssl.SSLContext | None = None  # current
         self._sessions: dict[tuple[str, Any], ssl.SSLSession] = {}
         self._identity: tuple[ec.EllipticCurvePrivateKey, bytes] | None = None
+        self._parsed: Lru[bytes, PeerCert] = Lru(1024)
         self.not_after: datetime | None = None
         self.rotations = 0
         # Before the first certificate: server authentication only, to reach the CA.
@@ -246,7 +249,13 @@ class MeshTls:
         revoked; the policy is not asked yet."""
         if der is None:
             raise MeshError("mesh.peer_unauthenticated", "the peer presented no certificate")
-        peer = PeerCert.from_der(der)
+        # Parsed once per certificate (a peer reconnects with the same one until it rotates);
+        # expiry and the deny list are checked every time.
+        digest = hashlib.sha256(der).digest()
+        peer = self._parsed.get(digest)
+        if peer is None:
+            peer = PeerCert.from_der(der)
+            self._parsed.put(digest, peer)
         if peer.not_after <= self._clock():  # a resumed session outliving its certificate
             raise MeshError("mesh.peer_unauthenticated", f"{peer.identity}: certificate expired")
         if deny and self.deny is not None:
