@@ -15,6 +15,7 @@ from medclave.client.session import EnclaveSession
 from medclave.enclave.app import create_app
 from medclave.enclave.boot import boot
 from medclave.enclave.model import DEFAULT_MODEL_ID
+from medclave.enclave.server import MESH_OPEN_PATHS
 from medclave.enclave.settings import EnclaveSettings
 from medclave.mesh.workload import WorkloadConfig
 from medclave.serving import MeshServing
@@ -41,7 +42,7 @@ def test_proxy_reaches_the_enclave_over_mutual_tls_and_nothing_else_does(
     booted = boot(settings, engine_factory=lambda path, s: FakeEngine())
     assert booted.mesh is not None and booted.mesh.tls.rotations == 1
     enclave = BackgroundServer(create_app(booted.service, settings),
-                               mesh=MeshServing(booted.mesh.tls)).start()
+                               mesh=MeshServing(booted.mesh.tls, MESH_OPEN_PATHS)).start()
     proxy_tls, _ = mesh.workload("proxy")
     session = EnclaveSession(enclave.url, sim_policy(measurement=MEASUREMENTS["enclave"].hex()),
                              sim_roots=frozenset({mesh.authority.root_fingerprint}),
@@ -53,14 +54,13 @@ def test_proxy_reaches_the_enclave_over_mutual_tls_and_nothing_else_does(
         answer = client.chat.completions.create(
             model=DEFAULT_MODEL_ID, messages=[{"role": "user", "content": "status?"}])
         assert answer.choices[0].message.content == FAKE_ANSWER
-        # a plain client (no certificate) and a database workload are refused by the enclave
-        with httpx.Client(verify=False) as bare:  # no certificate to present: only the handshake
-            try:
-                r = bare.get(enclave.url + "/medclave/attestation")
-                refused = r.status_code
-            except httpx.TransportError:
-                refused = -1  # the handshake itself refused it
-        assert refused == -1
+        # a client without a certificate reaches the health probes only; a database workload
+        # is refused by the enclave
+        with httpx.Client(verify=False) as bare:  # it checks nothing and presents nothing
+            r = bare.get(enclave.url + "/medclave/attestation")
+            assert r.status_code == 403
+            assert r.json()["error"]["code"] == "mesh.peer_unauthenticated"
+            assert bare.get(enclave.url + "/healthz").status_code == 200
         database, _ = mesh.workload("database")
         with httpx.Client(verify=database._current()[1]) as other:
             r = other.get(enclave.url + "/medclave/attestation")

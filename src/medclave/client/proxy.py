@@ -183,6 +183,9 @@ def mesh_for(settings: ProxySettings) -> WorkloadMesh | None:
     """The proxy's workload certificate (attested micro-segmentation), when configured."""
     if settings.mesh_file is None:
         return None
+    if not settings.upstream.startswith("https://"):
+        # the mesh's client context is used only for https: plain http would bypass it
+        raise InputError("config.invalid", "in a mesh, the upstream enclave is https://")
     config = WorkloadConfig.load(settings.mesh_file)
     return WorkloadMesh(config, config.attester())
 

@@ -203,6 +203,9 @@ def _start_mesh(settings: EnclaveSettings, attester: Attester, clock: Clock,
     path = settings.mesh_file
     if path is None:
         return None
+    if settings.kbs_url and not settings.kbs_url.startswith("https://"):
+        # the mesh's client context is used only for https: plain http would bypass it
+        raise InputError("config.invalid", "in a mesh, kbs_url is https://")
     mesh = WorkloadMesh(WorkloadConfig.load(path), attester, clock=clock)
     _MESHES[path] = mesh
 

@@ -35,7 +35,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Mapping
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +51,8 @@ from medclave.util.lru import Lru
 log = logging.getLogger("medclave.mesh")
 
 Revoked = Mapping[str, frozenset[str]]  # kind -> revoked values (kbs/revocation.py kinds)
+# A session is offered for resumption only while its server certificate has this long to run.
+RESUME_MARGIN = timedelta(seconds=1)
 
 
 class DenyList:
@@ -167,7 +169,8 @@ class MeshTls:
         self._lock = threading.Lock()
         self._server: ssl.SSLContext | None = None  # current
         self._client: ssl.SSLContext | None = None  # current
-        self._sessions: dict[tuple[str, Any], ssl.SSLSession] = {}
+        # server -> (its last TLS 1.3 session, when the server certificate in it expires)
+        self._sessions: dict[tuple[str, Any], tuple[ssl.SSLSession, datetime]] = {}
         self._identity: tuple[ec.EllipticCurvePrivateKey, bytes] | None = None
         self._parsed: Lru[bytes, PeerCert] = Lru(1024)
         self.not_after: datetime | None = None
@@ -301,14 +304,18 @@ class MeshTls:
         except OSError:
             key = (str(server_hostname), None)
         with self._lock:
-            session = self._sessions.get(key) if self._resumption else None
+            kept = self._sessions.get(key) if self._resumption else None
+        # A resumed session carries the server certificate of its full handshake: once that
+        # certificate is about to expire, a full handshake fetches the server's current one.
+        session = kept[0] if kept is not None and kept[1] > self._clock() + RESUME_MARGIN \
+            else None
         try:
             tls = context.wrap_socket(sock, server_hostname=server_hostname, session=session)
         except ssl.SSLError as exc:
             raise MeshError("mesh.handshake_failed", f"TLS handshake failed: {exc}") from exc
         try:
-            self.check_peer(tls.getpeercert(binary_form=True), inbound=False,
-                            expect_role=expect_role, to_ca=to_ca)
+            peer = self.check_peer(tls.getpeercert(binary_form=True), inbound=False,
+                                   expect_role=expect_role, to_ca=to_ca)
         except MeshError:
             tls.close()
             raise
@@ -316,6 +323,6 @@ class MeshTls:
             def keep(session: ssl.SSLSession, _context: ssl.SSLContext = context) -> None:
                 with self._lock:
                     if self._client is _context:  # not from before a rotation
-                        self._sessions[key] = session
+                        self._sessions[key] = (session, peer.not_after)
             tls._medclave_keep = keep
         return tls

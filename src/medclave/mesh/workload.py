@@ -53,13 +53,13 @@ def mesh_runtime(identity: WorkloadId, key: ec.EllipticCurvePublicKey) -> dict[s
 
 def _answer(response: httpx.Response) -> dict[str, Any]:
     if len(response.content) > MAX_ANSWER_BYTES:
-        raise MeshError("mesh.handshake_failed", "the mesh CA's answer is too large")
+        raise MedclaveError("kbs.unavailable", "the mesh CA's answer is too large")
     try:
         body = response.json()
     except ValueError as exc:
-        raise MeshError("mesh.handshake_failed", "the mesh CA answered non-JSON") from exc
+        raise MedclaveError("kbs.unavailable", "the mesh CA answered non-JSON") from exc
     if not isinstance(body, dict):
-        raise MeshError("mesh.handshake_failed", "the mesh CA answered a non-object")
+        raise MedclaveError("kbs.unavailable", "the mesh CA answered a non-object")
     if response.status_code >= 400:
         error = body.get("error")
         code = error.get("code") if isinstance(error, dict) else None
@@ -72,7 +72,7 @@ def _post(http: httpx.Client, path: str, **kwargs: Any) -> dict[str, Any]:
     try:
         return _answer(http.post(path, **kwargs))
     except httpx.HTTPError as exc:
-        raise MeshError("mesh.handshake_failed", f"mesh CA unreachable: {exc!r}") from exc
+        raise MedclaveError("kbs.unavailable", f"mesh CA unreachable: {exc!r}") from exc
 
 
 @dataclass(frozen=True)
@@ -89,20 +89,20 @@ def request_certificate(http: httpx.Client, identity: WorkloadId, attester: Atte
     challenge = _post(http, CHALLENGE_PATH)
     nonce_hex = challenge.get("nonce")
     if not isinstance(nonce_hex, str) or len(nonce_hex) != 64:
-        raise MeshError("mesh.handshake_failed", "the mesh CA's challenge is malformed")
+        raise MedclaveError("kbs.unavailable", "the mesh CA's challenge is malformed")
     bundle = attester(bytes.fromhex(nonce_hex), mesh_runtime(identity, key.public_key()))
     answer = _post(http, CERTIFICATE_PATH, json={
         "nonce": nonce_hex, "evidence": bundle.model_dump(mode="json"),
         "csr": make_csr(key, identity).decode()})
     chain = answer.get("certificate")
     if not isinstance(chain, str):
-        raise MeshError("mesh.handshake_failed", "the mesh CA's answer has no certificate")
+        raise MedclaveError("kbs.unavailable", "the mesh CA's answer has no certificate")
     try:
         cert = x509.load_pem_x509_certificate(chain.encode())
     except ValueError as exc:
-        raise MeshError("mesh.handshake_failed", "the mesh CA's certificate is unreadable") from exc
+        raise MedclaveError("kbs.unavailable", "the mesh CA's certificate is unreadable") from exc
     if cert.public_key() != key.public_key():
-        raise MeshError("mesh.handshake_failed", "the mesh CA certified another key")
+        raise MedclaveError("kbs.unavailable", "the mesh CA certified another key")
     return Issued(key, chain.encode(), cert.not_valid_after_utc)
 
 
