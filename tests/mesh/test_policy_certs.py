@@ -141,3 +141,33 @@ def test_a_peer_certificate_names_one_identity() -> None:
     assert refused.value.code == "mesh.peer_unauthenticated"
     assert isinstance(cert.extensions.get_extension_for_class(x509.BasicConstraints).value,
                       x509.BasicConstraints)
+
+
+@given(st.text(max_size=600))
+def test_identities_parse_or_refuse_with_their_code(text: str) -> None:
+    try:
+        identity = WorkloadId.parse(text)
+    except MeshError as exc:
+        assert exc.code == "mesh.identity_invalid"
+        return
+    assert identity.uri == text
+
+
+_CSR = make_csr(new_key(), WorkloadId.of("stmary", "proxy", "p1")).decode()
+
+
+@given(st.integers(min_value=0, max_value=len(_CSR) - 1), st.characters(codec="ascii"))
+def test_a_mangled_certificate_request_is_refused_with_a_code(where: int, char: str) -> None:
+    mangled = _CSR[:where] + char + _CSR[where + 1:]
+    try:
+        read_csr(mangled)
+    except MeshError as exc:
+        assert exc.code in ("mesh.csr_invalid", "mesh.identity_invalid")
+
+
+@given(st.binary(max_size=2048))
+def test_peer_certificate_bytes_parse_or_refuse_with_a_code(data: bytes) -> None:
+    try:
+        PeerCert.from_der(data)
+    except MeshError as exc:
+        assert exc.code in ("mesh.peer_unauthenticated", "mesh.identity_invalid")

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Final
 
 from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
@@ -100,7 +101,7 @@ def _claims_of(cert: x509.Certificate) -> dict[str, frozenset[str]]:
     assert isinstance(ext, x509.UnrecognizedExtension)
     try:
         doc = json.loads(decode_utf8string(ext.value))
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:  # bounded size, but nesting is not
         raise MeshError("mesh.peer_unauthenticated", "attested identities not JSON") from exc
     if not isinstance(doc, dict) or not all(
             isinstance(v, list) and all(isinstance(x, str) for x in v) for v in doc.values()):
@@ -214,7 +215,8 @@ def read_csr(pem: str) -> tuple[WorkloadId, ec.EllipticCurvePublicKey]:
         key = csr.public_key()
         uris = csr.extensions.get_extension_for_class(
             x509.SubjectAlternativeName).value.get_values_for_type(x509.UniformResourceIdentifier)
-    except (ValueError, x509.ExtensionNotFound) as exc:
+    except (ValueError, x509.ExtensionNotFound, UnsupportedAlgorithm) as exc:
+        # (UnsupportedAlgorithm: a key or signature of an unknown kind; found by fuzzing)
         raise MeshError("mesh.csr_invalid", f"certificate request unreadable: {exc}") from exc
     if not signed:
         raise MeshError("mesh.csr_invalid", "the request's signature does not verify")
@@ -241,7 +243,7 @@ class PeerCert:
             uris = cert.extensions.get_extension_for_class(
                 x509.SubjectAlternativeName).value.get_values_for_type(
                     x509.UniformResourceIdentifier)
-        except (ValueError, x509.ExtensionNotFound) as exc:
+        except (ValueError, x509.ExtensionNotFound, UnsupportedAlgorithm) as exc:
             raise MeshError("mesh.peer_unauthenticated", "no workload identity in the peer "
                                                          "certificate") from exc
         if len(uris) != 1:
