@@ -51,6 +51,7 @@ LAYERS: dict[str, float] = {
     "serving": 3.5,
     "ops": 3.6,
     "migrations": 0.5,
+    "postgres": 0.5,  # PostgreSQL pool and migrations: on errors, under every store
     # Records retrieval (FHIR ingest, sealed store, index, Cedar filtering) sits on auth and is
     # what the enclave serves: between the libraries and the services.
     "records": 3.6,
