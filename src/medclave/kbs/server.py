@@ -18,6 +18,9 @@ def serve(settings: KbsSettings) -> None:
     :func:`medclave.serving.run_server` configures every service."""
     if (settings.tls_cert_file is None) != (settings.tls_key_file is None):
         raise InputError("config.invalid", "TLS needs both tls_cert_file and tls_key_file")
+    if settings.mesh_file is not None and settings.tls_cert_file is not None:
+        raise InputError("config.invalid", "mesh_file serves the mesh's own certificates: "
+                                           "drop tls_cert_file and tls_key_file")
     # JSON lines at the configured level: under uvicorn's own defaults the broker's INFO lines
     # (its refusals) had no handler and were dropped.
     configure_logging("kbs", level=settings.log_level, fmt=settings.log_format)
