@@ -4,6 +4,7 @@ proxy's session holding the proxy's certificate; another role is refused by the 
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import httpx
@@ -17,9 +18,10 @@ from medclave.enclave.boot import boot
 from medclave.enclave.model import DEFAULT_MODEL_ID
 from medclave.enclave.server import MESH_OPEN_PATHS
 from medclave.enclave.settings import EnclaveSettings
-from medclave.mesh.workload import WorkloadConfig
+from medclave.kbs.revocation import RevocationIn
 from medclave.serving import MeshServing
 from tests.e2e.helpers import FAKE_ANSWER, FakeEngine, sim_policy, write_commitment_key
+from tests.kbs.helpers import sim_policy as kbs_sim_policy
 from tests.mesh.conftest import MEASUREMENTS, TENANT, Mesh
 
 
@@ -32,15 +34,28 @@ def _mesh_file(tmp_path: Path, mesh: Mesh, role: str) -> Path:
     return path
 
 
+AUDIT_KEY = f"kbs:///{TENANT}/audit-key/enclave-1"
+
+
 def test_proxy_reaches_the_enclave_over_mutual_tls_and_nothing_else_does(
         mesh: Mesh, tmp_path: Path) -> None:
     folder = tmp_path / "enclave"
+    # the enclave's audit key comes from the broker: boot reaches it over the mesh
+    mesh.broker.create_resource(TENANT, AUDIT_KEY, b"a" * 32, client_id="test")
+    mesh.broker.set_policy(TENANT, AUDIT_KEY, kbs_sim_policy(measurement=MEASUREMENTS["enclave"]),
+                           client_id="test")
     settings = EnclaveSettings(  # type: ignore[call-arg]
         data_dir=folder, platform="sim", sim_measurement=MEASUREMENTS["enclave"].hex(),
         audit_store="memory", commitment_key_file=write_commitment_key(folder / "tenant.key"),
-        insecure_no_auth=True, mesh_file=_mesh_file(tmp_path, mesh, "enclave"))
+        insecure_no_auth=True, mesh_file=_mesh_file(tmp_path, mesh, "enclave"),
+        kbs_url=mesh.url, kbs_keys=(mesh.broker.signer.public_key.hex(),),
+        audit_key_resource=AUDIT_KEY, audit_origin="stmary.example/enclave-1",
+        standing_check_seconds=0)
     booted = boot(settings, engine_factory=lambda path, s: FakeEngine())
     assert booted.mesh is not None and booted.mesh.tls.rotations == 1
+    released = [d for d in mesh.broker.store.decisions(owner=TENANT, limit=50)
+                if d.action == "release" and d.resource == AUDIT_KEY]
+    assert [d.outcome for d in released] == ["allowed"]
     enclave = BackgroundServer(create_app(booted.service, settings),
                                mesh=MeshServing(booted.mesh.tls, MESH_OPEN_PATHS)).start()
     proxy_tls, _ = mesh.workload("proxy")
@@ -65,8 +80,18 @@ def test_proxy_reaches_the_enclave_over_mutual_tls_and_nothing_else_does(
         with httpx.Client(verify=database._current()[1]) as other:
             r = other.get(enclave.url + "/medclave/attestation")
         assert r.status_code == 403 and r.json()["error"]["code"] == "mesh.peer_not_allowed"
-        # the enclave's own mesh file alone configures it (what `medclave enclave serve` reads)
-        assert WorkloadConfig.load(settings.mesh_file).identity.endswith("/enclave/enclave-1")  # type: ignore[arg-type]
+        # its standing checks go over the mesh too; once its measurement is revoked, the
+        # broker answers "revoked" and then refuses its certificate at the next handshake
+        assert booted.standing is not None and booted.standing.check_once() == "good"
+        mesh.broker.revoke(TENANT, RevocationIn(kind="measurement",
+                                                value=MEASUREMENTS["enclave"].hex()),
+                           client_id="test")
+        assert booted.standing.check_once() == "revoked"
+        booted.mesh.tls.deny.refresh()  # type: ignore[union-attr]
+        time.sleep(0.5)  # the broker's own deny list (refreshed every 0.2 s here)
+        with httpx.Client(verify=booted.mesh.tls.client_context("broker")) as kbs:
+            r = kbs.post(mesh.url + "/kbs/v1/standing", json={})
+        assert r.status_code == 403 and r.json()["error"]["code"] == "mesh.peer_revoked"
     finally:
         proxy.stop()
         session.close()
