@@ -22,6 +22,13 @@ the whole request head must arrive within ``header_timeout_seconds`` of its firs
 connection), and a body may not stall for ``body_timeout_seconds`` between reads; past either the
 connection is closed. The head is also bounded in size (h11's 16 KiB incomplete-event limit).
 
+Mutual TLS (attested micro-segmentation, docs/continuous-trust.md). With a
+:class:`MeshServing`, a service listens with its workload's rotating mesh context and checks
+each connection's peer identity once, right after the handshake and before any request is
+read (``GuardedH11Protocol.connection_made``); a refused peer is answered its ``mesh.*`` code
+on every request except on the service's open paths, and a route reads the caller's verified
+identity with :func:`mesh_peer`.
+
 :class:`ClosingStreamingResponse` streams a body from a blocking iterator and closes its source
 however the response ends, the client leaving included (the enclave records a streamed answer
 then; the proxy drops its upstream stream, so the enclave learns of it).
