@@ -233,3 +233,28 @@ def test_session_resumption_is_offered_and_taken(mesh: Mesh, serve: list) -> Non
         for _ in range(2):
             client.get(server.url + "/whoami", headers={"connection": "close"})
     assert reused[3:] == [False, True]
+
+
+def test_the_broker_rotates_its_own_certificate_without_a_restart(mesh: Mesh) -> None:
+    enclave, _ = mesh.workload("enclave")
+    seen: list[bytes] = []
+
+    def cert(response: httpx.Response) -> None:
+        tls = response.extensions["network_stream"].get_extra_info("ssl_object")
+        seen.append(tls.getpeercert(True))
+
+    def ask(tls: MeshTls) -> int:
+        with httpx.Client(base_url=mesh.url, verify=tls.client_context("broker"),
+                          event_hooks={"response": [cert]}) as client:
+            return client.post("/kbs/v1/challenge").status_code
+
+    assert ask(enclave) == 200
+    before = mesh.state.tls.rotations
+    mesh.state.renewer.renew_once()
+    assert mesh.state.tls.rotations == before + 1
+    # a full handshake (a workload with no session to resume) meets the new certificate; a
+    # resumed session still shows the one of its full handshake, and still works
+    fresh, _ = mesh.workload("enclave", "w2")
+    assert ask(fresh) == 200
+    assert ask(enclave) == 200
+    assert len(seen) == 3 and seen[1] != seen[0] and seen[2] == seen[0]
