@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from medclave.errors import InputError, MeshError
@@ -157,6 +157,7 @@ _CSR = make_csr(new_key(), WorkloadId.of("stmary", "proxy", "p1")).decode()
 
 
 @given(st.integers(min_value=0, max_value=len(_CSR) - 1), st.characters(codec="ascii"))
+@example(where=48, char="B")  # a CSR version of 4 (x509.InvalidVersion), found by fuzzing
 def test_a_mangled_certificate_request_is_refused_with_a_code(where: int, char: str) -> None:
     mangled = _CSR[:where] + char + _CSR[where + 1:]
     try:

@@ -215,8 +215,9 @@ def read_csr(pem: str) -> tuple[WorkloadId, ec.EllipticCurvePublicKey]:
         key = csr.public_key()
         uris = csr.extensions.get_extension_for_class(
             x509.SubjectAlternativeName).value.get_values_for_type(x509.UniformResourceIdentifier)
-    except (ValueError, x509.ExtensionNotFound, UnsupportedAlgorithm) as exc:
-        # (UnsupportedAlgorithm: a key or signature of an unknown kind; found by fuzzing)
+    except (ValueError, x509.ExtensionNotFound, x509.InvalidVersion, UnsupportedAlgorithm) as exc:
+        # (UnsupportedAlgorithm: a key or signature of an unknown kind; InvalidVersion: a
+        # version field other than v1; both found by fuzzing)
         raise MeshError("mesh.csr_invalid", f"certificate request unreadable: {exc}") from exc
     if not signed:
         raise MeshError("mesh.csr_invalid", "the request's signature does not verify")
@@ -243,7 +244,8 @@ class PeerCert:
             uris = cert.extensions.get_extension_for_class(
                 x509.SubjectAlternativeName).value.get_values_for_type(
                     x509.UniformResourceIdentifier)
-        except (ValueError, x509.ExtensionNotFound, UnsupportedAlgorithm) as exc:
+        except (ValueError, x509.ExtensionNotFound, x509.InvalidVersion,
+                UnsupportedAlgorithm) as exc:
             raise MeshError("mesh.peer_unauthenticated", "no workload identity in the peer "
                                                          "certificate") from exc
         if len(uris) != 1:
