@@ -37,7 +37,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from medclave.auth import exchange
 from medclave.auth.dpop import verify_dpop_proof
 from medclave.auth.jwks import StaticJwks
-from medclave.auth.replay import MemoryReplayCache
+from medclave.auth.replay import MemoryReplayCache, ReplayCache
 from medclave.auth.tokens import (
     MAX_LIFETIME,
     IssuerConfig,
@@ -314,6 +314,7 @@ class TokenService:
         *,
         audiences: Iterable[str] = (DEFAULT_AUDIENCE,),
         dev_password: bool = False,
+        replay: ReplayCache | None = None,
     ) -> None:
         self.issuer = issuer
         self.directory = directory
@@ -321,7 +322,8 @@ class TokenService:
         self.dev_password = dev_password
         self._failures: dict[str, list[datetime]] = {}
         self._lock = threading.Lock()
-        self._replay = MemoryReplayCache(max_entries=100_000)
+        # DPoP proofs at the token endpoint: shared by replicas when given (open_replay_cache).
+        self._replay = replay if replay is not None else MemoryReplayCache(max_entries=100_000)
         self.issued: Counter[str] = Counter()  # tokens issued, by grant type (monitoring)
         # Subject tokens of an exchange must be this issuer's own, for one of its audiences.
         own = IssuerConfig(issuer=issuer.issuer, keys=StaticJwks.from_document(issuer.jwks()))

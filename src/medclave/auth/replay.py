@@ -3,8 +3,9 @@ would expire anyway. Access tokens are not one-time values and are never recorde
 
 The interface is one method, :meth:`ReplayCache.add`, which atomically records a key and says
 whether it was new. The in-memory cache serves one process; replicas that must refuse a token
-another replica already accepted share a :class:`SqliteReplayCache` file (or a PostgreSQL
-implementation of the same interface).
+another replica already accepted share a :class:`SqliteReplayCache` file (one machine) or
+PostgreSQL (:class:`~medclave.auth.pg_replay.PostgresReplayCache`, any number of machines).
+:func:`open_replay_cache` chooses from a service's ``store`` setting.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import Protocol
 
 from medclave import migrations
 from medclave.errors import AuthError, InputError
+from medclave.postgres.pool import is_postgres_url
 
 
 class ReplayCache(Protocol):
@@ -108,3 +110,50 @@ class SqliteReplayCache:
                 (key, exp, t),
             )
             return cur.rowcount == 1
+
+
+class LayeredReplayCache:
+    """A key is new only if it is new to every layer (each layer records it either way).
+
+    A replica keeps its own memory in front of the shared cache: what this process saw is
+    refused even if the shared database were rolled back or edited by whoever runs it (for the
+    enclave, the operator), and the shared cache adds what the other replicas saw."""
+
+    def __init__(self, *layers: ReplayCache) -> None:
+        if not layers:
+            raise InputError("config.invalid", "a layered replay cache needs a layer")
+        self._layers = layers
+
+    def add(self, key: str, *, expires_at: datetime, now: datetime) -> bool:
+        new = True
+        for layer in self._layers:
+            # Every layer records the key, so a later replay meets it wherever it looks first.
+            new = layer.add(key, expires_at=expires_at, now=now) and new
+        return new
+
+    def close(self) -> None:
+        for layer in self._layers:
+            close = getattr(layer, "close", None)
+            if close is not None:
+                close()
+
+
+def open_replay_cache(store: str | None, *, scope: str, max_entries: int = 1_000_000,
+                      allow_remote: bool = False) -> ReplayCache:
+    """The replay cache a service's ``store`` setting names: a ``postgresql://`` URL shares it
+    with every replica (behind this process's own memory); anything else keeps it in memory,
+    as one process needs. ``scope``: which checker, as one database may serve several."""
+    local = MemoryReplayCache(max_entries=max_entries)
+    if store is None or not is_postgres_url(store):
+        return local
+    from medclave.auth.pg_replay import PostgresReplayCache  # the `postgres` extra
+
+    return LayeredReplayCache(local, PostgresReplayCache(store, scope=scope,
+                                                         allow_remote=allow_remote))
+
+
+def close_replay_cache(cache: ReplayCache) -> None:
+    """Close what :func:`open_replay_cache` opened (a pool), if anything."""
+    close = getattr(cache, "close", None)
+    if close is not None:
+        close()

@@ -43,7 +43,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, Response
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -51,6 +51,7 @@ from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from medclave.attestation import load_policy
 from medclave.attestation.collateral import load_collateral
+from medclave.auth.replay import ReplayCache, open_replay_cache
 from medclave.client.admission import AdmissionConfig, ProxyAdmission, build_admission
 from medclave.client.apikeys import ApiKeyStore
 from medclave.client.callers import Callers, Upstream
@@ -67,6 +68,7 @@ from medclave.ops.logs import configure_logging
 from medclave.ops.metrics import ServiceMetrics
 from medclave.ops.settings import OpsSettings
 from medclave.ops.tracing import Tracing
+from medclave.postgres.pool import store_setting
 from medclave.protocol import inference as proto
 from medclave.serving import (
     ClosingStreamingResponse,
@@ -114,6 +116,10 @@ class ProxySettings(BaseSettings, ServingSettings, OpsSettings):
     timeout_seconds: float = Field(default=300.0, gt=0)
     max_in_flight: int = Field(default=256, ge=1, le=100_000)
     data_dir: Path = DEFAULT_DATA_DIR  # API keys (apikeys.db)
+    # A postgresql:// URL shared by the proxy's replicas: an app's DPoP proof is accepted once
+    # across all of them (docs/scaling-out.md). None: this process's memory.
+    store: str | None = None
+    store_allow_remote: bool = False
     # --- credentials at the hospital's IdP (off unless idp_token_url is set) -----------------
     idp_token_url: str | None = None
     idp_client_id: str | None = None
@@ -132,6 +138,16 @@ class ProxySettings(BaseSettings, ServingSettings, OpsSettings):
     auth_policies_dir: Path | None = None  # Cedar policies (default: the bundled ones)
     # The triage page's development sign-in: the IdP token endpoint its password grant goes to.
     triage_signin_url: str | None = None
+
+    @field_validator("store")
+    @classmethod
+    def _store(cls, value: str | None) -> str | None:
+        return None if value is None else store_setting(value, names=())
+
+    def replay_cache(self, scope: str) -> ReplayCache:
+        """The DPoP replay cache of one checker in this proxy (``store``)."""
+        return open_replay_cache(self.store, scope=scope, max_entries=100_000,
+                                 allow_remote=self.store_allow_remote)
 
     def admission(self) -> AdmissionConfig | None:
         """The admission configuration, or None when admission is off; ``config.invalid`` for
@@ -191,7 +207,8 @@ def watch_for(settings: ProxySettings, session: EnclaveSession) -> TrustWatch:
 
 def admission_for(settings: ProxySettings) -> ProxyAdmission | None:
     config = settings.admission()
-    return None if config is None else build_admission(config, clock=system_clock)
+    return None if config is None else build_admission(
+        config, clock=system_clock, replay=settings.replay_cache("proxy-admission"))
 
 
 def callers_for(settings: ProxySettings) -> Callers:
@@ -201,7 +218,8 @@ def callers_for(settings: ProxySettings) -> Callers:
     keys = None if credentials is None else ApiKeyStore(settings.data_dir)
     return Callers(credentials=credentials, keys=keys, identity_header=settings.identity_header,
                    trusted_proxies=settings.trusted_proxies,
-                   header_roles=settings.identity_roles)
+                   header_roles=settings.identity_roles,
+                   replay=settings.replay_cache("proxy-apps"))
 
 
 router = APIRouter()

@@ -83,7 +83,9 @@ CREATE INDEX kbs_decisions_resource ON kbs_decisions (resource, id);
 CREATE UNIQUE INDEX kbs_decisions_aggregate
     ON kbs_decisions (bucket, action, resource, code, client) WHERE bucket IS NOT NULL;
 CREATE INDEX kbs_decisions_aggregated ON kbs_decisions (id) WHERE bucket IS NOT NULL;
-CREATE FUNCTION kbs_decisions_append_only() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RAISE EXCEPTION 'kbs_decisions: a permanent decision is never changed or deleted'; END $$;
+CREATE FUNCTION kbs_decisions_append_only() RETURNS trigger LANGUAGE plpgsql AS $$
+    BEGIN RAISE EXCEPTION 'kbs_decisions: a permanent decision is never changed or deleted'; END
+$$;
 CREATE TRIGGER kbs_decisions_append_only BEFORE UPDATE OR DELETE ON kbs_decisions
     FOR EACH ROW WHEN (OLD.bucket IS NULL) EXECUTE FUNCTION kbs_decisions_append_only();
 CREATE TABLE kbs_revocations (
@@ -144,7 +146,7 @@ class PostgresKbsStore:
     def _read(self, sql: str, args: tuple[object, ...] | dict[str, object] = ()) -> list[Any]:
         try:
             with self.pool.connection() as conn:
-                return list(conn.execute(sql, args).fetchall())  # type: ignore[arg-type]
+                return list(conn.execute(sql, args).fetchall())
         except (psycopg.Error, PoolTimeout) as exc:
             raise KbsError("kbs.unavailable", f"store read: {type(exc).__name__}") from exc
 
