@@ -71,7 +71,8 @@ def serve_cmd(
     host: Annotated[str | None, typer.Option(help="bind address (default 127.0.0.1)")] = None,
     port: Annotated[int | None, typer.Option(help="port (default 8450)")] = None,
     data: Annotated[Path | None, typer.Option("--data", help="data folder")] = None,
-    store: Annotated[str | None, typer.Option(help="sqlite (default) or memory")] = None,
+    store: Annotated[str | None, typer.Option(
+        help="sqlite (default), memory, or a postgresql:// URL shared by replicas")] = None,
     sim_root: Annotated[list[str] | None, typer.Option(
         "--sim-root", help="accept sim evidence from this root fingerprint (NOT SECURE)")] = None,
     tls_cert: Annotated[Path | None, typer.Option(
@@ -114,10 +115,12 @@ def key_show(
 def owner_add(
     owner: Annotated[str, typer.Argument(help="owner name: lower-case letters, digits, '-'")],
     data: Annotated[Path, typer.Option("--data", help="the broker's data folder")],
+    store: Annotated[str | None, typer.Option(
+        help="the broker's store: sqlite (default) or its postgresql:// URL")] = None,
 ) -> None:
     """Issue an API token for OWNER. Shown once; the broker keeps only its hash."""
     def issue() -> str:
-        settings = KbsSettings(data_dir=data)
+        settings = KbsSettings(data_dir=data, **({} if store is None else {"store": store}))
         ensure_data_dir(settings)
         store = open_store(settings)
         try:

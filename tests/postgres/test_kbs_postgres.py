@@ -1,0 +1,187 @@
+"""The broker's store on PostgreSQL beyond the shared contract (tests/kbs run that on every
+backend): its migrations, and what only several writers can break (two replicas, two pools)."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
+from typing import Any, TypeVar
+
+import psycopg
+import pytest
+
+from medclave.errors import KbsError, MedclaveError
+from medclave.kbs.names import ResourceName
+from medclave.kbs.postgres_store import PostgresKbsStore
+from medclave.kbs.store import Decision, NonceState
+
+T0 = datetime(2025, 7, 1, 12, tzinfo=UTC)
+R = ResourceName.parse("kbs:///vendor/model-key/llama")
+KBS_TABLES = {"kbs_owner_tokens", "kbs_resources", "kbs_secret_versions", "kbs_policies",
+              "kbs_policy_versions", "kbs_nonces", "kbs_decisions", "kbs_revocations"}
+T = TypeVar("T")
+
+
+def tables(url: str) -> set[str]:
+    with psycopg.connect(url) as conn:
+        rows = conn.execute("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")
+        return {r[0] for r in rows.fetchall()}
+
+
+def snapshot(url: str) -> list[tuple[Any, ...]]:
+    """Every table with its row count and its columns: what "untouched" compares."""
+    with psycopg.connect(url) as conn:
+        out: list[tuple[Any, ...]] = []
+        for name in sorted(tables(url)):
+            count = conn.execute(f"SELECT count(*) FROM {name}").fetchone()
+            cols = conn.execute("SELECT column_name FROM information_schema.columns WHERE "
+                                "table_name = %s ORDER BY column_name", (name,)).fetchall()
+            out.append((name, count, tuple(c[0] for c in cols)))
+        return out
+
+
+@pytest.fixture
+def two(pg_url: str) -> Iterator[tuple[PostgresKbsStore, PostgresKbsStore]]:
+    """Two broker replicas: two stores, each with its own pool, on one database."""
+    a, b = PostgresKbsStore(pg_url), PostgresKbsStore(pg_url)
+    yield a, b
+    a.close()
+    b.close()
+
+
+def race(calls: list[Callable[[], T]]) -> list[T | BaseException]:
+    """Run ``calls`` at once (one thread each, released together); results or errors."""
+    start = threading.Barrier(len(calls))
+    out: list[T | BaseException] = [RuntimeError("not run")] * len(calls)
+
+    def run(i: int) -> None:
+        start.wait()
+        try:
+            out[i] = calls[i]()
+        except BaseException as exc:
+            out[i] = exc
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(calls))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return out
+
+
+def test_an_empty_database_is_migrated_and_reopened(pg_url: str) -> None:
+    assert tables(pg_url) == set()
+    store = PostgresKbsStore(pg_url)
+    store.create_secret(R, b"w1", T0)
+    store.close()
+    assert tables(pg_url) == KBS_TABLES | {"medclave_schema"}
+    with psycopg.connect(pg_url) as conn:
+        versions = conn.execute("SELECT store, version FROM medclave_schema").fetchall()
+    assert versions == [("broker", 1)]
+    again = PostgresKbsStore(pg_url)  # idempotent: nothing re-applied, data kept
+    try:
+        assert again.secret_version(R).wrapped == b"w1"
+    finally:
+        again.close()
+
+
+def test_a_newer_schema_is_refused_untouched(pg_url: str) -> None:
+    PostgresKbsStore(pg_url).close()
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        conn.execute("INSERT INTO medclave_schema VALUES ('broker', 2, '2030-01-01', 'newer')")
+    before = snapshot(pg_url)
+    with pytest.raises(MedclaveError) as err:
+        PostgresKbsStore(pg_url)
+    assert err.value.code == "service.schema_newer"
+    assert snapshot(pg_url) == before
+
+
+def test_permanent_decisions_cannot_be_changed_in_the_database(pg_url: str) -> None:
+    """Append-only in the database itself: a trigger refuses UPDATE and DELETE of permanent
+    rows; aggregated rows still count up and the oldest still go (retention)."""
+    store = PostgresKbsStore(pg_url, max_aggregated=1)
+    try:
+        store.record_decision(Decision(at=T0, action="release", resource=str(R),
+                                       outcome="allowed", client="ip:1", checks=("sig:ok",)))
+        for i in range(2):
+            store.record_decision(Decision(at=T0, action="release", resource=f"{R}{i}",
+                                           outcome="refused", client="ip:1",
+                                           code="kbs.nonce_unknown"))
+        assert [d.resource for d in store.decisions()] == [f"{R}1", str(R)]
+        with psycopg.connect(pg_url, autocommit=True) as conn:
+            for sql in ("UPDATE kbs_decisions SET outcome = 'refused' WHERE bucket IS NULL",
+                        "DELETE FROM kbs_decisions WHERE bucket IS NULL"):
+                with pytest.raises(psycopg.errors.RaiseException, match="never changed"):
+                    conn.execute(sql)
+        assert [d.outcome for d in store.decisions()] == ["refused", "allowed"]
+    finally:
+        store.close()
+
+
+def test_two_replicas_rotating_at_once_one_wins(two: tuple[PostgresKbsStore, PostgresKbsStore]
+                                                ) -> None:
+    a, b = two
+    a.create_secret(R, b"w1", T0)
+    results = race([lambda: a.rotate_secret(R, b"from-a", T0, 1),
+                    lambda: b.rotate_secret(R, b"from-b", T0, 1)])
+    wins = [r for r in results if r == 2]
+    losses = [r for r in results if isinstance(r, KbsError) and r.code == "kbs.conflict"]
+    assert len(wins) == 1 and len(losses) == 1, results
+    info = b.resource_info(R)
+    assert info is not None and info.current == 2 and info.versions == (1, 2)
+    assert a.secret_version(R).wrapped in (b"from-a", b"from-b")
+
+
+def test_two_replicas_creating_at_once_one_wins(two: tuple[PostgresKbsStore, PostgresKbsStore]
+                                                ) -> None:
+    a, b = two
+    results = race([lambda: a.create_secret(R, b"a", T0), lambda: b.create_secret(R, b"b", T0)])
+    assert sorted(type(r).__name__ for r in results) == ["KbsError", "int"], results
+    assert a.resource_info(R) is not None
+
+
+def test_first_policies_at_once_get_versions_1_and_2(
+        two: tuple[PostgresKbsStore, PostgresKbsStore]) -> None:
+    a, b = two
+    results = race([lambda: a.put_policy(R, "{}", "da", T0), lambda: b.put_policy(R, "{}", "db", T0)])
+    assert sorted(r for r in results if isinstance(r, int)) == [1, 2], results
+    assert a.policy_versions(R) == (1, 2)
+
+
+def test_a_nonce_spent_at_two_replicas_at_once_is_fresh_once(
+        two: tuple[PostgresKbsStore, PostgresKbsStore]) -> None:
+    a, b = two
+    for i in range(5):
+        nonce = bytes([i]) * 32
+        a.add_nonce(nonce, T0 + timedelta(seconds=60), T0)
+        spends = race([lambda n=nonce: a.spend_nonce(n, T0),  # type: ignore[misc]
+                       lambda n=nonce: b.spend_nonce(n, T0)] * 2)
+        assert sorted(s.value for s in spends if isinstance(s, NonceState)) == [
+            "fresh", "used", "used", "used"], spends
+
+
+def test_refusals_counted_from_two_replicas_add_up(
+        two: tuple[PostgresKbsStore, PostgresKbsStore]) -> None:
+    a, b = two
+    refusal = Decision(at=T0, action="release", resource=str(R), outcome="refused",
+                       client="ip:192.0.2.1", code="kbs.nonce_unknown")
+
+    def many(store: PostgresKbsStore) -> None:
+        for _ in range(25):
+            store.record_decision(refusal)
+
+    race([lambda: many(a), lambda: many(b), lambda: many(a), lambda: many(b)])
+    rows = a.decisions()
+    assert [(d.code, d.count) for d in rows] == [("kbs.nonce_unknown", 100)]
+
+
+def test_an_unreachable_database_is_kbs_unavailable(pg_url: str) -> None:
+    store = PostgresKbsStore(pg_url)
+    store.pool.close()
+    with pytest.raises(KbsError) as err:
+        store.secret_version(R)
+    assert err.value.code == "kbs.unavailable"
+    with pytest.raises(KbsError) as err:
+        store.create_secret(R, b"w", T0)
+    assert err.value.code == "kbs.unavailable"
