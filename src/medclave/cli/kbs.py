@@ -122,11 +122,11 @@ def owner_add(
     def issue() -> str:
         settings = KbsSettings(data_dir=data, **({} if store is None else {"store": store}))
         ensure_data_dir(settings)
-        store = open_store(settings)
+        opened = open_store(settings)
         try:
-            return issue_owner_token(store, owner, now=datetime.now(UTC))
+            return issue_owner_token(opened, owner, now=datetime.now(UTC))
         finally:
-            store.close()
+            opened.close()
     emit({"owner": owner, "token": run(issue)})
 
 
