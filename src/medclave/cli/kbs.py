@@ -120,7 +120,8 @@ def owner_add(
 ) -> None:
     """Issue an API token for OWNER. Shown once; the broker keeps only its hash."""
     def issue() -> str:
-        settings = KbsSettings(data_dir=data, **({} if store is None else {"store": store}))
+        settings = (KbsSettings(data_dir=data) if store is None
+                    else KbsSettings(data_dir=data, store=store))
         ensure_data_dir(settings)
         opened = open_store(settings)
         try:

@@ -40,7 +40,7 @@ from medclave.auth.dpop import normalize_htu, verify_dpop_proof
 from medclave.auth.jwks import AUTH_JOSE_ERRORS
 from medclave.auth.replay import MemoryReplayCache, ReplayCache
 from medclave.auth.tokens import is_valid_name
-from medclave.client.apikeys import ApiKeyStore, looks_like_api_key
+from medclave.client.apikeys import ApiKeys, looks_like_api_key
 from medclave.client.credentials import AccessToken, Credentials
 from medclave.crypto.jose import SUPPORTED_ALGORITHMS, parse_compact
 from medclave.errors import AuthError, InputError
@@ -87,7 +87,7 @@ def peer_is_trusted(peer: str | None, trusted: tuple[str, ...]) -> bool:
 class Callers:
     """``upstream(headers, peer=..., method=..., url=..., path=...)``: what to send for an app."""
 
-    def __init__(self, *, credentials: Credentials | None, keys: ApiKeyStore | None,
+    def __init__(self, *, credentials: Credentials | None, keys: ApiKeys | None,
                  identity_header: str | None = None, trusted_proxies: tuple[str, ...] = (),
                  header_roles: tuple[str, ...] = (), replay: ReplayCache | None = None) -> None:
         if identity_header is not None and credentials is None:

@@ -53,7 +53,7 @@ from medclave.attestation import load_policy
 from medclave.attestation.collateral import load_collateral
 from medclave.auth.replay import ReplayCache, open_replay_cache
 from medclave.client.admission import AdmissionConfig, ProxyAdmission, build_admission
-from medclave.client.apikeys import ApiKeyStore
+from medclave.client.apikeys import open_api_keys
 from medclave.client.callers import Callers, Upstream
 from medclave.client.continuous import TrustWatch
 from medclave.client.credentials import Credentials, IdpClientConfig
@@ -115,9 +115,10 @@ class ProxySettings(BaseSettings, ServingSettings, OpsSettings):
     reattest_retry_seconds: int = Field(default=30, ge=1)
     timeout_seconds: float = Field(default=300.0, gt=0)
     max_in_flight: int = Field(default=256, ge=1, le=100_000)
-    data_dir: Path = DEFAULT_DATA_DIR  # API keys (apikeys.db)
-    # A postgresql:// URL shared by the proxy's replicas: an app's DPoP proof is accepted once
-    # across all of them (docs/scaling-out.md). None: this process's memory.
+    data_dir: Path = DEFAULT_DATA_DIR  # API keys (apikeys.db, unless store is PostgreSQL)
+    # A postgresql:// URL shared by the proxy's replicas: API keys live there, and an app's
+    # DPoP proof is accepted once across all of them (docs/scaling-out.md). None: API keys in
+    # data_dir, replay caches in this process's memory.
     store: str | None = None
     store_allow_remote: bool = False
     # --- credentials at the hospital's IdP (off unless idp_token_url is set) -----------------
@@ -215,7 +216,8 @@ def callers_for(settings: ProxySettings) -> Callers:
     """The caller mapping from the settings (an IdP client, API keys, the identity header)."""
     client = settings.idp_client()
     credentials = None if client is None else Credentials(client)
-    keys = None if credentials is None else ApiKeyStore(settings.data_dir)
+    keys = None if credentials is None else open_api_keys(
+        settings.data_dir, settings.store, allow_remote=settings.store_allow_remote)
     return Callers(credentials=credentials, keys=keys, identity_header=settings.identity_header,
                    trusted_proxies=settings.trusted_proxies,
                    header_roles=settings.identity_roles,
