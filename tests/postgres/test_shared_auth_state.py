@@ -164,6 +164,60 @@ def test_a_dpop_proof_replayed_to_a_second_replica_is_refused(pg_url: str) -> No
             auth._replay.close()  # type: ignore[attr-defined]
 
 
+def test_enclave_replicas_configured_with_one_store_refuse_a_replayed_proof(
+        pg_url: str, tmp_path: Path) -> None:
+    """`build_authorization` from EnclaveSettings(store=...): the enclave's own wiring."""
+    import json
+
+    from medclave.enclave.attester import HostPlatform
+    from medclave.enclave.boot import build_authorization
+    from medclave.protocol.inference import INNER_AUTHORITY, MODELS_PATH, InnerRequest
+    from tests.auth._helpers import jwks_doc
+
+    (tmp_path / "jwks.json").write_text(json.dumps(jwks_doc(ed_key())))
+    settings = EnclaveSettings(store=pg_url, auth_issuer=ISSUER, auth_audience=AUDIENCE,
+                               auth_jwks_file=tmp_path / "jwks.json")
+    platform = HostPlatform("sim", attester=None, secure=False)  # type: ignore[arg-type]
+    hooks = [build_authorization(settings, platform, lambda: at(0)) for _ in range(2)]
+    client_key = ec_key()
+    token = mint(ed_key(), cnf={"jkt": jwk_thumbprint(client_key.public_key())})
+    proof = create_dpop_proof(client_key, method="GET", url=f"https://{INNER_AUTHORITY}"
+                              f"{MODELS_PATH}", now=at(0), access_token=token)
+    request = InnerRequest("GET", MODELS_PATH, (("authorization", f"DPoP {token}"),
+                                                ("dpop", proof)), b"")
+    try:
+        assert hooks[0].authorize(request).subject == "dr-alice"
+        with pytest.raises(AuthError) as err:
+            hooks[1].authorize(request)
+        assert err.value.code == "auth.dpop_invalid" and "replay" in err.value.detail
+    finally:
+        for hook in hooks:
+            hook._authn._replay.close()  # type: ignore[attr-defined]
+
+
+def test_a_token_request_proof_replayed_to_a_second_idp_replica_is_refused(
+        pg_url: str, tmp_path: Path) -> None:
+    from medclave.auth.idp_server import build_service
+    from medclave.auth.issuer import Directory
+
+    Directory(tmp_path).add_client("gw", "s3cret-s3cret", tenant="st-mary", roles=["service"])
+    replicas = [build_service(tmp_path, issuer="https://idp.example",
+                              replay=open_replay_cache(pg_url, scope="idp")) for _ in range(2)]
+    now = datetime.now(UTC)
+    proof = create_dpop_proof(ec_key(), method="POST", url="https://idp.example/token", now=now)
+    form = {"grant_type": "client_credentials", "client_id": "gw",
+            "client_secret": "s3cret-s3cret"}
+    try:
+        answer = replicas[0].token(form, basic=None, dpop=proof, now=now)
+        assert answer["token_type"] == "DPoP"
+        with pytest.raises(AuthError) as err:
+            replicas[1].token(form, basic=None, dpop=proof, now=now)
+        assert err.value.code == "auth.dpop_invalid" and "replay" in err.value.detail
+    finally:
+        for service in replicas:
+            service._replay.close()  # type: ignore[attr-defined]
+
+
 # --- the broker's rate limit ---------------------------------------------------------------------
 
 
