@@ -218,6 +218,35 @@ def test_a_token_request_proof_replayed_to_a_second_idp_replica_is_refused(
             service._replay.close()  # type: ignore[attr-defined]
 
 
+def test_failed_logins_count_across_idp_replicas(pg_url: str, tmp_path: Path) -> None:
+    """Five wrong secrets spread over two replicas block the name on both (not 5 each)."""
+    from medclave.auth.idp_server import build_service
+    from medclave.auth.issuer import Directory
+    from medclave.auth.replay import open_failure_log
+
+    Directory(tmp_path).add_client("gw", "s3cret-s3cret", tenant="st-mary", roles=["service"])
+    replicas = [build_service(tmp_path, issuer="https://idp.example",
+                              failures=open_failure_log(pg_url)) for _ in range(2)]
+    now = datetime.now(UTC)
+    wrong = {"grant_type": "client_credentials", "client_id": "gw", "client_secret": "nope"}
+    try:
+        for i in range(5):
+            with pytest.raises(AuthError) as err:
+                replicas[i % 2].token(wrong, basic=None, dpop=None, now=now)
+            assert err.value.code == "auth.invalid_credentials"
+        right = {**wrong, "client_secret": "s3cret-s3cret"}
+        for service in replicas:
+            with pytest.raises(AuthError) as err:
+                service.token(right, basic=None, dpop=None, now=now)
+            assert err.value.code == "auth.rate_limited"
+        # A minute later the window has passed, on both.
+        later = now + timedelta(minutes=1, seconds=1)
+        assert replicas[1].token(right, basic=None, dpop=None, now=later)["access_token"]
+    finally:
+        for service in replicas:
+            service._failures.close()  # type: ignore[attr-defined]
+
+
 # --- the broker's rate limit ---------------------------------------------------------------------
 
 

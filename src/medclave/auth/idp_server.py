@@ -31,7 +31,7 @@ from medclave.auth.issuer import (
     TokenService,
     load_or_create_signing_key,
 )
-from medclave.auth.replay import ReplayCache
+from medclave.auth.replay import FailureLog, ReplayCache
 from medclave.errors import InputError, MedclaveError
 from medclave.ops import lifecycle
 from medclave.ops.health import Health
@@ -72,7 +72,8 @@ class IdpSettings(BaseSettings, ServingSettings, OpsSettings):
     token_ttl_seconds: int = Field(default=300, ge=30, le=86400)
     dev_password: bool = False
     # A postgresql:// URL shared by the IdP's replicas: a DPoP proof at the token endpoint is
-    # then accepted once across all of them (docs/scaling-out.md). None: this process's memory.
+    # then accepted once across all of them, and failed logins are counted across all of them
+    # (docs/scaling-out.md). None: this process's memory.
     store: str | None = None
     store_allow_remote: bool = False
 
@@ -173,11 +174,12 @@ def build_service(
     ttl: timedelta = timedelta(minutes=5),
     dev_password: bool = False,
     replay: ReplayCache | None = None,
+    failures: FailureLog | None = None,
 ) -> TokenService:
     key = load_or_create_signing_key(data_dir, alg=alg)
     token_issuer = TokenIssuer(issuer, key, audience=audience, default_ttl=ttl)
     return TokenService(token_issuer, Directory(data_dir), audiences=(audience,),
-                        dev_password=dev_password, replay=replay)
+                        dev_password=dev_password, replay=replay, failures=failures)
 
 
 def serve(service: TokenService, settings: IdpSettings) -> None:

@@ -1,4 +1,5 @@
-"""The replay cache in PostgreSQL: a one-time value is accepted once across every replica.
+"""Shared authentication state in PostgreSQL: the replay cache (a one-time value is accepted
+once across every replica) and the IdP's failed-login log.
 
 Each process's :class:`~medclave.auth.replay.MemoryReplayCache` remembers only what that process
 saw, so N replicas behind a balancer would each accept the same DPoP proof once (RFC 9449 §11.1
@@ -22,7 +23,7 @@ from __future__ import annotations
 import hashlib
 import threading
 import time
-from datetime import datetime
+from datetime import datetime, timedelta
 
 import psycopg
 from psycopg_pool import ConnectionPool, PoolTimeout
@@ -91,6 +92,51 @@ class PostgresReplayCache:
         with self.pool.connection() as conn:
             row = conn.execute("SELECT count(*) FROM auth_replay").fetchone()
         return int(row[0]) if row else 0
+
+    def close(self) -> None:
+        if self._owns_pool:
+            self.pool.close()
+
+
+FAILURES_STORE = "idp failures"
+FAILURE_MIGRATIONS = (pgm.Migration(1, "failed logins", pgm.script(
+    "CREATE TABLE idp_failures (key TEXT NOT NULL, at TIMESTAMPTZ NOT NULL);\n"
+    "CREATE INDEX idp_failures_key ON idp_failures (key, at);\n"
+    "CREATE INDEX idp_failures_at ON idp_failures (at);\n")),)
+
+
+class PostgresFailureLog:
+    """:class:`~medclave.auth.replay.FailureLog` shared by the IdP's replicas: one row per
+    failure, counted over the window; rows older than the window are deleted as failures are
+    added. A database that cannot answer refuses the login (``auth.state_unavailable``)."""
+
+    def __init__(self, url_or_pool: str | ConnectionPool, *, allow_remote: bool = False) -> None:
+        self._owns_pool = isinstance(url_or_pool, str)
+        self.pool = (open_pool(url_or_pool, max_size=4, allow_remote=allow_remote)
+                     if isinstance(url_or_pool, str) else url_or_pool)
+        try:
+            with self.pool.connection() as conn:
+                pgm.migrate(conn, store=FAILURES_STORE, migrations=FAILURE_MIGRATIONS)
+        except BaseException:
+            self.close()
+            raise
+
+    def recent(self, key: str, *, now: datetime, window: timedelta) -> int:
+        try:
+            with self.pool.connection() as conn:
+                row = conn.execute("SELECT count(*) FROM idp_failures WHERE key = %s AND at > %s",
+                                   (key[:512], _aware(now) - window)).fetchone()
+        except (psycopg.Error, PoolTimeout) as exc:
+            raise AuthError("auth.state_unavailable", f"failures: {type(exc).__name__}") from exc
+        return int(row[0]) if row else 0
+
+    def add(self, key: str, *, now: datetime, window: timedelta) -> None:
+        try:
+            with self.pool.connection() as conn, conn.transaction():
+                conn.execute("DELETE FROM idp_failures WHERE at <= %s", (_aware(now) - window,))
+                conn.execute("INSERT INTO idp_failures VALUES (%s, %s)", (key[:512], now))
+        except (psycopg.Error, PoolTimeout) as exc:
+            raise AuthError("auth.state_unavailable", f"failures: {type(exc).__name__}") from exc
 
     def close(self) -> None:
         if self._owns_pool:

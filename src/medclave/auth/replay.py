@@ -13,7 +13,7 @@ from __future__ import annotations
 import heapq
 import sqlite3
 import threading
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Protocol
 
@@ -150,6 +150,50 @@ def open_replay_cache(store: str | None, *, scope: str, max_entries: int = 1_000
 
     return LayeredReplayCache(local, PostgresReplayCache(store, scope=scope,
                                                          allow_remote=allow_remote))
+
+
+class FailureLog(Protocol):
+    """Failed logins per account name within a sliding window (the IdP's throttle)."""
+
+    def recent(self, key: str, *, now: datetime, window: timedelta) -> int:
+        """How many failures ``key`` had in the ``window`` before ``now``."""
+        ...
+
+    def add(self, key: str, *, now: datetime, window: timedelta) -> None:
+        """Record one failure (and forget those older than ``window``)."""
+        ...
+
+
+class MemoryFailureLog:
+    """One process's failures; made-up names cannot grow it past ``max_keys`` recent ones."""
+
+    def __init__(self, *, max_keys: int = 10_000) -> None:
+        self._max = max_keys
+        self._failures: dict[str, list[datetime]] = {}
+        self._lock = threading.Lock()
+
+    def recent(self, key: str, *, now: datetime, window: timedelta) -> int:
+        with self._lock:
+            kept = [t for t in self._failures.get(key, []) if now - t < window]
+            self._failures[key] = kept
+            return len(kept)
+
+    def add(self, key: str, *, now: datetime, window: timedelta) -> None:
+        with self._lock:
+            if len(self._failures) > self._max:
+                self._failures = {k: kept for k, v in self._failures.items()
+                                  if (kept := [t for t in v if now - t < window])}
+            self._failures.setdefault(key, []).append(now)
+
+
+def open_failure_log(store: str | None, *, allow_remote: bool = False) -> FailureLog:
+    """The IdP's failed-login log: shared by its replicas in PostgreSQL (so N replicas do not
+    grant N times the guesses), else in this process."""
+    if store is None or not is_postgres_url(store):
+        return MemoryFailureLog()
+    from medclave.auth.pg_replay import PostgresFailureLog  # the `postgres` extra
+
+    return PostgresFailureLog(store, allow_remote=allow_remote)
 
 
 def close_replay_cache(cache: ReplayCache) -> None:
