@@ -366,3 +366,11 @@ def test_a_remote_database_is_refused_at_start(tmp_path: Path) -> None:
     with pytest.raises(InputError) as err:
         open_replay_cache("postgresql://u@203.0.113.9/x", scope="idp")
     assert err.value.code == "config.invalid"
+
+
+def test_config_show_never_prints_the_store_password() -> None:
+    from medclave.ops.config import effective
+
+    shown = effective(KbsSettings(store="postgresql://medclave:s3cret@127.0.0.1:5432/kbs"))
+    assert shown["store"] == "postgresql://medclave:***@127.0.0.1:5432/kbs"
+    assert effective(KbsSettings())["store"] == "sqlite"
