@@ -3,7 +3,8 @@
 The attack: 300 refused releases (no nonce this broker issued) added 300 permanent rows in about
 a second. Refusals of callers who proved nothing are now counted, one row per (minute, action,
 resource, code, client), at most ``max_aggregated`` such rows; decisions on owners' resources stay
-one row each, for good. Both stores, and the SQLite schema-1 store migrated forward.
+one row each, for good. Every store (memory, SQLite, PostgreSQL), and the SQLite schema-1 store
+migrated forward.
 """
 
 from __future__ import annotations
