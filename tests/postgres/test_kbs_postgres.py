@@ -97,6 +97,44 @@ def test_a_newer_schema_is_refused_untouched(pg_url: str) -> None:
     assert snapshot(pg_url) == before
 
 
+def _open_each(name: str, url: str) -> Callable[[], Any]:
+    from medclave.auth.pg_replay import PostgresFailureLog, PostgresReplayCache
+    from medclave.client.pg_apikeys import PostgresApiKeyStore
+    from medclave.kbs.pg_ratelimit import PostgresRateLimiter
+    from medclave.postgres import open_pool
+
+    def limiter() -> Any:
+        pool = open_pool(url, max_size=1)
+        try:
+            return PostgresRateLimiter(pool, 1.0, 1)
+        finally:
+            pool.close()
+
+    return {"broker": lambda: PostgresKbsStore(url),
+            "replay cache": lambda: PostgresReplayCache(url, scope="t"),
+            "rate limit": limiter,
+            "api keys": lambda: PostgresApiKeyStore(url),
+            "idp failures": lambda: PostgresFailureLog(url)}[name]
+
+
+@pytest.mark.parametrize("name", ["broker", "replay cache", "rate limit", "api keys",
+                                  "idp failures"])
+def test_every_postgres_store_migrates_an_empty_database_and_refuses_a_newer_one(
+        pg_url: str, name: str) -> None:
+    opened = _open_each(name, pg_url)()
+    close = getattr(opened, "close", None)
+    if close is not None:
+        close()
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        assert conn.execute("SELECT store, version FROM medclave_schema").fetchall() == [(name, 1)]
+        conn.execute("INSERT INTO medclave_schema VALUES (%s, 2, '2030-01-01', 'newer')", (name,))
+    before = snapshot(pg_url)
+    with pytest.raises(MedclaveError) as err:
+        _open_each(name, pg_url)()
+    assert err.value.code == "service.schema_newer"
+    assert snapshot(pg_url) == before
+
+
 def test_permanent_decisions_cannot_be_changed_in_the_database(pg_url: str) -> None:
     """Append-only in the database itself: a trigger refuses UPDATE and DELETE of permanent
     rows; aggregated rows still count up and the oldest still go (retention)."""
