@@ -6,20 +6,28 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any, TypeVar
 
 import psycopg
 import pytest
 
-from medclave.errors import KbsError, MedclaveError
+from medclave.errors import CryptoError, InputError, KbsError, MedclaveError
+from medclave.kbs.factory import build_broker
+from medclave.kbs.keywrap import FileKek
 from medclave.kbs.names import ResourceName
 from medclave.kbs.postgres_store import PostgresKbsStore
+from medclave.kbs.rekey import rotate_configured_kek
+from medclave.kbs.service import KeyBroker, wrap_aad
+from medclave.kbs.settings import KbsSettings
+from medclave.kbs.signing import BrokerSigner
 from medclave.kbs.store import Decision, NonceState
 
 T0 = datetime(2025, 7, 1, 12, tzinfo=UTC)
 R = ResourceName.parse("kbs:///vendor/model-key/llama")
 KBS_TABLES = {"kbs_owner_tokens", "kbs_resources", "kbs_secret_versions", "kbs_policies",
-              "kbs_policy_versions", "kbs_nonces", "kbs_decisions", "kbs_revocations"}
+              "kbs_policy_versions", "kbs_nonces", "kbs_decisions", "kbs_revocations",
+              "kbs_meta"}
 T = TypeVar("T")
 
 
@@ -223,3 +231,69 @@ def test_an_unreachable_database_is_kbs_unavailable(pg_url: str) -> None:
     with pytest.raises(KbsError) as err:
         store.create_secret(R, b"w", T0)
     assert err.value.code == "kbs.unavailable"
+    store.close()
+
+
+# --- KEK rotation on PostgreSQL (kbs/rekey.py) ----------------------------------------------------
+
+
+def test_a_kek_rotation_waits_for_every_broker_replica_to_stop(pg_url: str, tmp_path: Path
+                                                               ) -> None:
+    """Exclusive against every open store (all replicas), and no store opens during one."""
+    settings = KbsSettings(data_dir=tmp_path / "kbs", store=pg_url)
+    settings.data_dir.mkdir(mode=0o700)
+    kek = FileKek.create(settings.kek_path)
+    broker = KeyBroker(PostgresKbsStore(pg_url), kek, signer=BrokerSigner.generate())
+    broker.create_resource("vendor", str(R), b"s" * 32, client_id="setup")
+    broker.rotate_resource("vendor", str(R), b"t" * 32, client_id="setup")
+    with pytest.raises(KbsError) as err:  # a replica is running
+        rotate_configured_kek(settings, new_kek_file=None, now=T0)
+    assert err.value.code == "kbs.unavailable"
+    assert not (settings.data_dir / "kek.key.new").exists()
+    broker.store.close()
+
+    rotating = PostgresKbsStore(pg_url, exclusive=True)
+    with pytest.raises(KbsError) as err:  # a replica starting meanwhile
+        PostgresKbsStore(pg_url)
+    assert err.value.code == "kbs.unavailable"
+    rotating.close()
+
+    out = rotate_configured_kek(settings, new_kek_file=None, now=T0)
+    assert out["secret_versions"] == 2 and out["old_kek_id"] == kek.key_id
+    new = FileKek.load(settings.kek_path)
+    assert new.key_id == out["new_kek_id"] != kek.key_id
+    restarted = build_broker(settings, signer=BrokerSigner.generate())
+    try:
+        assert restarted.store.kek_id() == new.key_id
+        for version, value in ((1, b"s" * 32), (2, b"t" * 32)):
+            wrapped = restarted.store.secret_version(R, version).wrapped
+            assert new.unwrap(wrapped, wrap_aad(R, version)) == value
+        logged = [d for d in restarted.store.decisions() if d.action == "kek_rotate"]
+        assert len(logged) == 1 and "2 secret versions" in logged[0].detail
+    finally:
+        restarted.store.close()
+    with pytest.raises(InputError) as refused:  # the pre-rotation KEK is refused at start
+        build_broker(settings, wrapper=kek, signer=BrokerSigner.generate())
+    assert refused.value.code == "config.invalid"
+
+
+def test_a_rewrap_that_fails_midway_changes_nothing(pg_url: str) -> None:
+    store = PostgresKbsStore(pg_url)
+    try:
+        store.create_secret(R, b"w1", T0)
+        store.rotate_secret(R, b"w2", T0, 1)
+        before = snapshot(pg_url)
+
+        def rewrap(name: str, version: int, wrapped: bytes) -> bytes:
+            if version == 2:
+                raise CryptoError("crypto.decrypt_failed", "a tampered row")
+            return b"new" + wrapped
+
+        refusal = Decision(at=T0, action="kek_rotate", resource="kbs:///_/kek/broker",
+                           outcome="allowed", client="cli")
+        with pytest.raises(CryptoError):
+            store.rewrap_secrets(rewrap, kek_id="k2", decision=refusal)
+        assert snapshot(pg_url) == before
+        assert store.kek_id() is None and store.secret_version(R, 1).wrapped == b"w1"
+    finally:
+        store.close()

@@ -25,15 +25,18 @@ def ensure_data_dir(settings: KbsSettings) -> None:
         os.chmod(path, 0o700)  # holds the KEK and the wrapped secrets: owner only
 
 
-def open_store(settings: KbsSettings) -> KbsStore:
+def open_store(settings: KbsSettings, *, exclusive: bool = False) -> KbsStore:
+    """The configured store; ``exclusive`` (a KEK rotation): refused while any broker has it
+    open, and no broker opens it meanwhile."""
     if settings.store == "memory":
         return MemoryKbsStore()
     if settings.postgres:
         from medclave.kbs.postgres_store import PostgresKbsStore  # the `postgres` extra
 
-        return PostgresKbsStore(settings.store, allow_remote=settings.store_allow_remote)
+        return PostgresKbsStore(settings.store, allow_remote=settings.store_allow_remote,
+                                exclusive=exclusive)
     ensure_data_dir(settings)
-    return SqliteKbsStore(settings.db_path)
+    return SqliteKbsStore(settings.db_path, exclusive=exclusive)
 
 
 def open_limiter(settings: KbsSettings, store: KbsStore,

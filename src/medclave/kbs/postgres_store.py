@@ -18,6 +18,13 @@ brokers write at once (issue 17):
   A trigger refuses any UPDATE or DELETE of a permanent row, so the log of owners' decisions is
   append-only in the database itself, not only in this code.
 
+A KEK rotation (:mod:`medclave.kbs.rekey`) re-wraps every secret version, records the new KEK's
+id in ``kbs_meta`` and logs its decision in one transaction. It must not run beside a broker that
+would go on wrapping new secrets under the old KEK: every open store holds a shared session-level
+advisory lock on one dedicated connection, and the rotation opens the store ``exclusive`` (refused,
+``kbs.unavailable``, while any broker replica has it open; a broker cannot start during one), as
+the SQLite store does with ``flock(2)``.
+
 Tables are prefixed ``kbs_``: every store shares one database. Schema versions live in
 ``medclave_schema`` under the store name ``broker`` (:mod:`medclave.postgres.migrations`).
 """
@@ -27,6 +34,7 @@ from __future__ import annotations
 import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -43,6 +51,7 @@ from medclave.kbs.store import (
     NonceState,
     PolicyVersion,
     ResourceInfo,
+    Rewrap,
     SecretVersion,
     aggregate_key,
     is_aggregated,
@@ -91,6 +100,7 @@ CREATE TRIGGER kbs_decisions_append_only BEFORE UPDATE OR DELETE ON kbs_decision
 CREATE TABLE kbs_revocations (
     owner TEXT NOT NULL, kind TEXT NOT NULL, value TEXT NOT NULL, reason TEXT NOT NULL,
     created TIMESTAMPTZ NOT NULL, PRIMARY KEY (owner, kind, value));
+CREATE TABLE kbs_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 
 MIGRATIONS = (
@@ -110,6 +120,10 @@ def _not_found(resource: ResourceName, what: str = "resource") -> KbsError:
     return KbsError("kbs.not_found", f"no {what} {resource}")
 
 
+# The advisory-lock key every open store shares and a KEK rotation takes alone.
+_IN_USE = zlib.crc32(b"medclave-kbs-store-in-use") - (1 << 31)
+
+
 def _owner_lock(owner: str) -> int:
     return zlib.crc32(b"medclave-kbs-revocations:" + owner.encode()) - (1 << 31)
 
@@ -118,21 +132,40 @@ class PostgresKbsStore:
     """A :class:`~medclave.kbs.store.KbsStore` in PostgreSQL (``store = "postgresql://..."``)."""
 
     def __init__(self, url_or_pool: str | ConnectionPool, *,
-                 max_aggregated: int = MAX_AGGREGATED_DECISIONS, allow_remote: bool = False
-                 ) -> None:
+                 max_aggregated: int = MAX_AGGREGATED_DECISIONS, allow_remote: bool = False,
+                 exclusive: bool = False) -> None:
         """Open (and migrate) the store. A URL opens a pool that :meth:`close` closes; a pool
-        given by the caller stays the caller's."""
+        given by the caller stays the caller's. ``exclusive``: for a KEK rotation (module
+        docstring)."""
         self._owns_pool = isinstance(url_or_pool, str)
         self.pool = (open_pool(url_or_pool, allow_remote=allow_remote)
                      if isinstance(url_or_pool, str) else url_or_pool)
         self._max_aggregated = max_aggregated
+        self._holder: Conn | None = None
         try:
+            self._holder = self._hold(exclusive)
             with self.pool.connection() as conn:
                 # Reads the version first; a newer one is refused before any write.
                 pgm.migrate(conn, store=STORE, migrations=MIGRATIONS)
         except BaseException:
             self.close()
             raise
+
+    def _hold(self, exclusive: bool) -> Conn:
+        """A connection of its own holding the in-use lock for as long as the store is open
+        (session-level locks belong to a connection, so not one from the pool)."""
+        try:
+            conn = self.pool.getconn()
+        except (psycopg.Error, PoolTimeout) as exc:
+            raise KbsError("kbs.unavailable", f"store: {type(exc).__name__}") from exc
+        take = "pg_try_advisory_lock" if exclusive else "pg_try_advisory_lock_shared"
+        row = conn.execute(f"SELECT {take}(%s)", (_IN_USE,)).fetchone()
+        if row is None or not row[0]:
+            self.pool.putconn(conn)
+            raise KbsError("kbs.unavailable", "the store is in use by a running broker or "
+                           "command; stop it first" if exclusive else "the store is locked by a "
+                           "KEK rotation; start when it is done")
+        return conn
 
     @contextmanager
     def _tx(self) -> Iterator[Conn]:
@@ -336,6 +369,10 @@ class PostgresKbsStore:
 
     # decisions
     def record_decision(self, decision: Decision) -> None:
+        with self._tx() as db:
+            self._record(db, decision)
+
+    def _record(self, db: Conn, decision: Decision) -> None:
         d = decision
         key = aggregate_key(d) if is_aggregated(d) else None
         values = (_utc(d.at), d.action, d.resource, d.owner or "", d.outcome, d.client, d.code,
@@ -344,22 +381,21 @@ class PostgresKbsStore:
         insert = ("INSERT INTO kbs_decisions (at, action, resource, owner, outcome, client, code,"
                   " version, detail, policy_digest, evidence_sha256, checks, actor, count, bucket)"
                   " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)")
-        with self._tx() as db:
-            if key is None:
-                db.execute(insert, values)
-                return
-            # One statement per refusal, atomic across replicas: a new aggregate row, or one
-            # more in the row of its key (the first request's record stays).
-            made = db.execute(
-                insert + " ON CONFLICT (bucket, action, resource, code, client) "
-                "WHERE bucket IS NOT NULL DO UPDATE SET count = kbs_decisions.count + "
-                "EXCLUDED.count RETURNING (xmax = 0)", values).fetchone()
-            if made is not None and made[0]:
-                # The retention bound: the newest aggregate rows stay, the oldest go.
-                db.execute(
-                    "DELETE FROM kbs_decisions WHERE bucket IS NOT NULL AND id <= (SELECT id "
-                    "FROM kbs_decisions WHERE bucket IS NOT NULL ORDER BY id DESC "
-                    "OFFSET %s LIMIT 1)", (self._max_aggregated,))
+        if key is None:
+            db.execute(insert, values)
+            return
+        # One statement per refusal, atomic across replicas: a new aggregate row, or one
+        # more in the row of its key (the first request's record stays).
+        made = db.execute(
+            insert + " ON CONFLICT (bucket, action, resource, code, client) "
+            "WHERE bucket IS NOT NULL DO UPDATE SET count = kbs_decisions.count + "
+            "EXCLUDED.count RETURNING (xmax = 0)", values).fetchone()
+        if made is not None and made[0]:
+            # The retention bound: the newest aggregate rows stay, the oldest go.
+            db.execute(
+                "DELETE FROM kbs_decisions WHERE bucket IS NOT NULL AND id <= (SELECT id "
+                "FROM kbs_decisions WHERE bucket IS NOT NULL ORDER BY id DESC "
+                "OFFSET %s LIMIT 1)", (self._max_aggregated,))
 
     def decisions(self, *, owner: str | None = None, resource: str | None = None,
                   limit: int = 100) -> list[Decision]:
@@ -379,6 +415,35 @@ class PostgresKbsStore:
             for r in rows
         ]
 
+    # the KEK (kbs/rekey.py)
+    def rewrap_secrets(self, rewrap: Rewrap, *, kek_id: str, decision: Decision) -> int:
+        """Every stored secret version re-wrapped, the new KEK's id recorded and ``decision``
+        logged, in one transaction: any error (a secret the old KEK does not open, a crash)
+        rolls all of it back."""
+        with self._tx() as db:
+            rows = db.execute("SELECT name, version, wrapped FROM kbs_secret_versions "
+                              "ORDER BY name, version FOR UPDATE").fetchall()
+            for name, version, wrapped in rows:
+                db.execute("UPDATE kbs_secret_versions SET wrapped = %s WHERE name = %s "
+                           "AND version = %s",
+                           (rewrap(str(name), int(version), bytes(wrapped)), name, version))
+            db.execute("INSERT INTO kbs_meta VALUES ('kek_id', %s) ON CONFLICT (key) "
+                       "DO UPDATE SET value = EXCLUDED.value", (kek_id,))
+            self._record(db, replace(decision, detail=f"{decision.detail}; {len(rows)} secret "
+                                     "versions re-wrapped"))
+        return len(rows)
+
+    def kek_id(self) -> str | None:
+        rows = self._read("SELECT value FROM kbs_meta WHERE key = 'kek_id'")
+        return str(rows[0][0]) if rows else None
+
     def close(self) -> None:
+        holder, self._holder = getattr(self, "_holder", None), None
+        if holder is not None:
+            try:
+                holder.execute("SELECT pg_advisory_unlock_all()")
+                self.pool.putconn(holder)
+            except (psycopg.Error, PoolTimeout):
+                holder.close()  # its session ends, and the lock with it
         if self._owns_pool:
             self.pool.close()
