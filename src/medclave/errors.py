@@ -199,6 +199,11 @@ CATALOGUE: dict[str, ErrorSpec] = {
     "auth.break_glass_expired": ErrorSpec(403, "The break-glass grant has expired."),
     "auth.break_glass_reason_missing": ErrorSpec(400, "Break-glass access requires a stated reason."),
     "auth.rate_limited": ErrorSpec(429, "Too many requests; retry later."),
+    # Shared authentication state (replay cache, API keys in PostgreSQL, issue 17) did not
+    # answer: the request is refused, never let through.
+    "auth.state_unavailable": ErrorSpec(
+        503, "The service cannot check this request's credentials right now; retry later."
+    ),
     # --- key broker ------------------------------------------------------------------------
     "kbs.not_found": ErrorSpec(404, _NOT_FOUND),
     "kbs.nonce_unknown": ErrorSpec(400, "The nonce is unknown or already used; request a new challenge."),

@@ -48,9 +48,9 @@ SERVICES: dict[str, tuple[type[BaseSettings], str]] = {
     "kbs": (KbsSettings, "broker.Dockerfile"),
     "proxy": (ProxySettings, "proxy.Dockerfile"),
 }
-# Settings the chart sets that the code does not have yet: PostgreSQL for the enclave's stores
-# is being added (issue 17); the test fails once the field exists, so this entry gets removed.
-PENDING_FIELDS = {("enclave", "store")}
+# Settings the chart sets that the code does not have yet (the test fails once a field exists,
+# so its entry gets removed). None now: the enclave's `store` came with issue 17's stores.
+PENDING_FIELDS: set[tuple[str, str]] = set()
 
 
 def workload(objects: Objects, component: str) -> dict[str, Any]:
@@ -121,10 +121,10 @@ def test_the_values_schema_refuses_what_the_templates_would_ignore(
 # Settings the chart sets itself or refuses (development only): not accepted in values.
 CHART_SETTINGS = {
     "enclave": {"host", "port", "metrics_host", "metrics_port", "data_dir", "kbs_url", "engine",
-                "engine_url", "store", "platform", "sim_measurement", "insecure_no_auth",
-                "commitment_key_file", "records_key_file"},
+                "engine_url", "store", "store_allow_remote", "platform", "sim_measurement",
+                "insecure_no_auth", "commitment_key_file", "records_key_file"},
     "kbs": {"host", "port", "metrics_host", "metrics_port", "data_dir", "kek", "signing_key",
-            "store", "sim_roots"},
+            "store", "store_allow_remote", "sim_roots"},
     "proxy": {"host", "port", "metrics_host", "metrics_port", "data_dir", "upstream",
               "policy_file", "sim_roots"},
 }
@@ -544,6 +544,8 @@ def test_postgresql_is_external_and_its_url_comes_from_a_secret(
         env = {e["name"]: e for e in container(objects, component)["env"]}
         assert env[var]["valueFrom"] == {"secretKeyRef": {"name": "medclave-postgres",
                                                           "key": "url"}}
+        # The database is on the cluster's network, not loopback: the stores must be told.
+        assert env[f"{var}_ALLOW_REMOTE"]["value"] == "true"
     kbs_env = {e["name"]: e for e in container(objects, "kbs")["env"]}
     assert kbs_env["MEDCLAVE_KBS_KEK"]["valueFrom"]["secretKeyRef"]["name"] == "medclave-kbs-keys"
     without = {e["name"] for e in container(variants["snp"], "enclave")["env"]}

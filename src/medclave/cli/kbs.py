@@ -69,12 +69,18 @@ def _read_secret(path: Path | None) -> bytes | None:
     return data
 
 
+# The broker's `store` setting for commands that open it (a KEK rotation, owners, kek show).
+StoreOption = Annotated[str | None, typer.Option(
+    help="the broker's store: sqlite (default) or its postgresql:// URL")]
+
+
 @app.command("serve")
 def serve_cmd(
     host: Annotated[str | None, typer.Option(help="bind address (default 127.0.0.1)")] = None,
     port: Annotated[int | None, typer.Option(help="port (default 8450)")] = None,
     data: Annotated[Path | None, typer.Option("--data", help="data folder")] = None,
-    store: Annotated[str | None, typer.Option(help="sqlite (default) or memory")] = None,
+    store: Annotated[str | None, typer.Option(
+        help="sqlite (default), memory, or a postgresql:// URL shared by replicas")] = None,
     sim_root: Annotated[list[str] | None, typer.Option(
         "--sim-root", help="accept sim evidence from this root fingerprint (NOT SECURE)")] = None,
     tls_cert: Annotated[Path | None, typer.Option(
@@ -119,6 +125,7 @@ def kek_rotate(
     new_kek_file: Annotated[Path | None, typer.Option(
         "--new-kek-file", help="the new KEK (base64 of 32 bytes, mode 0600); default: a fresh "
         "one in KEK_FILE.new")] = None,
+    store: StoreOption = None,
     config: ConfigFile = None,
 ) -> None:
     """Re-wrap every stored secret under a new KEK, all or nothing, and record it in the
@@ -127,7 +134,7 @@ def kek_rotate(
     from medclave.ops.config import load_settings
 
     settings = run(lambda: load_settings(KbsSettings, config_file=config,
-                                         overrides={"data_dir": data}))
+                                         overrides={"data_dir": data, "store": store}))
     emit(run(lambda: rotate_configured_kek(settings, new_kek_file=new_kek_file,
                                            now=datetime.now(UTC))))
 
@@ -135,6 +142,7 @@ def kek_rotate(
 @kek_app.command("show")
 def kek_show(
     data: Annotated[Path | None, typer.Option("--data", help="the broker's data folder")] = None,
+    store: StoreOption = None,
     config: ConfigFile = None,
 ) -> None:
     """The configured KEK's id and the id the store records (they must match: check a
@@ -144,7 +152,7 @@ def kek_show(
     from medclave.ops.config import load_settings
 
     settings = run(lambda: load_settings(KbsSettings, config_file=config,
-                                         overrides={"data_dir": data}))
+                                         overrides={"data_dir": data, "store": store}))
 
     def show() -> dict[str, Any]:
         from medclave.kbs.rekey import RESOURCE
@@ -165,16 +173,19 @@ def kek_show(
 def owner_add(
     owner: Annotated[str, typer.Argument(help="owner name: lower-case letters, digits, '-'")],
     data: Annotated[Path, typer.Option("--data", help="the broker's data folder")],
+    store: Annotated[str | None, typer.Option(
+        help="the broker's store: sqlite (default) or its postgresql:// URL")] = None,
 ) -> None:
     """Issue an API token for OWNER. Shown once; the broker keeps only its hash."""
     def issue() -> str:
-        settings = KbsSettings(data_dir=data)
+        settings = (KbsSettings(data_dir=data) if store is None
+                    else KbsSettings(data_dir=data, store=store))
         ensure_data_dir(settings)
-        store = open_store(settings)
+        opened = open_store(settings)
         try:
-            return issue_owner_token(store, owner, now=datetime.now(UTC))
+            return issue_owner_token(opened, owner, now=datetime.now(UTC))
         finally:
-            store.close()
+            opened.close()
     emit({"owner": owner, "token": run(issue)})
 
 

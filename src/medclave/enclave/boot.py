@@ -28,6 +28,7 @@ from medclave.audit.store import SqliteLogStore
 from medclave.auth.authn import Authenticator
 from medclave.auth.authorizer import Authorizer
 from medclave.auth.jwks import HttpJwks, JwksProvider, StaticJwks
+from medclave.auth.replay import open_replay_cache
 from medclave.auth.tokens import IssuerConfig, TokenOptions
 from medclave.enclave.attester import Attester, HostPlatform, select_platform
 from medclave.enclave.commitkeys import (
@@ -158,8 +159,11 @@ def build_authorization(settings: EnclaveSettings, platform: HostPlatform, clock
         source = settings.auth_jwks_url
     tenants = frozenset(settings.auth_tenants) or None
     issuer = IssuerConfig(issuer=settings.auth_issuer, keys=keys, tenants=tenants)
+    # DPoP proofs' jti: refused across replicas when they share PostgreSQL (store).
+    replay = open_replay_cache(settings.store, scope="enclave",
+                               allow_remote=settings.store_allow_remote)
     authenticator = Authenticator([issuer], TokenOptions(audiences=frozenset({
-        settings.auth_audience})), clock=clock)
+        settings.auth_audience})), clock=clock, replay=replay)
     # Every Cedar decision goes to the audit log, through the trail, with its policy ids.
     trail = DecisionTrail()
     authorizer = Authorizer(settings.auth_policies_dir, clock=clock, sink=trail)

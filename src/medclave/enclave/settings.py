@@ -11,11 +11,12 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from medclave.enclave.model import DEFAULT_MODEL_ID
 from medclave.ops.settings import OpsSettings
+from medclave.postgres.pool import store_setting
 from medclave.serving import ServingSettings
 
 
@@ -29,6 +30,11 @@ class EnclaveSettings(BaseSettings, ServingSettings, OpsSettings):
     host: str = "127.0.0.1"
     port: int = Field(default=8443, ge=0, le=65535)
     data_dir: Path = Path("medclave-enclave")
+    # PostgreSQL shared by the enclave's replicas (docs/scaling-out.md): a postgresql:// URL.
+    # The DPoP replay cache then refuses a proof any replica accepted (behind each replica's
+    # own memory); None keeps every store on this machine.
+    store: str | None = None
+    store_allow_remote: bool = False
 
     # --- attestation ----------------------------------------------------------------------
     # auto: the TEE this machine has (configfs-tsm, /dev/sev-guest); sim: the software stand-in
@@ -172,6 +178,12 @@ class EnclaveSettings(BaseSettings, ServingSettings, OpsSettings):
     responses_ttl_seconds: int = Field(default=3600, ge=1, le=7 * 86400)
     responses_per_user: int = Field(default=64, ge=0, le=4096)
     responses_max_bytes: int = Field(default=64 * 1024 * 1024, ge=0, le=2**34)
+
+    @field_validator("store")
+    @classmethod
+    def _store(cls, value: str | None) -> str | None:
+        # Only PostgreSQL here: the embedded stores keep their own settings (audit_store ...).
+        return None if value is None else store_setting(value, names=())
 
 
 @lru_cache(maxsize=1)

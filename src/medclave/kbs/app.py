@@ -9,7 +9,6 @@ kept in the decision log.
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from datetime import datetime
@@ -19,9 +18,8 @@ from fastapi.responses import JSONResponse
 
 from medclave.errors import InputError, KbsError, MedclaveError
 from medclave.kbs.api import owner_router, release_router
-from medclave.kbs.factory import build_broker
+from medclave.kbs.factory import build_broker, open_limiter
 from medclave.kbs.mesh_ca import BrokerMesh, MeshConfig, mesh_router
-from medclave.kbs.ratelimit import RateLimiter
 from medclave.kbs.service import KeyBroker
 from medclave.kbs.settings import KbsSettings, get_settings
 from medclave.kbs.store import Decision
@@ -97,9 +95,8 @@ def create_app(
     app.state.broker = the_broker
     app.state.mesh = mesh
     app.state.mesh_issuer = None if mesh is None else mesh.issuer
-    app.state.limiter = RateLimiter(
-        cfg.rate_per_second, cfg.rate_burst, clock=rate_clock or time.monotonic
-    )
+    # Beside a PostgreSQL store the buckets are shared by every replica (kbs/pg_ratelimit.py).
+    app.state.limiter = open_limiter(cfg, the_broker.store, rate_clock)
     if settings is not None:
         app.dependency_overrides[get_settings] = lambda: settings
     app.include_router(release_router)

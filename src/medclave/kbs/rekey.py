@@ -34,12 +34,11 @@ from pathlib import Path
 from typing import Any
 
 from medclave.errors import CryptoError, InputError
-from medclave.kbs.factory import ensure_data_dir, open_wrapper
+from medclave.kbs.factory import ensure_data_dir, open_store, open_wrapper
 from medclave.kbs.keywrap import FileKek, KeyWrapper
 from medclave.kbs.names import ResourceName
 from medclave.kbs.service import wrap_aad
 from medclave.kbs.settings import KbsSettings
-from medclave.kbs.sqlite_store import SqliteKbsStore
 from medclave.kbs.store import Decision, KbsStore
 from medclave.util.files import read_secret_text, write_atomic
 
@@ -89,12 +88,13 @@ def pending_path(settings: KbsSettings) -> Path:
 def rotate_configured_kek(settings: KbsSettings, *, new_kek_file: Path | None, now: datetime,
                           rotate: Callable[..., KekRotation] = rotate_kek) -> dict[str, Any]:
     """The procedure of the module docstring on the (stopped) broker's data folder."""
-    if settings.store != "sqlite":
+    if settings.store == "memory":
         raise InputError("config.invalid", "a memory store holds nothing to re-wrap")
     old = open_wrapper(settings, create=False)
     ensure_data_dir(settings)
-    # Exclusive: refused while a broker (or another command) has the store open.
-    store = SqliteKbsStore(settings.db_path, exclusive=True)
+    # Exclusive: refused while a broker (or another command) has the store open (SQLite or
+    # PostgreSQL, where every broker replica counts).
+    store = open_store(settings, exclusive=True)
     try:
         return _rotate_locked(settings, store, old, new_kek_file, now, rotate)
     finally:
