@@ -1,0 +1,202 @@
+"""Enclave replicas as real processes (so that one can be SIGKILLed) behind a real HAProxy, on
+127.0.0.1 and free ports; used by tests/e2e/test_replicas.py and benchmarks/replicas.py."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+from medclave.attestation.sim import SimAuthority
+from medclave.audit import parse_entry
+from medclave.ops.balancer import haproxy_config
+from tests.e2e.helpers import ISSUER, MEASUREMENT, TENANT, Idp, write_commitment_key
+
+HAPROXY = "/usr/sbin/haproxy"
+
+
+def haproxy_binary() -> str | None:
+    return shutil.which("haproxy") or (HAPROXY if Path(HAPROXY).exists() else None)
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def _wait(probe: object, what: str, timeout: float, proc: subprocess.Popen[bytes] | None = None,
+          log: Path | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if probe():  # type: ignore[operator]
+                return
+        except (OSError, httpx.HTTPError):
+            pass
+        if proc is not None and proc.poll() is not None:
+            tail = log.read_text(errors="replace")[-3000:] if log else ""
+            raise RuntimeError(f"{what} exited with {proc.returncode}:\n{tail}")
+        if time.monotonic() > deadline:
+            tail = log.read_text(errors="replace")[-3000:] if log else ""
+            raise RuntimeError(f"{what} not ready after {timeout} s:\n{tail}")
+        time.sleep(0.05)
+
+
+@dataclass
+class Replica:
+    """One enclave (sim, llama.cpp with the bundled model) in its own process."""
+
+    name: str
+    folder: Path
+    port: int
+    measurement: str
+    idp: Idp | None
+    threads: int = 1
+    proc: subprocess.Popen[bytes] | None = field(default=None, repr=False)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def sim_root(self) -> str:
+        return SimAuthority.load_or_create(self.folder).root_fingerprint
+
+    def _config(self) -> Path:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        lines = {"host": "127.0.0.1", "port": self.port, "data_dir": str(self.folder),
+                 "platform": "sim", "sim_measurement": self.measurement,
+                 "n_threads": self.threads, "n_ctx": 1024,
+                 "commitment_key_file": str(write_commitment_key(self.folder / "tenant.key"))}
+        if self.idp is None:
+            lines["insecure_no_auth"] = True
+        else:
+            lines.update(auth_issuer=ISSUER, auth_jwks_file=str(self.idp.jwks))
+        text = "".join(f"{k} = {json.dumps(v)}\n" for k, v in lines.items())
+        if self.idp is not None:
+            text += f"auth_tenants = [{json.dumps(TENANT)}]\n"
+        path = self.folder / "enclave.toml"
+        path.write_text(text)
+        return path
+
+    def start(self) -> Replica:
+        config = self._config()
+        log = self.folder / "enclave.log"
+        env = {**os.environ, "HF_HUB_OFFLINE": "1", "ORT_DISABLE_TELEMETRY": "1"}
+        with log.open("ab") as out:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "medclave.cli.main", "enclave", "serve",
+                 "--config", str(config)], stdout=out, stderr=subprocess.STDOUT, env=env)
+        return self
+
+    def wait_ready(self, timeout: float = 120.0) -> Replica:
+        _wait(lambda: httpx.get(f"{self.url}/healthz", timeout=2).status_code == 200,
+              f"replica {self.name}", timeout, self.proc, self.folder / "enclave.log")
+        return self
+
+    def kill(self) -> None:
+        """SIGKILL: no drain, no goodbye (a crash or an operator pulling the plug)."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(10)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+    def audit_request_ids(self) -> list[str]:
+        """The request id of every entry in this replica's audit logs on disk (every log file:
+        a restart with a new key starts a new one), read like an auditor would."""
+        ids: list[str] = []
+        for db in sorted((self.folder / "audit").glob("*.sqlite3")):
+            with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as conn:
+                rows = conn.execute("SELECT data FROM entries ORDER BY idx").fetchall()
+            ids += [parse_entry(bytes(row[0])).request_id for row in rows]
+        return ids
+
+
+def start_replicas(folder: Path, idp: Idp | None, names: list[str], *,
+                   measurements: dict[str, str] | None = None, threads: int = 1
+                   ) -> dict[str, Replica]:
+    """Replicas started together (their model loads overlap), each ready when returned."""
+    replicas = {name: Replica(name, folder / name, free_port(),
+                              (measurements or {}).get(name, MEASUREMENT), idp, threads)
+                for name in names}
+    try:
+        for r in replicas.values():
+            r.start()
+        for r in replicas.values():
+            r.wait_ready()
+    except BaseException:
+        for r in replicas.values():
+            r.stop()
+        raise
+    return replicas
+
+
+class HAProxy:
+    """HAProxy from Debian in front of the replicas, with the configuration Medclave renders
+    (ops/balancer.py); its request log (``backend server status method path``) is kept."""
+
+    def __init__(self, folder: Path, replicas: dict[str, int]) -> None:
+        binary = haproxy_binary()
+        if binary is None:
+            raise RuntimeError("haproxy is not installed (apt-get install haproxy)")
+        self.port = free_port()
+        folder.mkdir(parents=True, exist_ok=True)
+        self.config = folder / "haproxy.cfg"
+        self.config.write_text(haproxy_config(
+            ("127.0.0.1", self.port), {n: ("127.0.0.1", p) for n, p in replicas.items()},
+            check_interval_ms=500))
+        self.log = folder / "haproxy.log"
+        with self.log.open("ab") as out:
+            self.proc = subprocess.Popen([binary, "-db", "-f", str(self.config)],
+                                         stdout=out, stderr=subprocess.STDOUT)
+        _wait(self._listening, "haproxy", 15, self.proc, self.log)
+
+    def _listening(self) -> bool:
+        with socket.create_connection(("127.0.0.1", self.port), timeout=1):
+            return True
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def requests(self) -> list[tuple[str, str, str, str, str]]:
+        """(backend, server, status, method, path) of every request logged so far."""
+        out = []
+        for line in self.log.read_text(errors="replace").splitlines():
+            parts = line.split()
+            if len(parts) == 5 and parts[3] in ("GET", "POST") and parts[2].isdigit():
+                out.append((parts[0], parts[1], parts[2], parts[3], parts[4]))
+        return out
+
+    def posts_to(self, name: str) -> int:
+        """Requests the balancer forwarded to replica ``name`` as OHTTP posts."""
+        return sum(1 for b, s, _, m, p in self.requests()
+                   if s == name and m == "POST" and p == "/v1/ohttp")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
