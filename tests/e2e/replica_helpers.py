@@ -3,14 +3,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
 import signal
 import socket
 import sqlite3
+import struct
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -200,3 +203,71 @@ class HAProxy:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(5)
+
+
+class Cable:
+    """A TCP forwarder in front of a replica that the test can cut: every connection is reset
+    at once (SO_LINGER 0), as the balancer sees a replica that dies mid-request. Nothing is
+    parsed: bytes are copied both ways."""
+
+    def __init__(self, upstream_port: int) -> None:
+        self._upstream = upstream_port
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port: int = self._listener.getsockname()[1]
+        self._lock = threading.Lock()
+        self._open: list[socket.socket] = []
+        self._cut = False
+        threading.Thread(target=self._accept, name="cable", daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return
+            try:
+                server = socket.create_connection(("127.0.0.1", self._upstream))
+            except OSError:
+                client.close()
+                continue
+            with self._lock:
+                if self._cut:
+                    client.close()
+                    server.close()
+                    continue
+                self._open += [client, server]
+            for a, b in ((client, server), (server, client)):
+                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+
+    def _pump(self, src: socket.socket, dst: socket.socket) -> None:
+        try:
+            while data := src.recv(65536):
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            with contextlib.suppress(OSError):
+                if self._cut:  # SO_LINGER 0 is set: closing sends a reset
+                    src.close()
+                    dst.close()
+                else:
+                    dst.shutdown(socket.SHUT_WR)
+
+    def cut(self) -> None:
+        """Reset every connection and refuse new ones: the replica is gone. (Closing a socket
+        another thread reads does not wake it on Linux; SHUT_RD does, and sends nothing; the
+        woken pump then closes with SO_LINGER 0, a reset.)"""
+        with self._lock:
+            self._cut = True
+            with contextlib.suppress(OSError):
+                self._listener.shutdown(socket.SHUT_RDWR)
+            self._listener.close()
+            for sock in self._open:
+                with contextlib.suppress(OSError):
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
+                                    struct.pack("ii", 1, 0))
+                    sock.shutdown(socket.SHUT_RD)
+            self._open = []
+
+    def close(self) -> None:
+        self.cut()

@@ -11,6 +11,7 @@ test judges the proxy's retries, not the SDK's).
 from __future__ import annotations
 
 import os
+import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -28,8 +29,8 @@ from medclave.client.proxy import create_proxy_app
 from medclave.client.replicas import ReplicaSet
 from medclave.enclave.keys import KeyRing
 from medclave.util.clock import system_clock
-from tests.e2e.helpers import FakeEngine, Idp, Relay, sim_policy, start_enclave
-from tests.e2e.replica_helpers import HAProxy, Replica, haproxy_binary, start_replicas
+from tests.e2e.helpers import FakeEngine, Idp, Relay, SlowEngine, audit_log, sim_policy, start_enclave
+from tests.e2e.replica_helpers import Cable, HAProxy, Replica, haproxy_binary, start_replicas
 
 OTHER_MEASUREMENT = "ab" * 48
 MODEL = "smollm2-135m-instruct"
@@ -221,6 +222,10 @@ def test_sigkill_midway_the_client_keeps_getting_answers_none_twice(
         after = [_ask(client, f"After the crash, question {i}?", tokens=2) for i in range(4)]
         answered += after
         assert [r for r, _, _ in after] == [survivor] * 4
+        # Some of them were first routed to the victim (turns alternate): the balancer could
+        # not connect and said so (its own 503), so the proxy sent them to the survivor.
+        assert any(b == f"replica-{victim}" and st == "503" and m == "POST"
+                   for b, _, st, m, _ in balancer.requests())
         assert proxy.status()["replicas"][victim]["up"] is False
         # The victim comes back (a new process: a new OHTTP key); the watch attests it again.
         replicas[victim].start().wait_ready()
@@ -247,3 +252,50 @@ def test_sigkill_midway_the_client_keeps_getting_answers_none_twice(
         assert logged.count(rid) == 1
     assert logged.count(killed_rid) <= 1
     assert len(logged) == len(rids) + logged.count(killed_rid)
+
+
+def test_a_request_lost_after_it_was_sent_is_never_replayed(folder: Path, idp: Idp) -> None:
+    """The replica dies (its connections reset) while its engine works on a whole request:
+    the balancer answers 502, the proxy answers ``client.upstream_lost`` and sends the request
+    nowhere else, as it was served (its audit entry is there); the next request goes to the
+    other replica."""
+    slow, spy = SlowEngine(words=3), FakeEngine()
+    victim = start_enclave(folder / "victim", idp, engine=slow, audit_store="memory")
+    other = start_enclave(folder / "other", idp, engine=spy)
+    cable = Cable(victim.server.port)
+    lb = HAProxy(folder / "haproxy-lost", {"v": cable.port, "o": other.server.port})
+    proxy = Proxy(lb.url, ["v", "o"], {victim.sim_root, other.sim_root})
+    try:
+        client = proxy.client(idp)
+        proxy.set.current()  # both attested before the request
+        proxy.set.session("o").fail("client.upstream_failed", "held back for this test")
+        results: list[Any] = []
+        worker = threading.Thread(target=lambda: results.append(
+            _try(client, "lost in flight")))
+        worker.start()
+        assert slow.wait_busy(1)  # the prompt is in the victim's engine
+        cable.cut()
+        slow.opened.set()  # the engine finishes; its answer has nowhere to go
+        worker.join(60)
+        assert not spy.calls  # not replayed on the other replica
+        proxy.set.session("o").attest()  # the other replica is back in service
+        replica, _, content = _ask(client, "next one")
+    finally:
+        proxy.close()
+        lb.stop()
+        cable.close()
+        victim.stop()
+        other.stop()
+    error = results[0]
+    assert isinstance(error, openai.APIStatusError) and error.status_code == 502
+    assert error.body["code"] == "client.upstream_lost"  # type: ignore[index]
+    assert replica == "o" and content and spy.calls == ["chat"]
+    assert audit_log(victim).size == 1  # it was served: an inference and an audit entry
+    assert ("replica-v", "v", "502", "POST", "/v1/ohttp") in lb.requests()
+
+
+def _try(client: openai.OpenAI, prompt: str) -> Any:
+    try:
+        return _ask(client, prompt)
+    except openai.APIError as exc:
+        return exc

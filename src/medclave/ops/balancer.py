@@ -70,6 +70,9 @@ def haproxy_config(listen: tuple[str, int], replicas: Mapping[str, tuple[str, in
         "    timeout queue 5s",
         "    timeout http-request 10s",
         "    retries 1",
+        # A replica whose name does not resolve yet (a pod not yet scheduled) is down, not
+        # fatal: HAProxy starts and serves the others.
+        "    default-server init-addr last,libc,none",
         # Every error HAProxy makes itself says it forwarded nothing: the 503s (see above).
         f'    http-error status 503 content-type text/plain string "no replica reachable" '
         f"hdr {mark} 1",
