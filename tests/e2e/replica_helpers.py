@@ -191,9 +191,10 @@ class HAProxy:
         return out
 
     def posts_to(self, name: str) -> int:
-        """Requests the balancer forwarded to replica ``name`` as OHTTP posts."""
-        return sum(1 for b, s, _, m, p in self.requests()
-                   if s == name and m == "POST" and p == "/v1/ohttp")
+        """OHTTP posts routed to replica ``name``'s backend (the proxy's choice), whatever
+        became of them."""
+        return sum(1 for b, _, _, m, p in self.requests()
+                   if b == f"replica-{name}" and m == "POST" and p == "/v1/ohttp")
 
     def stop(self) -> None:
         if self.proc.poll() is None:
