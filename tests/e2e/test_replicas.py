@@ -15,6 +15,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -97,7 +98,12 @@ def test_two_replicas_serve_the_openai_client_through_haproxy(
         proxy = Proxy(relay.url, ["r1", "r2"], {r.sim_root for r in replicas.values()})
         try:
             client = proxy.client(idp)
-            served = [_ask(client, f"Name organ number {i} of the body.") for i in range(4)]
+            # The first requests arrive together: the replicas are attested once, not once
+            # per request.
+            with ThreadPoolExecutor(4) as pool:
+                served = list(pool.map(lambda i: _ask(client, f"Name organ number {i} of the "
+                                                       "body."), range(4)))
+            served += [_ask(client, f"Name organ number {i} of the body.") for i in (4, 5)]
             with client.chat.completions.with_streaming_response.create(
                     model=MODEL, messages=[{"role": "user", "content": "Say hello."}],
                     max_tokens=4, stream=True) as streamed:
@@ -106,7 +112,9 @@ def test_two_replicas_serve_the_openai_client_through_haproxy(
         finally:
             proxy.close()
     assert {r for r, _, _ in served} == {"r1", "r2"}  # routed across both
-    assert len({rid for _, rid, _ in served}) == 4
+    assert len({rid for _, rid, _ in served}) == 6
+    attested = [dict(e.request_headers)["medclave-replica"] for e in relay.attestations()]
+    assert sorted(attested) == ["r1", "r2"]
     assert all(content for _, _, content in served)
     assert events[-1] == "data: [DONE]"
     assert streamed.headers["medclave-replica"] in ("r1", "r2")

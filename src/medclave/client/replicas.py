@@ -136,6 +136,7 @@ class ReplicaSet:
         self._retry_failed_after = retry_failed_after
         self._down_after_failure = down_after_failure
         self._lock = threading.Lock()
+        self._attesting = threading.Lock()
         self._turn = 0
         self._replicas = [
             _Replica(name, EnclaveSession(
@@ -184,16 +185,19 @@ class ReplicaSet:
         return replica.needs_attestation or replica.session.enclave is None
 
     def _attest_due(self) -> None:
-        """Attest, in parallel, every replica that is due (all of them, the first time)."""
-        now = self._clock()
-        with self._lock:
-            due = [r for r in self._replicas if self._due(r, now)]
-        if len(due) == 1:
-            self._attest(due[0])
-        elif due:
-            with ThreadPoolExecutor(max_workers=min(8, len(due)),
-                                    thread_name_prefix="medclave-attest") as pool:
-                list(pool.map(self._attest, due))
+        """Attest, in parallel, every replica that is due (all of them, the first time). One
+        round at a time: requests arriving together wait for it rather than each attesting
+        every replica again."""
+        with self._attesting:
+            now = self._clock()
+            with self._lock:
+                due = [r for r in self._replicas if self._due(r, now)]
+            if len(due) == 1:
+                self._attest(due[0])
+            elif due:
+                with ThreadPoolExecutor(max_workers=min(8, len(due)),
+                                        thread_name_prefix="medclave-attest") as pool:
+                    list(pool.map(self._attest, due))
 
     def _usable(self, replica: _Replica, now: datetime) -> bool:
         return (replica.session.enclave is not None and not replica.needs_attestation
