@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import ssl
 import threading
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
@@ -131,7 +132,8 @@ class ReplicaSet:
                  retry_failed_after: timedelta = timedelta(seconds=30),
                  down_after_failure: timedelta = timedelta(seconds=5),
                  timeout: float = 300.0, collateral: Collateral | None = None,
-                 require_receipts: bool = True, clock: Clock = system_clock) -> None:
+                 require_receipts: bool = True, clock: Clock = system_clock,
+                 tls: ssl.SSLContext | None = None) -> None:
         self._clock = clock
         self._retry_failed_after = retry_failed_after
         self._down_after_failure = down_after_failure
@@ -143,7 +145,7 @@ class ReplicaSet:
                 url, policy, sim_roots=sim_roots, trusted_roots=trusted_roots,
                 reattest_after=reattest_after, retry_failed_after=retry_failed_after,
                 timeout=timeout, collateral=collateral, require_receipts=require_receipts,
-                clock=clock, outer_headers={proto.REPLICA_HEADER: name}))
+                clock=clock, tls=tls, outer_headers={proto.REPLICA_HEADER: name}))
             for name in names]
         if not self._replicas:
             raise ClientError("client.no_replica", "no replica named")
