@@ -297,13 +297,13 @@ class ReplicaSet:
     def replicas(self) -> dict[str, dict[str, Any]]:
         """What ``/medclave/status`` shows per replica: its trust, its verified evidence (each
         has its own OHTTP key and audit key), whether it is up and its requests in flight."""
-        now = self._clock()
         out: dict[str, dict[str, Any]] = {}
         for r in self._replicas:
             enclave = r.session.enclave
             out[r.name] = {
                 "trust": self._replica_trust(r), "enclave": dict(summary(enclave)),
-                "up": r.down_until is None or now >= r.down_until, "in_flight": r.in_flight}
+                # Down from a failure until an attestation through the balancer passes again.
+                "up": r.down_until is None, "in_flight": r.in_flight}
         return out
 
     # --- routing -------------------------------------------------------------------------------
