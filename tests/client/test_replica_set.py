@@ -164,3 +164,13 @@ def test_no_replica_reachable_sends_nothing(tmp_path: Path, haproxy_installed: s
     finally:
         lb.stop()
     assert lb.posts_to("r1") == lb.posts_to("r2") == 0
+
+
+def test_the_proxy_command_refuses_a_bad_replica_name(tmp_path: Path) -> None:
+    policy = tmp_path / "policy.toml"
+    policy.write_text('name = "h"\nplatforms = ["sim"]\nmodel_digests = ["' + "0" * 64 + '"]\n')
+    done = runner.invoke(proxy_cli, ["--upstream", "http://127.0.0.1:9", "--policy", str(policy),
+                                     "--replica", "r1", "--replica", "r1"])
+    assert done.exit_code == 2
+    assert "config.invalid" in done.output and "replicas" in done.output
+    assert "named twice" in done.output
