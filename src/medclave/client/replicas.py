@@ -112,7 +112,7 @@ class _Replica:
     unreachable: bool = False  # the refusal was "not reached": tried again once it is up
 
 
-def _lost(name: str, exc: MedclaveError) -> bool:
+def _lost(exc: MedclaveError) -> bool:
     """A failure that may have come after the request reached the replica's engine."""
     if exc.code != "client.upstream_failed" or exc.context.get("sent") is False:
         return False
@@ -363,7 +363,7 @@ class ReplicaSet:
                         self._down(replica, exc)  # certainly not sent: the next replica
                         skipped.append(f"{replica.name}: not reached")
                         continue
-                    if _lost(replica.name, exc):
+                    if _lost(exc):
                         self._down(replica, exc)
                         raise ClientError("client.upstream_lost",
                                           f"replica {replica.name}: {exc.detail}") from exc
