@@ -310,6 +310,14 @@ CATALOGUE: dict[str, ErrorSpec] = {
         "passes again (see /medclave/status)."
     ),
     "client.upstream_failed": ErrorSpec(502, "The upstream enclave could not be reached."),
+    "client.upstream_lost": ErrorSpec(
+        502, "The enclave replica failed after the request was sent; it was not retried, as it "
+        "may have been served (see the audit log)."
+    ),
+    "client.no_replica": ErrorSpec(
+        503, "No attested enclave replica could be reached; nothing was sent (see "
+        "/medclave/status)."
+    ),
     "client.idp_unavailable": ErrorSpec(
         502, "The proxy could not obtain a token from the identity provider; retry later."
     ),

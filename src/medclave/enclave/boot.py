@@ -454,8 +454,12 @@ def boot(settings: EnclaveSettings, *, clock: Clock = system_clock,
         commit_keys = build_commit_keys(settings, platform, broker_runtime, clock)
         rotation = (timedelta(seconds=settings.key_rotation_seconds)
                     if settings.key_rotation_seconds else None)
+        # A random first key id: a restarted enclave (or another replica) then almost never
+        # reuses the id a client pinned, so it answers crypto.key_unknown (re-attest) rather
+        # than failing to decrypt (the client re-attests on either, client/session.py).
         keys = KeyRing(clock, rotation=rotation,
-                       grace=timedelta(seconds=settings.key_grace_seconds))
+                       grace=timedelta(seconds=settings.key_grace_seconds),
+                       first_key_id=secrets.randbelow(256))
         origin = settings.audit_origin or f"medclave-enclave/{secrets.token_hex(8)}"
         base_runtime: dict[str, Any] = {
             "service": SERVICE,

@@ -45,12 +45,15 @@ __all__ = [
     "CHUNKED_RESPONSE",
     "EMBEDDINGS_PATH",
     "INNER_PATHS",
+    "NOT_FORWARDED_HEADER",
     "OHTTP_PATH",
     "OHTTP_REQUEST",
     "OHTTP_RESPONSE",
     "OPENAI_CODES",
     "RECEIPT_HEADER",
     "RECORDS_PATH",
+    "REPLICA_HEADER",
+    "REPLICA_NAME_PATTERN",
     "REQUEST_ID_HEADER",
     "RESPONSES_PATH",
     "SCRIBE_PATH",
@@ -114,6 +117,13 @@ _FROM_OPENAI: Final = {v: k for k, v in OPENAI_CODES.items()}
 
 RECEIPT_HEADER: Final = "medclave-receipt"  # base64url of the audit receipt JSON
 REQUEST_ID_HEADER: Final = "x-request-id"
+# Enclave replicas behind a load balancer (docs/scaling-out.md). Both headers are outside the
+# encapsulation, between the proxy and the balancer, and carry nothing secret: the replica a
+# request is encapsulated for (the balancer routes on it: a request opens only with that
+# replica's key), and the balancer's mark on an error it made itself without forwarding anything.
+REPLICA_HEADER: Final = "medclave-replica"
+NOT_FORWARDED_HEADER: Final = "medclave-not-forwarded"
+REPLICA_NAME_PATTERN: Final = r"^[a-z0-9][a-z0-9-]{0,31}$"
 
 MAX_NONCE_BYTES: Final = 64
 MIN_NONCE_BYTES: Final = 16
