@@ -30,7 +30,8 @@ from medclave.client.admission import (
     build_admission,
     requested_model,
 )
-from medclave.client.proxy import ProxySettings, create_proxy_app
+from medclave.client.proxy import create_proxy_app
+from medclave.client.proxy_settings import ProxySettings
 from medclave.client.session import EnclaveSession
 from medclave.enclave.model import DEFAULT_MODEL_ID
 from medclave.errors import AuthError, InputError

@@ -20,7 +20,7 @@ from medclave.auth.tokens import IssuerConfig, TokenOptions, TokenVerifier
 from medclave.background import running
 from medclave.cli.main import app
 from medclave.client.credentials import AccessToken, Credentials, IdpClientConfig, Refreshing
-from medclave.client.proxy import ProxySettings, callers_for
+from medclave.client.proxy_settings import ProxySettings, callers_for
 from medclave.errors import AuthError, ClientError, InputError, MedclaveError
 from tests.e2e.helpers import now
 

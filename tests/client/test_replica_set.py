@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 
 from medclave.background import BackgroundServer
 from medclave.cli.proxy import app as proxy_cli
-from medclave.client.proxy import ProxySettings
+from medclave.client.proxy_settings import ProxySettings
 from medclave.client.replicas import ReplicaSet
 from medclave.errors import ClientError, InputError
 from medclave.ops.balancer import haproxy_config

@@ -22,7 +22,7 @@ import pytest
 from pydantic_settings import BaseSettings
 
 from medclave.attestation import initdata
-from medclave.client.proxy import ProxySettings
+from medclave.client.proxy_settings import ProxySettings
 from medclave.enclave.settings import EnclaveSettings
 from medclave.kbs.settings import KbsSettings
 from medclave.ops.config import load_settings

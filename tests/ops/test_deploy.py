@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from medclave.auth.idp_server import IdpSettings
-from medclave.client.proxy import ProxySettings
+from medclave.client.proxy_settings import ProxySettings
 from medclave.enclave.settings import EnclaveSettings
 from medclave.kbs.settings import KbsSettings
 from medclave.ops.config import load_settings

@@ -15,7 +15,8 @@ import openai
 import pytest
 
 from medclave.background import BackgroundServer
-from medclave.client.proxy import ProxySettings, create_proxy_app
+from medclave.client.proxy import create_proxy_app
+from medclave.client.proxy_settings import ProxySettings
 from medclave.client.session import EnclaveSession
 from medclave.enclave.app import create_app as enclave_app
 from medclave.enclave.boot import boot

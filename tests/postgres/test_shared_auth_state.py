@@ -23,7 +23,7 @@ from medclave.auth.idp_server import IdpSettings
 from medclave.auth.pg_replay import PostgresReplayCache
 from medclave.auth.replay import LayeredReplayCache, MemoryReplayCache, open_replay_cache
 from medclave.auth.tokens import IssuerConfig, TokenOptions
-from medclave.client.proxy import ProxySettings
+from medclave.client.proxy_settings import ProxySettings
 from medclave.crypto.jose import jwk_thumbprint
 from medclave.enclave.settings import EnclaveSettings
 from medclave.errors import AuthError, InputError, KbsError

@@ -23,7 +23,7 @@ from pydantic_settings import BaseSettings
 
 from medclave.auth.idp_server import IdpSettings
 from medclave.cli.main import app
-from medclave.client.proxy import ProxySettings
+from medclave.client.proxy_settings import ProxySettings
 from medclave.enclave.settings import EnclaveSettings
 from medclave.errors import CATALOGUE
 from medclave.kbs.settings import KbsSettings

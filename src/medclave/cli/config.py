@@ -25,7 +25,7 @@ SERVICES: dict[str, tuple[str, str]] = {
     "enclave": ("medclave.enclave.settings", "EnclaveSettings"),
     "kbs": ("medclave.kbs.settings", "KbsSettings"),
     "idp": ("medclave.auth.idp_server", "IdpSettings"),
-    "proxy": ("medclave.client.proxy", "ProxySettings"),
+    "proxy": ("medclave.client.proxy_settings", "ProxySettings"),
 }
 
 

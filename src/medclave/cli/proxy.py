@@ -120,7 +120,8 @@ def proxy(
     from pydantic import SecretStr
 
     from medclave.attestation import load_policy
-    from medclave.client.proxy import ProxySettings, admission_for, callers_for, serve
+    from medclave.client.proxy import serve
+    from medclave.client.proxy_settings import ProxySettings, admission_for, callers_for
     from medclave.ops.config import load_settings
 
     text = _secret(idp_client_secret_file)

@@ -26,7 +26,7 @@ from fastapi import APIRouter, Depends, Header, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, Response
 
-from medclave.client.proxy import BodyDep, SessionDep, _send
+from medclave.client.proxy_routes import BodyDep, SessionDep, forward
 from medclave.errors import ClientError, InputError
 from medclave.protocol import inference as proto
 
@@ -98,39 +98,39 @@ async def token(request: Request, body: BodyDep,
 @router.post(proto.CONVERSATIONS_PATH)
 async def create(request: Request, session: SessionDep, body: BodyDep,
                  share: ShareHeader = None) -> Response:
-    return await _send(request, session, "POST", proto.CONVERSATIONS_PATH, body or b"{}",
+    return await forward(request, session, "POST", proto.CONVERSATIONS_PATH, body or b"{}",
                        _headers(share))
 
 
 @router.get(proto.CONVERSATIONS_PATH)
 async def listing(request: Request, session: SessionDep, share: ShareHeader = None
                   ) -> Response:
-    return await _send(request, session, "GET", proto.CONVERSATIONS_PATH,
+    return await forward(request, session, "GET", proto.CONVERSATIONS_PATH,
                        headers=_headers(share))
 
 
 @router.get(proto.CONVERSATIONS_PATH + "/{conversation}")
 async def export(request: Request, session: SessionDep, conversation: str,
                  share: ShareHeader = None) -> Response:
-    return await _send(request, session, "GET", f"{proto.CONVERSATIONS_PATH}/{conversation}",
+    return await forward(request, session, "GET", f"{proto.CONVERSATIONS_PATH}/{conversation}",
                        headers=_headers(share))
 
 
 @router.delete(proto.CONVERSATIONS_PATH + "/{conversation}")
 async def delete(request: Request, session: SessionDep, conversation: str,
                  share: ShareHeader = None) -> Response:
-    return await _send(request, session, "DELETE",
+    return await forward(request, session, "DELETE",
                        f"{proto.CONVERSATIONS_PATH}/{conversation}", headers=_headers(share))
 
 
 @router.post(proto.CONVERSATIONS_PATH + "/{conversation}/turns")
 async def turn(request: Request, session: SessionDep, conversation: str, body: BodyDep,
                share: ShareHeader = None) -> Response:
-    return await _send(request, session, "POST",
+    return await forward(request, session, "POST",
                        f"{proto.CONVERSATIONS_PATH}/{conversation}/turns", body,
                        _headers(share))
 
 
 @router.get(proto.TRIAGE_ALERTS_PATH)
 async def alerts(request: Request, session: SessionDep) -> Response:
-    return await _send(request, session, "GET", proto.TRIAGE_ALERTS_PATH)
+    return await forward(request, session, "GET", proto.TRIAGE_ALERTS_PATH)
