@@ -28,8 +28,9 @@ from medclave.kbs.client import KbsClient
 from medclave.kbs.factory import build_broker
 from medclave.kbs.keywrap import AesGcmKek, FileKek
 from medclave.kbs.names import ResourceName
+from medclave.kbs.owner_api import wrap_aad
 from medclave.kbs.rekey import rotate_configured_kek, rotate_kek
-from medclave.kbs.service import KeyBroker, wrap_aad
+from medclave.kbs.service import KeyBroker
 from medclave.kbs.settings import KbsSettings
 from medclave.kbs.signing import BrokerSigner
 from medclave.kbs.sqlite_store import SqliteKbsStore

@@ -22,7 +22,7 @@ import pytest
 
 from medclave.kbs.keywrap import FileKek
 from medclave.kbs.names import ResourceName
-from medclave.kbs.service import wrap_aad
+from medclave.kbs.owner_api import wrap_aad
 from medclave.kbs.sqlite_store import SqliteKbsStore
 
 RESOURCE = "kbs:///vendor/model-key/llama"

@@ -16,9 +16,10 @@ from medclave.errors import CryptoError, InputError, KbsError, MedclaveError
 from medclave.kbs.factory import build_broker
 from medclave.kbs.keywrap import FileKek
 from medclave.kbs.names import ResourceName
+from medclave.kbs.owner_api import wrap_aad
 from medclave.kbs.postgres_store import PostgresKbsStore
 from medclave.kbs.rekey import rotate_configured_kek
-from medclave.kbs.service import KeyBroker, wrap_aad
+from medclave.kbs.service import KeyBroker
 from medclave.kbs.settings import KbsSettings
 from medclave.kbs.signing import BrokerSigner
 from medclave.kbs.store import Decision, NonceState

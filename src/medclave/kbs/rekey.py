@@ -2,7 +2,7 @@
 
 :func:`rotate_kek` is the store-level step: in one store transaction
 (:meth:`~medclave.kbs.store.KbsStore.rewrap_secrets`) each secret version is opened with the old
-KEK (under its own AAD, :func:`~medclave.kbs.service.wrap_aad`), wrapped under the new one, and
+KEK (under its own AAD, :func:`~medclave.kbs.owner_api.wrap_aad`), wrapped under the new one, and
 the new wrapping is opened again before it is kept; the new KEK's id goes in the store and a
 ``kek_rotate`` decision in the broker's decision log, in that same transaction. A secret the old
 KEK does not open (a wrong old key, a row tampered with) or a crash rolls all of it back: the
@@ -37,7 +37,7 @@ from medclave.errors import CryptoError, InputError
 from medclave.kbs.factory import ensure_data_dir, open_store, open_wrapper
 from medclave.kbs.keywrap import FileKek, KeyWrapper
 from medclave.kbs.names import ResourceName
-from medclave.kbs.service import wrap_aad
+from medclave.kbs.owner_api import wrap_aad
 from medclave.kbs.settings import KbsSettings
 from medclave.kbs.store import Decision, KbsStore
 from medclave.util.files import read_secret_text, write_atomic
