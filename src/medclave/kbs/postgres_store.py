@@ -43,7 +43,13 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 
 from medclave.errors import KbsError
 from medclave.kbs.names import ResourceName
-from medclave.kbs.revocation import MAX_REVOCATIONS_PER_OWNER, Revocation
+from medclave.kbs.revocation import Revocation
+from medclave.kbs.sql_rows import (
+    DECISION_COLUMNS,
+    DECISION_INSERT_COLUMNS,
+    decision_from_row,
+    decision_values,
+)
 from medclave.kbs.store import (
     MAX_AGGREGATED_DECISIONS,
     NONCE_MEMORY,
@@ -54,7 +60,13 @@ from medclave.kbs.store import (
     Rewrap,
     SecretVersion,
     aggregate_key,
+    already_exists,
+    check_revocation_room,
     is_aggregated,
+    next_policy_version,
+    next_secret_version,
+    not_found,
+    retire_version,
 )
 from medclave.postgres import migrations as pgm
 from medclave.postgres import open_pool
@@ -108,16 +120,8 @@ MIGRATIONS = (
                   pgm.script(_SCHEMA_1)),
 )
 
-_DECISION_COLUMNS = ("at, action, resource, outcome, client, code, version, detail, "
-                     "policy_digest, evidence_sha256, checks, actor, count")
-
-
 def _utc(value: datetime) -> datetime:
     return value.astimezone(UTC)
-
-
-def _not_found(resource: ResourceName, what: str = "resource") -> KbsError:
-    return KbsError("kbs.not_found", f"no {what} {resource}")
 
 
 # The advisory-lock key every open store shares and a KEK rotation takes alone.
@@ -205,7 +209,7 @@ class PostgresKbsStore:
             made = db.execute("INSERT INTO kbs_resources VALUES (%s, %s, 1) "
                               "ON CONFLICT (name) DO NOTHING", (name, resource.owner)).rowcount
             if made == 0:
-                raise KbsError("kbs.conflict", f"{resource} exists; rotate it instead")
+                raise already_exists(resource)
             db.execute("INSERT INTO kbs_secret_versions VALUES (%s, 1, %s, %s)",
                        (name, wrapped, _utc(created)))
         return 1
@@ -216,11 +220,8 @@ class PostgresKbsStore:
         with self._tx() as db:
             row = db.execute("SELECT current FROM kbs_resources WHERE name = %s FOR UPDATE",
                              (name,)).fetchone()
-            if row is None:
-                raise _not_found(resource)
-            if row[0] != expected_version:
-                raise KbsError("kbs.conflict", f"{resource} is at version {row[0]}")
-            new = int(row[0]) + 1
+            new = next_secret_version(resource, None if row is None else int(row[0]),
+                                      expected_version)
             # Both statements or neither: the new key and the pointer to it commit together.
             db.execute("INSERT INTO kbs_secret_versions VALUES (%s, %s, %s, %s)",
                        (name, new, wrapped, _utc(created)))
@@ -235,9 +236,9 @@ class PostgresKbsStore:
             "LEFT JOIN kbs_secret_versions v ON v.name = r.name "
             "AND v.version = COALESCE(%s::int, r.current) WHERE r.name = %s", (version, name))
         if not rows:
-            raise _not_found(resource)
+            raise not_found(resource)
         if rows[0][1] is None:
-            raise _not_found(resource, f"version {version} of")
+            raise not_found(resource, f"version {version} of")
         return SecretVersion(name, int(rows[0][1]), bytes(rows[0][2]), _utc(rows[0][3]))
 
     def resource_info(self, resource: ResourceName) -> ResourceInfo | None:
@@ -263,7 +264,7 @@ class PostgresKbsStore:
         name = str(resource)
         with self._tx() as db:
             if db.execute("DELETE FROM kbs_resources WHERE name = %s", (name,)).rowcount == 0:
-                raise _not_found(resource)
+                raise not_found(resource)
             db.execute("DELETE FROM kbs_secret_versions WHERE name = %s", (name,))
             db.execute("DELETE FROM kbs_policies WHERE name = %s", (name,))
             db.execute("DELETE FROM kbs_policy_versions WHERE name = %s", (name,))
@@ -273,15 +274,9 @@ class PostgresKbsStore:
         with self._tx() as db:
             row = db.execute(f"SELECT current FROM {head} WHERE name = %s FOR UPDATE",  # noqa: S608 - fixed table names
                              (name,)).fetchone()
-            if row is None:
-                raise _not_found(resource)
-            if row[0] == version:
-                raise KbsError("kbs.conflict",
-                               "the current version cannot be retired; rotate first")
-            deleted = db.execute(f"DELETE FROM {table} WHERE name = %s AND version = %s",  # noqa: S608
-                                 (name, version)).rowcount
-            if deleted == 0:
-                raise _not_found(resource, f"version {version} of")
+            retire_version(resource, None if row is None else int(row[0]), version,
+                           lambda: db.execute(f"DELETE FROM {table} WHERE name = %s "  # noqa: S608
+                                              "AND version = %s", (name, version)).rowcount)
 
     # policies
     def put_policy(self, resource: ResourceName, document: str, digest: str, created: datetime,
@@ -294,10 +289,7 @@ class PostgresKbsStore:
                        (name, resource.owner))
             row = db.execute("SELECT current FROM kbs_policies WHERE name = %s FOR UPDATE",
                              (name,)).fetchone()
-            current = int(row[0]) if row else 0
-            if expected_version is not None and expected_version != current:
-                raise KbsError("kbs.conflict", f"policy of {resource} is at version {current}")
-            new = current + 1
+            new = next_policy_version(resource, int(row[0]) if row else 0, expected_version)
             db.execute("INSERT INTO kbs_policy_versions VALUES (%s, %s, %s, %s, %s)",
                        (name, new, document, digest, _utc(created)))
             db.execute("UPDATE kbs_policies SET current = %s WHERE name = %s", (new, name))
@@ -312,7 +304,7 @@ class PostgresKbsStore:
         if not rows:
             raise KbsError("kbs.policy_missing", f"{resource} has no release policy")
         if rows[0][1] is None:
-            raise _not_found(resource, f"policy version {version} of")
+            raise not_found(resource, f"policy version {version} of")
         r = rows[0]
         return PolicyVersion(name, int(r[1]), str(r[2]), str(r[3]), _utc(r[4]))
 
@@ -350,8 +342,7 @@ class PostgresKbsStore:
                                (entry.owner,)).fetchone()
             exists = db.execute("SELECT 1 FROM kbs_revocations WHERE owner = %s AND kind = %s "
                                 "AND value = %s", (entry.owner, entry.kind, entry.value)).fetchone()
-            if exists is None and count is not None and count[0] >= MAX_REVOCATIONS_PER_OWNER:
-                raise KbsError("kbs.conflict", "the revocation list is full")
+            check_revocation_room(exists is not None, 0 if count is None else int(count[0]))
             db.execute("INSERT INTO kbs_revocations VALUES (%s, %s, %s, %s, %s) "
                        "ON CONFLICT (owner, kind, value) DO UPDATE SET reason = EXCLUDED.reason, "
                        "created = EXCLUDED.created",
@@ -375,11 +366,8 @@ class PostgresKbsStore:
     def _record(self, db: Conn, decision: Decision) -> None:
         d = decision
         key = aggregate_key(d) if is_aggregated(d) else None
-        values = (_utc(d.at), d.action, d.resource, d.owner or "", d.outcome, d.client, d.code,
-                  d.version, d.detail, d.policy_digest, d.evidence_sha256, list(d.checks),
-                  d.actor, d.count, None if key is None else key[0])
-        insert = ("INSERT INTO kbs_decisions (at, action, resource, owner, outcome, client, code,"
-                  " version, detail, policy_digest, evidence_sha256, checks, actor, count, bucket)"
+        values = decision_values(d, key, at=_utc(d.at), checks=list(d.checks))
+        insert = (f"INSERT INTO kbs_decisions ({DECISION_INSERT_COLUMNS})"  # noqa: S608 - fixed columns
                   " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)")
         if key is None:
             db.execute(insert, values)
@@ -400,20 +388,12 @@ class PostgresKbsStore:
     def decisions(self, *, owner: str | None = None, resource: str | None = None,
                   limit: int = 100) -> list[Decision]:
         rows = self._read(
-            f"SELECT {_DECISION_COLUMNS} FROM kbs_decisions "  # noqa: S608 - fixed columns
+            f"SELECT {DECISION_COLUMNS} FROM kbs_decisions "  # noqa: S608 - fixed columns
             "WHERE (%(owner)s::text IS NULL OR owner = %(owner)s OR actor = %(owner)s) "
             "AND (%(resource)s::text IS NULL OR resource = %(resource)s) "
             "ORDER BY id DESC LIMIT %(limit)s",
             {"owner": owner, "resource": resource, "limit": max(1, min(limit, 10_000))})
-        return [
-            Decision(at=_utc(r[0]), action=str(r[1]), resource=str(r[2]),
-                     outcome="allowed" if r[3] == "allowed" else "refused", client=str(r[4]),
-                     code=None if r[5] is None else str(r[5]),
-                     version=None if r[6] is None else int(r[6]), detail=str(r[7]),
-                     policy_digest=str(r[8]), evidence_sha256=str(r[9]), checks=tuple(r[10]),
-                     actor=str(r[11]), count=int(r[12]))
-            for r in rows
-        ]
+        return [decision_from_row(r, at=_utc(r[0]), checks=r[10]) for r in rows]
 
     # the KEK (kbs/rekey.py)
     def rewrap_secrets(self, rewrap: Rewrap, *, kek_id: str, decision: Decision) -> int:

@@ -5,20 +5,7 @@ database at the old version or the new one, never between (SQLite's atomic commi
 "Atomic Commit In SQLite"). ``synchronous=FULL``: a committed key survives power loss as well.
 One connection, serialised by a lock: the broker's write rate is tiny and this keeps it simple.
 
-Schema versions (:mod:`medclave.migrations`: checked before any write, a newer one refused
-untouched, forward migrations in one transaction, recorded in ``schema_version``):
-
-1. the tables (owner tokens, resources and versions, policies and versions, nonces, decisions);
-2. decision-log retention (:mod:`medclave.kbs.store`): ``decisions`` gained ``count`` and
-   ``bucket`` (the aggregate key's minute; NULL for a permanent row); schema-1 rows become
-   permanent rows with a count of one;
-3. revocation lists (:mod:`medclave.kbs.revocation`): the ``revocations`` table.
-
-Stores written before ``schema_version`` kept their version in ``meta`` (``schema`` = "1" or
-"2"); that is read as their version. Some schema-1 stores predate the ``actor`` column; migration
-2 adds it where it is missing (the one column check left, for that known history). ``meta``
-still says the version, so a release before this one opens a store it can read and refuses one
-it cannot.
+The schema and its versions: :mod:`medclave.kbs.sqlite_schema`.
 """
 
 from __future__ import annotations
@@ -38,7 +25,14 @@ from typing import Any
 from medclave import migrations
 from medclave.errors import KbsError
 from medclave.kbs.names import ResourceName
-from medclave.kbs.revocation import MAX_REVOCATIONS_PER_OWNER, Revocation
+from medclave.kbs.revocation import Revocation
+from medclave.kbs.sql_rows import (
+    DECISION_COLUMNS,
+    DECISION_INSERT_COLUMNS,
+    decision_from_row,
+    decision_values,
+)
+from medclave.kbs.sqlite_schema import MIGRATIONS, legacy_version
 from medclave.kbs.store import (
     MAX_AGGREGATED_DECISIONS,
     NONCE_MEMORY,
@@ -49,78 +43,14 @@ from medclave.kbs.store import (
     Rewrap,
     SecretVersion,
     aggregate_key,
+    already_exists,
+    check_revocation_room,
     is_aggregated,
+    next_policy_version,
+    next_secret_version,
+    not_found,
+    retire_version,
 )
-
-# Schema 1 as it was released (decisions with actor; no count, no bucket).
-_SCHEMA_1 = """
-CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE owner_tokens (
-    token_hash BLOB PRIMARY KEY, owner TEXT NOT NULL, created TEXT NOT NULL);
-CREATE INDEX owner_tokens_owner ON owner_tokens (owner);
-CREATE TABLE resources (
-    name TEXT PRIMARY KEY, owner TEXT NOT NULL, current INTEGER NOT NULL);
-CREATE TABLE secret_versions (
-    name TEXT NOT NULL, version INTEGER NOT NULL, wrapped BLOB NOT NULL, created TEXT NOT NULL,
-    PRIMARY KEY (name, version));
-CREATE TABLE policies (
-    name TEXT PRIMARY KEY, owner TEXT NOT NULL, current INTEGER NOT NULL);
-CREATE TABLE policy_versions (
-    name TEXT NOT NULL, version INTEGER NOT NULL, document TEXT NOT NULL, digest TEXT NOT NULL,
-    created TEXT NOT NULL, PRIMARY KEY (name, version));
-CREATE TABLE nonces (
-    nonce BLOB PRIMARY KEY, expires_at REAL NOT NULL, used INTEGER NOT NULL DEFAULT 0);
-CREATE INDEX nonces_expiry ON nonces (expires_at);
-CREATE TABLE decisions (
-    id INTEGER PRIMARY KEY AUTOINCREMENT, at TEXT NOT NULL, action TEXT NOT NULL,
-    resource TEXT NOT NULL, owner TEXT NOT NULL, outcome TEXT NOT NULL, client TEXT NOT NULL,
-    code TEXT, version INTEGER, detail TEXT NOT NULL, policy_digest TEXT NOT NULL,
-    evidence_sha256 TEXT NOT NULL, checks TEXT NOT NULL, actor TEXT NOT NULL DEFAULT '');
-CREATE INDEX decisions_owner ON decisions (owner, id);
-INSERT INTO meta VALUES ('schema', '1');
-"""
-_SCHEMA_2 = """
-ALTER TABLE decisions ADD COLUMN count INTEGER NOT NULL DEFAULT 1;
-ALTER TABLE decisions ADD COLUMN bucket TEXT;
-CREATE INDEX decisions_actor ON decisions (actor, id);
-CREATE UNIQUE INDEX decisions_aggregate
-    ON decisions (bucket, action, resource, code, client) WHERE bucket IS NOT NULL;
-CREATE INDEX decisions_aggregated ON decisions (id) WHERE bucket IS NOT NULL;
-UPDATE meta SET value = '2' WHERE key = 'schema';
-"""
-_ACTOR = "ALTER TABLE decisions ADD COLUMN actor TEXT NOT NULL DEFAULT ''"
-_RETENTION = migrations.script(_SCHEMA_2)
-
-
-def _retention(db: sqlite3.Connection) -> None:
-    if "actor" not in {r[1] for r in db.execute("PRAGMA table_info(decisions)")}:
-        db.execute(_ACTOR)  # a schema-1 store from before the actor column
-    _RETENTION(db)
-
-
-_SCHEMA_3 = """
-CREATE TABLE revocations (
-    owner TEXT NOT NULL, kind TEXT NOT NULL, value TEXT NOT NULL, reason TEXT NOT NULL,
-    created TEXT NOT NULL, PRIMARY KEY (owner, kind, value));
-UPDATE meta SET value = '3' WHERE key = 'schema';
-"""
-
-MIGRATIONS = (
-    migrations.Migration(1, "broker tables", migrations.script(_SCHEMA_1)),
-    migrations.Migration(2, "decision-log retention: count and bucket", _retention),
-    migrations.Migration(3, "revocation lists (continuous trust)", migrations.script(_SCHEMA_3)),
-)
-
-
-def _legacy_version(db: sqlite3.Connection) -> int:
-    """A store from before ``schema_version``: its ``meta`` row (empty database: 0)."""
-    if "meta" not in migrations.tables(db):
-        return 0
-    row = db.execute("SELECT value FROM meta WHERE key='schema'").fetchone()
-    if row is None or not str(row[0]).isdigit():
-        # Tables without a version: not a store this code wrote; never guess.
-        raise KbsError("kbs.unavailable", "store has no schema version")
-    return int(row[0])
 
 
 def _hold(path: Path, *, exclusive: bool) -> int:
@@ -145,10 +75,6 @@ def _ts(value: datetime) -> str:
 
 def _dt(text: str) -> datetime:
     return datetime.fromisoformat(text)
-
-
-def _not_found(resource: ResourceName, what: str = "resource") -> KbsError:
-    return KbsError("kbs.not_found", f"no {what} {resource}")
 
 
 class SqliteKbsStore:
@@ -181,7 +107,7 @@ class SqliteKbsStore:
         try:
             # The version is read before anything is written; a newer one is refused as it is.
             migrations.migrate(self._db, store="broker", migrations=MIGRATIONS,
-                               legacy=_legacy_version, after_check=pragmas,
+                               legacy=legacy_version, after_check=pragmas,
                                on_error=lambda exc: KbsError(
                                    "kbs.unavailable", f"cannot open store {path.name}: {exc}"))
         except BaseException:
@@ -232,7 +158,7 @@ class SqliteKbsStore:
         name = str(resource)
         with self._tx() as db:
             if db.execute("SELECT 1 FROM resources WHERE name=?", (name,)).fetchone():
-                raise KbsError("kbs.conflict", f"{resource} exists; rotate it instead")
+                raise already_exists(resource)
             db.execute(
                 "INSERT INTO secret_versions VALUES (?, 1, ?, ?)", (name, wrapped, _ts(created))
             )
@@ -245,11 +171,8 @@ class SqliteKbsStore:
         name = str(resource)
         with self._tx() as db:
             row = db.execute("SELECT current FROM resources WHERE name=?", (name,)).fetchone()
-            if row is None:
-                raise _not_found(resource)
-            if row[0] != expected_version:
-                raise KbsError("kbs.conflict", f"{resource} is at version {row[0]}")
-            new = int(row[0]) + 1
+            new = next_secret_version(resource, None if row is None else int(row[0]),
+                                      expected_version)
             # Both statements or neither: the new key and the pointer to it commit together.
             db.execute(
                 "INSERT INTO secret_versions VALUES (?, ?, ?, ?)",
@@ -263,13 +186,13 @@ class SqliteKbsStore:
         with self._lock:
             cur = self._db.execute("SELECT current FROM resources WHERE name=?", (name,)).fetchone()
             if cur is None:
-                raise _not_found(resource)
+                raise not_found(resource)
             row = self._db.execute(
                 "SELECT wrapped, created FROM secret_versions WHERE name=? AND version=?",
                 (name, cur[0] if version is None else version),
             ).fetchone()
         if row is None:
-            raise _not_found(resource, f"version {version} of")
+            raise not_found(resource, f"version {version} of")
         return SecretVersion(
             name, int(cur[0] if version is None else version), bytes(row[0]), _dt(row[1])
         )
@@ -307,7 +230,7 @@ class SqliteKbsStore:
         name = str(resource)
         with self._tx() as db:
             if db.execute("DELETE FROM resources WHERE name=?", (name,)).rowcount == 0:
-                raise _not_found(resource)
+                raise not_found(resource)
             db.execute("DELETE FROM secret_versions WHERE name=?", (name,))
             db.execute("DELETE FROM policies WHERE name=?", (name,))
             db.execute("DELETE FROM policy_versions WHERE name=?", (name,))
@@ -316,18 +239,9 @@ class SqliteKbsStore:
         name = str(resource)
         with self._tx() as db:
             row = db.execute(f"SELECT current FROM {head} WHERE name=?", (name,)).fetchone()  # noqa: S608 - fixed table names
-            if row is None:
-                raise _not_found(resource)
-            if row[0] == version:
-                raise KbsError(
-                    "kbs.conflict", "the current version cannot be retired; rotate first"
-                )
-            deleted = db.execute(
-                f"DELETE FROM {table} WHERE name=? AND version=?",  # noqa: S608
-                (name, version),
-            ).rowcount
-            if deleted == 0:
-                raise _not_found(resource, f"version {version} of")
+            retire_version(resource, None if row is None else int(row[0]), version,
+                           lambda: db.execute(f"DELETE FROM {table} WHERE name=? AND version=?",  # noqa: S608
+                                              (name, version)).rowcount)
 
     # policies
     def put_policy(
@@ -341,10 +255,7 @@ class SqliteKbsStore:
         name = str(resource)
         with self._tx() as db:
             row = db.execute("SELECT current FROM policies WHERE name=?", (name,)).fetchone()
-            current = int(row[0]) if row else 0
-            if expected_version is not None and expected_version != current:
-                raise KbsError("kbs.conflict", f"policy of {resource} is at version {current}")
-            new = current + 1
+            new = next_policy_version(resource, int(row[0]) if row else 0, expected_version)
             db.execute(
                 "INSERT INTO policy_versions VALUES (?, ?, ?, ?, ?)",
                 (name, new, document, digest, _ts(created)),
@@ -367,7 +278,7 @@ class SqliteKbsStore:
                 (name, want),
             ).fetchone()
         if row is None:
-            raise _not_found(resource, f"policy version {version} of")
+            raise not_found(resource, f"policy version {version} of")
         return PolicyVersion(name, want, str(row[0]), str(row[1]), _dt(row[2]))
 
     def policy_versions(self, resource: ResourceName) -> tuple[int, ...]:
@@ -406,8 +317,7 @@ class SqliteKbsStore:
                                   (entry.owner,)).fetchone()
             exists = db.execute("SELECT 1 FROM revocations WHERE owner=? AND kind=? AND value=?",
                                 (entry.owner, entry.kind, entry.value)).fetchone()
-            if exists is None and count >= MAX_REVOCATIONS_PER_OWNER:
-                raise KbsError("kbs.conflict", "the revocation list is full")
+            check_revocation_room(exists is not None, count)
             db.execute("INSERT OR REPLACE INTO revocations VALUES (?, ?, ?, ?, ?)",
                        (entry.owner, entry.kind, entry.value, entry.reason, _ts(entry.created)))
 
@@ -438,26 +348,9 @@ class SqliteKbsStore:
             if counted:
                 return
         db.execute(
-            "INSERT INTO decisions (at, action, resource, owner, outcome, client, code,"
-            " version, detail, policy_digest, evidence_sha256, checks, actor, count, bucket)"
+            f"INSERT INTO decisions ({DECISION_INSERT_COLUMNS})"  # noqa: S608 - fixed columns
             " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (
-                _ts(d.at),
-                d.action,
-                d.resource,
-                d.owner or "",  # the column's "no owner": the resource is not a name
-                d.outcome,
-                d.client,
-                d.code,
-                d.version,
-                d.detail,
-                d.policy_digest,
-                d.evidence_sha256,
-                json.dumps(list(d.checks)),
-                d.actor,
-                d.count,
-                None if key is None else key[0],
-            ),
+            decision_values(d, key, at=_ts(d.at), checks=json.dumps(list(d.checks))),
         )
         if key is not None:
             # The retention bound: the newest aggregate rows stay, the oldest go.
@@ -494,30 +387,13 @@ class SqliteKbsStore:
         self, *, owner: str | None = None, resource: str | None = None, limit: int = 100
     ) -> list[Decision]:
         sql = (
-            "SELECT at, action, resource, outcome, client, code, version, detail, policy_digest,"
-            " evidence_sha256, checks, actor, count FROM decisions"
+            f"SELECT {DECISION_COLUMNS} FROM decisions"  # noqa: S608 - fixed columns
             " WHERE (?1 IS NULL OR owner = ?1 OR actor = ?1) AND (?2 IS NULL OR resource = ?2)"
             " ORDER BY id DESC LIMIT ?3"
         )
         rows = self._read(sql, (owner, resource, max(1, min(limit, 10_000))))
-        return [
-            Decision(
-                at=_dt(str(r[0])),
-                action=str(r[1]),
-                resource=str(r[2]),
-                outcome="allowed" if r[3] == "allowed" else "refused",
-                client=str(r[4]),
-                code=None if r[5] is None else str(r[5]),
-                version=None if r[6] is None else int(r[6]),
-                detail=str(r[7]),
-                policy_digest=str(r[8]),
-                evidence_sha256=str(r[9]),
-                checks=tuple(json.loads(str(r[10]))),
-                actor=str(r[11]),
-                count=int(r[12]),
-            )
-            for r in rows
-        ]
+        return [decision_from_row(r, at=_dt(str(r[0])), checks=json.loads(str(r[10])))
+                for r in rows]
 
     def close(self) -> None:
         with self._lock:

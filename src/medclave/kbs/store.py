@@ -204,8 +204,52 @@ class KbsStore(Protocol):
     def close(self) -> None: ...
 
 
-def _not_found(resource: ResourceName | str, what: str = "resource") -> KbsError:
+# --- the contract's rules, shared by every store (each keeps only its own storage) ---------
+
+
+def not_found(resource: ResourceName | str, what: str = "resource") -> KbsError:
     return KbsError("kbs.not_found", f"no {what} {resource}")
+
+
+def already_exists(resource: ResourceName) -> KbsError:
+    """A create on a name that is taken."""
+    return KbsError("kbs.conflict", f"{resource} exists; rotate it instead")
+
+
+def next_secret_version(resource: ResourceName, current: int | None, expected: int) -> int:
+    """The version a rotation makes: ``kbs.not_found`` without the resource, ``kbs.conflict``
+    when another rotation moved it past ``expected`` (optimistic concurrency)."""
+    if current is None:
+        raise not_found(resource)
+    if current != expected:
+        raise KbsError("kbs.conflict", f"{resource} is at version {current}")
+    return current + 1
+
+
+def next_policy_version(resource: ResourceName, current: int, expected: int | None) -> int:
+    """The version a policy change makes (``current`` 0: none yet); ``kbs.conflict`` when it
+    moved past ``expected``."""
+    if expected is not None and expected != current:
+        raise KbsError("kbs.conflict", f"policy of {resource} is at version {current}")
+    return current + 1
+
+
+def retire_version(resource: ResourceName, current: int | None, version: int,
+                   delete: Callable[[], int]) -> None:
+    """Retire ``version`` of a secret or policy whose current version is ``current`` (None: no
+    such resource): never the current one; ``delete`` removes the version, saying how many."""
+    if current is None:
+        raise not_found(resource)
+    if current == version:
+        raise KbsError("kbs.conflict", "the current version cannot be retired; rotate first")
+    if delete() == 0:
+        raise not_found(resource, f"version {version} of")
+
+
+def check_revocation_room(listed: bool, count: int) -> None:
+    """An entry not yet on an owner's list fits only under the per-owner bound."""
+    if not listed and count >= MAX_REVOCATIONS_PER_OWNER:
+        raise KbsError("kbs.conflict", "the revocation list is full")
 
 
 @dataclass
@@ -249,7 +293,7 @@ class MemoryKbsStore:
         with self._lock:
             key = str(resource)
             if key in self._secrets:
-                raise KbsError("kbs.conflict", f"{resource} exists; rotate it instead")
+                raise already_exists(resource)
             self._secrets[key] = _Versions(1, {1: SecretVersion(key, 1, wrapped, created)})
             return 1
 
@@ -258,11 +302,9 @@ class MemoryKbsStore:
     ) -> int:
         with self._lock:
             entry = self._secrets.get(str(resource))
-            if entry is None:
-                raise _not_found(resource)
-            if entry.current != expected_version:
-                raise KbsError("kbs.conflict", f"{resource} is at version {entry.current}")
-            new = entry.current + 1
+            new = next_secret_version(resource, None if entry is None else entry.current,
+                                      expected_version)
+            assert entry is not None
             entry.items[new] = SecretVersion(str(resource), new, wrapped, created)
             entry.current = new
             return new
@@ -271,10 +313,10 @@ class MemoryKbsStore:
         with self._lock:
             entry = self._secrets.get(str(resource))
             if entry is None:
-                raise _not_found(resource)
+                raise not_found(resource)
             item = entry.items.get(entry.current if version is None else version)
             if item is None:
-                raise _not_found(resource, f"version {version} of")
+                raise not_found(resource, f"version {version} of")
             assert isinstance(item, SecretVersion)
             return item
 
@@ -300,14 +342,14 @@ class MemoryKbsStore:
     def delete_resource(self, resource: ResourceName) -> None:
         with self._lock:
             if self._secrets.pop(str(resource), None) is None:
-                raise _not_found(resource)
+                raise not_found(resource)
             self._policies.pop(str(resource), None)
 
     @staticmethod
     def _retire(table: dict[str, _Versions], resource: ResourceName, version: int) -> None:
         entry = table.get(str(resource))
         if entry is None or version not in entry.items:
-            raise _not_found(resource, f"version {version} of")
+            raise not_found(resource, f"version {version} of")
         if version == entry.current:
             raise KbsError("kbs.conflict", "the current version cannot be retired; rotate first")
         del entry.items[version]
@@ -323,10 +365,7 @@ class MemoryKbsStore:
     ) -> int:
         with self._lock:
             entry = self._policies.get(str(resource))
-            current = entry.current if entry else 0
-            if expected_version is not None and expected_version != current:
-                raise KbsError("kbs.conflict", f"policy of {resource} is at version {current}")
-            new = current + 1
+            new = next_policy_version(resource, entry.current if entry else 0, expected_version)
             record = PolicyVersion(str(resource), new, document, digest, created)
             if entry is None:
                 self._policies[str(resource)] = _Versions(new, {new: record})
@@ -342,7 +381,7 @@ class MemoryKbsStore:
                 raise KbsError("kbs.policy_missing", f"{resource} has no release policy")
             item = entry.items.get(entry.current if version is None else version)
             if item is None:
-                raise _not_found(resource, f"policy version {version} of")
+                raise not_found(resource, f"policy version {version} of")
             assert isinstance(item, PolicyVersion)
             return item
 
@@ -379,8 +418,7 @@ class MemoryKbsStore:
         with self._lock:
             mine = self._revocations.setdefault(entry.owner, {})
             key = (entry.kind, entry.value)
-            if key not in mine and len(mine) >= MAX_REVOCATIONS_PER_OWNER:
-                raise KbsError("kbs.conflict", "the revocation list is full")
+            check_revocation_room(key in mine, len(mine))
             mine[key] = entry
 
     def delete_revocation(self, owner: str, kind: str, value: str) -> bool:
