@@ -19,7 +19,6 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from typer.testing import CliRunner
 
 from medclave.attestation.policy import AppraisalPolicy
-from medclave.attestation.sim import SimAuthority
 from medclave.audit.note import ALG_ED25519, NoteVerifier
 from medclave.audit.receipt import VerifiedReceipt
 from medclave.background import BackgroundServer
@@ -33,14 +32,12 @@ from medclave.enclave.settings import EnclaveSettings
 from medclave.errors import MedclaveError
 from medclave.kbs.app import create_app as create_kbs_app
 from medclave.kbs.client import OwnerClient
-from medclave.kbs.factory import build_broker
-from medclave.kbs.keywrap import AesGcmKek
 from medclave.kbs.models import ReleasePolicy
-from medclave.kbs.settings import KbsSettings
-from medclave.kbs.store import Decision, MemoryKbsStore
+from medclave.kbs.store import Decision
 from medclave.protocol import inference as proto
 from tests.audit._builders import truncate_log
 from tests.e2e.helpers import MEASUREMENT, Enclave, FakeEngine, sim_policy, start_enclave
+from tests.kbs.helpers import memory_broker, sim_roots
 
 OPS = "medclave-ops"
 RESOURCE = f"kbs:///{OPS}/audit-key/enclave-1"
@@ -71,12 +68,7 @@ class World:
 @pytest.fixture
 def world(tmp_path: Path) -> Iterator[World]:
     """A broker holding the operator's audit-key seed, released only to MEASUREMENT on sim."""
-    root = SimAuthority.load_or_create(tmp_path / "enclave").root_fingerprint
-    decisions: list[Decision] = []
-    settings = KbsSettings(data_dir=tmp_path / "kbs", store="memory", sim_roots=(root,),
-                           rate_per_second=1000.0, rate_burst=1000)
-    broker = build_broker(settings, store=MemoryKbsStore(), wrapper=AesGcmKek(os.urandom(32)),
-                          on_decision=decisions.append)
+    settings, broker, decisions = memory_broker(tmp_path, sim_roots(tmp_path, "enclave"))
     seed = os.urandom(32)
     with BackgroundServer(create_kbs_app(settings, broker=broker)) as server:
         with OwnerClient(server.url, broker.issue_owner_token(OPS)) as owner:

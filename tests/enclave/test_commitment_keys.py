@@ -7,7 +7,6 @@ import base64
 import hashlib
 import json
 import logging
-import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -19,7 +18,6 @@ import pytest
 from fastapi import FastAPI, Request, Response
 
 from medclave.attestation.policy import AppraisalPolicy
-from medclave.attestation.sim import SimAuthority
 from medclave.audit import generate_commitment_key, open_commitment, parse_entry
 from medclave.background import BackgroundServer
 from medclave.client.session import EnclaveSession
@@ -34,11 +32,8 @@ from medclave.enclave.settings import EnclaveSettings
 from medclave.errors import InputError, KbsError, MedclaveError
 from medclave.kbs.app import create_app as create_kbs_app
 from medclave.kbs.client import OwnerClient
-from medclave.kbs.factory import build_broker
-from medclave.kbs.keywrap import AesGcmKek
 from medclave.kbs.models import RELEASE_INFO, ReleasePolicy, release_aad
-from medclave.kbs.settings import KbsSettings
-from medclave.kbs.store import Decision, MemoryKbsStore
+from medclave.kbs.store import Decision
 from medclave.protocol import inference as proto
 from tests.e2e.helpers import (
     FAKE_ANSWER,
@@ -51,6 +46,7 @@ from tests.e2e.helpers import (
     now,
     sim_policy,
 )
+from tests.kbs.helpers import memory_broker, sim_roots
 
 OTHER_MEASUREMENT = hashlib.sha384(b"an enclave build the hospital never approved").hexdigest()
 KEYLESS = "keyless-clinic"  # served, but never registered a key
@@ -74,13 +70,7 @@ class World:
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     folder = tmp_path_factory.mktemp("commitkeys")
-    roots = tuple(SimAuthority.load_or_create(folder / name).root_fingerprint
-                  for name in ("good", "rogue"))
-    decisions: list[Decision] = []
-    settings = KbsSettings(data_dir=folder / "kbs", store="memory", sim_roots=roots,
-                           rate_per_second=1000.0, rate_burst=1000)
-    broker = build_broker(settings, store=MemoryKbsStore(), wrapper=AesGcmKek(os.urandom(32)),
-                          on_decision=decisions.append)
+    settings, broker, decisions = memory_broker(folder, sim_roots(folder, "good", "rogue"))
     tenant_key = generate_commitment_key()
     with BackgroundServer(create_kbs_app(settings, broker=broker)) as server:
         # The hospital registers its key, released to the approved build running the model

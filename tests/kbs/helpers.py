@@ -1,9 +1,11 @@
-"""Shared test helpers: sim policies, attesters and a raw release over HTTP."""
+"""Shared test helpers: sim policies, attesters, an in-memory broker and a raw release over HTTP."""
 
 from __future__ import annotations
 
 import base64
 import hashlib
+import os
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -12,9 +14,13 @@ from medclave.attestation import sim
 from medclave.attestation.policy import AppraisalPolicy
 from medclave.crypto import hpke
 from medclave.kbs.client import Attester, OwnerClient
+from medclave.kbs.factory import build_broker
+from medclave.kbs.keywrap import AesGcmKek
 from medclave.kbs.models import ReleasePolicy
 from medclave.kbs.service import KeyBroker
+from medclave.kbs.settings import KbsSettings
 from medclave.kbs.signing import TrustedBrokers
+from medclave.kbs.store import Decision, MemoryKbsStore
 from medclave.protocol.evidence import EvidenceBundle
 
 # A fixed stand-in for the enclave build's launch digest (sim's default hashes the package).
@@ -43,6 +49,24 @@ def sim_attester(authority: sim.SimAuthority, *, measurement: bytes = MEASUREMEN
         return sim.make_bundle(authority, nonce=nonce, runtime=runtime, measurement=measurement,
                                debug=debug)
     return attest
+
+
+def sim_roots(folder: Path, *names: str) -> tuple[str, ...]:
+    """The root fingerprints of simulated authorities kept under ``folder`` (made if new)."""
+    return tuple(sim.SimAuthority.load_or_create(folder / name).root_fingerprint
+                 for name in names)
+
+
+def memory_broker(folder: Path, roots: tuple[str, ...]
+                  ) -> tuple[KbsSettings, KeyBroker, list[Decision]]:
+    """A broker over an in-memory store with a fresh KEK, trusting ``roots``, its rate limit out
+    of a test's way; every decision it records is appended to the list returned with it."""
+    decisions: list[Decision] = []
+    settings = KbsSettings(data_dir=folder / "kbs", store="memory", sim_roots=roots,
+                           rate_per_second=1000.0, rate_burst=1000)
+    broker = build_broker(settings, store=MemoryKbsStore(), wrapper=AesGcmKek(os.urandom(32)),
+                          on_decision=decisions.append)
+    return settings, broker, decisions
 
 
 def trusting(broker: KeyBroker) -> TrustedBrokers:

@@ -2,8 +2,9 @@
 tables exactly as the release before versioned migrations wrote them. Kept here as text (never
 derived from the code under test), so a change to the current schema cannot change them."""
 
-# medclave.kbs.sqlite_store, schema 1 before the actor column (meta schema '1').
-KBS_SCHEMA_1_BEFORE_ACTOR = """
+# medclave.kbs.sqlite_store: the tables every release before versions wrote alike (all but
+# decisions, which each schema below spells out as it was).
+_KBS_TABLES = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS owner_tokens (
     token_hash BLOB PRIMARY KEY, owner TEXT NOT NULL, created TEXT NOT NULL);
@@ -21,7 +22,10 @@ CREATE TABLE IF NOT EXISTS policy_versions (
 CREATE TABLE IF NOT EXISTS nonces (
     nonce BLOB PRIMARY KEY, expires_at REAL NOT NULL, used INTEGER NOT NULL DEFAULT 0);
 CREATE INDEX IF NOT EXISTS nonces_expiry ON nonces (expires_at);
-CREATE TABLE IF NOT EXISTS decisions (
+"""
+
+# medclave.kbs.sqlite_store, schema 1 before the actor column (meta schema '1').
+KBS_SCHEMA_1_BEFORE_ACTOR = _KBS_TABLES + """CREATE TABLE IF NOT EXISTS decisions (
     id INTEGER PRIMARY KEY AUTOINCREMENT, at TEXT NOT NULL, action TEXT NOT NULL,
     resource TEXT NOT NULL, owner TEXT NOT NULL, outcome TEXT NOT NULL, client TEXT NOT NULL,
     code TEXT, version INTEGER, detail TEXT NOT NULL, policy_digest TEXT NOT NULL,
@@ -32,25 +36,7 @@ INSERT OR IGNORE INTO meta VALUES ('schema', '1');
 
 # medclave.kbs.sqlite_store, schema 2 (decision-log retention), the last release without
 # schema_version: the tables of schema 1 with actor, then the columns and indexes added.
-KBS_SCHEMA_2 = """
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS owner_tokens (
-    token_hash BLOB PRIMARY KEY, owner TEXT NOT NULL, created TEXT NOT NULL);
-CREATE INDEX IF NOT EXISTS owner_tokens_owner ON owner_tokens (owner);
-CREATE TABLE IF NOT EXISTS resources (
-    name TEXT PRIMARY KEY, owner TEXT NOT NULL, current INTEGER NOT NULL);
-CREATE TABLE IF NOT EXISTS secret_versions (
-    name TEXT NOT NULL, version INTEGER NOT NULL, wrapped BLOB NOT NULL, created TEXT NOT NULL,
-    PRIMARY KEY (name, version));
-CREATE TABLE IF NOT EXISTS policies (
-    name TEXT PRIMARY KEY, owner TEXT NOT NULL, current INTEGER NOT NULL);
-CREATE TABLE IF NOT EXISTS policy_versions (
-    name TEXT NOT NULL, version INTEGER NOT NULL, document TEXT NOT NULL, digest TEXT NOT NULL,
-    created TEXT NOT NULL, PRIMARY KEY (name, version));
-CREATE TABLE IF NOT EXISTS nonces (
-    nonce BLOB PRIMARY KEY, expires_at REAL NOT NULL, used INTEGER NOT NULL DEFAULT 0);
-CREATE INDEX IF NOT EXISTS nonces_expiry ON nonces (expires_at);
-CREATE TABLE IF NOT EXISTS decisions (
+KBS_SCHEMA_2 = _KBS_TABLES + """CREATE TABLE IF NOT EXISTS decisions (
     id INTEGER PRIMARY KEY AUTOINCREMENT, at TEXT NOT NULL, action TEXT NOT NULL,
     resource TEXT NOT NULL, owner TEXT NOT NULL, outcome TEXT NOT NULL, client TEXT NOT NULL,
     code TEXT, version INTEGER, detail TEXT NOT NULL, policy_digest TEXT NOT NULL,

@@ -16,7 +16,6 @@ from typing import Any
 import pytest
 
 from medclave.attestation.policy import AppraisalPolicy
-from medclave.attestation.sim import SimAuthority
 from medclave.audit import generate_commitment_key
 from medclave.background import BackgroundServer
 from medclave.client.session import EnclaveSession
@@ -29,13 +28,11 @@ from medclave.enclave.settings import EnclaveSettings
 from medclave.errors import RecordsError
 from medclave.kbs.app import create_app as create_kbs_app
 from medclave.kbs.client import OwnerClient
-from medclave.kbs.factory import build_broker
-from medclave.kbs.keywrap import AesGcmKek
 from medclave.kbs.models import ReleasePolicy
-from medclave.kbs.settings import KbsSettings
-from medclave.kbs.store import Decision, MemoryKbsStore
+from medclave.kbs.store import Decision
 from medclave.protocol import inference as proto
 from tests.e2e.helpers import ISSUER, MEASUREMENT, TENANT, FakeEngine, Idp, make_idp, sim_policy
+from tests.kbs.helpers import memory_broker, sim_roots
 
 OTHER_MEASUREMENT = hashlib.sha384(b"an enclave build the hospital never approved").hexdigest()
 PATIENT = "Patient/dk-p1"
@@ -64,13 +61,7 @@ class World:
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     folder = tmp_path_factory.mktemp("datakeys")
-    roots = tuple(SimAuthority.load_or_create(folder / name).root_fingerprint
-                  for name in ("good", "rogue"))
-    decisions: list[Decision] = []
-    settings = KbsSettings(data_dir=folder / "kbs", store="memory", sim_roots=roots,
-                           rate_per_second=1000.0, rate_burst=1000)
-    broker = build_broker(settings, store=MemoryKbsStore(), wrapper=AesGcmKek(os.urandom(32)),
-                          on_decision=decisions.append)
+    settings, broker, decisions = memory_broker(folder, sim_roots(folder, "good", "rogue"))
     policy = ReleasePolicy(appraisal=AppraisalPolicy.model_validate({
         "name": "st-marys-records", "platforms": ["sim"],
         "platform": {"sim": {"reference_values": {"measurement": [MEASUREMENT]}}}}),

@@ -30,7 +30,6 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 
 from medclave.errors import AuthError, InputError
 from medclave.postgres import migrations as pgm
-from medclave.postgres import open_pool
 
 STORE = "replay cache"
 MIGRATIONS = (pgm.Migration(1, "replay table", pgm.script(
@@ -52,18 +51,11 @@ class PostgresReplayCache:
         """``scope`` names the checker (``enclave``, ``idp``, ``proxy-admission`` ...): two
         checkers that each see the same proof once share a table, never each other's keys."""
         self._scope = scope.encode() + b"\x00"
-        self._owns_pool = isinstance(url_or_pool, str)
-        self.pool = (open_pool(url_or_pool, max_size=4, allow_remote=allow_remote)
-                     if isinstance(url_or_pool, str) else url_or_pool)
+        self.pool, self._owns_pool = pgm.migrated_pool(
+            url_or_pool, store=STORE, migrations=MIGRATIONS, allow_remote=allow_remote)
         self._purge_every = purge_seconds
         self._purged = float("-inf")
         self._lock = threading.Lock()
-        try:
-            with self.pool.connection() as conn:
-                pgm.migrate(conn, store=STORE, migrations=MIGRATIONS)
-        except BaseException:
-            self.close()
-            raise
 
     def add(self, key: str, *, expires_at: datetime, now: datetime) -> bool:
         exp, at = _aware(expires_at), _aware(now)
@@ -111,15 +103,9 @@ class PostgresFailureLog:
     added. A database that cannot answer refuses the login (``auth.state_unavailable``)."""
 
     def __init__(self, url_or_pool: str | ConnectionPool, *, allow_remote: bool = False) -> None:
-        self._owns_pool = isinstance(url_or_pool, str)
-        self.pool = (open_pool(url_or_pool, max_size=4, allow_remote=allow_remote)
-                     if isinstance(url_or_pool, str) else url_or_pool)
-        try:
-            with self.pool.connection() as conn:
-                pgm.migrate(conn, store=FAILURES_STORE, migrations=FAILURE_MIGRATIONS)
-        except BaseException:
-            self.close()
-            raise
+        self.pool, self._owns_pool = pgm.migrated_pool(
+            url_or_pool, store=FAILURES_STORE, migrations=FAILURE_MIGRATIONS,
+            allow_remote=allow_remote)
 
     def recent(self, key: str, *, now: datetime, window: timedelta) -> int:
         try:

@@ -19,7 +19,6 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 from medclave.client.apikeys import MAX_KEY_LENGTH, PREFIX, ApiKey, check_record, digest, matches
 from medclave.errors import AuthError
 from medclave.postgres import migrations as pgm
-from medclave.postgres import open_pool
 
 STORE = "api keys"
 MIGRATIONS = (pgm.Migration(1, "api keys", pgm.script(
@@ -40,15 +39,8 @@ class PostgresApiKeyStore:
     """:class:`~medclave.client.apikeys.ApiKeys` in PostgreSQL."""
 
     def __init__(self, url_or_pool: str | ConnectionPool, *, allow_remote: bool = False) -> None:
-        self._owns_pool = isinstance(url_or_pool, str)
-        self.pool = (open_pool(url_or_pool, max_size=4, allow_remote=allow_remote)
-                     if isinstance(url_or_pool, str) else url_or_pool)
-        try:
-            with self.pool.connection() as conn:
-                pgm.migrate(conn, store=STORE, migrations=MIGRATIONS)
-        except BaseException:
-            self.close()
-            raise
+        self.pool, self._owns_pool = pgm.migrated_pool(
+            url_or_pool, store=STORE, migrations=MIGRATIONS, allow_remote=allow_remote)
 
     def _run(self, sql: str, args: tuple[object, ...]) -> tuple[int, list[tuple[Any, ...]]]:
         """(rows changed, rows returned), read before the connection goes back to the pool."""

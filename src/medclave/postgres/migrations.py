@@ -18,10 +18,15 @@ import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
 import psycopg
 
 from medclave.errors import ServiceError
+from medclave.postgres.pool import open_pool
+
+if TYPE_CHECKING:
+    from psycopg_pool import ConnectionPool
 
 VERSION_TABLE = "medclave_schema"
 _CREATE = (f"CREATE TABLE IF NOT EXISTS {VERSION_TABLE} (store TEXT NOT NULL, version INTEGER "
@@ -93,3 +98,22 @@ def migrate(conn: psycopg.Connection[tuple[object, ...]], *, store: str,
                              (store, migration.version, datetime.now(UTC).isoformat(),
                               migration.description))
     return newest(migrations)
+
+
+def migrated_pool(url_or_pool: str | ConnectionPool, *, store: str,
+                  migrations: Sequence[Migration], max_size: int = 4,
+                  allow_remote: bool = False) -> tuple[ConnectionPool, bool]:
+    """The pool a store works through, its tables migrated, and whether the store owns it: a
+    URL opens a pool the store must close; a pool given by the caller stays the caller's. A
+    migration that fails closes a pool opened here before the error goes on."""
+    owns = isinstance(url_or_pool, str)
+    pool = (open_pool(url_or_pool, max_size=max_size, allow_remote=allow_remote)
+            if isinstance(url_or_pool, str) else url_or_pool)
+    try:
+        with pool.connection() as conn:
+            migrate(conn, store=store, migrations=migrations)
+    except BaseException:
+        if owns:
+            pool.close()
+        raise
+    return pool, owns

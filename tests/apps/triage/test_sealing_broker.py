@@ -15,7 +15,6 @@ import pytest
 
 from medclave.apps.triage.app import TriageApp
 from medclave.attestation.policy import AppraisalPolicy
-from medclave.attestation.sim import SimAuthority
 from medclave.background import BackgroundServer
 from medclave.client.conversations import new_share
 from medclave.client.sdk import MedclaveClient
@@ -26,11 +25,8 @@ from medclave.enclave.settings import EnclaveSettings
 from medclave.errors import MedclaveError
 from medclave.kbs.app import create_app as create_kbs_app
 from medclave.kbs.client import OwnerClient
-from medclave.kbs.factory import build_broker
-from medclave.kbs.keywrap import AesGcmKek
 from medclave.kbs.models import ReleasePolicy
-from medclave.kbs.settings import KbsSettings
-from medclave.kbs.store import Decision, MemoryKbsStore
+from medclave.kbs.store import Decision
 from tests.apps.triage.conftest import sdk
 from tests.e2e.helpers import (
     ISSUER,
@@ -42,6 +38,7 @@ from tests.e2e.helpers import (
     make_idp,
     sim_policy,
 )
+from tests.kbs.helpers import memory_broker, sim_roots
 
 ROGUE = "a" * 96
 
@@ -59,13 +56,7 @@ class World:
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     folder = tmp_path_factory.mktemp("sealing-broker")
-    roots = (SimAuthority.load_or_create(folder / "enclave").root_fingerprint,
-             SimAuthority.load_or_create(folder / "rogue").root_fingerprint)
-    settings = KbsSettings(data_dir=folder / "kbs", store="memory", sim_roots=roots,
-                           rate_per_second=1000.0, rate_burst=1000)
-    decisions: list[Decision] = []
-    broker = build_broker(settings, store=MemoryKbsStore(), wrapper=AesGcmKek(os.urandom(32)),
-                          on_decision=decisions.append)
+    settings, broker, decisions = memory_broker(folder, sim_roots(folder, "enclave", "rogue"))
     token = broker.issue_owner_token(TENANT)
     with BackgroundServer(create_kbs_app(settings, broker=broker)) as server:
         with OwnerClient(server.url, token) as hospital:

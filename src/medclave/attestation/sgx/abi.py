@@ -22,9 +22,7 @@ from medclave.attestation.dcap.reader import QuoteReader
 from medclave.attestation.dcap.report import REPORT_BODY_SIZE, EnclaveReport, parse_report_body
 from medclave.attestation.tdx.abi import (
     ATT_KEY_TYPE_ECDSA_P256,
-    CERT_TYPE_PCK_CHAIN,
     CERT_TYPE_QE_REPORT,
-    ECDSA_SIG_SIZE,
     HEADER_SIZE,
 )
 from medclave.errors import AttestationError
@@ -32,7 +30,6 @@ from medclave.errors import AttestationError
 MAX_QUOTE_BYTES = 128 * 1024
 QUOTE_VERSIONS = (3, 4)
 TEE_TYPE_SGX = 0
-ATTESTATION_KEY_SIZE = 64
 
 
 def _malformed(detail: str) -> AttestationError:
@@ -76,22 +73,6 @@ def looks_like_quote(data: bytes) -> bool:
             and tee_type == TEE_TYPE_SGX)
 
 
-def _qe_part(r: QuoteReader, end: int) -> tuple[EnclaveReport, bytes, bytes, bytes]:
-    """QE report, its signature, the auth data and the PCK chain (type 5), ending at ``end``."""
-    qe_report = parse_report_body(r.take(REPORT_BODY_SIZE, "QE report"))
-    qe_sig = r.take(ECDSA_SIG_SIZE, "QE report signature")
-    auth = r.take(r.u16("QE auth data length"), "QE auth data")
-    cert_type, size = r.cert_data("certification data")
-    if cert_type != CERT_TYPE_PCK_CHAIN:
-        raise AttestationError(
-            "attestation.certificate_missing",
-            f"certification data type {cert_type}; only 5 (PCK chain, PEM) is supported",
-        )
-    if r.pos + size != end:
-        raise _malformed("certification data does not end where the signature data ends")
-    return qe_report, qe_sig, auth, r.take(size, "PCK certificate chain")
-
-
 def parse_quote(data: bytes) -> Quote:
     """Parse a v3 or v4 SGX quote; raise ``attestation.malformed`` on any inconsistency."""
     if len(data) > MAX_QUOTE_BYTES:
@@ -111,19 +92,12 @@ def parse_quote(data: bytes) -> Quote:
     r = _reader(data, HEADER_SIZE, len(data))
     body = parse_report_body(r.take(REPORT_BODY_SIZE, "ISV enclave report"), "enclave report")
     signed = data[: r.pos]
-    sig_len = r.u32("signature data length")
-    if sig_len > r.end - r.pos:
-        raise _malformed(f"signature data length {sig_len} exceeds the {r.end - r.pos} bytes left")
-    sig_end = r.pos + sig_len
-    s = _reader(data, r.pos, sig_end)
-    signature = s.take(ECDSA_SIG_SIZE, "quote signature")
-    attestation_key = s.take(ATTESTATION_KEY_SIZE, "attestation key")
-    if version == 3:
-        qe_report, qe_sig, auth, pem = _qe_part(s, sig_end)
-    else:
+    s, signature, attestation_key = r.signature_data()
+    if version == 4:
         cert_type, size = s.cert_data("certification data")
-        if cert_type != CERT_TYPE_QE_REPORT or s.pos + size != sig_end:
+        if cert_type != CERT_TYPE_QE_REPORT or s.pos + size != s.end:
             raise _malformed("v4 certification data is not one type-6 element")
-        qe_report, qe_sig, auth, pem = _qe_part(s, sig_end)
+    qe_report, qe_sig, auth, pem = s.qe_part(what="certification data",
+                                             container="the signature data")
     return Quote(header, body, signed, signature, attestation_key, qe_report, qe_sig, auth, pem,
-                 len(data) - sig_end)
+                 len(data) - s.end)

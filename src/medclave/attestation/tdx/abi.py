@@ -17,8 +17,8 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 
+from medclave.attestation.dcap.reader import CERT_TYPE_PCK_CHAIN as CERT_TYPE_PCK_CHAIN
 from medclave.attestation.dcap.reader import QuoteReader
-from medclave.attestation.dcap.report import REPORT_BODY_SIZE, parse_report_body
 from medclave.attestation.dcap.report import EnclaveReport as QeReport
 from medclave.errors import AttestationError
 
@@ -27,16 +27,12 @@ HEADER_SIZE = 48
 BODY_DESCRIPTOR_SIZE = 6  # v5: u16 body type, u32 body size (A.4.2)
 TD_REPORT10_SIZE = 584
 TD_REPORT15_SIZE = 648
-QE_REPORT_SIZE = REPORT_BODY_SIZE
-ECDSA_SIG_SIZE = 64
-ATTESTATION_KEY_SIZE = 64
 
 QUOTE_VERSIONS = (4, 5)
 ATT_KEY_TYPE_ECDSA_P256 = 2
 TEE_TYPE_TDX = 0x81
 BODY_TYPE_TD10 = 2
 BODY_TYPE_TD15 = 3
-CERT_TYPE_PCK_CHAIN = 5
 CERT_TYPE_QE_REPORT = 6
 
 _BODY_SIZES = {BODY_TYPE_TD10: TD_REPORT10_SIZE, BODY_TYPE_TD15: TD_REPORT15_SIZE}
@@ -156,10 +152,6 @@ def _parse_td_report(raw: bytes, body_type: int) -> TdReport:
     )
 
 
-def parse_qe_report(raw: bytes) -> QeReport:
-    return parse_report_body(raw, "QE report")
-
-
 def parse_quote(data: bytes) -> Quote:
     """Parse a v4 or v5 TDX quote; raise ``attestation.malformed`` on any inconsistency."""
     if len(data) > MAX_QUOTE_BYTES:
@@ -185,36 +177,17 @@ def parse_quote(data: bytes) -> Quote:
     # A.3.8 / A.4: the attestation key signs the header and the body, v5 descriptor included.
     signed = data[: r.pos]
 
-    sig_len = r.u32("signature data length")
-    if sig_len > r.end - r.pos:
-        raise _malformed(f"signature data length {sig_len} exceeds the {r.end - r.pos} bytes left")
-    sig_end = r.pos + sig_len
-    s = _reader(data, r.pos, sig_end)
-    signature = s.take(ECDSA_SIG_SIZE, "quote signature")
-    attestation_key = s.take(ATTESTATION_KEY_SIZE, "attestation key")
-
+    s, signature, attestation_key = r.signature_data()
     cert_type, size = s.cert_data("certification data")
     if cert_type != CERT_TYPE_QE_REPORT:
         raise AttestationError(
             "attestation.unsupported_version",
             f"certification data type {cert_type}, expected 6 (QE report certification data)",
         )
-    if s.pos + size != sig_end:
+    if s.pos + size != s.end:
         raise _malformed("certification data does not end where the signature data ends")
-    qe = _reader(data, s.pos, sig_end)
-    qe_report = parse_qe_report(qe.take(QE_REPORT_SIZE, "QE report"))
-    qe_report_signature = qe.take(ECDSA_SIG_SIZE, "QE report signature")
-    auth_len = qe.u16("QE auth data length")
-    qe_auth_data = qe.take(auth_len, "QE auth data")
-    inner_type, inner_size = qe.cert_data("nested certification data")
-    if inner_type != CERT_TYPE_PCK_CHAIN:
-        raise AttestationError(
-            "attestation.certificate_missing",
-            f"nested certification data type {inner_type}; only 5 (PCK chain, PEM) is supported",
-        )
-    if qe.pos + inner_size != sig_end:
-        raise _malformed("nested certification data does not end where its container ends")
-    pck_chain_pem = qe.take(inner_size, "PCK certificate chain")
+    qe_report, qe_report_signature, qe_auth_data, pck_chain_pem = s.qe_part(
+        what="nested certification data", container="its container")
     return Quote(
         header=header,
         body=body,
@@ -225,5 +198,5 @@ def parse_quote(data: bytes) -> Quote:
         qe_report_signature=qe_report_signature,
         qe_auth_data=qe_auth_data,
         pck_chain_pem=pck_chain_pem,
-        trailing=len(data) - sig_end,
+        trailing=len(data) - s.end,
     )
