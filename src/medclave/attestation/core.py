@@ -39,7 +39,7 @@ import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from cryptography import x509
 
@@ -68,17 +68,9 @@ TcbStatus = Literal[
     "NoMatch",
 ]
 
-# Worst last: a status at or past OutOfDate is refused by the default policy.
-TCB_STATUS_ORDER: tuple[str, ...] = (
-    "UpToDate",
-    "SWHardeningNeeded",
-    "ConfigurationNeeded",
-    "ConfigurationAndSWHardeningNeeded",
-    "OutOfDate",
-    "OutOfDateConfigurationNeeded",
-    "Revoked",
-    "NoMatch",
-)
+# The statuses as TcbStatus lists them, "unknown" left out. Worst last: a status at or past
+# OutOfDate is refused by the default policy.
+TCB_STATUS_ORDER: tuple[str, ...] = get_args(TcbStatus)[1:]
 
 Claims = Mapping[str, Any]
 

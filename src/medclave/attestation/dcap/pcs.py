@@ -18,23 +18,15 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from medclave.attestation.core import TCB_STATUS_ORDER
 from medclave.errors import AttestationError
 
 MAX_COLLATERAL_BYTES = 256 * 1024
 MAX_TCB_LEVELS = 128
 MAX_ADVISORIES = 256
 
-TCB_STATUSES = frozenset(
-    {
-        "UpToDate",
-        "SWHardeningNeeded",
-        "ConfigurationNeeded",
-        "ConfigurationAndSWHardeningNeeded",
-        "OutOfDate",
-        "OutOfDateConfigurationNeeded",
-        "Revoked",
-    }
-)
+# What Intel's TCB Info may say of a level: every status but our own NoMatch (no level matched).
+TCB_STATUSES = frozenset(TCB_STATUS_ORDER) - {"NoMatch"}
 
 _WS = " \t\n\r"
 # The decoder's own string scanner (C-accelerated), typed here since typeshed omits it.

@@ -39,7 +39,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
-from medclave.attestation.core import CheckLog, VerifyOptions
+from medclave.attestation.core import CheckLog, Verification, VerifyOptions, sha256_hex
 from medclave.attestation.dcap import collateral, tcb
 from medclave.attestation.dcap.collateral import CollateralSet, SignedDocument
 from medclave.attestation.dcap.pck import PckTcb, pck_tcb
@@ -416,4 +416,24 @@ def verify_quote(
     return QuoteVerification(
         quote, pck, chain, status, advisories, revocation_checked,
         found.tcb_info is not None or found.qe_identity is not None,
+    )
+
+
+def verification_of(platform: str, data: bytes, result: QuoteVerification,
+                    claims: dict[str, Any], log: CheckLog) -> Verification:
+    """A verified quote as the platform-neutral result: the platform's ``claims`` with the TCB
+    advisories and whether PCK revocation was checked added, the digests of the evidence and of
+    its signed bytes (ECDSA signatures are malleable)."""
+    claims["advisory_ids"] = list(result.advisory_ids)
+    claims["revocation_checked"] = result.revocation_checked
+    return Verification(
+        platform=platform,
+        claims=claims,
+        checks=log.checks,
+        tcb_status=result.tcb_status,
+        # Only Intel's root makes this hardware evidence; a chain to a caller's trusted_roots
+        # (tests, a lab PKI) verifies the same way but protects nothing.
+        secure=fingerprint(result.chain[-1]) in TRUSTED_ROOTS,
+        evidence_sha256=sha256_hex(data),
+        evidence_digest=sha256_hex(result.quote.signed),
     )

@@ -24,14 +24,12 @@ from medclave.attestation.core import (
     Verification,
     VerifyOptions,
     require_size,
-    sha256_hex,
 )
 from medclave.attestation.dcap import tcb
 from medclave.attestation.dcap import verify as dcap
 from medclave.attestation.dcap.pck import PckTcb
 from medclave.attestation.dcap.pcs import TcbInfo
 from medclave.attestation.sgx import abi
-from medclave.attestation.x509chain import fingerprint
 from medclave.errors import AttestationError
 
 PLATFORM = "sgx"
@@ -130,15 +128,4 @@ def verify(data: bytes, options: VerifyOptions) -> Verification:
     except AttestationError as exc:
         raise log.fail("0. parse quote", exc.code, exc.detail) from exc
     result = dcap.verify_quote(raw, options, profile=SGX, log=log)
-    claims = claims_of(result.quote, result.pck)
-    claims["advisory_ids"] = list(result.advisory_ids)
-    claims["revocation_checked"] = result.revocation_checked
-    return Verification(
-        platform=PLATFORM,
-        claims=claims,
-        checks=log.checks,
-        tcb_status=result.tcb_status,
-        secure=fingerprint(result.chain[-1]) in dcap.TRUSTED_ROOTS,
-        evidence_sha256=sha256_hex(data),
-        evidence_digest=sha256_hex(result.quote.signed),
-    )
+    return dcap.verification_of(PLATFORM, data, result, claims_of(result.quote, result.pck), log)

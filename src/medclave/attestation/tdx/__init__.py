@@ -14,8 +14,8 @@ from medclave.attestation.core import (
     Verification,
     VerifyOptions,
     require_size,
-    sha256_hex,
 )
+from medclave.attestation.dcap.verify import verification_of
 from medclave.attestation.tdx import abi
 from medclave.attestation.tdx.verify import (
     INTEL_SGX_ROOT_CA_SHA256,
@@ -27,7 +27,6 @@ from medclave.attestation.tdx.verify import (
     pck_chain,
     verify_quote,
 )
-from medclave.attestation.x509chain import fingerprint
 
 PLATFORM = "tdx"
 
@@ -68,17 +67,4 @@ def verify(data: bytes, options: VerifyOptions) -> Verification:
     require_size(data, maximum=abi.MAX_QUOTE_BYTES)
     log = CheckLog()
     result = verify_quote(data, options, log=log)
-    claims = claims_of(result.quote, result.pck)
-    claims["advisory_ids"] = list(result.advisory_ids)
-    claims["revocation_checked"] = result.revocation_checked
-    return Verification(
-        platform=PLATFORM,
-        claims=claims,
-        checks=log.checks,
-        tcb_status=result.tcb_status,
-        # Only Intel's root makes this hardware evidence; a chain to a caller's trusted_roots
-        # (tests, a lab PKI) verifies the same way but protects nothing.
-        secure=fingerprint(result.chain[-1]) in TRUSTED_ROOTS,
-        evidence_sha256=sha256_hex(data),
-        evidence_digest=sha256_hex(result.quote.signed),
-    )
+    return verification_of(PLATFORM, data, result, claims_of(result.quote, result.pck), log)
