@@ -48,8 +48,12 @@ from medclave.enclave.hooks import (
 )
 from medclave.enclave.inner_apps import AppContext, AppFactory, InnerApp
 from medclave.enclave.keys import KeyRing
-from medclave.enclave.model import DEFAULT_MODEL_SHA256, default_model_path, verify_model_file
-from medclave.enclave.model import sha256_file as file_sha256
+from medclave.enclave.model import (
+    DEFAULT_MODEL_SHA256,
+    default_model_path,
+    model_digest,
+    verify_model_file,
+)
 from medclave.enclave.records_boot import build_records, data_keys
 from medclave.enclave.response_store import ResponseStore
 from medclave.enclave.retrieval import RetrievalApi
@@ -116,14 +120,31 @@ class _Recording:
         return bundle
 
 
+def check_engine_settings(settings: EnclaveSettings) -> None:
+    """The remote engine's settings, refused before any key or model is touched: its address
+    inside this VM (``config.engine_not_local``), and weights the enclave can hash."""
+    if settings.engine != "openai-compatible":
+        return
+    from medclave.enclave.engines.openai_compat import engine_address
+
+    if not settings.engine_url:
+        raise InputError("config.invalid", "engine openai-compatible needs engine_url")
+    engine_address(settings.engine_url)
+    if settings.sealed_model is not None:
+        # A sealed model is unsealed into this process's memory only; the engine server is
+        # another process and could not load it (docs/engines.md).
+        raise InputError("config.invalid", "a sealed model is for the embedded engine; give "
+                         "the remote engine's weights as model_path with model_sha256")
+
+
 def default_engine(model_path: str, settings: EnclaveSettings) -> Engine:
     if settings.engine == "openai-compatible":
-        from medclave.enclave.engines.openai_compat import OpenAICompatEngine
+        from medclave.enclave.engines.openai_compat import open_engine
 
-        if not settings.engine_url:
-            raise InputError("config.invalid", "engine openai-compatible needs engine_url")
-        return OpenAICompatEngine(settings.engine_url, model=settings.model_id,
-                                  build_id=settings.engine_build)
+        check_engine_settings(settings)
+        assert settings.engine_url is not None
+        return open_engine(settings.engine_url, model=settings.model_id,
+                           build_id=settings.engine_build, model_path=model_path)
     from medclave.enclave.engines.llamacpp import LlamaCppEngine
 
     return LlamaCppEngine(model_path, n_ctx=settings.n_ctx, n_threads=settings.n_threads,
@@ -329,7 +350,7 @@ def _open_model(settings: EnclaveSettings, attester: Attester, base_runtime: dic
         log.warning("model loaded from a plain file (%s): not sealed, the operator can read it",
                     settings.model_path.name)
         digest = (verify_model_file(settings.model_path, settings.model_sha256)
-                  if settings.model_sha256 else file_sha256(settings.model_path))
+                  if settings.model_sha256 else model_digest(settings.model_path))
         return str(settings.model_path), digest
     return str(default_model_path()), DEFAULT_MODEL_SHA256
 
@@ -396,6 +417,7 @@ def boot(settings: EnclaveSettings, *, clock: Clock = system_clock,
     closers: list[Callable[[], None]] = []
     try:
         # The door first: a misconfigured one stops the boot before any key or model is touched.
+        check_engine_settings(settings)
         hook = authorization or build_authorization(settings, platform, clock)
         # The broker sees the runtime of the running service (model, build, keys), fetched
         # when a tenant's key is first needed, so the service exists by then.
