@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import openai
@@ -21,12 +22,17 @@ from medclave.background import BackgroundServer
 from medclave.client.proxy import create_proxy_app
 from medclave.client.session import EnclaveSession
 from medclave.enclave.model import DEFAULT_MODEL_ID, DEFAULT_MODEL_SHA256
-from medclave.errors import InputError, ModelError
-from tests.e2e.engine_server import SERVER_BUILD, LlamaServer
+from medclave.errors import EnclaveError, InputError, ModelError
+from tests.e2e.engine_server import SERVER_BUILD, LlamaServer, free_port
 from tests.e2e.helpers import Enclave, Idp, audit_log, sim_policy, start_enclave, wait_for_entry
 
-MESSAGES = [{"role": "user", "content": "In one short sentence, what is a fracture?"}]
-GREEDY = {"max_tokens": 10, "temperature": 0, "seed": 11}
+MESSAGES: list[Any] = [{"role": "user", "content": "In one short sentence, what is a fracture?"}]
+
+
+def _ask(app: openai.OpenAI, *, stream: bool = False) -> Any:
+    """The same greedy question every time (temperature 0, one seed)."""
+    return app.chat.completions.create(model=DEFAULT_MODEL_ID, messages=MESSAGES, max_tokens=10,
+                                       temperature=0, seed=11, stream=stream)
 
 
 def _remote(server_url: str) -> dict[str, object]:
@@ -61,8 +67,7 @@ def _app(url: str, token: str) -> openai.OpenAI:
 def test_openai_client_plain_and_streamed_through_the_remote_engine(
         remote_enclave: Enclave, engine_server: LlamaServer, idp: Idp) -> None:
     # What the engine server answers when asked directly (no Medclave): the reference.
-    direct = _app(engine_server.url, "unused").chat.completions.create(
-        model=DEFAULT_MODEL_ID, messages=MESSAGES, **GREEDY)  # type: ignore[arg-type]
+    direct = _ask(_app(engine_server.url, "unused"))
     expected = direct.choices[0].message.content or ""
     assert expected.strip()
 
@@ -70,15 +75,13 @@ def test_openai_client_plain_and_streamed_through_the_remote_engine(
     before = log.size
     server, session = _proxy(remote_enclave)
     try:
-        answer = _app(server.url, idp.token()).chat.completions.create(
-            model=DEFAULT_MODEL_ID, messages=MESSAGES, **GREEDY)  # type: ignore[arg-type]
+        answer = _ask(_app(server.url, idp.token()))
         assert answer.choices[0].message.content == expected
         assert answer.usage is not None
-        assert answer.usage.completion_tokens == direct.usage.completion_tokens  # type: ignore[union-attr]
-        assert answer.usage.prompt_tokens == direct.usage.prompt_tokens  # type: ignore[union-attr]
+        assert answer.usage.completion_tokens == direct.usage.completion_tokens
+        assert answer.usage.prompt_tokens == direct.usage.prompt_tokens
 
-        chunks = list(_app(server.url, idp.token()).chat.completions.create(
-            model=DEFAULT_MODEL_ID, messages=MESSAGES, stream=True, **GREEDY))  # type: ignore[arg-type]
+        chunks = list(_ask(_app(server.url, idp.token()), stream=True))
         streamed = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
         assert streamed == expected
         assert chunks[-1].choices[0].finish_reason in ("stop", "length")
@@ -97,7 +100,7 @@ def test_openai_client_plain_and_streamed_through_the_remote_engine(
         assert entry.model_digest == DEFAULT_MODEL_SHA256
         assert entry.answer is not None and entry.prompt is not None
         assert entry.ended in ("stop", "length")
-    assert plain.completion_tokens == direct.usage.completion_tokens  # type: ignore[union-attr]
+    assert plain.completion_tokens == direct.usage.completion_tokens
     assert log.size == before + 2
     assert remote_enclave.booted.service.runtime()["engine"] == "openai-compatible"
 
@@ -113,8 +116,7 @@ def test_a_require_gpu_policy_refuses_the_remote_engine_enclave_without_gpu_evid
     server, session = _proxy(remote_enclave, require_gpu=True)
     try:
         with pytest.raises(openai.APIStatusError) as caught:
-            _app(server.url, idp.token()).chat.completions.create(
-                model=DEFAULT_MODEL_ID, messages=MESSAGES, **GREEDY)  # type: ignore[arg-type]
+            _ask(_app(server.url, idp.token()))
         assert caught.value.code == "policy.refused"
         assert httpx.get(f"{server.url}/medclave/status").json()["upstream_verified"] is False
     finally:
@@ -129,13 +131,11 @@ def test_an_engine_that_goes_away_answers_engine_unavailable(folder: Path, idp: 
     server, session = _proxy(enclave)
     try:
         app = _app(server.url, idp.token())
-        assert app.chat.completions.create(model=DEFAULT_MODEL_ID, messages=MESSAGES,
-                                           **GREEDY).choices[0].message.content  # type: ignore[arg-type]
+        assert _ask(app).choices[0].message.content
         engine.stop()
         for stream in (False, True):
             with pytest.raises(openai.APIStatusError) as caught:
-                app.chat.completions.create(model=DEFAULT_MODEL_ID, messages=MESSAGES,
-                                            stream=stream, **GREEDY)  # type: ignore[call-overload]
+                _ask(app, stream=stream)
             assert (caught.value.status_code, caught.value.code) == (
                 503, "enclave.engine_unavailable")
         failed = wait_for_entry(enclave, audit_log(enclave).size - 1)
@@ -145,6 +145,12 @@ def test_an_engine_that_goes_away_answers_engine_unavailable(folder: Path, idp: 
         server.stop()
         session.close()
         enclave.stop()
+
+
+def test_an_engine_that_is_not_there_stops_the_boot(folder: Path, idp: Idp) -> None:
+    with pytest.raises(EnclaveError) as caught:
+        start_enclave(folder / "none", idp, **_remote(f"http://127.0.0.1:{free_port()}"))
+    assert caught.value.code == "enclave.engine_unavailable"
 
 
 @pytest.mark.parametrize("url", ["http://10.0.0.8:8000", "http://localhost:8000",

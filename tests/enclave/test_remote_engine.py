@@ -12,7 +12,7 @@ import ipaddress
 import json
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +20,7 @@ import httpx
 import pytest
 import uvicorn
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -256,6 +256,41 @@ def test_a_whole_answer_whose_client_left_is_given_up() -> None:
         with generation_scope(Generation("t", "u")):
             assert engine.chat(MESSAGES, PARAMS).text == "Femur"
         engine.close()
+
+
+def test_a_stream_whose_client_left_closes_its_connection_to_the_server() -> None:
+    """vLLM aborts a request whose client disconnects: closing the engine's stream must close
+    the connection, not read the server's answer to its end."""
+    sent: list[int] = []
+    ended = threading.Event()
+    app = FastAPI()
+
+    @app.get("/v1/models")
+    def listed() -> dict[str, Any]:
+        return {"object": "list", "data": [{"id": "m"}]}
+
+    @app.post("/v1/chat/completions")
+    async def chat(request: Request) -> Any:
+        async def tokens() -> AsyncIterator[bytes]:
+            try:
+                for i in range(400):
+                    sent.append(i)
+                    choice = {"index": 0, "delta": {"content": f" w{i}"}}
+                    yield f"data: {json.dumps({'choices': [choice]})}\n\n".encode()
+                    await asyncio.sleep(0.02)
+                yield b"data: [DONE]\n\n"
+            finally:
+                ended.set()
+        return StreamingResponse(tokens(), media_type="text/event-stream")
+
+    with BackgroundServer(app) as vllm:
+        engine = open_engine(vllm.url, model="m", build_id="vllm/1", model_path=None)
+        stream = engine.chat_stream(MESSAGES, SamplingParams(max_tokens=400))
+        assert next(stream).text == " w0"
+        stream.close()
+        assert ended.wait(20), "the server was never told"
+        engine.close()
+    assert len(sent) < 400
 
 
 def test_an_answer_past_the_bound_is_refused() -> None:
