@@ -213,6 +213,14 @@ def test_vllm_serving_anything_else_is_refused(weights: Path, served: list[dict[
     assert caught.value.code == "model.engine_mismatch"
 
 
+@pytest.mark.parametrize("served", [["junk", {"id": "meditron-7b"}],
+                                    [{"id": f"m{i}"} for i in range(65)]])
+def test_a_malformed_model_list_is_refused(served: list[Any]) -> None:
+    with pytest.raises(EnclaveError) as caught:
+        _check(served, None)
+    assert caught.value.code == "enclave.engine_failed"
+
+
 def test_a_root_without_a_hashed_path_is_refused() -> None:
     with pytest.raises(ModelError) as caught:
         _check([{"id": "meditron-7b", "root": "/models/meditron"}], None)

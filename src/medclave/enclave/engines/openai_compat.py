@@ -65,7 +65,6 @@ MAX_MODELS = 64  # entries of GET /v1/models read (a server serving more is not 
 UNIX_SCHEME = "unix://"
 # Requests over a Unix socket still need an HTTP URL; the host part is never resolved.
 _UDS_BASE = "http://engine.local"
-_CANCEL_POLL = 0.05  # seconds between looks at a waiting whole answer's Cancel
 
 
 def engine_address(url: str) -> tuple[str, str | None]:
@@ -129,9 +128,10 @@ class OpenAICompatEngine:
         enclave hashed; ``model.engine_mismatch`` otherwise."""
         out = self._get_json("/v1/models")
         data = out.get("data")
-        if not isinstance(data, list) or len(data) > MAX_MODELS:
-            raise EnclaveError("enclave.engine_failed", "the engine lists no models")
-        ids = [e.get("id") for e in data if isinstance(e, dict)]
+        if (not isinstance(data, list) or len(data) > MAX_MODELS
+                or not all(isinstance(e, dict) for e in data)):
+            raise EnclaveError("enclave.engine_failed", "the engine's model list is malformed")
+        ids = [e.get("id") for e in data]
         if ids != [self._model]:
             shown = ", ".join(repr(str(i)[:128]) for i in ids[:8]) or "none"
             raise ModelError("model.engine_mismatch", f"the engine serves {shown}; the "
@@ -143,27 +143,27 @@ class OpenAICompatEngine:
             raise ModelError("model.engine_mismatch", "the engine loaded its weights from "
                              f"{str(root)[:256]!r}, not from the file the enclave hashed")
 
-    def _get_json(self, path: str) -> dict[str, Any]:
+    def _get(self, path: str) -> tuple[int, bytes]:
         try:
             with self._http.stream("GET", path) as response:
-                status = response.status_code
-                content = _read_bounded(response, MAX_RESPONSE_BYTES)
+                return response.status_code, _read_bounded(response, MAX_ERROR_BYTES
+                                                           if response.status_code != 200
+                                                           else MAX_RESPONSE_BYTES,
+                                                           truncate=response.status_code != 200)
         except httpx.TransportError as exc:
             raise _unavailable(exc) from exc
         except httpx.HTTPError as exc:
             raise EnclaveError("enclave.engine_failed", f"engine: {type(exc).__name__}") from exc
+
+    def _get_json(self, path: str) -> dict[str, Any]:
+        status, content = self._get(path)
         if status != 200:
             raise EnclaveError("enclave.engine_failed", f"engine answered {status} to {path}")
         return _object(content)
 
     def _read_build(self) -> str:
-        try:
-            response = self._http.get("/version")
-            version = response.json().get("version") if response.status_code == 200 else None
-        except httpx.TransportError as exc:
-            raise _unavailable(exc) from exc
-        except (httpx.HTTPError, ValueError, AttributeError) as exc:
-            raise EnclaveError("enclave.engine_failed", f"engine: {type(exc).__name__}") from exc
+        status, content = self._get("/version")
+        version = _object(content).get("version") if status == 200 else None
         if not isinstance(version, str) or not version or len(version) > 64:
             raise EnclaveError("enclave.engine_failed",
                                "the engine reports no version; give its build explicitly")
