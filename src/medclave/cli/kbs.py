@@ -40,6 +40,9 @@ key_app = typer.Typer(help="The broker's signing key (on the broker's data folde
                       no_args_is_help=True)
 app.add_typer(owner_app, name="owner")
 app.add_typer(key_app, name="key")
+kek_app = typer.Typer(help="The broker's key-encryption key (on the stopped broker's data "
+                      "folder).", no_args_is_help=True)
+app.add_typer(kek_app, name="kek")
 threshold_app = typer.Typer(help="Split a secret k-of-n across independent brokers.",
                             no_args_is_help=True)
 app.add_typer(threshold_app, name="threshold")
@@ -107,6 +110,54 @@ def key_show(
         signer = open_signer(KbsSettings(data_dir=data))
         return {"key_id": signer.key_id,
                 "public_key": base64.b64encode(signer.public_key).decode()}
+    emit(run(show))
+
+
+@kek_app.command("rotate")
+def kek_rotate(
+    data: Annotated[Path | None, typer.Option("--data", help="the broker's data folder")] = None,
+    new_kek_file: Annotated[Path | None, typer.Option(
+        "--new-kek-file", help="the new KEK (base64 of 32 bytes, mode 0600); default: a fresh "
+        "one in KEK_FILE.new")] = None,
+    config: ConfigFile = None,
+) -> None:
+    """Re-wrap every stored secret under a new KEK, all or nothing, and record it in the
+    decision log. Stop the broker first (it holds the old KEK in memory); start it after."""
+    from medclave.kbs.rekey import rotate_configured_kek
+    from medclave.ops.config import load_settings
+
+    settings = run(lambda: load_settings(KbsSettings, config_file=config,
+                                         overrides={"data_dir": data}))
+    emit(run(lambda: rotate_configured_kek(settings, new_kek_file=new_kek_file,
+                                           now=datetime.now(UTC))))
+
+
+@kek_app.command("show")
+def kek_show(
+    data: Annotated[Path | None, typer.Option("--data", help="the broker's data folder")] = None,
+    config: ConfigFile = None,
+) -> None:
+    """The configured KEK's id and the id the store records (they must match: check a
+    backup of the KEK against it), and the last rotations from the decision log. Never the
+    key."""
+    from medclave.kbs.factory import open_wrapper
+    from medclave.ops.config import load_settings
+
+    settings = run(lambda: load_settings(KbsSettings, config_file=config,
+                                         overrides={"data_dir": data}))
+
+    def show() -> dict[str, Any]:
+        from medclave.kbs.rekey import RESOURCE
+
+        wrapper = open_wrapper(settings, create=False)
+        store = open_store(settings)
+        try:
+            rotations = [{"at": d.at.isoformat(), "detail": d.detail}
+                         for d in store.decisions(resource=RESOURCE, limit=20)]
+            return {"kek_id": wrapper.key_id, "store_kek_id": store.kek_id(),
+                    "rotations": rotations}
+        finally:
+            store.close()
     emit(run(show))
 
 

@@ -60,6 +60,7 @@ from medclave.client.scribe_page import mount_scribe_page
 from medclave.client.session import Abort, EnclaveSession, InnerResponse, StreamedResponse, summary
 from medclave.crypto.canonical import load_json
 from medclave.errors import ClientError, InputError, MedclaveError
+from medclave.mesh.workload import WorkloadConfig, WorkloadMesh
 from medclave.ops import lifecycle
 from medclave.ops.health import Health
 from medclave.ops.http import instrument, note_refusal
@@ -114,6 +115,10 @@ class ProxySettings(BaseSettings, ServingSettings, OpsSettings):
     timeout_seconds: float = Field(default=300.0, gt=0)
     max_in_flight: int = Field(default=256, ge=1, le=100_000)
     data_dir: Path = DEFAULT_DATA_DIR  # API keys (apikeys.db)
+    # Attested micro-segmentation (docs/continuous-trust.md): the proxy's mesh file (identity,
+    # segmentation policy, mesh CA, where its evidence comes from). Set, the proxy reaches the
+    # enclave over mutual TLS only (upstream is then https://); unset, nothing changes.
+    mesh_file: Path | None = None
     # --- credentials at the hospital's IdP (off unless idp_token_url is set) -----------------
     idp_token_url: str | None = None
     idp_client_id: str | None = None
@@ -174,14 +179,26 @@ def get_settings() -> ProxySettings:
     return ProxySettings()  # type: ignore[call-arg]  # from the environment
 
 
-def session_for(settings: ProxySettings) -> EnclaveSession:
+def mesh_for(settings: ProxySettings) -> WorkloadMesh | None:
+    """The proxy's workload certificate (attested micro-segmentation), when configured."""
+    if settings.mesh_file is None:
+        return None
+    if not settings.upstream.startswith("https://"):
+        # the mesh's client context is used only for https: plain http would bypass it
+        raise InputError("config.invalid", "in a mesh, the upstream enclave is https://")
+    config = WorkloadConfig.load(settings.mesh_file)
+    return WorkloadMesh(config, config.attester())
+
+
+def session_for(settings: ProxySettings, mesh: WorkloadMesh | None = None) -> EnclaveSession:
     collateral = (load_collateral(settings.collateral_file) if settings.collateral_file
                   else None)
     return EnclaveSession(settings.upstream, load_policy(settings.policy_file),
                           sim_roots=frozenset(settings.sim_roots),
                           reattest_after=timedelta(seconds=settings.reattest_seconds),
                           retry_failed_after=timedelta(seconds=settings.reattest_retry_seconds),
-                          timeout=settings.timeout_seconds, collateral=collateral)
+                          timeout=settings.timeout_seconds, collateral=collateral,
+                          tls=None if mesh is None else mesh.tls.client_context("enclave"))
 
 
 def watch_for(settings: ProxySettings, session: EnclaveSession) -> TrustWatch:
@@ -551,7 +568,8 @@ def serve(settings: ProxySettings) -> None:
         log.warning("proxy admission is off: every local app's request goes to the enclave, "
                     "which still authenticates and authorizes it")
     callers = callers_for(settings)
-    session = session_for(settings)
+    mesh = mesh_for(settings)
+    session = session_for(settings, mesh)
     watch = watch_for(settings, session)
     watch.start()
     try:
@@ -566,6 +584,8 @@ def serve(settings: ProxySettings) -> None:
     finally:
         watch.stop()
         session.close()
+        if mesh is not None:
+            mesh.close()
         callers.close()
         if admission is not None:
             admission.close()

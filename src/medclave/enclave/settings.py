@@ -46,6 +46,11 @@ class EnclaveSettings(BaseSettings, ServingSettings, OpsSettings):
     kbs_keys: tuple[str, ...] = Field(default=(), max_length=16)
     # HTTPS to the broker: pin this CA (or the broker's self-signed certificate) file.
     kbs_ca_file: Path | None = None
+    # Attested micro-segmentation (docs/continuous-trust.md): a TOML file naming this
+    # enclave's mesh identity, the segmentation policy, the mesh CA and its URL. Set, the
+    # enclave obtains a workload certificate on fresh evidence at boot, serves mutual TLS and
+    # reaches the broker over it (instead of kbs_ca_file); unset, nothing changes.
+    mesh_file: Path | None = None
     requester: str | None = Field(default=None, max_length=256)  # runtime["requester"] for KBS
     # Continuous trust (enclave/standing.py): re-check standing with the brokers that released
     # this enclave's keys every standing_check_seconds (0: never); with no good answer for

@@ -20,6 +20,7 @@ from fastapi.responses import JSONResponse
 from medclave.errors import InputError, KbsError, MedclaveError
 from medclave.kbs.api import owner_router, release_router
 from medclave.kbs.factory import build_broker
+from medclave.kbs.mesh_ca import BrokerMesh, MeshConfig, mesh_router
 from medclave.kbs.ratelimit import RateLimiter
 from medclave.kbs.service import KeyBroker
 from medclave.kbs.settings import KbsSettings, get_settings
@@ -67,13 +68,21 @@ def create_app(
     on_decision: Callable[[Decision], None] | None = None,
     rate_clock: Callable[[], float] | None = None,
 ) -> FastAPI:
-    """The broker app. With ``settings``, the ``get_settings`` dependency is overridden to it."""
+    """The broker app. With ``settings``, the ``get_settings`` dependency is overridden to it.
+    With ``settings.mesh_file``, it runs the mesh CA; ``app.state.mesh`` (a
+    :class:`~medclave.kbs.mesh_ca.BrokerMesh`) then says how to serve it (mutual TLS)."""
     cfg = settings or get_settings()
     the_broker = broker or build_broker(cfg, clock=clock, on_decision=on_decision)
+    mesh = None if cfg.mesh_file is None else BrokerMesh.build(
+        the_broker, MeshConfig.load(cfg.mesh_file), cfg.data_dir)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if mesh is not None:
+            mesh.start()
         yield
+        if mesh is not None:
+            mesh.stop()
         if broker is None:  # we opened it, we close it
             the_broker.store.close()
 
@@ -86,6 +95,8 @@ def create_app(
         openapi_url=None,
     )
     app.state.broker = the_broker
+    app.state.mesh = mesh
+    app.state.mesh_issuer = None if mesh is None else mesh.issuer
     app.state.limiter = RateLimiter(
         cfg.rate_per_second, cfg.rate_burst, clock=rate_clock or time.monotonic
     )
@@ -93,6 +104,7 @@ def create_app(
         app.dependency_overrides[get_settings] = lambda: settings
     app.include_router(release_router)
     app.include_router(owner_router)
+    app.include_router(mesh_router)
     install_error_handlers(app, render=error_response, log_refusal=_log_refusal,
                            route_error=_route_error, log_unexpected=_log_unexpected)
     _instrument(app, the_broker, cfg)

@@ -52,6 +52,16 @@ def open_signer(settings: KbsSettings, *, create: bool = True) -> BrokerSigner:
     return BrokerSigner.load_or_create(settings.signing_key_path)
 
 
+def check_kek(store: KbsStore, wrapper: KeyWrapper) -> None:
+    """``config.invalid`` when the store was last re-wrapped under another KEK than ``wrapper``
+    (a broker started with the pre-rotation key): refused at start, not at the first release."""
+    recorded = store.kek_id()
+    if recorded is not None and recorded != wrapper.key_id:
+        raise InputError("config.invalid", f"the store's secrets are wrapped under KEK "
+                         f"{recorded}, not the configured KEK {wrapper.key_id}; if a KEK "
+                         "rotation was interrupted, run `medclave kbs kek rotate` again")
+
+
 def _fingerprints(values: tuple[str, ...]) -> frozenset[str]:
     out = frozenset(v.strip().lower().replace(":", "") for v in values)
     bad = [v for v in out if len(v) != 64 or any(c not in "0123456789abcdef" for c in v)]
@@ -70,9 +80,16 @@ def build_broker(
     on_decision: Callable[[Decision], None] | None = None,
     trusted_roots: frozenset[str] | None = None,
 ) -> KeyBroker:
+    store = store if store is not None else open_store(settings)
+    wrapper = wrapper if wrapper is not None else open_wrapper(settings)
+    try:
+        check_kek(store, wrapper)
+    except InputError:
+        store.close()
+        raise
     return KeyBroker(
-        store if store is not None else open_store(settings),
-        wrapper if wrapper is not None else open_wrapper(settings),
+        store,
+        wrapper,
         signer=signer if signer is not None else open_signer(settings),
         sim_roots=_fingerprints(settings.sim_roots),
         trusted_roots=trusted_roots,

@@ -39,6 +39,10 @@ class KbsSettings(BaseSettings, ServingSettings, OpsSettings):
     # may pin it (their kbs_ca_file); release answers are signed either way.
     tls_cert_file: Path | None = None
     tls_key_file: Path | None = None
+    # Attested micro-segmentation (docs/continuous-trust.md): a TOML file naming the broker's
+    # mesh identity and the segmentation policy. Set, the broker runs the mesh CA (its key in
+    # DATA/mesh-ca.key) and serves mutual TLS instead of tls_cert_file; unset, nothing changes.
+    mesh_file: Path | None = None
     # SHA-256 fingerprints of sim roots whose evidence may verify (still only under a policy
     # naming "sim"). Empty: sim evidence never verifies here.
     sim_roots: tuple[str, ...] = ()

@@ -1,0 +1,77 @@
+"""Opening a PostgreSQL connection pool (psycopg 3 + psycopg_pool) from a ``postgresql://`` URL."""
+
+from __future__ import annotations
+
+import ipaddress
+from urllib.parse import parse_qs, urlsplit, urlunsplit
+
+from psycopg_pool import ConnectionPool
+
+from medclave.errors import InputError, ServiceError
+
+SCHEMES = ("postgresql", "postgres")
+
+
+def is_postgres_url(store: str) -> bool:
+    """Whether a ``store`` setting names PostgreSQL (else it is a SQLite path)."""
+    return urlsplit(store).scheme in SCHEMES
+
+
+def redacted(url: str) -> str:
+    """``url`` without its password: what logs, errors and ``config show`` may print."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rsplit("@", 1)
+    user = (parts.username or "") + ":***"
+    return urlunsplit(parts._replace(netloc=f"{user}@{netloc[-1]}"))
+
+
+def _hosts(url: str) -> list[str]:
+    """Every host the URL may connect to: the netloc's and any ``host=`` query parameters
+    (libpq accepts both, comma-separated lists included); a ``/path`` host is a Unix socket."""
+    parts = urlsplit(url)
+    hosts: list[str] = []
+    if parts.hostname:
+        hosts.append(parts.hostname)
+    for value in parse_qs(parts.query).get("host", []) + parse_qs(parts.query).get("hostaddr", []):
+        hosts.extend(h for h in value.split(",") if h)
+    return hosts
+
+
+def check_local(url: str) -> None:
+    """Refuse (``config.invalid``) a URL whose hosts are not a Unix socket or loopback.
+
+    With no host at all libpq uses its default Unix socket, which is local too."""
+    for host in _hosts(url):
+        if host.startswith("/") or host == "localhost":
+            continue
+        try:
+            if ipaddress.ip_address(host.strip("[]")).is_loopback:
+                continue
+        except ValueError:
+            pass
+        raise InputError("config.invalid",
+                         f"store {redacted(url)}: host {host!r} is not local; set "
+                         "allow_remote to reach a database on the deployment's network")
+
+
+def open_pool(url: str, *, min_size: int = 1, max_size: int = 8, allow_remote: bool = False,
+              timeout: float = 10.0) -> ConnectionPool:
+    """A started pool for ``url``; ``service.start_failed`` when the database cannot be reached.
+
+    Connections are in autocommit mode: each store opens its own transactions
+    (``with conn.transaction():``), so a statement never sits in an implicit one holding locks."""
+    if not is_postgres_url(url):
+        raise InputError("config.invalid", "store is not a postgresql:// URL")
+    if not allow_remote:
+        check_local(url)
+    pool = ConnectionPool(url, min_size=min_size, max_size=max_size, open=False,
+                          kwargs={"autocommit": True}, timeout=timeout, name="medclave")
+    try:
+        pool.open(wait=True, timeout=timeout)
+    except Exception as exc:
+        pool.close()
+        raise ServiceError("service.start_failed",
+                           f"database {redacted(url)} unreachable: {type(exc).__name__}") from exc
+    return pool
