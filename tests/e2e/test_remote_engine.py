@@ -10,6 +10,8 @@ enclave (it has no GPU evidence) before any prompt leaves the proxy.
 
 from __future__ import annotations
 
+import os
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -21,7 +23,8 @@ import pytest
 from medclave.background import BackgroundServer
 from medclave.client.proxy import create_proxy_app
 from medclave.client.session import EnclaveSession
-from medclave.enclave.model import DEFAULT_MODEL_ID, DEFAULT_MODEL_SHA256
+from medclave.enclave.engines.launch import LaunchedEngine
+from medclave.enclave.model import DEFAULT_MODEL_ID, DEFAULT_MODEL_SHA256, default_model_path
 from medclave.errors import EnclaveError, InputError, ModelError
 from tests.e2e.engine_server import SERVER_BUILD, LlamaServer, free_port
 from tests.e2e.helpers import Enclave, Idp, audit_log, sim_policy, start_enclave, wait_for_entry
@@ -170,3 +173,51 @@ def test_an_engine_serving_another_model_is_refused_at_start(
     with pytest.raises(ModelError) as caught:
         start_enclave(folder / "other", idp, model_id="meditron-7b", **_remote(engine_server.url))
     assert caught.value.code == "model.engine_mismatch"
+
+
+# --- the engine the enclave starts itself (engine_command) -----------------------------------
+
+LLAMA_SERVER = [sys.executable, "-m", "llama_cpp.server", "--model", "{model}", "--model_alias",
+                "{model_id}", "--host", "127.0.0.1", "--port", "{port}", "--n_ctx", "1024",
+                "--n_threads", "2", "--verbose", "False"]
+
+
+def test_the_enclave_starts_the_engine_on_the_descriptor_it_hashed(folder: Path,
+                                                                    idp: Idp) -> None:
+    weights = default_model_path()
+    enclave = start_enclave(folder / "launched", idp, configured_engine="openai-compatible",
+                            engine_command=LLAMA_SERVER, engine_build=SERVER_BUILD,
+                            model_path=weights, model_sha256=DEFAULT_MODEL_SHA256)
+    engine = enclave.booted.service.engine
+    assert isinstance(engine, LaunchedEngine) and engine.pid is not None
+    pid = engine.pid
+    try:
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        given = argv[argv.index(b"--model") + 1].decode()
+        assert given.startswith("/proc/self/fd/")
+        # The child holds the very file the enclave hashed, by descriptor, not by a path
+        # someone could swap afterwards.
+        held = os.readlink(f"/proc/{pid}/fd/{given.rsplit('/', 1)[1]}")
+        assert os.path.samefile(held, weights)
+        server, session = _proxy(enclave)
+        try:
+            assert _ask(_app(server.url, idp.token())).choices[0].message.content
+        finally:
+            server.stop()
+            session.close()
+        assert wait_for_entry(enclave, 0).model_digest == DEFAULT_MODEL_SHA256
+    finally:
+        enclave.stop()
+    assert not Path(f"/proc/{pid}").exists()  # stopped with the enclave
+
+
+def test_an_engine_command_that_fails_stops_the_boot(folder: Path, idp: Idp) -> None:
+    with pytest.raises(EnclaveError) as caught:
+        start_enclave(folder / "failing", idp, configured_engine="openai-compatible",
+                      engine_command=[sys.executable, "-c", "raise SystemExit(3)"],
+                      engine_build=SERVER_BUILD)
+    assert caught.value.code == "enclave.engine_unavailable"
+    with pytest.raises(InputError) as both:
+        start_enclave(folder / "both", idp, configured_engine="openai-compatible",
+                      engine_command=LLAMA_SERVER, engine_url="http://127.0.0.1:8000")
+    assert both.value.code == "config.invalid"

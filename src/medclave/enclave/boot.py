@@ -129,14 +129,19 @@ def check_engine_settings(settings: EnclaveSettings) -> None:
         return
     from medclave.enclave.engines.openai_compat import engine_address
 
+    if settings.engine_command:
+        if settings.engine_url:
+            raise InputError("config.invalid", "give engine_url or engine_command, not both: "
+                             "the engine the enclave starts listens where the enclave says")
+        return
     if not settings.engine_url:
         raise InputError("config.invalid", "engine openai-compatible needs engine_url")
     engine_address(settings.engine_url)
     if settings.sealed_model is not None:
-        # A sealed model is unsealed into this process's memory only; the engine server is
-        # another process and could not load it (docs/engines.md).
-        raise InputError("config.invalid", "a sealed model is for the embedded engine; give "
-                         "the remote engine's weights as model_path with model_sha256")
+        # A sealed model is unsealed into this process's memory only; an engine server started
+        # by someone else could not load it (docs/engines.md). engine_command hands it over.
+        raise InputError("config.invalid", "a sealed model needs the embedded engine or "
+                         "engine_command (the enclave starts the engine on it)")
 
 
 def default_engine(model_path: str, settings: EnclaveSettings) -> Engine:
@@ -144,6 +149,12 @@ def default_engine(model_path: str, settings: EnclaveSettings) -> Engine:
         from medclave.enclave.engines.openai_compat import open_engine
 
         check_engine_settings(settings)
+        if settings.engine_command:
+            from medclave.enclave.engines.launch import LaunchedEngine
+
+            return LaunchedEngine(settings.engine_command, model_path=model_path,
+                                  model=settings.model_id, build_id=settings.engine_build,
+                                  start_seconds=settings.engine_start_seconds)
         assert settings.engine_url is not None
         return open_engine(settings.engine_url, model=settings.model_id,
                            build_id=settings.engine_build, model_path=model_path)
@@ -388,9 +399,15 @@ def _open_model(settings: EnclaveSettings, attester: Attester, base_runtime: dic
     if settings.model_path is not None:
         log.warning("model loaded from a plain file (%s): not sealed, the operator can read it",
                     settings.model_path.name)
-        digest = (verify_model_file(settings.model_path, settings.model_sha256)
-                  if settings.model_sha256 else model_digest(settings.model_path))
-        return str(settings.model_path), digest
+        weights = settings.model_path
+        if settings.engine_command and weights.is_file():
+            # The engine the enclave starts gets this descriptor: it loads the inode hashed here.
+            plain_fd = os.open(weights, os.O_RDONLY | os.O_CLOEXEC)
+            closers.append(_once(lambda: os.close(plain_fd)))
+            weights = Path(f"/proc/self/fd/{plain_fd}")
+        digest = (verify_model_file(weights, settings.model_sha256)
+                  if settings.model_sha256 else model_digest(weights))
+        return str(weights), digest
     return str(default_model_path()), DEFAULT_MODEL_SHA256
 
 
