@@ -10,6 +10,7 @@ import asyncio
 import hashlib
 import ipaddress
 import json
+import sys
 import threading
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -31,6 +32,7 @@ from medclave.enclave.engines.base import (
     SamplingParams,
     generation_scope,
 )
+from medclave.enclave.engines.launch import LaunchedEngine, _argv, model_handle
 from medclave.enclave.engines.openai_compat import (
     OpenAICompatEngine,
     _completion,
@@ -345,3 +347,28 @@ def test_an_event_past_the_bound_is_refused() -> None:
     with pytest.raises(EnclaveError) as caught:
         list(_sse_events(_lines(1024 * 1024)))
     assert caught.value.code == "enclave.engine_failed"
+
+
+# --- the engine the enclave starts (engine_command; served end to end in tests/e2e) ------------
+
+
+def test_the_weights_travel_by_descriptor_when_there_is_one() -> None:
+    assert model_handle("/proc/self/fd/7") == ("/proc/self/fd/7", 7)
+    assert model_handle("/models/meditron-7b") == ("/models/meditron-7b", None)
+    assert _argv(["serve", "--model={model}", "{port}", "{model_id}", "{other}"],
+                 model="/proc/self/fd/7", port=8123, model_id="m") == [
+        "serve", "--model=/proc/self/fd/7", "8123", "m", "{other}"]
+
+
+def test_the_engine_child_gets_no_medclave_settings(tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MEDCLAVE_ENCLAVE_KBS_URL", "https://kbs.example")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    seen = tmp_path / "env.json"
+    dump = f"import json, os; open({str(seen)!r}, 'w').write(json.dumps(dict(os.environ)))"
+    with pytest.raises(EnclaveError) as caught:
+        LaunchedEngine([sys.executable, "-c", dump], model_path="/models/m", model="m",
+                       build_id="vllm/1", start_seconds=30)
+    assert caught.value.code == "enclave.engine_unavailable"  # it exited without serving
+    env = json.loads(seen.read_text())
+    assert not any(k.startswith("MEDCLAVE_") for k in env) and env["HF_HUB_OFFLINE"] == "1"
