@@ -102,7 +102,7 @@ def start_vllm(model: Path, tokenizer: str | None, log: Path) -> tuple[subproces
     port = _free_port()
     args = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model),
             "--served-model-name", SERVED_NAME, "--host", "127.0.0.1", "--port", str(port),
-            "--seed", "0", "--disable-log-requests"]
+            "--seed", "0"]
     if tokenizer:
         args += ["--tokenizer", tokenizer]
     args += os.environ.get("MEDCLAVE_BENCH_VLLM_ARGS", "").split()
@@ -114,7 +114,8 @@ def start_vllm(model: Path, tokenizer: str | None, log: Path) -> tuple[subproces
     with httpx.Client(trust_env=False, timeout=5.0) as http:
         while time.monotonic() < deadline:
             if process.poll() is not None:
-                raise RuntimeError(f"vLLM exited ({process.returncode}); see {log}")
+                tail = log.read_text(errors="replace")[-4000:]
+                raise RuntimeError(f"vLLM exited ({process.returncode}):\n{tail}")
             try:
                 if http.get(f"{url}/v1/models").status_code == 200:
                     return process, url
@@ -122,7 +123,8 @@ def start_vllm(model: Path, tokenizer: str | None, log: Path) -> tuple[subproces
                 pass
             time.sleep(1.0)
     process.kill()
-    raise RuntimeError(f"vLLM did not start in {START_TIMEOUT:.0f} s; see {log}")
+    tail = log.read_text(errors="replace")[-4000:]
+    raise RuntimeError(f"vLLM did not start in {START_TIMEOUT:.0f} s:\n{tail}")
 
 
 def _stop(process: subprocess.Popen[bytes]) -> None:
