@@ -246,6 +246,10 @@ CATALOGUE: dict[str, ErrorSpec] = {
         403, "The segmentation policy does not allow this workload to reach this service."
     ),
     "mesh.peer_revoked": ErrorSpec(403, "The peer workload's identity is revoked."),
+    "mesh.peer_unexpected": ErrorSpec(
+        502, "The peer is not the workload this connection was for (a balancer routed it "
+        "elsewhere); nothing was sent."
+    ),
     "mesh.handshake_failed": ErrorSpec(
         502, "The mutual TLS handshake with the peer service failed."
     ),

@@ -35,8 +35,9 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import ssl
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import timedelta
 from functools import lru_cache
 from pathlib import Path
@@ -64,6 +65,7 @@ from medclave.client.scribe_page import mount_scribe_page
 from medclave.client.session import Abort, EnclaveSession, InnerResponse, StreamedResponse, summary
 from medclave.crypto.canonical import load_json
 from medclave.errors import ClientError, InputError, MedclaveError
+from medclave.mesh.tls import MeshTls
 from medclave.mesh.workload import WorkloadConfig, WorkloadMesh
 from medclave.ops import lifecycle
 from medclave.ops.health import Health
@@ -231,13 +233,21 @@ def session_for(settings: ProxySettings, mesh: WorkloadMesh | None = None) -> En
                           retry_failed_after=timedelta(seconds=settings.reattest_retry_seconds),
                           down_after_failure=timedelta(seconds=settings.replica_down_seconds),
                           timeout=settings.timeout_seconds, collateral=collateral,
-                          tls=None if mesh is None else mesh.tls.client_context("enclave"))
+                          tls_for=None if mesh is None else replica_tls(mesh.tls))
     return EnclaveSession(settings.upstream, load_policy(settings.policy_file),
                           sim_roots=frozenset(settings.sim_roots),
                           reattest_after=timedelta(seconds=settings.reattest_seconds),
                           retry_failed_after=timedelta(seconds=settings.reattest_retry_seconds),
                           timeout=settings.timeout_seconds, collateral=collateral,
                           tls=None if mesh is None else mesh.tls.client_context("enclave"))
+
+
+def replica_tls(tls: MeshTls) -> Callable[[str], ssl.SSLContext]:
+    """Each replica's mutual TLS in a mesh: the server name a TLS-passthrough balancer routes
+    on (``ops/balancer.py``), and the one identity it may present,
+    ``medclave://TENANT/enclave/NAME`` (docs/scaling-out.md)."""
+    return lambda name: tls.client_context("enclave", server_name=proto.replica_server_name(name),
+                                           expect_name=name)
 
 
 def watch_for(settings: ProxySettings, session: Enclaves) -> TrustWatch:
