@@ -10,7 +10,9 @@ segmentation policy, the deny list and its current certificate. From them it mak
 * **client** contexts for httpx (:meth:`MeshTls.client_context`): the server's chain verified
   against the mesh CA, its identity checked right after the handshake and before a byte of the
   request is sent (so a request never reaches a peer the policy does not allow); hostnames are
-  not checked, the identity URI is.
+  not checked, the identity URI is. For an enclave replica behind a TLS-passthrough balancer
+  the context also sends the replica's server name (the balancer routes on it) and accepts only
+  that replica's identity (``mesh.peer_unexpected``, docs/scaling-out.md).
 
 Rotation (:meth:`MeshTls.install`) builds fresh contexts and swaps them in: new handshakes use
 the new certificate, connections already open finish on the old one, so nothing is dropped. The
