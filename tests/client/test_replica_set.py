@@ -129,9 +129,9 @@ def _hello(port: int, server_name: str) -> None:
     """A TLS ClientHello naming ``server_name``; the handshake cannot finish (the stand-in
     server below speaks no TLS)."""
     context = ssl.create_default_context()
-    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
-        with pytest.raises((ssl.SSLError, OSError)):
-            context.wrap_socket(sock, server_hostname=server_name)
+    with (socket.create_connection(("127.0.0.1", port), timeout=5) as sock,
+          pytest.raises((ssl.SSLError, OSError))):
+        context.wrap_socket(sock, server_hostname=server_name)
 
 
 def test_the_passthrough_balancer_forwards_only_a_known_server_name(
