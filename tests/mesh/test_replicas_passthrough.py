@@ -24,15 +24,22 @@ import pytest
 from fastapi import Request, Response
 
 from medclave.background import BackgroundServer
-from medclave.client.proxy import create_proxy_app, replica_tls
+from medclave.client.proxy import (
+    ProxySettings,
+    create_proxy_app,
+    mesh_for,
+    replica_tls,
+    session_for,
+)
 from medclave.client.replicas import ReplicaSet
 from medclave.enclave.app import create_app
 from medclave.enclave.boot import Booted, boot
-from medclave.enclave.model import DEFAULT_MODEL_ID
+from medclave.enclave.model import DEFAULT_MODEL_ID, DEFAULT_MODEL_SHA256
 from medclave.enclave.server import MESH_OPEN_PATHS
 from medclave.enclave.settings import EnclaveSettings
 from medclave.errors import MeshError
 from medclave.mesh.tls import MeshTls
+from medclave.mesh.workload import WorkloadMesh
 from medclave.serving import MeshServing
 from tests.e2e.helpers import FAKE_ANSWER, FakeEngine, sim_policy, write_commitment_key
 from tests.e2e.replica_helpers import Cable, HAProxy
@@ -104,12 +111,27 @@ def proxy_tls(mesh: Mesh) -> MeshTls:
 
 
 class Proxy:
-    def __init__(self, balancer: HAProxy, names: list[str], mesh: Mesh, tls: MeshTls) -> None:
-        self.set = ReplicaSet(f"https://127.0.0.1:{balancer.port}", names,
-                              sim_policy(measurement=MEASUREMENTS["enclave"].hex()),
-                              sim_roots=frozenset({mesh.authority.root_fingerprint}),
-                              down_after_failure=timedelta(seconds=30), timeout=30,
-                              tls_for=replica_tls(tls))
+    """The proxy as ``medclave proxy --replica r1 --replica r2`` with a mesh file builds it
+    (``ProxySettings``, ``mesh_for``, ``session_for``), or around a given workload's TLS."""
+
+    def __init__(self, balancer: HAProxy, names: list[str], mesh: Mesh, tls: MeshTls | None,
+                 folder: Path | None = None) -> None:
+        upstream = f"https://127.0.0.1:{balancer.port}"
+        self.mesh: WorkloadMesh | None = None
+        if tls is None:
+            assert folder is not None
+            settings = _proxy_settings(folder, mesh, upstream, names)
+            self.mesh = mesh_for(settings)
+            assert self.mesh is not None
+            built = session_for(settings, self.mesh)
+            assert isinstance(built, ReplicaSet)
+            self.set = built
+        else:
+            self.set = ReplicaSet(upstream, names,
+                                  sim_policy(measurement=MEASUREMENTS["enclave"].hex()),
+                                  sim_roots=frozenset({mesh.authority.root_fingerprint}),
+                                  down_after_failure=timedelta(seconds=30), timeout=30,
+                                  tls_for=replica_tls(tls))
         self.server = BackgroundServer(create_proxy_app(self.set), name="test-proxy").start()
         self.client = openai.OpenAI(base_url=f"{self.server.url}/v1", api_key="unused",
                                     max_retries=0, timeout=30)
@@ -123,6 +145,28 @@ class Proxy:
     def close(self) -> None:
         self.server.stop()
         self.set.close()
+        if self.mesh is not None:
+            self.mesh.close()
+
+
+def _proxy_settings(folder: Path, mesh: Mesh, upstream: str, names: list[str]) -> ProxySettings:
+    """The proxy's own files: its appraisal policy and its mesh file (sim evidence from the
+    ``authority`` fixture's folder, its certificate from the broker at start)."""
+    policy = folder / "policy.toml"
+    policy.write_text(
+        'name = "test-hospital"\nplatforms = ["sim"]\n'
+        f'model_digests = ["{DEFAULT_MODEL_SHA256}"]\n'
+        "[platform.sim.reference_values]\n"
+        f'measurement = ["{MEASUREMENTS["enclave"].hex()}"]\n')
+    mesh_file = folder / "proxy-mesh.toml"
+    mesh_file.write_text(f'identity = "medclave://{TENANT}/proxy/proxy-1"\n'
+                         'policy = "segmentation.toml"\nca_file = "mesh-ca.pem"\n'
+                         f'ca_url = "{mesh.url}"\nplatform = "sim"\nsim_dir = "enclave"\n'
+                         f'sim_measurement = "{MEASUREMENTS["proxy"].hex()}"\n')
+    return ProxySettings(  # type: ignore[call-arg]
+        upstream=upstream, policy_file=policy, replicas=tuple(names), mesh_file=mesh_file,
+        sim_roots=(mesh.authority.root_fingerprint,), timeout_seconds=30,
+        replica_down_seconds=30, data_dir=folder / "proxy")
 
 
 def _posts(replica: MeshReplica) -> int:
@@ -130,10 +174,10 @@ def _posts(replica: MeshReplica) -> int:
 
 
 def test_two_mesh_replicas_serve_the_openai_client_through_tcp_haproxy(
-        tmp_path: Path, mesh: Mesh, replicas: dict[str, MeshReplica], proxy_tls: MeshTls) -> None:
+        tmp_path: Path, mesh: Mesh, replicas: dict[str, MeshReplica]) -> None:
     lb = HAProxy(tmp_path / "haproxy", {n: r.server.port for n, r in replicas.items()},
                  tls_passthrough=True)
-    proxy = Proxy(lb, ["r1", "r2"], mesh, proxy_tls)
+    proxy = Proxy(lb, ["r1", "r2"], mesh, None, tmp_path)  # as `medclave proxy` builds it
     try:
         served = [proxy.ask(f"question {i}") for i in range(6)]
         with proxy.client.chat.completions.with_streaming_response.create(
