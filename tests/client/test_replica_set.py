@@ -4,7 +4,11 @@ HAProxy), and what the proxy concludes when replicas cannot be reached (docs/sca
 from __future__ import annotations
 
 import os
+import socket
+import ssl
 import subprocess
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -68,11 +72,13 @@ def test_replicas_from_the_config_file_and_the_environment(
 # --- the balancer's configuration ----------------------------------------------------------
 
 
-def test_haproxy_accepts_the_rendered_configuration(tmp_path: Path,
-                                                    haproxy_installed: str) -> None:
+@pytest.mark.parametrize("tls_passthrough", [False, True])
+def test_haproxy_accepts_the_rendered_configuration(tmp_path: Path, haproxy_installed: str,
+                                                    tls_passthrough: bool) -> None:
     path = tmp_path / "haproxy.cfg"
     path.write_text(haproxy_config(("127.0.0.1", 8443), {"r1": ("10.0.0.1", 8443),
-                                                         "r2": ("10.0.0.2", 8443)}))
+                                                         "r2": ("10.0.0.2", 8443)},
+                                   tls_passthrough=tls_passthrough))
     checked = subprocess.run([haproxy_installed, "-c", "-f", str(path)], capture_output=True,
                              text=True, timeout=30)
     assert checked.returncode == 0, checked.stdout + checked.stderr
@@ -85,10 +91,12 @@ def test_haproxy_accepts_the_rendered_configuration(tmp_path: Path,
     (("127.0.0.1 ssl", 80), {"r1": ("127.0.0.1", 1)}),
     (("127.0.0.1", 80), {"r1": ("127.0.0.1", 0)}),
 ])
+@pytest.mark.parametrize("tls_passthrough", [False, True])
 def test_a_bad_balancer_configuration_is_refused(listen: tuple[str, int],
-                                                 replicas: dict[str, tuple[str, int]]) -> None:
+                                                 replicas: dict[str, tuple[str, int]],
+                                                 tls_passthrough: bool) -> None:
     with pytest.raises(InputError) as refused:
-        haproxy_config(listen, replicas)
+        haproxy_config(listen, replicas, tls_passthrough=tls_passthrough)
     assert refused.value.code == "config.invalid"
 
 
@@ -102,6 +110,71 @@ def test_the_cli_prints_the_configuration() -> None:
     bad = runner.invoke(proxy_cli, ["balancer-config", "--listen", "127.0.0.1:8443",
                                     "--replica", "R1=10.0.0.1:8443"])
     assert bad.exit_code == 2 and "config.invalid" in bad.output
+
+
+def test_the_cli_prints_the_tls_passthrough_configuration() -> None:
+    done = runner.invoke(proxy_cli, ["balancer-config", "--listen", "127.0.0.1:8443",
+                                     "--replica", "r1=10.0.0.1:8443",
+                                     "--replica", "r2=10.0.0.2:8443", "--tls-passthrough"])
+    assert done.exit_code == 0, done.output
+    assert "    mode tcp" in done.output and "mode http" not in done.output
+    assert "tcp-request content reject unless { req.ssl_hello_type 1 }" in done.output
+    assert ("use_backend replica-r2 if { req.ssl_sni -i r2.replica.medclave.invalid }"
+            in done.output)
+    assert "server r1 10.0.0.1:8443" in done.output
+    assert "medclave-replica" not in done.output  # it cannot read the header
+
+
+def _hello(port: int, server_name: str) -> None:
+    """A TLS ClientHello naming ``server_name``; the handshake cannot finish (the stand-in
+    server below speaks no TLS)."""
+    context = ssl.create_default_context()
+    with (socket.create_connection(("127.0.0.1", port), timeout=5) as sock,
+          pytest.raises((ssl.SSLError, OSError))):
+        context.wrap_socket(sock, server_hostname=server_name)
+
+
+def test_the_passthrough_balancer_forwards_only_a_known_server_name(
+        tmp_path: Path, haproxy_installed: str) -> None:
+    """A stand-in replica records what reaches it: the hello naming r1 is forwarded as is (TLS
+    not terminated: its first byte is the handshake record type, 0x16); a hello naming
+    another replica or no TLS at all reaches nothing (the health checks' bare connections
+    carry no byte)."""
+    received: list[bytes] = []
+    listener = socket.create_server(("127.0.0.1", 0))
+
+    def accept() -> None:
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            with conn:
+                conn.settimeout(2)
+                try:
+                    data = conn.recv(5)
+                except OSError:
+                    data = b""
+                if data:
+                    received.append(data)
+
+    threading.Thread(target=accept, daemon=True).start()
+    lb = HAProxy(tmp_path / "haproxy", {"r1": listener.getsockname()[1]}, tls_passthrough=True)
+    try:
+        _hello(lb.port, "r9.replica.medclave.invalid")
+        _hello(lb.port, "r1.example")
+        with socket.create_connection(("127.0.0.1", lb.port), timeout=5) as plain:
+            plain.sendall(b"GET / HTTP/1.1\r\nhost: x\r\nmedclave-replica: r1\r\n\r\n")
+            assert plain.recv(100) == b""  # closed, nothing forwarded
+        assert received == []
+        _hello(lb.port, "r1.replica.medclave.invalid")
+        deadline = time.monotonic() + 5
+        while not received and time.monotonic() < deadline:
+            time.sleep(0.02)
+    finally:
+        lb.stop()
+        listener.close()
+    assert len(received) == 1 and received[0][0] == 0x16  # a TLS handshake record, as sent
 
 
 @pytest.fixture

@@ -155,9 +155,13 @@ def start_replicas(folder: Path, idp: Idp | None, names: list[str], *,
 
 class HAProxy:
     """HAProxy from Debian in front of the replicas, with the configuration Medclave renders
-    (ops/balancer.py); its request log (``backend server status method path``) is kept."""
+    (ops/balancer.py); its request log (``backend server status method path``) is kept.
+    ``tls_passthrough``: the mesh's ``mode tcp`` configuration, routing on the TLS server name
+    (its log: one line per connection, ``backend server termination-state bytes-up
+    bytes-down``)."""
 
-    def __init__(self, folder: Path, replicas: dict[str, int]) -> None:
+    def __init__(self, folder: Path, replicas: dict[str, int], *,
+                 tls_passthrough: bool = False) -> None:
         binary = haproxy_binary()
         if binary is None:
             raise RuntimeError("haproxy is not installed (apt-get install haproxy)")
@@ -166,7 +170,7 @@ class HAProxy:
         self.config = folder / "haproxy.cfg"
         self.config.write_text(haproxy_config(
             ("127.0.0.1", self.port), {n: ("127.0.0.1", p) for n, p in replicas.items()},
-            check_interval_ms=500))
+            check_interval_ms=500, tls_passthrough=tls_passthrough))
         self.log = folder / "haproxy.log"
         with self.log.open("ab") as out:
             self.proc = subprocess.Popen([binary, "-db", "-f", str(self.config)],
@@ -188,6 +192,16 @@ class HAProxy:
             parts = line.split()
             if len(parts) == 5 and parts[3] in ("GET", "POST") and parts[2].isdigit():
                 out.append((parts[0], parts[1], parts[2], parts[3], parts[4]))
+        return out
+
+    def connections(self) -> list[tuple[str, str, str]]:
+        """(backend, server, termination state) of every connection logged so far
+        (``tls_passthrough``)."""
+        out = []
+        for line in self.log.read_text(errors="replace").splitlines():
+            parts = line.split()
+            if len(parts) == 5 and parts[3].isdigit() and parts[4].isdigit():
+                out.append((parts[0], parts[1], parts[2]))
         return out
 
     def posts_to(self, name: str) -> int:

@@ -12,7 +12,8 @@ whose token verifies and whose caller Cedar lets ``infer`` (coarse; the enclave 
 
 ``--replica NAME`` (repeat): ``--upstream`` is a load balancer in front of enclave replicas, each
 attested on its own (docs/scaling-out.md); ``medclave proxy balancer-config --listen HOST:PORT
---replica NAME=HOST:PORT ...`` prints an HAProxy configuration for them.
+--replica NAME=HOST:PORT ...`` prints an HAProxy configuration for them (``--tls-passthrough``: a
+``mode tcp`` one routing on the TLS server name, for a proxy in the mesh).
 
 ``medclave proxy keys add --sub SUB --roles ROLE[,ROLE] [--tenant T]`` prints a new API key once
 (only its hash is stored); ``keys list`` and ``keys revoke ID`` manage them.
@@ -170,9 +171,13 @@ def balancer_config(
     listen: Annotated[str, typer.Option("--listen", help="the balancer's HOST:PORT")],
     replica: Annotated[list[str], typer.Option(
         "--replica", help="NAME=HOST:PORT of an enclave replica (repeat)")],
+    tls_passthrough: Annotated[bool, typer.Option(
+        "--tls-passthrough", help="route on the TLS server name (mode tcp), never terminating "
+        "TLS: for a proxy with a mesh file (attested micro-segmentation)")] = False,
 ) -> None:
     """Print an HAProxy configuration for enclave replicas: the proxy routes each replica's
-    attestation and requests with the medclave-replica header (docs/scaling-out.md)."""
+    attestation and requests with the medclave-replica header, or with ``--tls-passthrough``
+    with the TLS server name NAME.replica.medclave.invalid (docs/scaling-out.md)."""
     from medclave.ops.balancer import haproxy_config
 
     replicas: dict[str, tuple[str, int]] = {}
@@ -182,7 +187,8 @@ def balancer_config(
             raise typer.BadParameter(f"{item!r}: expected NAME=HOST:PORT")
         replicas[name] = _host_port(address)
     with refusals():
-        typer.echo(haproxy_config(_host_port(listen), replicas), nl=False)
+        typer.echo(haproxy_config(_host_port(listen), replicas,
+                                  tls_passthrough=tls_passthrough), nl=False)
 
 
 @keys_app.command("add")

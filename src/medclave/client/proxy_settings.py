@@ -8,6 +8,8 @@ same way.
 
 from __future__ import annotations
 
+import ssl
+from collections.abc import Callable
 from datetime import timedelta
 from functools import lru_cache
 from pathlib import Path
@@ -26,9 +28,11 @@ from medclave.client.credentials import Credentials, IdpClientConfig
 from medclave.client.replicas import Enclaves, ReplicaSet, replica_names
 from medclave.client.session import EnclaveSession
 from medclave.errors import InputError
+from medclave.mesh.tls import MeshTls
 from medclave.mesh.workload import WorkloadConfig, WorkloadMesh
 from medclave.ops.settings import OpsSettings
 from medclave.postgres.pool import store_setting
+from medclave.protocol import inference as proto
 from medclave.serving import ServingSettings
 from medclave.util.clock import system_clock
 
@@ -168,13 +172,21 @@ def session_for(settings: ProxySettings, mesh: WorkloadMesh | None = None) -> En
                           retry_failed_after=timedelta(seconds=settings.reattest_retry_seconds),
                           down_after_failure=timedelta(seconds=settings.replica_down_seconds),
                           timeout=settings.timeout_seconds, collateral=collateral,
-                          tls=None if mesh is None else mesh.tls.client_context("enclave"))
+                          tls_for=None if mesh is None else replica_tls(mesh.tls))
     return EnclaveSession(settings.upstream, load_policy(settings.policy_file),
                           sim_roots=frozenset(settings.sim_roots),
                           reattest_after=timedelta(seconds=settings.reattest_seconds),
                           retry_failed_after=timedelta(seconds=settings.reattest_retry_seconds),
                           timeout=settings.timeout_seconds, collateral=collateral,
                           tls=None if mesh is None else mesh.tls.client_context("enclave"))
+
+
+def replica_tls(tls: MeshTls) -> Callable[[str], ssl.SSLContext]:
+    """Each replica's mutual TLS in a mesh: the server name a TLS-passthrough balancer routes
+    on (``ops/balancer.py``), and the one identity it may present,
+    ``medclave://TENANT/enclave/NAME`` (docs/scaling-out.md)."""
+    return lambda name: tls.client_context("enclave", server_name=proto.replica_server_name(name),
+                                           expect_name=name)
 
 
 def watch_for(settings: ProxySettings, session: Enclaves) -> TrustWatch:

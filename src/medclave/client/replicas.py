@@ -28,6 +28,13 @@ before the request was encapsulated. Any failure after a byte of the request lef
 read timeout mid-request, the balancer's 502 or 504) is ``client.upstream_lost`` and is not
 retried: the request may have reached the engine and produced an answer and an audit entry.
 Each request tries each replica at most once; when none is left, ``client.no_replica``.
+
+In a mesh (``tls_for``: each replica its own mutual TLS context), the balancer passes TLS
+through and routes on the server name (``ops/balancer.py``), so it cannot say "not forwarded":
+a request was certainly never sent when the TLS handshake with the replica did not complete
+(the balancer reached no server and closed the connection: ``mesh.handshake_failed``, or a
+reset: ``ConnectError``) or the replica's identity was refused (``mesh.*``: a misrouting
+balancer is ``mesh.peer_unexpected``). The request goes after the handshake only.
 """
 
 from __future__ import annotations
@@ -133,7 +140,10 @@ class ReplicaSet:
                  down_after_failure: timedelta = timedelta(seconds=5),
                  timeout: float = 300.0, collateral: Collateral | None = None,
                  require_receipts: bool = True, clock: Clock = system_clock,
-                 tls: ssl.SSLContext | None = None) -> None:
+                 tls: ssl.SSLContext | None = None,
+                 tls_for: Callable[[str], ssl.SSLContext] | None = None) -> None:
+        """``tls``: one TLS context for every replica; ``tls_for``: each replica's own (the
+        mesh: its server name for the balancer and the one identity it may present)."""
         self._clock = clock
         self._retry_failed_after = retry_failed_after
         self._down_after_failure = down_after_failure
@@ -145,7 +155,8 @@ class ReplicaSet:
                 url, policy, sim_roots=sim_roots, trusted_roots=trusted_roots,
                 reattest_after=reattest_after, retry_failed_after=retry_failed_after,
                 timeout=timeout, collateral=collateral, require_receipts=require_receipts,
-                clock=clock, tls=tls, outer_headers={proto.REPLICA_HEADER: name}))
+                clock=clock, tls=tls_for(name) if tls_for is not None else tls,
+                outer_headers={proto.REPLICA_HEADER: name}))
             for name in names]
         if not self._replicas:
             raise ClientError("client.no_replica", "no replica named")
@@ -361,7 +372,7 @@ class ReplicaSet:
                 except MedclaveError as exc:
                     if exc.context.get("sent") is False:
                         self._down(replica, exc)  # certainly not sent: the next replica
-                        skipped.append(f"{replica.name}: not reached")
+                        skipped.append(f"{replica.name}: not reached ({exc.code})")
                         continue
                     if _lost(exc):
                         self._down(replica, exc)

@@ -54,6 +54,7 @@ __all__ = [
     "RECORDS_PATH",
     "REPLICA_HEADER",
     "REPLICA_NAME_PATTERN",
+    "REPLICA_SNI_SUFFIX",
     "REQUEST_ID_HEADER",
     "RESPONSES_PATH",
     "SCRIBE_PATH",
@@ -124,6 +125,11 @@ REQUEST_ID_HEADER: Final = "x-request-id"
 REPLICA_HEADER: Final = "medclave-replica"
 NOT_FORWARDED_HEADER: Final = "medclave-not-forwarded"
 REPLICA_NAME_PATTERN: Final = r"^[a-z0-9][a-z0-9-]{0,31}$"
+# With attested micro-segmentation the proxy's TLS runs to the replica itself, so the balancer
+# cannot read the header: it routes on the TLS ClientHello's server name instead (RFC 6066 §3,
+# in the clear), NAME + this suffix. ``.invalid`` (RFC 6761 §6.4) never resolves, so the name
+# only ever means "replica NAME" and collides with no real host.
+REPLICA_SNI_SUFFIX: Final = ".replica.medclave.invalid"
 
 MAX_NONCE_BYTES: Final = 64
 MIN_NONCE_BYTES: Final = 16
@@ -202,6 +208,12 @@ class EnclaveRuntime(BaseModel):
         if len(raw) != 32:
             raise AttestationError("attestation.malformed", "audit key is not an Ed25519 key")
         return raw
+
+
+def replica_server_name(name: str) -> str:
+    """The TLS server name (SNI) that routes to replica ``name`` through a TLS-passthrough
+    balancer (``REPLICA_SNI_SUFFIX``)."""
+    return name + REPLICA_SNI_SUFFIX
 
 
 def parse_nonce(text: str) -> bytes:
