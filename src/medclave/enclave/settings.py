@@ -11,11 +11,12 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_serializer, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from medclave.enclave.model import DEFAULT_MODEL_ID
 from medclave.ops.settings import OpsSettings
+from medclave.postgres import is_postgres_url, redacted
 from medclave.serving import ServingSettings
 
 
@@ -29,6 +30,15 @@ class EnclaveSettings(BaseSettings, ServingSettings, OpsSettings):
     host: str = "127.0.0.1"
     port: int = Field(default=8443, ge=0, le=65535)
     data_dir: Path = Path("medclave-enclave")
+
+    # --- stores (docs/scaling-out.md) -----------------------------------------------------
+    # Where the audit log, the sealed conversations and the records rest: "sqlite" (files under
+    # data_dir: audit/, sealed/, records/; one machine, the default), "memory" (all of them,
+    # lost on exit: development and tests), or a postgresql:// URL (one database, shared by
+    # every replica; local socket or loopback unless store_allow_remote). A store whose own
+    # setting (audit_store, sealing_store, records_store) is "memory" stays in memory.
+    store: str = Field(default="sqlite", max_length=2048)
+    store_allow_remote: bool = False
 
     # --- attestation ----------------------------------------------------------------------
     # auto: the TEE this machine has (configfs-tsm, /dev/sev-guest); sim: the software stand-in
@@ -167,6 +177,22 @@ class EnclaveSettings(BaseSettings, ServingSettings, OpsSettings):
     responses_ttl_seconds: int = Field(default=3600, ge=1, le=7 * 86400)
     responses_per_user: int = Field(default=64, ge=0, le=4096)
     responses_max_bytes: int = Field(default=64 * 1024 * 1024, ge=0, le=2**34)
+
+    @field_validator("store")
+    @classmethod
+    def _store_kind(cls, value: str) -> str:
+        if value in ("sqlite", "memory") or is_postgres_url(value):
+            return value
+        raise ValueError('store is "sqlite", "memory" or a postgresql:// URL')
+
+    @field_serializer("store")
+    def _store_shown(self, value: str) -> str:
+        return redacted(value)  # config show: never the database password
+
+    def backend(self, own: Literal["sqlite", "memory"]) -> str:
+        """Where one store rests, from ``store`` and that store's own setting ``own``:
+        "memory", "sqlite" or the PostgreSQL URL."""
+        return "memory" if own == "memory" else self.store
 
 
 @lru_cache(maxsize=1)
