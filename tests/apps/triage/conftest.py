@@ -18,11 +18,13 @@ from medclave.enclave.app import create_app
 from medclave.enclave.boot import boot
 from medclave.enclave.settings import EnclaveSettings
 from tests.e2e.helpers import (
+    E2E_STORE,
     ISSUER,
     MEASUREMENT,
     TENANT,
     Enclave,
     Idp,
+    enclave_database,
     make_idp,
     sim_policy,
     write_commitment_key,
@@ -39,6 +41,8 @@ def write_root(path: Path) -> Path:
 
 
 def start_triage(folder: Path, idp: Idp, engine: Any, **overrides: Any) -> Enclave:
+    if E2E_STORE == "postgresql":  # the sealed conversations and the log on PostgreSQL
+        overrides = {"store": enclave_database(folder), **overrides}
     settings = EnclaveSettings(**{
         "data_dir": folder, "platform": "sim", "sim_measurement": MEASUREMENT,
         "audit_store": "sqlite", "commitment_key_file": write_commitment_key(folder / "t.key"),
