@@ -108,8 +108,11 @@ class PostgresLogStore:
             with self._pool.connection() as conn:
                 if readonly:
                     migrations.check_version(conn, store=STORE, migrations=MIGRATIONS)
-                    if migrations.current_version(conn, STORE) == 0:
-                        raise AuditError("audit.entry_missing", "no audit log in this database")
+                    if migrations.current_version(conn, STORE) == 0 or conn.execute(
+                            "SELECT 1 FROM audit_meta WHERE log = %s LIMIT 1",
+                            (log,)).fetchone() is None:
+                        raise AuditError("audit.entry_missing", f"no audit log {log!r} in this "
+                                         "database")
                 else:
                     migrations.migrate(conn, store=STORE, migrations=MIGRATIONS)
         except BaseException:

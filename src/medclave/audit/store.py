@@ -16,6 +16,7 @@ version is refused, read-only opening included, before anything is written.
 
 from __future__ import annotations
 
+import hashlib
 import sqlite3
 import threading
 from collections.abc import Iterator, Sequence
@@ -36,6 +37,13 @@ MAX_LOG_SIZE = 1 << _INDEX_BITS
 
 def node_id(level: int, index: int) -> int:
     return (level << _INDEX_BITS) | index
+
+
+def log_name(origin: str, vkey: str) -> str:
+    """The name the enclave gives the log of ``origin`` under the key ``vkey`` (its SQLite
+    file, its rows in PostgreSQL): one log per (origin, key), found again from the key alone
+    (a verifier key names its origin)."""
+    return hashlib.sha256(f"{origin}\n{vkey}".encode()).hexdigest()[:16]
 
 
 @dataclass(frozen=True)

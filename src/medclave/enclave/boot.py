@@ -10,7 +10,6 @@ memory file (``memfd``), never to disk.
 from __future__ import annotations
 
 import base64
-import hashlib
 import logging
 import os
 import secrets
@@ -25,7 +24,7 @@ from typing import Any
 from medclave.attestation import evidence_digest
 from medclave.audit import AuditLog, MemoryLogStore, NoteSigner
 from medclave.audit.pgstore import PostgresLogStore
-from medclave.audit.store import LogStore, SqliteLogStore
+from medclave.audit.store import LogStore, SqliteLogStore, log_name
 from medclave.auth.authn import Authenticator
 from medclave.auth.authorizer import Authorizer
 from medclave.auth.jwks import HttpJwks, JwksProvider, StaticJwks
@@ -572,7 +571,7 @@ def _open_audit(settings: EnclaveSettings, origin: str, signer: NoteSigner) -> A
     # (checked against its own latest checkpoint first); a key made at boot starts a new one.
     # On PostgreSQL, replicas holding the same released key and origin share the one log and
     # append in one sequence (audit/log.py; docs/scaling-out.md).
-    name = hashlib.sha256(f"{origin}\n{signer.verifier.vkey()}".encode()).hexdigest()[:16]
+    name = log_name(origin, signer.verifier.vkey())
     store: LogStore
     if backend == "sqlite":
         folder = Path(settings.data_dir) / "audit"
