@@ -330,3 +330,26 @@ def test_postgres_turns_are_never_rewritten(pg_url: str) -> None:
         conn.execute("UPDATE sealed_turns SET record = record WHERE conversation = %s", (conv,))
     assert len(store.turns(TENANT, conv)) == 2
     store.close()
+
+
+def test_two_replicas_appending_one_turn_index_leave_one(pg_url: str) -> None:
+    """Replicas a and b append turn 2 of one conversation at once: a's commit wins, b's turn and
+    head are both refused (the head row's lock, then the primary key), and the conversation
+    still opens whole."""
+    clock = Clock()
+    a_store, b_store = PostgresSealedStore(pg_url), PostgresSealedStore(pg_url)
+    a = SealedConversations(BrokerSealingRoots(Broker(), clock=clock), a_store, clock=clock)
+    share = os.urandom(32)
+    conv = _filled(a, share, turns=2)
+    with psycopg.connect(pg_url) as conn:
+        row = conn.execute("SELECT owner, head FROM sealed_conversations WHERE conversation = %s",
+                           (conv,)).fetchone()
+    assert row is not None
+    owner = str(row[0])
+    a.append(TENANT, "patient-1", conv, share, {"role": "user", "content": "from a"})
+    with pytest.raises(ValueError):  # b computed the same index before a committed
+        b_store.append(TENANT, owner, conv, 2, b"turn from b", b"head from b")
+    opened = a.open(TENANT, "patient-1", conv, share)
+    assert [t["content"] for t in opened.turns][-1] == "from a" and len(opened.turns) == 3
+    a_store.close()
+    b_store.close()
