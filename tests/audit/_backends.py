@@ -12,7 +12,7 @@ from pathlib import Path
 import psycopg
 
 from medclave.audit.pgstore import PostgresLogStore
-from medclave.audit.store import LogStore, SqliteLogStore
+from medclave.audit.store import MAX_LOG_SIZE, LogStore, SqliteLogStore
 
 LOG = "test-log"
 _TABLES = re.compile(r"\b(entries|nodes|checkpoints|meta)\b")
@@ -58,6 +58,17 @@ class Backend:
                 db.close()
         with psycopg.connect(self.where, autocommit=True) as conn:
             return conn.execute(_TABLES.sub(r"audit_\1", sql).replace("?", "%s"), args).fetchall()
+
+
+def truncate(db: Backend, keep: int) -> None:
+    """_builders.truncate_log on either store: keep the first ``keep`` entries and drop every
+    checkpoint and node that covers a later one, so nothing dangles."""
+    db.execute("DELETE FROM entries WHERE idx >= ?", (keep,))
+    db.execute("DELETE FROM checkpoints WHERE size > ?", (keep,))
+    for (nid,) in db.read("SELECT id FROM nodes"):
+        assert isinstance(nid, int)
+        if (nid % MAX_LOG_SIZE + 1) << (nid // MAX_LOG_SIZE) > keep:
+            db.execute("DELETE FROM nodes WHERE id = ?", (nid,))
 
 
 def backend(name: str, tmp_path: Path, pg_url: str | None) -> Backend:
