@@ -144,3 +144,28 @@ def test_a_head_with_no_checkpoint_of_this_key_is_refused(durable: Backend,
     assert err.value.context["cause"] == "audit.checkpoint_invalid"
     a.close()
     b.close()
+
+
+def test_a_size_is_seen_only_once_its_entries_are_committed(durable: Backend,
+                                                           log_signer: NoteSigner) -> None:
+    """Readers on other connections (the e2e helpers, receipts) poll ``size`` and read the
+    newest entry: it must be there, so the size moves only after the commit."""
+    log = AuditLog(durable.open(), origin=ORIGIN, signer=log_signer)
+    done = threading.Event()
+
+    def write() -> None:
+        for i in range(150):
+            log.append(make_entry(i))
+        done.set()
+
+    writer = threading.Thread(target=write)
+    writer.start()
+    seen = 0
+    while not done.is_set():
+        size = log.size
+        if size:
+            log.entry(size - 1)  # raises audit.index_out_of_range if not yet committed
+            seen += 1
+    writer.join()
+    assert seen and log.size == 150
+    log.close()

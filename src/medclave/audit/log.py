@@ -205,7 +205,16 @@ class AuditLog:
         if any(len(d) > MAX_ENTRY_BYTES for d in data):
             raise AuditError("audit.entry_invalid", f"an entry exceeds {MAX_ENTRY_BYTES} bytes")
         leaves = [merkle.leaf_hash(d) for d in data]
-        with self._lock, self.store.transaction() as tx:
+        with self._lock:
+            edge, note = self._write_batch(signer, data, leaves, checkpoint)
+            # Only once committed: a reader that sees the new size on another connection
+            # must find the rows (and a failed batch leaves no trace).
+            self._edge = edge
+        return Appended(edge.size - len(data), len(data), note)
+
+    def _write_batch(self, signer: NoteSigner, data: list[bytes], leaves: list[bytes],
+                     checkpoint: bool) -> tuple[merkle.CompactRange, bytes | None]:
+        with self.store.transaction() as tx:
             head = self._catch_up(tx, signer)
             first = head.size
             if first + len(data) > MAX_LOG_SIZE:
@@ -220,16 +229,16 @@ class AuditLog:
             tx.commit(
                 Batch(first, data, leaves, nodes, None if note is None else (edge.size, note))
             )
-            self._edge = edge  # inside the lock, once written; a failed batch leaves no trace
-        return Appended(first, len(data), note)
+        return edge, note
 
     def checkpoint(self) -> bytes:
         """Sign and store a checkpoint for the current size (idempotent per size)."""
         signer = self._writer()
-        with self._lock, self.store.transaction() as tx:
-            head = self._catch_up(tx, signer)
-            note = sign_checkpoint(Checkpoint(self.origin, head.size, head.root()), signer)
-            tx.commit(Batch(head.size, (), (), (), (head.size, note)))
+        with self._lock:
+            with self.store.transaction() as tx:
+                head = self._catch_up(tx, signer)
+                note = sign_checkpoint(Checkpoint(self.origin, head.size, head.root()), signer)
+                tx.commit(Batch(head.size, (), (), (), (head.size, note)))
             self._edge = head
             return note
 
