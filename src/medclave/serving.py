@@ -22,6 +22,13 @@ the whole request head must arrive within ``header_timeout_seconds`` of its firs
 connection), and a body may not stall for ``body_timeout_seconds`` between reads; past either the
 connection is closed. The head is also bounded in size (h11's 16 KiB incomplete-event limit).
 
+Mutual TLS (attested micro-segmentation, docs/continuous-trust.md). With a
+:class:`MeshServing`, a service listens with its workload's rotating mesh context and checks
+each connection's peer identity once, right after the handshake and before any request is
+read (``GuardedH11Protocol.connection_made``); a refused peer is answered its ``mesh.*`` code
+on every request except on the service's open paths, and a route reads the caller's verified
+identity with :func:`mesh_peer`.
+
 :class:`ClosingStreamingResponse` streams a body from a blocking iterator and closes its source
 however the response ends, the client leaving included (the enclave records a streamed answer
 then; the proxy drops its upstream stream, so the enclave learns of it).
@@ -37,6 +44,7 @@ import contextlib
 import ipaddress
 import logging
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any, Final, Literal
 
 import anyio
@@ -52,7 +60,9 @@ from starlette.types import Receive, Scope, Send
 from uvicorn.protocols.http.h11_impl import H11Protocol
 from uvicorn.server import ServerState
 
-from medclave.errors import InputError, MedclaveError, ServiceError
+from medclave.errors import InputError, MedclaveError, MeshError, ServiceError
+from medclave.mesh.certs import PeerCert
+from medclave.mesh.tls import MeshTls
 
 log = logging.getLogger("medclave.serving")
 
@@ -167,6 +177,49 @@ def install_error_handlers(
     app.add_exception_handler(Exception, unexpected)
 
 
+@dataclass(frozen=True)
+class MeshServing:
+    """Mutual TLS for a service (docs/continuous-trust.md, "Attested micro-segmentation"):
+    the workload's :class:`~medclave.mesh.tls.MeshTls`, and the path prefixes a peer without an
+    allowed identity may still reach (a broker's certificate bootstrap; empty: none, and a
+    client certificate is required by the handshake itself)."""
+
+    tls: MeshTls
+    open_paths: tuple[str, ...] = ()
+
+
+# The ASGI scope key under which a mesh service finds its caller's verified identity.
+MESH_PEER: Final = "medclave.mesh_peer"
+
+
+class _MeshGate:
+    """One connection's app: the peer was checked once, at the handshake (the protocol's
+    ``connection_made``); a refused peer gets its code on every request, except on the open
+    paths, which see its identity when its certificate is current and not revoked (a proxy
+    reading its deny list from the CA), else none."""
+
+    def __init__(self, app: Any, peer: PeerCert | None, refusal: MeshError | None,
+                 open_paths: tuple[str, ...]) -> None:
+        self._app, self._peer, self._refusal, self._open = app, peer, refusal, open_paths
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            is_open = bool(self._open) and str(scope.get("path", "")).startswith(self._open)
+            if self._refusal is not None and not is_open:
+                refusal = public_response(self._refusal)
+                refusal.headers["connection"] = "close"
+                await refusal(scope, receive, send)
+                return
+            scope[MESH_PEER] = self._peer  # None: no identity (open paths only)
+        await self._app(scope, receive, send)
+
+
+def mesh_peer(request: Request) -> PeerCert | None:
+    """The caller's verified workload identity, when the service runs mutual TLS."""
+    peer = request.scope.get(MESH_PEER)
+    return peer if isinstance(peer, PeerCert) else None
+
+
 class GuardedH11Protocol(H11Protocol):
     """uvicorn's h11 protocol with the read deadlines it lacks (see the module docstring).
 
@@ -191,6 +244,22 @@ class GuardedH11Protocol(H11Protocol):
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
+        mesh = self.config.mesh if isinstance(self.config, ServiceConfig) else None
+        if mesh is not None:
+            # asyncio calls this after the TLS handshake: the peer's certificate chain has
+            # been verified against the mesh CA; its identity is checked here, before any
+            # request of this connection is read.
+            peer: PeerCert | None = None
+            refusal: MeshError | None = None
+            tls = transport.get_extra_info("ssl_object")
+            der = tls.getpeercert(binary_form=True) if tls is not None else None
+            try:
+                peer = mesh.tls.identify(der)
+                mesh.tls.allow(peer, inbound=True)
+            except MeshError as exc:
+                refusal = exc
+                log.info("mesh peer refused: %s (%s)", exc.code, exc.detail)
+            self.app = _MeshGate(self.app, peer, refusal, mesh.open_paths)
         self._arm("head")
 
     def data_received(self, data: bytes) -> None:
@@ -250,8 +319,14 @@ class GuardedH11Protocol(H11Protocol):
 class ServiceConfig(uvicorn.Config):
     """A uvicorn configuration built from :class:`ServingSettings` (:func:`server_config`)."""
 
-    def __init__(self, app: FastAPI, serving: ServingSettings, **options: Any) -> None:
+    def __init__(self, app: FastAPI, serving: ServingSettings, *,
+                 mesh: MeshServing | None = None, **options: Any) -> None:
         self.serving = serving
+        self.mesh = mesh
+        if mesh is not None:
+            # uvicorn's own hook for a caller-built context; it follows certificate rotation.
+            options["ssl_context_factory"] = lambda _config, _default: mesh.tls.server_context(
+                require_client_cert=not mesh.open_paths)
         super().__init__(
             app,
             http=GuardedH11Protocol,
@@ -267,16 +342,18 @@ class ServiceConfig(uvicorn.Config):
         )
 
 
-def server_config(app: FastAPI, serving: ServingSettings, **options: Any) -> ServiceConfig:
+def server_config(app: FastAPI, serving: ServingSettings, *, mesh: MeshServing | None = None,
+                  **options: Any) -> ServiceConfig:
     """The one uvicorn configuration every service runs under; ``options`` are uvicorn's own
-    (host, port, log_level, access_log, TLS files)."""
-    return ServiceConfig(app, serving, **options)
+    (host, port, log_level, access_log, TLS files); ``mesh`` serves mutual TLS instead."""
+    return ServiceConfig(app, serving, mesh=mesh, **options)
 
 
-def run_server(app: FastAPI, serving: ServingSettings, **options: Any) -> None:
+def run_server(app: FastAPI, serving: ServingSettings, *, mesh: MeshServing | None = None,
+               **options: Any) -> None:
     """Serve ``app`` in the foreground until interrupted (``uvicorn.run`` for one process, with
     :func:`server_config`); ``service.start_failed`` when it could not start (port taken)."""
-    server = uvicorn.Server(server_config(app, serving, **options))
+    server = uvicorn.Server(server_config(app, serving, mesh=mesh, **options))
     with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C is how an operator stops it
         server.run()
     if not server.started:

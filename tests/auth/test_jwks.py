@@ -12,6 +12,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from medclave.auth.jwks import HttpJwks, StaticJwks, parse_jwks
+from medclave.auth.pg_replay import PostgresReplayCache
 from medclave.auth.replay import MemoryReplayCache, SqliteReplayCache
 from medclave.errors import AuthError, InputError
 from tests.auth._helpers import NOW, at, ec_key, ed_key, jwks_doc, kid
@@ -173,9 +174,17 @@ def test_memory_replay_cache_expiry_and_bound() -> None:
     assert len(cache) == 1
 
 
-def test_sqlite_replay_cache_is_shared_between_replicas(tmp_path: Path) -> None:
-    db = tmp_path / "replay.db"
-    one, two = SqliteReplayCache(db), SqliteReplayCache(db)
+@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
+def test_shared_replay_cache_is_shared_between_replicas(tmp_path: Path, backend: str,
+                                                        request: pytest.FixtureRequest) -> None:
+    one: SqliteReplayCache | PostgresReplayCache
+    two: SqliteReplayCache | PostgresReplayCache
+    if backend == "sqlite":
+        db = tmp_path / "replay.db"
+        one, two = SqliteReplayCache(db), SqliteReplayCache(db)
+    else:  # two replicas, each its own pool, on one database (auth/pg_replay.py)
+        url = request.getfixturevalue("pg_url")
+        one, two = PostgresReplayCache(url, scope="t"), PostgresReplayCache(url, scope="t")
     try:
         assert one.add("jti-1", expires_at=at(60), now=NOW)
         assert not two.add("jti-1", expires_at=at(60), now=at(1))

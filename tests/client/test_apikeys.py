@@ -6,16 +6,34 @@ import hashlib
 import json
 import os
 import stat
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
 
 from medclave.cli.main import app
-from medclave.client.apikeys import FILE, ApiKeyStore, looks_like_api_key
+from medclave.client.apikeys import FILE, ApiKeys, ApiKeyStore, looks_like_api_key, open_api_keys
 from medclave.errors import InputError
 
 runner = CliRunner()
+KeysFactory = Callable[[], ApiKeys]
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def keys(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[KeysFactory]:
+    """Opens the proxy's key store on one backend; every opening shares the same keys, as the
+    running proxy and the CLI (or the proxy's replicas) do."""
+    store = request.getfixturevalue("pg_url") if request.param == "postgres" else None
+    opened: list[ApiKeys] = []
+
+    def make() -> ApiKeys:
+        opened.append(open_api_keys(tmp_path, store))
+        return opened[-1]
+
+    yield make
+    for o in opened:
+        o.close()
 
 
 def test_a_key_is_stored_only_as_its_hash_in_an_owner_only_file(tmp_path: Path) -> None:
@@ -35,8 +53,8 @@ def test_a_key_is_stored_only_as_its_hash_in_an_owner_only_file(tmp_path: Path) 
     store.close()
 
 
-def test_unknown_altered_and_revoked_keys_are_refused(tmp_path: Path) -> None:
-    store = ApiKeyStore(tmp_path)
+def test_unknown_altered_and_revoked_keys_are_refused(keys: KeysFactory) -> None:
+    store = keys()
     key, record = store.add(subject="dr-alice", roles=["clinician"])
     other, _ = store.add(subject="dr-bob", roles=["clinician"])
     last = key[-1]
@@ -51,14 +69,13 @@ def test_unknown_altered_and_revoked_keys_are_refused(tmp_path: Path) -> None:
     assert listed[record.key_id].revoked is not None
 
 
-def test_a_revocation_by_another_process_is_seen_at_once(tmp_path: Path) -> None:
-    """The running proxy and the CLI share the file: the proxy's store sees the revocation."""
-    serving = ApiKeyStore(tmp_path)
+def test_a_revocation_by_another_process_is_seen_at_once(keys: KeysFactory) -> None:
+    """The running proxy and the CLI share the store: the proxy's store sees the revocation."""
+    serving = keys()
     key, record = serving.add(subject="dr-alice", roles=["clinician"])
     assert serving.lookup(key) is not None
-    cli = ApiKeyStore(tmp_path)
+    cli = keys()
     assert cli.revoke(record.key_id)
-    cli.close()
     assert serving.lookup(key) is None
 
 
@@ -66,10 +83,10 @@ def test_a_revocation_by_another_process_is_seen_at_once(tmp_path: Path) -> None
     ("dr alice", ["clinician"], None), ("dr-alice", [], None), ("dr-alice", ["a b"], None),
     ("dr-alice", ["clinician"], "st mary"),
 ])
-def test_bad_records_are_refused(tmp_path: Path, sub: str, roles: list[str],
+def test_bad_records_are_refused(keys: KeysFactory, sub: str, roles: list[str],
                                  tenant: str | None) -> None:
     with pytest.raises(InputError):
-        ApiKeyStore(tmp_path).add(subject=sub, roles=roles, tenant=tenant)
+        keys().add(subject=sub, roles=roles, tenant=tenant)
 
 
 def test_a_key_file_readable_by_others_is_refused(tmp_path: Path) -> None:
@@ -104,3 +121,43 @@ def test_cli_add_list_revoke(tmp_path: Path) -> None:
 def test_serving_still_needs_upstream_and_policy() -> None:
     out = runner.invoke(app, ["proxy"])
     assert out.exit_code == 2 and "--upstream" in out.output
+
+
+def test_keys_in_postgres_are_hashes_and_the_cli_takes_the_store(pg_url: str, tmp_path: Path
+                                                                 ) -> None:
+    added = runner.invoke(app, ["proxy", "keys", "add", "--sub", "dr-alice", "--roles",
+                                "clinician", "--data", str(tmp_path), "--store", pg_url])
+    assert added.exit_code == 0, added.output
+    key = added.stdout.splitlines()[0]
+    assert not (tmp_path / FILE).exists()  # nothing on this machine
+    import psycopg
+
+    with psycopg.connect(pg_url) as conn:
+        rows = conn.execute("SELECT digest, subject FROM proxy_api_keys").fetchall()
+    assert rows == [(hashlib.sha256(key.encode()).hexdigest(), "dr-alice")]
+    proxy_replica = open_api_keys(tmp_path, pg_url)
+    try:
+        found = proxy_replica.lookup(key)
+        assert found is not None and found.roles == ("clinician",)
+        listed = runner.invoke(app, ["proxy", "keys", "list", "--json", "--store", pg_url])
+        (row,) = json.loads(listed.stdout)
+        assert runner.invoke(app, ["proxy", "keys", "revoke", row["id"], "--store",
+                                   pg_url]).exit_code == 0
+        assert proxy_replica.lookup(key) is None
+    finally:
+        proxy_replica.close()
+    with pytest.raises(InputError) as err:
+        open_api_keys(tmp_path, "sqlite")
+    assert err.value.code == "config.invalid"
+
+
+def test_keys_fail_closed_without_their_database(pg_url: str, tmp_path: Path) -> None:
+    from medclave.client.pg_apikeys import PostgresApiKeyStore
+    from medclave.errors import AuthError
+
+    store = PostgresApiKeyStore(pg_url)
+    key, _ = store.add(subject="dr-alice", roles=["clinician"])
+    store.pool.close()
+    with pytest.raises(AuthError) as err:
+        store.lookup(key)
+    assert err.value.code == "auth.state_unavailable"

@@ -43,9 +43,27 @@ def authority(tmp_path_factory: pytest.TempPathFactory) -> SimAuthority:
     return SimAuthority.load_or_create(tmp_path_factory.mktemp("sim"))
 
 
-@pytest.fixture(params=["memory", "sqlite"])
+# Every backend runs the same store suites (issue 17): the in-memory store, SQLite on disk, and
+# PostgreSQL (a fresh database per test from tests/conftest.py's `pg_url`).
+BACKENDS = ["memory", "sqlite", "postgres"]
+
+
+def open_backend(kind: str, request: pytest.FixtureRequest, tmp_path: Path, name: str = "kbs",
+                 **kw: int) -> KbsStore:
+    """A new, empty store of ``kind``; a second call with another ``name`` opens another one
+    (for PostgreSQL, in the same database: call it once per test)."""
+    if kind == "memory":
+        return MemoryKbsStore(**kw)
+    if kind == "sqlite":
+        return SqliteKbsStore(tmp_path / f"{name}.db", **kw)
+    from medclave.kbs.postgres_store import PostgresKbsStore
+
+    return PostgresKbsStore(request.getfixturevalue("pg_url"), **kw)
+
+
+@pytest.fixture(params=BACKENDS)
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[KbsStore]:
-    s: KbsStore = MemoryKbsStore() if request.param == "memory" else SqliteKbsStore(tmp_path / "kbs.db")
+    s = open_backend(request.param, request, tmp_path)
     yield s
     s.close()
 

@@ -3,7 +3,8 @@
 The attack: 300 refused releases (no nonce this broker issued) added 300 permanent rows in about
 a second. Refusals of callers who proved nothing are now counted, one row per (minute, action,
 resource, code, client), at most ``max_aggregated`` such rows; decisions on owners' resources stay
-one row each, for good. Both stores, and the SQLite schema-1 store migrated forward.
+one row each, for good. Every store (memory, SQLite, PostgreSQL), and the SQLite schema-1 store
+migrated forward.
 """
 
 from __future__ import annotations
@@ -18,8 +19,8 @@ import httpx
 import pytest
 
 from medclave.kbs.sqlite_store import SqliteKbsStore
-from medclave.kbs.store import Decision, KbsStore, MemoryKbsStore
-from tests.kbs.conftest import Live
+from medclave.kbs.store import Decision, KbsStore
+from tests.kbs.conftest import BACKENDS, Live, open_backend
 from tests.kbs.helpers import RESOURCE
 
 T0 = datetime(2025, 7, 1, 12, 0, 5, tzinfo=UTC)
@@ -27,13 +28,12 @@ StoreFactory = Callable[..., KbsStore]
 LiveFactory = Callable[..., Live]
 
 
-@pytest.fixture(params=["memory", "sqlite"])
+@pytest.fixture(params=BACKENDS)
 def make_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[StoreFactory]:
     opened: list[KbsStore] = []
 
     def make(**kw: int) -> KbsStore:
-        store: KbsStore = (MemoryKbsStore(**kw) if request.param == "memory"
-                           else SqliteKbsStore(tmp_path / f"kbs{len(opened)}.db", **kw))
+        store = open_backend(request.param, request, tmp_path, f"kbs{len(opened)}", **kw)
         opened.append(store)
         return store
 
@@ -60,10 +60,11 @@ def release_body(nonce: str = "00" * 32) -> dict[str, object]:
 # --- over HTTP: the attack as reported ---------------------------------------------------------
 
 
-@pytest.mark.parametrize("kind", ["memory", "sqlite"])
+@pytest.mark.parametrize("kind", BACKENDS)
 def test_300_refused_releases_add_a_bounded_number_of_rows(
-        live_factory: LiveFactory, tmp_path: Path, kind: str) -> None:
-    store: KbsStore = MemoryKbsStore() if kind == "memory" else SqliteKbsStore(tmp_path / "kbs.db")
+        live_factory: LiveFactory, tmp_path: Path, kind: str, request: pytest.FixtureRequest
+) -> None:
+    store = open_backend(kind, request, tmp_path)
     live = live_factory(store=store)
     with httpx.Client(base_url=live.url, timeout=10.0) as client:
         unknown = [client.post("/kbs/v1/release", json=release_body(f"{i:064x}")).status_code

@@ -15,7 +15,7 @@ from medclave.errors import AuthError, CryptoError, InputError, MedclaveError, P
 from medclave.kbs.keywrap import AesGcmKek, EnvKek, FileKek, new_kek_b64
 from medclave.kbs.models import parse_release_policy
 from medclave.kbs.names import ResourceName
-from medclave.kbs.ratelimit import RateLimiter
+from medclave.kbs.ratelimit import Limiter, RateLimiter
 from medclave.kbs.store import MemoryKbsStore
 from medclave.kbs.tokens import authenticate, issue_owner_token, token_hash
 
@@ -184,9 +184,18 @@ def test_token_of_one_owner_with_another_owners_name_fails() -> None:
 # --- rate limits -----------------------------------------------------------------------------
 
 
-def test_token_bucket_refuses_past_burst_and_refills() -> None:
+@pytest.mark.parametrize("backend", ["memory", "postgres"])
+def test_token_bucket_refuses_past_burst_and_refills(backend: str,
+                                                      request: pytest.FixtureRequest) -> None:
     t = [0.0]
-    limiter = RateLimiter(2.0, 3, clock=lambda: t[0])
+    limiter: Limiter = RateLimiter(2.0, 3, clock=lambda: t[0])
+    if backend == "postgres":  # the buckets every broker replica shares (kbs/pg_ratelimit.py)
+        from medclave.kbs.pg_ratelimit import PostgresRateLimiter
+        from medclave.postgres import open_pool
+
+        pool = open_pool(request.getfixturevalue("pg_url"), max_size=2)
+        request.addfinalizer(pool.close)
+        limiter = PostgresRateLimiter(pool, 2.0, 3, clock=lambda: t[0])
     for _ in range(3):
         limiter.check("ip:a")
     with pytest.raises(AuthError) as e:

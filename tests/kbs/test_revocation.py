@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import base64
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
@@ -20,11 +20,9 @@ from medclave.errors import AttestationError, KbsError
 from medclave.kbs.client import KbsClient, OwnerClient
 from medclave.kbs.revocation import identities
 from medclave.kbs.signing import BrokerSigner, TrustedBrokers
-from medclave.kbs.sqlite_store import SqliteKbsStore
-from medclave.kbs.store import MemoryKbsStore
 from medclave.protocol.evidence import EvidenceBundle
 from tests.conftest import flip
-from tests.kbs.conftest import Live
+from tests.kbs.conftest import BACKENDS, Live, open_backend
 from tests.kbs.helpers import (
     MEASUREMENT,
     OTHER_MEASUREMENT,
@@ -39,14 +37,15 @@ LiveFactory = Callable[..., Live]
 OTHER_RESOURCE = "kbs:///hospital/commitment-key/audit"
 
 
-@pytest.fixture(params=["memory", "sqlite"])
+@pytest.fixture(params=BACKENDS)
 def live(request: pytest.FixtureRequest, live_factory: LiveFactory, authority: sim.SimAuthority,
-         tmp_path: Path) -> Live:
-    store = MemoryKbsStore() if request.param == "memory" else SqliteKbsStore(tmp_path / "kbs.db")
+         tmp_path: Path) -> Iterator[Live]:
+    store = open_backend(request.param, request, tmp_path)
     live = live_factory(sim_roots=(authority.root_fingerprint,), store=store)
     provision(live.url, live.token("vendor"), policy=sim_policy())
     provision(live.url, live.token("hospital"), resource=OTHER_RESOURCE, policy=sim_policy())
-    return live
+    yield live
+    store.close()
 
 
 def _client(live: Live, authority: sim.SimAuthority, **kw: object) -> KbsClient:

@@ -1,4 +1,4 @@
-"""The KbsStore contract, run against the in-memory and the SQLite implementation alike."""
+"""The KbsStore contract, run against the in-memory, SQLite and PostgreSQL implementations alike."""
 
 from __future__ import annotations
 

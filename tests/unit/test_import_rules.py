@@ -47,6 +47,7 @@ LAYERS: dict[str, float] = {
     "attestation": 2,
     "audit": 3,
     "auth": 3,
+    "mesh": 3.4,  # workload identities, segmentation policy, mutual TLS: under serving
     "serving": 3.5,
     "ops": 3.6,
     "migrations": 0.5,

@@ -71,10 +71,22 @@ class AccessEvent:
     request_id: str | None = None
 
     def __post_init__(self) -> None:
+        # Events are read back from files (the monitor): every field's type is checked here,
+        # so a wrong one is input.malformed, not a failure deep in the scorer.
+        for name in ("tenant", "user", "patient", "reason", "purpose"):
+            if not isinstance(getattr(self, name), str):
+                raise InputError("input.malformed", f"an access event's {name} must be text")
+        for name in ("department", "request_id"):
+            if not isinstance(getattr(self, name), str | None):
+                raise InputError("input.malformed", f"an access event's {name} must be text")
+        if not isinstance(self.at, datetime):
+            raise InputError("input.malformed", "an access event's time must be a time")
         if self.at.tzinfo is None:
             raise InputError("input.malformed", "an access event's time needs a time zone")
         if self.reason not in REASONS:
             raise InputError("input.malformed", f"unknown access reason {self.reason!r}")
+        if self.purpose not in get_args(Purpose):
+            raise InputError("input.malformed", f"unknown access purpose {self.purpose!r}")
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)

@@ -19,7 +19,7 @@ from urllib.parse import parse_qsl, unquote_plus
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from medclave.auth.issuer import (
@@ -31,6 +31,7 @@ from medclave.auth.issuer import (
     TokenService,
     load_or_create_signing_key,
 )
+from medclave.auth.replay import FailureLog, ReplayCache
 from medclave.errors import InputError, MedclaveError
 from medclave.ops import lifecycle
 from medclave.ops.health import Health
@@ -38,6 +39,7 @@ from medclave.ops.http import instrument, note_refusal
 from medclave.ops.logs import configure_logging
 from medclave.ops.settings import OpsSettings
 from medclave.ops.tracing import Tracing
+from medclave.postgres.pool import store_setting
 from medclave.serving import ServingSettings, read_limited_body
 from medclave.util.clock import Clock, system_clock
 
@@ -69,6 +71,16 @@ class IdpSettings(BaseSettings, ServingSettings, OpsSettings):
     alg: Literal["EdDSA", "ES256"] = "EdDSA"
     token_ttl_seconds: int = Field(default=300, ge=30, le=86400)
     dev_password: bool = False
+    # A postgresql:// URL shared by the IdP's replicas: a DPoP proof at the token endpoint is
+    # then accepted once across all of them, and failed logins are counted across all of them
+    # (docs/scaling-out.md). None: this process's memory.
+    store: str | None = None
+    store_allow_remote: bool = False
+
+    @field_validator("store")
+    @classmethod
+    def _store(cls, value: str | None) -> str | None:
+        return None if value is None else store_setting(value, names=())
 
 
 def _oauth_error(exc: MedclaveError, *, password_grant: bool) -> JSONResponse:
@@ -161,10 +173,13 @@ def build_service(
     audience: str = DEFAULT_AUDIENCE,
     ttl: timedelta = timedelta(minutes=5),
     dev_password: bool = False,
+    replay: ReplayCache | None = None,
+    failures: FailureLog | None = None,
 ) -> TokenService:
     key = load_or_create_signing_key(data_dir, alg=alg)
     token_issuer = TokenIssuer(issuer, key, audience=audience, default_ttl=ttl)
-    return TokenService(token_issuer, Directory(data_dir), audiences=(audience,), dev_password=dev_password)
+    return TokenService(token_issuer, Directory(data_dir), audiences=(audience,),
+                        dev_password=dev_password, replay=replay, failures=failures)
 
 
 def serve(service: TokenService, settings: IdpSettings) -> None:

@@ -37,7 +37,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from medclave.auth import exchange
 from medclave.auth.dpop import verify_dpop_proof
 from medclave.auth.jwks import StaticJwks
-from medclave.auth.replay import MemoryReplayCache
+from medclave.auth.replay import FailureLog, MemoryFailureLog, MemoryReplayCache, ReplayCache
 from medclave.auth.tokens import (
     MAX_LIFETIME,
     IssuerConfig,
@@ -314,14 +314,19 @@ class TokenService:
         *,
         audiences: Iterable[str] = (DEFAULT_AUDIENCE,),
         dev_password: bool = False,
+        replay: ReplayCache | None = None,
+        failures: FailureLog | None = None,
     ) -> None:
         self.issuer = issuer
         self.directory = directory
         self.audiences = frozenset(audiences)
         self.dev_password = dev_password
-        self._failures: dict[str, list[datetime]] = {}
+        # Failed logins per name: shared by replicas when given (open_failure_log), so N
+        # replicas do not grant N times the guesses.
+        self._failures = failures if failures is not None else MemoryFailureLog()
         self._lock = threading.Lock()
-        self._replay = MemoryReplayCache(max_entries=100_000)
+        # DPoP proofs at the token endpoint: shared by replicas when given (open_replay_cache).
+        self._replay = replay if replay is not None else MemoryReplayCache(max_entries=100_000)
         self.issued: Counter[str] = Counter()  # tokens issued, by grant type (monitoring)
         # Subject tokens of an exchange must be this issuer's own, for one of its audiences.
         own = IssuerConfig(issuer=issuer.issuer, keys=StaticJwks.from_document(issuer.jwks()))
@@ -346,22 +351,11 @@ class TokenService:
         }
 
     def _throttle(self, key: str, now: datetime) -> None:
-        with self._lock:
-            recent = [t for t in self._failures.get(key, []) if now - t < self.WINDOW]
-            self._failures[key] = recent
-            if len(recent) >= self.MAX_FAILURES:
-                raise AuthError("auth.rate_limited", f"too many failed attempts for {key[:64]!r}")
+        if self._failures.recent(key, now=now, window=self.WINDOW) >= self.MAX_FAILURES:
+            raise AuthError("auth.rate_limited", f"too many failed attempts for {key[:64]!r}")
 
     def _failed(self, key: str, now: datetime) -> None:
-        with self._lock:
-            if len(self._failures) > 10_000:
-                # Made-up names must not grow this without bound: keep only recent failures.
-                self._failures = {
-                    k: recent
-                    for k, v in self._failures.items()
-                    if (recent := [t for t in v if now - t < self.WINDOW])
-                }
-            self._failures.setdefault(key, []).append(now)
+        self._failures.add(key, now=now, window=self.WINDOW)
 
     def _checked(self, kind: str, name: str, secret: str, now: datetime) -> Account:
         key = f"{kind}:{name}"

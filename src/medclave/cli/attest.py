@@ -18,6 +18,7 @@ from medclave.attestation import (
     Verification,
     appraisal_of,
     default_policy,
+    initdata,
     load_policy,
 )
 from medclave.attestation.verifier import (
@@ -28,7 +29,7 @@ from medclave.attestation.verifier import (
     verify_bundle,
     verify_raw,
 )
-from medclave.cli.output import emit, error_object, exit_code
+from medclave.cli.output import emit, error_object, exit_code, refusals
 from medclave.errors import AttestationError, InputError, MedclaveError
 
 app = typer.Typer(help="Verify and appraise attestation evidence.", no_args_is_help=True)
@@ -181,3 +182,54 @@ def verify_cmd(
     else:
         render(out, Console())
     raise typer.Exit(code)
+
+
+def _initdata_result(doc: initdata.InitData) -> dict[str, Any]:
+    values = doc.reference_values()
+    return {
+        "ok": True,
+        "algorithm": doc.algorithm,
+        "files": sorted(doc.data),
+        "annotation": {initdata.ANNOTATION: initdata.annotation(doc)},
+        # What the hardware reports for this document, as appraisal policy rules take it.
+        "reference_values": {
+            "sev-snp": {"host_data": values["host_data"]},
+            "tdx": {"mr_config_id": values["mr_config_id"]},
+            "cca": {"realm.personalization_value": values["realm.personalization_value"]},
+        },
+    }
+
+
+@app.command("initdata")
+def initdata_cmd(
+    files: Annotated[list[Path] | None, typer.Argument(
+        help="files to carry, each under its file name: aa.toml, cdh.toml, policy.rego")] = None,
+    algorithm: Annotated[str, typer.Option(help="sha256, sha384 or sha512")] = "sha384",
+    decode: Annotated[Path | None, typer.Option(
+        "--decode", help="read an existing annotation value from this file instead")] = None,
+    document: Annotated[Path | None, typer.Option(
+        "--document", help="also write the init data TOML document here")] = None,
+) -> None:
+    """Confidential Containers init data for the enclave pod (Helm value enclave.coco.initdata)
+    and the HOST_DATA / MRCONFIGID values an appraisal policy pins for it (docs/kubernetes.md).
+
+    Prints one JSON object; exit 2 for unusable input."""
+    with refusals():
+        if decode is not None:
+            if files:
+                raise InputError("input.malformed", "give files or --decode, not both")
+            doc = initdata.decode_annotation(_read(decode).decode("ascii", "replace").strip())
+        else:
+            if not files:
+                raise InputError("input.missing", "name the files to carry (or --decode)")
+            names = [p.name for p in files]
+            if len(set(names)) != len(names):
+                raise InputError("input.malformed", "two files have the same name")
+            try:
+                data = {p.name: _read(p).decode("utf-8") for p in files}
+            except UnicodeDecodeError:
+                raise InputError("input.malformed", "init data files must be UTF-8") from None
+            doc = initdata.build(data, algorithm)
+        if document is not None:
+            document.write_text(doc.text, encoding="utf-8")
+    emit(_initdata_result(doc))

@@ -42,6 +42,7 @@ def serve(
 
     from medclave.auth.idp_server import IdpSettings, build_service
     from medclave.auth.idp_server import serve as run_server
+    from medclave.auth.replay import open_failure_log, open_replay_cache
     from medclave.ops.config import load_settings
 
     with refusals(as_json=False):
@@ -56,6 +57,9 @@ def serve(
             audience=settings.audience,
             ttl=timedelta(seconds=settings.token_ttl_seconds),
             dev_password=settings.dev_password,
+            replay=open_replay_cache(settings.store, scope="idp", max_entries=100_000,
+                                     allow_remote=settings.store_allow_remote),
+            failures=open_failure_log(settings.store, allow_remote=settings.store_allow_remote),
         )
     if settings.dev_password:
         typer.echo("WARNING: the password grant is enabled; never do this in production.", err=True)

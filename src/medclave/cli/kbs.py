@@ -40,6 +40,9 @@ key_app = typer.Typer(help="The broker's signing key (on the broker's data folde
                       no_args_is_help=True)
 app.add_typer(owner_app, name="owner")
 app.add_typer(key_app, name="key")
+kek_app = typer.Typer(help="The broker's key-encryption key (on the stopped broker's data "
+                      "folder).", no_args_is_help=True)
+app.add_typer(kek_app, name="kek")
 threshold_app = typer.Typer(help="Split a secret k-of-n across independent brokers.",
                             no_args_is_help=True)
 app.add_typer(threshold_app, name="threshold")
@@ -66,12 +69,18 @@ def _read_secret(path: Path | None) -> bytes | None:
     return data
 
 
+# The broker's `store` setting for commands that open it (a KEK rotation, owners, kek show).
+StoreOption = Annotated[str | None, typer.Option(
+    help="the broker's store: sqlite (default) or its postgresql:// URL")]
+
+
 @app.command("serve")
 def serve_cmd(
     host: Annotated[str | None, typer.Option(help="bind address (default 127.0.0.1)")] = None,
     port: Annotated[int | None, typer.Option(help="port (default 8450)")] = None,
     data: Annotated[Path | None, typer.Option("--data", help="data folder")] = None,
-    store: Annotated[str | None, typer.Option(help="sqlite (default) or memory")] = None,
+    store: Annotated[str | None, typer.Option(
+        help="sqlite (default), memory, or a postgresql:// URL shared by replicas")] = None,
     sim_root: Annotated[list[str] | None, typer.Option(
         "--sim-root", help="accept sim evidence from this root fingerprint (NOT SECURE)")] = None,
     tls_cert: Annotated[Path | None, typer.Option(
@@ -110,20 +119,73 @@ def key_show(
     emit(run(show))
 
 
+@kek_app.command("rotate")
+def kek_rotate(
+    data: Annotated[Path | None, typer.Option("--data", help="the broker's data folder")] = None,
+    new_kek_file: Annotated[Path | None, typer.Option(
+        "--new-kek-file", help="the new KEK (base64 of 32 bytes, mode 0600); default: a fresh "
+        "one in KEK_FILE.new")] = None,
+    store: StoreOption = None,
+    config: ConfigFile = None,
+) -> None:
+    """Re-wrap every stored secret under a new KEK, all or nothing, and record it in the
+    decision log. Stop the broker first (it holds the old KEK in memory); start it after."""
+    from medclave.kbs.rekey import rotate_configured_kek
+    from medclave.ops.config import load_settings
+
+    settings = run(lambda: load_settings(KbsSettings, config_file=config,
+                                         overrides={"data_dir": data, "store": store}))
+    emit(run(lambda: rotate_configured_kek(settings, new_kek_file=new_kek_file,
+                                           now=datetime.now(UTC))))
+
+
+@kek_app.command("show")
+def kek_show(
+    data: Annotated[Path | None, typer.Option("--data", help="the broker's data folder")] = None,
+    store: StoreOption = None,
+    config: ConfigFile = None,
+) -> None:
+    """The configured KEK's id and the id the store records (they must match: check a
+    backup of the KEK against it), and the last rotations from the decision log. Never the
+    key."""
+    from medclave.kbs.factory import open_wrapper
+    from medclave.ops.config import load_settings
+
+    settings = run(lambda: load_settings(KbsSettings, config_file=config,
+                                         overrides={"data_dir": data, "store": store}))
+
+    def show() -> dict[str, Any]:
+        from medclave.kbs.rekey import RESOURCE
+
+        wrapper = open_wrapper(settings, create=False)
+        store = open_store(settings)
+        try:
+            rotations = [{"at": d.at.isoformat(), "detail": d.detail}
+                         for d in store.decisions(resource=RESOURCE, limit=20)]
+            return {"kek_id": wrapper.key_id, "store_kek_id": store.kek_id(),
+                    "rotations": rotations}
+        finally:
+            store.close()
+    emit(run(show))
+
+
 @owner_app.command("add")
 def owner_add(
     owner: Annotated[str, typer.Argument(help="owner name: lower-case letters, digits, '-'")],
     data: Annotated[Path, typer.Option("--data", help="the broker's data folder")],
+    store: Annotated[str | None, typer.Option(
+        help="the broker's store: sqlite (default) or its postgresql:// URL")] = None,
 ) -> None:
     """Issue an API token for OWNER. Shown once; the broker keeps only its hash."""
     def issue() -> str:
-        settings = KbsSettings(data_dir=data)
+        settings = (KbsSettings(data_dir=data) if store is None
+                    else KbsSettings(data_dir=data, store=store))
         ensure_data_dir(settings)
-        store = open_store(settings)
+        opened = open_store(settings)
         try:
-            return issue_owner_token(store, owner, now=datetime.now(UTC))
+            return issue_owner_token(opened, owner, now=datetime.now(UTC))
         finally:
-            store.close()
+            opened.close()
     emit({"owner": owner, "token": run(issue)})
 
 

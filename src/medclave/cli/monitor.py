@@ -1,7 +1,8 @@
 """``medclave monitor``: access monitoring for the privacy officer (:mod:`medclave.monitor`).
 
 ``learn`` builds per-user baselines from past access events; ``run`` scores new events against
-them and sends explained, deduplicated alerts to a file and/or a webhook; ``simulate`` writes a
+them and sends explained, deduplicated alerts to a file and/or a webhook (``--follow``: as they
+are appended, until SIGTERM, resuming from a cursor: :mod:`medclave.monitor.follow`); ``simulate`` writes a
 hospital's events from Synthea bundles (with labelled misuse) to try it on; ``evaluate`` reports
 AUROC, recall at a 1% alert rate and event-to-alert time on that simulation.
 Exit 0: done; 2: unusable input; 1: an alert could not be delivered.
@@ -12,12 +13,15 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from medclave.cli.output import fail
 from medclave.errors import InputError, MedclaveError
+
+if TYPE_CHECKING:
+    from medclave.monitor.alerts import Monitor
 
 app = typer.Typer(help="Access monitoring: baselines, scoring, alerts.", no_args_is_help=True)
 
@@ -52,14 +56,24 @@ def run(
     webhook: Annotated[str | None, typer.Option(
         "--webhook", help="POST each alert here (https, or http to loopback)")] = None,
     threshold: Annotated[float, typer.Option(help="alert at or above this score")] = 4.0,
+    follow: Annotated[bool, typer.Option(
+        "--follow", help="keep running: score events as they are appended (SIGTERM stops)")
+    ] = False,
+    cursor: Annotated[Path | None, typer.Option(
+        "--cursor", help="with --follow: where the follower keeps its place (required)")] = None,
+    poll_seconds: Annotated[float, typer.Option(
+        "--poll-seconds", min=0.01, max=60.0, help="with --follow: how often to look")] = 0.2,
 ) -> None:
-    """Score new events; raise explained, deduplicated alerts."""
+    """Score new events; raise explained, deduplicated alerts. With --follow, tail the
+    events file until SIGTERM, resuming from --cursor after a restart."""
     from medclave.auth.access import read_events
     from medclave.monitor.alerts import AlertSink, FileSink, Monitor, WebhookSink
     from medclave.monitor.model import Baselines, Directory, Scorer
 
     if alerts_file is None and webhook is None:
         raise typer.BadParameter("give --alerts-file and/or --webhook")
+    if follow and cursor is None:
+        raise typer.BadParameter("--follow needs --cursor")
     sinks: list[AlertSink] = []
     closers = []
     try:
@@ -73,11 +87,18 @@ def run(
             hook = WebhookSink(webhook)
             sinks.append(hook)
             closers.append(hook.close)
-        monitor = Monitor(Scorer(learned, people), *sinks, threshold=threshold)
-        seen = 0
-        for event in sorted(read_events(events), key=lambda e: e.at):
-            monitor.observe(event)
-            seen += 1
+        monitor = Monitor(Scorer(learned, people), *sinks, threshold=threshold,
+                          keep=not follow)
+        if follow:
+            assert cursor is not None
+            summary = _follow(events, cursor, monitor, poll_seconds)
+        else:
+            seen = 0
+            for event in sorted(read_events(events), key=lambda e: e.at):
+                monitor.observe(event)
+                seen += 1
+            summary = {"events": seen, "alerts": len(monitor.raised),
+                       "suppressed": monitor.dedup.suppressed}
     except MedclaveError as exc:
         raise fail(exc) from None
     except OSError as exc:
@@ -87,8 +108,27 @@ def run(
     finally:
         for close in closers:
             close()
-    sys.stdout.write(json.dumps({"events": seen, "alerts": len(monitor.raised),
-                                 "suppressed": monitor.dedup.suppressed}) + "\n")
+    sys.stdout.write(json.dumps(summary) + "\n")
+
+
+def _follow(events: Path, cursor: Path, monitor: Monitor, poll_seconds: float) -> dict[str, int]:
+    """The follower until SIGTERM or SIGINT (then it saves its cursor and returns)."""
+    import signal
+    import threading
+
+    from medclave.monitor.follow import Follower
+    from medclave.ops.logs import configure_logging
+
+    configure_logging("monitor", level="INFO")  # JSON lines on stderr, counts only
+    follower = Follower(events, cursor, monitor, poll_seconds=poll_seconds)
+    stop = threading.Event()
+    previous = {sig: signal.signal(sig, lambda *_: stop.set())
+                for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        return follower.run(stop).to_dict()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 @app.command("simulate")

@@ -37,6 +37,9 @@ app.add_typer(keys_app, name="keys")
 
 DataDir = Annotated[Path, typer.Option("--data", help="the proxy's data folder (API keys)")]
 _DEFAULT_DATA = Path(".medclave/proxy")
+# The proxy's `store` setting: API keys in PostgreSQL, shared by its replicas.
+KeyStore = Annotated[str | None, typer.Option(
+    "--store", help="the proxy's postgresql:// store (default: apikeys.db in --data)")]
 
 
 def _secret(path: Path | None) -> str | None:
@@ -153,12 +156,13 @@ def keys_add(
     tenant: Annotated[str | None, typer.Option(
         "--tenant", help="the tenant the user's tokens must name")] = None,
     data: DataDir = _DEFAULT_DATA,
+    store_url: KeyStore = None,
 ) -> None:
     """Issue an API key: printed once, stored only as a SHA-256 hash."""
-    from medclave.client.apikeys import ApiKeyStore
+    from medclave.client.apikeys import open_api_keys
 
     with refusals():
-        store = ApiKeyStore(data)
+        store = open_api_keys(data, store_url)
         try:
             key, record = store.add(subject=sub, roles=split_roles(roles), tenant=tenant)
         finally:
@@ -170,13 +174,13 @@ def keys_add(
 
 @keys_app.command("list")
 def keys_list(data: DataDir = _DEFAULT_DATA,
-              as_json: Annotated[bool, typer.Option("--json", help="JSON output")] = False
-              ) -> None:
+              as_json: Annotated[bool, typer.Option("--json", help="JSON output")] = False,
+              store_url: KeyStore = None) -> None:
     """The keys' ids, users, roles and states (never the keys)."""
-    from medclave.client.apikeys import ApiKeyStore
+    from medclave.client.apikeys import open_api_keys
 
     with refusals():
-        store = ApiKeyStore(data)
+        store = open_api_keys(data, store_url)
         try:
             records = store.list()
         finally:
@@ -195,12 +199,12 @@ def keys_list(data: DataDir = _DEFAULT_DATA,
 
 @keys_app.command("revoke")
 def keys_revoke(key_id: Annotated[str, typer.Argument(help="the key's id (keys list)")],
-                data: DataDir = _DEFAULT_DATA) -> None:
+                data: DataDir = _DEFAULT_DATA, store_url: KeyStore = None) -> None:
     """Revoke a key: the running proxy refuses it from its next request."""
-    from medclave.client.apikeys import ApiKeyStore
+    from medclave.client.apikeys import open_api_keys
 
     with refusals():
-        store = ApiKeyStore(data)
+        store = open_api_keys(data, store_url)
         try:
             revoked = store.revoke(key_id)
         finally:

@@ -26,7 +26,7 @@ from medclave.auth.authn import Authenticator
 from medclave.auth.authorizer import Authorizer, DecisionRecord
 from medclave.auth.entities import Model
 from medclave.auth.jwks import HttpJwks, JwksProvider, StaticJwks
-from medclave.auth.replay import MemoryReplayCache
+from medclave.auth.replay import MemoryReplayCache, ReplayCache
 from medclave.auth.tokens import Identity, IssuerConfig, TokenOptions, is_valid_name
 from medclave.crypto.canonical import load_json
 from medclave.errors import AuthError, InputError
@@ -115,7 +115,8 @@ class ProxyAdmission:
             self._on_close()
 
 
-def build_admission(config: AdmissionConfig, *, clock: Clock) -> ProxyAdmission:
+def build_admission(config: AdmissionConfig, *, clock: Clock,
+                    replay: ReplayCache | None = None) -> ProxyAdmission:
     """The proxy's admission from its configuration; ``config.invalid`` if it is unusable."""
     keys: JwksProvider
     on_close: Callable[[], None] | None = None
@@ -128,7 +129,8 @@ def build_admission(config: AdmissionConfig, *, clock: Clock) -> ProxyAdmission:
     # Cedar's tenant isolation with 403 (the enclave restricts the issuer itself).
     issuer = IssuerConfig(issuer=config.issuer, keys=keys)
     options = TokenOptions(audiences=frozenset({config.audience}))
-    authenticator = Authenticator([issuer], options, clock=clock, replay=MemoryReplayCache())
+    authenticator = Authenticator([issuer], options, clock=clock,
+                                  replay=replay if replay is not None else MemoryReplayCache())
     authorizer = Authorizer(config.policies_dir, clock=clock, sink=_log_decision)
     return ProxyAdmission(authenticator, authorizer, tenant=config.tenant, roles=config.roles,
                           clock=clock, on_close=on_close)

@@ -26,11 +26,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Final
+from typing import Final, Protocol
 
 from medclave import migrations
 from medclave.auth.tokens import MAX_ROLES, is_valid_name
 from medclave.errors import InputError
+from medclave.postgres.pool import is_postgres_url
 from medclave.util.files import check_secret_file
 
 PREFIX: Final = "mck_"
@@ -63,8 +64,25 @@ def looks_like_api_key(token: str) -> bool:
     return token.startswith(PREFIX)
 
 
-def _digest(key: str) -> str:
+def digest(key: str) -> str:
     return hashlib.sha256(key.encode("ascii")).hexdigest()
+
+
+def matches(key: str) -> bool:
+    """Whether ``key`` has the form of one of ours (checked before any lookup)."""
+    return _KEY.match(key) is not None
+
+
+def check_record(subject: str, roles: Sequence[str], tenant: str | None) -> tuple[str, ...]:
+    """The roles, deduplicated; ``input.malformed`` for a record no store may hold."""
+    unique = tuple(dict.fromkeys(roles))
+    if not is_valid_name(subject):
+        raise InputError("input.malformed", "the subject must be a plain identifier")
+    if not unique or len(unique) > MAX_ROLES or not all(is_valid_name(r) for r in unique):
+        raise InputError("input.malformed", "name one or more roles, plain identifiers")
+    if tenant is not None and not is_valid_name(tenant):
+        raise InputError("input.malformed", "the tenant must be a plain identifier")
+    return unique
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -77,6 +95,31 @@ class ApiKey:
     tenant: str | None
     created: datetime
     revoked: datetime | None = None
+
+
+class ApiKeys(Protocol):
+    """The proxy's key store: :class:`ApiKeyStore` (SQLite, one machine) or
+    :class:`~medclave.client.pg_apikeys.PostgresApiKeyStore` (shared by replicas)."""
+
+    def add(self, *, subject: str, roles: Sequence[str], tenant: str | None = None,
+            now: datetime | None = None) -> tuple[str, ApiKey]: ...
+    def list(self) -> list[ApiKey]: ...
+    def revoke(self, key_id: str, *, now: datetime | None = None) -> bool: ...
+    def lookup(self, key: str) -> ApiKey | None: ...
+    def close(self) -> None: ...
+
+
+def open_api_keys(data_dir: Path, store: str | None = None, *,
+                  allow_remote: bool = False) -> ApiKeys:
+    """The key store a proxy's ``store`` setting names: PostgreSQL for a ``postgresql://`` URL,
+    else ``apikeys.db`` in ``data_dir``."""
+    if store is None:
+        return ApiKeyStore(data_dir)
+    if not is_postgres_url(store):
+        raise InputError("config.invalid", "the proxy's store is a postgresql:// URL")
+    from medclave.client.pg_apikeys import PostgresApiKeyStore  # the `postgres` extra
+
+    return PostgresApiKeyStore(store, allow_remote=allow_remote)
 
 
 class ApiKeyStore:
@@ -106,13 +149,7 @@ class ApiKeyStore:
     def add(self, *, subject: str, roles: Sequence[str], tenant: str | None = None,
             now: datetime | None = None) -> tuple[str, ApiKey]:
         """A new key for ``subject``: (the key, shown once; its record)."""
-        roles = tuple(dict.fromkeys(roles))
-        if not is_valid_name(subject):
-            raise InputError("input.malformed", "the subject must be a plain identifier")
-        if not roles or len(roles) > MAX_ROLES or not all(is_valid_name(r) for r in roles):
-            raise InputError("input.malformed", "name one or more roles, plain identifiers")
-        if tenant is not None and not is_valid_name(tenant):
-            raise InputError("input.malformed", "the tenant must be a plain identifier")
+        roles = check_record(subject, roles, tenant)
         created = now or datetime.now(UTC)
         with self._lock:
             while True:  # an id collision (1 in 4 billion per key) just draws again
@@ -122,7 +159,7 @@ class ApiKeyStore:
                     self._db.execute(
                         "INSERT INTO api_keys (id, digest, subject, roles, tenant, created) "
                         "VALUES (?, ?, ?, ?, ?, ?)",
-                        (key_id, _digest(key), subject, " ".join(roles), tenant,
+                        (key_id, digest(key), subject, " ".join(roles), tenant,
                          created.isoformat()))
                     break
                 except sqlite3.IntegrityError:
@@ -146,12 +183,12 @@ class ApiKeyStore:
 
     def lookup(self, key: str) -> ApiKey | None:
         """The unrevoked key's record, or None (unknown, malformed or revoked)."""
-        if len(key) > MAX_KEY_LENGTH or not _KEY.match(key):
+        if len(key) > MAX_KEY_LENGTH or not matches(key):
             return None
         with self._lock:
             row = self._db.execute("SELECT id, subject, roles, tenant, created, revoked "
                                    "FROM api_keys WHERE digest = ? AND revoked IS NULL",
-                                   (_digest(key),)).fetchone()
+                                   (digest(key),)).fetchone()
         return None if row is None else _record(row)
 
 

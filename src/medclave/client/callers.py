@@ -38,9 +38,9 @@ from datetime import UTC, datetime
 from medclave.auth.authn import parse_authorization
 from medclave.auth.dpop import normalize_htu, verify_dpop_proof
 from medclave.auth.jwks import AUTH_JOSE_ERRORS
-from medclave.auth.replay import MemoryReplayCache
+from medclave.auth.replay import MemoryReplayCache, ReplayCache
 from medclave.auth.tokens import is_valid_name
-from medclave.client.apikeys import ApiKeyStore, looks_like_api_key
+from medclave.client.apikeys import ApiKeys, looks_like_api_key
 from medclave.client.credentials import AccessToken, Credentials
 from medclave.crypto.jose import SUPPORTED_ALGORITHMS, parse_compact
 from medclave.errors import AuthError, InputError
@@ -87,9 +87,9 @@ def peer_is_trusted(peer: str | None, trusted: tuple[str, ...]) -> bool:
 class Callers:
     """``upstream(headers, peer=..., method=..., url=..., path=...)``: what to send for an app."""
 
-    def __init__(self, *, credentials: Credentials | None, keys: ApiKeyStore | None,
+    def __init__(self, *, credentials: Credentials | None, keys: ApiKeys | None,
                  identity_header: str | None = None, trusted_proxies: tuple[str, ...] = (),
-                 header_roles: tuple[str, ...] = ()) -> None:
+                 header_roles: tuple[str, ...] = (), replay: ReplayCache | None = None) -> None:
         if identity_header is not None and credentials is None:
             raise InputError("config.invalid", "an identity header needs the proxy's IdP client")
         if identity_header is not None and not trusted_proxies:
@@ -100,7 +100,8 @@ class Callers:
         self._header = identity_header
         self._trusted = trusted_proxies
         self._header_roles = header_roles
-        self._replay = MemoryReplayCache(max_entries=100_000)  # the apps' DPoP proofs
+        # The apps' DPoP proofs (shared by the proxy's replicas when given: ProxySettings.store).
+        self._replay = replay if replay is not None else MemoryReplayCache(max_entries=100_000)
 
     def close(self) -> None:
         if self._credentials is not None:

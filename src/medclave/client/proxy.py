@@ -43,7 +43,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, Response
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -51,8 +51,9 @@ from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from medclave.attestation import load_policy
 from medclave.attestation.collateral import load_collateral
+from medclave.auth.replay import ReplayCache, open_replay_cache
 from medclave.client.admission import AdmissionConfig, ProxyAdmission, build_admission
-from medclave.client.apikeys import ApiKeyStore
+from medclave.client.apikeys import open_api_keys
 from medclave.client.callers import Callers, Upstream
 from medclave.client.continuous import TrustWatch
 from medclave.client.credentials import Credentials, IdpClientConfig
@@ -60,6 +61,7 @@ from medclave.client.scribe_page import mount_scribe_page
 from medclave.client.session import Abort, EnclaveSession, InnerResponse, StreamedResponse, summary
 from medclave.crypto.canonical import load_json
 from medclave.errors import ClientError, InputError, MedclaveError
+from medclave.mesh.workload import WorkloadConfig, WorkloadMesh
 from medclave.ops import lifecycle
 from medclave.ops.health import Health
 from medclave.ops.http import instrument, note_refusal
@@ -67,6 +69,7 @@ from medclave.ops.logs import configure_logging
 from medclave.ops.metrics import ServiceMetrics
 from medclave.ops.settings import OpsSettings
 from medclave.ops.tracing import Tracing
+from medclave.postgres.pool import store_setting
 from medclave.protocol import inference as proto
 from medclave.serving import (
     ClosingStreamingResponse,
@@ -113,7 +116,16 @@ class ProxySettings(BaseSettings, ServingSettings, OpsSettings):
     reattest_retry_seconds: int = Field(default=30, ge=1)
     timeout_seconds: float = Field(default=300.0, gt=0)
     max_in_flight: int = Field(default=256, ge=1, le=100_000)
-    data_dir: Path = DEFAULT_DATA_DIR  # API keys (apikeys.db)
+    data_dir: Path = DEFAULT_DATA_DIR  # API keys (apikeys.db, unless store is PostgreSQL)
+    # A postgresql:// URL shared by the proxy's replicas: API keys live there, and an app's
+    # DPoP proof is accepted once across all of them (docs/scaling-out.md). None: API keys in
+    # data_dir, replay caches in this process's memory.
+    store: str | None = None
+    store_allow_remote: bool = False
+    # Attested micro-segmentation (docs/continuous-trust.md): the proxy's mesh file (identity,
+    # segmentation policy, mesh CA, where its evidence comes from). Set, the proxy reaches the
+    # enclave over mutual TLS only (upstream is then https://); unset, nothing changes.
+    mesh_file: Path | None = None
     # --- credentials at the hospital's IdP (off unless idp_token_url is set) -----------------
     idp_token_url: str | None = None
     idp_client_id: str | None = None
@@ -132,6 +144,16 @@ class ProxySettings(BaseSettings, ServingSettings, OpsSettings):
     auth_policies_dir: Path | None = None  # Cedar policies (default: the bundled ones)
     # The triage page's development sign-in: the IdP token endpoint its password grant goes to.
     triage_signin_url: str | None = None
+
+    @field_validator("store")
+    @classmethod
+    def _store(cls, value: str | None) -> str | None:
+        return None if value is None else store_setting(value, names=())
+
+    def replay_cache(self, scope: str) -> ReplayCache:
+        """The DPoP replay cache of one checker in this proxy (``store``)."""
+        return open_replay_cache(self.store, scope=scope, max_entries=100_000,
+                                 allow_remote=self.store_allow_remote)
 
     def admission(self) -> AdmissionConfig | None:
         """The admission configuration, or None when admission is off; ``config.invalid`` for
@@ -174,14 +196,26 @@ def get_settings() -> ProxySettings:
     return ProxySettings()  # type: ignore[call-arg]  # from the environment
 
 
-def session_for(settings: ProxySettings) -> EnclaveSession:
+def mesh_for(settings: ProxySettings) -> WorkloadMesh | None:
+    """The proxy's workload certificate (attested micro-segmentation), when configured."""
+    if settings.mesh_file is None:
+        return None
+    if not settings.upstream.startswith("https://"):
+        # the mesh's client context is used only for https: plain http would bypass it
+        raise InputError("config.invalid", "in a mesh, the upstream enclave is https://")
+    config = WorkloadConfig.load(settings.mesh_file)
+    return WorkloadMesh(config, config.attester())
+
+
+def session_for(settings: ProxySettings, mesh: WorkloadMesh | None = None) -> EnclaveSession:
     collateral = (load_collateral(settings.collateral_file) if settings.collateral_file
                   else None)
     return EnclaveSession(settings.upstream, load_policy(settings.policy_file),
                           sim_roots=frozenset(settings.sim_roots),
                           reattest_after=timedelta(seconds=settings.reattest_seconds),
                           retry_failed_after=timedelta(seconds=settings.reattest_retry_seconds),
-                          timeout=settings.timeout_seconds, collateral=collateral)
+                          timeout=settings.timeout_seconds, collateral=collateral,
+                          tls=None if mesh is None else mesh.tls.client_context("enclave"))
 
 
 def watch_for(settings: ProxySettings, session: EnclaveSession) -> TrustWatch:
@@ -191,17 +225,20 @@ def watch_for(settings: ProxySettings, session: EnclaveSession) -> TrustWatch:
 
 def admission_for(settings: ProxySettings) -> ProxyAdmission | None:
     config = settings.admission()
-    return None if config is None else build_admission(config, clock=system_clock)
+    return None if config is None else build_admission(
+        config, clock=system_clock, replay=settings.replay_cache("proxy-admission"))
 
 
 def callers_for(settings: ProxySettings) -> Callers:
     """The caller mapping from the settings (an IdP client, API keys, the identity header)."""
     client = settings.idp_client()
     credentials = None if client is None else Credentials(client)
-    keys = None if credentials is None else ApiKeyStore(settings.data_dir)
+    keys = None if credentials is None else open_api_keys(
+        settings.data_dir, settings.store, allow_remote=settings.store_allow_remote)
     return Callers(credentials=credentials, keys=keys, identity_header=settings.identity_header,
                    trusted_proxies=settings.trusted_proxies,
-                   header_roles=settings.identity_roles)
+                   header_roles=settings.identity_roles,
+                   replay=settings.replay_cache("proxy-apps"))
 
 
 router = APIRouter()
@@ -551,7 +588,8 @@ def serve(settings: ProxySettings) -> None:
         log.warning("proxy admission is off: every local app's request goes to the enclave, "
                     "which still authenticates and authorizes it")
     callers = callers_for(settings)
-    session = session_for(settings)
+    mesh = mesh_for(settings)
+    session = session_for(settings, mesh)
     watch = watch_for(settings, session)
     watch.start()
     try:
@@ -566,6 +604,8 @@ def serve(settings: ProxySettings) -> None:
     finally:
         watch.stop()
         session.close()
+        if mesh is not None:
+            mesh.close()
         callers.close()
         if admission is not None:
             admission.close()

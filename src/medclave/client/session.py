@@ -237,7 +237,8 @@ class EnclaveSession:
                  require_receipts: bool = True,
                  clock: Clock = system_clock, timeout: float = 300.0,
                  http: httpx.Client | None = None, collateral: Collateral | None = None,
-                 retry_failed_after: timedelta = timedelta(seconds=30)) -> None:
+                 retry_failed_after: timedelta = timedelta(seconds=30),
+                 tls: ssl.SSLContext | None = None) -> None:
         self._url = url.rstrip("/")
         self._policy = policy
         self._collateral = collateral
@@ -252,8 +253,10 @@ class EnclaveSession:
         self._clock = clock
         self._own_http = http is None
         self._timeout = timeout
-        # One TLS context (loading the CA store takes tens of ms), shared by every client.
-        self._tls = httpx.create_ssl_context() if http is None else None
+        # One TLS context (loading the CA store takes tens of ms), shared by every client;
+        # ``tls``: the proxy's mutual TLS context in a mesh (mesh/tls.py).
+        self._tls = tls if tls is not None else (
+            httpx.create_ssl_context() if http is None else None)
         self._http = http or _client(timeout, self._tls)
         self._lock = threading.Lock()
         self._enclave: VerifiedEnclave | None = None

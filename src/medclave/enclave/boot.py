@@ -28,6 +28,7 @@ from medclave.audit.store import LogStore, SqliteLogStore, log_name
 from medclave.auth.authn import Authenticator
 from medclave.auth.authorizer import Authorizer
 from medclave.auth.jwks import HttpJwks, JwksProvider, StaticJwks
+from medclave.auth.replay import open_replay_cache
 from medclave.auth.tokens import IssuerConfig, TokenOptions
 from medclave.enclave.attester import Attester, HostPlatform, select_platform
 from medclave.enclave.commitkeys import (
@@ -72,6 +73,7 @@ from medclave.errors import InputError, KbsError
 from medclave.kbs.client import KbsClient
 from medclave.kbs.sealed_models import ShareRef
 from medclave.kbs.signing import TrustedBrokers
+from medclave.mesh.workload import WorkloadConfig, WorkloadMesh
 from medclave.protocol import inference as proto
 from medclave.protocol.evidence import EvidenceBundle
 from medclave.records.access import load_links
@@ -93,6 +95,7 @@ class Booted:
     model_digest: str
     _closers: list[Callable[[], None]] = field(default_factory=list)
     standing: StandingMonitor | None = None
+    mesh: WorkloadMesh | None = None  # attested micro-segmentation (settings.mesh_file)
 
     def close(self) -> None:
         while self._closers:
@@ -157,8 +160,11 @@ def build_authorization(settings: EnclaveSettings, platform: HostPlatform, clock
         source = settings.auth_jwks_url
     tenants = frozenset(settings.auth_tenants) or None
     issuer = IssuerConfig(issuer=settings.auth_issuer, keys=keys, tenants=tenants)
+    # DPoP proofs' jti: refused across replicas when they share PostgreSQL (store).
+    replay = open_replay_cache(settings.store, scope="enclave",
+                               allow_remote=settings.store_allow_remote)
     authenticator = Authenticator([issuer], TokenOptions(audiences=frozenset({
-        settings.auth_audience})), clock=clock)
+        settings.auth_audience})), clock=clock, replay=replay)
     # Every Cedar decision goes to the audit log, through the trail, with its policy ids.
     trail = DecisionTrail()
     authorizer = Authorizer(settings.auth_policies_dir, clock=clock, sink=trail)
@@ -180,6 +186,41 @@ def trusted_brokers(settings: EnclaveSettings) -> TrustedBrokers | None:
     return TrustedBrokers.of(settings.kbs_keys)
 
 
+# Attested micro-segmentation: the mesh of each booted enclave, by its mesh_file, so that every
+# broker client opened during and after boot presents its workload certificate (one workload
+# per mesh file; removed when the enclave closes).
+_MESHES: dict[Path, WorkloadMesh] = {}
+
+
+def _broker_tls(settings: EnclaveSettings) -> ssl.SSLContext | None:
+    """Mutual TLS to the broker when the enclave is in a mesh; else None."""
+    if settings.mesh_file is None:
+        return None
+    mesh = _MESHES.get(settings.mesh_file)
+    if mesh is None:
+        raise InputError("config.invalid", "the enclave's mesh is not started")
+    return mesh.tls.client_context("broker")
+
+
+def _start_mesh(settings: EnclaveSettings, attester: Attester, clock: Clock,
+                closers: list[Callable[[], None]]) -> WorkloadMesh | None:
+    """The enclave's workload certificate, on fresh evidence, before any broker is asked."""
+    path = settings.mesh_file
+    if path is None:
+        return None
+    if settings.kbs_url and not settings.kbs_url.startswith("https://"):
+        # the mesh's client context is used only for https: plain http would bypass it
+        raise InputError("config.invalid", "in a mesh, kbs_url is https://")
+    mesh = WorkloadMesh(WorkloadConfig.load(path), attester, clock=clock)
+    _MESHES[path] = mesh
+
+    def close() -> None:
+        _MESHES.pop(path, None)
+        mesh.close()
+    closers.append(close)
+    return mesh
+
+
 def broker_client(settings: EnclaveSettings, attester: Attester
                   ) -> Callable[[Mapping[str, Any]], KbsClient]:
     """Opens a client of the configured broker for a runtime (trusted keys, pinned TLS)."""
@@ -187,7 +228,8 @@ def broker_client(settings: EnclaveSettings, attester: Attester
     if trusted is None or not settings.kbs_url:
         raise InputError("config.invalid", "no key broker configured (kbs_url)")
     url, pinned = settings.kbs_url, trusted
-    verify: str | bool = str(settings.kbs_ca_file) if settings.kbs_ca_file else True
+    verify: ssl.SSLContext | str | bool = _broker_tls(settings) or (
+        str(settings.kbs_ca_file) if settings.kbs_ca_file else True)
 
     def open_client(runtime: Mapping[str, Any]) -> KbsClient:
         return KbsClient(url, attester, trusted=pinned, runtime=runtime, verify=verify)
@@ -205,8 +247,9 @@ def share_clients(settings: EnclaveSettings, attester: Attester, runtime: Mappin
                          "public keys of the brokers holding its shares")
     pinned = TrustedBrokers.of(settings.kbs_keys)
     # One TLS context for every share's client: loading a CA store costs tens of ms.
-    verify = (ssl.create_default_context(cafile=str(settings.kbs_ca_file))
-              if settings.kbs_ca_file else ssl.create_default_context())
+    verify = _broker_tls(settings) or (
+        ssl.create_default_context(cafile=str(settings.kbs_ca_file))
+        if settings.kbs_ca_file else ssl.create_default_context())
 
     def open_client(share: ShareRef) -> KbsClient:
         if share.broker_key not in pinned.fingerprints():
@@ -399,6 +442,7 @@ def boot(settings: EnclaveSettings, *, clock: Clock = system_clock,
     attester = _Recording(platform.attester)
     closers: list[Callable[[], None]] = []
     try:
+        mesh = _start_mesh(settings, platform.attester, clock, closers)
         # The door first: a misconfigured one stops the boot before any key or model is touched.
         hook = authorization or build_authorization(settings, platform, clock)
         # The broker sees the runtime of the running service (model, build, keys), fetched
@@ -503,7 +547,7 @@ def boot(settings: EnclaveSettings, *, clock: Clock = system_clock,
         raise
     log.info("enclave ready: platform=%s model=%s engine=%s", platform.name, model_digest,
              engine.build_id)
-    return Booted(service, platform, model_digest, closers, monitor)
+    return Booted(service, platform, model_digest, closers, monitor, mesh)
 
 
 def _release_proof(settings: EnclaveSettings) -> dict[str, Any] | None:

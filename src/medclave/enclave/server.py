@@ -10,8 +10,13 @@ from medclave.enclave.inner_apps import AppFactory
 from medclave.enclave.settings import EnclaveSettings
 from medclave.ops import lifecycle
 from medclave.ops.logs import configure_logging
+from medclave.serving import MeshServing
 
-__all__ = ["serve"]
+__all__ = ["MESH_OPEN_PATHS", "serve"]
+
+# In a mesh, what a peer without an allowed workload certificate may still reach: the health
+# probes (an orchestrator holds no workload certificate). Everything else needs the policy.
+MESH_OPEN_PATHS = ("/healthz", "/readyz")
 
 
 def serve(settings: EnclaveSettings, apps: tuple[AppFactory, ...] = (), *,
@@ -23,7 +28,8 @@ def serve(settings: EnclaveSettings, apps: tuple[AppFactory, ...] = (), *,
     configure_logging("enclave", level=settings.log_level, fmt=settings.log_format)
     booted = boot(settings, apps=apps, routes=routes)
     try:
+        mesh = None if booted.mesh is None else MeshServing(booted.mesh.tls, MESH_OPEN_PATHS)
         lifecycle.serve(create_app(booted.service, settings), settings, settings,
-                        host=settings.host, port=settings.port)
+                        host=settings.host, port=settings.port, mesh=mesh)
     finally:
         booted.close()

@@ -11,12 +11,12 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_serializer, field_validator
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from medclave.enclave.model import DEFAULT_MODEL_ID
 from medclave.ops.settings import OpsSettings
-from medclave.postgres import is_postgres_url, redacted
+from medclave.postgres.pool import store_setting
 from medclave.serving import ServingSettings
 
 
@@ -30,7 +30,6 @@ class EnclaveSettings(BaseSettings, ServingSettings, OpsSettings):
     host: str = "127.0.0.1"
     port: int = Field(default=8443, ge=0, le=65535)
     data_dir: Path = Path("medclave-enclave")
-
     # --- stores (docs/scaling-out.md) -----------------------------------------------------
     # Where the audit log, the sealed conversations and the records rest: "sqlite" (files under
     # data_dir: audit/, sealed/, records/; one machine, the default), "memory" (all of them,
@@ -56,6 +55,11 @@ class EnclaveSettings(BaseSettings, ServingSettings, OpsSettings):
     kbs_keys: tuple[str, ...] = Field(default=(), max_length=16)
     # HTTPS to the broker: pin this CA (or the broker's self-signed certificate) file.
     kbs_ca_file: Path | None = None
+    # Attested micro-segmentation (docs/continuous-trust.md): a TOML file naming this
+    # enclave's mesh identity, the segmentation policy, the mesh CA and its URL. Set, the
+    # enclave obtains a workload certificate on fresh evidence at boot, serves mutual TLS and
+    # reaches the broker over it (instead of kbs_ca_file); unset, nothing changes.
+    mesh_file: Path | None = None
     requester: str | None = Field(default=None, max_length=256)  # runtime["requester"] for KBS
     # Continuous trust (enclave/standing.py): re-check standing with the brokers that released
     # this enclave's keys every standing_check_seconds (0: never); with no good answer for
@@ -178,16 +182,14 @@ class EnclaveSettings(BaseSettings, ServingSettings, OpsSettings):
     responses_per_user: int = Field(default=64, ge=0, le=4096)
     responses_max_bytes: int = Field(default=64 * 1024 * 1024, ge=0, le=2**34)
 
-    @field_validator("store")
+    @field_validator("store", mode="before")
     @classmethod
-    def _store_kind(cls, value: str) -> str:
-        if value in ("sqlite", "memory") or is_postgres_url(value):
-            return value
-        raise ValueError('store is "sqlite", "memory" or a postgresql:// URL')
-
-    @field_serializer("store")
-    def _store_shown(self, value: str) -> str:
-        return redacted(value)  # config show: never the database password
+    def _store(cls, value: object) -> str:
+        if value is None:  # unset, as configurations written for the replay cache alone say
+            return "sqlite"
+        if not isinstance(value, str):
+            raise ValueError("store is a string")
+        return store_setting(value, names=("sqlite", "memory"))
 
     def backend(self, own: Literal["sqlite", "memory"]) -> str:
         """Where one store rests, from ``store`` and that store's own setting ``own``:

@@ -9,7 +9,6 @@ kept in the decision log.
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from datetime import datetime
@@ -19,8 +18,8 @@ from fastapi.responses import JSONResponse
 
 from medclave.errors import InputError, KbsError, MedclaveError
 from medclave.kbs.api import owner_router, release_router
-from medclave.kbs.factory import build_broker
-from medclave.kbs.ratelimit import RateLimiter
+from medclave.kbs.factory import build_broker, open_limiter
+from medclave.kbs.mesh_ca import BrokerMesh, MeshConfig, mesh_router
 from medclave.kbs.service import KeyBroker
 from medclave.kbs.settings import KbsSettings, get_settings
 from medclave.kbs.store import Decision
@@ -67,13 +66,21 @@ def create_app(
     on_decision: Callable[[Decision], None] | None = None,
     rate_clock: Callable[[], float] | None = None,
 ) -> FastAPI:
-    """The broker app. With ``settings``, the ``get_settings`` dependency is overridden to it."""
+    """The broker app. With ``settings``, the ``get_settings`` dependency is overridden to it.
+    With ``settings.mesh_file``, it runs the mesh CA; ``app.state.mesh`` (a
+    :class:`~medclave.kbs.mesh_ca.BrokerMesh`) then says how to serve it (mutual TLS)."""
     cfg = settings or get_settings()
     the_broker = broker or build_broker(cfg, clock=clock, on_decision=on_decision)
+    mesh = None if cfg.mesh_file is None else BrokerMesh.build(
+        the_broker, MeshConfig.load(cfg.mesh_file), cfg.data_dir)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if mesh is not None:
+            mesh.start()
         yield
+        if mesh is not None:
+            mesh.stop()
         if broker is None:  # we opened it, we close it
             the_broker.store.close()
 
@@ -86,13 +93,15 @@ def create_app(
         openapi_url=None,
     )
     app.state.broker = the_broker
-    app.state.limiter = RateLimiter(
-        cfg.rate_per_second, cfg.rate_burst, clock=rate_clock or time.monotonic
-    )
+    app.state.mesh = mesh
+    app.state.mesh_issuer = None if mesh is None else mesh.issuer
+    # Beside a PostgreSQL store the buckets are shared by every replica (kbs/pg_ratelimit.py).
+    app.state.limiter = open_limiter(cfg, the_broker.store, rate_clock)
     if settings is not None:
         app.dependency_overrides[get_settings] = lambda: settings
     app.include_router(release_router)
     app.include_router(owner_router)
+    app.include_router(mesh_router)
     install_error_handlers(app, render=error_response, log_refusal=_log_refusal,
                            route_error=_route_error, log_unexpected=_log_unexpected)
     _instrument(app, the_broker, cfg)

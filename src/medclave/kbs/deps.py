@@ -7,7 +7,7 @@ from typing import Annotated
 from fastapi import Depends, Header, Request
 
 from medclave.errors import MedclaveError
-from medclave.kbs.ratelimit import RateLimiter
+from medclave.kbs.ratelimit import Limiter
 from medclave.kbs.service import KeyBroker
 from medclave.kbs.settings import KbsSettings, get_settings
 from medclave.serving import read_limited_body
@@ -35,7 +35,7 @@ ClientDep = Annotated[str, Depends(client_id)]
 
 
 def rate_limit(request: Request, client: ClientDep) -> None:
-    limiter: RateLimiter = request.app.state.limiter
+    limiter: Limiter = request.app.state.limiter
     limiter.check(client)
 
 

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Callable
 from datetime import datetime, timedelta
 
 from medclave.errors import InputError
 from medclave.kbs.keywrap import EnvKek, FileKek, KeyWrapper
+from medclave.kbs.ratelimit import Limiter, RateLimiter
 from medclave.kbs.service import KeyBroker
 from medclave.kbs.settings import KbsSettings
 from medclave.kbs.signing import BrokerSigner
@@ -23,11 +25,33 @@ def ensure_data_dir(settings: KbsSettings) -> None:
         os.chmod(path, 0o700)  # holds the KEK and the wrapped secrets: owner only
 
 
-def open_store(settings: KbsSettings) -> KbsStore:
+def open_store(settings: KbsSettings, *, exclusive: bool = False) -> KbsStore:
+    """The configured store; ``exclusive`` (a KEK rotation): refused while any broker has it
+    open, and no broker opens it meanwhile."""
     if settings.store == "memory":
         return MemoryKbsStore()
+    if settings.postgres:
+        from medclave.kbs.postgres_store import PostgresKbsStore  # the `postgres` extra
+
+        return PostgresKbsStore(settings.store, allow_remote=settings.store_allow_remote,
+                                exclusive=exclusive)
     ensure_data_dir(settings)
-    return SqliteKbsStore(settings.db_path)
+    return SqliteKbsStore(settings.db_path, exclusive=exclusive)
+
+
+def open_limiter(settings: KbsSettings, store: KbsStore,
+                 clock: Callable[[], float] | None = None) -> Limiter:
+    """Per-client token buckets: in PostgreSQL beside a PostgreSQL store (every replica draws
+    on the same buckets), else in this process. ``clock``: seconds, for tests."""
+    if settings.postgres:
+        from medclave.kbs.pg_ratelimit import PostgresRateLimiter
+        from medclave.kbs.postgres_store import PostgresKbsStore
+
+        if isinstance(store, PostgresKbsStore):
+            return PostgresRateLimiter(store.pool, settings.rate_per_second,
+                                       settings.rate_burst, clock=clock)
+    return RateLimiter(settings.rate_per_second, settings.rate_burst,
+                       clock=clock or time.monotonic)
 
 
 def open_wrapper(settings: KbsSettings, *, create: bool = True) -> KeyWrapper:
@@ -52,6 +76,16 @@ def open_signer(settings: KbsSettings, *, create: bool = True) -> BrokerSigner:
     return BrokerSigner.load_or_create(settings.signing_key_path)
 
 
+def check_kek(store: KbsStore, wrapper: KeyWrapper) -> None:
+    """``config.invalid`` when the store was last re-wrapped under another KEK than ``wrapper``
+    (a broker started with the pre-rotation key): refused at start, not at the first release."""
+    recorded = store.kek_id()
+    if recorded is not None and recorded != wrapper.key_id:
+        raise InputError("config.invalid", f"the store's secrets are wrapped under KEK "
+                         f"{recorded}, not the configured KEK {wrapper.key_id}; if a KEK "
+                         "rotation was interrupted, run `medclave kbs kek rotate` again")
+
+
 def _fingerprints(values: tuple[str, ...]) -> frozenset[str]:
     out = frozenset(v.strip().lower().replace(":", "") for v in values)
     bad = [v for v in out if len(v) != 64 or any(c not in "0123456789abcdef" for c in v)]
@@ -70,9 +104,16 @@ def build_broker(
     on_decision: Callable[[Decision], None] | None = None,
     trusted_roots: frozenset[str] | None = None,
 ) -> KeyBroker:
+    store = store if store is not None else open_store(settings)
+    wrapper = wrapper if wrapper is not None else open_wrapper(settings)
+    try:
+        check_kek(store, wrapper)
+    except InputError:
+        store.close()
+        raise
     return KeyBroker(
-        store if store is not None else open_store(settings),
-        wrapper if wrapper is not None else open_wrapper(settings),
+        store,
+        wrapper,
         signer=signer if signer is not None else open_signer(settings),
         sim_roots=_fingerprints(settings.sim_roots),
         trusted_roots=trusted_roots,

@@ -10,11 +10,19 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 from medclave.errors import AuthError
 from medclave.util.lru import Lru
 
 MAX_CLIENTS = 100_000
+
+
+class Limiter(Protocol):
+    """What the broker's routes need: this one in memory, or
+    :class:`~medclave.kbs.pg_ratelimit.PostgresRateLimiter` shared by replicas."""
+
+    def check(self, client: str) -> None: ...
 
 
 @dataclass

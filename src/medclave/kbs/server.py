@@ -18,9 +18,17 @@ def serve(settings: KbsSettings) -> None:
     :func:`medclave.serving.run_server` configures every service."""
     if (settings.tls_cert_file is None) != (settings.tls_key_file is None):
         raise InputError("config.invalid", "TLS needs both tls_cert_file and tls_key_file")
+    if settings.mesh_file is not None and settings.tls_cert_file is not None:
+        raise InputError("config.invalid", "mesh_file serves the mesh's own certificates: "
+                                           "drop tls_cert_file and tls_key_file")
     # JSON lines at the configured level: under uvicorn's own defaults the broker's INFO lines
     # (its refusals) had no handler and were dropped.
     configure_logging("kbs", level=settings.log_level, fmt=settings.log_format)
-    lifecycle.serve(create_app(settings), settings, settings, host=settings.host,
+    app = create_app(settings)
+    if app.state.mesh is not None:  # mutual TLS with the mesh's own certificates
+        lifecycle.serve(app, settings, settings, host=settings.host, port=settings.port,
+                        mesh=app.state.mesh.serving())
+        return
+    lifecycle.serve(app, settings, settings, host=settings.host,
                     port=settings.port, ssl_certfile=settings.tls_cert_file,
                     ssl_keyfile=settings.tls_key_file)

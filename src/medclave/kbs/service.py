@@ -228,6 +228,31 @@ class KeyBroker:
             self._decide(trace, now, "refused", "kbs.revoked", f"revoked: {hit.kind}")
         return Standing(str(name), result, self.signer.key_id, signature)
 
+    def now(self) -> datetime:
+        return self._clock()
+
+    @property
+    def nonce_ttl(self) -> timedelta:
+        return self._ttl
+
+    def attested(self, nonce: str | bytes, bundle: EvidenceBundle, now: datetime) -> Verification:
+        """Spend the nonce, then verify the bundle over it: how every attested call starts
+        (the mesh CA's issuance too, kbs/mesh_ca.py)."""
+        nonce_bytes = _nonce(nonce)
+        self._spend(nonce_bytes, now)
+        return verify_bundle(bundle, now=now, expected_nonce=nonce_bytes,
+                             sim_roots=self._sim_roots, trusted_roots=self._trusted_roots)
+
+    def record(self, action: str, resource: str, client_id: str, error: MedclaveError | None,
+               detail: str, *, evidence_sha256: str = "", checks: tuple[Check, ...] = ()) -> None:
+        """Record a decision made outside this class (the mesh CA's)."""
+        trace = _Trace(action, resource, client_id, evidence_sha256=evidence_sha256,
+                       checks=checks)
+        if error is None:
+            self._decide(trace, self._clock(), "allowed", None, detail)
+        else:
+            self._decide(trace, self._clock(), "refused", error.code, error.detail)
+
     def _refuse_revoked(self, owner: str, verification: Verification,
                         bundle: EvidenceBundle) -> None:
         hit = first_match(self.store.revocations(owner), identities(verification, bundle))

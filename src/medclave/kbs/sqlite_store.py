@@ -23,12 +23,14 @@ it cannot.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import sqlite3
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -44,6 +46,7 @@ from medclave.kbs.store import (
     NonceState,
     PolicyVersion,
     ResourceInfo,
+    Rewrap,
     SecretVersion,
     aggregate_key,
     is_aggregated,
@@ -120,6 +123,22 @@ def _legacy_version(db: sqlite3.Connection) -> int:
     return int(row[0])
 
 
+def _hold(path: Path, *, exclusive: bool) -> int:
+    """An advisory lock beside the store (``flock(2)`` on ``NAME.lock``), held while it is open:
+    shared by every broker and command that opens it, exclusive for a KEK rotation
+    (:mod:`medclave.kbs.rekey`), so a rotation never runs beside a broker that would go on
+    wrapping new secrets under the old KEK, and a broker never starts during one."""
+    fd = os.open(path.with_name(path.name + ".lock"), os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise KbsError("kbs.unavailable", "the store is in use by a running broker or command; "
+                       "stop it first" if exclusive else "the store is locked by a KEK "
+                       "rotation; start when it is done") from None
+    return fd
+
+
 def _ts(value: datetime) -> str:
     return value.astimezone(UTC).isoformat()
 
@@ -135,7 +154,8 @@ def _not_found(resource: ResourceName, what: str = "resource") -> KbsError:
 class SqliteKbsStore:
     """A :class:`~medclave.kbs.store.KbsStore` in one SQLite file (WAL journal)."""
 
-    def __init__(self, path: Path, *, max_aggregated: int = MAX_AGGREGATED_DECISIONS) -> None:
+    def __init__(self, path: Path, *, max_aggregated: int = MAX_AGGREGATED_DECISIONS,
+                 exclusive: bool = False) -> None:
         self.path = path
         self._max_aggregated = max_aggregated
         self._lock = threading.Lock()
@@ -145,11 +165,13 @@ class SqliteKbsStore:
             os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
         except OSError as exc:
             raise KbsError("kbs.unavailable", f"cannot create store {path.name}: {exc}") from exc
+        self._flock = _hold(path, exclusive=exclusive)
         try:
             self._db = sqlite3.connect(
                 path, isolation_level=None, check_same_thread=False, timeout=10.0
             )
         except sqlite3.Error as exc:
+            os.close(self._flock)
             raise KbsError("kbs.unavailable", f"cannot open store {path.name}: {exc}") from exc
 
         def pragmas(db: sqlite3.Connection) -> None:
@@ -164,6 +186,7 @@ class SqliteKbsStore:
                                    "kbs.unavailable", f"cannot open store {path.name}: {exc}"))
         except BaseException:
             self._db.close()
+            os.close(self._flock)
             raise
 
     @contextmanager
@@ -401,45 +424,71 @@ class SqliteKbsStore:
 
     # decisions
     def record_decision(self, decision: Decision) -> None:
+        with self._tx() as db:
+            self._record(db, decision)
+
+    def _record(self, db: sqlite3.Connection, decision: Decision) -> None:
         d = decision
         key = aggregate_key(d) if is_aggregated(d) else None
-        with self._tx() as db:
-            if key is not None:
-                counted = db.execute(
-                    "UPDATE decisions SET count = count + ? WHERE bucket=? AND action=?"
-                    " AND resource=? AND code=? AND client=?", (d.count, *key)
-                ).rowcount
-                if counted:
-                    return
+        if key is not None:
+            counted = db.execute(
+                "UPDATE decisions SET count = count + ? WHERE bucket=? AND action=?"
+                " AND resource=? AND code=? AND client=?", (d.count, *key)
+            ).rowcount
+            if counted:
+                return
+        db.execute(
+            "INSERT INTO decisions (at, action, resource, owner, outcome, client, code,"
+            " version, detail, policy_digest, evidence_sha256, checks, actor, count, bucket)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                _ts(d.at),
+                d.action,
+                d.resource,
+                d.owner or "",  # the column's "no owner": the resource is not a name
+                d.outcome,
+                d.client,
+                d.code,
+                d.version,
+                d.detail,
+                d.policy_digest,
+                d.evidence_sha256,
+                json.dumps(list(d.checks)),
+                d.actor,
+                d.count,
+                None if key is None else key[0],
+            ),
+        )
+        if key is not None:
+            # The retention bound: the newest aggregate rows stay, the oldest go.
             db.execute(
-                "INSERT INTO decisions (at, action, resource, owner, outcome, client, code,"
-                " version, detail, policy_digest, evidence_sha256, checks, actor, count, bucket)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    _ts(d.at),
-                    d.action,
-                    d.resource,
-                    d.owner or "",  # the column's "no owner": the resource is not a name
-                    d.outcome,
-                    d.client,
-                    d.code,
-                    d.version,
-                    d.detail,
-                    d.policy_digest,
-                    d.evidence_sha256,
-                    json.dumps(list(d.checks)),
-                    d.actor,
-                    d.count,
-                    None if key is None else key[0],
-                ),
+                "DELETE FROM decisions WHERE id IN (SELECT id FROM decisions"
+                " WHERE bucket IS NOT NULL ORDER BY id DESC LIMIT -1 OFFSET ?)",
+                (self._max_aggregated,),
             )
-            if key is not None:
-                # The retention bound: the newest aggregate rows stay, the oldest go.
+
+    # the KEK (kbs/rekey.py)
+    def rewrap_secrets(self, rewrap: Rewrap, *, kek_id: str, decision: Decision) -> int:
+        """Every stored secret version re-wrapped, the new KEK's id recorded and ``decision``
+        logged, in one transaction: any error (a secret the old KEK does not open, a crash)
+        leaves every row as it was (SQLite's atomic commit)."""
+        with self._tx() as db:
+            rows = db.execute(
+                "SELECT name, version, wrapped FROM secret_versions ORDER BY name, version"
+            ).fetchall()
+            for name, version, wrapped in rows:
                 db.execute(
-                    "DELETE FROM decisions WHERE id IN (SELECT id FROM decisions"
-                    " WHERE bucket IS NOT NULL ORDER BY id DESC LIMIT -1 OFFSET ?)",
-                    (self._max_aggregated,),
+                    "UPDATE secret_versions SET wrapped=? WHERE name=? AND version=?",
+                    (rewrap(str(name), int(version), bytes(wrapped)), name, version),
                 )
+            db.execute("INSERT OR REPLACE INTO meta VALUES ('kek_id', ?)", (kek_id,))
+            self._record(db, replace(decision, detail=f"{decision.detail}; {len(rows)} secret "
+                                     "versions re-wrapped"))
+        return len(rows)
+
+    def kek_id(self) -> str | None:
+        rows = self._read("SELECT value FROM meta WHERE key='kek_id'")
+        return str(rows[0][0]) if rows else None
 
     def decisions(
         self, *, owner: str | None = None, resource: str | None = None, limit: int = 100
@@ -473,3 +522,6 @@ class SqliteKbsStore:
     def close(self) -> None:
         with self._lock:
             self._db.close()
+            if self._flock >= 0:
+                os.close(self._flock)  # releases the lock
+                self._flock = -1

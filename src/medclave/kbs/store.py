@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from enum import Enum
@@ -130,6 +131,8 @@ def is_aggregated(decision: Decision) -> bool:
 
 
 AggregateKey = tuple[str, str, str, str, str]
+# (resource, version, wrapped under the old KEK) -> wrapped under the new one (kbs/rekey.py).
+Rewrap = Callable[[str, int, bytes], bytes]
 
 
 def aggregate_key(decision: Decision) -> AggregateKey:
@@ -193,6 +196,11 @@ class KbsStore(Protocol):
         self, *, owner: str | None = None, resource: str | None = None, limit: int = 100
     ) -> list[Decision]: ...
 
+    # the KEK: every secret version re-wrapped, the new KEK's id and the decision recorded,
+    # all at once or not at all; the id of the KEK the store was last re-wrapped under.
+    def rewrap_secrets(self, rewrap: Rewrap, *, kek_id: str, decision: Decision) -> int: ...
+    def kek_id(self) -> str | None: ...
+
     def close(self) -> None: ...
 
 
@@ -221,6 +229,7 @@ class MemoryKbsStore:
         self._next_id = 0
         self._aggregates: OrderedDict[AggregateKey, int] = OrderedDict()
         self._max_aggregated = max_aggregated
+        self._kek_id: str | None = None
 
     # owners
     def add_owner_token(self, owner: str, token_hash: bytes, created: datetime) -> None:
@@ -384,18 +393,21 @@ class MemoryKbsStore:
 
     def record_decision(self, decision: Decision) -> None:
         with self._lock:
-            key = aggregate_key(decision) if is_aggregated(decision) else None
-            row = self._aggregates.get(key) if key is not None else None
-            if row is not None:
-                held = self._decisions[row]
-                self._decisions[row] = replace(held, count=held.count + decision.count)
-                return
-            self._next_id += 1
-            self._decisions[self._next_id] = decision
-            if key is not None:
-                self._aggregates[key] = self._next_id
-                while len(self._aggregates) > self._max_aggregated:
-                    del self._decisions[self._aggregates.popitem(last=False)[1]]
+            self._record(decision)
+
+    def _record(self, decision: Decision) -> None:
+        key = aggregate_key(decision) if is_aggregated(decision) else None
+        row = self._aggregates.get(key) if key is not None else None
+        if row is not None:
+            held = self._decisions[row]
+            self._decisions[row] = replace(held, count=held.count + decision.count)
+            return
+        self._next_id += 1
+        self._decisions[self._next_id] = decision
+        if key is not None:
+            self._aggregates[key] = self._next_id
+            while len(self._aggregates) > self._max_aggregated:
+                del self._decisions[self._aggregates.popitem(last=False)[1]]
 
     def decisions(
         self, *, owner: str | None = None, resource: str | None = None, limit: int = 100
@@ -408,6 +420,24 @@ class MemoryKbsStore:
                 and (resource is None or d.resource == resource)
             ]
             return out[:limit]
+
+    def rewrap_secrets(self, rewrap: Rewrap, *, kek_id: str, decision: Decision) -> int:
+        with self._lock:
+            # Every new value first; nothing is replaced unless all of them were made.
+            fresh = {(name, v): rewrap(name, v, item.wrapped)
+                     for name, entry in self._secrets.items()
+                     for v, item in entry.items.items()}
+            for (name, v), wrapped in fresh.items():
+                entry = self._secrets[name]
+                entry.items[v] = replace(entry.items[v], wrapped=wrapped)
+            self._kek_id = kek_id
+            self._record(replace(decision, detail=f"{decision.detail}; {len(fresh)} secret "
+                                 "versions re-wrapped"))
+            return len(fresh)
+
+    def kek_id(self) -> str | None:
+        with self._lock:
+            return self._kek_id
 
     def close(self) -> None:
         return None

@@ -26,6 +26,7 @@ from medclave.monitor.model import Score, Scorer
 
 PER_USER_DAY: Final = frozenset({"volume", "burst", "break_glass"})
 DEFAULT_THRESHOLD: Final = 4.0
+PRUNE_AT: Final = 10_000  # dedup keys held before the expired ones are dropped
 
 
 @dataclass(frozen=True)
@@ -60,6 +61,7 @@ class Deduplicator:
     def __init__(self, window: timedelta = timedelta(days=1)) -> None:
         self.window = window
         self._last: dict[tuple[str, ...], datetime] = {}
+        self._prune_at = PRUNE_AT
         self.suppressed = 0
 
     def key(self, score: Score) -> tuple[str, ...]:
@@ -77,7 +79,28 @@ class Deduplicator:
             self.suppressed += 1
             return False
         self._last[key] = at
+        if len(self._last) > self._prune_at:
+            # A follower runs for months: forget keys whose window has passed, so memory
+            # follows the alerts of one window, not of all time.
+            self._last = {k: t for k, t in self._last.items() if at - t < self.window}
+            self._prune_at = max(PRUNE_AT, 2 * len(self._last))
         return True
+
+    def state(self) -> dict[str, Any]:
+        """The keys still inside the window (older ones can never suppress again)."""
+        newest = max(self._last.values(), default=None)
+        keep = {k: t for k, t in self._last.items()
+                if newest is None or newest - t < self.window}
+        return {"last": [[list(k), t.isoformat()] for k, t in keep.items()],
+                "suppressed": self.suppressed}
+
+    def restore(self, state: dict[str, Any]) -> None:
+        try:
+            self._last = {tuple(str(p) for p in k): datetime.fromisoformat(t)
+                          for k, t in state.get("last", [])}
+            self.suppressed = int(state.get("suppressed", 0))
+        except (TypeError, ValueError, AttributeError) as exc:
+            raise InputError("input.malformed", f"not a dedup state: {exc}") from None
 
 
 class FileSink:
@@ -123,12 +146,22 @@ class Monitor:
     the same key was raised within the dedup window."""
 
     def __init__(self, scorer: Scorer, *sinks: AlertSink, threshold: float = DEFAULT_THRESHOLD,
-                 dedup: Deduplicator | None = None) -> None:
+                 dedup: Deduplicator | None = None, keep: bool = True) -> None:
         self.scorer = scorer
         self.sinks = sinks
         self.threshold = threshold
         self.dedup = dedup or Deduplicator()
+        # Every alert raised, for a batch run's summary; a follower that runs for months keeps
+        # none (its sinks have them).
         self.raised: list[Alert] = []
+        self._keep = keep
+
+    def replay(self, event: Any) -> None:
+        """Score ``event`` and count it for deduplication, raising nothing (the follower
+        rebuilding its state up to an event whose alert failed)."""
+        score = self.scorer.score(event)
+        if score.total >= self.threshold and score.findings:
+            self.dedup.first(score)
 
     def observe(self, event: Any) -> Alert | None:
         score = self.scorer.score(event)
@@ -142,5 +175,6 @@ class Monitor:
                       summary=summary, reasons=reasons, request_id=event.request_id)
         for sink in self.sinks:
             sink(alert)
-        self.raised.append(alert)
+        if self._keep:
+            self.raised.append(alert)
         return alert

@@ -233,6 +233,23 @@ class Scorer:
                                  f"minutes in the baseline had {b.busiest_burst}"))
         return Score(event, sum(f.points for f in found), tuple(found))
 
+    def state(self) -> dict[str, Any]:
+        """Each user's day so far and last ten minutes (what :meth:`score` carries from one
+        event to the next), as JSON, so a follower restarted mid-day scores on from it."""
+        return {"today": {u: [d.isoformat(), sorted(seen), glass]
+                          for u, (d, seen, glass) in self._today.items()},
+                "recent": {u: [t.isoformat() for t in w] for u, w in self._recent.items() if w}}
+
+    def restore(self, state: dict[str, Any]) -> None:
+        try:
+            self._today = {u: (date.fromisoformat(d), set(seen), int(glass))
+                           for u, (d, seen, glass) in state.get("today", {}).items()}
+            self._recent = defaultdict(deque, {
+                u: deque(datetime.fromisoformat(t) for t in times)
+                for u, times in state.get("recent", {}).items()})
+        except (TypeError, ValueError, AttributeError) as exc:
+            raise InputError("input.malformed", f"not a scorer state: {exc}") from None
+
 
 def counts(events: Iterable[AccessEvent]) -> Counter[str]:
     return Counter(e.reason for e in events)

@@ -28,6 +28,7 @@ from pydantic_settings import (
 )
 
 from medclave.errors import InputError
+from medclave.postgres.pool import is_postgres_url, redacted
 
 S = TypeVar("S", bound=BaseSettings)
 MAX_CONFIG_BYTES = 1024 * 1024
@@ -91,5 +92,8 @@ def load_settings(model: type[S], *, config_file: Path | None = None,
 
 
 def effective(settings: BaseSettings) -> dict[str, Any]:
-    """Every field's value as JSON types, secrets masked (``SecretStr`` dumps as stars)."""
-    return settings.model_dump(mode="json")
+    """Every field's value as JSON types, secrets masked (``SecretStr`` dumps as stars; a
+    ``postgresql://`` store URL loses its password)."""
+    dumped = settings.model_dump(mode="json")
+    return {name: redacted(value) if isinstance(value, str) and is_postgres_url(value) else value
+            for name, value in dumped.items()}

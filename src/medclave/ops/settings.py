@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
 
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR"]
 
@@ -28,3 +28,13 @@ class OpsSettings(BaseModel):
     # exports OTLP (needs opentelemetry-exporter-otlp-proto-http installed).
     tracing: Literal["off", "console", "otlp"] = "off"
     otlp_endpoint: str | None = None
+
+    @model_validator(mode="after")
+    def _otlp_has_an_endpoint(self) -> OpsSettings:
+        # Checked at start (config.invalid names the field), not at the first span.
+        if self.tracing == "otlp":
+            if not self.otlp_endpoint:
+                raise ValueError("tracing = 'otlp' needs otlp_endpoint")
+            if not self.otlp_endpoint.startswith(("http://", "https://")):
+                raise ValueError("otlp_endpoint must be an http(s) URL")
+        return self

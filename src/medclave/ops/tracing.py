@@ -21,7 +21,8 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator, Mapping
 from contextvars import ContextVar
-from typing import Any
+from typing import Any, Final
+from urllib.parse import urlsplit, urlunsplit
 
 from opentelemetry import trace
 from opentelemetry.sdk.resources import SERVICE_NAME, Resource
@@ -37,6 +38,7 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 from medclave.errors import InputError
 
 _PROPAGATOR = TraceContextTextMapPropagator()
+OTLP_TIMEOUT_SECONDS: Final = 5.0
 _current: ContextVar[Tracing | None] = ContextVar("medclave_tracing", default=None)
 
 
@@ -69,19 +71,22 @@ class Tracing:
         if not endpoint:
             raise InputError("config.invalid", "tracing otlp needs otlp_endpoint")
         try:
-            from opentelemetry.exporter.otlp.proto.http.trace_exporter import (  # type: ignore[import-not-found]
+            from opentelemetry.exporter.otlp.proto.http.trace_exporter import (
                 OTLPSpanExporter,
             )
         except ImportError as exc:
             raise InputError("config.invalid", "tracing otlp needs the package "
-                             "opentelemetry-exporter-otlp-proto-http") from exc
+                             "opentelemetry-exporter-otlp-proto-http (the extra "
+                             "medclave[otlp])") from exc
         from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
         tracing = cls(service, None)
         tracing._provider = TracerProvider(resource=Resource.create({
             SERVICE_NAME: f"medclave-{service}"}))
+        # Batched, off the request path: a slow or absent collector delays no answer (spans
+        # queue, up to the SDK's bound, and are dropped past it). Flushed on shutdown.
         tracing._provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(
-            endpoint=endpoint)))
+            endpoint=traces_url(endpoint), timeout=OTLP_TIMEOUT_SECONDS)))
         tracing._tracer = tracing._provider.get_tracer("medclave")
         return tracing
 
@@ -124,6 +129,18 @@ class Tracing:
     def shutdown(self) -> None:
         if self._provider is not None:
             self._provider.shutdown()
+
+
+def traces_url(endpoint: str) -> str:
+    """The URL spans are POSTed to. A collector's base URL (``http://collector:4318``) gets the
+    OTLP/HTTP traces path ``/v1/traces`` (OTLP specification, "OTLP/HTTP Request": the
+    signal-specific path of a base endpoint); a URL with a path is used as given."""
+    parts = urlsplit(endpoint)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise InputError("config.invalid", "otlp_endpoint must be an http(s) URL")
+    if parts.path in ("", "/"):
+        return urlunsplit((parts.scheme, parts.netloc, "/v1/traces", parts.query, ""))
+    return endpoint
 
 
 def current_method(current: Span) -> str:

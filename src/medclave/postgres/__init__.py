@@ -14,6 +14,6 @@ is what the PostgreSQL implementations share:
   do not race).
 """
 
-from medclave.postgres.pool import is_postgres_url, open_pool, redacted
+from medclave.postgres.pool import is_postgres_url, open_pool, redacted, store_setting
 
-__all__ = ["is_postgres_url", "open_pool", "redacted"]
+__all__ = ["is_postgres_url", "open_pool", "redacted", "store_setting"]

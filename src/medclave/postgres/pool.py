@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import ipaddress
+from typing import TYPE_CHECKING
 from urllib.parse import parse_qs, urlsplit, urlunsplit
 
-from psycopg_pool import ConnectionPool
-
 from medclave.errors import InputError, ServiceError
+
+if TYPE_CHECKING:  # psycopg is the `postgres` extra: settings check URLs without it
+    from psycopg_pool import ConnectionPool
 
 SCHEMES = ("postgresql", "postgres")
 
@@ -15,6 +17,15 @@ SCHEMES = ("postgresql", "postgres")
 def is_postgres_url(store: str) -> bool:
     """Whether a ``store`` setting names PostgreSQL (else it is a SQLite path)."""
     return urlsplit(store).scheme in SCHEMES
+
+
+def store_setting(value: str, *, names: tuple[str, ...]) -> str:
+    """A ``store`` setting's validator: one of ``names`` (the embedded backends) or a
+    ``postgresql://`` URL; ``ValueError`` otherwise, so a settings model refuses it at start."""
+    if value in names or is_postgres_url(value):
+        return value
+    either = f"{', '.join(names)} or " if names else ""
+    raise ValueError(f"store must be {either}a postgresql:// URL, not {redacted(value)!r}")
 
 
 def redacted(url: str) -> str:
@@ -64,6 +75,11 @@ def open_pool(url: str, *, min_size: int = 1, max_size: int = 8, allow_remote: b
     (``with conn.transaction():``), so a statement never sits in an implicit one holding locks."""
     if not is_postgres_url(url):
         raise InputError("config.invalid", "store is not a postgresql:// URL")
+    try:
+        from psycopg_pool import ConnectionPool
+    except ImportError as exc:  # pragma: no cover - the `postgres` extra installs it
+        raise InputError("config.invalid", "a postgresql:// store needs the `postgres` extra "
+                         "(psycopg)") from exc
     if not allow_remote:
         check_local(url)
     pool = ConnectionPool(url, min_size=min_size, max_size=max_size, open=False,
