@@ -20,6 +20,7 @@ from medclave.crypto import bhttp
 from medclave.crypto.ohttp import encapsulate_request
 from medclave.enclave.settings import EnclaveSettings
 from medclave.errors import MedclaveError
+from medclave.ops.config import effective
 from medclave.protocol import inference as proto
 from tests.e2e.helpers import FakeEngine, Idp, audit_log, make_idp, start_enclave
 
@@ -29,9 +30,10 @@ def test_store_is_sqlite_memory_or_a_postgresql_url() -> None:
     for bad in ("mysql://db/x", "/var/lib/medclave", "postgresq://x"):
         with pytest.raises(ValidationError):
             EnclaveSettings(store=bad)
+    assert EnclaveSettings(store=None).store == "sqlite"  # unset in an older configuration
     url = "postgresql://medclave:s3cret@127.0.0.1:5432/medclave"
     settings = EnclaveSettings(store=url, records_store="memory")
-    shown = json.dumps(settings.model_dump(mode="json"))
+    shown = json.dumps(effective(settings))  # what `medclave config show` prints
     assert "s3cret" not in shown and "medclave:***@127.0.0.1" in shown
     assert settings.store == url  # the service itself uses the real one
     assert settings.backend(settings.audit_store) == url
