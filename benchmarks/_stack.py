@@ -199,7 +199,7 @@ class InstantEngine:
         pass
 
 
-def _settings(folder: str, issuer: str) -> Any:
+def _settings(folder: str, issuer: str, extra: dict[str, Any] | None = None) -> Any:
     from medclave.audit import generate_commitment_key
     from medclave.enclave.settings import EnclaveSettings
 
@@ -215,11 +215,12 @@ def _settings(folder: str, issuer: str) -> Any:
     for name in ("max_concurrent_inferences", "max_concurrent_per_tenant"):
         if name in EnclaveSettings.model_fields:
             values[name] = 64
+    values.update(extra or {})  # e.g. the remote engine: engine, engine_url, engine_build
     return EnclaveSettings(**values)
 
 
 def _enclave_process(folder: str, issuer: str, instant: bool, counters: EngineCounters | None,
-                     out: Any, stop: Any) -> None:
+                     out: Any, stop: Any, extra: dict[str, Any] | None = None) -> None:
     """The enclave in its own process, as deployed (it would be another machine)."""
     import logging
 
@@ -228,7 +229,7 @@ def _enclave_process(folder: str, issuer: str, instant: bool, counters: EngineCo
     from medclave.enclave.app import create_app
     from medclave.enclave.boot import boot, default_engine
 
-    settings = _settings(folder, issuer)
+    settings = _settings(folder, issuer, extra)
     counted = False
 
     def engine(path: str, s: Any) -> Any:
@@ -247,7 +248,8 @@ def _enclave_process(folder: str, issuer: str, instant: bool, counters: EngineCo
     booted.close()
 
 
-def _proxy_process(upstream: str, sim_root: str, out: Any, stop: Any) -> None:
+def _proxy_process(upstream: str, sim_root: str, out: Any, stop: Any,
+                   model_digest: str | None = None) -> None:
     """The hospital's proxy in its own process, as deployed."""
     import logging
 
@@ -260,7 +262,7 @@ def _proxy_process(upstream: str, sim_root: str, out: Any, stop: Any) -> None:
     from medclave.enclave.model import DEFAULT_MODEL_SHA256
 
     policy = AppraisalPolicy.model_validate({
-        "platforms": ["sim"], "model_digests": [DEFAULT_MODEL_SHA256],
+        "platforms": ["sim"], "model_digests": [model_digest or DEFAULT_MODEL_SHA256],
         "platform": {"sim": {"reference_values": {"measurement": [code_measurement().hex()]}}}})
     session = EnclaveSession(upstream, policy, sim_roots=frozenset({sim_root}))
     server = BackgroundServer(create_proxy_app(session)).start()
@@ -286,8 +288,11 @@ class Stack:
         return {"Authorization": f"Bearer {self.token()}"}
 
 
-def start_stack(folder: Path, *, instant: bool = False) -> Stack:
-    """Enclave and proxy processes on 127.0.0.1, with a development IdP in this process."""
+def start_stack(folder: Path, *, instant: bool = False, settings: dict[str, Any] | None = None,
+                model_digest: str | None = None) -> Stack:
+    """Enclave and proxy processes on 127.0.0.1, with a development IdP in this process.
+    ``settings``: enclave settings beside the benchmark's own (the remote engine's);
+    ``model_digest``: the model the proxy's policy accepts (default: the bundled one)."""
     from medclave.auth.issuer import TokenIssuer, load_or_create_signing_key
 
     folder.mkdir(parents=True)
@@ -297,10 +302,12 @@ def start_stack(folder: Path, *, instant: bool = False) -> Stack:
     out, stop = ctx.Queue(), ctx.Event()
     counters = None if instant else EngineCounters(ctx)
     enclave = ctx.Process(target=_enclave_process, daemon=True,
-                          args=(str(folder), issuer.issuer, instant, counters, out, stop))
+                          args=(str(folder), issuer.issuer, instant, counters, out, stop,
+                                settings))
     enclave.start()
     url, sim_root, counted = out.get(timeout=180)
-    proxy = ctx.Process(target=_proxy_process, args=(url, sim_root, out, stop), daemon=True)
+    proxy = ctx.Process(target=_proxy_process, args=(url, sim_root, out, stop, model_digest),
+                        daemon=True)
     proxy.start()
     proxy_url = out.get(timeout=180)
 

@@ -15,6 +15,10 @@ Baseline: plain HTTP, a new TCP connection per request (``Connection: close``).
                                certificates)
   mTLS, keep-alive             one connection for all requests: the handshake amortized away
   plain HTTP, keep-alive       for scale
+  mTLS via passthrough LB      the same two mTLS cases through HAProxy in ``mode tcp`` routing
+                               on the server name (enclave replicas in the mesh,
+                               docs/scaling-out.md), the replica's identity checked; only when
+                               haproxy is installed
 
 Run: ``PYTHONPATH=src python -m benchmarks mtls`` (``MEDCLAVE_BENCH_MTLS_N``,
 ``MEDCLAVE_BENCH_ROUNDS``).
@@ -22,11 +26,14 @@ Run: ``PYTHONPATH=src python -m benchmarks mtls`` (``MEDCLAVE_BENCH_MTLS_N``,
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import statistics
 import sys
+import tempfile
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import httpx
 from cryptography.hazmat.primitives.serialization import Encoding
@@ -37,6 +44,7 @@ from medclave.background import BackgroundServer
 from medclave.mesh.certs import MeshCA, new_key
 from medclave.mesh.policy import SegmentationPolicy, WorkloadId
 from medclave.mesh.tls import DenyList, MeshTls
+from medclave.protocol.inference import replica_server_name
 from medclave.serving import MeshServing
 
 POLICY = SegmentationPolicy("bench", frozenset({("proxy", "enclave")}))
@@ -81,12 +89,14 @@ def main(argv: list[str] | None = None) -> None:
     proxy = _workload(ca, "proxy")
     proxy_full = _workload(ca, "proxy", resumption=False)
     close = {"connection": "close"}
-    with BackgroundServer(_app()) as plain_server, \
-            BackgroundServer(_app(), mesh=MeshServing(enclave)) as mesh_server, \
-            httpx.Client() as plain, httpx.Client() as plain_kept, \
-            httpx.Client(verify=proxy_full.client_context("enclave")) as full, \
-            httpx.Client(verify=proxy.client_context("enclave")) as resumed, \
-            httpx.Client(verify=proxy.client_context("enclave")) as kept:
+    with contextlib.ExitStack() as stack:
+        plain_server = stack.enter_context(BackgroundServer(_app()))
+        mesh_server = stack.enter_context(BackgroundServer(_app(), mesh=MeshServing(enclave)))
+        plain = stack.enter_context(httpx.Client())
+        plain_kept = stack.enter_context(httpx.Client())
+        full = stack.enter_context(httpx.Client(verify=proxy_full.client_context("enclave")))
+        resumed = stack.enter_context(httpx.Client(verify=proxy.client_context("enclave")))
+        kept = stack.enter_context(httpx.Client(verify=proxy.client_context("enclave")))
         plain_url, mesh_url = plain_server.url + "/ping", mesh_server.url + "/ping"
 
         def call(client: httpx.Client, url: str, headers: dict[str, str]) -> Callable[[], None]:
@@ -96,13 +106,30 @@ def main(argv: list[str] | None = None) -> None:
                     raise RuntimeError(f"{url}: {response.status_code} {response.text}")
             return once
 
-        got = interleave({
+        measures: dict[str, Callable[[], float]] = {
             "plain": lambda: _p50(call(plain, plain_url, close), n),
             "full": lambda: _p50(call(full, mesh_url, close), n),
             "resumed": lambda: _p50(call(resumed, mesh_url, close), n),
             "kept": lambda: _p50(call(kept, mesh_url, {}), n),
             "plain kept": lambda: _p50(call(plain_kept, plain_url, {}), n),
-        })
+        }
+        from tests.e2e.replica_helpers import HAProxy, haproxy_binary
+
+        if haproxy_binary() is not None:
+            folder = Path(stack.enter_context(tempfile.TemporaryDirectory()))
+            lb = HAProxy(folder, {"enclave-1": mesh_server.port}, tls_passthrough=True)
+            stack.callback(lb.stop)
+
+            def via_lb(p: MeshTls) -> httpx.Client:
+                return stack.enter_context(httpx.Client(verify=p.client_context(
+                    "enclave", server_name=replica_server_name("enclave-1"),
+                    expect_name="enclave-1")))
+
+            lb_url = lb.url.replace("http://", "https://") + "/ping"
+            lb_full, lb_kept = via_lb(proxy_full), via_lb(proxy)
+            measures["lb full"] = lambda: _p50(call(lb_full, lb_url, close), n)
+            measures["lb kept"] = lambda: _p50(call(lb_kept, lb_url, {}), n)
+        got = interleave(measures)
     report = Report("mtls", f"service-to-service request on loopback, p50 of {n} per round")
     base = got["plain"]
     report.baseline("plain HTTP, new connection", base, "ms p50")
@@ -110,6 +137,14 @@ def main(argv: list[str] | None = None) -> None:
     report.row("mTLS, session resumption", got["resumed"], "ms p50", baseline=base)
     report.row("mTLS, keep-alive", got["kept"], "ms p50", baseline=base)
     report.row("plain HTTP, keep-alive", got["plain kept"], "ms p50", baseline=base)
+    if "lb full" in got:
+        report.row("mTLS via passthrough LB, full handshake", got["lb full"], "ms p50",
+                   baseline=base)
+        report.row("mTLS via passthrough LB, keep-alive", got["lb kept"], "ms p50",
+                   baseline=base)
+        report.ratio_note("passthrough LB / direct, full handshake", got["lb full"],
+                          got["full"])
+        report.ratio_note("passthrough LB / direct, keep-alive", got["lb kept"], got["kept"])
     overhead = {k: statistics.median(v) - statistics.median(base)
                 for k, v in got.items() if k in ("full", "resumed")}
     report.note(f"handshake overhead per request (median minus baseline median): full "

@@ -40,6 +40,10 @@ CATALOGUE: dict[str, ErrorSpec] = {
         400, "The audio could not be decoded; send WAV, FLAC, MP3, Ogg/Opus or WebM/Opus."
     ),
     "config.invalid": ErrorSpec(500, "The service configuration is invalid; check its settings."),
+    # The inference engine runs inside the TEE boundary (docs/engines.md).
+    "config.engine_not_local": ErrorSpec(
+        500, "The engine URL must be a loopback IP address or a Unix socket inside this VM."
+    ),
     # --- crypto / protocol -----------------------------------------------------------------
     "crypto.decrypt_failed": ErrorSpec(400, "The message could not be decrypted or authenticated."),
     "crypto.signature_invalid": ErrorSpec(400, "The signature does not verify."),
@@ -242,6 +246,10 @@ CATALOGUE: dict[str, ErrorSpec] = {
         403, "The segmentation policy does not allow this workload to reach this service."
     ),
     "mesh.peer_revoked": ErrorSpec(403, "The peer workload's identity is revoked."),
+    "mesh.peer_unexpected": ErrorSpec(
+        502, "The peer is not the workload this connection was for (a balancer routed it "
+        "elsewhere); nothing was sent."
+    ),
     "mesh.handshake_failed": ErrorSpec(
         502, "The mutual TLS handshake with the peer service failed."
     ),
@@ -253,6 +261,9 @@ CATALOGUE: dict[str, ErrorSpec] = {
     "model.chunk_invalid": ErrorSpec(400, "A sealed model chunk is missing, reordered or altered."),
     "model.truncated": ErrorSpec(400, "The sealed model is truncated."),
     "model.digest_mismatch": ErrorSpec(400, "The model digest does not match its manifest."),
+    "model.engine_mismatch": ErrorSpec(
+        500, "The engine serves a model other than the measured one."
+    ),
     "model.key_invalid": ErrorSpec(400, "The model key does not open this sealed model."),
     "model.unsupported_platform": ErrorSpec(
         500, "Sealed models open only into memory (Linux memfd); this platform has none."
@@ -263,6 +274,9 @@ CATALOGUE: dict[str, ErrorSpec] = {
         503, "The enclave was revoked by its key broker and has dropped its keys; it serves nothing."
     ),
     "enclave.engine_failed": ErrorSpec(500, "The inference engine failed."),
+    "enclave.engine_unavailable": ErrorSpec(
+        503, "The inference engine is unreachable; retry later."
+    ),
     "enclave.bad_request": ErrorSpec(400, "The inference request is invalid."),
     "enclave.context_length_exceeded": ErrorSpec(
         400, "The prompt and the completion it asks for do not fit the model's context; "
@@ -310,6 +324,14 @@ CATALOGUE: dict[str, ErrorSpec] = {
         "passes again (see /medclave/status)."
     ),
     "client.upstream_failed": ErrorSpec(502, "The upstream enclave could not be reached."),
+    "client.upstream_lost": ErrorSpec(
+        502, "The enclave replica failed after the request was sent; it was not retried, as it "
+        "may have been served (see the audit log)."
+    ),
+    "client.no_replica": ErrorSpec(
+        503, "No attested enclave replica could be reached; nothing was sent (see "
+        "/medclave/status)."
+    ),
     "client.idp_unavailable": ErrorSpec(
         502, "The proxy could not obtain a token from the identity provider; retry later."
     ),

@@ -384,9 +384,14 @@ def enclave_database(folder: Path) -> str:
 
 
 def start_enclave(folder: Path, idp: Idp | None, *, engine: Any = None,
-                  measurement: str = MEASUREMENT, **overrides: Any) -> Enclave:
-    """An enclave on sim, served on 127.0.0.1; ``engine`` None: the session's llama.cpp."""
-    the_engine = engine if engine is not None else _Shared(llama_engine())
+                  measurement: str = MEASUREMENT, configured_engine: str | None = None,
+                  **overrides: Any) -> Enclave:
+    """An enclave on sim, served on 127.0.0.1; ``engine`` None: the session's llama.cpp.
+    ``configured_engine``: the ``engine`` setting instead, opened by boot as in production."""
+    the_engine = (None if configured_engine else
+                  engine if engine is not None else _Shared(llama_engine()))
+    if configured_engine:
+        overrides["engine"] = configured_engine
     base: dict[str, Any] = {"data_dir": folder, "platform": "sim", "sim_measurement": measurement,
                             "audit_store": "memory",
                             "commitment_key_file": write_commitment_key(folder / "tenant.key")}
@@ -399,7 +404,11 @@ def start_enclave(folder: Path, idp: Idp | None, *, engine: Any = None,
         base.update(auth_issuer=ISSUER, auth_jwks_file=idp.jwks, auth_tenants=(TENANT,))
     base.update(overrides)
     settings = EnclaveSettings(**base)
-    booted = boot(settings, engine_factory=lambda path, s: the_engine)
+    if the_engine is None:
+        booted = boot(settings)
+        the_engine = booted.service.engine
+    else:
+        booted = boot(settings, engine_factory=lambda path, s: the_engine)
     server = BackgroundServer(create_app(booted.service, settings)).start()
     return Enclave(booted, server, the_engine, settings)
 

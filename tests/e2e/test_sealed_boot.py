@@ -104,3 +104,35 @@ def test_another_enclave_gets_no_key_and_does_not_boot(world: tuple[Path, str, s
     with pytest.raises(MedclaveError) as caught:
         boot(_settings(folder, kbs, other))
     assert caught.value.code == "attestation.measurement_mismatch"
+
+
+def test_a_sealed_model_reaches_the_engine_the_enclave_starts_only_in_memory(
+        world: tuple[Path, str, str]) -> None:
+    """engine_command: the unsealed weights go to the engine server as the enclave's sealed
+    memory file, by descriptor; an engine someone else started cannot be given them."""
+    from medclave.enclave.engines.base import SamplingParams
+    from medclave.enclave.engines.launch import LaunchedEngine
+    from tests.e2e.engine_server import SERVER_BUILD
+    from tests.e2e.test_remote_engine import LLAMA_SERVER
+
+    folder, kbs, _ = world
+    base = _settings(folder, kbs, MEASUREMENT)
+    booted = boot(base.model_copy(update={"engine": "openai-compatible",
+                                          "engine_command": tuple(LLAMA_SERVER),
+                                          "engine_build": SERVER_BUILD}))
+    try:
+        engine = booted.service.engine
+        assert isinstance(engine, LaunchedEngine) and engine.pid is not None
+        argv = Path(f"/proc/{engine.pid}/cmdline").read_bytes().split(b"\0")
+        given = argv[argv.index(b"--model") + 1].decode()
+        held = os.readlink(f"/proc/{engine.pid}/fd/{given.rsplit('/', 1)[1]}")
+        assert held.startswith("/memfd:")  # memory only, never a file on disk
+        done = engine.chat([{"role": "user", "content": "Name a bone."}],
+                           SamplingParams(max_tokens=4, temperature=0.0))
+        assert done.text and booted.model_digest == DEFAULT_MODEL_SHA256
+    finally:
+        booted.close()
+    with pytest.raises(MedclaveError) as refused:
+        boot(base.model_copy(update={"engine": "openai-compatible",
+                                     "engine_url": "http://127.0.0.1:8000"}))
+    assert refused.value.code == "config.invalid"

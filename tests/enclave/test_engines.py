@@ -140,7 +140,7 @@ def test_openai_compatible_engine_against_a_stand_in_server() -> None:
 def test_openai_compatible_engine_refuses_a_remote_server_and_a_silent_one() -> None:
     with pytest.raises(InputError) as caught:
         OpenAICompatEngine("http://10.0.0.8:8000", model="m", build_id="vllm/1")
-    assert caught.value.code == "config.invalid"
+    assert caught.value.code == "config.engine_not_local"
     with pytest.raises(EnclaveError) as failed:
         OpenAICompatEngine("http://127.0.0.1:9", model="m", timeout=2.0)
-    assert failed.value.code == "enclave.engine_failed"
+    assert failed.value.code == "enclave.engine_unavailable"

@@ -35,12 +35,17 @@ def serve_cmd(
     requester: Annotated[str | None, typer.Option(help="requester identity for the broker")
                          ] = None,
     model: Annotated[Path | None, typer.Option(
-        "--model", help="a plain GGUF (development; default: the bundled SmolLM2)")] = None,
+        "--model", help="a plain GGUF (development; default: the bundled SmolLM2), or the "
+        "file or folder the openai-compatible engine loads (hashed at boot)")] = None,
     model_sha256: Annotated[str | None, typer.Option("--model-sha256")] = None,
     model_id: Annotated[str | None, typer.Option("--model-id", help="name served")] = None,
     engine: Annotated[str | None, typer.Option(help="llama.cpp or openai-compatible")] = None,
     engine_url: Annotated[str | None, typer.Option(
-        "--engine-url", help="openai-compatible engine (vLLM) on loopback")] = None,
+        "--engine-url", help="openai-compatible engine (vLLM) in this VM: http://127.0.0.1:PORT "
+        "or unix:///PATH")] = None,
+    engine_build: Annotated[str | None, typer.Option(
+        "--engine-build", help="the engine's build, attested (default: vLLM's GET /version)")
+    ] = None,
     threads: Annotated[int | None, typer.Option(help="llama.cpp threads")] = None,
     auth_issuer: Annotated[str | None, typer.Option("--auth-issuer")] = None,
     auth_jwks_file: Annotated[Path | None, typer.Option("--auth-jwks-file")] = None,
@@ -93,7 +98,8 @@ def serve_cmd(
         "sealed_model": sealed_model, "kbs_url": kbs, "requester": requester,
         "kbs_keys": tuple(kbs_key) if kbs_key else None, "kbs_ca_file": kbs_ca,
         "model_path": model, "model_sha256": model_sha256, "model_id": model_id,
-        "engine": engine, "engine_url": engine_url, "n_threads": threads,
+        "engine": engine, "engine_url": engine_url, "engine_build": engine_build,
+        "n_threads": threads,
         "auth_issuer": auth_issuer, "auth_jwks_file": auth_jwks_file,
         "auth_jwks_url": auth_jwks_url, "auth_tenants": tuple(tenant) if tenant else None,
         "auth_roles": tuple(role) if role else None,

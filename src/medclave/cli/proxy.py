@@ -10,6 +10,11 @@ the hospital's SSO instead.
 With ``--issuer URL`` and ``--jwks FILE`` (or ``--jwks-url``) the proxy also admits only requests
 whose token verifies and whose caller Cedar lets ``infer`` (coarse; the enclave decides for real).
 
+``--replica NAME`` (repeat): ``--upstream`` is a load balancer in front of enclave replicas, each
+attested on its own (docs/scaling-out.md); ``medclave proxy balancer-config --listen HOST:PORT
+--replica NAME=HOST:PORT ...`` prints an HAProxy configuration for them (``--tls-passthrough``: a
+``mode tcp`` one routing on the TLS server name, for a proxy in the mesh).
+
 ``medclave proxy keys add --sub SUB --roles ROLE[,ROLE] [--tenant T]`` prints a new API key once
 (only its hash is stored); ``keys list`` and ``keys revoke ID`` manage them.
 
@@ -102,6 +107,9 @@ def proxy(
     triage_signin_url: Annotated[str | None, typer.Option(
         "--triage-signin-url", help="the triage page's development sign-in: the dev IdP's "
         "token endpoint (password grant)")] = None,
+    replica: Annotated[list[str] | None, typer.Option(
+        "--replica", help="an enclave replica behind --upstream, a load balancer (repeat; "
+        "docs/scaling-out.md)")] = None,
     trusted_proxy: TrustedProxy = None,
     config: ConfigFile = None,
 ) -> None:
@@ -121,6 +129,7 @@ def proxy(
     try:
         settings = load_settings(ProxySettings, config_file=config, overrides=dict(
             upstream=upstream, policy_file=policy, host=host, port=port,
+            replicas=tuple(replica) if replica else None,
             sim_roots=tuple(sim_root) if sim_root else None,
             reattest_seconds=reattest_seconds, data_dir=None if data == _DEFAULT_DATA else data,
             collateral_file=collateral, triage_signin_url=triage_signin_url,
@@ -147,6 +156,38 @@ def proxy(
         typer.secho("WARNING: sim evidence accepted: sim is NOT a TEE and protects nothing.",
                     err=True, fg=typer.colors.RED, bold=True)
     serve(settings)
+
+
+def _host_port(text: str) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit():
+        raise typer.BadParameter(f"{text!r}: expected HOST:PORT")
+    return host, int(port)
+
+
+@app.command("balancer-config")
+def balancer_config(
+    listen: Annotated[str, typer.Option("--listen", help="the balancer's HOST:PORT")],
+    replica: Annotated[list[str], typer.Option(
+        "--replica", help="NAME=HOST:PORT of an enclave replica (repeat)")],
+    tls_passthrough: Annotated[bool, typer.Option(
+        "--tls-passthrough", help="route on the TLS server name (mode tcp), never terminating "
+        "TLS: for a proxy with a mesh file (attested micro-segmentation)")] = False,
+) -> None:
+    """Print an HAProxy configuration for enclave replicas: the proxy routes each replica's
+    attestation and requests with the medclave-replica header, or with ``--tls-passthrough``
+    with the TLS server name NAME.replica.medclave.invalid (docs/scaling-out.md)."""
+    from medclave.ops.balancer import haproxy_config
+
+    replicas: dict[str, tuple[str, int]] = {}
+    for item in replica:
+        name, sep, address = item.partition("=")
+        if not sep:
+            raise typer.BadParameter(f"{item!r}: expected NAME=HOST:PORT")
+        replicas[name] = _host_port(address)
+    with refusals():
+        typer.echo(haproxy_config(_host_port(listen), replicas,
+                                  tls_passthrough=tls_passthrough), nl=False)
 
 
 @keys_app.command("add")

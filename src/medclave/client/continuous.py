@@ -26,7 +26,7 @@ from pathlib import Path
 
 from medclave.attestation.collateral import Collateral, parse_collateral
 from medclave.attestation.policy import AppraisalPolicy, load_policy
-from medclave.client.session import EnclaveSession
+from medclave.client.replicas import Enclaves
 from medclave.errors import MedclaveError
 
 log = logging.getLogger("medclave.proxy.trust")
@@ -40,7 +40,7 @@ def _digest(path: Path) -> str:
 
 
 class TrustWatch:
-    def __init__(self, session: EnclaveSession, *, policy_file: Path | None = None,
+    def __init__(self, session: Enclaves, *, policy_file: Path | None = None,
                  collateral_file: Path | None = None, poll: float = 2.0) -> None:
         self._session = session
         self._policy_file = policy_file

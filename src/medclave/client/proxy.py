@@ -4,7 +4,9 @@ An unmodified app points its OpenAI client at ``http://127.0.0.1:8080/v1``. The 
 the upstream enclave against the hospital's policy, then forwards each request encapsulated
 (a credential for the caller inside), and hands back the decrypted answer, streamed or whole.
 ``GET /medclave/status`` shows the last verified evidence. It listens on loopback only by
-default: between the app and the proxy the traffic is plain.
+default: between the app and the proxy the traffic is plain. With ``replicas`` set, ``upstream``
+is a load balancer in front of several enclave replicas, each attested on its own, and requests
+are routed across the verified ones (:mod:`medclave.client.replicas`, docs/scaling-out.md).
 
 Credentials (issue 10). With an IdP client configured (``idp_token_url``, ``idp_client_id`` and
 its secret), the proxy manages tokens for the apps behind it (:mod:`medclave.client.credentials`):
@@ -33,8 +35,9 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import ssl
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import timedelta
 from functools import lru_cache
 from pathlib import Path
@@ -57,10 +60,12 @@ from medclave.client.apikeys import open_api_keys
 from medclave.client.callers import Callers, Upstream
 from medclave.client.continuous import TrustWatch
 from medclave.client.credentials import Credentials, IdpClientConfig
+from medclave.client.replicas import Enclaves, ReplicaSet, replica_names
 from medclave.client.scribe_page import mount_scribe_page
 from medclave.client.session import Abort, EnclaveSession, InnerResponse, StreamedResponse, summary
 from medclave.crypto.canonical import load_json
 from medclave.errors import ClientError, InputError, MedclaveError
+from medclave.mesh.tls import MeshTls
 from medclave.mesh.workload import WorkloadConfig, WorkloadMesh
 from medclave.ops import lifecycle
 from medclave.ops.health import Health
@@ -103,6 +108,10 @@ class ProxySettings(BaseSettings, ServingSettings, OpsSettings):
 
     upstream: str
     policy_file: Path
+    # Enclave replicas behind a load balancer at ``upstream`` (docs/scaling-out.md): each is
+    # attested on its own and requests are routed across the verified ones; empty: one enclave.
+    replicas: tuple[str, ...] = Field(default=(), max_length=64)
+    replica_down_seconds: float = Field(default=5.0, gt=0, le=3600)
     host: str = "127.0.0.1"
     port: int = Field(default=8080, ge=0, le=65535)
     sim_roots: tuple[str, ...] = ()
@@ -154,6 +163,11 @@ class ProxySettings(BaseSettings, ServingSettings, OpsSettings):
         """The DPoP replay cache of one checker in this proxy (``store``)."""
         return open_replay_cache(self.store, scope=scope, max_entries=100_000,
                                  allow_remote=self.store_allow_remote)
+
+    @field_validator("replicas")
+    @classmethod
+    def _replica_names(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        return replica_names(value)
 
     def admission(self) -> AdmissionConfig | None:
         """The admission configuration, or None when admission is off; ``config.invalid`` for
@@ -207,9 +221,19 @@ def mesh_for(settings: ProxySettings) -> WorkloadMesh | None:
     return WorkloadMesh(config, config.attester())
 
 
-def session_for(settings: ProxySettings, mesh: WorkloadMesh | None = None) -> EnclaveSession:
+def session_for(settings: ProxySettings, mesh: WorkloadMesh | None = None) -> Enclaves:
+    """One session to the enclave at ``upstream``, or with ``replicas`` a :class:`ReplicaSet`
+    that attests and routes to each replica behind the balancer there."""
     collateral = (load_collateral(settings.collateral_file) if settings.collateral_file
                   else None)
+    if settings.replicas:
+        return ReplicaSet(settings.upstream, settings.replicas, load_policy(settings.policy_file),
+                          sim_roots=frozenset(settings.sim_roots),
+                          reattest_after=timedelta(seconds=settings.reattest_seconds),
+                          retry_failed_after=timedelta(seconds=settings.reattest_retry_seconds),
+                          down_after_failure=timedelta(seconds=settings.replica_down_seconds),
+                          timeout=settings.timeout_seconds, collateral=collateral,
+                          tls_for=None if mesh is None else replica_tls(mesh.tls))
     return EnclaveSession(settings.upstream, load_policy(settings.policy_file),
                           sim_roots=frozenset(settings.sim_roots),
                           reattest_after=timedelta(seconds=settings.reattest_seconds),
@@ -218,7 +242,15 @@ def session_for(settings: ProxySettings, mesh: WorkloadMesh | None = None) -> En
                           tls=None if mesh is None else mesh.tls.client_context("enclave"))
 
 
-def watch_for(settings: ProxySettings, session: EnclaveSession) -> TrustWatch:
+def replica_tls(tls: MeshTls) -> Callable[[str], ssl.SSLContext]:
+    """Each replica's mutual TLS in a mesh: the server name a TLS-passthrough balancer routes
+    on (``ops/balancer.py``), and the one identity it may present,
+    ``medclave://TENANT/enclave/NAME`` (docs/scaling-out.md)."""
+    return lambda name: tls.client_context("enclave", server_name=proto.replica_server_name(name),
+                                           expect_name=name)
+
+
+def watch_for(settings: ProxySettings, session: Enclaves) -> TrustWatch:
     return TrustWatch(session, policy_file=settings.policy_file,
                       collateral_file=settings.collateral_file, poll=settings.trust_poll_seconds)
 
@@ -244,12 +276,12 @@ def callers_for(settings: ProxySettings) -> Callers:
 router = APIRouter()
 
 
-def get_session(request: Request) -> EnclaveSession:
-    session: EnclaveSession = request.app.state.session
+def get_session(request: Request) -> Enclaves:
+    session: Enclaves = request.app.state.session
     return session
 
 
-SessionDep = Annotated[EnclaveSession, Depends(get_session)]
+SessionDep = Annotated[Enclaves, Depends(get_session)]
 
 
 async def read_body(request: Request) -> bytes:
@@ -318,14 +350,16 @@ def _drop(stream: StreamedResponse, content: Iterator[bytes], how: StreamEnd) ->
 
 
 
-def _answer_headers(pairs: Any, status: int) -> dict[str, str]:
+def _answer_headers(pairs: Any, status: int, replica: str | None = None) -> dict[str, str]:
     headers = {k: v for k, v in pairs if k in _PASS_HEADERS and k != "content-type"}
+    if replica is not None:
+        headers[proto.REPLICA_HEADER] = replica  # which replica served it (for the app's logs)
     if status == 401 and "www-authenticate" not in headers:
         headers["www-authenticate"] = f'{_CHALLENGE}, error="invalid_token"'
     return headers
 
 
-async def _send(request: Request, session: EnclaveSession, method: str, path: str,
+async def _send(request: Request, session: Enclaves, method: str, path: str,
                 body: bytes = b"", headers: tuple[tuple[str, str], ...] = ()) -> Response:
     """One request forwarded encapsulated; ``headers``: more inner headers (a sealed
     conversation's share), which exist only inside the encapsulation upstream."""
@@ -363,7 +397,7 @@ async def _send(request: Request, session: EnclaveSession, method: str, path: st
             return ClosingStreamingResponse(
                 body_iter, lambda how: _drop(stream, body_iter, how), status_code=stream.status,
                 media_type=stream.header("content-type") or "text/event-stream",
-                headers=_answer_headers(stream.headers, stream.status))
+                headers=_answer_headers(stream.headers, stream.status, stream.replica))
         # An app that leaves before its whole answer is ready: the upstream request is dropped,
         # so the enclave stops generating within a token (and records the request).
         abort = Abort()
@@ -374,7 +408,7 @@ async def _send(request: Request, session: EnclaveSession, method: str, path: st
         answer = answers[0]
         return Response(answer.body, status_code=answer.status,
                         media_type=answer.header("content-type") or "application/json",
-                        headers=_answer_headers(answer.headers, answer.status))
+                        headers=_answer_headers(answer.headers, answer.status, answer.replica))
     finally:
         if not handed_over:
             slots.give()
@@ -395,7 +429,7 @@ async def responses(request: Request, session: SessionDep, body: BodyDep) -> Res
     return await _send(request, session, "POST", proto.RESPONSES_PATH, body)
 
 
-async def _upload(request: Request, session: EnclaveSession, path: str, body: bytes) -> Response:
+async def _upload(request: Request, session: Enclaves, path: str, body: bytes) -> Response:
     """A large body (audio, or a scribe request that may carry it) in chunked OHTTP, to an
     enclave whose verified runtime states ``audio_retention: none`` (EnclaveSession.upload)."""
     content_type = request.headers.get("content-type", "")
@@ -416,7 +450,7 @@ async def _upload(request: Request, session: EnclaveSession, path: str, body: by
         slots.give()
     return Response(answer.body, status_code=answer.status,
                     media_type=answer.header("content-type") or "application/json",
-                    headers=_answer_headers(answer.headers, answer.status))
+                    headers=_answer_headers(answer.headers, answer.status, answer.replica))
 
 
 @router.post(proto.TRANSCRIPTIONS_PATH)
@@ -460,8 +494,11 @@ async def status(session: SessionDep) -> dict[str, Any]:
     """The last verified evidence: platform, measurement, model digest, when; and ``trust``:
     whether the latest (re-)attestation passed, and if not, its code and why."""
     enclave = session.enclave
-    return {"upstream_verified": enclave is not None, "enclave": dict(summary(enclave)),
-            "trust": session.trust_state()}
+    out: dict[str, Any] = {"upstream_verified": enclave is not None,
+                           "enclave": dict(summary(enclave)), "trust": session.trust_state()}
+    if isinstance(session, ReplicaSet):
+        out["replicas"] = session.replicas()
+    return out
 
 
 def _kind(code: str, status: int) -> str:
@@ -534,7 +571,7 @@ class _RecordPeer:
         await self.app(scope, receive, send)
 
 
-def create_proxy_app(session: EnclaveSession, admission: ProxyAdmission | None = None, *,
+def create_proxy_app(session: Enclaves, admission: ProxyAdmission | None = None, *,
                      callers: Callers | None = None, trusted_proxies: tuple[str, ...] = (),
                      max_in_flight: int = 256, triage_signin_url: str | None = None,
                      tracing: Tracing | None = None) -> FastAPI:
@@ -564,7 +601,7 @@ def create_proxy_app(session: EnclaveSession, admission: ProxyAdmission | None =
     return app
 
 
-def _instrument(app: FastAPI, session: EnclaveSession, tracing: Tracing | None) -> None:
+def _instrument(app: FastAPI, session: Enclaves, tracing: Tracing | None) -> None:
     """/healthz, /readyz (the upstream enclave attested within the re-attestation interval,
     attesting anew when not), metrics (attestation age, slots in use)."""
     metrics = ServiceMetrics("proxy")

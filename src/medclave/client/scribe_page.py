@@ -22,7 +22,8 @@ from fastapi import APIRouter, FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse, Response
 
-from medclave.client.session import EnclaveSession, summary
+from medclave.client.replicas import Enclaves
+from medclave.client.session import summary
 from medclave.errors import InputError, MedclaveError
 
 STATIC: Final = Path(__file__).parent / "static" / "scribe"
@@ -45,7 +46,7 @@ async def page() -> Response:
 @router.get("/app/scribe/status")
 async def status(request: Request) -> dict[str, Any]:
     """The verified enclave (attesting now if the proxy has not yet), or why it is not."""
-    session: EnclaveSession = request.app.state.session
+    session: Enclaves = request.app.state.session
     if session.enclave is None:
         try:
             await run_in_threadpool(session.attest)

@@ -3,8 +3,9 @@
 Nothing is sent before :func:`~medclave.client.verify.verify_enclave` accepted a fresh
 attestation: the first request attests; later ones reuse the pinned key configuration until
 ``reattest_after`` has passed, or the enclave answers ``crypto.key_unknown`` (it rotated its key
-and the grace period ended), when the session attests again (with a new nonce) and retries once.
-A new key is only ever taken from a verified attestation.
+and the grace period ended) or ``crypto.decrypt_failed`` (a restarted enclave whose new key has
+the old key id), when the session attests again (with a new nonce) and retries once. A new key
+is only ever taken from a verified attestation.
 
 Every request is a fresh HPKE encapsulation (RFC 9458 §4.3); streamed answers use chunked OHTTP
 (draft-ietf-ohai-chunked-ohttp) and a Binary HTTP indeterminate-length response whose trailer
@@ -46,27 +47,61 @@ log = logging.getLogger("medclave.client")
 MAX_RESPONSE_BYTES = 16 * 1024 * 1024
 MAX_ERROR_BYTES = 64 * 1024
 NONCE_BYTES = 32
+# Errors the enclave answers in the clear when it could not open a request (RFC 9458 §4.3/§5.2):
+# its key is not the pinned one (rotated, or the replica restarted), nothing ran; the session
+# attests again and sends the request once more, encapsulated to the newly verified key.
+_KEY_REFUSALS = ("crypto.key_unknown", "crypto.decrypt_failed")
 
 
 def error_from_body(status: int, body: bytes) -> MedclaveError:
-    """The catalogue error an answer names (``{"error": {"code": ...}}``), else upstream_failed."""
+    """The catalogue error an answer names (``{"error": {"code": ...}}``), else upstream_failed.
+    Its ``context["answered"]`` is the HTTP status: the error came in a clear answer."""
     try:
         import json
 
         code = proto.catalogue_code(json.loads(body[:MAX_ERROR_BYTES])["error"]["code"])
     except (ValueError, KeyError, TypeError, RecursionError):  # UnicodeDecodeError: a ValueError
-        return ClientError("client.upstream_failed", f"enclave answered HTTP {status}")
+        return ClientError("client.upstream_failed", f"enclave answered HTTP {status}",
+                           answered=status)
     if not isinstance(code, str) or code not in errors.CATALOGUE:
-        return ClientError("client.upstream_failed", f"enclave answered HTTP {status}")
+        return ClientError("client.upstream_failed", f"enclave answered HTTP {status}",
+                           answered=status)
     family = code.split(".", 1)[0]
     todo: list[type[MedclaveError]] = [MedclaveError]
     while todo:
         cls = todo.pop()
         for sub in cls.__subclasses__():
             if family in sub.family:
-                return sub(code)
+                return sub(code, answered=status)
             todo.append(sub)
-    return MedclaveError(code)
+    return MedclaveError(code, answered=status)
+
+
+def _answer_error(response: httpx.Response, body: bytes) -> MedclaveError:
+    """A non-200 answer's error; ``context["sent"]`` False only when the balancer in front of
+    replicas says it forwarded nothing (``NOT_FORWARDED_HEADER`` on the 503 it makes itself when
+    no server could be connected to or the queue timed out, ops/balancer.py). Only that, and a
+    connection that never opened, say "not sent"; every other failure may have reached an
+    engine (docs/scaling-out.md)."""
+    if (response.status_code == 503
+            and response.headers.get(proto.NOT_FORWARDED_HEADER) is not None):
+        return ClientError("client.upstream_failed", "the balancer reached no replica",
+                           sent=False)
+    return error_from_body(response.status_code, body)
+
+
+def _unreachable(exc: httpx.HTTPError) -> ClientError:
+    """A transport failure; ``sent`` False only when no connection ever opened (httpx's
+    ConnectError and ConnectTimeout: the TCP or TLS handshake failed, so not a byte of the
+    request left). A failure after that (a reset, a read timeout, a closed stream) may come
+    after the request reached the engine: never known to be unsent."""
+    sent = not isinstance(exc, (httpx.ConnectError, httpx.ConnectTimeout))
+    return ClientError("client.upstream_failed", f"enclave unreachable: {exc!r}", sent=sent)
+
+
+def key_refused(exc: MedclaveError) -> bool:
+    """The enclave said, in the clear, that it could not open the request with its key."""
+    return exc.code in _KEY_REFUSALS and "answered" in exc.context
 
 
 @dataclass(frozen=True)
@@ -77,6 +112,7 @@ class InnerResponse:
     headers: bhttp.Fields
     body: bytes
     receipt: VerifiedReceipt | None = None
+    replica: str | None = None  # the replica that served it (client/replicas.py)
 
     def header(self, name: str) -> str | None:
         wanted = name.lower()
@@ -126,7 +162,8 @@ class StreamedResponse:
     def __init__(self, session: EnclaveSession, enclave: VerifiedEnclave,
                  response: httpx.Response, encoder: ChunkedRequestEncoder, *,
                  on_close: Callable[[], None] | None = None) -> None:
-        self._on_close = on_close
+        self._on_close: list[Callable[[], None]] = [on_close] if on_close is not None else []
+        self.replica: str | None = None  # the replica that serves it (client/replicas.py)
         self._session = session
         self._enclave = enclave
         self._response = response
@@ -192,8 +229,12 @@ class StreamedResponse:
 
     def close(self) -> None:
         self._response.close()
-        if self._on_close is not None:
-            self._on_close()
+        while self._on_close:  # each once, however often close is called
+            self._on_close.pop(0)()
+
+    def on_close(self, hook: Callable[[], None]) -> None:
+        """Run ``hook`` once when the stream closes."""
+        self._on_close.append(hook)
 
     def abort(self) -> None:
         """Drop the stream now, from any thread: the connection is shut down, which also wakes
@@ -238,8 +279,12 @@ class EnclaveSession:
                  clock: Clock = system_clock, timeout: float = 300.0,
                  http: httpx.Client | None = None, collateral: Collateral | None = None,
                  retry_failed_after: timedelta = timedelta(seconds=30),
-                 tls: ssl.SSLContext | None = None) -> None:
+                 tls: ssl.SSLContext | None = None,
+                 outer_headers: Mapping[str, str] | None = None) -> None:
         self._url = url.rstrip("/")
+        # Headers outside the encapsulation on every request (a replica's routing header for
+        # the balancer, client/replicas.py): seen by the operator, so never anything secret.
+        self._outer = dict(outer_headers or {})
         self._policy = policy
         self._collateral = collateral
         self._retry_failed_after = retry_failed_after
@@ -298,11 +343,11 @@ class EnclaveSession:
         issued = self._clock()
         try:
             response = self._http.get(f"{self._url}{proto.ATTESTATION_PATH}",
-                                      params={"nonce": nonce.hex()})
+                                      params={"nonce": nonce.hex()}, headers=self._outer)
         except httpx.HTTPError as exc:
-            raise ClientError("client.upstream_failed", f"enclave unreachable: {exc!r}") from exc
+            raise _unreachable(exc) from exc
         if response.status_code != 200:
-            raise error_from_body(response.status_code, response.content)
+            raise _answer_error(response, response.content)
         enclave = verify_enclave(response.content, nonce=nonce, policy=self._policy,
                                  now=self._clock(), nonce_issued=issued,
                                  sim_roots=self._sim_roots, trusted_roots=self._trusted_roots,
@@ -387,7 +432,7 @@ class EnclaveSession:
         try:
             return self._send(enclave, inner, abort)
         except CryptoError as exc:
-            if exc.code != "crypto.key_unknown":
+            if not key_refused(exc):
                 raise
         return self._send(self._current(force=True), inner, abort)
 
@@ -398,7 +443,7 @@ class EnclaveSession:
         # The request id (and trace context) of the proxy request being served, if any, so
         # the enclave's log lines and spans join it; outside the encapsulation, like the
         # content type: a random id, nothing of the request.
-        headers = {"content-type": proto.OHTTP_REQUEST, **outgoing_headers()}
+        headers = {"content-type": proto.OHTTP_REQUEST, **outgoing_headers(), **self._outer}
         try:
             if abort is not None and self._own_http:
                 # A connection of its own, so that dropping it drops this request only (a
@@ -409,9 +454,9 @@ class EnclaveSession:
             else:
                 response = self._http.post(url, content=wire, headers=headers)
         except httpx.HTTPError as exc:
-            raise ClientError("client.upstream_failed", f"enclave unreachable: {exc!r}") from exc
+            raise _unreachable(exc) from exc
         if response.status_code != 200:
-            raise error_from_body(response.status_code, response.content)
+            raise _answer_error(response, response.content)
         if response.headers.get("content-type", "").split(";")[0] != proto.OHTTP_RESPONSE:
             raise ClientError("client.upstream_failed", "the answer is not message/ohttp-res")
         plain = context.decapsulate_response(response.content, max_size=MAX_RESPONSE_BYTES)
@@ -429,7 +474,7 @@ class EnclaveSession:
         try:
             return self._open_stream(self._current(), inner)
         except CryptoError as exc:
-            if exc.code != "crypto.key_unknown":
+            if not key_refused(exc):
                 raise
         return self._open_stream(self._current(force=True), inner)
 
@@ -448,7 +493,7 @@ class EnclaveSession:
             try:
                 stream = self._open_stream(enclave, inner)
             except CryptoError as exc:
-                if exc.code != "crypto.key_unknown" or attempt == 1:
+                if not key_refused(exc) or attempt == 1:
                     raise
                 continue
             with stream:
@@ -465,20 +510,20 @@ class EnclaveSession:
         http = _client(self._timeout, self._tls) if self._own_http else self._http
         request = http.build_request("POST", f"{self._url}{proto.OHTTP_PATH}", content=wire,
                                      headers={"content-type": proto.CHUNKED_REQUEST,
-                                              **outgoing_headers()})
+                                              **outgoing_headers(), **self._outer})
         try:
             response = http.send(request, stream=True)
         except httpx.HTTPError as exc:
             if http is not self._http:
                 http.close()
-            raise ClientError("client.upstream_failed", f"enclave unreachable: {exc!r}") from exc
+            raise _unreachable(exc) from exc
         closer = http.close if http is not self._http else None
         if response.status_code != 200:
             body = response.read()
             response.close()
             if closer:
                 closer()
-            raise error_from_body(response.status_code, body)
+            raise _answer_error(response, body)
         if response.headers.get("content-type", "").split(";")[0] != proto.CHUNKED_RESPONSE:
             response.close()
             if closer:

@@ -49,8 +49,12 @@ from medclave.enclave.hooks import (
 )
 from medclave.enclave.inner_apps import AppContext, AppFactory, InnerApp
 from medclave.enclave.keys import KeyRing
-from medclave.enclave.model import DEFAULT_MODEL_SHA256, default_model_path, verify_model_file
-from medclave.enclave.model import sha256_file as file_sha256
+from medclave.enclave.model import (
+    DEFAULT_MODEL_SHA256,
+    default_model_path,
+    model_digest,
+    verify_model_file,
+)
 from medclave.enclave.records_boot import build_records, data_keys
 from medclave.enclave.response_store import ResponseStore
 from medclave.enclave.retrieval import RetrievalApi
@@ -120,14 +124,42 @@ class _Recording:
         return bundle
 
 
+def check_engine_settings(settings: EnclaveSettings) -> None:
+    """The remote engine's settings, refused before any key or model is touched: its address
+    inside this VM (``config.engine_not_local``), and weights the enclave can hash."""
+    if settings.engine != "openai-compatible":
+        return
+    from medclave.enclave.engines.openai_compat import engine_address
+
+    if settings.engine_command:
+        if settings.engine_url:
+            raise InputError("config.invalid", "give engine_url or engine_command, not both: "
+                             "the engine the enclave starts listens where the enclave says")
+        return
+    if not settings.engine_url:
+        raise InputError("config.invalid", "engine openai-compatible needs engine_url")
+    engine_address(settings.engine_url)
+    if settings.sealed_model is not None:
+        # A sealed model is unsealed into this process's memory only; an engine server started
+        # by someone else could not load it (docs/engines.md). engine_command hands it over.
+        raise InputError("config.invalid", "a sealed model needs the embedded engine or "
+                         "engine_command (the enclave starts the engine on it)")
+
+
 def default_engine(model_path: str, settings: EnclaveSettings) -> Engine:
     if settings.engine == "openai-compatible":
-        from medclave.enclave.engines.openai_compat import OpenAICompatEngine
+        from medclave.enclave.engines.openai_compat import open_engine
 
-        if not settings.engine_url:
-            raise InputError("config.invalid", "engine openai-compatible needs engine_url")
-        return OpenAICompatEngine(settings.engine_url, model=settings.model_id,
-                                  build_id=settings.engine_build)
+        check_engine_settings(settings)
+        if settings.engine_command:
+            from medclave.enclave.engines.launch import LaunchedEngine
+
+            return LaunchedEngine(settings.engine_command, model_path=model_path,
+                                  model=settings.model_id, build_id=settings.engine_build,
+                                  start_seconds=settings.engine_start_seconds)
+        assert settings.engine_url is not None
+        return open_engine(settings.engine_url, model=settings.model_id,
+                           build_id=settings.engine_build, model_path=model_path)
     from medclave.enclave.engines.llamacpp import LlamaCppEngine
 
     return LlamaCppEngine(model_path, n_ctx=settings.n_ctx, n_threads=settings.n_threads,
@@ -375,9 +407,15 @@ def _open_model(settings: EnclaveSettings, attester: Attester, base_runtime: dic
     if settings.model_path is not None:
         log.warning("model loaded from a plain file (%s): not sealed, the operator can read it",
                     settings.model_path.name)
-        digest = (verify_model_file(settings.model_path, settings.model_sha256)
-                  if settings.model_sha256 else file_sha256(settings.model_path))
-        return str(settings.model_path), digest
+        weights = settings.model_path
+        if settings.engine_command and weights.is_file():
+            # The engine the enclave starts gets this descriptor: it loads the inode hashed here.
+            plain_fd = os.open(weights, os.O_RDONLY | os.O_CLOEXEC)
+            closers.append(_once(lambda: os.close(plain_fd)))
+            weights = Path(f"/proc/self/fd/{plain_fd}")
+        digest = (verify_model_file(weights, settings.model_sha256)
+                  if settings.model_sha256 else model_digest(weights))
+        return str(weights), digest
     return str(default_model_path()), DEFAULT_MODEL_SHA256
 
 
@@ -442,6 +480,8 @@ def boot(settings: EnclaveSettings, *, clock: Clock = system_clock,
     attester = _Recording(platform.attester)
     closers: list[Callable[[], None]] = []
     try:
+        # An engine outside this VM stops the boot before anything is attested or fetched.
+        check_engine_settings(settings)
         mesh = _start_mesh(settings, platform.attester, clock, closers)
         # The door first: a misconfigured one stops the boot before any key or model is touched.
         hook = authorization or build_authorization(settings, platform, clock)
@@ -458,8 +498,12 @@ def boot(settings: EnclaveSettings, *, clock: Clock = system_clock,
         commit_keys = build_commit_keys(settings, platform, broker_runtime, clock)
         rotation = (timedelta(seconds=settings.key_rotation_seconds)
                     if settings.key_rotation_seconds else None)
+        # A random first key id: a restarted enclave (or another replica) then almost never
+        # reuses the id a client pinned, so it answers crypto.key_unknown (re-attest) rather
+        # than failing to decrypt (the client re-attests on either, client/session.py).
         keys = KeyRing(clock, rotation=rotation,
-                       grace=timedelta(seconds=settings.key_grace_seconds))
+                       grace=timedelta(seconds=settings.key_grace_seconds),
+                       first_key_id=secrets.randbelow(256))
         origin = settings.audit_origin or f"medclave-enclave/{secrets.token_hex(8)}"
         base_runtime: dict[str, Any] = {
             "service": SERVICE,

@@ -73,8 +73,18 @@ class EnclaveSettings(BaseSettings, ServingSettings, OpsSettings):
     model_sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
     model_id: str = Field(default=DEFAULT_MODEL_ID, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}$")
     engine: Literal["llama.cpp", "openai-compatible"] = "llama.cpp"
-    engine_url: str | None = None  # openai-compatible: e.g. http://127.0.0.1:8000 (vLLM)
-    engine_build: str | None = None
+    # openai-compatible (vLLM in this confidential VM, docs/engines.md): a loopback IP literal
+    # (http://127.0.0.1:8000) or a Unix socket (unix:///run/vllm.sock), nothing else; the
+    # weights it serves are model_path (file or folder), hashed at boot, and model_id is the
+    # only model it may serve.
+    engine_url: str | None = None
+    # Or the enclave starts the engine itself (enclave/engines/launch.py): this argv, with
+    # {model} (the weights, handed over as a descriptor), {port} and {model_id} filled in;
+    # engine_url is then the enclave's choice. Sealed models work this way too.
+    engine_command: tuple[str, ...] = Field(default=(), max_length=128)
+    engine_start_seconds: float = Field(default=600.0, gt=0, le=3600)
+    # As audit entries record it (default: vLLM's GET /version).
+    engine_build: str | None = Field(default=None, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:/@-]{0,127}$")
     n_ctx: int = Field(default=2048, ge=128, le=131072)
     n_threads: int = Field(default=2, ge=1, le=256)
     seed: int = Field(default=0, ge=0, le=2**31 - 1)

@@ -10,7 +10,9 @@ segmentation policy, the deny list and its current certificate. From them it mak
 * **client** contexts for httpx (:meth:`MeshTls.client_context`): the server's chain verified
   against the mesh CA, its identity checked right after the handshake and before a byte of the
   request is sent (so a request never reaches a peer the policy does not allow); hostnames are
-  not checked, the identity URI is.
+  not checked, the identity URI is. For an enclave replica behind a TLS-passthrough balancer
+  the context also sends the replica's server name (the balancer routes on it) and accepts only
+  that replica's identity (``mesh.peer_unexpected``, docs/scaling-out.md).
 
 Rotation (:meth:`MeshTls.install`) builds fresh contexts and swaps them in: new handshakes use
 the new certificate, connections already open finish on the old one, so nothing is dropped. The
@@ -143,12 +145,15 @@ class _ClientFacade(ssl.SSLContext):
     _mesh: MeshTls
     _expect_role: str | None
     _to_ca: bool
+    _server_name: str | None
+    _expect_name: str | None
 
     def wrap_socket(self, sock: socket.socket, server_side: bool = False,
                     do_handshake_on_connect: bool = True, suppress_ragged_eofs: bool = True,
                     server_hostname: str | bytes | None = None,
                     session: ssl.SSLSession | None = None) -> ssl.SSLSocket:
-        return self._mesh._connect(sock, server_hostname, self._expect_role, self._to_ca)
+        return self._mesh._connect(sock, self._server_name or server_hostname,
+                                   self._expect_role, self._to_ca, self._expect_name)
 
 
 class MeshTls:
@@ -279,19 +284,31 @@ class MeshTls:
 
     # --- client side ------------------------------------------------------------------------
 
-    def client_context(self, expect_role: str | None = None, *,
-                       to_ca: bool = False) -> ssl.SSLContext:
+    def client_context(self, expect_role: str | None = None, *, to_ca: bool = False,
+                       server_name: str | None = None,
+                       expect_name: str | None = None) -> ssl.SSLContext:
         """An SSLContext for httpx (``verify=``) to reach a service of ``expect_role``;
         ``to_ca``: the mesh CA's routes on the broker, reachable before this workload has a
-        certificate (it then presents none)."""
+        certificate (it then presents none).
+
+        ``server_name``: the SNI sent instead of the URL's host (a TLS-passthrough balancer
+        routes on it, ``ops/balancer.py``); ``expect_name``: the one workload this context
+        may reach, ``medclave://TENANT/ROLE/expect_name`` (an enclave replica): any other
+        peer, however allowed by the policy, is refused with ``mesh.peer_unexpected`` before a
+        byte of the request is sent, so a balancer that routes elsewhere is caught."""
         facade = _ClientFacade(ssl.PROTOCOL_TLS_CLIENT)
         facade._mesh = self
         facade._expect_role = "broker" if to_ca else expect_role
         facade._to_ca = to_ca
+        facade._server_name = server_name
+        facade._expect_name = expect_name
         return facade
 
     def _connect(self, sock: socket.socket, server_hostname: str | bytes | None,
-                 expect_role: str | None, to_ca: bool) -> ssl.SSLSocket:
+                 expect_role: str | None, to_ca: bool,
+                 expect_name: str | None = None) -> ssl.SSLSocket:
+        """The TLS socket to a checked peer. Every refusal here comes before a byte of a
+        request left (``sent=False``: a caller may try another replica)."""
         with self._lock:
             current = self._client
         if current is None and to_ca:
@@ -312,12 +329,19 @@ class MeshTls:
         try:
             tls = context.wrap_socket(sock, server_hostname=server_hostname, session=session)
         except ssl.SSLError as exc:
-            raise MeshError("mesh.handshake_failed", f"TLS handshake failed: {exc}") from exc
+            # Also what a TLS-passthrough balancer that reached no server looks like: it
+            # closes the connection during the handshake (docs/scaling-out.md).
+            raise MeshError("mesh.handshake_failed", f"TLS handshake failed: {exc}",
+                            sent=False) from exc
         try:
             peer = self.check_peer(tls.getpeercert(binary_form=True), inbound=False,
                                    expect_role=expect_role, to_ca=to_ca)
-        except MeshError:
+            if expect_name is not None and peer.identity.name != expect_name:
+                raise MeshError("mesh.peer_unexpected", f"meant {expect_role or 'a'} "
+                                f"{expect_name!r}, met {peer.identity}")
+        except MeshError as exc:
             tls.close()
+            exc.context.setdefault("sent", False)
             raise
         if self._resumption and isinstance(tls, _SessionSocket):
             def keep(session: ssl.SSLSession, _context: ssl.SSLContext = context) -> None:

@@ -45,12 +45,16 @@ __all__ = [
     "CHUNKED_RESPONSE",
     "EMBEDDINGS_PATH",
     "INNER_PATHS",
+    "NOT_FORWARDED_HEADER",
     "OHTTP_PATH",
     "OHTTP_REQUEST",
     "OHTTP_RESPONSE",
     "OPENAI_CODES",
     "RECEIPT_HEADER",
     "RECORDS_PATH",
+    "REPLICA_HEADER",
+    "REPLICA_NAME_PATTERN",
+    "REPLICA_SNI_SUFFIX",
     "REQUEST_ID_HEADER",
     "RESPONSES_PATH",
     "SCRIBE_PATH",
@@ -114,6 +118,18 @@ _FROM_OPENAI: Final = {v: k for k, v in OPENAI_CODES.items()}
 
 RECEIPT_HEADER: Final = "medclave-receipt"  # base64url of the audit receipt JSON
 REQUEST_ID_HEADER: Final = "x-request-id"
+# Enclave replicas behind a load balancer (docs/scaling-out.md). Both headers are outside the
+# encapsulation, between the proxy and the balancer, and carry nothing secret: the replica a
+# request is encapsulated for (the balancer routes on it: a request opens only with that
+# replica's key), and the balancer's mark on an error it made itself without forwarding anything.
+REPLICA_HEADER: Final = "medclave-replica"
+NOT_FORWARDED_HEADER: Final = "medclave-not-forwarded"
+REPLICA_NAME_PATTERN: Final = r"^[a-z0-9][a-z0-9-]{0,31}$"
+# With attested micro-segmentation the proxy's TLS runs to the replica itself, so the balancer
+# cannot read the header: it routes on the TLS ClientHello's server name instead (RFC 6066 §3,
+# in the clear), NAME + this suffix. ``.invalid`` (RFC 6761 §6.4) never resolves, so the name
+# only ever means "replica NAME" and collides with no real host.
+REPLICA_SNI_SUFFIX: Final = ".replica.medclave.invalid"
 
 MAX_NONCE_BYTES: Final = 64
 MIN_NONCE_BYTES: Final = 16
@@ -192,6 +208,12 @@ class EnclaveRuntime(BaseModel):
         if len(raw) != 32:
             raise AttestationError("attestation.malformed", "audit key is not an Ed25519 key")
         return raw
+
+
+def replica_server_name(name: str) -> str:
+    """The TLS server name (SNI) that routes to replica ``name`` through a TLS-passthrough
+    balancer (``REPLICA_SNI_SUFFIX``)."""
+    return name + REPLICA_SNI_SUFFIX
 
 
 def parse_nonce(text: str) -> bytes:

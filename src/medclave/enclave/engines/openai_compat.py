@@ -10,14 +10,34 @@ Every parameter the enclave accepted is passed on (tools, ``tool_choice``, ``res
 refuses the rest: its 4xx answers reach the caller as ``enclave.bad_request`` (or
 ``enclave.context_length_exceeded``) with its message, also for a stream, whose upstream answer
 is opened before the stream starts.
+
+The engine sits inside the TEE boundary, so its address must be too: ``engine_url`` is a
+loopback IP literal (``http://127.0.0.1:8000``, ``http://[::1]:8000``) or a Unix socket
+(``unix:///run/vllm.sock``), anything else refused with ``config.engine_not_local``. A host
+name, even ``localhost``, is refused: resolving it goes through files and resolvers the
+enclave does not measure. Environment proxies (``HTTP_PROXY``, ``ALL_PROXY``) are ignored, so
+the operator cannot route prompts out through one, and redirects are not followed.
+
+Which model the server serves is checked at boot (:meth:`OpenAICompatEngine.check_served`):
+it must serve exactly the measured model id, and where it names the weights it loaded (vLLM's
+``root``), they must be the very file or folder whose digest the enclave computed and attests
+(docs/engines.md says what this does and does not prove).
+
+An unreachable server is ``enclave.engine_unavailable`` (503): at boot the enclave does not
+start, later a request is answered with it. A whole answer whose client left is given up
+(:class:`~.base.GenerationCancelled`, recorded as ``client_gone``); a stream whose client left
+closes its connection, which vLLM takes as the request's abort.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import json
+import os
+import threading
 from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import httpx
 
@@ -26,20 +46,64 @@ from medclave.enclave.engines.base import (
     Choice,
     Completion,
     Delta,
+    GenerationCancelled,
     SamplingParams,
     TokenLogprob,
     ToolCall,
     ToolCallDelta,
     TopLogprob,
+    current_generation,
     one_choice,
     run_streaming,
 )
-from medclave.errors import EnclaveError, InputError
+from medclave.errors import EnclaveError, InputError, ModelError
 
 MAX_RESPONSE_BYTES = 8 * 1024 * 1024
 MAX_SSE_LINE = 1024 * 1024
 MAX_ERROR_BYTES = 64 * 1024
-_LOOPBACK = frozenset({"127.0.0.1", "::1", "localhost"})
+MAX_MODELS = 64  # entries of GET /v1/models read (a server serving more is not ours)
+UNIX_SCHEME = "unix://"
+# Requests over a Unix socket still need an HTTP URL; the host part is never resolved.
+_UDS_BASE = "http://engine.local"
+
+
+def engine_address(url: str) -> tuple[str, str | None]:
+    """``(base URL, Unix socket path or None)`` of ``engine_url``; ``config.engine_not_local``
+    unless it is a loopback IP literal or a Unix socket (see the module)."""
+    if url.startswith(UNIX_SCHEME):
+        path = url[len(UNIX_SCHEME):]
+        if not path.startswith("/") or "\x00" in path or len(path) > 107:  # sun_path is 108
+            raise InputError("config.engine_not_local",
+                             "a Unix socket engine_url is unix:///absolute/path")
+        return _UDS_BASE, path
+    try:
+        parsed = httpx.URL(url)
+        address = ipaddress.ip_address(parsed.host)
+    except (httpx.InvalidURL, ValueError) as exc:
+        raise InputError("config.engine_not_local", "engine_url must be a loopback IP address "
+                         "(127.0.0.1, [::1]) or unix:///path, not a host name") from exc
+    if parsed.scheme not in ("http", "https") or not address.is_loopback or parsed.userinfo \
+            or parsed.query or parsed.fragment:
+        # A remote engine would see prompts outside the attested VM.
+        raise InputError("config.engine_not_local", "the engine must listen inside this VM, "
+                         "on a loopback address or a Unix socket")
+    return str(parsed.copy_with(path=parsed.path.rstrip("/") or "")).rstrip("/"), None
+
+
+def _unavailable(exc: BaseException) -> EnclaveError:
+    return EnclaveError("enclave.engine_unavailable", f"engine unreachable: {type(exc).__name__}")
+
+
+def open_engine(base_url: str, *, model: str, build_id: str | None, model_path: str | None
+                ) -> OpenAICompatEngine:
+    """The engine at ``base_url``, once it is known to serve the measured model."""
+    engine = OpenAICompatEngine(base_url, model=model, build_id=build_id)
+    try:
+        engine.check_served(model_path)
+    except BaseException:
+        engine.close()
+        raise
+    return engine
 
 
 class OpenAICompatEngine:
@@ -47,23 +111,59 @@ class OpenAICompatEngine:
 
     def __init__(self, base_url: str, *, model: str, build_id: str | None = None,
                  api_key: str | None = None, timeout: float = 300.0,
-                 http: httpx.Client | None = None, allow_remote: bool = False) -> None:
-        host = urlsplit(base_url).hostname or ""
-        if host not in _LOOPBACK and not allow_remote:
-            # A remote engine would see prompts outside the attested VM.
-            raise InputError("config.invalid", "the engine server must listen on loopback")
+                 http: httpx.Client | None = None) -> None:
+        base, socket_path = engine_address(base_url)
         headers = {"authorization": f"Bearer {api_key}"} if api_key else {}
-        self._http = http or httpx.Client(base_url=base_url.rstrip("/"), timeout=timeout,
-                                          headers=headers)
+        # trust_env=False: no HTTP(S)_PROXY/ALL_PROXY from the environment, no .netrc.
+        transport = httpx.HTTPTransport(uds=socket_path) if socket_path else None
+        self._http = http or httpx.Client(base_url=base, timeout=timeout, headers=headers,
+                                          transport=transport, trust_env=False,
+                                          follow_redirects=False)
         self._model = model
         self.build_id = build_id or self._read_build()
 
-    def _read_build(self) -> str:
+    def check_served(self, model_path: str | None = None) -> None:
+        """At boot: the server serves exactly ``model`` (the measured model's id), and where it
+        names what it loaded (vLLM's ``root``), that is ``model_path``, the file or folder the
+        enclave hashed; ``model.engine_mismatch`` otherwise."""
+        out = self._get_json("/v1/models")
+        data = out.get("data")
+        if (not isinstance(data, list) or len(data) > MAX_MODELS
+                or not all(isinstance(e, dict) for e in data)):
+            raise EnclaveError("enclave.engine_failed", "the engine's model list is malformed")
+        ids = [e.get("id") for e in data]
+        if ids != [self._model]:
+            shown = ", ".join(repr(str(i)[:128]) for i in ids[:8]) or "none"
+            raise ModelError("model.engine_mismatch", f"the engine serves {shown}; the "
+                             f"measured model is {self._model!r}, and only it may be served")
+        root = data[0].get("root")
+        if root is None:
+            return
+        if model_path is None or not isinstance(root, str) or not _same_file(root, model_path):
+            raise ModelError("model.engine_mismatch", "the engine loaded its weights from "
+                             f"{str(root)[:256]!r}, not from the file the enclave hashed")
+
+    def _get(self, path: str) -> tuple[int, bytes]:
         try:
-            response = self._http.get("/version")
-            version = response.json().get("version") if response.status_code == 200 else None
-        except (httpx.HTTPError, ValueError, AttributeError) as exc:
-            raise EnclaveError("enclave.engine_failed", f"engine unreachable: {exc!r}") from exc
+            with self._http.stream("GET", path) as response:
+                return response.status_code, _read_bounded(response, MAX_ERROR_BYTES
+                                                           if response.status_code != 200
+                                                           else MAX_RESPONSE_BYTES,
+                                                           truncate=response.status_code != 200)
+        except httpx.TransportError as exc:
+            raise _unavailable(exc) from exc
+        except httpx.HTTPError as exc:
+            raise EnclaveError("enclave.engine_failed", f"engine: {type(exc).__name__}") from exc
+
+    def _get_json(self, path: str) -> dict[str, Any]:
+        status, content = self._get(path)
+        if status != 200:
+            raise EnclaveError("enclave.engine_failed", f"engine answered {status} to {path}")
+        return _object(content)
+
+    def _read_build(self) -> str:
+        status, content = self._get("/version")
+        version = _object(content).get("version") if status == 200 else None
         if not isinstance(version, str) or not version or len(version) > 64:
             raise EnclaveError("enclave.engine_failed",
                                "the engine reports no version; give its build explicitly")
@@ -82,21 +182,48 @@ class OpenAICompatEngine:
         return body
 
     def _post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        """A whole answer. Inside a generation whose client may leave, the call waits on a
+        thread of its own while this one watches the generation's Cancel: a client that left
+        is given up at once (the server's generation then runs to its ``max_tokens``)."""
+        generation = current_generation()
+        if generation is None:
+            return self._post_now(path, body)
+        done = threading.Event()
+        result: list[dict[str, Any]] = []
+        failure: list[BaseException] = []
+
+        def call() -> None:
+            try:
+                result.append(self._post_now(path, body))
+            except BaseException as exc:  # handed to the caller
+                failure.append(exc)
+            finally:
+                done.set()
+
+        threading.Thread(target=call, name="medclave-engine-call", daemon=True).start()
+        generation.cancel.on_set(done.set)
+        done.wait()
+        if failure:
+            raise failure[0]
+        if not result:  # woken by the Cancel: the client left
+            generation.stopped = True
+            raise GenerationCancelled
+        return result[0]
+
+    def _post_now(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
         try:
-            response = self._http.post(path, json=body)
+            with self._http.stream("POST", path, json=body) as response:
+                status = response.status_code
+                limit = MAX_RESPONSE_BYTES if status == 200 else MAX_ERROR_BYTES
+                content = _read_bounded(response, limit, truncate=status != 200)
+        except httpx.TransportError as exc:
+            raise _unavailable(exc) if _never_sent(exc) else EnclaveError(
+                "enclave.engine_failed", f"engine: {type(exc).__name__}") from exc
         except httpx.HTTPError as exc:
-            raise EnclaveError("enclave.engine_failed", f"engine unreachable: {exc!r}") from exc
-        if response.status_code != 200:
-            raise _refusal(response.status_code, response.content[:MAX_ERROR_BYTES], path)
-        if len(response.content) > MAX_RESPONSE_BYTES:
-            raise EnclaveError("enclave.engine_failed", "engine answer too large")
-        try:
-            out = response.json()
-        except ValueError as exc:
-            raise EnclaveError("enclave.engine_failed", "engine answered non-JSON") from exc
-        if not isinstance(out, dict):
-            raise EnclaveError("enclave.engine_failed", "engine answered a non-object")
-        return out
+            raise EnclaveError("enclave.engine_failed", f"engine: {type(exc).__name__}") from exc
+        if status != 200:
+            raise _refusal(status, content, path)
+        return _object(content)
 
     def chat(self, messages: Sequence[ChatMessage], params: SamplingParams) -> Completion:
         out = self._post("/v1/chat/completions",
@@ -125,8 +252,11 @@ class OpenAICompatEngine:
         try:
             response = self._http.send(self._http.build_request("POST", path, json=body),
                                        stream=True)
+        except httpx.TransportError as exc:
+            raise _unavailable(exc) if _never_sent(exc) else EnclaveError(
+                "enclave.engine_failed", f"engine: {type(exc).__name__}") from exc
         except httpx.HTTPError as exc:
-            raise EnclaveError("enclave.engine_failed", f"engine unreachable: {exc!r}") from exc
+            raise EnclaveError("enclave.engine_failed", f"engine: {type(exc).__name__}") from exc
         if response.status_code != 200:
             try:
                 content = next(response.iter_bytes(MAX_ERROR_BYTES), b"")
@@ -153,7 +283,8 @@ class OpenAICompatEngine:
                                 return
                         finish = choice.get("finish_reason") or finish
             except httpx.HTTPError as exc:
-                raise EnclaveError("enclave.engine_failed", f"engine stream: {exc!r}") from exc
+                raise EnclaveError("enclave.engine_failed",
+                                   f"engine stream: {type(exc).__name__}") from exc
             finally:
                 response.close()
             emit(Delta("", finish or "stop", int(usage.get("prompt_tokens", 0)),
@@ -162,6 +293,47 @@ class OpenAICompatEngine:
 
     def close(self) -> None:
         self._http.close()
+
+
+def _never_sent(exc: httpx.TransportError) -> bool:
+    """The server was never reached (nothing listens, the socket is gone): unavailable, and
+    the prompt did not leave."""
+    return isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout)
+
+
+def _read_bounded(response: httpx.Response, limit: int, *, truncate: bool = False) -> bytes:
+    """The body, at most ``limit`` bytes: past it ``enclave.engine_failed`` (or, ``truncate``,
+    the first ``limit`` bytes; an error answer is only read for its message)."""
+    parts: list[bytes] = []
+    size = 0
+    for chunk in response.iter_bytes():
+        size += len(chunk)
+        if size > limit:
+            if truncate:
+                parts.append(chunk[:limit - size + len(chunk)])
+                break
+            raise EnclaveError("enclave.engine_failed", "engine answer too large")
+        parts.append(chunk)
+    return b"".join(parts)
+
+
+def _object(content: bytes) -> dict[str, Any]:
+    try:
+        out = json.loads(content)
+    except (ValueError, RecursionError) as exc:
+        raise EnclaveError("enclave.engine_failed", "engine answered non-JSON") from exc
+    if not isinstance(out, dict):
+        raise EnclaveError("enclave.engine_failed", "engine answered a non-object")
+    return out
+
+
+def _same_file(served: str, hashed: str) -> bool:
+    """Whether the path the server names is the file or folder the enclave hashed (both
+    resolved: links followed; a name that is no local path, a hub repository, is not)."""
+    try:
+        return os.path.samefile(Path(served), Path(hashed))
+    except OSError:
+        return False
 
 
 def _options(p: SamplingParams, *, chat: bool) -> dict[str, Any]:
