@@ -102,3 +102,14 @@ def pg_url(pg_server: str) -> Iterator[str]:
     finally:
         with psycopg.connect(pg_server, autocommit=True) as conn:
             conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _e2e_store(request: pytest.FixtureRequest) -> None:
+    """MEDCLAVE_E2E_STORE=postgresql: the e2e helpers start every enclave on PostgreSQL
+    (tests/e2e/helpers.py ``start_enclave``), on this session's server."""
+    if os.environ.get("MEDCLAVE_E2E_STORE", "sqlite") != "postgresql":
+        return
+    from tests.e2e import helpers
+
+    helpers.PG_SERVER[:] = [request.getfixturevalue("pg_server")]

@@ -347,6 +347,11 @@ CATALOGUE: dict[str, ErrorSpec] = {
     "records.store_tampered": ErrorSpec(
         500, "The encrypted records store failed authentication; it was not loaded."
     ),
+    "records.store_conflict": ErrorSpec(
+        409, "Another enclave replica changed this tenant's records since this one loaded them; "
+        "nothing of the request was stored. Retry on the replica that ingests, or after a "
+        "restart of this one."
+    ),
     "records.key_unavailable": ErrorSpec(
         503, "The tenant's records data key was not released; retry later."
     ),

@@ -8,12 +8,15 @@ import sys
 import types
 from pathlib import Path
 
+import psycopg
 import pytest
 from typer.testing import CliRunner
 
 from medclave.audit.log import AuditLog
 from medclave.audit.note import ALG_COSIGNATURE_V1, NoteSigner, NoteVerifier, verify_checkpoint
+from medclave.audit.pgstore import PostgresLogStore
 from medclave.audit.replay import ReplayEngine
+from medclave.audit.store import log_name
 from medclave.cli.audit import app
 from tests.audit._builders import BUILD, MODEL, ORIGIN, TENANT_KEY, fake_engine, make_entry
 
@@ -156,3 +159,25 @@ def test_witness_and_keygen(data_dir: Path, log_signer: NoteSigner, tmp_path: Pa
     assert w.alg == ALG_COSIGNATURE_V1
     got = verify_checkpoint(res.stdout.encode(), log_signer.verifier, witnesses=[w], quorum=1)
     assert got.checkpoint.size == 25
+
+
+def test_verify_a_log_in_postgresql(pg_url: str, log_signer: NoteSigner) -> None:
+    """An auditor with read access to the enclaves' database: the log is found by the key."""
+    store = PostgresLogStore(pg_url, log=log_name(ORIGIN, log_signer.verifier.vkey()))
+    log = AuditLog(store, origin=ORIGIN, signer=log_signer)
+    log.append_batch([make_entry(i) for i in range(10)])
+    log.close()
+    args = ["verify", "--store", pg_url, "--key", log_signer.verifier.vkey()]
+    res = runner.invoke(app, args)
+    assert res.exit_code == 0, res.output
+    assert _json(res.stdout)["size"] == 10
+    with psycopg.connect(pg_url, autocommit=True) as conn:  # the twin: one byte changed
+        conn.execute("ALTER TABLE audit_entries DISABLE TRIGGER USER")
+        conn.execute("UPDATE audit_entries SET data = set_byte(data, 40, get_byte(data, 40) # 1) "
+                     "WHERE idx = 4")
+    res = runner.invoke(app, args)
+    assert res.exit_code == 1
+    assert _json(res.stdout)["findings"][0]["where"] == "entry 4"  # type: ignore[index]
+    stranger = NoteSigner.generate(ORIGIN).verifier.vkey()  # another key: no such log
+    res = runner.invoke(app, ["verify", "--store", pg_url, "--key", stranger])
+    assert res.exit_code != 0 and "audit.entry_missing" in res.output

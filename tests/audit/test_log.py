@@ -2,26 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import pytest
 
 from medclave.audit import merkle
 from medclave.audit.log import AuditLog
 from medclave.audit.note import NoteSigner, verify_checkpoint
-from medclave.audit.store import Batch, LogStore, MemoryLogStore, SqliteLogStore
+from medclave.audit.store import Batch, LogStore, MemoryLogStore
 from medclave.audit.verify import verify_log
 from medclave.errors import AuditError, MedclaveError
+from tests.audit._backends import Backend
 from tests.audit._builders import ORIGIN, make_entry
-
-
-@pytest.fixture(params=["memory", "sqlite"])
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[LogStore]:
-    s: LogStore = MemoryLogStore() if request.param == "memory" else SqliteLogStore(tmp_path / "a.db")
-    yield s
-    s.close()
 
 
 def test_batches_build_the_rfc9162_tree(store: LogStore, log_signer: NoteSigner) -> None:
@@ -49,43 +41,49 @@ def test_batches_build_the_rfc9162_tree(store: LogStore, log_signer: NoteSigner)
     assert report.ok and report.size == 37 and report.checkpoints == 4
 
 
-def test_reopen_continues_the_same_tree(tmp_path: Path, log_signer: NoteSigner) -> None:
-    path = tmp_path / "log.db"
-    log = AuditLog.open_sqlite(path, origin=ORIGIN, signer=log_signer)
+def test_reopen_continues_the_same_tree(durable: Backend, log_signer: NoteSigner) -> None:
+    log = AuditLog(durable.open(), origin=ORIGIN, signer=log_signer)
     log.append_batch([make_entry(i) for i in range(11)])
     log.close()
-    log = AuditLog.open_sqlite(path, origin=ORIGIN, signer=log_signer)
+    log = AuditLog(durable.open(), origin=ORIGIN, signer=log_signer)
     assert log.size == 11
     log.append_batch([make_entry(i) for i in range(11, 30)])
     leaves = [merkle.leaf_hash(make_entry(i).to_bytes()) for i in range(30)]
     assert log.root() == merkle.root_from_leaves(leaves)
     verify_log(log.store, log_signer.verifier)
     log.close()
-    reader = AuditLog.open_sqlite(path, origin=ORIGIN)
+    reader = AuditLog(durable.open(readonly=True), origin=ORIGIN)
     with pytest.raises(AuditError) as err:
         reader.append(make_entry(99))
     assert err.value.code == "audit.log_conflict"
     reader.close()
 
 
-def test_second_writer_cannot_fork_the_log(tmp_path: Path, log_signer: NoteSigner) -> None:
-    path = tmp_path / "log.db"
-    a = AuditLog.open_sqlite(path, origin=ORIGIN, signer=log_signer)
-    b = AuditLog.open_sqlite(path, origin=ORIGIN, signer=log_signer)
-    a.append(make_entry(0))
-    with pytest.raises(AuditError) as err:
-        b.append(make_entry(1))
-    assert err.value.code == "audit.log_conflict"
-    assert b.size == 0  # a refused batch leaves no trace in memory either
+def test_two_writers_of_one_log_append_in_one_sequence(
+    durable: Backend, log_signer: NoteSigner
+) -> None:
+    """Replicas holding the same key and origin: each batch goes on the head the other left
+    (verified first, see test_writers.py), never beside it."""
+    a = AuditLog(durable.open(), origin=ORIGIN, signer=log_signer)
+    b = AuditLog(durable.open(), origin=ORIGIN, signer=log_signer)
+    assert a.append(make_entry(0)) == 0
+    assert b.append(make_entry(1)) == 1  # b was opened at size 0: it catches up, no fork
+    assert b.size == 2 and a.size == 1
+    assert a.append_batch([make_entry(2), make_entry(3)]).first == 2
+    receipt = b.receipt(1)  # under a's later checkpoint, beyond what b wrote
+    assert receipt.index == 1
+    leaves = [merkle.leaf_hash(make_entry(i).to_bytes()) for i in range(4)]
+    assert a.root() == b.root_at(4) == merkle.root_from_leaves(leaves)
+    report = verify_log(a.store, log_signer.verifier)
+    assert report.ok and report.size == 4 and report.latest_checkpoint == 4
     a.close()
     b.close()
 
 
-def test_wrong_origin_or_key_name_refused(tmp_path: Path, log_signer: NoteSigner) -> None:
-    path = tmp_path / "log.db"
-    AuditLog.open_sqlite(path, origin=ORIGIN, signer=log_signer).close()
+def test_wrong_origin_or_key_name_refused(durable: Backend, log_signer: NoteSigner) -> None:
+    AuditLog(durable.open(), origin=ORIGIN, signer=log_signer).close()
     with pytest.raises(AuditError):
-        AuditLog.open_sqlite(path, origin="other.example/log")
+        AuditLog(durable.open(readonly=True), origin="other.example/log")
     with pytest.raises(AuditError):
         AuditLog(MemoryLogStore(), origin=ORIGIN, signer=NoteSigner.generate("other.example/log"))
 
@@ -119,16 +117,15 @@ def test_bad_batches_refused(log_signer: NoteSigner) -> None:
         log.root_at(1)
 
 
-def test_one_log_one_key(tmp_path: Path, log_signer: NoteSigner) -> None:
-    path = tmp_path / "log.db"
-    AuditLog.open_sqlite(path, origin=ORIGIN, signer=log_signer).close()
+def test_one_log_one_key(durable: Backend, log_signer: NoteSigner) -> None:
+    AuditLog(durable.open(), origin=ORIGIN, signer=log_signer).close()
     with pytest.raises(AuditError) as err:
-        AuditLog.open_sqlite(path, origin=ORIGIN, signer=NoteSigner.generate(ORIGIN))
+        AuditLog(durable.open(), origin=ORIGIN, signer=NoteSigner.generate(ORIGIN))
     assert err.value.code == "audit.log_conflict"
 
 
-def test_concurrent_appends_share_batches(tmp_path: Path, log_signer: NoteSigner) -> None:
-    log = AuditLog.open_sqlite(tmp_path / "log.db", origin=ORIGIN, signer=log_signer)
+def test_concurrent_appends_share_batches(durable: Backend, log_signer: NoteSigner) -> None:
+    log = AuditLog(durable.open(), origin=ORIGIN, signer=log_signer)
     entries = [make_entry(i) for i in range(400)]
     with ThreadPoolExecutor(max_workers=8) as pool:
         indices = list(pool.map(log.append, entries))

@@ -357,6 +357,32 @@ def write_commitment_key(path: Path) -> Path:
     return path
 
 
+# --- the enclave's stores: SQLite files (the default) or PostgreSQL ----------------------------
+# MEDCLAVE_E2E_STORE=postgresql puts every enclave these helpers start on PostgreSQL: a database
+# of its own per enclave folder (a reboot of the same folder finds its rows again), on the
+# session's server (tests/conftest.py's pg_server, registered by the autouse fixture there).
+E2E_STORE = os.environ.get("MEDCLAVE_E2E_STORE", "sqlite")
+PG_SERVER: list[str] = []
+_DATABASES: dict[Path, str] = {}
+
+
+def enclave_database(folder: Path) -> str:
+    """The PostgreSQL URL of ``folder``'s enclave, created empty on first use."""
+    import uuid
+    from urllib.parse import urlsplit, urlunsplit
+
+    import psycopg
+
+    key = folder.resolve()
+    if key not in _DATABASES:
+        assert PG_SERVER, "MEDCLAVE_E2E_STORE=postgresql needs the pg_server fixture"
+        name = "e2e_" + uuid.uuid4().hex[:16]
+        with psycopg.connect(PG_SERVER[0], autocommit=True) as conn:
+            conn.execute(f"CREATE DATABASE {name}")
+        _DATABASES[key] = urlunsplit(urlsplit(PG_SERVER[0])._replace(path="/" + name))
+    return _DATABASES[key]
+
+
 def start_enclave(folder: Path, idp: Idp | None, *, engine: Any = None,
                   measurement: str = MEASUREMENT, configured_engine: str | None = None,
                   **overrides: Any) -> Enclave:
@@ -369,6 +395,9 @@ def start_enclave(folder: Path, idp: Idp | None, *, engine: Any = None,
     base: dict[str, Any] = {"data_dir": folder, "platform": "sim", "sim_measurement": measurement,
                             "audit_store": "memory",
                             "commitment_key_file": write_commitment_key(folder / "tenant.key")}
+    if E2E_STORE == "postgresql":
+        # Every store on the database, the audit log included (its e2e default is memory).
+        base.update(store=enclave_database(folder), audit_store="sqlite")
     if idp is None:
         base["insecure_no_auth"] = True
     else:

@@ -37,8 +37,9 @@ COMPLETION = "The normal adult resting heart rate is"
 
 @pytest.fixture(scope="module")
 def enclave(folder: Path, idp: Idp) -> Iterator[Enclave]:
-    """The session's llama.cpp engine behind an enclave that keeps its log on disk."""
-    e = start_enclave(folder / "replay-enclave", idp, audit_store="sqlite")
+    """The session's llama.cpp engine behind an enclave that keeps its log on disk (a file
+    the replay command reads: SQLite even under MEDCLAVE_E2E_STORE=postgresql)."""
+    e = start_enclave(folder / "replay-enclave", idp, audit_store="sqlite", store="sqlite")
     yield e
     e.stop()
 

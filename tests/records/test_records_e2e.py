@@ -28,6 +28,7 @@ from medclave.background import BackgroundServer
 from medclave.crypto.canonical import canonical_json
 from medclave.enclave.engines.base import ChatMessage, Completion, SamplingParams
 from tests.e2e.helpers import (
+    E2E_STORE,
     TENANT,
     Enclave,
     FakeEngine,
@@ -459,7 +460,13 @@ def test_openai_embeddings_through_the_proxy(stack: Stack) -> None:
 
 def test_a_server_is_ready_for_the_next_module(stack: Stack) -> None:
     assert isinstance(stack.enclave.server, BackgroundServer)
-    assert Path(stack.enclave.settings.data_dir, "records", "records.sqlite3").is_file()
+    if E2E_STORE == "postgresql":
+        import psycopg
+
+        with psycopg.connect(stack.enclave.settings.store) as conn:
+            assert conn.execute("SELECT count(*) FROM records_sealed").fetchone() > (0,)
+    else:
+        assert Path(stack.enclave.settings.data_dir, "records", "records.sqlite3").is_file()
 
 
 def test_llama_answers_from_the_records_after_a_reboot(stack: Stack) -> None:

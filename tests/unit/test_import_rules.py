@@ -124,6 +124,8 @@ ALLOWED_THIRD_PARTY: dict[tuple[str, str], str] = {
     # Issue 5 asked for SQLite storage in medclave.audit; it is one module behind the LogStore
     # interface (audit/store.py), and everything else in audit works on any LogStore.
     ("medclave.audit.store", "sqlite3"): "SqliteLogStore, the embedded LogStore",
+    # Issue 17: the log shared by enclave replicas, one more module behind the same interface.
+    ("medclave.audit.pgstore", "psycopg"): "PostgresLogStore, the shared LogStore",
     # The online endorsement fetchers: the only code in attestation that reaches the network,
     # used only when a caller passes a provider in VerifyOptions.online (attest verify --online).
     ("medclave.attestation.online", "httpx"): "OnlineEndorsements, behind --online",

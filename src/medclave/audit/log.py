@@ -1,10 +1,18 @@
 """The append-only audit log: batched appends, signed checkpoints, proofs and receipts.
 
-One writer per log (the enclave). Each batch is one store transaction holding its entries, the
-tree nodes they complete and, by default, the checkpoint signed over the new size, so every
-acknowledged index is covered by a signed checkpoint from the moment ``append_batch`` returns.
-The writer keeps the tree's right edge (:class:`~medclave.audit.merkle.CompactRange`) in memory,
-so an append hashes O(1) amortised nodes and never reads the store.
+Each batch is one store transaction holding its entries, the tree nodes they complete and, by
+default, the checkpoint signed over the new size, so every acknowledged index is covered by a
+signed checkpoint from the moment ``append_batch`` returns. The writer keeps the tree's right
+edge (:class:`~medclave.audit.merkle.CompactRange`) in memory, so an append hashes O(1)
+amortised nodes and, while it is the only writer, reads nothing but the store's size.
+
+Several writers (enclave replicas holding the same broker-released key and origin, sharing one
+PostgreSQL) append in one sequence: each batch is written under the store's write lock
+(:meth:`~medclave.audit.store.LogStore.transaction`). A writer that finds the log grew since its
+last batch does not trust the stored tree it is about to extend: the latest checkpoint must be
+signed by the log key at exactly the stored size, the stored right edge must hash to its root,
+and an RFC 9162 §2.1.4 consistency proof must lead from the tree this writer last signed to it
+(:meth:`AuditLog._catch_up`); otherwise the append is refused with ``audit.log_inconsistent``.
 """
 
 from __future__ import annotations
@@ -24,7 +32,14 @@ from medclave.audit.note import (
     verify_checkpoint,
 )
 from medclave.audit.receipt import ConsistencyProof, Receipt, encode_proof
-from medclave.audit.store import MAX_LOG_SIZE, Batch, LogStore, SqliteLogStore, Synchronous
+from medclave.audit.store import (
+    MAX_LOG_SIZE,
+    Batch,
+    LogStore,
+    LogTransaction,
+    SqliteLogStore,
+    Synchronous,
+)
 from medclave.errors import AuditError, MedclaveError
 
 MAX_BATCH = 10_000
@@ -189,31 +204,74 @@ class AuditLog:
         data = [e.to_bytes() if isinstance(e, AuditEntry) else bytes(e) for e in entries]
         if any(len(d) > MAX_ENTRY_BYTES for d in data):
             raise AuditError("audit.entry_invalid", f"an entry exceeds {MAX_ENTRY_BYTES} bytes")
+        leaves = [merkle.leaf_hash(d) for d in data]
         with self._lock:
-            first = self._edge.size
+            edge, note = self._write_batch(signer, data, leaves, checkpoint)
+            # Only once committed: a reader that sees the new size on another connection
+            # must find the rows (and a failed batch leaves no trace).
+            self._edge = edge
+        return Appended(edge.size - len(data), len(data), note)
+
+    def _write_batch(self, signer: NoteSigner, data: list[bytes], leaves: list[bytes],
+                     checkpoint: bool) -> tuple[merkle.CompactRange, bytes | None]:
+        with self.store.transaction() as tx:
+            head = self._catch_up(tx, signer)
+            first = head.size
             if first + len(data) > MAX_LOG_SIZE:
                 raise AuditError("audit.index_out_of_range", "the log is full")
-            edge = merkle.CompactRange(first, self._edge.hashes())
-            leaves = [merkle.leaf_hash(d) for d in data]
+            edge = merkle.CompactRange(first, head.hashes())
             nodes: list[tuple[int, int, bytes]] = []
             for leaf in leaves:
                 edge.append(leaf, nodes)
             note = None
             if checkpoint:
                 note = sign_checkpoint(Checkpoint(self.origin, edge.size, edge.root()), signer)
-            self.store.commit(
+            tx.commit(
                 Batch(first, data, leaves, nodes, None if note is None else (edge.size, note))
             )
-            self._edge = edge  # only after the commit: a failed batch leaves no trace
-            return Appended(first, len(data), note)
+        return edge, note
 
     def checkpoint(self) -> bytes:
         """Sign and store a checkpoint for the current size (idempotent per size)."""
         signer = self._writer()
         with self._lock:
-            note = sign_checkpoint(Checkpoint(self.origin, self.size, self.root()), signer)
-            self.store.add_checkpoint(self.size, note)
+            with self.store.transaction() as tx:
+                head = self._catch_up(tx, signer)
+                note = sign_checkpoint(Checkpoint(self.origin, head.size, head.root()), signer)
+                tx.commit(Batch(head.size, (), (), (), (head.size, note)))
+            self._edge = head
             return note
+
+    def _catch_up(self, tx: LogTransaction, signer: NoteSigner) -> merkle.CompactRange:
+        """The right edge to extend, under the write lock. Ours when the stored size is the
+        size we last wrote; otherwise another writer extended the log, and its head is
+        verified before anything hangs from it (module docstring), never trusted."""
+        size = tx.size()
+        mine = self._edge
+        if size == mine.size:
+            return mine
+        try:
+            if size < mine.size:
+                raise AuditError("audit.rollback", f"the log has {size} entries; this writer "
+                                 f"wrote {mine.size}")
+            latest = tx.latest_checkpoint()
+            if latest is None or latest[0] != size:
+                raise AuditError("audit.checkpoint_invalid", f"{size} entries, but no signed "
+                                 "checkpoint at that size")
+            cp = verify_checkpoint(latest[1], signer.verifier, origin=self.origin).checkpoint
+            if cp.size != size:
+                raise AuditError("audit.checkpoint_invalid", f"the note is for size {cp.size}")
+            head = merkle.CompactRange(size, tx.nodes(merkle.CompactRange.keys(size)))
+            if head.root() != cp.root:
+                raise AuditError("audit.node_tampered", "the stored right edge does not hash "
+                                 f"to the signed root at {size}")
+            if mine.size:
+                proof = merkle.prove_consistency(mine.size, size, tx.nodes)
+                merkle.verify_consistency(mine.size, size, proof, mine.root(), cp.root)
+        except AuditError as exc:
+            raise AuditError("audit.log_inconsistent", f"{exc.code}: {exc.detail}",
+                             cause=exc.code) from exc
+        return head
 
     def verify_head(self) -> int:
         """Before a writer extends a reopened log: its latest stored checkpoint must verify
@@ -225,26 +283,32 @@ class AuditLog:
         truncated together with its checkpoints and nodes; receipts and witnesses catch that
         (``verify.inspect_log(trusted=...)``)."""
         signer = self._writer()
-        latest = self.store.latest_checkpoint()
-        try:
-            if latest is None:
-                if self.size:
-                    raise AuditError("audit.checkpoint_invalid",
-                                     f"{self.size} entries but no signed checkpoint")
-                return 0
-            size, note = latest
-            cp = verify_checkpoint(note, signer.verifier, origin=self.origin).checkpoint
-            if cp.size != size:
-                raise AuditError("audit.checkpoint_invalid", f"the note is for size {cp.size}")
-            if size > self.size:
-                raise AuditError("audit.rollback", f"the log has {self.size} entries; its "
-                                 f"latest checkpoint covers {size}")
-            proof = merkle.prove_consistency(size, self.size, self.store.nodes)
-            merkle.verify_consistency(size, self.size, proof, cp.root, self.root())
+        with self._lock, self.store.transaction() as tx:
+            # Under the write lock, from the store as it is now: another writer of a shared
+            # log may have appended since this one was constructed.
+            now = tx.size()
+            latest = tx.latest_checkpoint()
+            try:
+                edge = merkle.CompactRange(now, tx.nodes(merkle.CompactRange.keys(now)))
+                if latest is None:
+                    if now:
+                        raise AuditError("audit.checkpoint_invalid",
+                                         f"{now} entries but no signed checkpoint")
+                    return 0
+                size, note = latest
+                cp = verify_checkpoint(note, signer.verifier, origin=self.origin).checkpoint
+                if cp.size != size:
+                    raise AuditError("audit.checkpoint_invalid", f"the note is for size {cp.size}")
+                if size > now:
+                    raise AuditError("audit.rollback", f"the log has {now} entries; its "
+                                     f"latest checkpoint covers {size}")
+                proof = merkle.prove_consistency(size, now, tx.nodes)
+                merkle.verify_consistency(size, now, proof, cp.root, edge.root())
+            except AuditError as exc:
+                raise AuditError("audit.log_inconsistent", f"{exc.code}: {exc.detail}",
+                                 cause=exc.code) from exc
+            self._edge = edge
             return size
-        except AuditError as exc:
-            raise AuditError("audit.log_inconsistent", f"{exc.code}: {exc.detail}",
-                             cause=exc.code) from exc
 
     def _writer(self) -> NoteSigner:
         if self._signer is None:
@@ -254,7 +318,7 @@ class AuditLog:
     # --- reading ------------------------------------------------------------------------------
 
     def entry(self, index: int) -> bytes:
-        got = self.store.entry(index) if 0 <= index < self.size else None
+        got = self.store.entry(index) if 0 <= index < self._readable(index + 1) else None
         if got is None:
             raise AuditError("audit.index_out_of_range", f"no entry {index} (size {self.size})")
         return got[0]
@@ -307,6 +371,12 @@ class AuditLog:
         text = self.store.get_meta("vkey")
         return None if text is None else NoteVerifier.from_vkey(text)
 
+    def _readable(self, size: int) -> int:
+        """How far reads may go: this writer's size, or, when ``size`` is beyond it, the
+        store's (other writers of a shared log appended since; a receipt is then built under
+        their later checkpoint, which the client verifies like any other)."""
+        return self.size if size <= self.size else max(self.size, self.store.size())
+
     def _check_size(self, size: int) -> None:
-        if not 0 <= size <= self.size:
+        if not 0 <= size <= self._readable(size):
             raise AuditError("audit.index_out_of_range", f"tree size {size} > log size {self.size}")

@@ -5,6 +5,9 @@ proof for any size is O(log n) lookups, see ``merkle.NodeSource``) and the signe
 It is trusted for nothing: :func:`medclave.audit.verify.verify_log` recomputes all of it. What
 a store must give is atomicity: :meth:`LogStore.commit` writes a whole batch (entries, nodes and
 its checkpoint) or nothing, so a crash never leaves a torn entry or a tree that outruns its data.
+:meth:`LogStore.transaction` gives a writer the store's write lock (this process's and every other
+process's writers wait), so several writers sharing one log append in one sequence
+(:meth:`medclave.audit.log.AuditLog.append_batch`; docs/scaling-out.md).
 
 The SQLite store's schema is versioned (:mod:`medclave.migrations`): version 1 is the tables and
 the append-only triggers; a log written before versions were recorded is version 1; a newer
@@ -13,9 +16,11 @@ version is refused, read-only opening included, before anything is written.
 
 from __future__ import annotations
 
+import hashlib
 import sqlite3
 import threading
 from collections.abc import Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Protocol
@@ -34,6 +39,13 @@ def node_id(level: int, index: int) -> int:
     return (level << _INDEX_BITS) | index
 
 
+def log_name(origin: str, vkey: str) -> str:
+    """The name the enclave gives the log of ``origin`` under the key ``vkey`` (its SQLite
+    file, its rows in PostgreSQL): one log per (origin, key), found again from the key alone
+    (a verifier key names its origin)."""
+    return hashlib.sha256(f"{origin}\n{vkey}".encode()).hexdigest()[:16]
+
+
 @dataclass(frozen=True)
 class Batch:
     """Entries ``first .. first + len(entries) - 1``, with what they add to the tree."""
@@ -45,7 +57,24 @@ class Batch:
     checkpoint: tuple[int, bytes] | None = None  # (tree size, signed note)
 
 
+class LogTransaction(Protocol):
+    """What a writer reads and writes while it holds the store's write lock."""
+
+    def size(self) -> int: ...
+
+    def nodes(self, keys: Sequence[NodeKey]) -> list[bytes]: ...
+
+    def latest_checkpoint(self) -> tuple[int, bytes] | None: ...
+
+    def commit(self, batch: Batch) -> None: ...
+
+
 class LogStore(Protocol):
+    def transaction(self) -> AbstractContextManager[LogTransaction]:
+        """The write lock, over this process and every other writer of the log: reads inside
+        see every batch committed before it, and a :meth:`LogTransaction.commit` inside is
+        durable when the block ends (an exception rolls it back)."""
+
     def size(self) -> int:
         """One past the highest stored index."""
 
@@ -94,6 +123,13 @@ class MemoryLogStore:
     data: dict[int, tuple[bytes, bytes]] = field(default_factory=dict)
     tree: dict[NodeKey, bytes] = field(default_factory=dict)
     notes: dict[int, bytes] = field(default_factory=dict)
+    _writing: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+
+    @contextmanager
+    def transaction(self) -> Iterator[LogTransaction]:
+        # commit() is the block's last store call, and it writes all or (on conflict) nothing.
+        with self._writing:
+            yield self
 
     def size(self) -> int:
         # Appends arrive in index order and dicts keep insertion order: the last key is the max.
@@ -233,35 +269,22 @@ class SqliteLogStore:
         with self._lock:
             self._db.execute("INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)", (key, value))
 
-    def commit(self, batch: Batch) -> None:
+    @contextmanager
+    def transaction(self) -> Iterator[LogTransaction]:
         with self._lock:
-            db = self._db
-            # IMMEDIATE takes the write lock first, so the size check below cannot race a
-            # second writer: two processes appending to one log would fork the tree.
-            db.execute("BEGIN IMMEDIATE")
+            # IMMEDIATE takes SQLite's write lock first: another process's writer waits here,
+            # so what is read inside cannot go stale before the commit.
+            self._db.execute("BEGIN IMMEDIATE")
             try:
-                row = db.execute("SELECT MAX(idx) FROM entries").fetchone()
-                size = 0 if row[0] is None else row[0] + 1
-                if size != batch.first:
-                    raise _conflict(batch.first, size)
-                db.executemany(
-                    "INSERT INTO entries(idx, leaf, data) VALUES (?, ?, ?)",
-                    zip(range(batch.first, batch.first + len(batch.entries)), batch.leaves,
-                        batch.entries, strict=True),
-                )
-                db.executemany(
-                    "INSERT INTO nodes(id, hash) VALUES (?, ?)",
-                    ((node_id(level, index), h) for level, index, h in batch.nodes),
-                )
-                if batch.checkpoint is not None:
-                    db.execute(
-                        "INSERT OR IGNORE INTO checkpoints(size, note) VALUES (?, ?)",
-                        batch.checkpoint,
-                    )
-                db.execute("COMMIT")
+                yield _SqliteTransaction(self._db)
             except BaseException:
-                db.execute("ROLLBACK")
+                self._db.execute("ROLLBACK")
                 raise
+            self._db.execute("COMMIT")
+
+    def commit(self, batch: Batch) -> None:
+        with self.transaction() as tx:
+            tx.commit(batch)
 
     def add_checkpoint(self, size: int, note: bytes) -> None:
         with self._lock:
@@ -282,27 +305,8 @@ class SqliteLogStore:
             yield int(index), _blob(data), _blob(leaf)
 
     def nodes(self, keys: Sequence[NodeKey]) -> list[bytes]:
-        leaves = [i for lvl, i in keys if lvl == 0]
-        ids = [node_id(lvl, i) for lvl, i in keys if lvl > 0]
-        found: dict[NodeKey, bytes] = {}
         with self._lock:
-            if leaves:
-                marks = ",".join("?" * len(leaves))
-                sql = f"SELECT idx, leaf FROM entries WHERE idx IN ({marks})"  # noqa: S608
-                for index, leaf in self._db.execute(sql, leaves):
-                    found[(0, int(index))] = _blob(leaf)
-            if ids:
-                marks = ",".join("?" * len(ids))
-                sql = f"SELECT id, hash FROM nodes WHERE id IN ({marks})"  # noqa: S608
-                for nid, h in self._db.execute(sql, ids):
-                    nid = int(nid)
-                    found[(nid >> _INDEX_BITS, nid & (MAX_LOG_SIZE - 1))] = _blob(h)
-        out = []
-        for key in keys:
-            if key not in found:
-                raise _missing(str(key))
-            out.append(found[key])
-        return out
+            return _sqlite_nodes(self._db, keys)
 
     def level(self, level: int) -> Iterator[tuple[int, bytes]]:
         cur = self._db.execute(
@@ -324,6 +328,71 @@ class SqliteLogStore:
     def close(self) -> None:
         with self._lock:
             self._db.close()
+
+
+class _SqliteTransaction:
+    """The store's reads and the batch write on the connection inside ``BEGIN IMMEDIATE``."""
+
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self._db = db
+
+    def size(self) -> int:
+        row = self._db.execute("SELECT MAX(idx) FROM entries").fetchone()
+        return 0 if row[0] is None else int(row[0]) + 1
+
+    def nodes(self, keys: Sequence[NodeKey]) -> list[bytes]:
+        return _sqlite_nodes(self._db, keys)
+
+    def latest_checkpoint(self) -> tuple[int, bytes] | None:
+        row = self._db.execute("SELECT size, note FROM checkpoints ORDER BY size DESC "
+                               "LIMIT 1").fetchone()
+        return None if row is None else (int(row[0]), _blob(row[1]))
+
+    def commit(self, batch: Batch) -> None:
+        db = self._db
+        size = self.size()
+        if size != batch.first:
+            raise _conflict(batch.first, size)
+        db.executemany(
+            "INSERT INTO entries(idx, leaf, data) VALUES (?, ?, ?)",
+            zip(range(batch.first, batch.first + len(batch.entries)), batch.leaves,
+                batch.entries, strict=True),
+        )
+        db.executemany(
+            "INSERT INTO nodes(id, hash) VALUES (?, ?)",
+            ((node_id(level, index), h) for level, index, h in batch.nodes),
+        )
+        if batch.checkpoint is not None:
+            db.execute("INSERT OR IGNORE INTO checkpoints(size, note) VALUES (?, ?)",
+                       batch.checkpoint)
+
+
+def _sqlite_nodes(db: sqlite3.Connection, keys: Sequence[NodeKey]) -> list[bytes]:
+    leaves = [i for lvl, i in keys if lvl == 0]
+    ids = [node_id(lvl, i) for lvl, i in keys if lvl > 0]
+    found: dict[NodeKey, bytes] = {}
+    if leaves:
+        marks = ",".join("?" * len(leaves))
+        sql = f"SELECT idx, leaf FROM entries WHERE idx IN ({marks})"  # noqa: S608
+        for index, leaf in db.execute(sql, leaves):
+            found[(0, int(index))] = _blob(leaf)
+    if ids:
+        marks = ",".join("?" * len(ids))
+        sql = f"SELECT id, hash FROM nodes WHERE id IN ({marks})"  # noqa: S608
+        for nid, h in db.execute(sql, ids):
+            nid = int(nid)
+            found[(nid >> _INDEX_BITS, nid & (MAX_LOG_SIZE - 1))] = _blob(h)
+    return ordered(keys, found)
+
+
+def ordered(keys: Sequence[NodeKey], found: dict[NodeKey, bytes]) -> list[bytes]:
+    """``found``'s hashes in the order of ``keys``; a key it lacks is a missing node."""
+    out = []
+    for key in keys:
+        if key not in found:
+            raise _missing(str(key))
+        out.append(found[key])
+    return out
 
 
 def _blob(value: object) -> bytes:

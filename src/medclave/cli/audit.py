@@ -34,9 +34,10 @@ from medclave.audit.note import (
     VerifiedCheckpoint,
     verify_checkpoint,
 )
+from medclave.audit.pgstore import PostgresLogStore
 from medclave.audit.receipt import decode_proof, verify_receipt
 from medclave.audit.replay import ReplayEngine, replay
-from medclave.audit.store import SqliteLogStore
+from medclave.audit.store import LogStore, SqliteLogStore, log_name
 from medclave.audit.verify import inspect_log, open_trusted
 from medclave.audit.witness import load_state, witness_checkpoint
 from medclave.cli.output import emit, fail
@@ -126,6 +127,10 @@ def verify_cmd(
         "log must extend it. Repeatable.")] = None,
     witness: WitnessOpt = None,
     quorum: QuorumOpt = 0,
+    db: Annotated[str | None, typer.Option(
+        "--store", metavar="URL",
+        help="The enclaves' postgresql:// store instead of a file: the log is the one of "
+        "--key's origin and key. Read only.")] = None,
     as_json: Annotated[
         bool, typer.Option("--json", help="Accepted for symmetry: the output is always JSON.")
     ] = False,
@@ -140,7 +145,12 @@ def verify_cmd(
         verifier = _verifier(key)
         witnesses = [_verifier(w, ALG_COSIGNATURE_V1) for w in witness or []]
         trusted = [_trusted(path, verifier, witnesses, quorum) for path in checkpoint or []]
-        store = SqliteLogStore(_log_path(log_file or log, data), readonly=True)
+        store: LogStore
+        if db is not None:
+            store = PostgresLogStore(db, log=log_name(verifier.name, verifier.vkey()),
+                                     readonly=True, allow_remote=True)
+        else:
+            store = SqliteLogStore(_log_path(log_file or log, data), readonly=True)
         try:
             report = inspect_log(store, verifier, parse_entries=not no_parse,
                                  trusted=[t.checkpoint for t in trusted])

@@ -10,7 +10,6 @@ memory file (``memfd``), never to disk.
 from __future__ import annotations
 
 import base64
-import hashlib
 import logging
 import os
 import secrets
@@ -24,7 +23,8 @@ from typing import Any
 
 from medclave.attestation import evidence_digest
 from medclave.audit import AuditLog, MemoryLogStore, NoteSigner
-from medclave.audit.store import SqliteLogStore
+from medclave.audit.pgstore import PostgresLogStore
+from medclave.audit.store import LogStore, SqliteLogStore, log_name
 from medclave.auth.authn import Authenticator
 from medclave.auth.authorizer import Authorizer
 from medclave.auth.jwks import HttpJwks, JwksProvider, StaticJwks
@@ -60,6 +60,7 @@ from medclave.enclave.response_store import ResponseStore
 from medclave.enclave.retrieval import RetrievalApi
 from medclave.enclave.routes import Route
 from medclave.enclave.sealing.conversations import SealedConversations
+from medclave.enclave.sealing.pgstore import PostgresSealedStore
 from medclave.enclave.sealing.roots import (
     BrokerSealingRoots,
     FileSealingRoots,
@@ -364,10 +365,13 @@ def _sealed(settings: EnclaveSettings, platform: HostPlatform,
             runtime: Callable[[], dict[str, Any]], clock: Clock,
             closers: list[Callable[[], None]]) -> SealedConversations:
     store: SealedStore
-    if settings.sealing_store == "memory":
+    backend = settings.backend(settings.sealing_store)
+    if backend == "memory":
         store = MemorySealedStore()
-    else:
+    elif backend == "sqlite":
         store = SqliteSealedStore(Path(settings.data_dir) / "sealed" / "conversations.sqlite3")
+    else:
+        store = PostgresSealedStore(backend, allow_remote=settings.store_allow_remote)
     closers.append(store.close)
     return SealedConversations(build_sealing_roots(settings, platform, runtime, clock), store,
                                clock=clock)
@@ -648,11 +652,19 @@ def _audit_signer(settings: EnclaveSettings, platform: HostPlatform, origin: str
 
 
 def _open_audit(settings: EnclaveSettings, origin: str, signer: NoteSigner) -> AuditLog:
-    if settings.audit_store == "memory":
+    backend = settings.backend(settings.audit_store)
+    if backend == "memory":
         return AuditLog(MemoryLogStore(), origin=origin, signer=signer)
-    folder = Path(settings.data_dir) / "audit"
-    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
-    # One file per (origin, key): a key released by the broker reopens its log on every boot
+    # One log per (origin, key): a key released by the broker reopens its log on every boot
     # (checked against its own latest checkpoint first); a key made at boot starts a new one.
-    name = hashlib.sha256(f"{origin}\n{signer.verifier.vkey()}".encode()).hexdigest()[:16]
-    return AuditLog.resume(SqliteLogStore(folder / f"{name}.sqlite3"), origin=origin, signer=signer)
+    # On PostgreSQL, replicas holding the same released key and origin share the one log and
+    # append in one sequence (audit/log.py; docs/scaling-out.md).
+    name = log_name(origin, signer.verifier.vkey())
+    store: LogStore
+    if backend == "sqlite":
+        folder = Path(settings.data_dir) / "audit"
+        folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+        store = SqliteLogStore(folder / f"{name}.sqlite3")
+    else:
+        store = PostgresLogStore(backend, log=name, allow_remote=settings.store_allow_remote)
+    return AuditLog.resume(store, origin=origin, signer=signer)

@@ -27,6 +27,7 @@ from medclave.errors import InputError, RecordsError
 from medclave.kbs.client import KbsClient
 from medclave.kbs.names import ResourceName
 from medclave.records.embed import Embedder
+from medclave.records.pgstore import PostgresRecordStore
 from medclave.records.service import KeySource, RecordsService
 from medclave.records.store import MemoryRecordStore, RecordStore, SqliteRecordStore
 from medclave.util.clock import Clock
@@ -73,10 +74,13 @@ def data_keys(settings: EnclaveSettings, platform: HostPlatform,
 
 def build_records(settings: EnclaveSettings, keys: KeySource, clock: Clock) -> RecordsService:
     store: RecordStore
-    if settings.records_store == "memory":
+    backend = settings.backend(settings.records_store)
+    if backend == "memory":
         store = MemoryRecordStore()
-    else:
+    elif backend == "sqlite":
         store = SqliteRecordStore(Path(settings.data_dir) / "records" / "records.sqlite3")
+    else:
+        store = PostgresRecordStore(backend, allow_remote=settings.store_allow_remote)
 
     def authorizer(sink: Callable[[DecisionRecord], None]) -> Authorizer:
         return Authorizer(settings.auth_policies_dir, sink=sink, clock=clock,

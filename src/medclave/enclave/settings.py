@@ -30,10 +30,13 @@ class EnclaveSettings(BaseSettings, ServingSettings, OpsSettings):
     host: str = "127.0.0.1"
     port: int = Field(default=8443, ge=0, le=65535)
     data_dir: Path = Path("medclave-enclave")
-    # PostgreSQL shared by the enclave's replicas (docs/scaling-out.md): a postgresql:// URL.
-    # The DPoP replay cache then refuses a proof any replica accepted (behind each replica's
-    # own memory); None keeps every store on this machine.
-    store: str | None = None
+    # --- stores (docs/scaling-out.md) -----------------------------------------------------
+    # Where the audit log, the sealed conversations and the records rest: "sqlite" (files under
+    # data_dir: audit/, sealed/, records/; one machine, the default), "memory" (all of them,
+    # lost on exit: development and tests), or a postgresql:// URL (one database, shared by
+    # every replica; local socket or loopback unless store_allow_remote). A store whose own
+    # setting (audit_store, sealing_store, records_store) is "memory" stays in memory.
+    store: str = Field(default="sqlite", max_length=2048)
     store_allow_remote: bool = False
 
     # --- attestation ----------------------------------------------------------------------
@@ -189,11 +192,19 @@ class EnclaveSettings(BaseSettings, ServingSettings, OpsSettings):
     responses_per_user: int = Field(default=64, ge=0, le=4096)
     responses_max_bytes: int = Field(default=64 * 1024 * 1024, ge=0, le=2**34)
 
-    @field_validator("store")
+    @field_validator("store", mode="before")
     @classmethod
-    def _store(cls, value: str | None) -> str | None:
-        # Only PostgreSQL here: the embedded stores keep their own settings (audit_store ...).
-        return None if value is None else store_setting(value, names=())
+    def _store(cls, value: object) -> str:
+        if value is None:  # unset, as configurations written for the replay cache alone say
+            return "sqlite"
+        if not isinstance(value, str):
+            raise ValueError("store is a string")
+        return store_setting(value, names=("sqlite", "memory"))
+
+    def backend(self, own: Literal["sqlite", "memory"]) -> str:
+        """Where one store rests, from ``store`` and that store's own setting ``own``:
+        "memory", "sqlite" or the PostgreSQL URL."""
+        return "memory" if own == "memory" else self.store
 
 
 @lru_cache(maxsize=1)

@@ -16,8 +16,8 @@ import pytest
 
 from medclave.client.conversations import encode_share, new_share
 from medclave.errors import MedclaveError
-from tests.apps.triage.conftest import proxy_for, sdk, start_triage
-from tests.e2e.helpers import FAKE_ANSWER, Enclave, FakeEngine, Idp
+from tests.apps.triage.conftest import OperatorStore, proxy_for, sdk, start_triage
+from tests.e2e.helpers import E2E_STORE, FAKE_ANSWER, Enclave, FakeEngine, Idp
 
 # Words that appear nowhere else: the file sweep looks for them.
 SECRET = "Quillfeather Marmaduke"
@@ -199,7 +199,10 @@ def test_no_file_the_services_wrote_holds_the_conversation(
     if Path("/dev/shm").is_dir():
         roots.append(Path("/dev/shm"))
     swept = list(_written_since(start, roots))
-    assert any(p.name == "conversations.sqlite3" for p in swept)  # the sweep sees the store
+    # The sweep sees the store: the SQLite file, or PostgreSQL's files (its server's temporary
+    # folder, under the temporary directory swept).
+    assert any(p.name == "conversations.sqlite3" if E2E_STORE != "postgresql" else
+               p.parent.name == "pg_wal" for p in swept)
     words = [SECRET.encode(), b"kill myself", FAKE_ANSWER.encode(), b"555 0199",
              b"pat-sweep"]
     found = []
@@ -214,16 +217,13 @@ def test_no_file_the_services_wrote_holds_the_conversation(
 
 def test_the_operator_editing_the_store_is_caught_when_the_patient_reopens(
         triage: Enclave, idp: Idp) -> None:
-    import sqlite3
-
     share = new_share()
     with sdk(triage, idp.token(roles=["patient"], sub="pat-gus")) as client:
         conv = client.conversations.create(share)["id"]
         for word in ("one", "two"):
             client.conversations.send(share, conv, word)
-        db = Path(triage.settings.data_dir) / "sealed" / "conversations.sqlite3"
-        with sqlite3.connect(db) as raw:  # drop the patient's second message and its answer
-            raw.execute("DELETE FROM turns WHERE conversation=? AND idx>=2", (conv,))
+        # Drop the patient's second message and its answer.
+        OperatorStore(triage).execute("DELETE FROM turns WHERE conversation=? AND idx>=2", conv)
         with pytest.raises(MedclaveError) as refused:
             client.conversations.export(share, conv)
         assert _code(refused) == "sealing.integrity_failed"
@@ -261,21 +261,16 @@ def test_a_restored_copy_of_the_store_is_caught_by_the_client(triage: Enclave,
                                                               idp: Idp) -> None:
     """The operator keeps a copy of the store and later puts it back: every record still
     verifies (the enclave alone cannot tell), but the app that saw the newer state can."""
-    import sqlite3
-
-    db = Path(triage.settings.data_dir) / "sealed" / "conversations.sqlite3"
+    store = OperatorStore(triage)
     share = new_share()
     with sdk(triage, idp.token(roles=["patient"], sub="pat-roll")) as client:
         conv = client.conversations.create(share)["id"]
         client.conversations.send(share, conv, "first")
-        snapshot = sqlite3.connect(":memory:")
-        with sqlite3.connect(db) as live:
-            live.backup(snapshot)
+        snapshot = store.snapshot()
         events = list(client.conversations.send(share, conv, "second", stream=True))
         seen = (events[-1]["turn"] + 1, events[-1]["chain"])
         assert len(client.conversations.export(share, conv, seen=seen)["turns"]) == 4
-        with sqlite3.connect(db) as live:
-            snapshot.backup(live)
+        store.restore(snapshot)
         assert len(client.conversations.export(share, conv)["turns"]) == 2  # verifies alone
         with pytest.raises(MedclaveError) as refused:
             client.conversations.export(share, conv, seen=seen)

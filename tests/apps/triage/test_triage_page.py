@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,7 +18,7 @@ import pytest
 from medclave.auth.idp_server import build_service
 from medclave.auth.issuer import Directory
 from medclave.background import running
-from tests.apps.triage.conftest import proxy_for, start_triage
+from tests.apps.triage.conftest import OperatorStore, proxy_for, start_triage
 from tests.e2e.helpers import TENANT, Enclave, Idp, llama_engine
 
 CHROMIUM = "/usr/bin/chromium"
@@ -117,10 +116,8 @@ def test_the_patient_chats_reopens_exports_and_deletes(stack: dict[str, Any],
     page.get_by_role("button", name="Start a new conversation").click()
     page.wait_for_selector("#conversation:not([hidden])")
     # The operator's copy of the store, taken before the patient writes anything.
-    db = Path(stack["enclave"].settings.data_dir) / "sealed" / "conversations.sqlite3"
-    snapshot = sqlite3.connect(":memory:")
-    with sqlite3.connect(db) as live:
-        live.backup(snapshot)
+    store = OperatorStore(stack["enclave"])
+    snapshot = store.snapshot()
     page.get_by_label("Your message").fill(CRISIS)
     page.get_by_role("button", name="Send").click()
     # The crisis response (988, 911) shows, the answer streams into the live region.
@@ -161,8 +158,7 @@ def test_the_patient_chats_reopens_exports_and_deletes(stack: dict[str, Any],
 
     # The operator puts the old copy back: it verifies in the enclave (nothing is forged), but
     # the browser remembers the state it saw and warns the patient.
-    with sqlite3.connect(db) as live:
-        snapshot.backup(live)
+    store.restore(snapshot)
     page.get_by_role("button", name="Reopen conversation 1").click()
     expect(page.locator("#chat-error")).to_contain_text("older than the one this browser saw")
     expect(page.locator("#transcript li")).to_have_count(0)
