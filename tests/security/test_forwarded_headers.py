@@ -212,6 +212,7 @@ def test_every_service_serves_with_the_shared_configuration(
 
     class Booted:
         service = object()
+        mesh = None  # no attested micro-segmentation: plain loopback serving
 
         def close(self) -> None:
             return None
