@@ -14,7 +14,8 @@ import shutil
 import socket
 import subprocess
 import tempfile
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -34,7 +35,7 @@ from medclave.mesh.policy import SegmentationPolicy, WorkloadId
 from medclave.mesh.tls import MeshTls
 from medclave.postgres.pool import open_pool
 from tests.conftest import REQUIRE
-from tests.mesh.conftest import POLICY, TENANT
+from tests.mesh.conftest import MEASUREMENTS, POLICY, TENANT, Mesh
 
 psycopg = pytest.importorskip("psycopg")
 DB_USER = "medclave"
@@ -72,6 +73,10 @@ class TlsDatabase:
     ca: MeshCA        # the mesh CA: the server's client CA and its certificate's issuer
     ca_file: Path
     folder: Path
+    admin: str        # the superuser over the Unix socket (setup and inspection only)
+    trust: Callable[[bytes], None]  # the server's client CA file, reloaded
+
+
 
 
 @pytest.fixture(scope="module")
@@ -133,8 +138,15 @@ def tls_db() -> Iterator[TlsDatabase]:
             conn.execute(f"CREATE DATABASE {DB_USER} OWNER {DB_USER}")
         ca_file = folder / "mesh-ca.pem"
         ca_file.write_bytes(ca.pem)
+
+        def trust(pem: bytes) -> None:
+            (data / "mesh-ca.pem").write_bytes(pem)
+            subprocess.run([str(bin_dir / "pg_ctl"), "-D", str(data), "reload"], check=True,
+                           capture_output=True, **run_as)
+            time.sleep(0.3)  # the postmaster reloads on SIGHUP, asynchronously
+
         yield TlsDatabase(f"postgresql://{DB_USER}@127.0.0.1:{port}/{DB_USER}", ca, ca_file,
-                          folder)
+                          folder, admin, trust)
     finally:
         if (data / "postmaster.pid").exists():
             subprocess.run([str(bin_dir / "pg_ctl"), "-D", str(data), "-m", "immediate",
@@ -269,7 +281,7 @@ def test_another_tenants_enclave_is_refused(tls_db: TlsDatabase) -> None:
 
 
 def test_a_plain_connection_is_refused(tls_db: TlsDatabase) -> None:
-    with pytest.raises(psycopg.OperationalError, match="rejects connection|no pg_hba.conf"):
+    with pytest.raises(psycopg.OperationalError, match=r"pg_hba\.conf rejects connection"):
         psycopg.connect(tls_db.url, sslmode="disable", connect_timeout=5)
 
 
@@ -334,3 +346,44 @@ def test_no_certificate_yet_no_connection(tls_db: TlsDatabase) -> None:
             db.params()
     finally:
         db.close()
+
+
+def test_a_booted_enclave_opens_its_stores_over_mutual_tls(
+        tls_db: TlsDatabase, mesh: Mesh, tmp_path: Path) -> None:
+    """enclave boot with mesh_file and a postgresql:// store: every store's pool presents the
+    certificate the broker's mesh CA issued on sim evidence; the server's certificate is
+    checked against database_ca_file (here a CA the deployment gives, not the mesh CA)."""
+    from medclave.enclave.boot import boot
+    from medclave.enclave.settings import EnclaveSettings
+    from tests.e2e.helpers import FakeEngine, write_commitment_key
+
+    tls_db.trust(tls_db.ca.pem + mesh.ca_pem)  # the database admits the stack's mesh CA too
+    folder = tmp_path / "enclave"
+    (tmp_path / "mesh-ca.pem").write_bytes(mesh.ca_pem)
+    (tmp_path / "db-ca.pem").write_bytes(tls_db.ca.pem)
+    mesh_file = tmp_path / "enclave-mesh.toml"
+    mesh_file.write_text(f'identity = "medclave://{TENANT}/enclave/enclave-1"\n'
+                         'policy = "segmentation.toml"\nca_file = "mesh-ca.pem"\n'
+                         f'ca_url = "{mesh.url}"\ndatabase_ca_file = "db-ca.pem"\n')
+    settings = EnclaveSettings(  # type: ignore[call-arg]
+        data_dir=folder, platform="sim", sim_measurement=MEASUREMENTS["enclave"].hex(),
+        commitment_key_file=write_commitment_key(folder / "tenant.key"),
+        insecure_no_auth=True, mesh_file=mesh_file, store=tls_db.url,
+        kbs_url=mesh.url, kbs_keys=(mesh.broker.signer.public_key.hex(),),
+        audit_origin="stmary.example/enclave-1", standing_check_seconds=0)
+    try:
+        booted = boot(settings, engine_factory=lambda path, s: FakeEngine())
+        try:
+            with psycopg.connect(tls_db.admin, dbname=DB_USER) as conn:
+                seen = conn.execute(
+                    "SELECT s.ssl, s.client_dn FROM pg_stat_ssl s JOIN pg_stat_activity a "
+                    "USING (pid) WHERE a.usename = %s", (DB_USER,)).fetchall()
+                tables = {r[0] for r in conn.execute(
+                    "SELECT tablename FROM pg_tables WHERE schemaname = 'public'")}
+            assert seen and all(row == (True, f"/CN=medclave://{TENANT}/enclave/enclave-1")
+                                for row in seen)
+            assert "audit_meta" in tables  # the audit log's migrations ran over that link
+        finally:
+            booted.close()
+    finally:
+        tls_db.trust(tls_db.ca.pem)

@@ -77,7 +77,9 @@ from medclave.errors import InputError, KbsError
 from medclave.kbs.client import KbsClient
 from medclave.kbs.sealed_models import ShareRef
 from medclave.kbs.signing import TrustedBrokers
+from medclave.mesh.database import DatabaseTls
 from medclave.mesh.workload import WorkloadConfig, WorkloadMesh
+from medclave.postgres import is_postgres_url
 from medclave.protocol import inference as proto
 from medclave.protocol.evidence import EvidenceBundle
 from medclave.records.access import load_links
@@ -250,6 +252,14 @@ def _start_mesh(settings: EnclaveSettings, attester: Attester, clock: Clock,
         _MESHES.pop(path, None)
         mesh.close()
     closers.append(close)
+    if is_postgres_url(settings.store):
+        # Every pool of the enclave's stores then connects over mutual TLS with the workload
+        # certificate (verify-full against database_ca_file), or not at all: the policy's
+        # enclave -> database edge must be listed (mesh/database.py).
+        assert mesh.config.database_ca_file is not None  # WorkloadConfig.load sets it
+        database = DatabaseTls(mesh.tls, root_ca=mesh.config.database_ca_file)
+        closers.append(database.close)
+        database.use_for(settings.store)
     return mesh
 
 

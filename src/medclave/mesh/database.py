@@ -19,9 +19,9 @@ docs/continuous-trust.md, "Enclave to database".
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import tempfile
-import re
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -36,7 +36,7 @@ from medclave.mesh.policy import SCHEME, WorkloadId
 from medclave.mesh.tls import MeshTls
 from medclave.postgres.pool import use_client_tls
 
-MEMORY_DIR: Final = Path("/dev/shm")
+MEMORY_DIR: Final = Path("/dev/shm")  # noqa: S108 - only mkdtemp in it (0700, random name)
 ROLE: Final = "database"
 
 
