@@ -22,7 +22,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cryptography.hazmat.primitives import serialization
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from medclave.audit.log import AuditLog
@@ -67,6 +68,23 @@ def _pem_key(key: ec.EllipticCurvePrivateKey) -> bytes:
                              serialization.NoEncryption())
 
 
+def _reload(admin: str) -> None:
+    """SIGHUP the server and wait until the postmaster has reloaded (a new backend, forked
+    from it, reports the new load time): connections from then on use the new TLS files."""
+    def loaded() -> Any:
+        with psycopg.connect(admin, autocommit=True) as conn:
+            row = conn.execute("SELECT pg_conf_load_time()").fetchone()
+            assert row is not None
+            return row[0]
+    before = loaded()
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute("SELECT pg_reload_conf()")
+    deadline = time.monotonic() + 10
+    while loaded() == before:
+        assert time.monotonic() < deadline, "PostgreSQL did not reload"
+        time.sleep(0.02)
+
+
 @dataclass
 class TlsDatabase:
     url: str          # postgresql://medclave@127.0.0.1:PORT/medclave, no TLS parameters
@@ -75,6 +93,7 @@ class TlsDatabase:
     folder: Path
     admin: str        # the superuser over the Unix socket (setup and inspection only)
     trust: Callable[[bytes], None]  # the server's client CA file, reloaded
+    place: Callable[[str, bytes], None]  # a file in the data dir, the server's own
 
 
 
@@ -141,12 +160,15 @@ def tls_db() -> Iterator[TlsDatabase]:
 
         def trust(pem: bytes) -> None:
             (data / "mesh-ca.pem").write_bytes(pem)
-            subprocess.run([str(bin_dir / "pg_ctl"), "-D", str(data), "reload"], check=True,
-                           capture_output=True, **run_as)
-            time.sleep(0.3)  # the postmaster reloads on SIGHUP, asynchronously
+            _reload(admin)
+
+        def place(name: str, content: bytes) -> None:
+            (data / name).write_bytes(content)
+            if uid >= 0:
+                os.chown(data / name, uid, gid)
 
         yield TlsDatabase(f"postgresql://{DB_USER}@127.0.0.1:{port}/{DB_USER}", ca, ca_file,
-                          folder, admin, trust)
+                          folder, admin, trust, place)
     finally:
         if (data / "postmaster.pid").exists():
             subprocess.run([str(bin_dir / "pg_ctl"), "-D", str(data), "-m", "immediate",
@@ -387,3 +409,34 @@ def test_a_booted_enclave_opens_its_stores_over_mutual_tls(
             booted.close()
     finally:
         tls_db.trust(tls_db.ca.pem)
+
+
+def _crl(ca: MeshCA, serials: list[int]) -> bytes:
+    """A CRL signed by the mesh CA (what an operator would give PostgreSQL)."""
+    now = datetime.now(UTC)
+    builder = (x509.CertificateRevocationListBuilder().issuer_name(ca.certificate.subject)
+               .last_update(now - timedelta(minutes=1)).next_update(now + timedelta(hours=1)))
+    for serial in serials:
+        builder = builder.add_revoked_certificate(
+            x509.RevokedCertificateBuilder().serial_number(serial)
+            .revocation_date(now - timedelta(minutes=1)).build())
+    return builder.sign(ca._key, hashes.SHA256()).public_bytes(serialization.Encoding.PEM)
+
+
+def test_a_crl_refuses_a_revoked_certificate_at_the_next_connection(tls_db: TlsDatabase) -> None:
+    revoked_key, revoked_pem = _issued(tls_db.ca, "enclave", "revoked")
+    kept = _issued(tls_db.ca, "enclave", "kept")
+    assert _connect_with(tls_db, revoked_key, revoked_pem)[0]  # admitted before the CRL
+    serial = x509.load_pem_x509_certificate(revoked_pem).serial_number
+    tls_db.place("mesh-crl.pem", _crl(tls_db.ca, [serial]))
+    with psycopg.connect(tls_db.admin, autocommit=True) as conn:
+        conn.execute("ALTER SYSTEM SET ssl_crl_file = 'mesh-crl.pem'")
+    _reload(tls_db.admin)
+    try:
+        with pytest.raises(psycopg.OperationalError, match="certificate revoked"):
+            _connect_with(tls_db, revoked_key, revoked_pem)
+        assert _connect_with(tls_db, *kept)[0]  # the twin: the same CA, not listed
+    finally:
+        with psycopg.connect(tls_db.admin, autocommit=True) as conn:
+            conn.execute("ALTER SYSTEM RESET ssl_crl_file")
+        _reload(tls_db.admin)
