@@ -27,7 +27,7 @@ from medclave.audit.note import NoteSigner
 from medclave.audit.pgstore import PostgresLogStore
 from medclave.errors import InputError, MeshError
 from medclave.mesh.certs import MeshCA, new_key
-from medclave.mesh.database import DatabaseTls
+from medclave.mesh.database import DatabaseTls, server_config
 from medclave.mesh.policy import SegmentationPolicy, WorkloadId
 from medclave.mesh.tls import MeshTls
 from medclave.postgres.pool import open_pool
@@ -314,3 +314,27 @@ def test_a_crl_refuses_a_revoked_certificate_at_the_next_connection(tls_db: TlsD
         with psycopg.connect(tls_db.admin, autocommit=True) as conn:
             conn.execute("ALTER SYSTEM RESET ssl_crl_file")
         reload(tls_db.admin)
+
+
+def test_server_config_is_what_the_docs_show() -> None:
+    docs = (Path(__file__).resolve().parents[2] / "docs" / "continuous-trust.md").read_text()
+    config = server_config("stmary", "medclave")
+    assert config.pg_ident_conf == "enclaves /^medclave://stmary/enclave/[A-Za-z0-9._-]+$ medclave\n"
+    for line in (config.pg_hba_conf + config.pg_ident_conf).splitlines():
+        assert f"\n{line}\n" in docs
+    for line in config.postgresql_conf.splitlines():
+        assert f"\n{line}" in docs
+    assert "ssl_crl_file = 'crl.pem'" in server_config("stmary", "medclave",
+                                                       crl_file="crl.pem").postgresql_conf
+
+
+@pytest.mark.parametrize(("tenant", "user", "code"), [
+    ("stmary", "medclave all", "config.invalid"),       # would widen the pg_hba line
+    ("stmary", "Medclave", "config.invalid"),
+    ("St/Mary", "medclave", "mesh.identity_invalid"),   # would change the map's regex
+])
+def test_server_config_refuses_names_that_would_change_the_lines(
+        tenant: str, user: str, code: str) -> None:
+    with pytest.raises((InputError, MeshError)) as caught:
+        server_config(tenant, user)
+    assert caught.value.code == code

@@ -133,7 +133,7 @@ def server_config(tenant: str, user: str, *, database: str | None = None,
             f"ssl_ca_file = '{ca_file}'\nssl_min_protocol_version = 'TLSv1.3'\n")
     if crl_file is not None:
         conf += f"ssl_crl_file = '{crl_file}'\n"
-    hba = (f"hostssl {database} {user} all cert clientcert=verify-full map=medclave\n"
+    hba = (f"hostssl {database} {user} all cert clientcert=verify-full map=enclaves\n"
            "hostnossl all all all reject\n")
-    ident = f"medclave /^{SCHEME}{tenant}/enclave/[A-Za-z0-9._-]+$ {user}\n"
+    ident = f"enclaves /^{SCHEME}{tenant}/enclave/[A-Za-z0-9._-]+$ {user}\n"
     return ServerConfig(conf, hba, ident)
