@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -125,6 +126,31 @@ def test_rotation_new_connections_present_the_new_certificate(tls_db: TlsDatabas
         pool.close()
         db.close()
     assert not db.folder.exists()
+
+
+def test_pool_connections_are_replaced_so_a_rotation_reaches_them(tls_db: TlsDatabase) -> None:
+    # the server checks the certificate at connection time only: an open pool connection
+    # keeps the old one until the pool replaces it (max_lifetime; 300 s by default)
+    tls = _workload(tls_db.ca)
+    db = DatabaseTls(tls, root_ca=tls_db.ca_file)
+    db.use_for(tls_db.url, max_lifetime=1.0)
+    pool = open_pool(tls_db.url, min_size=1, max_size=1)
+    try:
+        with pool.connection() as conn:
+            first = _client_serial(conn)[2]
+        new = _rotate(tls, tls_db.ca)
+        with pool.connection() as conn:
+            assert _client_serial(conn)[2] == first  # still the connection of the old one
+        deadline = time.monotonic() + 10
+        while True:
+            with pool.connection() as conn:
+                if _client_serial(conn)[2] == str(new):
+                    break
+            assert time.monotonic() < deadline, "the pool never replaced its connection"
+            time.sleep(0.1)
+    finally:
+        pool.close()
+        db.close()
 
 
 def _connect_with(tls_db: TlsDatabase, key: ec.EllipticCurvePrivateKey, cert_pem: bytes,

@@ -90,9 +90,10 @@ class DatabaseTls:
                 "sslcert": str(current[0]), "sslkey": str(current[1]),
                 "ssl_min_protocol_version": "TLSv1.3"}
 
-    def use_for(self, url: str) -> None:
-        """Every pool opened for ``url`` from now on uses these parameters."""
-        self._undo.append(use_client_tls(url, self.params))
+    def use_for(self, url: str, *, max_lifetime: float = 300.0) -> None:
+        """Every pool opened for ``url`` from now on uses these parameters, and replaces each
+        connection after ``max_lifetime`` seconds (it keeps the certificate it opened with)."""
+        self._undo.append(use_client_tls(url, self.params, max_lifetime=max_lifetime))
 
     def close(self) -> None:
         while self._undo:

@@ -19,22 +19,26 @@ SCHEMES = ("postgresql", "postgres")
 # connection, so a rotated client certificate is used from the next one on
 # (mesh/database.py registers the enclave's workload certificate here).
 TlsParams = Callable[[], dict[str, str]]
-_TLS: dict[str, TlsParams] = {}
+_TLS: dict[str, tuple[TlsParams, float]] = {}
 _TLS_LOCK = threading.Lock()
 
 
-def use_client_tls(url: str, params: TlsParams) -> Callable[[], None]:
-    """Every pool opened for ``url`` from now on connects with ``params()`` (TLS); returns
-    the function that undoes it. A URL already given other parameters is ``config.invalid``:
-    two workloads in one process must not share a database URL with different identities."""
+def use_client_tls(url: str, params: TlsParams, *, max_lifetime: float = 300.0
+                   ) -> Callable[[], None]:
+    """Every pool opened for ``url`` from now on connects with ``params()`` (TLS), and
+    replaces each connection after ``max_lifetime`` seconds: the server checks a client
+    certificate only at connection time, so an open connection must not outlive its
+    certificate's rotation by long. Returns the function that undoes it. A URL already given
+    other parameters is ``config.invalid``: two workloads in one process must not share a
+    database URL with different identities."""
     with _TLS_LOCK:
-        if _TLS.get(url, params) is not params:
+        if url in _TLS and _TLS[url][0] is not params:
             raise InputError("config.invalid", f"store {redacted(url)} already has client TLS")
-        _TLS[url] = params
+        _TLS[url] = (params, max_lifetime)
 
     def undo() -> None:
         with _TLS_LOCK:
-            if _TLS.get(url) is params:
+            if url in _TLS and _TLS[url][0] is params:
                 del _TLS[url]
     return undo
 
@@ -110,15 +114,17 @@ def open_pool(url: str, *, min_size: int = 1, max_size: int = 8, allow_remote: b
     with _TLS_LOCK:
         tls = _TLS.get(url)
     kwargs: dict[str, Any] | Callable[[], dict[str, Any]] = {"autocommit": True}
+    max_lifetime = 3600.0  # psycopg_pool's default
     if tls is not None:
         hosts = _hosts(url)
         if not hosts or any(h.startswith("/") for h in hosts):
             # libpq never uses TLS on a Unix socket: the client certificate would be ignored
             raise InputError("config.invalid", f"store {redacted(url)}: mutual TLS needs a "
                              "TCP host, not a Unix socket")
-        kwargs = lambda: {"autocommit": True, **tls()}  # noqa: E731
+        params, max_lifetime = tls
+        kwargs = lambda: {"autocommit": True, **params()}  # noqa: E731
     pool = ConnectionPool(url, min_size=min_size, max_size=max_size, open=False,
-                          kwargs=kwargs, timeout=timeout, name="medclave")
+                          kwargs=kwargs, timeout=timeout, name="medclave", max_lifetime=max_lifetime)
     try:
         pool.open(wait=True, timeout=timeout)
     except Exception as exc:
