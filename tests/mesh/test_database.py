@@ -126,6 +126,10 @@ def test_rotation_new_connections_present_the_new_certificate(tls_db: TlsDatabas
         pool.close()
         db.close()
     assert not db.folder.exists()
+    _rotate(tls, tls_db.ca)  # a renewal after close writes nothing and does not fail
+    assert not db.folder.exists()
+    with pytest.raises(MeshError):
+        db.params()
 
 
 def test_pool_connections_are_replaced_so_a_rotation_reaches_them(tls_db: TlsDatabase) -> None:

@@ -64,11 +64,14 @@ class DatabaseTls:
         self._lock = threading.Lock()
         self._generation = 0
         self._current: tuple[Path, Path] | None = None
+        self._closed = False
         self._undo: list[Callable[[], None]] = []
         tls.subscribe(self._install)
 
     def _install(self, key: ec.EllipticCurvePrivateKey, chain_pem: bytes) -> None:
         with self._lock:
+            if self._closed:  # a renewal racing the enclave's shutdown: nothing to write
+                return
             self._generation += 1
             n = self._generation
             cert, key_file = self.folder / f"client-{n}.crt", self.folder / f"client-{n}.key"
@@ -100,6 +103,7 @@ class DatabaseTls:
             self._undo.pop()()
         with self._lock:
             self._current = None
+            self._closed = True
         shutil.rmtree(self.folder, ignore_errors=True)
 
 
