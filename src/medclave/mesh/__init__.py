@@ -10,5 +10,7 @@ role; every service then accepts only the peers the deployment's segmentation po
 * :mod:`medclave.mesh.certs`: the CA, certificate requests, reading a peer's certificate;
 * :mod:`medclave.mesh.tls`: server and client TLS contexts that rotate, the peer checks, the
   deny list;
-* :mod:`medclave.mesh.workload`: obtaining and renewing a workload's certificate.
+* :mod:`medclave.mesh.workload`: obtaining and renewing a workload's certificate;
+* :mod:`medclave.mesh.database`: the enclave's PostgreSQL connections over mutual TLS with its
+  workload certificate, and the server lines that admit only a tenant's enclaves.
 """
