@@ -368,3 +368,35 @@ def test_server_config_refuses_names_that_would_change_the_lines(
     with pytest.raises((InputError, MeshError)) as caught:
         server_config(tenant, user)
     assert caught.value.code == code
+
+
+def test_cli_issues_the_database_certificate_and_prints_the_server_lines(tmp_path: Path) -> None:
+    import ipaddress
+    import json
+
+    from typer.testing import CliRunner
+
+    from medclave.cli.main import app
+
+    runner = CliRunner()
+    args = ["kbs", "mesh", "database", "--tenant", TENANT, "--host", "127.0.0.1",
+            "--host", "db.stmary.example", "--out", str(tmp_path / "pg"),
+            "--data", str(tmp_path / "kbs")]
+    refused = runner.invoke(app, args)  # no mesh CA in that data folder yet
+    assert refused.exit_code != 0 and not (tmp_path / "pg").exists()
+    ca = MeshCA.load_or_create(tmp_path / "kbs", TENANT, now=datetime.now(UTC))
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    shown = json.loads(result.output)
+    assert shown["identity"] == f"medclave://{TENANT}/database/db-1"
+    assert shown["pg_ident.conf"] == server_config(TENANT, "medclave").pg_ident_conf
+    cert = x509.load_pem_x509_certificate((tmp_path / "pg" / "server.crt").read_bytes())
+    cert.verify_directly_issued_by(ca.certificate)
+    san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert san.get_values_for_type(x509.IPAddress) == [ipaddress.ip_address("127.0.0.1")]
+    assert san.get_values_for_type(x509.DNSName) == ["db.stmary.example"]
+    assert san.get_values_for_type(x509.UniformResourceIdentifier) == [shown["identity"]]
+    assert (tmp_path / "pg" / "server.key").stat().st_mode & 0o777 == 0o600
+    assert (tmp_path / "pg" / "mesh-ca.pem").read_bytes() == ca.pem
+    again = runner.invoke(app, args)  # never overwrites a server's key
+    assert again.exit_code != 0

@@ -14,6 +14,7 @@ DOCUMENTED = [
     ["model", "seal"], ["model", "inspect"], ["model", "unseal"],
     ["kbs", "serve"], ["kbs", "resource", "put"], ["kbs", "resource", "rotate"],
     ["kbs", "resource", "list"], ["kbs", "policy", "set"], ["kbs", "policy", "show"],
+    ["kbs", "mesh", "database"],
     ["enclave", "serve"], ["proxy"], ["proxy", "keys", "add"], ["proxy", "keys", "list"],
     ["proxy", "keys", "revoke"],
     ["audit", "verify"], ["audit", "prove"], ["audit", "receipt", "verify"], ["audit", "replay"],

@@ -46,6 +46,8 @@ app.add_typer(kek_app, name="kek")
 threshold_app = typer.Typer(help="Split a secret k-of-n across independent brokers.",
                             no_args_is_help=True)
 app.add_typer(threshold_app, name="threshold")
+mesh_app = typer.Typer(help="The mesh CA (on the broker's data folder).", no_args_is_help=True)
+app.add_typer(mesh_app, name="mesh")
 revocation_app = typer.Typer(help="Your revocation list: enclaves that get none of your keys.",
                              no_args_is_help=True)
 app.add_typer(revocation_app, name="revocation")
@@ -356,3 +358,56 @@ def revocation_list(token: Token, url: Url = DEFAULT_URL) -> None:
     """Your revocation list."""
     with _client(url, token) as c:
         emit(run(c.revocations))
+
+
+@mesh_app.command("database")
+def mesh_database(
+    tenant: Annotated[str, typer.Option("--tenant", help="the trust domain (owner name)")],
+    host: Annotated[list[str], typer.Option(
+        "--host", help="a DNS name or IP address the enclaves dial (repeat for several)")],
+    out: Annotated[Path, typer.Option("--out", help="a new folder for the server's files")],
+    data: Annotated[Path, typer.Option("--data", help="the broker's data folder")],
+    name: Annotated[str, typer.Option("--name", help="the database's workload name")] = "db-1",
+    user: Annotated[str, typer.Option("--user", help="the PostgreSQL role enclaves use")
+                    ] = "medclave",
+    days: Annotated[int, typer.Option("--days", min=1, max=825,
+                                      help="certificate lifetime")] = 90,
+) -> None:
+    """A PostgreSQL server certificate from the mesh CA (medclave://TENANT/database/NAME with
+    the hosts as subjectAltNames, for the enclaves' sslmode=verify-full), its key (0600), the
+    CA certificate, and the postgresql.conf / pg_hba.conf / pg_ident.conf lines that admit
+    only TENANT's enclaves. The database is not attested: run this where the broker runs."""
+    from datetime import timedelta
+
+    from cryptography.hazmat.primitives import serialization
+
+    from medclave.errors import InputError
+    from medclave.mesh.certs import MeshCA, new_key
+    from medclave.mesh.database import server_config
+    from medclave.mesh.policy import WorkloadId
+    from medclave.util.files import create_file, create_secret_file
+
+    def issue() -> dict[str, Any]:
+        if not (data / MeshCA.KEY_FILE).exists():
+            raise InputError("config.invalid", "no mesh CA in this data folder (the broker "
+                             "makes it when it first serves with a mesh_file)")
+        if out.exists():
+            raise InputError("config.invalid", f"{out} exists: --out names a new folder")
+        now = datetime.now(UTC)
+        ca = MeshCA.load_or_create(data, tenant, now=now)
+        config = server_config(tenant, user)
+        identity = WorkloadId.of(tenant, "database", name)
+        key = new_key()
+        cert = ca.issue(identity, key.public_key(), claims={}, now=now,
+                        lifetime=timedelta(days=days), hosts=host)
+        out.mkdir(mode=0o700)
+        create_secret_file(out / "server.key", key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption()))
+        create_file(out / "server.crt", cert.public_bytes(serialization.Encoding.PEM))
+        create_file(out / "mesh-ca.pem", ca.pem)
+        return {"identity": identity.uri, "hosts": host,
+                "not_after": cert.not_valid_after_utc.isoformat(), "folder": str(out),
+                "postgresql.conf": config.postgresql_conf, "pg_hba.conf": config.pg_hba_conf,
+                "pg_ident.conf": config.pg_ident_conf}
+    emit(run(issue))
