@@ -33,7 +33,6 @@ from psycopg_pool import ConnectionPool
 
 from medclave.errors import RecordsError
 from medclave.postgres import migrations
-from medclave.postgres.pool import open_pool
 from medclave.records.store import MANIFEST_CHUNK, SealedRow
 
 STORE = "records"
@@ -50,17 +49,11 @@ class PostgresRecordStore:
                  allow_remote: bool = False) -> None:
         if (url is None) == (pool is None):
             raise ValueError("give url or pool")
-        self._own = pool is None
-        self._pool = pool if pool is not None else open_pool(
-            url or "", max_size=4, allow_remote=allow_remote)
+        self._pool, self._own = migrations.migrated_pool(
+            pool if pool is not None else (url or ""), store=STORE, migrations=MIGRATIONS,
+            allow_remote=allow_remote)
         self._manifests: dict[str, bytes | None] = {}  # tenant -> the manifest blob last seen
         self._seen = threading.Lock()
-        try:
-            with self._pool.connection() as conn:
-                migrations.migrate(conn, store=STORE, migrations=MIGRATIONS)
-        except BaseException:
-            self.close()
-            raise
 
     @contextmanager
     def _conn(self) -> Iterator[Conn]:

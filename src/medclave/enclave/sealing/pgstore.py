@@ -25,7 +25,6 @@ from psycopg_pool import ConnectionPool
 
 from medclave.enclave.sealing.store import StoredConversation
 from medclave.postgres import migrations
-from medclave.postgres.pool import open_pool
 
 STORE = "sealed"
 Conn = psycopg.Connection[tuple[object, ...]]
@@ -62,15 +61,9 @@ class PostgresSealedStore:
                  allow_remote: bool = False) -> None:
         if (url is None) == (pool is None):
             raise ValueError("give url or pool")
-        self._own = pool is None
-        self._pool = pool if pool is not None else open_pool(
-            url or "", max_size=4, allow_remote=allow_remote)
-        try:
-            with self._pool.connection() as conn:
-                migrations.migrate(conn, store=STORE, migrations=MIGRATIONS)
-        except BaseException:
-            self.close()
-            raise
+        self._pool, self._own = migrations.migrated_pool(
+            pool if pool is not None else (url or ""), store=STORE, migrations=MIGRATIONS,
+            allow_remote=allow_remote)
 
     @contextmanager
     def _conn(self) -> Iterator[Conn]:
