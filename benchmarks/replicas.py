@@ -4,13 +4,11 @@ replicas, and the ratio against one.
 The stack: three enclaves (sim, llama.cpp with the bundled SmolLM2, one thread each, each its own
 process), HAProxy from Debian in front of them (``ops/balancer.py``'s configuration), and one
 proxy per level in this process, attesting and routing across the first 1, 2 or 3 replicas
-(``client/replicas.py``). The load comes from a second process: wrk (Debian's ``wrk``, with a
-Lua script that posts the chat request, stops each thread after its share of ``requests`` and
-prints the summary as JSON) when it is on PATH, else this module run with ``--load`` (Python
-threads with httpx; an LLM request takes hundreds of milliseconds, well within what it can
-drive). Either way ``clients`` concurrent connections send whole chat completions (greedy,
-``tokens`` tokens) until ``requests`` are answered or ``seconds`` have passed, whichever comes
-first. Every level gets the same offered load. MEDCLAVE_BENCH_REPLICAS_LOAD=python|wrk chooses.
+(``client/replicas.py``). The load comes from a second process (this module run with ``--load``:
+Python threads with httpx, as wrk is not packaged here and an LLM request takes hundreds of
+milliseconds, far from what a load generator in Python cannot drive): ``clients`` concurrent
+clients send whole chat completions (greedy, ``tokens`` tokens) until ``requests`` are answered
+or ``seconds`` have passed, whichever comes first. Every level gets the same offered load.
 
 Rows, the levels alternating in rounds (benchmarks._common.interleave): requests/s (answered
 over the wall time of the round) and p99 latency (nearest rank, each request timed alone); the
@@ -27,7 +25,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -96,69 +93,15 @@ def main() -> None:
     report.baseline("1 replica: p99 latency", p99[1], "s")
     for level in LEVELS[1:]:
         report.row(f"{level} replicas: p99 latency", p99[level], "s", baseline=p99[1])
-    report.note(f"{clients} clients in a second process ({_generator()}), {tokens} tokens per "
+    report.note(f"{clients} clients in a second process (Python, httpx), {tokens} tokens per "
                 f"answer, at most {requests} requests or {seconds:.0f} s per round; llama.cpp "
                 f"with 1 thread per replica; {os.cpu_count()} CPUs")
     report.emit()
 
 
-def _generator() -> str:
-    chosen = os.environ.get("MEDCLAVE_BENCH_REPLICAS_LOAD") or ("wrk" if shutil.which("wrk")
-                                                                 else "python")
-    if chosen not in ("wrk", "python"):
-        raise SystemExit("MEDCLAVE_BENCH_REPLICAS_LOAD is wrk or python")
-    return chosen
-
-
-# wrk's Lua hooks (wrk 4): each thread is its own Lua state with one connection, so each stops
-# itself after its share of the requests; `done` prints what the benchmark reads, as JSON.
-_WRK_SCRIPT = """
-local ffi = require("ffi")
-ffi.cdef[[ typedef struct { long tv_sec; long tv_nsec; } mc_timespec;
-           int clock_gettime(int clk, mc_timespec *ts); ]]
-local function now()
-  local ts = ffi.new("mc_timespec")
-  ffi.C.clock_gettime(1, ts)  -- CLOCK_MONOTONIC
-  return tonumber(ts.tv_sec) * 1e6 + tonumber(ts.tv_nsec) / 1e3
-end
-wrk.method = "POST"
-wrk.body = [==[%(body)s]==]
-wrk.headers["Content-Type"] = "application/json"
-wrk.headers["Authorization"] = "Bearer %(token)s"
-share, answered, started, finished = %(share)d, 0, 0, nil
-local threads = {}
-function setup(thread) table.insert(threads, thread) end
-function init(args) started = now() end
-function response(status, headers, body)
-  answered = answered + 1
-  if answered >= share then finished = now(); wrk.thread:stop() end
-end
-function done(summary, latency, requests)
-  -- wrk runs out its whole duration even when every thread stopped early: the round's wall
-  -- time is from the first thread's start to the last thread's last answer, when all finished.
-  local first, last, all = nil, 0, true
-  for _, t in ipairs(threads) do
-    local s, f = t:get("started"), t:get("finished")
-    if first == nil or s < first then first = s end
-    if f == nil then all = false elseif f > last then last = f end
-  end
-  local wall = summary.duration
-  if all and first ~= nil then wall = last - first end
-  local e = summary.errors
-  io.write(string.format(
-    '{"answered": %%d, "errors": %%d, "wall_us": %%d, "p99_us": %%d}\\n',
-    summary.requests, e.connect + e.read + e.write + e.status + e.timeout,
-    wall, latency:percentile(99)))
-end
-"""
-
-
 def _load(url: str, token: str, *, clients: int, requests: int, seconds: float, tokens: int
           ) -> dict[str, Any]:
     """One round of load from a second process; its summary."""
-    if _generator() == "wrk":
-        return _load_wrk(url, token, clients=clients, requests=requests, seconds=seconds,
-                         tokens=tokens)
     done = subprocess.run(
         [sys.executable, "-m", "benchmarks.replicas", "--load", url, "--clients", str(clients),
          "--requests", str(requests), "--seconds", str(seconds), "--tokens", str(tokens)],
@@ -170,33 +113,6 @@ def _load(url: str, token: str, *, clients: int, requests: int, seconds: float, 
     if out["errors"]:
         raise RuntimeError(f"{out['errors']} requests failed: {out['first_error']}")
     return out
-
-
-def _load_wrk(url: str, token: str, *, clients: int, requests: int, seconds: float,
-              tokens: int) -> dict[str, Any]:
-    body = json.dumps({"model": MODEL, "messages": [{"role": "user", "content": PROMPT}],
-                       "max_tokens": tokens, "temperature": 0})
-    share = max(1, -(-requests // clients))  # ceil: every thread its share of the requests
-    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
-        script.write(_WRK_SCRIPT % {"body": body, "token": token, "share": share})
-    try:
-        done = subprocess.run(
-            ["wrk", "-t", str(clients), "-c", str(clients), "-d", f"{int(seconds)}s",
-             "--timeout", f"{int(seconds) + 60}s", "-s", script.name,
-             f"{url}/v1/chat/completions"],
-            capture_output=True, text=True, timeout=seconds + 120, check=False)
-    finally:
-        os.unlink(script.name)
-    if done.returncode != 0:
-        raise RuntimeError(f"wrk failed: {done.stderr[-2000:]}")
-    line = next(ln for ln in done.stdout.splitlines() if ln.startswith("{"))
-    summary = json.loads(line)
-    if summary["errors"]:
-        raise RuntimeError(f"{summary['errors']} requests failed under wrk:\n{done.stdout}")
-    wall = summary["wall_us"] / 1e6
-    return {"answered": summary["answered"], "errors": 0, "first_error": None,
-            "rate": summary["answered"] / wall if wall else 0.0,
-            "p99": summary["p99_us"] / 1e6, "wall": wall}
 
 
 def generate(url: str, token: str, *, clients: int, requests: int, seconds: float,
