@@ -5,8 +5,8 @@ The stack: three enclaves (sim, llama.cpp with the bundled SmolLM2, one thread e
 process), HAProxy from Debian in front of them (``ops/balancer.py``'s configuration), and one
 proxy per level in this process, attesting and routing across the first 1, 2 or 3 replicas
 (``client/replicas.py``). The load comes from a second process (this module run with ``--load``:
-Python threads with httpx, as wrk is not packaged here and an LLM request takes hundreds of
-milliseconds, far from what a load generator in Python cannot drive): ``clients`` concurrent
+Python threads with httpx: an LLM request takes hundreds of milliseconds, well within what a
+load generator in Python drives; Debian's wrk was tried and is not used yet, docs/scaling-out.md): ``clients`` concurrent
 clients send whole chat completions (greedy, ``tokens`` tokens) until ``requests`` are answered
 or ``seconds`` have passed, whichever comes first. Every level gets the same offered load.
 
