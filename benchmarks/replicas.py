@@ -7,8 +7,9 @@ proxy per level in this process, attesting and routing across the first 1, 2 or 
 (``client/replicas.py``). The load comes from a second process (this module run with ``--load``:
 Python threads with httpx: an LLM request takes hundreds of milliseconds, well within what a
 load generator in Python drives; Debian's wrk was tried and is not used yet, see
-docs/scaling-out.md): ``clients`` concurrent clients send whole chat completions (greedy, ``tokens`` tokens) until ``requests`` are answered
-or ``seconds`` have passed, whichever comes first. Every level gets the same offered load.
+docs/scaling-out.md): ``clients`` concurrent clients send whole chat completions (greedy,
+``tokens`` tokens) until ``requests`` are answered or ``seconds`` have passed, whichever comes
+first. Every level gets the same offered load.
 
 Rows, the levels alternating in rounds (benchmarks._common.interleave): requests/s (answered
 over the wall time of the round) and p99 latency (nearest rank, each request timed alone); the
