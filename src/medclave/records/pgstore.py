@@ -45,13 +45,11 @@ MIGRATIONS = (migrations.Migration(1, "sealed record rows", migrations.script(
 
 
 class PostgresRecordStore:
-    def __init__(self, url: str | None = None, *, pool: ConnectionPool | None = None,
-                 allow_remote: bool = False) -> None:
-        if (url is None) == (pool is None):
-            raise ValueError("give url or pool")
+    def __init__(self, where: str | ConnectionPool, *, allow_remote: bool = False) -> None:
+        """``where``: a ``postgresql://`` URL (the store opens and closes its pool) or an
+        open pool (the caller's to close)."""
         self._pool, self._own = migrations.migrated_pool(
-            pool if pool is not None else (url or ""), store=STORE, migrations=MIGRATIONS,
-            allow_remote=allow_remote)
+            where, store=STORE, migrations=MIGRATIONS, allow_remote=allow_remote)
         self._manifests: dict[str, bytes | None] = {}  # tenant -> the manifest blob last seen
         self._seen = threading.Lock()
 
